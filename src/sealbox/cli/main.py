@@ -1,0 +1,82 @@
+"""The `sealbox` command: a thin, lazily loaded click group.
+
+Commands live in small modules under sealbox.cli and are imported only when invoked, so `sealbox ps`
+does not pay for importing the builder or the attestation code. All user-facing failures are
+SealboxError; this is the single place that turns them into one line on stderr and an exit code.
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import os
+import sys
+
+import click
+
+from sealbox import __version__
+from sealbox.errors import SealboxError
+
+# command name -> "module:attribute"; each module owns one concern.
+COMMANDS: dict[str, str] = {
+    "build": "sealbox.cli.build:build",
+    "verify-reproducible": "sealbox.cli.build:verify_reproducible",
+    "summary": "sealbox.cli.build:summary",
+}
+
+
+class LazyGroup(click.Group):
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted(COMMANDS)
+
+    def get_command(self, ctx: click.Context, name: str) -> click.Command | None:
+        target = COMMANDS.get(name)
+        if target is None:
+            return None
+        module, attr = target.split(":")
+        return getattr(importlib.import_module(module), attr)
+
+
+@click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="sealbox")
+@click.option("-v", "--verbose", count=True, help="More log output (-vv for debug).")
+def cli(verbose: int) -> None:
+    """Build, measure, run and attest minimal reproducible Linux microVM images."""
+    level = logging.WARNING - 10 * min(verbose, 2)
+    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point: run the CLI, turning every error into one line and an exit code."""
+    debug = os.environ.get("SEALBOX_DEBUG") == "1"
+    try:
+        rv = cli.main(args=argv, prog_name="sealbox", standalone_mode=False)
+    except SealboxError as e:
+        if debug:
+            raise
+        click.echo(f"sealbox: error: {e}", err=True)
+        return e.exit_code
+    except click.exceptions.Abort:
+        click.echo("sealbox: aborted", err=True)
+        return 130
+    except click.ClickException as e:
+        e.show()
+        return e.exit_code
+    except click.exceptions.Exit as e:
+        return e.exit_code
+    except KeyboardInterrupt:
+        click.echo("sealbox: interrupted", err=True)
+        return 130
+    except BrokenPipeError:
+        return 141
+    except Exception as e:  # noqa: BLE001 - the last line of defence: never show a traceback
+        if debug:
+            raise
+        msg = " ".join(str(e).split()) or type(e).__name__
+        click.echo(f"sealbox: internal error: {type(e).__name__}: {msg} (rerun with SEALBOX_DEBUG=1 for details)", err=True)
+        return 70
+    return rv if isinstance(rv, int) else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
