@@ -1,0 +1,224 @@
+"""Load a spec: read TOML, resolve includes and profiles, validate each fragment, merge, validate the result.
+
+Errors always name the file (or built-in module), the dotted key, the bad value and what is allowed.
+Paths (includes, files[].source) must stay inside the directory of the spec file that names them.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tomllib
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ValidationError
+
+from sealbox.errors import SpecError
+from sealbox.spec.merge import merge_into
+from sealbox.spec.model import FRAGMENT_KEYS, ImageBody, ImageSpec
+
+BUILTIN_PREFIX = "builtin:"
+MAX_INCLUDE_DEPTH = 16
+MAX_SPEC_BYTES = 1 << 20
+
+
+def modules_dir() -> Path:
+    return Path(str(resources.files("sealbox") / "modules"))
+
+
+def builtin_modules() -> list[str]:
+    return sorted(p.stem for p in modules_dir().glob("*.toml"))
+
+
+@dataclass
+class Fragment:
+    origin: str  # shown in errors: "bob.toml", "profile devtools in bob.toml", "built-in module base"
+    data: dict[str, Any]
+
+
+@dataclass
+class LoadedSpec:
+    spec: ImageSpec
+    spec_path: Path | None  # None = the built-in default spec
+    root: Path  # directory that relative file sources are resolved against
+    profiles: list[str]
+    fragments: list[str] = field(default_factory=list)
+
+    def resolve_source(self, label: str) -> Path:
+        """Map a files[].source label back to a host path."""
+        if label.startswith(BUILTIN_PREFIX):
+            return modules_dir() / label[len(BUILTIN_PREFIX):]
+        return self.root / label
+
+    def canonical(self) -> dict[str, Any]:
+        return self.spec.model_dump(mode="json")
+
+    def digest(self) -> str:
+        """sha256 over the merged spec and the content of every file it copies in."""
+        h = hashlib.sha256(json.dumps(self.canonical(), sort_keys=True, separators=(",", ":")).encode())
+        for entry in self.spec.files:
+            src = self.resolve_source(entry.source)
+            paths = [src] if src.is_file() else sorted(p for p in src.rglob("*") if p.is_file() or p.is_symlink())
+            for p in paths:
+                h.update(str(p.relative_to(src.parent)).encode() + b"\0")
+                h.update(os.readlink(p).encode() if p.is_symlink() else p.read_bytes())
+                h.update(b"\0" + oct(p.lstat().st_mode & 0o7777).encode() + b"\0")
+        return h.hexdigest()
+
+
+def _format_validation(origin: str, e: ValidationError, prefix: str = "") -> SpecError:
+    err = e.errors()[0]
+    loc = prefix + ".".join(str(p) if not isinstance(p, int) else f"[{p}]" for p in err["loc"]).replace(".[", "[")
+    msg = err["msg"].removeprefix("Value error, ")
+    if err["type"] == "extra_forbidden":
+        parent = _model_at(ImageBody, err["loc"][:-1])
+        allowed = ", ".join(sorted(parent.model_fields)) if parent else "see 'sealbox settings'"
+        return SpecError(f"{origin}: unknown key '{loc}'", hint=f"allowed here: {allowed}")
+    got = err.get("input")
+    shown = "" if isinstance(got, (dict, list)) or "is not a" in msg else f" (got {got!r})"
+    return SpecError(f"{origin}: {loc or 'spec'}: {msg}{shown}")
+
+
+def _model_at(model: type[BaseModel], loc: tuple[Any, ...]) -> type[BaseModel] | None:
+    for part in loc:
+        if isinstance(part, int):
+            continue
+        if part not in model.model_fields:
+            return None  # dict key such as a user name: stay on the value model
+        ann = model.model_fields[part].annotation
+        args = [a for a in getattr(ann, "__args__", ()) if isinstance(a, type) and issubclass(a, BaseModel)]
+        if isinstance(ann, type) and issubclass(ann, BaseModel):
+            model = ann
+        elif args:
+            model = args[-1]
+    return model
+
+
+class _Loader:
+    def __init__(self, root: Path) -> None:
+        self.root = root
+
+    def read_toml(self, path: Path, origin: str) -> dict[str, Any]:
+        try:
+            raw = path.read_bytes()
+        except FileNotFoundError:
+            raise SpecError(f"{origin}: file not found", hint="check the path") from None
+        except OSError as e:
+            raise SpecError(f"{origin}: cannot read: {e.strerror}") from None
+        if len(raw) > MAX_SPEC_BYTES:
+            raise SpecError(f"{origin}: spec file is larger than 1 MiB")
+        try:
+            return tomllib.loads(raw.decode("utf-8"))
+        except UnicodeDecodeError:
+            raise SpecError(f"{origin}: not UTF-8 text") from None
+        except tomllib.TOMLDecodeError as e:
+            raise SpecError(f"{origin}: invalid TOML: {e}") from None
+
+    def label(self, path: Path) -> str:
+        mods = modules_dir().resolve()
+        if path.is_relative_to(mods):
+            return BUILTIN_PREFIX + str(path.relative_to(mods))
+        return str(path.relative_to(self.root))
+
+    def inside(self, base: Path, rel: str, origin: str, key: str) -> Path:
+        if not isinstance(rel, str) or not rel or "\x00" in rel:
+            raise SpecError(f"{origin}: {key}: expected a relative path string (got {rel!r})")
+        target = (base / rel).resolve()
+        if os.path.isabs(rel) or not target.is_relative_to(base.resolve()):
+            raise SpecError(f"{origin}: {key}: path {rel!r} escapes the spec's directory {base}", hint="keep files beside the spec")
+        return target
+
+    def resolve_include(self, name: Any, base: Path, origin: str, key: str) -> tuple[Path, str]:
+        if not isinstance(name, str):
+            raise SpecError(f"{origin}: {key}: expected a module name or a relative .toml path (got {name!r})")
+        if "/" not in name and not name.endswith(".toml"):
+            path = modules_dir() / f"{name}.toml"
+            if not path.is_file():
+                raise SpecError(f"{origin}: {key}: no built-in module {name!r}", hint=f"built-in modules: {', '.join(builtin_modules())}")
+            return path.resolve(), f"built-in module {name}"
+        path = self.inside(base, name, origin, key)
+        if not path.is_file():
+            raise SpecError(f"{origin}: {key}: included file {name!r} not found")
+        return path, str(path.relative_to(self.root)) if path.is_relative_to(self.root) else str(path)
+
+    def fragments(self, path: Path, origin: str, stack: tuple[Path, ...]) -> tuple[list[Fragment], dict[str, list[Fragment]]]:
+        """Fragments of `path` (its includes first, depth first) and the profiles it defines."""
+        if path in stack:
+            chain = " -> ".join(p.name for p in (*stack, path))
+            raise SpecError(f"{origin}: include cycle: {chain}")
+        if len(stack) >= MAX_INCLUDE_DEPTH:
+            raise SpecError(f"{origin}: includes nested deeper than {MAX_INCLUDE_DEPTH}")
+        data = self.read_toml(path, origin)
+        base = path.parent
+        out, profiles = self.body_fragments(data, base, origin, (*stack, path), "")
+        raw_profiles = data.get("profiles", {})
+        if not isinstance(raw_profiles, dict):
+            raise SpecError(f"{origin}: profiles: expected a table of [profiles.NAME] tables")
+        for pname, pdata in raw_profiles.items():
+            if not isinstance(pdata, dict):
+                raise SpecError(f"{origin}: profiles.{pname}: expected a table")
+            if "profiles" in pdata:
+                raise SpecError(f"{origin}: profiles.{pname}.profiles: profiles cannot be nested")
+            pfrags, _ = self.body_fragments(pdata, base, f"{origin} (profile {pname})", (*stack, path), f"profiles.{pname}.")
+            profiles.setdefault(pname, []).extend(pfrags)
+        return out, profiles
+
+    def body_fragments(self, data: dict[str, Any], base: Path, origin: str, stack: tuple[Path, ...], prefix: str):
+        includes = data.get("include", [])
+        if not isinstance(includes, list):
+            raise SpecError(f"{origin}: {prefix}include: expected a list of module names or paths (got {includes!r})")
+        out: list[Fragment] = []
+        profiles: dict[str, list[Fragment]] = {}
+        for i, name in enumerate(includes):
+            path, inc_origin = self.resolve_include(name, base, origin, f"{prefix}include[{i}]")
+            frags, inc_profiles = self.fragments(path, inc_origin, stack)
+            out.extend(frags)
+            for pname, pfrags in inc_profiles.items():
+                profiles.setdefault(pname, []).extend(pfrags)
+        body = {k: v for k, v in data.items() if k not in FRAGMENT_KEYS}
+        try:
+            ImageBody.model_validate(body)
+        except ValidationError as e:
+            raise _format_validation(origin, e, prefix) from None
+        for i, entry in enumerate(body.get("files", [])):
+            src = self.inside(base, entry["source"], origin, f"{prefix}files[{i}].source")
+            if not src.exists():
+                raise SpecError(f"{origin}: {prefix}files[{i}].source: {entry['source']!r} does not exist")
+            entry["source"] = self.label(src)
+        out.append(Fragment(origin, body))
+        return out, profiles
+
+
+def load_spec(path: str | os.PathLike[str] | None, profiles: list[str] | tuple[str, ...] = ()) -> LoadedSpec:
+    """Load, merge and validate a spec file (or the built-in default when `path` is None)."""
+    if path is None:
+        spec_path = None
+        file = modules_dir() / "default.toml"
+        root = modules_dir().resolve()
+        origin = "built-in default spec"
+    else:
+        spec_path = Path(path)
+        if spec_path.is_dir():
+            raise SpecError(f"{spec_path}: is a directory, expected a .toml spec file")
+        file = spec_path.resolve()
+        root = file.parent
+        origin = str(path)
+    loader = _Loader(root)
+    frags, defined = loader.fragments(file.resolve(), origin, ())
+    for name in profiles:
+        if name not in defined:
+            known = ", ".join(sorted(defined)) or "none"
+            raise SpecError(f"{origin}: unknown profile {name!r}", hint=f"profiles defined: {known}")
+        frags.extend(defined[name])
+    merged: dict[str, Any] = {}
+    for frag in frags:
+        merged = merge_into(ImageBody, merged, frag.data)
+    try:
+        spec = ImageSpec.model_validate(merged)
+    except ValidationError as e:
+        raise _format_validation(f"{origin} (merged)", e) from None
+    return LoadedSpec(spec=spec, spec_path=spec_path, root=root, profiles=list(profiles), fragments=[f.origin for f in frags])

@@ -1,0 +1,245 @@
+"""The image spec model: every setting declared once (type, default, merge rule, doc line)."""
+
+from __future__ import annotations
+
+import re
+from pathlib import PurePosixPath
+from typing import Literal
+
+from pydantic import field_validator, model_validator
+
+from sealbox.spec.fields import Section, setting
+
+PKG_RE = re.compile(r"^[a-z0-9][a-z0-9+.-]+(=[A-Za-z0-9.+~:-]+)?$")
+USER_RE = re.compile(r"^[a-z_][a-z0-9_-]{0,31}$")
+UNIT_RE = re.compile(r"^[A-Za-z0-9@._:\\-]+\.(service|socket|timer|target|mount|path|automount|slice)$")
+KMOD_RE = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+IMAGE_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+SUITE_RE = re.compile(r"^[a-z0-9][a-z0-9.-]{0,31}$")
+CMDLINE_RE = re.compile(r"^[\x21-\x7e]+$")
+
+
+def _check_all(values: list[str], rx: re.Pattern[str], what: str, allowed: str) -> list[str]:
+    for v in values:
+        if not rx.fullmatch(v):
+            raise ValueError(f"{v!r} is not a valid {what} ({allowed})")
+    return values
+
+
+def _abs_posix(path: str, what: str) -> str:
+    p = PurePosixPath(path)
+    if not p.is_absolute() or ".." in p.parts or str(p) != path.rstrip("/") or "\x00" in path:
+        raise ValueError(f"{what} {path!r} must be a normalised absolute path without '..'")
+    return str(p)
+
+
+class Distribution(Section):
+    suite: str = setting("bookworm", "Debian suite to bootstrap.")
+    architecture: Literal["amd64"] = setting("amd64", "Target architecture (amd64 only for now).")
+    mirror: str = setting("", "Debian mirror URL; empty = the Debian mirror in the host's apt sources.")
+    security_mirror: str = setting("", "Mirror for <suite>-security; empty = derived from the host's apt sources.")
+    snapshot: str = setting("", "Frozen snapshot URL (e.g. a dated archive snapshot); overrides mirror and security_mirror.")
+    components: list[str] = setting(["main"], "Archive components.")
+    security: bool = setting(True, "Also use <suite>-security (and <suite>-updates).")
+
+    @field_validator("suite")
+    @classmethod
+    def _suite(cls, v: str) -> str:
+        if not SUITE_RE.fullmatch(v):
+            raise ValueError(f"{v!r} is not a valid suite name (lowercase letters, digits, '.', '-')")
+        return v
+
+    @field_validator("mirror", "security_mirror", "snapshot")
+    @classmethod
+    def _url(cls, v: str) -> str:
+        if v and not re.fullmatch(r"(https?|file)://[^\s'\"]+", v):
+            raise ValueError(f"{v!r} is not an http(s):// or file:// URL")
+        return v.rstrip("/")
+
+    @field_validator("components")
+    @classmethod
+    def _components(cls, v: list[str]) -> list[str]:
+        return _check_all(v, re.compile(r"^[a-z0-9-]+$"), "component", "lowercase letters, digits, '-'")
+
+
+class Packages(Section):
+    include: list[str] = setting([], "Debian packages to install (name or name=version).")
+
+    @field_validator("include")
+    @classmethod
+    def _names(cls, v: list[str]) -> list[str]:
+        return _check_all(v, PKG_RE, "Debian package name", "lowercase letters, digits, '+', '-', '.'; optional =version")
+
+
+class User(Section):
+    uid: int | None = setting(None, "Fixed uid (default: next free from 1000, in name order).", ge=1000, le=59999)
+    groups: list[str] = setting([], "Supplementary groups (must exist in the image).")
+    shell: str = setting("/bin/bash", "Login shell.")
+    authorized_keys: list[str] = setting(
+        [], "SSH public keys baked into the image; refused unless hardening.allow_baked_keys (devtools-like profiles)."
+    )
+
+    @field_validator("groups")
+    @classmethod
+    def _groups(cls, v: list[str]) -> list[str]:
+        return _check_all(v, USER_RE, "group name", "lowercase letters, digits, '_', '-'")
+
+    @field_validator("shell")
+    @classmethod
+    def _shell(cls, v: str) -> str:
+        return _abs_posix(v, "shell")
+
+    @field_validator("authorized_keys")
+    @classmethod
+    def _keys(cls, v: list[str]) -> list[str]:
+        rx = re.compile(r"^(ssh-ed25519|ssh-rsa|ecdsa-sha2-nistp(256|384|521)|sk-ssh-ed25519@openssh\.com) [A-Za-z0-9+/=]+( [^\n]*)?$")
+        return _check_all(v, rx, "OpenSSH public key", "one 'type base64 [comment]' line")
+
+
+class FileEntry(Section):
+    source: str = setting(..., "File or directory to copy, relative to the spec file that declares it.")
+    dest: str = setting(..., "Absolute destination path inside the image.")
+    mode: int | None = setting(None, "Permission bits for files (e.g. 0o644); directories keep 0755.", ge=0, le=0o7777)
+    owner: str = setting("root", "Owner user name inside the image.")
+    group: str = setting("root", "Owner group name inside the image.")
+
+    @field_validator("dest")
+    @classmethod
+    def _dest(cls, v: str) -> str:
+        return _abs_posix(v, "dest")
+
+    @field_validator("owner", "group")
+    @classmethod
+    def _owner(cls, v: str) -> str:
+        return _check_all([v], USER_RE, "user/group name", "lowercase letters, digits, '_', '-'")[0]
+
+
+class Services(Section):
+    enable: list[str] = setting([], "systemd units to enable.")
+    mask: list[str] = setting([], "systemd units to mask (link to /dev/null).")
+
+    @field_validator("enable", "mask")
+    @classmethod
+    def _units(cls, v: list[str]) -> list[str]:
+        return _check_all(v, UNIT_RE, "systemd unit name", "name.service, name.socket, name.target, ...")
+
+
+class Hardening(Section):
+    lock_root: bool = setting(True, "Lock root's password (SSH keys supplied at run time still work).")
+    ssh: bool = setting(True, "Run sshd: key-only, host keys generated at first boot, never baked.")
+    firewall: bool = setting(True, "nftables: default-deny incoming, allowing only firewall_allow_tcp/udp.")
+    firewall_allow_tcp: list[int] = setting([22], "Incoming TCP ports the image allows.")
+    firewall_allow_udp: list[int] = setting([], "Incoming UDP ports the image allows.")
+    console_getty: bool = setting(False, "Login prompt on the serial console (debug profiles only).")
+    allow_baked_keys: bool = setting(False, "Allow users.*.authorized_keys in the image (devtools-like profiles).")
+
+    @field_validator("firewall_allow_tcp", "firewall_allow_udp")
+    @classmethod
+    def _ports(cls, v: list[int]) -> list[int]:
+        for p in v:
+            if not 1 <= p <= 65535:
+                raise ValueError(f"{p} is not a port number (1-65535)")
+        return v
+
+
+class Strip(Section):
+    """Named groups of paths removed from the image; each group is a switch so profiles can turn one off."""
+
+    docs: bool = setting(True, "/usr/share/doc (copyright files kept), info, lintian, bug reports.")
+    man: bool = setting(True, "Manual pages.")
+    locales: bool = setting(True, "Translations and locales except C.UTF-8; gconv modules.")
+    perl: bool = setting(True, "perl-base and debconf's perl (only needed by package scripts).")
+    package_manager: bool = setting(True, "dpkg/apt tools and databases' helper files (the image is immutable).")
+    zoneinfo: bool = setting(True, "Time zone database (the guest runs in UTC).")
+    extra_tools: bool = setting(True, "Tools a sandbox does not use: user management, fdisk, tc, ssh agent/keyscan...")
+    paths: list[str] = setting([], "Further glob patterns (absolute, inside the image) to remove.")
+    keep: list[str] = setting([], "Glob patterns never removed, even if a group matches them.")
+
+    @field_validator("paths", "keep")
+    @classmethod
+    def _globs(cls, v: list[str]) -> list[str]:
+        for p in v:
+            if not p.startswith("/") or ".." in p.split("/"):
+                raise ValueError(f"{p!r} must be an absolute glob inside the image without '..'")
+        return v
+
+
+class Kernel(Section):
+    package: str = setting("linux-image-cloud-amd64", "Debian kernel package (a metapackage is resolved to its image).")
+    cmdline: list[str] = setting([], "Kernel command line arguments baked into the image (UKI .cmdline).")
+    modules: list[str] = setting([], "Kernel modules to keep in the image (their dependencies are added).")
+    load: list[str] = setting([], "Modules loaded at boot (there is no udev to autoload them).")
+
+    @field_validator("package")
+    @classmethod
+    def _pkg(cls, v: str) -> str:
+        return _check_all([v], PKG_RE, "Debian package name", "e.g. linux-image-cloud-amd64")[0]
+
+    @field_validator("cmdline")
+    @classmethod
+    def _cmdline(cls, v: list[str]) -> list[str]:
+        return _check_all(v, CMDLINE_RE, "kernel argument", "printable ASCII without spaces")
+
+    @field_validator("modules", "load")
+    @classmethod
+    def _mods(cls, v: list[str]) -> list[str]:
+        return _check_all(v, KMOD_RE, "kernel module name", "letters, digits, '_', '-'")
+
+
+class Output(Section):
+    formats: list[Literal["initrd", "ext4", "uki"]] = setting(
+        ["initrd", "ext4"], "Artifacts to write besides vmlinuz/vmlinux/manifest.", merge="override"
+    )
+    compression_level: int = setting(19, "zstd level of initrd.cpio.zst (higher = smaller, slower).", ge=1, le=19)
+    ext4_extra_mib: int = setting(16, "Free space added to rootfs.ext4 beyond its content (MiB).", ge=0, le=65536)
+
+
+class ImageBody(Section):
+    """Everything a fragment (module, spec file or profile) may set."""
+
+    name: str = setting("image", "Image name: the output directory build/<name>/ and UKI file name.")
+    epoch: int = setting(1735689600, "SOURCE_DATE_EPOCH: every timestamp in every artifact.", ge=0, le=2**32 - 1)
+    distribution: Distribution = setting(Distribution(), "Where packages come from.")
+    packages: Packages = setting(Packages(), "Package selection.")
+    users: dict[str, User] = setting({}, "Non-root users by name.")
+    files: list[FileEntry] = setting([], "Files and trees copied into the image.")
+    services: Services = setting(Services(), "systemd units to enable or mask.")
+    hardening: Hardening = setting(Hardening(), "Security switches.")
+    strip: Strip = setting(Strip(), "What is removed from the image.")
+    kernel: Kernel = setting(Kernel(), "Kernel package, command line and modules.")
+    output: Output = setting(Output(), "Artifact formats.")
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, v: str) -> str:
+        if not IMAGE_NAME_RE.fullmatch(v):
+            raise ValueError(f"{v!r} is not a safe image name (letters, digits, '.', '_', '-'; at most 64)")
+        return v
+
+    @field_validator("users")
+    @classmethod
+    def _user_names(cls, v: dict[str, User]) -> dict[str, User]:
+        for name in v:
+            if not USER_RE.fullmatch(name) or name == "root":
+                raise ValueError(f"{name!r} is not a valid non-root user name (lowercase letters, digits, '_', '-')")
+        return v
+
+
+class ImageSpec(ImageBody):
+    """The fully merged spec (includes and profiles resolved)."""
+
+    @model_validator(mode="after")
+    def _no_baked_keys_unless_allowed(self) -> "ImageSpec":
+        if not self.hardening.allow_baked_keys:
+            for name, user in self.users.items():
+                if user.authorized_keys:
+                    raise ValueError(
+                        f"users.{name}.authorized_keys: baking SSH keys into a measured image is refused; sandboxes "
+                        "get per-instance keys at run time (set hardening.allow_baked_keys = true only in a "
+                        "devtools-like profile)"
+                    )
+        return self
+
+
+# Keys a fragment may have besides the body's settings.
+FRAGMENT_KEYS = {"include", "profiles"}
