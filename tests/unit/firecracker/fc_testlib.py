@@ -114,6 +114,15 @@ class StandInFirecrackerApi:
         class Server(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
             daemon_threads = True
 
+            def handle_error(self, request: Any, client_address: Any) -> None:
+                import sys
+                import traceback
+
+                if isinstance(sys.exc_info()[1], (BrokenPipeError, ConnectionResetError)):
+                    return  # the client hung up after reading its answer: not a protocol violation
+
+                outer.violations.append("stand-in server error: " + traceback.format_exc().strip().splitlines()[-1])
+
         class UnixHandler(Handler):
             def __init__(self, request: Any, client_address: Any, server: Any) -> None:
                 super().__init__(request, ("local", 0), server)
@@ -139,3 +148,25 @@ class StandInFirecrackerApi:
     def __exit__(self, *exc: Any) -> None:
         self.server.shutdown()
         self.server.server_close()
+
+
+def running_record(tmp: Path, sock: Path, *, name: str = "fc-test", chroot_base: Path | None = None):
+    """A sandbox record as the manager would leave it after the Firecracker steps ran, pointing at a
+    live pid (this test process) and at `sock` for the API."""
+    import os
+    import time
+
+    from sealbox.sandbox.state import SandboxRecord, process_start_time
+    from sealbox.sandbox.steps import StepEntry, StepLog
+    from sealbox.sandbox.vmm.firecracker.backend import FirecrackerBackend
+    from sealbox.sandbox.vmm.firecracker.settings import FirecrackerSettings
+
+    backend = FirecrackerBackend(FirecrackerSettings(chroot_base=chroot_base or tmp / "jails", firecracker=tmp / "absent-fc"))
+    plan = make_plan(tmp, name=name)
+    stage, start = backend._steps(plan, probe=False)
+    entries = [StepEntry(kind=stage.kind, params=stage.model_dump(mode="json"), state="done"),
+               StepEntry(kind=start.kind, params=start.model_dump(mode="json"), state="done",
+                         outputs={"pid": os.getpid(), "start_time": process_start_time(os.getpid()), "api_sock": str(sock)})]
+    record = SandboxRecord(name=name, status="running", created_at=time.time(), steps=StepLog(entries=entries),
+                           network={"guest_ip": "10.213.0.6"}, guest={"host_keys": ["ssh-ed25519 AAAA"]})
+    return backend, record, stage.layout
