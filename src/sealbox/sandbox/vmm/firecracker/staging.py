@@ -42,10 +42,11 @@ class MountInfo(BaseModel):
 
 def mount_of(path: Path, mountinfo: str | None = None) -> MountInfo:
     """The mount holding `path` (or its nearest existing ancestor), from /proc/self/mountinfo."""
-    probe = Path(path)
-    while not probe.exists() and probe != probe.parent:
+    probe, tail = Path(path).absolute(), []
+    while not probe.exists() and probe != probe.parent:  # resolve symlinks of the part that exists
+        tail.insert(0, probe.name)
         probe = probe.parent
-    probe = probe.resolve()
+    probe = probe.resolve().joinpath(*tail)
     text = mountinfo if mountinfo is not None else Path("/proc/self/mountinfo").read_text()
     best: MountInfo | None = None
     for line in text.splitlines():
