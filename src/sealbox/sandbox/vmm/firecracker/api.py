@@ -6,9 +6,11 @@ Firecracker's `{"fault_message": ...}` — becomes one SandboxError line naming 
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Iterator, Literal
 
 import httpx
 
@@ -26,6 +28,21 @@ class FirecrackerApiError(SandboxError):
         self.fault = fault
 
 
+@contextlib.contextmanager
+def uds_path(path: Path) -> Iterator[str]:
+    """A connectable name for a Unix socket. The host path of a jail's socket can exceed sun_path's
+    108 bytes (a 64-char id alone gets close), so long paths go through an O_PATH fd of the directory."""
+    text = str(path)
+    if len(text.encode()) < 100:
+        yield text
+        return
+    fd = os.open(path.parent, os.O_PATH | os.O_DIRECTORY)
+    try:
+        yield f"/proc/self/fd/{fd}/{path.name}"
+    finally:
+        os.close(fd)
+
+
 def _one_line(text: str, limit: int = 300) -> str:
     text = " ".join(text.split())
     return text if len(text) <= limit else text[: limit - 1] + "…"
@@ -39,10 +56,13 @@ class FirecrackerClient:
     def _request(self, method: str, path: str, body: dict[str, Any] | None = None, timeout: float | None = None) -> Any:
         what = f"Firecracker API {method} {path}"
         limit = timeout or self.timeout
-        transport = httpx.HTTPTransport(uds=str(self.socket_path))
         try:
-            with httpx.Client(transport=transport, base_url="http://localhost", timeout=httpx.Timeout(limit)) as client:
+            with uds_path(self.socket_path) as uds, httpx.Client(transport=httpx.HTTPTransport(uds=uds), base_url="http://localhost",
+                                                                 timeout=httpx.Timeout(limit)) as client:
                 resp = client.request(method, path, json=body, headers={"Accept": "application/json"})
+        except FileNotFoundError:
+            raise SandboxError(f"{what}: the API socket directory {self.socket_path.parent} does not exist",
+                               hint="is the sandbox running?") from None
         except httpx.TimeoutException:
             raise SandboxError(f"{what}: no answer within {limit:g}s", hint="the VMM may be hung; 'sealbox stop' kills it") from None
         except httpx.TransportError as e:

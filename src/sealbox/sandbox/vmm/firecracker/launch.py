@@ -26,7 +26,7 @@ from sealbox.errors import SandboxError
 from sealbox.sandbox.state import pid_alive, process_start_time
 from sealbox.sandbox.steps import Step
 from sealbox.sandbox.vmm.firecracker import jailer as J
-from sealbox.sandbox.vmm.firecracker.api import FirecrackerClient
+from sealbox.sandbox.vmm.firecracker.api import FirecrackerClient, uds_path
 from sealbox.sandbox.vmm.firecracker.jailer import JailLayout
 
 log = logging.getLogger("sealbox.firecracker")
@@ -68,7 +68,8 @@ def socket_answers(path: Path, timeout: float = 0.5) -> bool:
     s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     s.settimeout(timeout)
     try:
-        s.connect(str(path))
+        with uds_path(path) as name:
+            s.connect(name)
         return True
     except OSError:
         return False
