@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 import os
 import secrets
-import shutil
 import stat
 import subprocess
 import sys
@@ -36,7 +35,6 @@ def env(tmp_path: Path):
     bindir = tmp_path / "bin"
     bindir.mkdir()
     jailer = bindir / "jailer"
-    shutil.copy(STANDIN, jailer)
     jailer.write_text(f"#!{sys.executable}\n" + STANDIN.read_text())
     jailer.chmod(0o755)
     fc = bindir / "firecracker"
@@ -58,7 +56,6 @@ def env(tmp_path: Path):
     steps[1] = steps[1].model_copy(update={"netns": netns_dir / f"sealbox-{name}",
                                            "argv": tuple(a.replace("/var/run/netns", str(netns_dir)) for a in steps[1].argv)})
     yield backend, plan, steps, tmp_path
-    undo_steps(StepLog(entries=[]), lambda: None)
     for version, ctrls in ((1, ["cpu", "memory", "pids"]), (2, [])):
         for d in J.jailer_cgroup_dirs(version, ctrls, "firecracker", name):
             if d.is_dir():
