@@ -110,6 +110,7 @@ def main() -> int:
 
         def do_PUT(self):
             body = json.loads(self.rfile.read(int(self.headers.get("Content-Length") or 0)) or b"{}")
+            print(f"stand-in console: PUT {self.path} {json.dumps(body, sort_keys=True)}", flush=True)
             self._reply(204)
             if body.get("action_type") == "SendCtrlAltDel" and not behaviour.get("ignore_ctrl_alt_del"):
                 print("stand-in console: reboot: Restarting system", flush=True)

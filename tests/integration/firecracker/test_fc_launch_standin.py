@@ -166,3 +166,47 @@ def test_missing_netns_handle_is_a_clear_error(env) -> None:
     steps[1] = steps[1].model_copy(update={"netns": tmp / "netns" / "absent"})
     with pytest.raises(SandboxError, match="network namespace handle .* does not exist"):
         apply_steps(steps, StepLog(), lambda: None)
+
+
+def test_restore_from_snapshot_stages_files_and_loads_it(env) -> None:
+    import hashlib
+
+    from sealbox.sandbox.vmm.firecracker.snapshot import SnapshotDrive, SnapshotFile, SnapshotManifest
+
+    backend, plan, _, tmp = env
+    snap = tmp / "snap"
+    (snap / "disks").mkdir(parents=True)
+    contents = {"vmstate": b"state", "memory": b"\0" * 4096, "disks/instance.img": b"i" * 4096, "disks/disk0.img": b"d" * 4096}
+    for rel, data in contents.items():
+        (snap / rel).write_bytes(data)
+        os.chmod(snap / rel, 0o644)
+
+    def f(rel: str) -> dict:
+        return {"file": rel, "sha256": hashlib.sha256(contents[rel]).hexdigest(), "size": len(contents[rel])}
+
+    m = SnapshotManifest(source="orig", created_at=0, firecracker_version="1.16.1", source_resumed=False,
+                         vmstate=SnapshotFile(**f("vmstate")), memory=SnapshotFile(**f("memory")), vm_config={},
+                         drives=[SnapshotDrive(drive_id="instance", in_jail="/instance.img", read_only=True, is_root_device=False, **f("disks/instance.img")),
+                                 SnapshotDrive(drive_id="disk0", in_jail="/disk0.img", read_only=False, is_root_device=False, **f("disks/disk0.img"))])
+    (snap / "manifest.json").write_text(m.model_dump_json())
+    rplan = plan.model_copy(update={"spec": plan.spec.model_copy(update={"from_snapshot": snap})})
+    steps = backend.steps(rplan)
+    netns = tmp / "netns" / f"sealbox-{plan.spec.name}"
+    steps[1] = steps[1].model_copy(update={"netns": netns, "argv": tuple(a.replace("/var/run/netns", str(tmp / "netns")) for a in steps[1].argv)})
+    assert steps[0].config is None and "--config-file" not in steps[1].argv and "--log-path" in steps[1].argv
+    log = StepLog()
+    apply_steps(steps, log, lambda: None)
+    root = backend.layout(plan).root
+    try:
+        assert os.stat(root / "snapshot" / "memory").st_ino == os.stat(snap / "memory").st_ino
+        assert os.stat(root / "instance.img").st_ino == os.stat(snap / "disks" / "instance.img").st_ino
+        d0 = os.stat(root / "disk0.img")  # a private writable copy: the snapshot stays restorable
+        assert d0.st_ino != os.stat(snap / "disks" / "disk0.img").st_ino and d0.st_uid == UID and stat.S_IMODE(d0.st_mode) == 0o600
+        assert not (root / "config.json").exists()
+        console = plan.console_log.read_text()
+        assert ('PUT /snapshot/load {"mem_backend": {"backend_path": "/snapshot/memory", "backend_type": "File"}, '
+                '"network_overrides": [{"host_dev_name": "tap0", "iface_id": "eth0"}], "resume_vm": true, '
+                '"snapshot_path": "/snapshot/vmstate"}') in console
+    finally:
+        assert undo_steps(log, lambda: None) == []
+    assert not root.exists() and (snap / "memory").read_bytes() == contents["memory"]

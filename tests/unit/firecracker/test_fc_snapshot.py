@@ -13,7 +13,6 @@ from fc_testlib import StandInFirecrackerApi, running_record, spec_path
 
 from sealbox.errors import SandboxError
 from sealbox.sandbox.vmm.firecracker import snapshot as S
-from sealbox.sandbox.vmm.firecracker.api import FirecrackerClient
 from sealbox.sandbox.vmm.firecracker.schema import load_spec
 
 
