@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import errno
+import ipaddress
 import fcntl
 import multiprocessing
 import os
@@ -229,3 +230,28 @@ def test_failure_midway_undoes_what_was_done(env: tuple[StateDir, str, list[str]
     with pytest.raises(SandboxError, match="boom"):
         apply_steps([*steps, Boom()], log, lambda: None)
     assert traces(name, state, run_dir) == []
+
+
+def test_foreign_forward_drop_chains_are_reported(env: tuple[StateDir, str, list[str]], prefix: str) -> None:
+    _, _, used = env
+    name = f"{prefix}-fd"
+    used.append(name)
+    step = NetnsStep(netns=netnames.netns_name(name))
+    step.do()
+    try:
+        assert nft.foreign_forward_drops(step.netns) == []
+        own = nft.host_ruleset(table=netnames.root_table_name(name), veth="sb0000000000000",
+                               uplink=ipaddress.IPv4Network("10.213.0.4/30"), pool=ipaddress.IPv4Network("10.213.0.0/16"))
+        nft.apply(own, step.netns)
+        nft.apply(nft.sandbox_ruleset(table="sealbox", tap="tap0", guest_ip=ipaddress.IPv4Address("10.213.0.2"),
+                                      host_ip=ipaddress.IPv4Address("10.213.0.1"), pool=ipaddress.IPv4Network("10.213.0.0/16"),
+                                      uplink_if=None), step.netns)
+        foreign = {"nftables": [
+            {"add": {"table": {"family": "ip", "name": "filter"}}},
+            {"add": {"chain": {"family": "ip", "table": "filter", "name": "FORWARD", "type": "filter", "hook": "forward", "prio": 0, "policy": "drop"}}},
+        ]}
+        nft.apply(foreign, step.netns)
+        # sealbox's own tables (one with forward policy drop) are not reported, the foreign one is
+        assert nft.foreign_forward_drops(step.netns) == ["ip filter FORWARD"]
+    finally:
+        step.undo({})

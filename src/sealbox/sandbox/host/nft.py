@@ -30,6 +30,7 @@ import json
 import math
 from typing import Any, Sequence
 
+from sealbox.sandbox.host.netnames import NETNS_TABLE, TABLE_PREFIX
 from sealbox.sandbox.host.netns import run_in_netns
 from sealbox.sandbox.model import EgressRule, RateLimit
 from sealbox.util.run import run
@@ -228,4 +229,23 @@ def counters(table: str, netns: str | None = None) -> dict[str, int]:
         for expr in rule.get("expr", []):
             if isinstance(expr, dict) and isinstance(expr.get("counter"), dict):
                 found[rule["comment"]] = found.get(rule["comment"], 0) + int(expr["counter"].get("packets", 0))
+    return found
+
+
+def foreign_forward_drops(netns: str | None = None) -> list[str]:
+    """Base chains of *other* tables hooked at forward with policy drop (for `sealbox doctor`).
+
+    netfilter runs every base chain of a hook, so such a chain also drops nat sandbox traffic that
+    our table accepts; the fix is an accept rule there for the `sb*` veths, or policy accept.
+    (iptables-legacy chains, e.g. Docker's FORWARD DROP, are invisible to nft and not reported.)
+    """
+    found = []
+    for item in list_ruleset(netns):
+        ch = item.get("chain")
+        if not ch or ch.get("hook") != "forward" or ch.get("policy") != "drop":
+            continue
+        table = str(ch.get("table", ""))
+        if table.startswith(TABLE_PREFIX) or table == NETNS_TABLE:
+            continue  # sealbox's own
+        found.append(f"{ch['family']} {table} {ch['name']}")
     return found
