@@ -25,6 +25,7 @@ COMMANDS: dict[str, str] = {
     "pause": "sealbox.cli.firecracker:pause",
     "resume": "sealbox.cli.firecracker:resume",
     "snapshot": "sealbox.cli.firecracker:snapshot",
+    "_proxy": "sealbox.cli.proxy:proxy_cmd",
 }
 
 

@@ -1,0 +1,108 @@
+"""The two firewall steps: the sandbox netns table (both modes) and the root-namespace nat table."""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+from pathlib import Path
+from typing import Any
+
+from sealbox.sandbox.host import forward, nft
+from sealbox.sandbox.host.netns import netns_exists
+from sealbox.sandbox.model import EgressRule, RateLimit
+from sealbox.sandbox.steps import Step
+
+log = logging.getLogger("sealbox.firewall")
+
+
+def _rate(limit: RateLimit | None) -> str:
+    if limit is None:
+        return "none"
+    rate, burst = nft.rate_bucket(limit)
+    return f"{rate} B/s (burst {burst} B)"
+
+
+class SandboxFirewallStep(Step):
+    """`inet sealbox` in the sandbox netns: deny by default, metadata and pool dropped, optional
+    egress allow-list (nat) and per-direction rate limits on the TAP. See sealbox.sandbox.host.nft.
+
+    Run before the TAP and veth exist (rules match interface *names*), so there is never a moment
+    with an interface but no rules.
+    """
+
+    kind = "net.firewall"
+    netns: str
+    table: str
+    tap: str
+    guest_ip: ipaddress.IPv4Address
+    host_ip: ipaddress.IPv4Address
+    pool: ipaddress.IPv4Network
+    uplink_if: str | None = None  # None: isolated
+    egress: tuple[EgressRule, ...] = ()
+    rx: RateLimit | None = None
+    tx: RateLimit | None = None
+
+    def ruleset(self) -> dict[str, Any]:
+        return nft.sandbox_ruleset(
+            table=self.table,
+            tap=self.tap,
+            guest_ip=self.guest_ip,
+            host_ip=self.host_ip,
+            pool=self.pool,
+            uplink_if=self.uplink_if,
+            egress=self.egress,
+            rx=self.rx,
+            tx=self.tx,
+        )
+
+    def describe(self) -> str:
+        if self.uplink_if is None:
+            reach = f"guest {self.guest_ip} reaches only {self.host_ip}"
+        else:
+            allowed = ", ".join(f"{r.cidr}" + (f":{r.port}" if r.port else "") for r in self.egress) or "any"
+            reach = f"guest {self.guest_ip} reaches {self.host_ip} and, via {self.uplink_if}, egress to {allowed}"
+        return (
+            f"nft table inet {self.table} in {self.netns} (input/forward policy drop): {reach}; "
+            f"drop {nft.METADATA_IP} and pool {self.pool}; rate rx {_rate(self.rx)}, tx {_rate(self.tx)}"
+        )
+
+    def do(self) -> dict[str, Any] | None:
+        nft.apply(self.ruleset(), self.netns)
+        return None
+
+    def undo(self, outputs: dict[str, Any]) -> None:
+        if netns_exists(self.netns):  # otherwise the table died with the namespace
+            nft.apply(nft.delete_table_doc(self.table), self.netns)
+
+
+class HostNatStep(Step):
+    """Root-namespace table `inet sealbox-<name>` for one nat sandbox, plus its share of
+    net.ipv4.ip_forward (sealbox.sandbox.host.forward)."""
+
+    kind = "net.host-nat"
+    table: str
+    veth: str
+    uplink: ipaddress.IPv4Network
+    pool: ipaddress.IPv4Network
+    run_dir: str
+    owner: str  # forward reference-count key: "<state dir>:<name>"
+
+    def ruleset(self) -> dict[str, Any]:
+        return nft.host_ruleset(table=self.table, veth=self.veth, uplink=self.uplink, pool=self.pool)
+
+    def describe(self) -> str:
+        return (
+            f"nft table inet {self.table} in the root namespace: masquerade {self.uplink} leaving the host, "
+            f"forward only from/to {self.veth} as established, drop new connections from {self.veth} to the host; "
+            f"net.ipv4.ip_forward=1 while any nat sandbox runs (previous value restored after the last)"
+        )
+
+    def do(self) -> dict[str, Any] | None:
+        nft.apply(self.ruleset())
+        st = forward.acquire(Path(self.run_dir), self.owner)
+        return {"ip_forward_previous": st.previous}
+
+    def undo(self, outputs: dict[str, Any]) -> None:
+        nft.apply(nft.delete_table_doc(self.table))
+        if forward.release(Path(self.run_dir), self.owner):
+            log.info("restored net.ipv4.ip_forward (last nat sandbox gone)")

@@ -1,0 +1,129 @@
+"""net.ipv4.ip_forward in the root namespace, shared by all nat sandboxes: a reference count.
+
+nat sandboxes need forwarding in the root namespace; the host had some value before the first one
+started, and that value must come back when the last one goes away — not earlier (another nat
+sandbox still needs it) and not a guessed value.
+
+Design:
+- One file, `<run>/net/ip_forward.json` = {"previous": "<value before sealbox>", "users": [...]},
+  changed only under an flock on `<run>/net/ip_forward.lock` (bounded wait).
+- `<run>` defaults to /run/sealbox, a tmpfs: the sysctl and the file share the lifetime of the boot.
+  After a reboot the file is gone and ip_forward has its boot value, so replaying an old record's
+  undo (gc) finds no user and changes nothing — a file in the persistent state dir would instead
+  "restore" a stale value over the boot configuration.
+- A user is an owner key "<state dir>:<sandbox name>", unique across state directories.
+- acquire: under the lock, if the file is absent, record the current value as `previous`; add the
+  owner; write the file atomically; *then* write 1. A crash after the file write leaves a user that
+  the step's undo (or gc) removes; a crash before leaves nothing changed.
+- release: under the lock, remove the owner; if no user remains, write `previous` back and delete
+  the file. Idempotent: an owner that is not listed changes nothing.
+- acquire also re-asserts 1 when the file already exists (someone may have reset it meanwhile).
+  Changes made by others while sealbox holds the count are overwritten by the final restore; the
+  value restored is always the one found before the first nat sandbox.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import fcntl
+import os
+import time
+from pathlib import Path
+from typing import Iterator
+
+from pydantic import BaseModel, ValidationError
+
+from sealbox.errors import SandboxError
+from sealbox.util import atomic
+
+DEFAULT_RUN_DIR = Path("/run/sealbox")
+SYSCTL = Path("/proc/sys/net/ipv4/ip_forward")
+
+
+class ForwardState(BaseModel):
+    previous: str
+    users: list[str] = []
+
+
+def _paths(run_dir: Path) -> tuple[Path, Path]:
+    d = Path(run_dir) / "net"
+    return d / "ip_forward.json", d / "ip_forward.lock"
+
+
+@contextlib.contextmanager
+def _locked(run_dir: Path, timeout: float = 30.0) -> Iterator[None]:
+    state_file, lock_file = _paths(run_dir)
+    lock_file.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    fd = os.open(lock_file, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    try:
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except OSError as e:
+                if e.errno not in (errno.EAGAIN, errno.EACCES):
+                    raise
+                if time.monotonic() > deadline:
+                    raise SandboxError(f"{lock_file} is held by another sealbox command", hint="retry later") from None
+                time.sleep(0.05)
+        yield
+    finally:
+        os.close(fd)
+
+
+def _load(run_dir: Path) -> ForwardState | None:
+    state_file, _ = _paths(run_dir)
+    try:
+        return ForwardState.model_validate_json(state_file.read_bytes())
+    except FileNotFoundError:
+        return None
+    except (ValidationError, ValueError) as e:
+        raise SandboxError(
+            f"{state_file} is corrupt: {str(e).splitlines()[0]}",
+            hint="check net.ipv4.ip_forward by hand, then delete the file",
+        ) from None
+
+
+def _write_sysctl(sysctl: Path, value: str) -> None:
+    try:
+        sysctl.write_text(value + "\n")
+    except OSError as e:
+        raise SandboxError(f"cannot write {sysctl}: {e.strerror}", hint="sealbox must run as root") from None
+
+
+def acquire(run_dir: Path, owner: str, sysctl: Path = SYSCTL) -> ForwardState:
+    """Count `owner` as a user of forwarding and make sure forwarding is on."""
+    state_file, _ = _paths(run_dir)
+    with _locked(run_dir):
+        st = _load(run_dir) or ForwardState(previous=sysctl.read_text().strip())
+        if owner not in st.users:
+            st.users.append(owner)
+        atomic.write_json(state_file, st.model_dump(), mode=0o600)  # remembered before changed
+        if sysctl.read_text().strip() != "1":
+            _write_sysctl(sysctl, "1")
+    return st
+
+
+def release(run_dir: Path, owner: str, sysctl: Path = SYSCTL) -> bool:
+    """Stop counting `owner`; restore the original value when nobody is left. True if restored."""
+    state_file, _ = _paths(run_dir)
+    if not state_file.exists():
+        return False
+    with _locked(run_dir):
+        st = _load(run_dir)
+        if st is None or owner not in st.users:
+            return False
+        st.users.remove(owner)
+        if st.users:
+            atomic.write_json(state_file, st.model_dump(), mode=0o600)
+            return False
+        _write_sysctl(sysctl, st.previous)
+        state_file.unlink(missing_ok=True)
+    return True
+
+
+def users(run_dir: Path) -> list[str]:
+    st = _load(run_dir)
+    return list(st.users) if st else []
