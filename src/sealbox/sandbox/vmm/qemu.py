@@ -248,16 +248,17 @@ def build_command(plan: VmPlan, host: HostFacts) -> QemuCommand:
     )
 
 
-def qemu_objects(qemu: str = QEMU) -> set[str]:
+def qemu_objects(qemu: str | None = None) -> set[str]:
     try:
-        out = subprocess.run([qemu, "-object", "help"], capture_output=True, text=True, timeout=20).stdout
+        out = subprocess.run([qemu or QEMU, "-object", "help"], capture_output=True, text=True, timeout=20).stdout
     except (OSError, subprocess.TimeoutExpired):
         return set()
     return {line.strip() for line in out.splitlines()[1:] if line.strip()}
 
 
-def tdx_support(param: Path = TDX_PARAM, qemu: str = QEMU) -> tuple[bool, str]:
+def tdx_support(param: Path | None = None, qemu: str | None = None) -> tuple[bool, str]:
     """Can this host run TDX guests? (kvm_intel's tdx parameter and QEMU's tdx-guest object)."""
+    param, qemu = param or TDX_PARAM, qemu or QEMU
     try:
         enabled = param.read_text().strip() in ("Y", "1")
     except OSError:

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from guest_fixture import HTTP_BODY, HTTP_PORT, MARKER, build_guest
+from qemu_guest_fixture import HTTP_BODY, HTTP_PORT, MARKER, build_guest
 from sealbox.sandbox.host import cgroups
 from sealbox.sandbox.host.users import ensure_vmm_user
 from sealbox.sandbox.model import GuestNet, SandboxSpec, VmPlan
