@@ -4,7 +4,7 @@ The packages come from the Debian archive via `apt-get download` into SEALBOX_TE
 (default /var/cache/sealbox-test/qemu) and are unpacked with `dpkg-deb -x`. The initramfs /init
 loads the virtio modules (order from FACTS.md), configures eth0 from the kernel `ip=` argument
 (Debian kernels ignore it themselves), prints MARKER, prints the instance disk's first line, serves
-HTTP on port 8080 and powers off on an ACPI power-button press (busybox acpid).
+HTTP on port 8080 and powers off on an ACPI power-button press.
 """
 
 from __future__ import annotations
@@ -20,10 +20,15 @@ import pytest
 MARKER = "SEALBOX-TEST-GUEST-UP"
 HTTP_BODY = "sealbox-guest-http-ok"
 HTTP_PORT = 8080
+RW_MAGIC = b"SEALBOX-RW-DISK"  # a disk starting with this gets GUEST_WROTE written at offset 512
+GUEST_WROTE = b"WRITTEN-BY-GUEST"
 MODULES = [  # virtio needs virtio_ring's symbols; net_failover needs failover
     "kernel/drivers/virtio/virtio_ring.ko",
     "kernel/drivers/virtio/virtio.ko",
     "kernel/drivers/virtio/virtio_mmio.ko",
+    "kernel/drivers/virtio/virtio_pci_legacy_dev.ko",
+    "kernel/drivers/virtio/virtio_pci_modern_dev.ko",
+    "kernel/drivers/virtio/virtio_pci.ko",
     "kernel/net/core/failover.ko",
     "kernel/drivers/net/net_failover.ko",
     "kernel/drivers/net/virtio_net.ko",
@@ -46,10 +51,18 @@ ip link set lo up
 ifconfig eth0 "$gip" netmask "$gmask" up
 echo "{HTTP_BODY}" > /www/index.html
 httpd -p {HTTP_PORT} -h /www
-echo 'PWRF/00000080 poweroff -f' > /etc/acpid.conf
-acpid -c /etc -a /etc/acpid.conf 2>/dev/null
+for ev in /sys/class/input/event*; do
+  if grep -q "Power Button" $ev/device/name 2>/dev/null; then
+    (head -c 1 /dev/input/$(basename $ev) >/dev/null && echo "POWER BUTTON" && poweroff -f) &
+  fi
+done
 sleep 0.2
-for d in /dev/vd?; do echo "DISK $d $(head -c 19 $d)"; done
+for d in /dev/vd?; do
+  echo "DISK $d $(head -c 19 $d)"
+  if [ "$(head -c {len(RW_MAGIC)} $d)" = "{RW_MAGIC.decode()}" ]; then
+    printf '{GUEST_WROTE.decode()}' | dd of=$d bs=512 seek=1 conv=notrunc 2>/dev/null && sync && echo "WROTE $d"
+  fi
+done
 echo "{MARKER} $gip"
 while true; do sleep 3600; done
 """
@@ -59,6 +72,9 @@ while true; do sleep 3600; done
 class Guest:
     kernel: Path
     initrd: Path
+
+    def uki(self, cmdline: str, out: Path) -> Path:
+        return build_uki(self.kernel, self.initrd, cmdline, out)
 
 
 def cache_dir() -> Path:
@@ -131,3 +147,26 @@ def build_guest() -> Guest:
     shutil.rmtree(out, ignore_errors=True)
     tmp.rename(out)
     return Guest(out / "vmlinuz", out / "initrd.cpio")
+
+
+STUB = Path("/usr/lib/systemd/boot/efi/linuxx64.efi.stub")
+
+
+def build_uki(kernel: Path, initrd: Path, cmdline: str, out: Path) -> Path:
+    """A UKI: systemd's EFI stub + .cmdline/.linux/.initrd sections placed after the stub's last one."""
+    if not STUB.is_file() or shutil.which("objcopy") is None or shutil.which("objdump") is None:
+        pytest.skip("systemd-boot-efi (linuxx64.efi.stub) and binutils are needed to build a UKI")
+    headers = _sh(["objdump", "-h", str(STUB)]).splitlines()
+    align = int(next(line.split()[1] for line in _sh(["objdump", "-p", str(STUB)]).splitlines() if line.startswith("SectionAlignment")), 16)
+    rows = [line.split() for line in headers if line.strip()[:1].isdigit()]
+    end = max(int(r[3], 16) + int(r[2], 16) for r in rows)  # VMA + size
+    cmd_file = out.with_suffix(".cmdline")
+    cmd_file.write_text(cmdline)
+    argv = ["objcopy"]
+    for name, path in ((".cmdline", cmd_file), (".linux", kernel), (".initrd", initrd)):
+        end = (end + align - 1) // align * align
+        argv += ["--add-section", f"{name}={path}", "--change-section-vma", f"{name}={end:#x}"]
+        end += path.stat().st_size
+    _sh([*argv, str(STUB), str(out)])
+    out.chmod(0o644)
+    return out

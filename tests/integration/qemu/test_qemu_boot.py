@@ -10,10 +10,10 @@ from pathlib import Path
 
 import pytest
 
-from qemu_guest_fixture import HTTP_BODY, HTTP_PORT, MARKER, build_guest
+from qemu_guest_fixture import GUEST_WROTE, HTTP_BODY, HTTP_PORT, MARKER, RW_MAGIC, build_guest
 from sealbox.sandbox.host import cgroups
 from sealbox.sandbox.host.users import ensure_vmm_user
-from sealbox.sandbox.model import GuestNet, SandboxSpec, VmPlan
+from sealbox.sandbox.model import DiskSpec, GuestNet, SandboxSpec, VmPlan
 from sealbox.sandbox.state import SandboxRecord, pid_alive
 from sealbox.sandbox.steps import StepLog, apply_steps, undo_steps
 from sealbox.sandbox.vmm.qemu import QemuBackend, memory_limit_bytes
@@ -47,6 +47,22 @@ def _http_from_netns(net, ip: str, timeout: float) -> str:  # type: ignore[no-un
     raise AssertionError(f"guest HTTP server unreachable from the netns: {last}")
 
 
+def _rss_split_kib(pid: int, guest_mib: int) -> tuple[int, int]:
+    """(RSS of the guest-RAM mapping, RSS of everything else) from /proc/PID/smaps."""
+    guest = other = 0
+    size = 0
+    for line in Path(f"/proc/{pid}/smaps").read_text().splitlines():
+        if line.startswith("Size:"):
+            size = int(line.split()[1])
+        elif line.startswith("Rss:"):
+            rss = int(line.split()[1])
+            if size == guest_mib * 1024 and guest == 0:
+                guest = rss
+            else:
+                other += rss
+    return guest, other
+
+
 def _status_field(pid: int, field: str) -> str:
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith(field + ":"):
@@ -54,28 +70,39 @@ def _status_field(pid: int, field: str) -> str:
     raise AssertionError(f"{field} missing for pid {pid}")
 
 
-def test_boot_jailed_microvm_tcg(tmp_path: Path, stand_in_network) -> None:  # type: ignore[no-untyped-def]
-    guest = build_guest()
+def _plan(tmp_path: Path, net_stand_in, name: str, image_dir: Path, kernel: Path, initrd: Path | None, **spec_kw) -> tuple[VmPlan, Path]:  # type: ignore[no-untyped-def]
     user = ensure_vmm_user()
-    name = f"qt{os.getpid()}"
     subnet = ipaddress.IPv4Network("10.213.250.0/30")
     net = GuestNet(
         subnet=subnet, host_ip=subnet[1], guest_ip=subnet[2], guest_mac="02:5e:a1:b0:c5:01",
-        tap=stand_in_network.tap, netns=stand_in_network.netns,
+        tap=net_stand_in.tap, netns=net_stand_in.netns,
     )
     sandbox_dir = tmp_path / "sandboxes" / name
     sandbox_dir.mkdir(parents=True, mode=0o700)
     instance = sandbox_dir / "instance.img"
     instance.write_bytes(b"SEALBOX-INSTANCE-V1\nhostname=x\nEND\n".ljust(4096, b"\0"))
     instance.chmod(0o600)  # root-only on purpose: the VMM gets it as an fd
-    spec = SandboxSpec(name=name, image_dir=guest.kernel.parent, memory_mib=256, accel="tcg")
+    rw_disk = tmp_path / "rw.img"
+    rw_disk.write_bytes(RW_MAGIC.ljust(8192, b"\0"))
+    rw_disk.chmod(0o600)  # likewise: a root-only writable disk works through an fdset
+    spec = SandboxSpec(name=name, image_dir=image_dir, memory_mib=256, accel="tcg", disks=(DiskSpec(path=rw_disk, readonly=False),), **spec_kw)
     layout = cgroups.detect()
     cg = cgroups.plan_for(name, layout, memory_bytes=memory_limit_bytes(spec, "tcg"), cpus=spec.cpus, pids_max=spec.limits.pids_max)
     plan = VmPlan(
-        spec=spec, sandbox_dir=sandbox_dir, kernel=guest.kernel, initrd=guest.initrd, rootfs=None,
+        spec=spec, sandbox_dir=sandbox_dir, kernel=kernel, initrd=initrd, rootfs=None,
         instance_disk=instance, cmdline=f"console=ttyS0 {net.kernel_ip_arg(name)}", net=net,
         uid=user.uid, gid=user.gid, cgroup=cg, accel="tcg", console_log=sandbox_dir / "console.log",
     )
+    return plan, rw_disk
+
+
+def test_boot_jailed_microvm_tcg(tmp_path: Path, stand_in_network) -> None:  # type: ignore[no-untyped-def]
+    guest = build_guest()
+    user = ensure_vmm_user()
+    name = f"qt{os.getpid()}"
+    plan, rw_disk = _plan(tmp_path, stand_in_network, name, guest.kernel.parent, guest.kernel, guest.initrd)
+    spec, net, sandbox_dir, cg = plan.spec, plan.net, plan.sandbox_dir, plan.cgroup
+    layout = cgroups.detect()
     backend = QemuBackend()
     backend.check_host(plan)
     log = StepLog()
@@ -86,6 +113,7 @@ def test_boot_jailed_microvm_tcg(tmp_path: Path, stand_in_network) -> None:  # t
         console = _wait_for(plan.console_log, MARKER, 90)
         boot_s = time.monotonic() - t0
         assert "DISK /dev/vda SEALBOX-INSTANCE-V1" in console  # the drive passed as an fdset is readable
+        _wait_for(plan.console_log, "WROTE /dev/vdb", 20)
         assert HTTP_BODY in _http_from_netns(stand_in_network, str(net.guest_ip), 30)
 
         qpid = log.entries[-1].outputs["qemu_pid"]
@@ -104,21 +132,24 @@ def test_boot_jailed_microvm_tcg(tmp_path: Path, stand_in_network) -> None:  # t
         assert info["status"]["status"] == "running"
         assert info["kvm"]["enabled"] is False
         assert info["memory"]["base-memory"] == spec.memory_mib * 1024 * 1024
-        assert {b["device"] for b in info["block"]} == {"instance"}
+        assert {b["device"]: b["inserted"]["ro"] for b in info["block"]} == {"instance": True, "disk0": False}
 
         rss_kib = int(_status_field(qpid, "VmRSS").split()[0])
+        guest_kib, own_kib = _rss_split_kib(qpid, spec.memory_mib)
         figures = {
             "spawn_to_marker_s": round(boot_s, 2),
             "qemu_rss_mib": rss_kib // 1024,
-            "rss_beyond_guest_ram_mib": rss_kib // 1024 - spec.memory_mib,
+            "guest_ram_resident_mib": guest_kib // 1024,
+            "qemu_own_rss_beyond_guest_ram_mib": own_kib // 1024,
             "cgroup_memory_limit_mib": cg.memory_bytes // 2**20,
         }
         print("FIGURES", json.dumps(figures))
 
         how = backend.stop(record, timeout=8)
-        assert how in ("powerdown", "quit")
+        assert how == "powerdown"  # the guest handles the ACPI power button
         print("STOP", how)
         assert not pid_alive(qpid)
+        assert rw_disk.read_bytes()[512 : 512 + len(GUEST_WROTE)] == GUEST_WROTE
     finally:
         problems = undo_steps(log, lambda: None)
     assert problems == []
@@ -126,3 +157,36 @@ def test_boot_jailed_microvm_tcg(tmp_path: Path, stand_in_network) -> None:  # t
     assert cgroups.pids_in(cg_dirs) == []
     assert not (sandbox_dir / "vmm" / "qmp.sock").exists()
     assert plan.console_log.exists()  # logs stay until `rm` deletes the sandbox dir
+
+
+def test_boot_jailed_q35_ovmf_uki(tmp_path: Path, stand_in_network) -> None:  # type: ignore[no-untyped-def]
+    """--firmware ovmf: OVMF pflash (CODE read-only + per-sandbox VARS copy, both as fdsets) boots a UKI."""
+    guest = build_guest()
+    name = f"qo{os.getpid()}"
+    image_dir = tmp_path / "image"
+    image_dir.mkdir()
+    guest_ip = "10.213.250.2"
+    uki = guest.uki(f"console=ttyS0 ip={guest_ip}::10.213.250.1:255.255.255.252:{name}:eth0:off", image_dir / "test.efi")
+    plan, rw_disk = _plan(tmp_path, stand_in_network, name, image_dir, uki, None, firmware="ovmf")
+    backend = QemuBackend()
+    backend.check_host(plan)
+    log = StepLog()
+    t0 = time.monotonic()
+    apply_steps(backend.steps(plan), log, lambda: None)
+    vars_copy = plan.sandbox_dir / "vmm" / "OVMF_VARS.fd"
+    try:
+        assert vars_copy.is_file()
+        console = _wait_for(plan.console_log, MARKER, 150)
+        print("FIGURES", json.dumps({"ovmf_spawn_to_marker_s": round(time.monotonic() - t0, 2)}))
+        assert "DISK /dev/vda SEALBOX-INSTANCE-V1" in console
+        _wait_for(plan.console_log, "WROTE /dev/vdb", 20)
+        assert HTTP_BODY in _http_from_netns(stand_in_network, guest_ip, 30)
+        record = SandboxRecord(name=name, created_at=time.time(), steps=log)
+        assert backend.inspect(record)["status"]["status"] == "running"
+        assert backend.stop(record, timeout=15) == "powerdown"
+    finally:
+        problems = undo_steps(log, lambda: None)
+    assert problems == []
+    assert not vars_copy.exists()  # the per-sandbox VARS copy goes with the run dir
+    assert all(not Path(d).exists() for d in log.entries[0].outputs["dirs"])
+    assert rw_disk.read_bytes()[512 : 512 + len(GUEST_WROTE)] == GUEST_WROTE

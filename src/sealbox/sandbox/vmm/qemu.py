@@ -156,7 +156,8 @@ class QemuCommand(BaseModel):
     run_dir: str
     qmp_socket: str
     vmm_log: str
-    vars_copy: str | None = None  # per-sandbox OVMF VARS file created by RunDirStep
+    vars_copy: str | None = None  # per-sandbox OVMF VARS file created by RunDirStep ...
+    vars_template: str | None = None  # ... from this template
 
 
 def run_dir_of(plan: VmPlan) -> Path:
@@ -245,6 +246,7 @@ def build_command(plan: VmPlan, host: HostFacts) -> QemuCommand:
         mode=mode, qemu_argv=argv, argv=jail.jail_argv(spec_j, argv), fds=sorted(fds.files, key=lambda f: f.fd),
         run_dir=str(run_dir), qmp_socket=str(run_dir / "qmp.sock"), vmm_log=str(run_dir / "qemu.log"),
         vars_copy=str(vars_copy) if vars_copy else None,
+        vars_template=str(host.ovmf_vars) if vars_copy else None,
     )
 
 

@@ -151,11 +151,9 @@ class QemuStartStep(Step):
 
 def steps(plan: VmPlan, cmd: QemuCommand) -> list[Step]:
     cg = cgroups.CgroupStep.from_plan(plan.cgroup, cgroups.detect())
-    from sealbox.sandbox.vmm.qemu import HostFacts
-
     rundir = RunDirStep(
         run_dir=cmd.run_dir, console_log=str(plan.console_log), qmp_socket=cmd.qmp_socket,
-        vars_template=str(HostFacts().ovmf_vars) if cmd.vars_copy else None, vars_copy=cmd.vars_copy,
+        vars_template=cmd.vars_template, vars_copy=cmd.vars_copy,
     )
     limits = [(res, soft, hard) for res, (soft, hard) in jail.rlimits(plan.spec.limits).items()]
     start = QemuStartStep(
