@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import ipaddress
 import json
 import os
 import time
@@ -10,13 +9,13 @@ from pathlib import Path
 
 import pytest
 
-from qemu_guest_fixture import GUEST_WROTE, HTTP_BODY, HTTP_PORT, MARKER, RW_MAGIC, build_guest
+from qemu_guest_fixture import GUEST_WROTE, HTTP_BODY, HTTP_PORT, MARKER, build_guest
+from qemu_plan_helpers import make_plan
 from sealbox.sandbox.host import cgroups
 from sealbox.sandbox.host.users import ensure_vmm_user
-from sealbox.sandbox.model import DiskSpec, GuestNet, SandboxSpec, VmPlan
 from sealbox.sandbox.state import SandboxRecord, pid_alive
 from sealbox.sandbox.steps import StepLog, apply_steps, undo_steps
-from sealbox.sandbox.vmm.qemu import QemuBackend, memory_limit_bytes
+from sealbox.sandbox.vmm.qemu import QemuBackend
 
 pytestmark = [pytest.mark.integration, pytest.mark.boot]
 
@@ -70,37 +69,11 @@ def _status_field(pid: int, field: str) -> str:
     raise AssertionError(f"{field} missing for pid {pid}")
 
 
-def _plan(tmp_path: Path, net_stand_in, name: str, image_dir: Path, kernel: Path, initrd: Path | None, **spec_kw) -> tuple[VmPlan, Path]:  # type: ignore[no-untyped-def]
-    user = ensure_vmm_user()
-    subnet = ipaddress.IPv4Network("10.213.250.0/30")
-    net = GuestNet(
-        subnet=subnet, host_ip=subnet[1], guest_ip=subnet[2], guest_mac="02:5e:a1:b0:c5:01",
-        tap=net_stand_in.tap, netns=net_stand_in.netns,
-    )
-    sandbox_dir = tmp_path / "sandboxes" / name
-    sandbox_dir.mkdir(parents=True, mode=0o700)
-    instance = sandbox_dir / "instance.img"
-    instance.write_bytes(b"SEALBOX-INSTANCE-V1\nhostname=x\nEND\n".ljust(4096, b"\0"))
-    instance.chmod(0o600)  # root-only on purpose: the VMM gets it as an fd
-    rw_disk = tmp_path / "rw.img"
-    rw_disk.write_bytes(RW_MAGIC.ljust(8192, b"\0"))
-    rw_disk.chmod(0o600)  # likewise: a root-only writable disk works through an fdset
-    spec = SandboxSpec(name=name, image_dir=image_dir, memory_mib=256, accel="tcg", disks=(DiskSpec(path=rw_disk, readonly=False),), **spec_kw)
-    layout = cgroups.detect()
-    cg = cgroups.plan_for(name, layout, memory_bytes=memory_limit_bytes(spec, "tcg"), cpus=spec.cpus, pids_max=spec.limits.pids_max)
-    plan = VmPlan(
-        spec=spec, sandbox_dir=sandbox_dir, kernel=kernel, initrd=initrd, rootfs=None,
-        instance_disk=instance, cmdline=f"console=ttyS0 {net.kernel_ip_arg(name)}", net=net,
-        uid=user.uid, gid=user.gid, cgroup=cg, accel="tcg", console_log=sandbox_dir / "console.log",
-    )
-    return plan, rw_disk
-
-
 def test_boot_jailed_microvm_tcg(tmp_path: Path, stand_in_network) -> None:  # type: ignore[no-untyped-def]
     guest = build_guest()
     user = ensure_vmm_user()
     name = f"qt{os.getpid()}"
-    plan, rw_disk = _plan(tmp_path, stand_in_network, name, guest.kernel.parent, guest.kernel, guest.initrd)
+    plan, rw_disk = make_plan(tmp_path, stand_in_network, name, guest.kernel.parent, guest.kernel, guest.initrd)
     spec, net, sandbox_dir, cg = plan.spec, plan.net, plan.sandbox_dir, plan.cgroup
     layout = cgroups.detect()
     backend = QemuBackend()
@@ -167,7 +140,7 @@ def test_boot_jailed_q35_ovmf_uki(tmp_path: Path, stand_in_network) -> None:  # 
     image_dir.mkdir()
     guest_ip = "10.213.250.2"
     uki = guest.uki(f"console=ttyS0 ip={guest_ip}::10.213.250.1:255.255.255.252:{name}:eth0:off", image_dir / "test.efi")
-    plan, rw_disk = _plan(tmp_path, stand_in_network, name, image_dir, uki, None, firmware="ovmf")
+    plan, rw_disk = make_plan(tmp_path, stand_in_network, name, image_dir, uki, None, firmware="ovmf")
     backend = QemuBackend()
     backend.check_host(plan)
     log = StepLog()

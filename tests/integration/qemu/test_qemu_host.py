@@ -130,3 +130,25 @@ def test_run_tdx_is_refused_on_this_host(tmp_path: Path) -> None:
     with pytest.raises(SandboxError, match="--tdx cannot run on this host"):
         backend.check_host(plan)
     assert "tdx-guest,id=tdx0" in backend.describe(plan)["qemu_argv"]
+
+
+def test_failed_start_reports_qemu_stderr_and_leaves_nothing(tmp_path: Path, stand_in_network) -> None:  # type: ignore[no-untyped-def]
+    """A kernel QEMU cannot load: the start step fails with QEMU's own message and every step is undone."""
+    from qemu_plan_helpers import make_plan
+
+    from sealbox.sandbox.steps import StepLog, apply_steps
+
+    bogus = tmp_path / "img" / "vmlinuz"
+    bogus.parent.mkdir()
+    bogus.write_bytes(b"not a kernel" * 100)
+    bogus.chmod(0o644)
+    plan, _rw = make_plan(tmp_path, stand_in_network, f"qf{os.getpid()}", bogus.parent, bogus, None)
+    backend = QemuBackend()
+    backend.check_host(plan)
+    log = StepLog()
+    with pytest.raises(SandboxError, match="QEMU exited during start: qemu: invalid kernel header"):
+        apply_steps(backend.steps(plan), log, lambda: None)
+    assert [e.state for e in log.entries] == ["undone", "undone", "undone"]
+    cg = cgroups.CgroupStep.model_validate(log.entries[0].params)
+    assert all(not d.exists() for d in cg.dirs())
+    assert not (plan.sandbox_dir / "vmm" / "qmp.sock").exists()

@@ -147,3 +147,19 @@ def test_state_dir_mount_options(tmp_path: Path) -> None:
     assert str(tmp_path).startswith(mnt)
     c = host_doctor.check_state_dir(tmp_path)
     assert c.status == ("fail" if opts & {"nodev", "noexec", "ro"} else "ok")
+
+
+def test_kvm_device_must_be_usable_by_the_vmm_user(make_plan, host, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    dev = tmp_path / "kvm"  # a regular file stands in for /dev/kvm: only owner/mode matter here
+    dev.write_bytes(b"")
+    gid = dev.stat().st_gid
+    cmd = qemu.build_command(make_plan(accel="kvm"), qemu.HostFacts(**{**host.__dict__, "kvm_gid": gid}))
+    dev.chmod(0o660)
+    qemu_launch._check_kvm_access(cmd, dev)
+    dev.chmod(0o600)
+    with pytest.raises(SandboxError, match="not usable by the unprivileged VMM user"):
+        qemu_launch._check_kvm_access(cmd, dev)
+    dev.chmod(0o666)
+    qemu_launch._check_kvm_access(qemu.build_command(make_plan(accel="kvm"), qemu.HostFacts(**{**host.__dict__, "kvm_gid": None})), dev)
+    with pytest.raises(SandboxError, match="does not exist"):
+        qemu_launch._check_kvm_access(cmd, tmp_path / "absent")

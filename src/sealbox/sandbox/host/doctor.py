@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import importlib
 import os
+import shutil
 import stat
 import subprocess
 from pathlib import Path
@@ -58,9 +59,7 @@ def check_tun() -> Check:
 
 
 def check_tool(tool: str) -> Check:
-    from shutil import which
-
-    path = which(tool, path=os.environ.get("PATH", "") + ":/usr/sbin:/sbin")
+    path = shutil.which(tool, path=os.environ.get("PATH", "") + ":/usr/sbin:/sbin")
     if path:
         return Check(name=f"tool:{tool}", status="ok", detail=path)
     pkg = TOOL_PACKAGES.get(tool) or EXTRA_PACKAGES.get(tool)

@@ -15,7 +15,6 @@ command line and the launcher only has to place each fd at its number.
 from __future__ import annotations
 
 import os
-import shutil
 import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,6 +25,7 @@ from pydantic import BaseModel
 from sealbox.errors import SandboxError
 from sealbox.sandbox.host import jail
 from sealbox.sandbox.model import DiskSpec, RateLimit, SandboxSpec, VmPlan
+from sealbox.sandbox.steps import Step
 
 QEMU = "/usr/bin/qemu-system-x86_64"
 SANDBOX_OPTS = "on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny"
@@ -294,7 +294,7 @@ class QemuBackend:
 
         check_host(plan, self.command(plan))
 
-    def steps(self, plan: VmPlan) -> list[Any]:
+    def steps(self, plan: VmPlan) -> list[Step]:
         from sealbox.sandbox.vmm.qemu_launch import steps
 
         return steps(plan, self.command(plan))
@@ -320,7 +320,3 @@ class QemuBackend:
         from sealbox.sandbox.vmm.qemu_launch import inspect
 
         return inspect(record)
-
-
-def which_qemu() -> str | None:
-    return shutil.which("qemu-system-x86_64")

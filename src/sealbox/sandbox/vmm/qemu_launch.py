@@ -47,8 +47,7 @@ def check_host(plan: VmPlan, cmd: QemuCommand) -> None:
         if not ok:
             raise SandboxError(f"--tdx cannot run on this host: {why}", hint="use a TDX-enabled host; --dry-run still shows the command line")
     if plan.accel == "kvm" or mode_of(plan.spec) == "tdx":
-        if not Path("/dev/kvm").exists():
-            raise SandboxError("KVM was selected but /dev/kvm does not exist", hint="use --accel tcg")
+        _check_kvm_access(cmd)
     for f in cmd.fds:
         if f.kind != "file" or f.path == cmd.vars_copy:
             continue
@@ -58,6 +57,21 @@ def check_host(plan: VmPlan, cmd: QemuCommand) -> None:
         # kernel/initrd/UKI/firmware are reopened by the unprivileged VMM through /proc/self/fd
         if f"/proc/self/fd/{f.fd}" in cmd.qemu_argv and not p.stat().st_mode & 0o004:
             raise SandboxError(f"{p} is not world-readable; the unprivileged VMM reopens it", hint=f"chmod o+r {p}")
+
+
+def _check_kvm_access(cmd: QemuCommand, dev: Path = Path("/dev/kvm")) -> None:
+    """The jailed VMM opens /dev/kvm as its own uid: it needs o+rw or the kvm group it is given."""
+    try:
+        st = dev.stat()
+    except OSError:
+        raise SandboxError(f"KVM was selected but {dev} does not exist", hint="use --accel tcg") from None
+    groups = cmd.argv[cmd.argv.index("--groups") + 1] if "--groups" in cmd.argv else None
+    if st.st_mode & 0o006 == 0o006 or (groups == str(st.st_gid) and st.st_mode & 0o060 == 0o060):
+        return
+    raise SandboxError(
+        f"{dev} (mode {st.st_mode & 0o777:o}, gid {st.st_gid}) is not usable by the unprivileged VMM user",
+        hint="make it root:kvm 0660 (udev rule) and put the VMM user in kvm, or use --accel tcg",
+    )
 
 
 # ---- steps ------------------------------------------------------------------------------------
