@@ -23,8 +23,8 @@ TOOLS = ("qemu-system-x86_64", "bwrap", "setpriv", "nft", "ip", "mmdebstrap", "m
 EXTRA_PACKAGES = {"useradd": "passwd"}
 
 
-def check_kvm(cache_dir: Path | None, refresh: bool = False) -> Check:
-    st = kvm.probe_kvm(cache_dir=cache_dir, refresh=refresh)
+def check_kvm(state_dir: Path, refresh: bool = False) -> Check:
+    st = kvm.kvm_status(state_dir, refresh=refresh)
     suffix = " (cached for this boot)" if st.cached else ""
     if st.functional:
         return Check(name="kvm", status="ok", detail=f"{st.summary}: {st.detail}{suffix}")
@@ -164,7 +164,7 @@ def _safe(name: str, fn: Callable[[], Check | list[Check]]) -> list[Check]:
 
 def run_checks(state_dir: Path, *, refresh_kvm: bool = False) -> list[Check]:
     checks: list[Check] = []
-    checks += _safe("kvm", lambda: check_kvm(state_dir / "cache", refresh_kvm))
+    checks += _safe("kvm", lambda: check_kvm(state_dir, refresh_kvm))
     checks += _safe("cgroups", check_cgroups)
     checks += _safe("tun", check_tun)
     for tool in TOOLS:

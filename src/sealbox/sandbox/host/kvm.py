@@ -288,6 +288,11 @@ def probe_kvm(
     return status
 
 
+def kvm_status(state_dir: Path, timeout: float = 2.0, *, refresh: bool = False) -> KvmStatus:
+    """The probe as `run` and `doctor` use it: cached under <state_dir>/cache for this boot."""
+    return probe_kvm(timeout, cache_dir=state_dir / "cache", refresh=refresh)
+
+
 def choose_accel(requested: Literal["auto", "kvm", "tcg"], status: KvmStatus) -> tuple[Literal["kvm", "tcg"], str | None]:
     """Accelerator for `run`, plus a warning to show when auto falls back to TCG."""
     if requested == "tcg":
