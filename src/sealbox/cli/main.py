@@ -26,6 +26,7 @@ COMMANDS: dict[str, str] = {
     "resume": "sealbox.cli.firecracker:resume",
     "snapshot": "sealbox.cli.firecracker:snapshot",
     "_proxy": "sealbox.cli.proxy:proxy_cmd",
+    "doctor": "sealbox.cli.doctor:doctor",
 }
 
 

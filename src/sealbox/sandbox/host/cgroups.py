@@ -1,0 +1,247 @@
+"""Per-sandbox cgroups on cgroup v1, hybrid and pure v2 hosts.
+
+The cgroup is what bounds a VMM (memory, CPU, pids) and what *kills* it: the VMM is detached from
+`sealbox run` (it must outlive it), so undo/stop/gc kill every process in the cgroup instead of
+trusting one pid. A CgroupStep records the resolved directories, so undo works from the record alone
+even if the host's mounts are looked up differently later.
+
+v1 (and hybrid, where controllers are bound to v1 hierarchies): one directory per controller
+hierarchy (memory, cpu, pids). v2: one directory; controllers enabled in the parents'
+cgroup.subtree_control as needed.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import os
+import signal
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from sealbox.errors import SandboxError
+from sealbox.sandbox.model import CgroupPlan
+from sealbox.sandbox.steps import Step
+
+log = logging.getLogger("sealbox.cgroups")
+
+CONTROLLERS = ("memory", "cpu", "pids")
+MOUNTINFO = Path("/proc/self/mountinfo")
+
+
+@dataclass(frozen=True)
+class CgroupLayout:
+    """What cgroup setup this host has."""
+
+    mode: Literal["v1", "hybrid", "v2", "none"]
+    v1: dict[str, Path] = field(default_factory=dict)  # controller -> hierarchy mount point
+    unified: Path | None = None  # cgroup2 mount point, if any
+    v2_controllers: frozenset[str] = frozenset()  # available in the cgroup2 root
+
+    @property
+    def version(self) -> Literal[1, 2]:
+        """Which interface carries the resource controllers we need."""
+        if self.mode == "v2" or (self.unified and set(CONTROLLERS) <= self.v2_controllers):
+            return 2
+        return 1
+
+    def missing(self) -> list[str]:
+        have = self.v2_controllers if self.version == 2 else set(self.v1)
+        return [c for c in CONTROLLERS if c not in have]
+
+    def mounts(self) -> dict[str, str]:
+        """The parameter recorded in CgroupStep: controller -> mount (v1) or {'unified': mount} (v2)."""
+        if self.version == 2:
+            assert self.unified is not None
+            return {"unified": str(self.unified)}
+        return {c: str(self.v1[c]) for c in CONTROLLERS if c in self.v1}
+
+
+def _unescape(path: str) -> str:
+    # mountinfo escapes space, tab, newline and backslash as octal
+    return path.replace("\\040", " ").replace("\\011", "\t").replace("\\012", "\n").replace("\\134", "\\")
+
+
+def detect(mountinfo: Path = MOUNTINFO) -> CgroupLayout:
+    v1: dict[str, Path] = {}
+    unified: Path | None = None
+    for line in mountinfo.read_text().splitlines():
+        left, sep, right = line.partition(" - ")
+        if not sep:
+            continue
+        fstype, _source, super_opts = (right.split(" ") + ["", ""])[:3]
+        mount_point = Path(_unescape(left.split(" ")[4]))
+        if fstype == "cgroup2":
+            unified = unified or mount_point
+        elif fstype == "cgroup":
+            for opt in super_opts.split(","):
+                if opt in ("cpu", "cpuacct", "memory", "pids", "cpuset", "blkio", "devices", "freezer"):
+                    v1.setdefault(opt, mount_point)
+    v2c: frozenset[str] = frozenset()
+    if unified is not None:
+        try:
+            v2c = frozenset((unified / "cgroup.controllers").read_text().split())
+        except OSError:
+            pass
+    if v1 and unified is not None:
+        mode: Literal["v1", "hybrid", "v2", "none"] = "hybrid"
+    elif v1:
+        mode = "v1"
+    elif unified is not None:
+        mode = "v2"
+    else:
+        mode = "none"
+    return CgroupLayout(mode=mode, v1=v1, unified=unified, v2_controllers=v2c)
+
+
+def plan_for(name: str, layout: CgroupLayout, *, memory_bytes: int, cpus: int, pids_max: int, period_us: int = 100_000) -> CgroupPlan:
+    """The cgroup for sandbox `name`: each vCPU may use one full core."""
+    return CgroupPlan(
+        version=layout.version, name=f"sealbox/{name}", memory_bytes=memory_bytes,
+        cpu_quota_us=cpus * period_us, cpu_period_us=period_us, pids_max=pids_max,
+    )
+
+
+def _write(path: Path, value: str) -> None:
+    try:
+        with open(path, "w") as f:
+            f.write(value)
+    except OSError as e:
+        raise SandboxError(f"cannot write {value!r} to {path}: {e.strerror}", hint="check 'sealbox doctor' (cgroups)") from None
+
+
+class CgroupStep(Step):
+    """Create `<mount>/<name>` with memory, cpu and pids limits; undo kills its processes and removes it."""
+
+    kind = "cgroup"
+    version: Literal[1, 2]
+    name: str  # e.g. sealbox/<sandbox>
+    mounts: dict[str, str]  # see CgroupLayout.mounts
+    memory_bytes: int
+    cpu_quota_us: int
+    cpu_period_us: int
+    pids_max: int
+
+    @classmethod
+    def from_plan(cls, plan: CgroupPlan, layout: CgroupLayout) -> "CgroupStep":
+        if plan.version != layout.version:
+            raise SandboxError(f"cgroup plan is for v{plan.version} but this host uses cgroup v{layout.version}")
+        if layout.missing():
+            raise SandboxError(
+                f"cgroup controllers missing: {', '.join(layout.missing())} (host cgroups: {layout.mode})",
+                hint="mount them (v1) or enable them in the cgroup2 root's subtree_control; see 'sealbox doctor'",
+            )
+        return cls(version=plan.version, name=plan.name, mounts=layout.mounts(), **plan.model_dump(include={"memory_bytes", "cpu_quota_us", "cpu_period_us", "pids_max"}))
+
+    def dirs(self) -> list[Path]:
+        """The cgroup directories this step owns (one for v2, one per controller hierarchy for v1)."""
+        return sorted({Path(m) / self.name for m in self.mounts.values()})
+
+    def procs_files(self) -> list[Path]:
+        """Write a pid to each of these to join the cgroup (the VMM launcher does, before exec)."""
+        return [d / "cgroup.procs" for d in self.dirs()]
+
+    def describe(self) -> str:
+        cpu = f"{self.cpu_quota_us}/{self.cpu_period_us}us"
+        return f"cgroup v{self.version} {self.name}: memory={self.memory_bytes} cpu={cpu} pids={self.pids_max} in {', '.join(map(str, self.dirs()))}"
+
+    def do(self) -> dict[str, Any]:
+        if self.version == 2:
+            self._do_v2(Path(self.mounts["unified"]))
+        else:
+            self._do_v1()
+        return {"dirs": [str(d) for d in self.dirs()]}
+
+    def _do_v2(self, mount: Path) -> None:
+        want = [c for c in CONTROLLERS]
+        parent = mount
+        for part in Path(self.name).parts:  # enable controllers on every level above the leaf
+            enabled = set((parent / "cgroup.subtree_control").read_text().split()) if (parent / "cgroup.subtree_control").exists() else set()
+            todo = [c for c in want if c not in enabled]
+            if todo:
+                _write(parent / "cgroup.subtree_control", " ".join(f"+{c}" for c in todo))
+            parent = parent / part
+            parent.mkdir(exist_ok=True)
+        leaf = mount / self.name
+        _write(leaf / "memory.max", str(self.memory_bytes))
+        if (leaf / "memory.swap.max").exists():
+            _write(leaf / "memory.swap.max", "0")  # match v1's memsw: guest RAM never goes to swap
+        quota = str(self.cpu_quota_us) if self.cpu_quota_us > 0 else "max"
+        _write(leaf / "cpu.max", f"{quota} {self.cpu_period_us}")
+        _write(leaf / "pids.max", str(self.pids_max))
+
+    def _do_v1(self) -> None:
+        for ctl, mount in sorted(self.mounts.items()):
+            d = Path(mount) / self.name
+            d.mkdir(parents=True, exist_ok=True)
+            if ctl == "memory":
+                _write(d / "memory.limit_in_bytes", str(self.memory_bytes))
+                if (d / "memory.memsw.limit_in_bytes").exists():  # must come after the plain limit (memsw >= limit)
+                    _write(d / "memory.memsw.limit_in_bytes", str(self.memory_bytes))
+            elif ctl == "cpu":
+                _write(d / "cpu.cfs_period_us", str(self.cpu_period_us))
+                _write(d / "cpu.cfs_quota_us", str(self.cpu_quota_us if self.cpu_quota_us > 0 else -1))
+            elif ctl == "pids":
+                _write(d / "pids.max", str(self.pids_max))
+
+    def undo(self, outputs: dict[str, Any]) -> None:
+        left = kill_all(self.dirs())
+        if left:
+            raise SandboxError(f"processes {left} in cgroup {self.name} survived SIGKILL", hint="retry with 'sealbox gc'")
+        problems = []
+        for d in self.dirs():
+            for target in (d, d.parent):  # the leaf, then the shared `sealbox` dir if now empty
+                try:
+                    target.rmdir()
+                except FileNotFoundError:
+                    pass
+                except OSError as e:
+                    if target == d:
+                        problems.append(f"{d}: {e.strerror}")
+                    elif e.errno not in (errno.ENOTEMPTY, errno.EBUSY, errno.EEXIST):
+                        log.debug("cannot remove %s: %s", target, e)
+        if problems:
+            raise SandboxError(f"cannot remove cgroup: {'; '.join(problems)}", hint="retry with 'sealbox gc'")
+
+
+def pids_in(dirs: list[Path]) -> list[int]:
+    pids: set[int] = set()
+    for d in dirs:
+        try:
+            pids.update(int(p) for p in (d / "cgroup.procs").read_text().split())
+        except FileNotFoundError:
+            continue
+    return sorted(pids)
+
+
+def kill_all(dirs: list[Path], *, attempts: int = 50, delay: float = 0.05) -> list[int]:
+    """SIGKILL every process in the cgroup(s); v2 `cgroup.kill` when available. Returns survivors."""
+    for d in dirs:
+        kill_file = d / "cgroup.kill"
+        if kill_file.exists():
+            try:
+                kill_file.write_text("1")
+            except OSError as e:
+                log.debug("cgroup.kill on %s failed: %s", d, e)
+    left: list[int] = []
+    for _ in range(attempts):  # new processes can appear while killing (a fork in flight): repeat
+        left = pids_in(dirs)
+        if not left:
+            return []
+        for pid in left:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        time.sleep(delay)
+    return pids_in(dirs)
+
+
+def join(procs_files: list[Path], pid: int | None = None) -> None:
+    """Move `pid` (default: the calling process) into the cgroup; called in the VMM child before exec."""
+    me = str(pid or os.getpid())
+    for f in procs_files:
+        with open(f, "w") as fh:
+            fh.write(me)

@@ -1,0 +1,197 @@
+"""QEMU command lines for every mode and flag combination, checked against the plan they came from."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+
+from qemu_unit_helpers import disks
+from sealbox.errors import SandboxError
+from sealbox.sandbox.host import jail
+from sealbox.sandbox.model import Limits, RateLimit
+from sealbox.sandbox.vmm.qemu import (
+    FIRST_FD, QEMU, QemuCommand, build_command, memory_limit_bytes, run_dir_of, tb_size_mib,
+)
+
+
+def values(argv: list[str], flag: str) -> list[str]:
+    return [argv[i + 1] for i, a in enumerate(argv[:-1]) if a == flag]
+
+
+def one(argv: list[str], flag: str) -> str:
+    v = values(argv, flag)
+    assert len(v) == 1, f"{flag}: {v}"
+    return v[0]
+
+
+def fd_entry(cmd: QemuCommand, fd: int):  # type: ignore[no-untyped-def]
+    (entry,) = [f for f in cmd.fds if f.fd == fd]
+    return entry
+
+
+def proc_fd_path(cmd: QemuCommand, arg: str) -> Path:
+    m = re.fullmatch(r"/proc/self/fd/(\d+)", arg)
+    assert m, arg
+    return Path(fd_entry(cmd, int(m.group(1))).path)
+
+
+def fdset_members(cmd: QemuCommand, fdset_path: str) -> list[tuple[str, str]]:
+    """(host path, access) of every fd added to the fdset behind '/dev/fdset/N'."""
+    sid = fdset_path.rsplit("/", 1)[1]
+    out = []
+    for add in values(cmd.qemu_argv, "-add-fd"):
+        fd, s = re.fullmatch(r"fd=(\d+),set=(\d+)", add).groups()  # type: ignore[union-attr]
+        if s == sid:
+            e = fd_entry(cmd, int(fd))
+            out.append((e.path, e.access))
+    return out
+
+
+def drives(argv: list[str]) -> dict[str, dict[str, str]]:
+    out = {}
+    for d in values(argv, "-drive"):
+        opts = dict(kv.split("=", 1) for kv in d.split(","))
+        out[opts.get("id") or f"pflash{opts['unit']}"] = opts
+    return out
+
+
+def check_fd_table(cmd: QemuCommand) -> None:
+    """Every fd in the table is used exactly once in argv and numbers are contiguous from FIRST_FD."""
+    nums = [f.fd for f in cmd.fds]
+    assert nums == list(range(FIRST_FD, FIRST_FD + len(nums)))
+    text = " ".join(cmd.qemu_argv)
+    for f in cmd.fds:
+        uses = len(re.findall(rf"(?:\bfd={f.fd}\b|/proc/self/fd/{f.fd}\b)", text))
+        assert uses == 1, (f, uses)
+
+
+def test_microvm_tcg_initrd(make_plan, host) -> None:  # type: ignore[no-untyped-def]
+    plan = make_plan(cpus=2, memory_mib=768)
+    cmd = build_command(plan, host)
+    a = cmd.qemu_argv
+    assert a[0] == QEMU and cmd.mode == "microvm"
+    assert {"-nodefaults", "-no-user-config", "-nographic"} <= set(a)
+    sandbox = one(a, "-sandbox").split(",")
+    assert sandbox[0] == "on" and {"obsolete=deny", "elevateprivileges=deny", "spawn=deny", "resourcecontrol=deny"} <= set(sandbox)
+    assert one(a, "-M") == "microvm"
+    assert one(a, "-accel") == f"tcg,tb-size={tb_size_mib(plan.spec.memory_mib)}"
+    assert "-cpu" not in a
+    assert one(a, "-smp") == str(plan.spec.cpus) and one(a, "-m") == f"{plan.spec.memory_mib}M"
+    assert proc_fd_path(cmd, one(a, "-kernel")) == plan.kernel
+    assert proc_fd_path(cmd, one(a, "-initrd")) == plan.initrd
+    assert one(a, "-append") == f"{plan.cmdline} tsc_early_khz={host.tsc_khz}"
+    # QMP: a listening socket fd in the run dir
+    qmp = re.fullmatch(r"socket,id=qmp,fd=(\d+),server=on,wait=off", values(a, "-chardev")[0])
+    assert qmp and fd_entry(cmd, int(qmp.group(1))).path == str(run_dir_of(plan) / "qmp.sock") == cmd.qmp_socket
+    assert one(a, "-mon") == "chardev=qmp,mode=control"
+    con = re.fullmatch(r"file,id=console,path=(/dev/fdset/\d+)", values(a, "-chardev")[1])
+    assert con and fdset_members(cmd, con.group(1)) == [(str(plan.console_log), "w")]
+    assert one(a, "-serial") == "chardev:console"
+    # network: the TAP of the plan's netns, with the plan's MAC
+    tap = re.fullmatch(r"tap,id=net0,fd=(\d+),vhost=off", one(a, "-netdev"))
+    assert tap
+    t = fd_entry(cmd, int(tap.group(1)))
+    assert (t.kind, t.path, t.ifname) == ("tap", plan.net.netns, plan.net.tap)
+    assert f"virtio-net-device,netdev=net0,mac={plan.net.guest_mac}" in values(a, "-device")
+    d = drives(a)
+    assert list(d) == ["instance"] and d["instance"]["readonly"] == "on" and d["instance"]["format"] == "raw"
+    assert fdset_members(cmd, d["instance"]["file"]) == [(str(plan.instance_disk), "r")]
+    assert "virtio-blk-device,drive=instance" in values(a, "-device")
+    assert not any("pci" in v for v in values(a, "-device"))
+    check_fd_table(cmd)
+
+
+def test_microvm_rootfs_disk_and_extra_disks(make_plan, host, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    plan = make_plan(rootfs="disk", disks=disks(tmp_path, "raw.img:rw", "data.qcow2:ro", "raw.img:ro"))
+    cmd = build_command(plan, host)
+    a = cmd.qemu_argv
+    assert "-initrd" not in a
+    d = drives(a)
+    assert list(d) == ["rootfs", "instance", "disk0", "disk1", "disk2"]  # root disk first: /dev/vda
+    assert fdset_members(cmd, d["rootfs"]["file"]) == [(str(plan.rootfs), "r")] and d["rootfs"]["readonly"] == "on"
+    for i, disk in enumerate(plan.spec.disks):
+        opts = d[f"disk{i}"]
+        assert opts["readonly"] == ("on" if disk.readonly else "off")
+        assert opts["format"] == ("qcow2" if disk.path.suffix == ".qcow2" else "raw")
+        want = [(str(disk.path), "r")] if disk.readonly else [(str(disk.path), "rw"), (str(disk.path), "r")]
+        assert fdset_members(cmd, opts["file"]) == want
+        assert f"virtio-blk-device,drive=disk{i}" in values(a, "-device")
+    check_fd_table(cmd)
+
+
+def test_kvm_vs_tcg_jail(make_plan, host) -> None:  # type: ignore[no-untyped-def]
+    kvm = build_command(make_plan(accel="kvm"), host)
+    assert one(kvm.qemu_argv, "-accel") == "kvm" and one(kvm.qemu_argv, "-cpu") == "host"
+    assert "tsc_early_khz" not in one(kvm.qemu_argv, "-append")
+    j = kvm.argv[: len(kvm.argv) - len(kvm.qemu_argv)]
+    assert kvm.argv[len(j):] == kvm.qemu_argv
+    assert j[j.index("--groups") + 1] == str(host.kvm_gid) and "--clear-groups" not in j
+    i = j.index("--dev-bind")
+    assert j[i + 1 : i + 3] == ["/dev/kvm", "/dev/kvm"]
+    tcg = build_command(make_plan(accel="tcg"), host)
+    jt = tcg.argv[: len(tcg.argv) - len(tcg.qemu_argv)]
+    assert "--clear-groups" in jt and "--groups" not in jt and "/dev/kvm" not in jt
+    plan = make_plan()
+    assert jt == jail.jail_argv(jail.JailSpec(uid=plan.uid, gid=plan.gid, root_links=host.root_links), [])
+
+
+def test_ovmf_q35(make_plan, host, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    plan = make_plan(firmware="ovmf", disks=disks(tmp_path, "data.qcow2:rw", "raw.img:ro"))
+    cmd = build_command(plan, host)
+    a = cmd.qemu_argv
+    assert cmd.mode == "ovmf" and one(a, "-M") == "q35"
+    d = drives(a)
+    code, vars_ = d["pflash0"], d["pflash1"]
+    assert code["if"] == "pflash" and code["readonly"] == "on" and fdset_members(cmd, code["file"]) == [(str(host.ovmf_code), "r")]
+    assert cmd.vars_copy == str(run_dir_of(plan) / "OVMF_VARS.fd")
+    assert fdset_members(cmd, vars_["file"]) == [(cmd.vars_copy, "rw"), (cmd.vars_copy, "r")]
+    assert proc_fd_path(cmd, one(a, "-kernel")) == plan.spec.image_dir / "demo.efi"
+    assert "-append" not in a and "-initrd" not in a  # the UKI carries (and measures) both
+    devs = values(a, "-device")
+    assert f"virtio-net-pci,netdev=net0,mac={plan.net.guest_mac}" in devs
+    assert "virtio-blk-pci,drive=instance" in devs
+    assert devs.count("virtio-scsi-pci,id=scsi0") == 1 and "scsi-hd,drive=disk0,bus=scsi0.0" in devs
+    assert "virtio-blk-pci,drive=disk1" in devs and d["disk0"]["format"] == "qcow2"
+    check_fd_table(cmd)
+
+
+def test_tdx(make_plan, host) -> None:  # type: ignore[no-untyped-def]
+    plan = make_plan(accel="tcg", tdx=True, firmware="ovmf")
+    cmd = build_command(plan, host)
+    a = cmd.qemu_argv
+    assert cmd.mode == "tdx"
+    assert one(a, "-M") == "q35,kernel_irqchip=split,confidential-guest-support=tdx0"
+    assert one(a, "-object") == "tdx-guest,id=tdx0"
+    assert one(a, "-accel") == "kvm"  # TDX needs KVM whatever the plan's fallback says
+    assert one(a, "-cpu") == "host,-kvm-steal-time,-kvmclock"
+    assert proc_fd_path(cmd, one(a, "-bios")) == host.tdvf
+    assert proc_fd_path(cmd, one(a, "-kernel")) == plan.spec.image_dir / "demo.efi"
+    assert "pflash" not in " ".join(a) and "-append" not in a
+    assert "/dev/kvm" in cmd.argv
+    check_fd_table(cmd)
+
+
+def test_disk_throttling(make_plan, host, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    lim = Limits(disk_bytes=RateLimit(size=1_000_000, refill_ms=500), disk_ops=RateLimit(size=300))
+    plan = make_plan(limits=lim, disks=disks(tmp_path, "raw.img"))
+    for opts in drives(build_command(plan, host).qemu_argv).values():
+        assert opts["throttling.bps-total"] == str(1_000_000 * 1000 // 500)
+        assert opts["throttling.iops-total"] == "300"
+
+
+def test_uki_must_be_unambiguous(make_plan, host) -> None:  # type: ignore[no-untyped-def]
+    plan = make_plan(firmware="ovmf")
+    (plan.spec.image_dir / "other.efi").write_bytes(b"x")
+    with pytest.raises(SandboxError, match="2 .efi files"):
+        build_command(plan, host)
+    explicit = make_plan(firmware="ovmf", kernel="demo.efi")
+    assert proc_fd_path(build_command(explicit, host), one(build_command(explicit, host).qemu_argv, "-kernel")).name == "demo.efi"
+
+
+def test_memory_limit_covers_guest_and_tcg_cache(make_plan) -> None:  # type: ignore[no-untyped-def]
+    spec = make_plan(memory_mib=1024).spec
+    tcg, kvm = memory_limit_bytes(spec, "tcg"), memory_limit_bytes(spec, "kvm")
+    assert tcg - kvm == tb_size_mib(1024) * 2**20
+    assert kvm > spec.memory_mib * 2**20
