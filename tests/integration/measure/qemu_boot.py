@@ -22,8 +22,10 @@ def _wait_for(path: Path, timeout: float) -> bool:
     return False
 
 
-def boot_uki(uki: Path, *, timeout: float = 180, tpm: bool = False, memory: int = 512) -> str:
-    """Run `qemu -kernel uki` until the guest powers off (or `timeout`); return the console text."""
+def boot_uki(uki: Path | None, *, timeout: float = 180, tpm: bool = False, memory: int = 512,
+             extra_args: list[str] | None = None) -> str:
+    """Run `qemu -kernel uki` (or, with uki=None, boot from `extra_args` disks) until the guest powers
+    off or `timeout` passes; return the console text."""
     with tempfile.TemporaryDirectory(prefix="sealbox-boot-") as td:
         tmp = Path(td)
         vars_copy = tmp / "vars.fd"
@@ -33,8 +35,9 @@ def boot_uki(uki: Path, *, timeout: float = 180, tpm: bool = False, memory: int 
             "-no-reboot", "-nodefaults", "-serial", "stdio", "-monitor", "none",
             "-drive", f"if=pflash,format=raw,unit=0,readonly=on,file={OVMF_CODE}",
             "-drive", f"if=pflash,format=raw,unit=1,file={vars_copy}",
-            "-kernel", str(uki),
         ]
+        argv += ["-kernel", str(uki)] if uki is not None else []
+        argv += extra_args or []
         swtpm = None
         if tpm:
             sock = tmp / "swtpm.sock"
