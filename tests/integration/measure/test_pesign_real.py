@@ -9,7 +9,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from conftest import debian_package
+from measure_fixtures import debian_package
 
 from sealbox.measure.authenticode import authenticode
 from sealbox.measure.pe import parse_pe

@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import CMDLINE, MARKER, OVMF_CODE
+from measure_fixtures import CMDLINE, MARKER, OVMF_CODE
 from qemu_boot import boot_uki, console_pcrs
 
 from sealbox.measure import tpm
