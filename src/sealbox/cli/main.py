@@ -27,6 +27,7 @@ COMMANDS: dict[str, str] = {
     "snapshot": "sealbox.cli.firecracker:snapshot",
     "_proxy": "sealbox.cli.proxy:proxy_cmd",
     "doctor": "sealbox.cli.doctor:doctor",
+    "measure": "sealbox.cli.measure:measure",
 }
 
 
