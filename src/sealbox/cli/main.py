@@ -22,6 +22,7 @@ COMMANDS: dict[str, str] = {
     "build": "sealbox.cli.build:build",
     "verify-reproducible": "sealbox.cli.build:verify_reproducible",
     "summary": "sealbox.cli.build:summary",
+    "settings": "sealbox.cli.build:settings",
     "pause": "sealbox.cli.firecracker:pause",
     "resume": "sealbox.cli.firecracker:resume",
     "snapshot": "sealbox.cli.firecracker:snapshot",

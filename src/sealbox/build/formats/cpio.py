@@ -1,0 +1,117 @@
+"""Deterministic newc (SVR4 "070701") cpio writer and reader.
+
+Determinism by construction: entries sorted by path bytes, mtimes clamped to the epoch, inode numbers
+assigned in archive order, device numbers zeroed, hard links emitted the way the kernel's initramfs
+unpacker expects (first entry carries the data, later ones have size 0 and the same inode).
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+from dataclasses import dataclass
+from pathlib import Path
+from typing import BinaryIO, Iterator
+
+from sealbox.errors import BuildError
+
+MAGIC = b"070701"
+TRAILER = "TRAILER!!!"
+
+
+def _pad4(n: int) -> bytes:
+    return b"\0" * (-n % 4)
+
+
+def _header(ino: int, mode: int, uid: int, gid: int, nlink: int, mtime: int, size: int, rmaj: int, rmin: int, namesize: int) -> bytes:
+    fields = (ino, mode, uid, gid, nlink, mtime, size, 0, 0, rmaj, rmin, namesize, 0)
+    return MAGIC + b"".join(b"%08X" % f for f in fields)
+
+
+def walk_sorted(tree: Path) -> list[str]:
+    """"." then all paths below `tree` (relative, no leading './'), sorted by their bytes; parents first.
+
+    The "." entry carries the root directory's mode and owner: without it the kernel leaves the
+    initramfs root world-writable, which sshd (rightly) refuses for authorized_keys paths.
+    """
+    out = []
+    for dirpath, dirnames, filenames in os.walk(tree):
+        rel = os.path.relpath(dirpath, tree)
+        for name in dirnames + filenames:
+            out.append(name if rel == "." else f"{rel}/{name}")
+    return ["."] + sorted(out, key=os.fsencode)
+
+
+def write_cpio(tree: Path, out: BinaryIO, epoch: int) -> int:
+    """Write `tree` as a newc archive to `out`; returns the number of entries."""
+    paths = walk_sorted(tree)
+    stats = {p: os.lstat(tree / p) for p in paths}
+    links: dict[tuple[int, int], list[str]] = {}
+    for p, st in stats.items():
+        if stat.S_ISREG(st.st_mode) and st.st_nlink > 1:
+            links.setdefault((st.st_dev, st.st_ino), []).append(p)
+    inode_of: dict[tuple[int, int], int] = {}
+    next_ino = 1
+    for p in paths:
+        st = stats[p]
+        key = (st.st_dev, st.st_ino)
+        group = links.get(key)
+        if group and key in inode_of:
+            ino, first = inode_of[key], False
+        else:
+            ino, first = next_ino, True
+            next_ino += 1
+            if group:
+                inode_of[key] = ino
+        nlink = len(group) if group else (2 if stat.S_ISDIR(st.st_mode) else 1)
+        data = b""
+        if stat.S_ISLNK(st.st_mode):
+            data = os.fsencode(os.readlink(tree / p))
+        elif stat.S_ISREG(st.st_mode) and first:
+            data = (tree / p).read_bytes()
+        elif not (stat.S_ISDIR(st.st_mode) or stat.S_ISREG(st.st_mode) or stat.S_ISCHR(st.st_mode)
+                  or stat.S_ISBLK(st.st_mode) or stat.S_ISFIFO(st.st_mode) or stat.S_ISSOCK(st.st_mode)):
+            raise BuildError(f"cannot archive {p}: unsupported file type")
+        rmaj = os.major(st.st_rdev) if stat.S_ISCHR(st.st_mode) or stat.S_ISBLK(st.st_mode) else 0
+        rmin = os.minor(st.st_rdev) if stat.S_ISCHR(st.st_mode) or stat.S_ISBLK(st.st_mode) else 0
+        name = os.fsencode(p) + b"\0"
+        hdr = _header(ino, st.st_mode, st.st_uid, st.st_gid, nlink, min(int(st.st_mtime), epoch), len(data), rmaj, rmin, len(name))
+        out.write(hdr + name + _pad4(len(hdr) + len(name)))
+        out.write(data + _pad4(len(data)))
+    name = TRAILER.encode() + b"\0"
+    hdr = _header(0, 0, 0, 0, 1, 0, 0, 0, 0, len(name))
+    out.write(hdr + name + _pad4(len(hdr) + len(name)))
+    return len(paths)
+
+
+@dataclass
+class Entry:
+    name: str
+    mode: int
+    uid: int
+    gid: int
+    mtime: int
+    ino: int
+    nlink: int
+    rdev: tuple[int, int]
+    data: bytes
+
+
+def read_cpio(data: bytes) -> Iterator[Entry]:
+    """Parse a newc archive (for diffing artifacts). Hard links get the data of their first entry."""
+    pos, first_data = 0, {}
+    while True:
+        if data[pos:pos + 6] != MAGIC:
+            raise BuildError(f"not a newc cpio archive at offset {pos}")
+        f = [int(data[pos + 6 + 8 * i:pos + 14 + 8 * i], 16) for i in range(13)]
+        ino, mode, uid, gid, nlink, mtime, size, _, _, rmaj, rmin, namesize, _ = f
+        pos += 110
+        name = data[pos:pos + namesize - 1].decode(errors="surrogateescape")
+        pos += namesize + (-(110 + namesize) % 4)
+        body = data[pos:pos + size]
+        pos += size + (-size % 4)
+        if name == TRAILER:
+            return
+        if stat.S_ISREG(mode) and nlink > 1:
+            body = first_data.setdefault(ino, body)  # later links have size 0
+        yield Entry(name, mode, uid, gid, mtime, ino, nlink, (rmaj, rmin), body)

@@ -1,0 +1,190 @@
+"""The kernel: bzImage as shipped, an ELF vmlinux for Firecracker, and only the modules the VM needs.
+
+Module dependencies come from each module's own .modinfo section ("depends=" and "softdep="), read
+with a minimal ELF reader, so no kmod is needed on the host; depmod then runs inside the image tree.
+"""
+
+from __future__ import annotations
+
+import gzip
+import lzma
+import shutil
+import struct
+from dataclasses import dataclass
+from pathlib import Path
+
+from sealbox.errors import BuildError
+from sealbox.util.run import run
+
+LZ4_LEGACY_MAGIC = 0x184C2102
+
+
+@dataclass
+class KernelFiles:
+    version: str  # uname -r
+    vmlinuz: Path
+    config: Path | None
+    modules_root: Path  # .../lib/modules/<version>
+
+
+def extract_kernel_deb(deb: Path, dest: Path) -> KernelFiles:
+    run(["dpkg-deb", "-x", deb, dest])
+    images = sorted((dest / "boot").glob("vmlinuz-*"))
+    if len(images) != 1:
+        raise BuildError(f"kernel package {deb.name} holds {len(images)} vmlinuz files, expected one")
+    version = images[0].name.removeprefix("vmlinuz-")
+    mods = next((p for p in (dest / "lib/modules" / version, dest / "usr/lib/modules" / version) if p.is_dir()), None)
+    if mods is None:
+        raise BuildError(f"kernel package {deb.name} has no modules for {version}")
+    config = dest / "boot" / f"config-{version}"
+    return KernelFiles(version, images[0], config if config.is_file() else None, mods)
+
+
+# --- vmlinux ------------------------------------------------------------------------------------
+
+def _lz4_legacy(data: bytes) -> bytes:
+    import lz4.block
+
+    if struct.unpack_from("<I", data, 0)[0] != LZ4_LEGACY_MAGIC:
+        raise BuildError("kernel payload is not LZ4 legacy data")
+    out, pos = bytearray(), 4
+    while pos + 4 < len(data):  # the build appends the 4-byte uncompressed size: stop before it
+        size = struct.unpack_from("<I", data, pos)[0]
+        pos += 4
+        if size == LZ4_LEGACY_MAGIC:
+            continue
+        if size > len(data) - pos:
+            break
+        out += lz4.block.decompress(data[pos:pos + size], uncompressed_size=8 << 20)
+        pos += size
+    return bytes(out)
+
+
+def _zstd(data: bytes) -> bytes:
+    import zstandard
+
+    return zstandard.ZstdDecompressor().decompressobj().decompress(data)
+
+
+def extract_vmlinux(bzimage: bytes) -> bytes:
+    """Decompress the protected-mode payload of a bzImage into the ELF vmlinux it was built from."""
+    if len(bzimage) < 0x250 or bzimage[0x202:0x206] != b"HdrS":
+        raise BuildError("kernel image is not a bzImage (no HdrS setup header)")
+    setup_sects = bzimage[0x1F1] or 4
+    payload_offset, payload_length = struct.unpack_from("<II", bzimage, 0x248)
+    start = (setup_sects + 1) * 512 + payload_offset
+    payload = bzimage[start:start + payload_length]
+    decoders = [
+        (b"\x02\x21\x4c\x18", _lz4_legacy),
+        (b"\x1f\x8b", gzip.decompress),
+        (b"\xfd7zXZ\x00", lambda d: lzma.LZMADecompressor(format=lzma.FORMAT_XZ).decompress(d)),
+        (b"\x28\xb5\x2f\xfd", _zstd),
+    ]
+    for magic, decode in decoders:
+        if payload.startswith(magic):
+            elf = decode(payload)
+            if elf[:4] != b"\x7fELF":
+                raise BuildError("decompressed kernel payload is not an ELF file")
+            return elf
+    raise BuildError(f"unsupported kernel compression (payload starts with {payload[:6].hex()})")
+
+
+# --- modules ------------------------------------------------------------------------------------
+
+def modinfo(path: Path) -> dict[str, list[str]]:
+    """key -> values from the .modinfo section of an ELF64 little-endian kernel module."""
+    data = path.read_bytes()
+    if data[:4] != b"\x7fELF" or data[4] != 2 or data[5] != 1:
+        raise BuildError(f"{path.name} is not an ELF64 little-endian module")
+    shoff, = struct.unpack_from("<Q", data, 0x28)
+    shentsize, shnum, shstrndx = struct.unpack_from("<HHH", data, 0x3A)
+    sections = [struct.unpack_from("<IIQQQQ", data, shoff + i * shentsize) for i in range(shnum)]
+    strtab = sections[shstrndx]
+    names = data[strtab[4]:strtab[4] + strtab[5]]
+    for name_off, _type, _flags, _addr, off, size in sections:
+        if names[name_off:names.index(b"\0", name_off)] == b".modinfo":
+            info: dict[str, list[str]] = {}
+            for item in data[off:off + size].split(b"\0"):
+                key, sep, value = item.decode(errors="replace").partition("=")
+                if sep:
+                    info.setdefault(key, []).append(value)
+            return info
+    return {}
+
+
+def _norm(name: str) -> str:
+    return name.replace("-", "_")
+
+
+def module_index(modules_root: Path) -> dict[str, Path]:
+    return {_norm(p.name.split(".ko")[0]): p for p in sorted(modules_root.rglob("*.ko*"))}
+
+
+def builtin_modules(modules_root: Path) -> set[str]:
+    f = modules_root / "modules.builtin"
+    return {_norm(Path(line).name.split(".ko")[0]) for line in f.read_text().split()} if f.exists() else set()
+
+
+def module_closure(wanted: list[str], modules_root: Path) -> list[Path]:
+    """The module files for `wanted` plus everything they depend on (hard and soft dependencies)."""
+    index, builtin = module_index(modules_root), builtin_modules(modules_root)
+    todo, seen, out = [_norm(w) for w in wanted], set(), []
+    while todo:
+        name = todo.pop()
+        if name in seen:
+            continue
+        seen.add(name)
+        if name not in index:
+            if name in builtin:
+                continue  # compiled into this kernel: nothing to copy
+            raise BuildError(f"kernel.modules: {name!r} is neither a module nor built into kernel {modules_root.name}")
+        out.append(index[name])
+        info = modinfo(index[name])
+        for dep in ",".join(info.get("depends", [])).split(","):
+            if dep:
+                todo.append(_norm(dep))
+        for soft in info.get("softdep", []):  # "pre: a b post: c"
+            todo += [_norm(w) for w in soft.split() if not w.endswith(":") and _norm(w) in index]
+    return sorted(out)
+
+
+def install_modules(kernel: KernelFiles, wanted: list[str], tree: Path) -> list[str]:
+    """Copy the closure of `wanted` into the tree and run the tree's depmod. Returns the module names."""
+    dest_root = tree / "usr/lib/modules" / kernel.version
+    files = module_closure(wanted, kernel.modules_root)
+    for src in files:
+        dest = dest_root / src.relative_to(kernel.modules_root)
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(src, dest)
+    for meta in ("modules.order", "modules.builtin", "modules.builtin.modinfo"):
+        if (kernel.modules_root / meta).exists():
+            dest_root.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(kernel.modules_root / meta, dest_root / meta)
+    if files:
+        run(["chroot", tree, "/usr/sbin/depmod", "-a", kernel.version], what="depmod in the image")
+    return sorted(_norm(p.name.split(".ko")[0]) for p in files)
+
+
+def load_order(wanted: list[str], modules_root: Path) -> list[Path]:
+    """Module files for `wanted` in an order insmod accepts (every dependency before its users)."""
+    index, builtin = module_index(modules_root), builtin_modules(modules_root)
+    order: list[Path] = []
+    state: dict[str, str] = {}
+
+    def visit(name: str) -> None:
+        if state.get(name) == "done" or name in builtin and name not in index:
+            return
+        if state.get(name) == "active":
+            raise BuildError(f"kernel module dependency cycle at {name}")
+        if name not in index:
+            raise BuildError(f"kernel module {name!r} not found in {modules_root.name}")
+        state[name] = "active"
+        for dep in ",".join(modinfo(index[name]).get("depends", [])).split(","):
+            if dep:
+                visit(_norm(dep))
+        state[name] = "done"
+        order.append(index[name])
+
+    for w in wanted:
+        visit(_norm(w))
+    return order

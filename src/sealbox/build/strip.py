@@ -1,0 +1,184 @@
+"""Remove what a sandbox never uses, then prove nothing still needed was removed (ELF link check)."""
+
+from __future__ import annotations
+
+import fnmatch
+import os
+import shutil
+import struct
+from pathlib import Path
+
+from sealbox.errors import BuildError
+from sealbox.spec.model import Strip
+
+# Each group is a switch in [strip]; paths are globs inside the image (usr-merged layout).
+GROUPS: dict[str, list[str]] = {
+    "docs": ["/usr/share/doc/*/*", "/usr/share/info", "/usr/share/lintian", "/usr/share/bug", "/usr/share/common-licenses"],
+    "man": ["/usr/share/man"],
+    "locales": ["/usr/share/locale", "/usr/share/i18n", "/usr/lib/x86_64-linux-gnu/gconv", "/usr/bin/localedef"],
+    "perl": ["/usr/bin/perl*", "/usr/lib/x86_64-linux-gnu/perl*", "/usr/share/perl*", "/usr/share/perl5"],
+    "package_manager": [
+        "/usr/bin/dpkg*", "/usr/sbin/dpkg-*", "/usr/bin/apt*", "/usr/lib/apt", "/usr/lib/dpkg", "/usr/share/dpkg",
+        "/var/lib/dpkg/info", "/var/lib/dpkg/*-old", "/var/lib/dpkg/alternatives", "/var/lib/dpkg/triggers",
+        "/var/lib/dpkg/updates", "/var/cache/debconf", "/usr/share/debconf", "/usr/bin/debconf*", "/usr/sbin/update-*",
+        "/usr/bin/update-alternatives", "/usr/share/pam-configs", "/usr/sbin/pam-auth-update", "/usr/share/debianutils",
+        "/usr/share/base-files/*.md5sums", "/usr/lib/x86_64-linux-gnu/libapt-*", "/etc/apt", "/var/lib/apt",
+    ],
+    "zoneinfo": ["/usr/share/zoneinfo/*"],
+    "extra_tools": [
+        "/usr/sbin/useradd", "/usr/sbin/usermod", "/usr/sbin/userdel", "/usr/sbin/groupadd", "/usr/sbin/groupmod",
+        "/usr/sbin/groupdel", "/usr/sbin/newusers", "/usr/sbin/chpasswd", "/usr/sbin/chgpasswd", "/usr/sbin/vipw",
+        "/usr/sbin/vigr", "/usr/sbin/grpck", "/usr/sbin/pwck", "/usr/sbin/groupmems", "/usr/sbin/grpconv",
+        "/usr/sbin/grpunconv", "/usr/sbin/pwconv", "/usr/sbin/pwunconv", "/usr/sbin/cppw", "/usr/sbin/cpgr",
+        "/usr/bin/chage", "/usr/bin/chfn", "/usr/bin/chsh", "/usr/bin/gpasswd", "/usr/bin/expiry", "/usr/bin/passwd",
+        "/usr/bin/ssh-keyscan", "/usr/bin/ssh-add", "/usr/bin/ssh-agent", "/usr/lib/openssh/ssh-pkcs11-helper",
+        "/usr/lib/openssh/ssh-sk-helper", "/usr/lib/openssh/ssh-keysign", "/usr/sbin/tc", "/usr/sbin/devlink",
+        "/usr/sbin/rdma", "/usr/sbin/bridge", "/usr/sbin/arpd", "/usr/sbin/dcb", "/usr/sbin/tipc", "/usr/sbin/vdpa", "/usr/lib/x86_64-linux-gnu/tc",
+        "/usr/sbin/fdisk", "/usr/sbin/sfdisk", "/usr/sbin/cfdisk", "/usr/sbin/mkswap", "/usr/sbin/swaplabel",
+        "/usr/sbin/mkfs*", "/usr/sbin/fsck*", "/usr/sbin/zramctl", "/usr/bin/partx", "/usr/sbin/ldconfig",
+        "/usr/lib/systemd/systemd-networkd*", "/usr/bin/networkctl", "/usr/bin/systemd-analyze", "/usr/bin/systemd-repart",
+        "/usr/bin/systemd-cryptenroll", "/usr/lib/systemd/systemd-cryptsetup", "/usr/lib/systemd/systemd-veritysetup",
+        "/usr/lib/systemd/systemd-integritysetup", "/usr/lib/x86_64-linux-gnu/libmvec.so*",
+        "/usr/lib/x86_64-linux-gnu/libdb-5.3.so", "/usr/lib/x86_64-linux-gnu/security/pam_userdb.so",
+    ],
+}
+
+# Always removed: caches, logs, per-host and per-boot state, anything secret or random.
+ALWAYS = [
+    "/var/lib/apt/lists/*", "/var/cache/apt/*", "/var/cache/ldconfig/aux-cache", "/var/log/*", "/var/tmp/*", "/tmp/*",
+    "/etc/ssh/ssh_host_*", "/var/lib/systemd/random-seed", "/var/lib/dbus/machine-id", "/etc/*-", "/etc/.pwd.lock",
+    "/var/lib/systemd/catalog/database", "/usr/lib/udev/hwdb.bin", "/etc/udev/hwdb.bin", "/etc/resolv.conf",
+    "/root/.bash_history", "/var/lib/systemd/deb-systemd-*", "/var/lib/systemd/timers", "/var/cache/private",
+    "/var/lib/dpkg/lock*", "/var/cache/debconf/*-old", "/var/lib/sgml-base/*", "/etc/apt/preferences.d/sealbox-lock.pref",
+]
+# Never removed by a group (the C.UTF-8 locale, copyright files, UTC).
+KEEP = ["/usr/share/doc/*/copyright", "/usr/lib/locale/C.utf8*", "/usr/share/zoneinfo/Etc", "/usr/share/zoneinfo/Etc/UTC",
+        "/usr/share/zoneinfo/UTC", "/usr/share/zoneinfo/tzdata.zi"]
+
+
+def _match(rel: str, patterns: list[str]) -> bool:
+    return any(fnmatch.fnmatchcase(rel, p) for p in patterns)
+
+
+def strip_tree(tree: Path, strip: Strip) -> dict[str, int]:
+    """Delete matching paths; returns bytes removed per group."""
+    patterns = {g: globs for g, globs in GROUPS.items() if getattr(strip, g)}
+    patterns["always"] = ALWAYS
+    patterns["paths"] = list(strip.paths)
+    keep = KEEP + list(strip.keep)
+    removed: dict[str, int] = {g: 0 for g in patterns}
+    for dirpath, dirnames, filenames in os.walk(tree, topdown=True):
+        base = "" if Path(dirpath) == tree else "/" + os.path.relpath(dirpath, tree)
+        for name in sorted(dirnames + filenames):
+            rel = f"{base}/{name}"
+            if _match(rel, keep):
+                continue
+            group = next((g for g, p in patterns.items() if _match(rel, p)), None)
+            if group is None:
+                continue
+            path = Path(dirpath) / name
+            removed[group] += _remove(path, tree, keep)
+            if name in dirnames and not path.exists():
+                dirnames.remove(name)
+    return removed
+
+
+def _remove(path: Path, tree: Path, keep: list[str]) -> int:
+    if path.is_dir() and not path.is_symlink():
+        size = 0
+        for child in sorted(path.iterdir()):
+            rel = "/" + str(child.relative_to(tree))
+            if not _match(rel, keep):
+                size += _remove(child, tree, keep)
+        if not any(path.iterdir()):
+            path.rmdir()
+        return size
+    size = path.lstat().st_size
+    path.unlink()
+    return size
+
+
+# --- ELF link check ---------------------------------------------------------------------------
+
+LIB_DIRS = ["/usr/lib/x86_64-linux-gnu", "/usr/lib", "/usr/lib64", "/lib/x86_64-linux-gnu", "/lib", "/lib64"]
+
+
+def elf_needed(data: bytes) -> tuple[list[str], list[str]] | None:
+    """(DT_NEEDED names, RUNPATH/RPATH dirs) of a dynamically linked ELF64 LE file, None otherwise."""
+    if data[:4] != b"\x7fELF" or data[4] != 2 or data[5] != 1 or len(data) < 64:
+        return None
+    phoff, = struct.unpack_from("<Q", data, 0x20)
+    phentsize, phnum = struct.unpack_from("<HH", data, 0x36)
+    loads, dynamic = [], None
+    for i in range(phnum):
+        off = phoff + i * phentsize
+        if off + 56 > len(data):
+            return None
+        p_type, _flags, p_offset, p_vaddr, _paddr, p_filesz = struct.unpack_from("<IIQQQQ", data, off)
+        if p_type == 1:
+            loads.append((p_vaddr, p_offset, p_filesz))
+        elif p_type == 2:
+            dynamic = (p_offset, p_filesz)
+    if dynamic is None:
+        return None
+
+    def v2o(vaddr: int) -> int | None:
+        for va, off, size in loads:
+            if va <= vaddr < va + size:
+                return vaddr - va + off
+        return None
+
+    entries = []
+    for pos in range(dynamic[0], dynamic[0] + dynamic[1] - 15, 16):
+        tag, val = struct.unpack_from("<qQ", data, pos)
+        if tag == 0:
+            break
+        entries.append((tag, val))
+    strtab = next((v2o(v) for t, v in entries if t == 5), None)
+    if strtab is None:
+        return None
+
+    def cstr(off: int) -> str:
+        return data[strtab + off:data.index(b"\0", strtab + off)].decode(errors="replace")
+
+    needed = [cstr(v) for t, v in entries if t == 1]
+    paths = [d for t, v in entries if t in (15, 29) for d in cstr(v).split(":") if d]
+    return needed, paths
+
+
+def link_check(tree: Path) -> None:
+    """Fail if any ELF file in the image needs a shared library the image no longer has."""
+    present: set[str] = set()
+    for d in LIB_DIRS:
+        p = tree / d.lstrip("/")
+        if p.is_dir():
+            present |= {f.name for f in p.iterdir()}
+    # a library's needs may be met by what its loading executable already mapped through its RUNPATH
+    # (systemd's private libraries), so every RUNPATH directory in the image counts as a search dir
+    elves: list[tuple[Path, list[str], list[str]]] = []
+    for dirpath, _dirs, files in os.walk(tree):
+        for name in files:
+            path = Path(dirpath) / name
+            if path.is_symlink() or not path.is_file():
+                continue
+            with open(path, "rb") as f:
+                head = f.read(4)
+                if head != b"\x7fELF":
+                    continue
+                data = head + f.read()
+            info = elf_needed(data)
+            if info is None:
+                continue
+            origin = "/" + str(path.parent.relative_to(tree))
+            elves.append((path, info[0], [r.replace("$ORIGIN", origin) for r in info[1]]))
+    for d in {r for _p, _n, runpaths in elves for r in runpaths}:
+        p = tree / d.lstrip("/")
+        if p.is_dir():
+            present |= {f.name for f in p.iterdir()}
+    problems = [f"/{path.relative_to(tree)} needs {lib}" for path, needed, _r in elves for lib in needed if lib not in present]
+    if problems:
+        raise BuildError(
+            f"stripping removed shared libraries still needed: {'; '.join(sorted(problems)[:4])}"
+            + (f" (+{len(problems) - 4} more)" if len(problems) > 4 else ""),
+            hint="add the library to strip.keep or turn the strip group off",
+        )

@@ -1,0 +1,115 @@
+"""`sealbox build`, `sealbox summary`, `sealbox settings`, `sealbox verify-reproducible`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from sealbox.cli.common import emit_json, split_profiles
+
+SPEC_ARG = click.argument("spec", required=False, type=click.Path(dir_okay=False, path_type=Path))
+PROFILE_OPT = click.option("--profile", "-p", "profiles", multiple=True, help="Profiles to apply, in order (a,b or repeated).")
+
+
+def _progress(json_mode: bool):
+    if json_mode:
+        return None
+
+    def show(step: str, state: str, seconds: float | None) -> None:
+        if state == "start":
+            click.echo(f"  {step:<12} …", err=True)
+        elif state == "done":
+            click.echo(f"  {step:<12} done in {seconds:.1f}s", err=True)
+        elif state == "skip":
+            click.echo(f"  {step:<12} skipped", err=True)
+        elif state == "fail":
+            click.echo(f"  {step:<12} FAILED after {seconds:.1f}s", err=True)
+
+    return show
+
+
+@click.command()
+@SPEC_ARG
+@PROFILE_OPT
+@click.option("--output", "-o", type=click.Path(file_okay=False, path_type=Path), help="Output directory [build/<name>].")
+@click.option("--lock", "lock_path", type=click.Path(dir_okay=False, path_type=Path), help="Lock file [beside the spec].")
+@click.option("--update-lock", is_flag=True, help="Resolve packages afresh and rewrite the lock.")
+@click.option("--no-cache", is_flag=True, help="Ignore every cache (downloaded .debs, previous outputs).")
+@click.option("--print-spec", is_flag=True, help="Print the fully merged spec and exit.")
+@click.option("--work-dir", type=click.Path(file_okay=False, path_type=Path), help="Where the temporary work tree goes [/var/tmp].")
+@click.option("--keep-work", is_flag=True, help="Keep the work tree (for debugging).")
+@click.option("--json", "json_mode", is_flag=True, help="Machine-readable summary on stdout.")
+def build(spec: Path | None, profiles: tuple[str, ...], output: Path | None, lock_path: Path | None, update_lock: bool,
+          no_cache: bool, print_spec: bool, work_dir: Path | None, keep_work: bool, json_mode: bool) -> None:
+    """Build an image from SPEC (default: the built-in default image)."""
+    from sealbox.build.builder import BuildOptions, build_image
+    from sealbox.spec import load_spec
+
+    loaded = load_spec(spec, split_profiles(profiles))
+    if print_spec:
+        emit_json(loaded.canonical())
+        return
+    if not json_mode:
+        click.echo(f"building {loaded.spec.name} ({', '.join(loaded.fragments)})", err=True)
+    result = build_image(loaded, BuildOptions(output=output, lock_path=lock_path, update_lock=update_lock, no_cache=no_cache,
+                                              work_base=work_dir, keep_work=keep_work, progress=_progress(json_mode)))
+    if json_mode:
+        emit_json(result.summary())
+        return
+    state = "up to date" if result.up_to_date else "built"
+    click.echo(f"{loaded.spec.name}: {state} in {result.output}")
+    for name, art in sorted(result.manifest["artifacts"].items()):
+        click.echo(f"  {name:<20} {art['size'] / 1e6:8.2f} MB  sha256:{art['sha256'][:16]}…")
+    if result.lock_written:
+        click.echo(f"  lock written: {result.lock_path}")
+
+
+@click.command()
+@SPEC_ARG
+@PROFILE_OPT
+def summary(spec: Path | None, profiles: tuple[str, ...]) -> None:
+    """Print the fully merged spec (includes and profiles applied) as JSON."""
+    from sealbox.spec import load_spec
+
+    loaded = load_spec(spec, split_profiles(profiles))
+    emit_json({"fragments": loaded.fragments, "profiles": loaded.profiles, "spec_digest": loaded.digest(),
+               "spec": loaded.canonical()})
+
+
+@click.command()
+@click.option("--markdown", is_flag=True, help="Print as a Markdown table (docs/spec.md).")
+def settings(markdown: bool) -> None:
+    """List every spec setting: key, type, default, merge rule, description."""
+    from sealbox.spec.docs import settings_markdown, settings_rows
+
+    if markdown:
+        click.echo(settings_markdown(), nl=False)
+    else:
+        for row in settings_rows():
+            click.echo(f"{row['key']:<34} {row['merge']:<8} {row['type']:<22} {row['doc']}")
+
+
+@click.command("verify-reproducible")
+@SPEC_ARG
+@PROFILE_OPT
+@click.option("--work-dir", type=click.Path(file_okay=False, path_type=Path), help="Where both builds go [/var/tmp].")
+@click.option("--keep", is_flag=True, help="Keep both builds' outputs for inspection.")
+@click.option("--json", "json_mode", is_flag=True)
+def verify_reproducible(spec: Path | None, profiles: tuple[str, ...], work_dir: Path | None, keep: bool, json_mode: bool) -> int:
+    """Build SPEC twice under varied conditions and compare every artifact bit for bit."""
+    from sealbox.build.reproducible import verify
+    from sealbox.spec import load_spec
+
+    loaded = load_spec(spec, split_profiles(profiles))
+    report = verify(loaded, spec, split_profiles(profiles), work_dir, keep, progress=None if json_mode else
+                    (lambda msg: click.echo(msg, err=True)))
+    if json_mode:
+        emit_json(report)
+    else:
+        for name, res in sorted(report["artifacts"].items()):
+            click.echo(f"  {name:<20} {'identical' if res['identical'] else 'DIFFERS'}")
+            for d in res.get("differences", [])[:20]:
+                click.echo(f"      {d}")
+        click.echo("reproducible" if report["reproducible"] else "NOT reproducible")
+    return 0 if report["reproducible"] else 1
