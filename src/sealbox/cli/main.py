@@ -22,6 +22,7 @@ COMMANDS: dict[str, str] = {
     "build": "sealbox.cli.build:build",
     "verify-reproducible": "sealbox.cli.build:verify_reproducible",
     "summary": "sealbox.cli.build:summary",
+    "attest": "sealbox.cli.attest:attest",
 }
 
 
