@@ -55,7 +55,7 @@ class Reader:
     def u64(self, field: str) -> int:
         return self._int("<Q", 8, field)
 
-    def sub(self, n: int, field: str) -> "Reader":
+    def sub(self, n: int, field: str) -> Reader:
         """A reader over the next `n` bytes (a length-prefixed sub-structure); advances past them."""
         self.need(n, field)
         child = Reader(self.data, self.what, self.pos, self.pos + n)

@@ -132,7 +132,7 @@ def _parse_header(r: Reader) -> QuoteHeader:
 
 def _parse_body(r: Reader, kind: str) -> TdQuoteBody:
     b = r.bytes
-    values = dict(
+    return TdQuoteBody(
         kind=kind,
         tee_tcb_svn=b(16, "body.tee_tcb_svn"),
         mrseam=b(48, "body.mrseam"),
@@ -144,13 +144,12 @@ def _parse_body(r: Reader, kind: str) -> TdQuoteBody:
         mrconfigid=b(48, "body.mrconfigid"),
         mrowner=b(48, "body.mrowner"),
         mrownerconfig=b(48, "body.mrownerconfig"),
-        rtmrs=tuple(b(48, f"body.rtmr{i}") for i in range(4)),
+        rtmrs=(b(48, "body.rtmr0"), b(48, "body.rtmr1"), b(48, "body.rtmr2"), b(48, "body.rtmr3")),
         report_data=b(64, "body.report_data"),
+        # keyword arguments are evaluated in order, so these read after REPORTDATA as the layout says
+        tee_tcb_svn2=b(16, "body.tee_tcb_svn2") if kind == "TD1.5" else None,
+        mrservicetd=b(48, "body.mrservicetd") if kind == "TD1.5" else None,
     )
-    if kind == "TD1.5":
-        values["tee_tcb_svn2"] = b(16, "body.tee_tcb_svn2")
-        values["mrservicetd"] = b(48, "body.mrservicetd")
-    return TdQuoteBody(**values)  # type: ignore[arg-type]
 
 
 def parse_qe_report(raw: bytes, what: str) -> QeReport:

@@ -23,7 +23,7 @@ def quote_json(rep: QuoteReport) -> dict[str, Any]:
     body: dict[str, Any] = {
         k: getattr(b, k).hex()
         for k in ("tee_tcb_svn", "mrseam", "mrsignerseam", "seam_attributes", "td_attributes", "xfam",
-                  "mrtd", "mrconfigid", "mrowner", "mrownerconfig", "report_data")  # fmt: skip
+                  "mrtd", "mrconfigid", "mrowner", "mrownerconfig", "report_data")
     }
     body["rtmrs"] = [r.hex() for r in b.rtmrs]
     if b.tee_tcb_svn2 is not None and b.mrservicetd is not None:

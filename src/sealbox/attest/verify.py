@@ -107,21 +107,29 @@ def check_qe_binding(q: Quote) -> Check:
     return Check("qe_report_data", True, "QE report binds the attestation key")
 
 
-def load_chain(pems: tuple[bytes, ...]) -> list[x509.Certificate] | str:
-    """Certificates leaf-first, or a one-line reason why they cannot be loaded."""
-    certs = []
+def load_chain(pems: tuple[bytes, ...]) -> tuple[list[x509.Certificate], str | None]:
+    """The certificates that load, leaf first, up to the first bad one; and why that one is bad."""
+    certs: list[x509.Certificate] = []
     for i, pem in enumerate(pems):
         try:
-            certs.append(x509.load_pem_x509_certificate(pem))
-        except ValueError as e:
-            return f"certificate {i} of the PCK chain is not valid X.509: {' '.join(str(e).split())[:120]}"
-    return certs
+            cert = x509.load_pem_x509_certificate(pem)
+            # cryptography decodes fields lazily: touch every one used later so a corrupt
+            # certificate is reported here instead of raising mid-check.
+            _ = (cert.subject.rfc4514_string(), cert.issuer.rfc4514_string(), cert.tbs_certificate_bytes,
+                 cert.not_valid_before_utc, cert.not_valid_after_utc, cert.signature, cert.extensions)
+        # ValueError for bad DER, DuplicateExtension / UnsupportedGeneralNameType (plain Exception
+        # subclasses) for bad extensions: any of them means this certificate is unusable.
+        except Exception as e:  # noqa: BLE001
+            why = " ".join(str(e).split())[:120] or type(e).__name__
+            return certs, f"certificate {i} of the PCK chain is not valid X.509: {why}"
+        certs.append(cert)
+    return certs, None
 
 
 def _is_ca(cert: x509.Certificate) -> bool:
     try:
         return bool(cert.extensions.get_extension_for_class(x509.BasicConstraints).value.ca)
-    except (x509.ExtensionNotFound, ValueError):
+    except x509.ExtensionNotFound:
         return False
 
 
@@ -139,7 +147,7 @@ def _signed_by(cert: x509.Certificate, key: ec.EllipticCurvePublicKey) -> bool:
         if algo is None:
             return False
         key.verify(cert.signature, cert.tbs_certificate_bytes, ec.ECDSA(algo))
-    except (InvalidSignature, UnsupportedAlgorithm, ValueError):
+    except (InvalidSignature, UnsupportedAlgorithm, ValueError, TypeError):
         return False
     return True
 
@@ -212,14 +220,13 @@ def verify_quote(q: Quote, at: datetime | None = None, root: RootAnchor = INTEL_
     result = QuoteVerification(at=at)
     result.checks.append(check_quote_signature(q))
     result.checks.append(check_qe_binding(q))
-    certs = load_chain(q.pck_chain_pem)
-    if isinstance(certs, str):
-        result.checks.append(Check("qe_report_signature", False, "no usable PCK leaf certificate"))
-        result.checks.append(Check("pck_chain", False, certs))
-    else:
-        result.chain = [_describe(c) for c in certs]
+    certs, problem = load_chain(q.pck_chain_pem)
+    result.chain = [_describe(c) for c in certs]
+    if certs:
         result.checks.append(check_qe_report_signature(q, certs[0]))
-        result.checks.append(check_pck_chain(certs, at, root))
+    else:
+        result.checks.append(Check("qe_report_signature", False, "no usable PCK leaf certificate"))
+    result.checks.append(Check("pck_chain", False, problem) if problem else check_pck_chain(certs, at, root))
     if q.header.qe_vendor_id != INTEL_QE_VENDOR_ID:
         result.warnings.append(f"QE vendor id {q.header.qe_vendor_id.hex()} is not Intel's")
     if q.body.debug:

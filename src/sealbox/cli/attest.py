@@ -3,17 +3,16 @@
 from __future__ import annotations
 
 import json
+from typing import Any
 
 import click
 
 from sealbox.errors import AttestError
 
 
-def _emit(lines_or_doc: list[str] | dict, as_json: bool) -> None:
-    if as_json:
-        click.echo(json.dumps(lines_or_doc, indent=2, sort_keys=True))
-    else:
-        click.echo("\n".join(lines_or_doc))  # type: ignore[arg-type]
+def _emit(output: list[str] | dict[str, Any]) -> None:
+    """A dict is the --json document; a list is the human summary, one line each."""
+    click.echo(json.dumps(output, indent=2, sort_keys=True) if isinstance(output, dict) else "\n".join(output))
 
 
 @click.group()
@@ -32,7 +31,7 @@ def quote_cmd(file: str, collateral: str | None, at_text: str | None, allow_stat
     from sealbox.attest import render, report
 
     rep = report.quote_report(file, collateral, report.parse_time(at_text), ("UpToDate", *allow_status))
-    _emit(render.quote_json(rep) if as_json else render.quote_text(rep), as_json)
+    _emit(render.quote_json(rep) if as_json else render.quote_text(rep))
     if not rep.ok:
         raise AttestError(f"quote {file} did not verify: {'; '.join(rep.failures)}")
 
@@ -49,6 +48,6 @@ def eventlog_cmd(file: str, table: str | None, quote: str | None, expect: str | 
     from sealbox.attest import render, report
 
     rep = report.eventlog_report(file, table, quote, expect, report.parse_time(at_text))
-    _emit(render.eventlog_json(rep) if as_json else render.eventlog_text(rep), as_json)
+    _emit(render.eventlog_json(rep) if as_json else render.eventlog_text(rep))
     if not rep.ok:
         raise AttestError(f"event log {file} did not verify: {'; '.join(rep.failures)}")
