@@ -148,6 +148,8 @@ def _parse_event(r: Reader, spec: SpecId, index: int) -> Event:
         alg = r.u16(f"event {index} digest algorithm")
         if alg not in spec.algorithms:
             raise AttestInputError(f"{r.what}: event {index} at offset {offset} uses digest algorithm {alg:#06x}, not declared in the Spec ID event")
+        if alg in digests:
+            raise AttestInputError(f"{r.what}: event {index} at offset {offset} lists digest algorithm {alg:#06x} twice")
         digests[alg] = r.bytes(spec.algorithms[alg], f"event {index} digest")
     size = r.u32(f"event {index} data size")
     data = r.bytes(size, f"event {index} data")

@@ -125,6 +125,7 @@ def test_no_action_events_are_not_extended() -> None:
         (_header(SHA384) + _event(7, 0x0D, [(0x000C, bytes(48))]), "has index 7"),
         (_header(SHA384) + _event(1, 0x0D, [(0x000B, bytes(32))]), "algorithm 0x000b, not declared"),
         (_header(SHA384) + _event(1, 0x0D, []), "no SHA-384 digest to replay"),
+        (_header([(0x000B, 32), (0x000C, 48)]) + _event(1, 0x0D, [(0x000C, bytes(48))] * 2), "lists digest algorithm 0x000c twice"),
         (_header(SHA384) + struct.pack("<III", 1, 0x0D, 9), "has 9 digests"),
         (_header(SHA384) + _event(1, 0x0D, [(0x000C, bytes(48))])[:-5] + struct.pack("<I", 0xFFFFFFF0), "needs 4294967280 bytes"),
         (_header(SHA384) + b"\x01\x02\x03", "truncated"),
