@@ -127,10 +127,16 @@ def load_chain(pems: tuple[bytes, ...]) -> tuple[list[x509.Certificate], str | N
 
 
 def _is_ca(cert: x509.Certificate) -> bool:
+    """BasicConstraints CA and, when KeyUsage is present, keyCertSign."""
     try:
-        return bool(cert.extensions.get_extension_for_class(x509.BasicConstraints).value.ca)
+        if not cert.extensions.get_extension_for_class(x509.BasicConstraints).value.ca:
+            return False
     except x509.ExtensionNotFound:
         return False
+    try:
+        return bool(cert.extensions.get_extension_for_class(x509.KeyUsage).value.key_cert_sign)
+    except x509.ExtensionNotFound:
+        return True
 
 
 def _cert_key(cert: x509.Certificate) -> ec.EllipticCurvePublicKey | None:
@@ -184,16 +190,23 @@ def check_pck_chain(certs: list[x509.Certificate], at: datetime, root: RootAncho
     top = certs[-1]
     top_key = _cert_key(top)
     pinned = root.public_key()
+    name = root.subject.split("CN=")[-1]
+    how = f"chain to the pinned {name}"
     if top.subject == top.issuer and top_key is not None and _point(top_key) == root.public_key_point:
         if not _signed_by(top, pinned):
             problems.append("the root certificate's self-signature does not verify")
+        if top.fingerprint(hashes.SHA256()).hex() != root.fingerprint:
+            # the key is what anchors trust; a re-issued root with the same key is still Intel's
+            how += " key (root certificate differs from the pinned fingerprint)"
     elif not _signed_by(top, pinned):
-        problems.append(f"chain does not end at the pinned {root.subject.split('CN=')[-1]} (key {root.public_key_point[:18]}…)")
+        problems.append(f"chain does not end at the pinned {name} (key {root.public_key_point[:18]}…)")
     elif not root.not_before <= at <= root.not_after:
         problems.append(f"pinned root is not valid at {at:%Y-%m-%dT%H:%M:%SZ}")
+    else:
+        how += " (root certificate not included; top certificate signed by the pinned key)"
     if problems:
         return Check("pck_chain", False, "; ".join(problems))
-    return Check("pck_chain", True, f"{len(certs)} certificates chain to the pinned Intel SGX Root CA, all valid at {at:%Y-%m-%dT%H:%M:%SZ}")
+    return Check("pck_chain", True, f"{len(certs)} certificates {how}, all valid at {at:%Y-%m-%dT%H:%M:%SZ}")
 
 
 def check_qe_report_signature(q: Quote, leaf: x509.Certificate) -> Check:

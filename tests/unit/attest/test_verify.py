@@ -96,7 +96,11 @@ def test_synthetic_v5_quote_verifies() -> None:
 def test_chain_without_root_is_anchored_by_the_pinned_key() -> None:
     pki = Pki()
     raw = build_quote(pki, chain=pems(pki)[:2])
-    assert failing(raw, T0 + timedelta(days=1), root=pki.anchor()) == set()
+    result = verify_quote(parse_quote(raw), T0 + timedelta(days=1), root=pki.anchor())
+    assert result.ok and "root certificate not included" in result.checks[-1].detail
+    # ...but the pinned root's own validity still applies
+    early = verify_quote(parse_quote(raw), T0 - timedelta(days=1), root=pki.anchor())
+    assert "pinned root is not valid at" in early.failures[0]
 
 
 @pytest.mark.parametrize(
