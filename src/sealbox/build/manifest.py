@@ -32,11 +32,23 @@ def tool_versions() -> dict[str, str]:
 
     return {
         "sealbox": __version__,
+        "sealbox-builder-code": _code_digest(),
         "mmdebstrap": dpkg_version("mmdebstrap"),
         "e2fsprogs": dpkg_version("e2fsprogs"),
         "python-zstandard": zstandard.__version__,
         "zstd-library": ".".join(map(str, zstandard.ZSTD_VERSION)),
     }
+
+
+def _code_digest() -> str:
+    """Digest of the builder's own code and data: a changed writer must not reuse an old output."""
+    root = Path(__file__).resolve().parents[1]
+    h = hashlib.sha256()
+    for sub in ("build", "spec", "modules"):
+        for p in sorted((root / sub).rglob("*")):
+            if p.is_file() and p.suffix in (".py", ".toml", ".sh", ".service", ".conf"):
+                h.update(str(p.relative_to(root)).encode() + b"\0" + p.read_bytes())
+    return h.hexdigest()[:16]
 
 
 def artifact_entries(out: Path, names: list[str]) -> dict[str, dict[str, Any]]:
