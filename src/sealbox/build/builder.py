@@ -58,12 +58,13 @@ class BuildResult:
     lock_written: bool
     steps: list[dict[str, Any]] = field(default_factory=list)
     work: Path | None = None
+    stripped: dict[str, int] = field(default_factory=dict)
 
     def summary(self) -> dict[str, Any]:
         return {
             "output": str(self.output), "name": self.manifest["name"], "up_to_date": self.up_to_date,
             "build_key": self.manifest["build_key"], "lock": str(self.lock_path), "lock_written": self.lock_written,
-            "artifacts": self.manifest["artifacts"], "steps": self.steps,
+            "artifacts": self.manifest["artifacts"], "steps": self.steps, "stripped_bytes": self.stripped,
         }
 
 
@@ -87,6 +88,15 @@ def _clamp_mtimes(tree: Path, epoch: int) -> None:
 
 
 def build_image(loaded: LoadedSpec, opts: BuildOptions) -> BuildResult:
+    # the caller's umask must not reach file modes (ours or mmdebstrap's): fix it for the whole build
+    old_umask = os.umask(0o022)
+    try:
+        return _build_image(loaded, opts)
+    finally:
+        os.umask(old_umask)
+
+
+def _build_image(loaded: LoadedSpec, opts: BuildOptions) -> BuildResult:
     spec = loaded.spec
     epoch = spec.epoch
     output = (opts.output or default_output(loaded)).absolute()
@@ -196,7 +206,7 @@ def build_image(loaded: LoadedSpec, opts: BuildOptions) -> BuildResult:
                     "downloads": as_manifest(boot.extras, "downloaded"),
                     "kernel": {"package": boot.kernel_package, "version": kfiles.version, "cmdline": list(spec.kernel.cmdline),
                                "modules": modules, "load": list(spec.kernel.load)},
-                    "boot": boot_files, "tools": tools, "stripped_bytes": stripped,
+                    "boot": boot_files, "tools": tools,
                     "artifacts": mf.artifact_entries(stage, names),
                 }
                 atomic.write_json(stage / mf.MANIFEST, m)
@@ -208,4 +218,6 @@ def build_image(loaded: LoadedSpec, opts: BuildOptions) -> BuildResult:
     finally:
         if not opts.keep_work:
             shutil.rmtree(work, ignore_errors=True)
-    return BuildResult(output, manifest, False, lock_path, lock_written, pipe.summary(), work if opts.keep_work else None)
+    result = BuildResult(output, manifest, False, lock_path, lock_written, pipe.summary(), work if opts.keep_work else None)
+    result.stripped = stripped  # host-dependent (logs, caches): reported, not recorded in the manifest
+    return result
