@@ -40,8 +40,40 @@ GROUPS: dict[str, list[str]] = {
         "/usr/bin/systemd-cryptenroll", "/usr/lib/systemd/systemd-cryptsetup", "/usr/lib/systemd/systemd-veritysetup",
         "/usr/lib/systemd/systemd-integritysetup", "/usr/lib/x86_64-linux-gnu/libmvec.so*",
         "/usr/lib/x86_64-linux-gnu/libdb-5.3.so", "/usr/lib/x86_64-linux-gnu/security/pam_userdb.so",
+        # clients and tools a sandbox guest does not run (the host talks to it, not the other way round)
+        "/usr/bin/ssh", "/usr/bin/scp", "/usr/bin/sftp", "/usr/bin/slogin", "/usr/bin/ssh-copy-id", "/usr/bin/ssh-argv0",
+        "/etc/ssh/moduli", "/usr/bin/lsipc", "/usr/bin/lslogins", "/usr/bin/lsirq", "/usr/bin/irqtop", "/usr/bin/chmem",
+        "/usr/bin/lsmem", "/usr/bin/ipcmk", "/usr/bin/ipcrm", "/usr/bin/ipcs", "/usr/bin/choom", "/usr/bin/fincore",
+        "/usr/bin/utmpdump", "/usr/bin/wall", "/usr/bin/scriptlive", "/usr/bin/scriptreplay", "/usr/sbin/wipefs",
+        "/usr/sbin/fstrim", "/usr/sbin/swapon", "/usr/sbin/swapoff", "/usr/sbin/blkdiscard", "/usr/sbin/blkzone",
+        "/usr/sbin/ctrlaltdel", "/usr/sbin/isosize", "/usr/sbin/readprofile", "/usr/sbin/rtcwake", "/usr/sbin/hwclock",
+        "/usr/sbin/chcpu", "/usr/sbin/ldattach", "/usr/sbin/fsfreeze", "/usr/sbin/dmsetup", "/usr/sbin/dmstats",
+        "/usr/sbin/blkdeactivate", "/usr/sbin/rtacct", "/usr/sbin/rtmon", "/usr/sbin/genl", "/usr/sbin/zic",
+        "/usr/sbin/iconvconfig", "/usr/sbin/installkernel", "/usr/lib/x86_64-linux-gnu/cryptsetup",
+        "/usr/lib/x86_64-linux-gnu/engines-3", "/usr/share/bash-completion", "/usr/share/zsh", "/usr/bin/tic", "/usr/bin/toe", "/usr/bin/infocmp",
+        "/usr/bin/infotocap", "/usr/bin/captoinfo", "/usr/bin/tabs", "/usr/bin/bootctl", "/usr/bin/kernel-install",
+        "/usr/lib/kernel", "/usr/bin/systemd-dissect", "/usr/bin/systemd-sysext", "/usr/lib/systemd/systemd-measure",
+        "/usr/lib/systemd/systemd-growfs", "/usr/lib/systemd/systemd-makefs", "/usr/lib/systemd/systemd-fsck*",
+        "/usr/lib/systemd/systemd-hibernate-resume", "/usr/lib/systemd/systemd-sleep", "/usr/lib/systemd/systemd-backlight",
+        "/usr/lib/systemd/systemd-rfkill", "/usr/lib/systemd/systemd-quotacheck", "/usr/lib/systemd/systemd-pcrphase",
+        "/usr/lib/systemd/systemd-volatile-root", "/usr/lib/systemd/systemd-sysroot-fstab-check",
+        "/usr/lib/systemd/systemd-network-generator", "/usr/lib/systemd/systemd-xdg-autostart-condition",
+        # generators run at every boot; these only serve features a sandbox image does not have
+        "/usr/lib/systemd/system-generators/systemd-cryptsetup-generator",
+        "/usr/lib/systemd/system-generators/systemd-veritysetup-generator",
+        "/usr/lib/systemd/system-generators/systemd-integritysetup-generator",
+        "/usr/lib/systemd/system-generators/systemd-hibernate-resume-generator",
+        "/usr/lib/systemd/system-generators/systemd-gpt-auto-generator",
+        "/usr/lib/systemd/system-generators/systemd-rc-local-generator",
+        "/usr/lib/systemd/system-generators/systemd-sysv-generator",
+        "/usr/lib/systemd/user-generators/*", "/usr/lib/systemd/system-environment-generators/*",
     ],
 }
+
+# Libraries nobody links but that are loaded at run time (dlopen): never pruned as "unused".
+DLOPENED = ["libgcc_s.so*", "libnss_*", "libpthread.so*", "libdl.so*", "librt.so*", "libutil.so*", "libanl.so*",
+            "libresolv.so*", "libpam.so*", "libpamc.so*", "libpam_misc.so*", "libcrypt.so*"]
+LIB_DIR = "/usr/lib/x86_64-linux-gnu"
 
 # Always removed: caches, logs, per-host and per-boot state, anything secret or random.
 ALWAYS = [
@@ -54,6 +86,49 @@ ALWAYS = [
 # Never removed by a group (the C.UTF-8 locale, copyright files, UTC).
 KEEP = ["/usr/share/doc/*/copyright", "/usr/lib/locale/C.utf8*", "/usr/share/zoneinfo/Etc", "/usr/share/zoneinfo/Etc/UTC",
         "/usr/share/zoneinfo/UTC", "/usr/share/zoneinfo/tzdata.zi"]
+
+
+def unused_libraries(tree: Path) -> list[str]:
+    """Shared libraries in the main library dir that no program, PAM/NSS module or plugin can reach.
+
+    Roots: every ELF with a program interpreter (executables) and every ELF in a subdirectory of the
+    library dir (PAM modules, OpenSSL providers, plugins); reachability follows DT_NEEDED by soname.
+    """
+    libdir = tree / LIB_DIR.lstrip("/")
+    elves: dict[Path, list[str]] = {}
+    roots: list[Path] = []
+    for dirpath, _dirs, files in os.walk(tree):
+        for name in files:
+            path = Path(dirpath) / name
+            if path.is_symlink() or not path.is_file():
+                continue
+            with open(path, "rb") as f:
+                data = f.read()
+            if data[:4] != b"\x7fELF":
+                continue
+            info = elf_needed(data)
+            elves[path] = info[0] if info else []
+            if b"/lib64/ld-linux" in data[:4096] or (path.parent != libdir and path.is_relative_to(libdir)):
+                roots.append(path)
+    soname = {p.name: p for p in libdir.iterdir()} if libdir.is_dir() else {}
+    for d in {p.parent for p in elves}:
+        for p in d.iterdir():
+            soname.setdefault(p.name, p)
+    seen: set[Path] = set()
+    todo = list(roots)
+    while todo:
+        p = todo.pop()
+        real = p.resolve()
+        if real in seen:
+            continue
+        seen.add(real)
+        todo += [soname[n] for n in elves.get(real, []) if n in soname]
+    unused = []
+    for p in sorted(libdir.iterdir()) if libdir.is_dir() else []:
+        if p.name.startswith("lib") and ".so" in p.name and not any(fnmatch.fnmatchcase(p.name, k) for k in DLOPENED):
+            if p.resolve() not in seen and (p.is_symlink() or p in elves):
+                unused.append(f"{LIB_DIR}/{p.name}")
+    return unused
 
 
 def _match(rel: str, patterns: list[str]) -> bool:
@@ -80,6 +155,9 @@ def strip_tree(tree: Path, strip: Strip) -> dict[str, int]:
             removed[group] += _remove(path, tree, keep)
             if name in dirnames and not path.exists():
                 dirnames.remove(name)
+    if strip.unused_libraries:  # after the groups: removing programs can orphan their libraries
+        libs = [tree / p.lstrip("/") for p in unused_libraries(tree) if not _match(p, keep)]
+        removed["unused_libraries"] = sum(_remove(p, tree, keep) for p in libs if p.is_symlink() or p.exists())
     return removed
 
 

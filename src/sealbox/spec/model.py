@@ -151,7 +151,8 @@ class Strip(Section):
     perl: bool = setting(True, "perl-base and debconf's perl (only needed by package scripts).")
     package_manager: bool = setting(True, "dpkg/apt tools and databases' helper files (the image is immutable).")
     zoneinfo: bool = setting(True, "Time zone database (the guest runs in UTC).")
-    extra_tools: bool = setting(True, "Tools a sandbox does not use: user management, fdisk, tc, ssh agent/keyscan...")
+    extra_tools: bool = setting(True, "Tools a sandbox does not use: user management, fdisk, tc, ssh clients, unused generators...")
+    unused_libraries: bool = setting(True, "Shared libraries no program, PAM/NSS module or plugin in the image links (after the other groups).")
     paths: list[str] = setting([], "Further glob patterns (absolute, inside the image) to remove.")
     keep: list[str] = setting([], "Glob patterns never removed, even if a group matches them.")
 

@@ -1,6 +1,6 @@
 """Deterministic newc (SVR4 "070701") cpio writer and reader.
 
-Determinism by construction: entries sorted by path bytes, mtimes clamped to the epoch, inode numbers
+Determinism by construction: entries in a fixed order (below), mtimes clamped to the epoch, inode numbers
 assigned in archive order, device numbers zeroed, hard links emitted the way the kernel's initramfs
 unpacker expects (first entry carries the data, later ones have size 0 and the same inode).
 """
@@ -42,10 +42,34 @@ def walk_sorted(tree: Path) -> list[str]:
     return ["."] + sorted(out, key=os.fsencode)
 
 
+def archive_order(tree: Path, paths: list[str], stats: dict[str, os.stat_result]) -> list[str]:
+    """Directories first (by path), then links and nodes (by path), then files grouped by kind.
+
+    Every directory exists before anything is unpacked into it, so files may come in any order; putting
+    ELF files together and text files by extension gives zstd similar neighbours (about 1% smaller).
+    Only names and content decide the order, never the host's directory order.
+    """
+    def key(p: str) -> tuple[int, bytes, bytes, bytes]:
+        mode = stats[p].st_mode
+        if stat.S_ISDIR(mode):
+            return (0, b"", b"", os.fsencode(p))
+        if not stat.S_ISREG(mode):
+            return (1, b"", b"", os.fsencode(p))
+        with open(tree / p, "rb") as f:
+            elf = f.read(4) == b"\x7fELF"
+        name = os.path.basename(p)
+        ext = name.rsplit(".", 1)[1] if "." in name else ""
+        return (2 if elf else 3, os.fsencode(ext), os.fsencode(name), os.fsencode(p))
+
+    head = [p for p in paths if p == "."]
+    return head + sorted((p for p in paths if p != "."), key=key)
+
+
 def write_cpio(tree: Path, out: BinaryIO, epoch: int) -> int:
     """Write `tree` as a newc archive to `out`; returns the number of entries."""
     paths = walk_sorted(tree)
     stats = {p: os.lstat(tree / p) for p in paths}
+    paths = archive_order(tree, paths, stats)
     links: dict[tuple[int, int], list[str]] = {}
     for p, st in stats.items():
         if stat.S_ISREG(st.st_mode) and st.st_nlink > 1:
