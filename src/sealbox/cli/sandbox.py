@@ -1,4 +1,4 @@
-"""`sealbox run|ps|inspect|logs|stop|rm|gc`: thin wrappers over sealbox.sandbox.manager."""
+"""`sealbox run|ps|inspect|logs|stop|rm|gc`: thin wrappers over sealbox.sandbox (manager, control, gc)."""
 
 from __future__ import annotations
 
@@ -104,9 +104,9 @@ def _print_plan(out: dict[str, Any]) -> None:
 @state_opt
 def ps(all_: bool, as_json: bool, state_dir: Path | None) -> None:
     """List sandboxes (status checked against the live VMM processes)."""
-    from sealbox.sandbox import manager, status
+    from sealbox.sandbox import control, status  # not manager: `ps` should not import run/network code
 
-    rows = manager.ps(_state(state_dir), all_=all_)
+    rows = control.ps(_state(state_dir), all_=all_)
     if as_json:
         _dump([r.model_dump() for r in rows])
     else:
@@ -118,9 +118,9 @@ def ps(all_: bool, as_json: bool, state_dir: Path | None) -> None:
 @state_opt
 def inspect(name: str, state_dir: Path | None) -> None:
     """Show a sandbox's record, host steps, pids and the VMM's own view (JSON)."""
-    from sealbox.sandbox import manager
+    from sealbox.sandbox import control
 
-    _dump(manager.inspect(_state(state_dir), name))
+    _dump(control.inspect(_state(state_dir), name))
 
 
 @click.command()
@@ -129,11 +129,11 @@ def inspect(name: str, state_dir: Path | None) -> None:
 @state_opt
 def logs(name: str, follow: bool, state_dir: Path | None) -> None:
     """Print a sandbox's serial console log."""
-    from sealbox.sandbox import manager
+    from sealbox.sandbox import control
 
     out = sys.stdout.buffer
     try:
-        for chunk in manager.follow_logs(_state(state_dir), name, follow=follow):
+        for chunk in control.follow_logs(_state(state_dir), name, follow=follow):
             out.write(chunk)
             out.flush()
     except KeyboardInterrupt:
@@ -147,9 +147,9 @@ def logs(name: str, follow: bool, state_dir: Path | None) -> None:
 @state_opt
 def stop(name: str, timeout: float, state_dir: Path | None) -> None:
     """Shut a sandbox's guest down (graceful, then killed after --timeout)."""
-    from sealbox.sandbox import manager
+    from sealbox.sandbox import control
 
-    how = manager.stop(_state(state_dir), name, timeout)
+    how = control.stop(_state(state_dir), name, timeout)
     click.echo(f"{name} stopped ({how})")
 
 
@@ -159,11 +159,11 @@ def stop(name: str, timeout: float, state_dir: Path | None) -> None:
 @state_opt
 def rm(names: tuple[str, ...], force: bool, state_dir: Path | None) -> None:
     """Remove sandboxes: undo every host step of their records and delete their state."""
-    from sealbox.sandbox import manager
+    from sealbox.sandbox import control
 
     state = _state(state_dir)
     for name in names:
-        manager.remove(state, name, force=force)
+        control.remove(state, name, force=force)
         click.echo(f"removed {name}")
 
 
@@ -173,9 +173,9 @@ def rm(names: tuple[str, ...], force: bool, state_dir: Path | None) -> None:
 @state_opt
 def gc(dry_run: bool, as_json: bool, state_dir: Path | None) -> None:
     """Remove dead or half-created sandboxes and sealbox host objects no sandbox owns."""
-    from sealbox.sandbox import manager
+    from sealbox.sandbox import gc as gc_mod
 
-    report = manager.collect(_state(state_dir), dry_run=dry_run)
+    report = gc_mod.collect(_state(state_dir), dry_run=dry_run)
     if as_json:
         _dump(report.model_dump())
     else:

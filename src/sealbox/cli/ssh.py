@@ -19,9 +19,9 @@ def exec_(name: str, user: str | None, tty: bool, state_dir: Path | None, comman
     """Run COMMAND in the guest: output streamed, exit status propagated, stdin passed through.
 
     Usage: sealbox exec NAME [--user U] [-t] -- CMD [ARGS...]"""
-    from sealbox.sandbox import manager
+    from sealbox.sandbox import control
 
-    manager.exec_command(_state(state_dir), name, list(command), user=user, tty=tty)  # does not return
+    control.exec_command(_state(state_dir), name, list(command), user=user, tty=tty)  # does not return
 
 
 @click.command(context_settings={"ignore_unknown_options": True})
@@ -31,9 +31,9 @@ def exec_(name: str, user: str | None, tty: bool, state_dir: Path | None, comman
 @click.argument("ssh_args", nargs=-1, type=click.UNPROCESSED)
 def ssh(name: str, user: str | None, state_dir: Path | None, ssh_args: tuple[str, ...]) -> None:
     """Open an interactive SSH session in the guest (extra arguments go to ssh, e.g. -L 8080:localhost:80)."""
-    from sealbox.sandbox import manager
+    from sealbox.sandbox import control
 
-    manager.interactive(_state(state_dir), name, user=user, extra=list(ssh_args))
+    control.interactive(_state(state_dir), name, user=user, extra=list(ssh_args))
 
 
 @click.command("ssh-config")
@@ -42,7 +42,7 @@ def ssh(name: str, user: str | None, state_dir: Path | None, ssh_args: tuple[str
 @state_opt
 def ssh_config(name: str, alias: str | None, state_dir: Path | None) -> None:
     """Print an ssh_config stanza so ssh, scp, rsync and -L forwards work unchanged."""
-    from sealbox.sandbox import manager
+    from sealbox.sandbox import control
     from sealbox.sandbox.guest.ssh import config_stanza
 
-    click.echo(config_stanza(manager.ssh_target(_state(state_dir), name), alias), nl=False)
+    click.echo(config_stanza(control.ssh_target(_state(state_dir), name), alias), nl=False)

@@ -28,7 +28,7 @@ from sealbox.sandbox import image as image_mod
 from sealbox.sandbox import planning, stepkinds
 from sealbox.sandbox.guest import console as con
 from sealbox.sandbox.guest import ssh
-from sealbox.sandbox.guest.instance import InstanceFilesStep
+from sealbox.sandbox.guest.instance import KEY_NAME, InstanceFilesStep, discard_prestarted, prestart_client_key
 from sealbox.sandbox.host.network import network_steps
 from sealbox.sandbox.model import GuestNet, SandboxSpec
 from sealbox.sandbox.state import SandboxRecord, StateDir, pid_alive, process_start_time
@@ -176,11 +176,13 @@ def run(spec: SandboxSpec, state: StateDir, *, warn: Say | None = None, progress
 def _create(record: SandboxRecord, save: Callable[[], None], inp: Inputs, state: StateDir, uid: int, gid: int,
             cgroup: Any, t0: float, progress: Say | None) -> dict[str, Any]:
     spec = inp.spec
+    sandbox_dir = state.sandbox_dir(spec.name)
+    if inp.snapshot is None:
+        prestart_client_key(sandbox_dir / KEY_NAME, f"sealbox-{spec.name}")  # overlaps with the network setup
     net, steps = network_steps(state, spec, uid, gid, link=inp.fixed_link())
     record.network = net.model_dump(mode="json")
     save()
     apply_steps(steps, record.steps, save, progress)
-    sandbox_dir = state.sandbox_dir(spec.name)
     if inp.snapshot is None:
         inst = InstanceFilesStep(sandbox_dir=str(sandbox_dir), hostname=spec.name,
                                  address=f"{net.guest_ip}/{net.prefixlen}", gateway=net.host_ip)
@@ -223,7 +225,7 @@ def _restore_client_key(inp: Inputs, sandbox_dir: Path) -> Path:
     text = inp.snapshot.guest.get("client_key_openssh")
     if not isinstance(text, str) or "PRIVATE KEY" not in text:
         raise UsageError(f"snapshot {inp.spec.from_snapshot} carries no client key for its guest", hint="take the snapshot with this sealbox version")
-    key = sandbox_dir / "id_ed25519"
+    key = sandbox_dir / KEY_NAME
     atomic.write_text(key, text, mode=0o600)
     return key
 
@@ -282,6 +284,7 @@ def _undo_failed(record: SandboxRecord, state: StateDir, save: Callable[[], None
         pass
     stepkinds.load_all()
     problems = undo_steps(record.steps, save)
+    discard_prestarted(state.sandbox_dir(record.name))
     if not problems:
         state.delete(record.name)
         return

@@ -103,3 +103,25 @@ def test_step_writes_key_and_disk_and_undo_is_idempotent(tmp_path: Path) -> None
     from sealbox.sandbox.steps import step_from_record
 
     assert step_from_record(step.kind, step.model_dump(mode="json")) == step
+
+
+@pytest.mark.skipif(shutil.which("ssh-keygen") is None, reason="ssh-keygen (openssh-client) is not installed")
+def test_prestarted_key_is_collected_by_the_step(tmp_path: Path) -> None:
+    from sealbox.sandbox.guest import instance
+
+    instance.prestart_client_key(tmp_path / "id_ed25519", "sealbox-demo")
+    assert str(tmp_path / "id_ed25519") in instance._PENDING
+    step = InstanceFilesStep(sandbox_dir=str(tmp_path), hostname="demo", address="10.213.0.6/30", gateway="10.213.0.5")
+    out = step.do()
+    assert out["public_key"] == (tmp_path / "id_ed25519.pub").read_text().strip()
+    assert instance._PENDING == {}
+    step.undo(out)
+
+
+@pytest.mark.skipif(shutil.which("ssh-keygen") is None, reason="ssh-keygen (openssh-client) is not installed")
+def test_prestarted_key_of_a_failed_run_is_reaped(tmp_path: Path) -> None:
+    from sealbox.sandbox.guest import instance
+
+    instance.prestart_client_key(tmp_path / "id_ed25519", "sealbox-demo")
+    instance.discard_prestarted(tmp_path)
+    assert instance._PENDING == {}

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import ipaddress
 import os
+import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +29,7 @@ from pydantic import BaseModel, ConfigDict
 from sealbox.errors import SandboxError
 from sealbox.sandbox.steps import Step
 from sealbox.util import atomic
-from sealbox.util.run import run
+from sealbox.util.run import run, which
 
 MAGIC = "SEALBOX-INSTANCE-V1"
 END = "END"
@@ -93,11 +94,53 @@ def parse(blob: bytes) -> dict[str, list[str]]:
     raise SandboxError("instance disk has no END line")
 
 
-def generate_client_key(path: Path, comment: str) -> str:
-    """A fresh ed25519 key pair at `path` (+ .pub) made by ssh-keygen; returns the public key line."""
+def _keygen_argv(path: Path, comment: str) -> list[str]:
+    return ["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", comment, "-f", str(path)]
+
+
+# Key generation started ahead of its step (see prestart_client_key), by key path.
+_PENDING: dict[str, subprocess.Popen[bytes]] = {}
+
+
+def prestart_client_key(path: Path, comment: str) -> None:
+    """Start ssh-keygen now so it runs while the network is set up; InstanceFilesStep collects it.
+
+    The files land in the sandbox's own state dir, which `rm`/`gc` delete with the record, and the
+    step's undo removes them too, so starting before the step is recorded leaves nothing behind."""
     for p in (path, path.with_name(path.name + ".pub")):
         p.unlink(missing_ok=True)  # ssh-keygen would prompt before overwriting
-    run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", comment, "-f", str(path)], what="ssh-keygen", timeout=30)
+    argv = _keygen_argv(path, comment)
+    try:
+        _PENDING[str(path)] = subprocess.Popen([which(argv[0]), *argv[1:]], stdin=subprocess.DEVNULL,
+                                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    except OSError:
+        pass  # the step runs ssh-keygen itself and reports the problem
+
+
+def discard_prestarted(sandbox_dir: Path) -> None:
+    """Stop and reap a prestarted ssh-keygen of a failed run before its directory is deleted."""
+    for key in [k for k in _PENDING if Path(k).parent == Path(sandbox_dir)]:
+        proc = _PENDING.pop(key)
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait(timeout=10)
+
+
+def generate_client_key(path: Path, comment: str) -> str:
+    """A fresh ed25519 key pair at `path` (+ .pub) made by ssh-keygen; returns the public key line."""
+    pending = _PENDING.pop(str(path), None)
+    ok = False
+    if pending is not None:
+        try:
+            _out, err = pending.communicate(timeout=30)
+            ok = pending.returncode == 0
+        except subprocess.TimeoutExpired:
+            pending.kill()
+            pending.wait(timeout=5)
+    if not ok:
+        for p in (path, path.with_name(path.name + ".pub")):
+            p.unlink(missing_ok=True)
+        run(_keygen_argv(path, comment), what="ssh-keygen", timeout=30)
     os.chmod(path, 0o600)
     return path.with_name(path.name + ".pub").read_text().strip()
 
