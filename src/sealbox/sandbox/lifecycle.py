@@ -68,6 +68,35 @@ def signals_as_errors() -> Iterator[None]:
             signal.signal(s, h)
 
 
+@contextlib.contextmanager
+def deferred_signals() -> Iterator[None]:
+    """Hold SIGINT/SIGTERM/SIGHUP until the block is done, then deliver them.
+
+    Not by blocking or ignoring them: a signal mask or SIG_IGN would be inherited by the helpers the
+    cleanup forks (pyroute2 stops its netns workers with SIGTERM). A forked child that inherits this
+    Python handler dies as usual instead."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    me, pending = os.getpid(), []
+
+    def hold(signum: int, _frame: Any) -> None:
+        if os.getpid() != me:
+            signal.signal(signum, signal.SIG_DFL)
+            os.kill(os.getpid(), signum)
+            return
+        pending.append(signum)
+
+    old = {s: signal.signal(s, hold) for s in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)}
+    try:
+        yield
+    finally:
+        for s, h in old.items():
+            signal.signal(s, h)
+        for s in dict.fromkeys(pending):
+            os.kill(me, s)
+
+
 # ---- inputs -----------------------------------------------------------------------------------
 
 class Inputs:
@@ -283,8 +312,9 @@ def _undo_failed(record: SandboxRecord, state: StateDir, save: Callable[[], None
     except OSError:
         pass
     stepkinds.load_all()
-    problems = undo_steps(record.steps, save)
-    discard_prestarted(state.sandbox_dir(record.name))
+    with deferred_signals():  # a second Ctrl-C must not strand half of the cleanup
+        problems = undo_steps(record.steps, save)
+        discard_prestarted(state.sandbox_dir(record.name))
     if not problems:
         state.delete(record.name)
         return

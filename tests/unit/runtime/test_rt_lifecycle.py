@@ -205,3 +205,19 @@ def test_fixed_link_allocation(tmp_path: Path) -> None:
         ipam.allocate(state, "again", nat=False, pool=pool, link=want)
     with pytest.raises(SandboxError, match="not a /30 inside"):
         ipam.allocate(state, "outside", nat=False, pool=pool, link=ipaddress.IPv4Network("192.168.0.0/30"))
+
+
+def test_deferred_signal_reaches_the_previous_handler() -> None:
+    import signal as sig
+
+    seen: list[int] = []
+    prev = sig.signal(sig.SIGHUP, lambda s, f: seen.append(s))
+    try:
+        with lifecycle.deferred_signals():
+            os.kill(os.getpid(), sig.SIGHUP)
+            time.sleep(0.05)
+            assert seen == []  # held while cleaning up
+        time.sleep(0.05)
+        assert seen == [sig.SIGHUP]
+    finally:
+        sig.signal(sig.SIGHUP, prev)
