@@ -30,6 +30,16 @@ COMMANDS: dict[str, str] = {
     "doctor": "sealbox.cli.doctor:doctor",
     "measure": "sealbox.cli.measure:measure",
     "attest": "sealbox.cli.attest:attest",
+    "run": "sealbox.cli.sandbox:run",
+    "ps": "sealbox.cli.sandbox:ps",
+    "inspect": "sealbox.cli.sandbox:inspect",
+    "logs": "sealbox.cli.sandbox:logs",
+    "stop": "sealbox.cli.sandbox:stop",
+    "rm": "sealbox.cli.sandbox:rm",
+    "gc": "sealbox.cli.sandbox:gc",
+    "exec": "sealbox.cli.ssh:exec_",
+    "ssh": "sealbox.cli.ssh:ssh",
+    "ssh-config": "sealbox.cli.ssh:ssh_config",
 }
 
 

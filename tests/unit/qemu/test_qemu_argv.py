@@ -107,7 +107,10 @@ def test_microvm_rootfs_disk_and_extra_disks(make_plan, host, tmp_path: Path) ->
     plan = make_plan(rootfs="disk", disks=disks(tmp_path, "raw.img:rw", "data.qcow2:ro", "raw.img:ro"))
     cmd = build_command(plan, host)
     a = cmd.qemu_argv
-    assert "-initrd" not in a
+    # the loader initramfs (plan.initrd in disk mode) loads virtio_blk and mounts /dev/vda
+    loader = next(f for f in cmd.fds if f.path == str(plan.initrd))
+    assert values(a, "-initrd") == [f"/proc/self/fd/{loader.fd}"]
+    assert "-initrd" not in build_command(plan.model_copy(update={"initrd": None}), host).qemu_argv
     d = drives(a)
     assert list(d) == ["rootfs", "instance", "disk0", "disk1", "disk2"]  # root disk first: /dev/vda
     assert fdset_members(cmd, d["rootfs"]["file"]) == [(str(plan.rootfs), "r")] and d["rootfs"]["readonly"] == "on"

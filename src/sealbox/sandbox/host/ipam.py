@@ -109,14 +109,26 @@ def _pick(pool: ipaddress.IPv4Network, used: set[int], count: int) -> list[ipadd
     return None
 
 
-def _plan(state_root: Path, name: str, nat: bool, pool: ipaddress.IPv4Network) -> Allocation:
+def _plan(state_root: Path, name: str, nat: bool, pool: ipaddress.IPv4Network,
+          link: ipaddress.IPv4Network | None = None) -> Allocation:
     allocs = read_allocations(state_root)
     if name in allocs:
         raise SandboxError(
             f"sandbox {name!r} already holds addresses ({_file(state_root, name)})",
             hint="remove the old sandbox with 'sealbox rm', or run 'sealbox gc'",
         )
-    picked = _pick(pool, _used(allocs), 2 if nat else 1)
+    used = _used(allocs)
+    if link is not None:  # a fixed link (snapshot restore: the guest's memory holds its old address)
+        if link.prefixlen != LINK_PREFIX or not link.subnet_of(pool):
+            raise SandboxError(f"link {link} is not a /{LINK_PREFIX} inside the address pool {pool}", hint=f"set {POOL_ENV} to a pool containing it")
+        if int(link.network_address) in used:
+            owner = next(a.name for a in allocs.values() if link in a.subnets())
+            raise SandboxError(f"link {link} is held by sandbox {owner!r}", hint=f"remove {owner!r} first (a restored guest keeps its old address)")
+        rest = _pick(pool, used | {int(link.network_address)}, 1) if nat else []
+        if rest is None:
+            raise SandboxError(f"address pool {pool} is exhausted", hint=f"remove sandboxes, or set {POOL_ENV} to a larger range")
+        return Allocation(name=name, link=link, uplink=rest[0] if nat else None, pool=pool)
+    picked = _pick(pool, used, 2 if nat else 1)
     if picked is None:
         raise SandboxError(
             f"address pool {pool} is exhausted ({len(allocs)} sandboxes hold its /30s)",
@@ -126,11 +138,13 @@ def _plan(state_root: Path, name: str, nat: bool, pool: ipaddress.IPv4Network) -
 
 
 def allocate(
-    state: StateDir, name: str, *, nat: bool, pool: ipaddress.IPv4Network, dry_run: bool = False
+    state: StateDir, name: str, *, nat: bool, pool: ipaddress.IPv4Network, dry_run: bool = False,
+    link: ipaddress.IPv4Network | None = None,
 ) -> Allocation:
-    """Allocate (or with dry_run only compute) the lowest free /30s. Visible to others before it returns."""
+    """Allocate (or with dry_run only compute) the lowest free /30s, or the given `link`. Visible to
+    others before it returns."""
     with state.lock("global"):
-        alloc = _plan(state.root, name, nat, pool)
+        alloc = _plan(state.root, name, nat, pool, link)
         if not dry_run:
             ipam_dir(state.root).mkdir(mode=0o700, exist_ok=True)
             atomic.write_json(_file(state.root, name), alloc.model_dump(mode="json"), mode=0o600)

@@ -17,6 +17,7 @@ ip_forward user that no kept sandbox owns) and `remove_leftover` removes it.
 
 from __future__ import annotations
 
+import ipaddress
 import logging
 from pathlib import Path
 from typing import Collection, Literal
@@ -48,19 +49,21 @@ def network_steps(
     dry_run: bool = False,
     pool: str | None = None,
     run_dir: Path = forward.DEFAULT_RUN_DIR,
+    link: ipaddress.IPv4Network | None = None,
 ) -> tuple[GuestNet, list[Step]]:
     """The guest's network view and the host steps that build it.
 
     Without dry_run the addresses are allocated (and visible to other sealbox processes) before this
     returns; with dry_run they are only computed, so describe() shows what a run would do.
-    `pool` overrides $SEALBOX_SUBNET_POOL (default 10.213.0.0/16).
+    `pool` overrides $SEALBOX_SUBNET_POOL (default 10.213.0.0/16). `link` fixes the guest link
+    instead of taking the lowest free one (snapshot restore: the guest keeps its old address).
     """
     name = spec.name
     nat = spec.net == NetMode.nat
     if spec.allow_egress and not nat:
         raise UsageError("--allow-egress only applies to --net nat", hint="add --net nat or drop --allow-egress")
     pool_net = ipam.parse_pool(pool)
-    alloc = ipam.allocate(state, name, nat=nat, pool=pool_net, dry_run=dry_run)
+    alloc = ipam.allocate(state, name, nat=nat, pool=pool_net, dry_run=dry_run, link=link)
     host_ip, guest_ip = alloc.link.network_address + 1, alloc.link.network_address + 2
     ns = netnames.netns_name(name)
     guest = GuestNet(

@@ -192,7 +192,7 @@ def build_command(plan: VmPlan, host: HostFacts) -> QemuCommand:
     vars_copy = None
     if mode == "microvm":
         argv += ["-kernel", f"/proc/self/fd/{fds.take('file', str(plan.kernel))}"]
-        if plan.initrd is not None and spec.rootfs == "initrd":
+        if plan.initrd is not None:  # rootfs=disk: the manager passes the image's loader initramfs here
             argv += ["-initrd", f"/proc/self/fd/{fds.take('file', str(plan.initrd))}"]
         cmdline = plan.cmdline
         if accel == "tcg" and host.tsc_khz and "tsc_early_khz=" not in cmdline:

@@ -1,0 +1,193 @@
+"""`sealbox run|ps|inspect|logs|stop|rm|gc`: thin wrappers over sealbox.sandbox (manager, control, gc)."""
+
+from __future__ import annotations
+
+import json
+import shlex
+import sys
+from pathlib import Path
+from typing import Any
+
+import click
+
+state_opt = click.option("--state-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
+                         help="State directory (default: $SEALBOX_STATE_DIR or /var/lib/sealbox).")
+
+
+def _state(state_dir: Path | None):  # type: ignore[no-untyped-def]
+    from sealbox.sandbox.state import StateDir, state_root
+
+    return StateDir(state_root(state_dir))
+
+
+def _warn(msg: str) -> None:
+    click.echo(f"sealbox: warning: {msg}", err=True)
+
+
+def _dump(obj: Any) -> None:
+    click.echo(json.dumps(obj, indent=2, sort_keys=True, default=str))
+
+
+@click.command()
+@click.argument("image_dir", type=click.Path(path_type=Path))
+@click.option("--name", required=True, help="Sandbox name (letters, digits, '-').")
+@click.option("--cpus", type=int, default=1, show_default=True)
+@click.option("--memory", "memory_mib", type=int, default=512, show_default=True, help="Guest RAM in MiB.")
+@click.option("--net", type=click.Choice(["isolated", "nat"]), default="isolated", show_default=True)
+@click.option("--allow-egress", multiple=True, metavar="CIDR[:PORT]", help="nat only: allowed destinations (repeatable).")
+@click.option("--disk", "disks", multiple=True, metavar="FILE[:ro|rw]", help="Attach a disk (repeatable; default rw).")
+@click.option("--rootfs", type=click.Choice(["initrd", "disk"]), default="initrd", show_default=True)
+@click.option("--vmm", type=click.Choice(["auto", "qemu", "firecracker"]), default="auto", show_default=True)
+@click.option("--accel", type=click.Choice(["auto", "kvm", "tcg"]), default="auto", show_default=True)
+@click.option("--firmware", type=click.Choice(["direct", "ovmf"]), default="direct", show_default=True)
+@click.option("--tdx", is_flag=True, help="Run as a TDX guest (QEMU, TDX host).")
+@click.option("--from-snapshot", type=click.Path(path_type=Path), default=None, help="Restore a Firecracker snapshot.")
+@click.option("--timeout", type=float, default=180.0, show_default=True, help="Seconds until the guest must be ready.")
+@click.option("--dry-run", is_flag=True, help="Print every host step and the VMM command/config; change nothing.")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@state_opt
+def run(image_dir: Path, state_dir: Path | None, dry_run: bool, as_json: bool, **flags: Any) -> None:
+    """Start a sandbox from IMAGE_DIR and return once its guest is ready."""
+    from sealbox.sandbox import manager
+
+    flags["disks"] = list(flags["disks"])
+    flags["allow_egress"] = list(flags["allow_egress"])
+    spec = manager.make_spec(image_dir=image_dir, **flags)
+    state = _state(state_dir)
+    if dry_run:
+        out = manager.dry_run(spec, state)
+        for w in out["warnings"]:
+            _warn(w)
+        if as_json:
+            _dump(out)
+        else:
+            _print_plan(out)
+        return
+    progress = None if as_json else (lambda line: click.echo(f"  {line}", err=True)) if _verbose() else None
+    result = manager.run(spec, state, warn=_warn, progress=progress)
+    if as_json:
+        _dump(result)
+    else:
+        click.echo(f"{result['name']} is running ({result['vmm']}/{result['accel']}, {result['address']}); "
+                   f"guest ready {result['ready_s']:.1f}s after VMM start, {result['run_s']:.1f}s in total")
+        click.echo(f"  sealbox exec {result['name']} -- CMD    |    sealbox ssh {result['name']}", err=True)
+
+
+def _verbose() -> bool:
+    import logging
+
+    return logging.getLogger().getEffectiveLevel() <= logging.INFO
+
+
+def _print_plan(out: dict[str, Any]) -> None:
+    click.echo(f"dry run: sandbox {out['name']} with {out['vmm']} ({out['accel']}), image {out['image']['name']} "
+               f"(kernel {out['image']['kernel_version']}), guest {out['network']['guest_ip']}")
+    click.echo("host steps:")
+    for i, s in enumerate(out["steps"], 1):
+        click.echo(f"  {i:2}. {s['describe']}")
+    if out.get("cmdline"):
+        click.echo(f"kernel command line: {out['cmdline']}")
+    if "argv" in out:
+        click.echo("VMM command line:")
+        click.echo("  " + shlex.join(out["argv"]))
+    if "jailer_argv" in out:
+        click.echo("jailer command line:")
+        click.echo("  " + shlex.join(out["jailer_argv"]))
+    if out.get("config") is not None:
+        click.echo("Firecracker config:")
+        click.echo(json.dumps(out["config"], indent=2))
+
+
+@click.command()
+@click.option("-a", "--all", "all_", is_flag=True, help="Also show stopped, exited and failed sandboxes.")
+@click.option("--json", "as_json", is_flag=True)
+@state_opt
+def ps(all_: bool, as_json: bool, state_dir: Path | None) -> None:
+    """List sandboxes (status checked against the live VMM processes)."""
+    from sealbox.sandbox import control, status  # not manager: `ps` should not import run/network code
+
+    rows = control.ps(_state(state_dir), all_=all_)
+    if as_json:
+        _dump([r.model_dump() for r in rows])
+    else:
+        click.echo(status.table(rows))
+
+
+@click.command()
+@click.argument("name")
+@state_opt
+def inspect(name: str, state_dir: Path | None) -> None:
+    """Show a sandbox's record, host steps, pids and the VMM's own view (JSON)."""
+    from sealbox.sandbox import control
+
+    _dump(control.inspect(_state(state_dir), name))
+
+
+@click.command()
+@click.argument("name")
+@click.option("-f", "--follow", is_flag=True, help="Keep printing until the VMM exits (or Ctrl-C).")
+@state_opt
+def logs(name: str, follow: bool, state_dir: Path | None) -> None:
+    """Print a sandbox's serial console log."""
+    from sealbox.sandbox import control
+
+    out = sys.stdout.buffer
+    try:
+        for chunk in control.follow_logs(_state(state_dir), name, follow=follow):
+            out.write(chunk)
+            out.flush()
+    except KeyboardInterrupt:
+        pass
+
+
+@click.command()
+@click.argument("name")
+@click.option("--timeout", type=click.FloatRange(0, 3600), default=30.0, show_default=True,
+              help="Seconds to wait for a clean shutdown before killing the VMM.")
+@state_opt
+def stop(name: str, timeout: float, state_dir: Path | None) -> None:
+    """Shut a sandbox's guest down (graceful, then killed after --timeout)."""
+    from sealbox.sandbox import control
+
+    how = control.stop(_state(state_dir), name, timeout)
+    click.echo(f"{name} stopped ({how})")
+
+
+@click.command()
+@click.argument("names", nargs=-1, required=True)
+@click.option("-f", "--force", is_flag=True, help="Also remove a running sandbox (its VMM is killed).")
+@state_opt
+def rm(names: tuple[str, ...], force: bool, state_dir: Path | None) -> None:
+    """Remove sandboxes: undo every host step of their records and delete their state."""
+    from sealbox.sandbox import control
+
+    state = _state(state_dir)
+    for name in names:
+        control.remove(state, name, force=force)
+        click.echo(f"removed {name}")
+
+
+@click.command()
+@click.option("--dry-run", is_flag=True, help="Only say what would be removed.")
+@click.option("--json", "as_json", is_flag=True)
+@state_opt
+def gc(dry_run: bool, as_json: bool, state_dir: Path | None) -> None:
+    """Remove dead or half-created sandboxes and sealbox host objects no sandbox owns."""
+    from sealbox.sandbox import gc as gc_mod
+
+    report = gc_mod.collect(_state(state_dir), dry_run=dry_run)
+    if as_json:
+        _dump(report.model_dump())
+    else:
+        for line in report.removed:
+            click.echo(f"removed {line}" if not dry_run else line)
+        if not report.removed:
+            click.echo("nothing to remove")
+        for line in report.skipped:
+            click.echo(f"sealbox: skipped {line}", err=True)
+        for line in report.foreign:
+            click.echo(f"sealbox: not ours (another state dir?), left alone: {line}", err=True)
+        for line in report.problems:
+            click.echo(f"sealbox: gc problem: {line}", err=True)
+    if report.problems:
+        sys.exit(1)

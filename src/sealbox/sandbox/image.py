@@ -1,0 +1,125 @@
+"""Reading an image directory (what `sealbox build` writes) for `sealbox run`.
+
+Contract: `manifest.json` {"schema": "sealbox.manifest/v1", "name", "kernel": {"version", "cmdline": [...]},
+"boot": {"vmlinuz", "vmlinux", "initrd", "rootfs", "loader", "uki"} (file names, each optional; other
+keys ignored), "artifacts": {file: {"sha256", "size"}}}. Which files a sandbox needs depends on the
+backend and the boot mode; each one must exist, be a regular file inside the image directory, and
+have the size the manifest records (a cheap check that catches truncated or half-copied images; the
+sha256 is not recomputed per run because hashing ~40 MB costs more than the whole host-side setup).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from sealbox.errors import UsageError
+
+SCHEMA = "sealbox.manifest/v1"
+BOOT_KEYS = ("vmlinuz", "vmlinux", "initrd", "rootfs", "loader", "uki")
+
+
+class KernelInfo(BaseModel):
+    model_config = ConfigDict(extra="allow")
+    version: str
+    cmdline: list[str] = []
+
+
+class Artifact(BaseModel):
+    model_config = ConfigDict(extra="allow")
+    sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
+    size: int = Field(ge=0)
+
+
+class Manifest(BaseModel):
+    model_config = ConfigDict(extra="allow")
+    schema_: str = Field(alias="schema")
+    name: str
+    kernel: KernelInfo
+    boot: dict[str, Any]
+    artifacts: dict[str, Artifact] = {}
+
+
+class BootFiles(BaseModel):
+    """The host files one sandbox boots from (absolute paths inside the image directory)."""
+
+    kernel: Path
+    initrd: Path | None = None
+    rootfs: Path | None = None
+    cmdline: list[str]  # the image's baked arguments (+ root= for --rootfs disk on direct boot)
+
+
+class Image(BaseModel):
+    dir: Path
+    manifest: Manifest
+
+    @property
+    def name(self) -> str:
+        return self.manifest.name
+
+    @property
+    def kernel_version(self) -> str:
+        return self.manifest.kernel.version
+
+    def boot_file(self, key: str) -> str | None:
+        value = self.manifest.boot.get(key)
+        return value if isinstance(value, str) and value else None
+
+    def _file(self, key: str, why: str) -> Path:
+        rel = self.boot_file(key)
+        if rel is None:
+            raise UsageError(f"image {self.dir} has no '{key}' boot file, which {why} needs",
+                             hint="rebuild the image with that output enabled, or choose another boot mode")
+        path = (self.dir / rel).resolve()
+        if self.dir.resolve() not in path.parents:
+            raise UsageError(f"{self.dir}/manifest.json: boot.{key}={rel!r} points outside the image directory")
+        if not path.is_file():
+            raise UsageError(f"image file {path} (boot.{key}) is missing", hint="rebuild the image")
+        art = self.manifest.artifacts.get(rel)
+        if art is not None and path.stat().st_size != art.size:
+            raise UsageError(f"image file {path} has {path.stat().st_size} bytes but the manifest records {art.size}",
+                             hint="the image is damaged or still being copied: rebuild or re-copy it")
+        return path
+
+    def boot_files(self, *, vmm: Literal["qemu", "firecracker"], rootfs: Literal["initrd", "disk"],
+                   firmware: Literal["direct", "ovmf"] = "direct", tdx: bool = False) -> BootFiles:
+        baked = list(self.manifest.kernel.cmdline)
+        if firmware == "ovmf" or tdx:  # the UKI carries kernel, initrd and a measured command line
+            what = "--tdx" if tdx else "--firmware ovmf"
+            disk = self._file("rootfs", "--rootfs disk") if rootfs == "disk" else None  # the UKI's cmdline names the root
+            return BootFiles(kernel=self._file("uki", what), rootfs=disk, cmdline=baked)
+        kernel = self._file("vmlinux", "--vmm firecracker") if vmm == "firecracker" else self._file("vmlinuz", "QEMU direct boot")
+        if rootfs == "disk":
+            disk = self._file("rootfs", "--rootfs disk")
+            loader = self._file("loader", "--rootfs disk") if self.boot_file("loader") else None
+            if vmm == "qemu":  # Firecracker appends root=/dev/vda ro itself for its root drive
+                baked = [a for a in baked if not a.startswith("root=") and a not in ("ro", "rw")] + ["root=/dev/vda", "ro"]
+            return BootFiles(kernel=kernel, initrd=loader, rootfs=disk, cmdline=baked)
+        return BootFiles(kernel=kernel, initrd=self._file("initrd", "--rootfs initrd"), cmdline=baked)
+
+
+def load(image_dir: Path) -> Image:
+    """Validate an image directory; every problem is one line naming the file and key."""
+    d = Path(image_dir)
+    if not d.is_dir():
+        raise UsageError(f"image directory {d} does not exist", hint="pass the directory 'sealbox build' wrote (build/<name>)")
+    path = d / "manifest.json"
+    try:
+        raw = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise UsageError(f"{d} is not a sealbox image: {path} is missing", hint="pass the directory 'sealbox build' wrote (build/<name>)") from None
+    except (OSError, ValueError) as e:
+        raise UsageError(f"{path} is not valid JSON: {e}") from None
+    if not isinstance(raw, dict) or raw.get("schema") != SCHEMA:
+        found = raw.get("schema") if isinstance(raw, dict) else type(raw).__name__
+        raise UsageError(f"{path}: schema is {found!r}, expected {SCHEMA!r}", hint="rebuild the image with this sealbox version")
+    try:
+        manifest = Manifest.model_validate(raw)
+    except ValidationError as e:
+        err = e.errors()[0]
+        loc = ".".join(str(p) for p in err["loc"]) or "(top level)"
+        raise UsageError(f"{path}: {loc}: {err['msg']}", hint="rebuild the image") from None
+    return Image(dir=d.resolve(), manifest=manifest)

@@ -1,0 +1,323 @@
+"""`sealbox run`: create a sandbox and return once its guest is ready — or undo everything.
+
+Order (each host change is a recorded step; see steps.py):
+    check inputs (image, disks, name, backend) -> VMM user -> lock NAME -> reserve the record
+    -> network steps (ipam, netns, nft, tap[, nat]) -> instance files (client key, instance disk)
+    -> backend steps (cgroup, run dir/jail, start VMM) -> wait: SEALBOX-READY on the console, host
+    keys pinned, SSH banner through the netns -> status running.
+Any failure, Ctrl-C or SIGTERM undoes every recorded step in reverse and deletes the sandbox dir;
+if an undo fails the record stays (status failed) for `sealbox gc`. A SIGKILLed `run` leaves a record
+with status creating and a dead owner, which `gc` replays.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import signal
+import threading
+import time
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+from pydantic import ValidationError
+
+from sealbox.errors import SandboxError, SealboxError, UsageError
+from sealbox.sandbox import image as image_mod
+from sealbox.sandbox import planning, stepkinds
+from sealbox.sandbox.guest import console as con
+from sealbox.sandbox.guest import ssh
+from sealbox.sandbox.guest.instance import KEY_NAME, InstanceFilesStep, discard_prestarted, prestart_client_key
+from sealbox.sandbox.host.network import network_steps
+from sealbox.sandbox.model import GuestNet, SandboxSpec
+from sealbox.sandbox.state import SandboxRecord, StateDir, pid_alive, process_start_time
+from sealbox.sandbox.steps import Step, apply_steps, undo_steps
+from sealbox.util import atomic
+
+log = logging.getLogger("sealbox.run")
+Say = Callable[[str], None]
+POLL = 0.1
+TAIL_LINES = 12
+
+
+class Interrupted(SandboxError):
+    """SIGTERM/SIGHUP during run: raised in the main thread so the normal undo path runs."""
+
+
+@contextlib.contextmanager
+def signals_as_errors() -> Iterator[None]:
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    me = os.getpid()
+
+    def handler(signum: int, _frame: Any) -> None:
+        if os.getpid() != me:  # a forked helper (pyroute2 netns worker) inherited this handler: die as usual
+            signal.signal(signum, signal.SIG_DFL)
+            os.kill(os.getpid(), signum)
+            return
+        raise Interrupted(f"interrupted by {signal.Signals(signum).name}; the sandbox was removed")
+
+    old = {s: signal.signal(s, handler) for s in (signal.SIGTERM, signal.SIGHUP)}
+    try:
+        yield
+    finally:
+        for s, h in old.items():
+            signal.signal(s, h)
+
+
+@contextlib.contextmanager
+def deferred_signals() -> Iterator[None]:
+    """Hold SIGINT/SIGTERM/SIGHUP until the block is done, then deliver them.
+
+    Not by blocking or ignoring them: a signal mask or SIG_IGN would be inherited by the helpers the
+    cleanup forks (pyroute2 stops its netns workers with SIGTERM). A forked child that inherits this
+    Python handler dies as usual instead."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    me, pending = os.getpid(), []
+
+    def hold(signum: int, _frame: Any) -> None:
+        if os.getpid() != me:
+            signal.signal(signum, signal.SIG_DFL)
+            os.kill(os.getpid(), signum)
+            return
+        pending.append(signum)
+
+    old = {s: signal.signal(s, hold) for s in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)}
+    try:
+        yield
+    finally:
+        for s, h in old.items():
+            signal.signal(s, h)
+        for s in dict.fromkeys(pending):
+            os.kill(me, s)
+
+
+# ---- inputs -----------------------------------------------------------------------------------
+
+class Inputs:
+    """Everything checked before the name is reserved."""
+
+    def __init__(self, spec: SandboxSpec, state: StateDir, *, dry_run: bool) -> None:
+        self.spec = spec
+        self.image = image_mod.load(spec.image_dir)
+        planning.check_disks(spec, self.image.dir)
+        self.snapshot = None
+        if spec.from_snapshot is not None:
+            from sealbox.sandbox.vmm.firecracker.snapshot import read_manifest
+
+            self.snapshot = read_manifest(spec.from_snapshot, verify=False)
+        self.choice = planning.choose(spec, state.root, dry_run=dry_run)
+        # the boot files must exist for the chosen backend/mode (raises a one-line UsageError)
+        self.image.boot_files(vmm=self.choice.vmm, rootfs=spec.rootfs, firmware=spec.firmware, tdx=spec.tdx)
+        if state.exists(spec.name):
+            raise SandboxError(f"a sandbox named {spec.name!r} already exists",
+                               hint=f"choose another --name, or remove it with 'sealbox rm {spec.name}'")
+
+    def fixed_link(self) -> Any:
+        """A restored guest keeps the address in its memory: reuse the snapshot's link."""
+        if self.snapshot is None:
+            return None
+        try:
+            return GuestNet.model_validate(self.snapshot.network).subnet
+        except ValidationError:
+            raise UsageError(f"snapshot {self.spec.from_snapshot} records no usable network", hint="take the snapshot with this sealbox version") from None
+
+
+def _record(spec: SandboxSpec, inp: Inputs) -> SandboxRecord:
+    pid = os.getpid()
+    return SandboxRecord(
+        name=spec.name, status="creating", created_at=time.time(), spec=spec.model_dump(mode="json"),
+        image={"dir": str(inp.image.dir), "name": inp.image.name, "kernel_version": inp.image.kernel_version},
+        vmm={"backend": inp.choice.vmm, "accel": inp.choice.accel},
+        owner_pid=pid, owner_start=process_start_time(pid),
+    )
+
+
+def _step_entry(step: Step) -> dict[str, Any]:
+    return {"kind": step.kind, "describe": step.describe(), "params": step.model_dump(mode="json")}
+
+
+# ---- dry run ----------------------------------------------------------------------------------
+
+def dry_run(spec: SandboxSpec, state: StateDir) -> dict[str, Any]:
+    """Every host step, the VMM command line and config — computed, nothing created."""
+    inp = Inputs(spec, state, dry_run=True)
+    uid, gid, note = planning.vmm_uid_gid(create=False)
+    net, steps = network_steps(state, spec, uid, gid, dry_run=True, link=inp.fixed_link())
+    sandbox_dir = state.sandboxes / spec.name
+    inst = InstanceFilesStep(sandbox_dir=str(sandbox_dir), hostname=spec.name, address=f"{net.guest_ip}/{net.prefixlen}",
+                             gateway=net.host_ip)
+    plan = planning.make_plan(spec, inp.image, inp.choice, net, sandbox_dir, uid, gid, planning.cgroup_plan(spec, inp.choice))
+    desc = inp.choice.backend.describe(plan)
+    if inp.choice.vmm == "qemu":
+        backend_steps = [_step_entry(s) for s in inp.choice.backend.steps(plan)]
+    else:
+        backend_steps = list(desc.pop("steps"))
+    out: dict[str, Any] = {
+        "name": spec.name, "vmm": inp.choice.vmm, "accel": inp.choice.accel,
+        "warnings": inp.choice.warnings + ([note] if note else []),
+        "image": {"dir": str(inp.image.dir), "name": inp.image.name, "kernel_version": inp.image.kernel_version},
+        "network": net.model_dump(mode="json"), "cmdline": plan.cmdline,
+        "steps": [_step_entry(s) for s in [*steps, inst]] + backend_steps,
+    }
+    out.update({k: v for k, v in desc.items() if k not in ("steps", "backend", "accel")})
+    return out
+
+
+# ---- run --------------------------------------------------------------------------------------
+
+def run(spec: SandboxSpec, state: StateDir, *, warn: Say | None = None, progress: Say | None = None) -> dict[str, Any]:
+    """Create the sandbox; return a summary once the guest is ready. Raises SealboxError otherwise."""
+    t0 = time.monotonic()
+    inp = Inputs(spec, state, dry_run=False)
+    for w in inp.choice.warnings:
+        (warn or log.warning)(w)
+    planning.require_root()
+    from sealbox.sandbox.host.netnames import netns_name
+    from sealbox.sandbox.host.netns import netns_exists
+
+    if netns_exists(netns_name(spec.name)):
+        raise SandboxError(f"network namespace {netns_name(spec.name)!r} already exists",
+                           hint="another state directory runs a sandbox of this name, or one was not cleaned up: 'sealbox gc'")
+    uid, gid, _ = planning.vmm_uid_gid(create=True)
+    cgroup = planning.cgroup_plan(spec, inp.choice)
+    with state.lock(spec.name, timeout=10.0):
+        record = _record(spec, inp)
+        state.reserve(record)  # atomic: a concurrent run of the same name fails here
+
+        def save() -> None:
+            state.save(record)
+
+        try:
+            with signals_as_errors():
+                result = _create(record, save, inp, state, uid, gid, cgroup, t0, progress)
+        except BaseException as e:
+            _undo_failed(record, state, save, e)
+            raise
+    return result
+
+
+def _create(record: SandboxRecord, save: Callable[[], None], inp: Inputs, state: StateDir, uid: int, gid: int,
+            cgroup: Any, t0: float, progress: Say | None) -> dict[str, Any]:
+    spec = inp.spec
+    sandbox_dir = state.sandbox_dir(spec.name)
+    if inp.snapshot is None:
+        prestart_client_key(sandbox_dir / KEY_NAME, f"sealbox-{spec.name}")  # overlaps with the network setup
+    net, steps = network_steps(state, spec, uid, gid, link=inp.fixed_link())
+    record.network = net.model_dump(mode="json")
+    save()
+    apply_steps(steps, record.steps, save, progress)
+    if inp.snapshot is None:
+        inst = InstanceFilesStep(sandbox_dir=str(sandbox_dir), hostname=spec.name,
+                                 address=f"{net.guest_ip}/{net.prefixlen}", gateway=net.host_ip)
+        apply_steps([inst], record.steps, save, progress)
+        key = inst.key_path
+    else:
+        key = _restore_client_key(inp, sandbox_dir)
+    plan = planning.make_plan(spec, inp.image, inp.choice, net, sandbox_dir, uid, gid, cgroup)
+    backend = inp.choice.backend
+    backend.check_host(plan)
+    t_backend = time.monotonic()
+    apply_steps(backend.steps(plan), record.steps, save, progress)
+    t_vmm = time.monotonic()
+    last = record.steps.entries[-1].outputs
+    record.vmm.update(pid=last.get("pid"), start_time=last.get("start_time"))
+    save()
+    known = sandbox_dir / ssh.KNOWN_HOSTS
+    pinned = _snapshot_hostkeys(inp)
+    ready = wait_ready(net, plan.console_log, record.vmm.get("pid"), record.vmm.get("start_time"),
+                       known_hosts=known, alias=ssh.host_alias(spec.name), deadline=t0 + spec.timeout,
+                       timeout=spec.timeout, pinned=pinned)
+    record.guest = {
+        "boot_id": ready["boot_id"], "hostkeys": ready["hostkeys"], "ssh_banner": ready["banner"],
+        "known_hosts": str(known), "client_key": str(key), "user": "root",
+        "ready_s": round(time.monotonic() - t_vmm, 3), "run_s": round(time.monotonic() - t0, 3),
+        # host-side cost: sealbox's own setup, then the backend's steps up to a VMM that answers
+        "setup_s": round(t_backend - t0, 3), "vmm_start_s": round(t_vmm - t_backend, 3),
+    }
+    if inp.choice.vmm == "firecracker":  # a snapshot restore needs the key the guest's memory trusts
+        record.guest["client_key_openssh"] = key.read_text()
+    record.status = "running"
+    record.owner_pid = record.owner_start = None
+    save()
+    return {"name": spec.name, "status": "running", "vmm": inp.choice.vmm, "accel": inp.choice.accel,
+            "address": str(net.guest_ip), "ready_s": record.guest["ready_s"], "run_s": record.guest["run_s"]}
+
+
+def _restore_client_key(inp: Inputs, sandbox_dir: Path) -> Path:
+    assert inp.snapshot is not None
+    text = inp.snapshot.guest.get("client_key_openssh")
+    if not isinstance(text, str) or "PRIVATE KEY" not in text:
+        raise UsageError(f"snapshot {inp.spec.from_snapshot} carries no client key for its guest", hint="take the snapshot with this sealbox version")
+    key = sandbox_dir / KEY_NAME
+    atomic.write_text(key, text, mode=0o600)
+    return key
+
+
+def _snapshot_hostkeys(inp: Inputs) -> list[con.HostKey] | None:
+    if inp.snapshot is None:
+        return None
+    keys = [k for k in (con.parse_hostkey(f"{con.HOSTKEY} {line}") for line in inp.snapshot.guest.get("hostkeys", [])) if k]
+    if not keys:
+        raise UsageError(f"snapshot {inp.spec.from_snapshot} records no guest host keys to pin", hint="take the snapshot with this sealbox version")
+    return keys
+
+
+def wait_ready(net: GuestNet, console_log: Path, pid: int | None, start: int | None, *, known_hosts: Path, alias: str,
+               deadline: float, timeout: float, pinned: list[con.HostKey] | None = None) -> dict[str, Any]:
+    """Bounded wait for SEALBOX-READY (host keys before it are pinned) and then an SSH banner in the netns.
+
+    `pinned` (snapshot restore): the guest booted long ago and prints nothing; pin these instead."""
+    follower = con.ConsoleFollower(console_log)
+    wrote_keys = False
+    scan = follower.parser.scan
+    while True:
+        scan = follower.poll()
+        if pinned is not None or scan.ready:
+            keys = pinned if pinned is not None else scan.hostkeys
+            if not keys:
+                raise SandboxError(f"the guest printed {con.READY} without any {con.HOSTKEY} line before it",
+                                   hint="the image's sealbox-ready unit is broken; rebuild the image")
+            if not wrote_keys:
+                ssh.write_known_hosts(known_hosts, alias, keys)
+                wrote_keys = True
+            banner = ssh.probe_ssh(net.netns, str(net.guest_ip), 22, timeout=max(0.2, min(2.0, deadline - time.monotonic())))
+            if banner:
+                return {"boot_id": scan.boot_id, "hostkeys": [k.line() for k in keys], "banner": banner}
+        if pid is not None and not pid_alive(pid, start):
+            raise SandboxError(f"the VMM exited before the guest was ready; console: {_tail(console_log)}")
+        if time.monotonic() >= deadline:
+            what = "SSH did not answer after SEALBOX-READY" if scan.ready or pinned else f"no {con.READY} on the console"
+            raise SandboxError(f"the guest was not ready within {timeout:g}s ({what}); console: {_tail(console_log)}",
+                               hint="raise --timeout on slow (TCG) hosts")
+        time.sleep(POLL)
+
+
+def _tail(path: Path) -> str:
+    lines = con.tail(path, TAIL_LINES)
+    return " | ".join(lines) if lines else "(empty)"
+
+
+def _undo_failed(record: SandboxRecord, state: StateDir, save: Callable[[], None], err: BaseException) -> None:
+    """Undo everything recorded; delete the sandbox if that worked, else keep it (status failed) for gc."""
+    record.error = str(err) or type(err).__name__
+    record.status = "failed"
+    try:
+        save()
+    except OSError:
+        pass
+    stepkinds.load_all()
+    with deferred_signals():  # a second Ctrl-C must not strand half of the cleanup
+        problems = undo_steps(record.steps, save)
+        discard_prestarted(state.sandbox_dir(record.name))
+    if not problems:
+        state.delete(record.name)
+        return
+    save()
+    if isinstance(err, SealboxError) and "cleanup left" not in err.message:
+        err.message += f" (and cleanup left: {'; '.join(problems)}; run 'sealbox gc')"

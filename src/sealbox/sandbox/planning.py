@@ -1,0 +1,179 @@
+"""From `sealbox run` flags to a VmPlan: validated inputs, backend and accelerator choice, cgroup, cmdline.
+
+Everything here runs *before* the sandbox name is reserved (so a bad flag, image or disk is a one-line
+error with nothing created), except `make_plan`, which needs the allocated network.
+"""
+
+from __future__ import annotations
+
+import os
+import stat as st_mod
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import ValidationError
+
+from sealbox.errors import SandboxError, UsageError
+from sealbox.sandbox import image as image_mod
+from sealbox.sandbox.guest.instance import DISK_NAME
+from sealbox.sandbox.host import cgroups
+from sealbox.sandbox.model import CgroupPlan, DiskSpec, EgressRule, GuestNet, SandboxSpec, VmPlan
+from sealbox.sandbox.vmm.base import VmmBackend
+from sealbox.util.names import check_sandbox_name
+
+CONSOLE_LOG = "console.log"
+RESERVED_NAME = "global"
+FIRECRACKER_OVERHEAD_MIB = 128  # Firecracker's own RSS beyond guest RAM is small; room for page tables + buffers
+
+
+def make_spec(**flags: Any) -> SandboxSpec:
+    """SandboxSpec from CLI flags; --allow-egress/--disk strings are parsed here. One-line errors."""
+    check_sandbox_name(flags.get("name", ""))
+    if flags.get("name") == RESERVED_NAME:  # locks/global.lock is the state dir's allocation lock
+        raise UsageError(f"the sandbox name {RESERVED_NAME!r} is reserved", hint="choose another --name")
+    egress = []
+    for text in flags.pop("allow_egress", ()) or ():
+        try:
+            egress.append(EgressRule.parse(text))
+        except (ValueError, ValidationError):
+            raise UsageError(f"--allow-egress {text!r} is not CIDR or CIDR:PORT", hint="e.g. 10.0.0.0/8 or 192.0.2.10/32:443") from None
+    disks = tuple(DiskSpec.parse(t) for t in flags.pop("disks", ()) or ())
+    try:
+        return SandboxSpec(allow_egress=tuple(egress), disks=disks, **flags)
+    except ValidationError as e:
+        err = e.errors()[0]
+        key = "--" + str(err["loc"][0]).replace("_mib", "").replace("_", "-") if err["loc"] else "flags"
+        raise UsageError(f"{key}={err.get('input')!r}: {err['msg']}") from None
+
+
+def check_disks(spec: SandboxSpec, image_dir: Path) -> None:
+    """Every --disk exists, is a regular file or block device, is attached once, and no writable disk
+    lives in the image directory (the image is shared and measured; writes belong elsewhere)."""
+    seen: set[Path] = set()
+    for d in spec.disks:
+        p = d.path
+        try:
+            st = p.stat()
+        except FileNotFoundError:
+            raise UsageError(f"--disk {p}: no such file", hint="create it first, e.g. truncate -s 1G FILE (or qemu-img create)") from None
+        except OSError as e:
+            raise UsageError(f"--disk {p}: {e.strerror}") from None
+        if not (st_mod.S_ISREG(st.st_mode) or st_mod.S_ISBLK(st.st_mode)):
+            raise UsageError(f"--disk {p} is not a regular file or block device")
+        real = p.resolve()
+        if real in seen:
+            raise UsageError(f"--disk {p} is attached twice", hint="attach each disk once")
+        seen.add(real)
+        if not d.readonly and image_dir.resolve() in real.parents:
+            raise UsageError(f"--disk {p}:rw is inside the image directory {image_dir}", hint="keep writable data outside the image (copy the file elsewhere)")
+
+
+@dataclass
+class Choice:
+    """Which VMM and accelerator a run uses, and why (warnings are shown to the user)."""
+
+    backend: VmmBackend
+    vmm: Literal["qemu", "firecracker"]
+    accel: Literal["kvm", "tcg"]
+    warnings: list[str] = field(default_factory=list)
+
+
+def _kvm(state_root: Path, dry_run: bool) -> Any:
+    from sealbox.sandbox.host import kvm
+
+    if dry_run and not (state_root / "cache" / kvm.CACHE_NAME).exists():
+        return kvm.probe_kvm()  # no cache file written: a dry run changes nothing
+    return kvm.kvm_status(state_root)
+
+
+def choose(spec: SandboxSpec, state_root: Path, *, dry_run: bool = False) -> Choice:
+    from sealbox.sandbox.host.kvm import choose_accel
+
+    vmm = spec.vmm
+    if spec.from_snapshot is not None:
+        if vmm == "qemu":
+            raise UsageError("--from-snapshot restores Firecracker snapshots", hint="use --vmm firecracker (or auto)")
+        vmm = "firecracker"
+    if spec.tdx or spec.firmware == "ovmf":
+        if vmm == "firecracker":
+            raise UsageError("--tdx/--firmware ovmf need QEMU", hint="use --vmm qemu (or auto)")
+        vmm = "qemu"
+    if vmm == "firecracker" and spec.accel == "tcg":
+        raise UsageError("Firecracker has no TCG fallback", hint="use --vmm qemu with --accel tcg")
+    need_probe = not (spec.accel == "tcg" and vmm != "firecracker")
+    status = _kvm(state_root, dry_run) if need_probe else None
+    warnings: list[str] = []
+    if vmm == "auto":
+        vmm = "qemu"
+        if status is not None and status.functional:
+            from sealbox.sandbox.vmm.firecracker.doctor import auto_select_ok
+
+            ok, _why = auto_select_ok(True)
+            vmm = "firecracker" if ok else "qemu"
+    if vmm == "firecracker":
+        assert status is not None
+        if not status.functional:
+            if not dry_run:
+                raise SandboxError(f"--vmm firecracker needs KVM, but {status.summary}", hint="use --vmm qemu (TCG works there)")
+            warnings.append(f"{status.summary}: a real run with --vmm firecracker would fail")
+        from sealbox.sandbox.vmm.firecracker.backend import FirecrackerBackend
+
+        return Choice(backend=FirecrackerBackend(), vmm="firecracker", accel="kvm", warnings=warnings)
+    from sealbox.sandbox.vmm.qemu import QemuBackend
+
+    if spec.tdx:
+        return Choice(backend=QemuBackend(), vmm="qemu", accel="kvm")
+    if status is None:
+        return Choice(backend=QemuBackend(), vmm="qemu", accel="tcg")
+    accel, warning = choose_accel(spec.accel, status)
+    return Choice(backend=QemuBackend(), vmm="qemu", accel=accel, warnings=[warning] if warning else [])
+
+
+def cgroup_plan(spec: SandboxSpec, choice: Choice) -> CgroupPlan:
+    layout = cgroups.detect()
+    if choice.vmm == "qemu":
+        from sealbox.sandbox.vmm.qemu import memory_limit_bytes
+
+        mem = memory_limit_bytes(spec, choice.accel)
+    else:
+        mem = (spec.memory_mib + FIRECRACKER_OVERHEAD_MIB) << 20
+    return cgroups.plan_for(spec.name, layout, memory_bytes=mem, cpus=spec.cpus, pids_max=spec.limits.pids_max)
+
+
+def kernel_cmdline(boot: image_mod.BootFiles, net: GuestNet, hostname: str, firmware_boot: bool) -> str:
+    """The image's baked arguments + `ip=` (the guest applies it; QEMU adds tsc_early_khz under TCG).
+    A UKI's command line is baked and measured: nothing is added there."""
+    args = list(boot.cmdline)
+    if not firmware_boot:
+        args = [a for a in args if not a.startswith("ip=")] + [net.kernel_ip_arg(hostname)]
+    return " ".join(args)
+
+
+def make_plan(spec: SandboxSpec, img: image_mod.Image, choice: Choice, net: GuestNet, sandbox_dir: Path,
+              uid: int, gid: int, cgroup: CgroupPlan) -> VmPlan:
+    firmware_boot = spec.tdx or spec.firmware == "ovmf"
+    boot = img.boot_files(vmm=choice.vmm, rootfs=spec.rootfs, firmware=spec.firmware, tdx=spec.tdx)
+    return VmPlan(
+        spec=spec, sandbox_dir=sandbox_dir, kernel=boot.kernel, initrd=boot.initrd, rootfs=boot.rootfs,
+        instance_disk=sandbox_dir / DISK_NAME, cmdline=kernel_cmdline(boot, net, spec.name, firmware_boot), net=net,
+        uid=uid, gid=gid, cgroup=cgroup, accel=choice.accel, console_log=sandbox_dir / CONSOLE_LOG,
+    )
+
+
+def vmm_uid_gid(create: bool) -> tuple[int, int, str | None]:
+    """The VMM user; a dry run only looks it up (and shows a placeholder if it does not exist yet)."""
+    from sealbox.sandbox.host import users
+
+    if create:
+        u = users.ensure_vmm_user()
+        return u.uid, u.gid, None
+    u = users.lookup()
+    if u is None:
+        return 65533, 65533, f"the VMM user {users.VMM_USER!r} does not exist yet; a real run creates it (uid/gid shown are placeholders)"
+    return u.uid, u.gid, None
+
+
+def require_root() -> None:
+    if os.geteuid() != 0:
+        raise SandboxError("sealbox run must be started as root (it creates namespaces, TAPs and cgroups)", hint="use sudo, or --dry-run to see what would happen")

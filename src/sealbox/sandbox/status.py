@@ -1,0 +1,88 @@
+"""What state a sandbox is really in: the record's status checked against the live processes.
+
+The record says what sealbox last did; processes can die since (kill -9, OOM, guest poweroff). So
+`ps`, `rm` and `gc` derive the status from the record *and* the liveness of two processes, each
+identified by pid + start time (a reused pid never counts as alive):
+  - the VMM (record.vmm pid/start_time, written once the VMM started);
+  - the sealbox process creating the sandbox (record.owner_pid/owner_start).
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any, Callable, Literal
+
+from pydantic import BaseModel
+
+from sealbox.sandbox.state import SandboxRecord, pid_alive
+
+Status = Literal["creating", "running", "exited", "stopped", "failed", "removing", "abandoned", "corrupt"]
+# statuses that hold a running (or starting) VM: `ps` shows them without --all, `rm` refuses them
+ACTIVE: frozenset[str] = frozenset({"creating", "running"})
+
+Alive = Callable[[int | None, int | None], bool]
+
+
+def vmm_pid(record: SandboxRecord) -> tuple[int | None, int | None]:
+    return record.vmm.get("pid"), record.vmm.get("start_time")
+
+
+def derive(record: SandboxRecord, alive: Alive = pid_alive) -> Status:
+    """The real status; pure given `alive` (tests pass a fake)."""
+    s = record.status
+    if s == "creating":
+        # a creator that died (kill -9, power loss) leaves a half-made sandbox only gc may remove
+        return "creating" if alive(record.owner_pid, record.owner_start) else "abandoned"
+    if s == "running":
+        return "running" if alive(*vmm_pid(record)) else "exited"
+    if s in ("stopped", "failed", "removing"):
+        return s  # type: ignore[return-value]
+    return "failed"  # unknown status written by someone else: treat as broken
+
+
+class PsRow(BaseModel):
+    name: str
+    status: str
+    vmm: str = "-"
+    accel: str = "-"
+    address: str = "-"
+    cpus: int | None = None
+    memory_mib: int | None = None
+    image: str = "-"
+    created_at: float = 0.0
+    error: str | None = None
+
+    def created(self, now: float | None = None) -> str:
+        if not self.created_at:
+            return "-"
+        age = max(0.0, (now or time.time()) - self.created_at)
+        for unit, secs in (("d", 86400), ("h", 3600), ("m", 60)):
+            if age >= secs:
+                return f"{int(age // secs)}{unit} ago"
+        return f"{int(age)}s ago"
+
+
+def row(record: SandboxRecord, alive: Alive = pid_alive) -> PsRow:
+    spec: dict[str, Any] = record.spec or {}
+    net = record.network or {}
+    return PsRow(
+        name=record.name, status=derive(record, alive), vmm=str(record.vmm.get("backend", "-")),
+        accel=str(record.vmm.get("accel", "-")), address=str(net.get("guest_ip", "-")),
+        cpus=spec.get("cpus"), memory_mib=spec.get("memory_mib"), image=str(record.image.get("name", "-")),
+        created_at=record.created_at, error=record.error,
+    )
+
+
+def corrupt_row(name: str, error: str) -> PsRow:
+    return PsRow(name=name, status="corrupt", error=error)
+
+
+def table(rows: list[PsRow], now: float | None = None) -> str:
+    head = ("NAME", "STATUS", "VMM", "ACCEL", "ADDRESS", "CPUS", "MEM", "IMAGE", "CREATED")
+    body = [
+        (r.name, r.status, r.vmm, r.accel, r.address, str(r.cpus or "-"),
+         f"{r.memory_mib}M" if r.memory_mib else "-", r.image, r.created(now))
+        for r in rows
+    ]
+    widths = [max(len(x) for x in col) for col in zip(head, *body)]
+    return "\n".join("  ".join(c.ljust(w) for c, w in zip(line, widths)).rstrip() for line in (head, *body))

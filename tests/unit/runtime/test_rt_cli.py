@@ -1,0 +1,143 @@
+"""The sandbox CLI without root or boots: --dry-run output, and one-line errors that create nothing."""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+
+import pytest
+
+from sealbox.cli.main import main
+from sealbox.sandbox import planning
+from sealbox.sandbox.host.kvm import KvmStatus
+from sealbox.sandbox.state import SandboxRecord, StateDir
+
+
+@pytest.fixture(autouse=True)
+def broken_kvm(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(planning, "_kvm", lambda root, dry_run: KvmStatus(present=True, functional=False, detail="vCPUs never run"))
+
+
+def sealbox(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
+    rc = main(list(args))
+    out = capsys.readouterr()
+    return rc, out.out, out.err
+
+
+def created(state: Path) -> list[str]:
+    """Everything under the state dir except the (empty) skeleton a lock creates."""
+    return sorted(str(p.relative_to(state)) for p in state.rglob("*") if p.is_file() and p.parent.name != "locks")
+
+
+def test_dry_run_json_qemu(capsys, image_dir: Path, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    sd = tmp_path / "state"
+    rc, out, err = sealbox(capsys, "run", str(image_dir), "--name", "dry1", "--memory", "256", "--cpus", "2",
+                           "--dry-run", "--json", "--state-dir", str(sd))
+    assert rc == 0, err
+    d = json.loads(out)
+    kinds = [s["kind"] for s in d["steps"]]
+    assert kinds == ["net.ipam", "net.netns", "net.firewall", "net.tap", "instance-files", "cgroup", "qemu-rundir", "qemu-start"]
+    assert all(s["describe"] and isinstance(s["params"], dict) for s in d["steps"])
+    assert (d["vmm"], d["accel"]) == ("qemu", "tcg")
+    assert "KVM not functional" in err and "TCG" in err  # the warning is shown on stderr
+    q = d["qemu_argv"]
+    assert q[q.index("-m") + 1] == "256M" and q[q.index("-smp") + 1] == "2"
+    append = q[q.index("-append") + 1]
+    assert append.startswith("console=ttyS0 quiet ip=" + d["network"]["guest_ip"] + "::")
+    assert d["argv"][0] == "/usr/bin/setpriv" and "--clear-groups" in d["argv"]
+    assert d["network"]["netns"] == "sealbox-dry1"
+    assert created(sd) == []  # no record, no ipam file, no keys
+    assert not Path("/var/run/netns/sealbox-dry1").exists()
+
+
+def test_dry_run_text_lists_steps_and_command(capsys, image_dir: Path, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    rc, out, _ = sealbox(capsys, "run", str(image_dir), "--name", "dry2", "--accel", "tcg", "--dry-run",
+                         "--state-dir", str(tmp_path / "s"))
+    assert rc == 0
+    assert "host steps:" in out and "VMM command line:" in out and "qemu-system-x86_64" in out
+    assert " 1. allocate addresses" in out and "start QEMU jailed" in out
+
+
+def test_dry_run_firecracker_shape(capsys, image_dir: Path, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    rc, out, err = sealbox(capsys, "run", str(image_dir), "--name", "fc1", "--vmm", "firecracker", "--dry-run", "--json",
+                           "--state-dir", str(tmp_path / "s"))
+    assert rc == 0, err
+    d = json.loads(out)
+    assert {"jailer_argv", "config", "steps"} <= set(d)
+    assert d["config"]["boot-source"]["kernel_image_path"] == "/vmlinux"
+    assert "ip=" in d["config"]["boot-source"]["boot_args"]
+    assert [s["kind"] for s in d["steps"]][-2:] == ["firecracker-stage", "firecracker-jailer"]
+    assert "cgroup" not in [s["kind"] for s in d["steps"]]  # the jailer makes its own cgroups
+    assert "--id" in d["jailer_argv"] and "fc1" in d["jailer_argv"]
+    assert "would fail" in err
+
+
+@pytest.mark.parametrize(("args", "msg"), [
+    (["/nonexistent/image", "--name", "e1"], "image directory /nonexistent/image does not exist"),
+    (["IMG", "--name", "bad_name!"], "invalid sandbox name 'bad_name!'"),
+    (["IMG", "--name", "e2", "--disk", "/nonexistent/disk.img"], "--disk /nonexistent/disk.img: no such file"),
+    (["IMG", "--name", "e3", "--allow-egress", "10.0.0.0/8"], "--allow-egress only applies to --net nat"),
+    (["IMG", "--name", "e4", "--rootfs", "disk", "--vmm", "qemu", "--firmware", "ovmf", "--dry-run"], None),
+])
+def test_run_errors_are_one_line_and_create_nothing(capsys, image_dir: Path, tmp_path: Path, args: list[str], msg: str | None) -> None:  # type: ignore[no-untyped-def]
+    sd = tmp_path / "state"
+    args = [str(image_dir) if a == "IMG" else a for a in args]
+    rc, out, err = sealbox(capsys, "run", *args, "--accel", "tcg", "--state-dir", str(sd))
+    if msg is None:  # a valid combination, as a control
+        assert rc == 0, err
+        return
+    assert rc != 0
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("sealbox: error: ") and msg in lines[0], err
+    assert "Traceback" not in err
+    assert created(sd) == []
+
+
+def test_taken_name_is_refused_and_the_old_record_untouched(capsys, image_dir: Path, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    state = StateDir(tmp_path / "state")
+    state.reserve(SandboxRecord(name="taken", status="stopped", created_at=time.time()))
+    before = state.record_path("taken").read_bytes()
+    rc, _, err = sealbox(capsys, "run", str(image_dir), "--name", "taken", "--accel", "tcg", "--state-dir", str(state.root))
+    assert rc != 0 and err.strip() == "sealbox: error: a sandbox named 'taken' already exists (choose another --name, or remove it with 'sealbox rm taken')"
+    assert state.record_path("taken").read_bytes() == before and state.names() == ["taken"]
+
+
+def test_run_without_root_says_so(capsys, image_dir: Path, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    if os.geteuid() == 0:
+        pytest.skip("this checks the non-root message")
+    rc, _, err = sealbox(capsys, "run", str(image_dir), "--name", "nr", "--accel", "tcg", "--state-dir", str(tmp_path / "s"))
+    assert rc != 0 and "must be started as root" in err
+
+
+def test_verbs_on_a_missing_sandbox(capsys, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    for verb in (["inspect", "ghost"], ["logs", "ghost"], ["stop", "ghost"], ["rm", "ghost"], ["exec", "ghost", "--", "true"],
+                 ["ssh-config", "ghost"]):
+        rc, _, err = sealbox(capsys, *verb, "--state-dir", str(tmp_path / "s"))
+        assert rc != 0 and err.strip() == "sealbox: error: no such sandbox: 'ghost' (see 'sealbox ps --all')", (verb, err)
+
+
+def test_ps_empty_and_json(capsys, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    state = StateDir(tmp_path / "s")
+    state.reserve(SandboxRecord(name="old", status="running", created_at=time.time(), vmm={"backend": "qemu", "pid": 99999999}))
+    rc, out, _ = sealbox(capsys, "ps", "--state-dir", str(state.root))
+    assert rc == 0 and out.strip().splitlines()[0].startswith("NAME") and len(out.strip().splitlines()) == 1
+    rc, out, _ = sealbox(capsys, "ps", "--all", "--json", "--state-dir", str(state.root))
+    assert [(r["name"], r["status"]) for r in json.loads(out)] == [("old", "exited")]
+
+
+def test_exec_and_rm_refuse_by_status(capsys, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    state = StateDir(tmp_path / "s")
+    me = os.getpid()
+    from sealbox.sandbox.state import process_start_time
+
+    state.reserve(SandboxRecord(name="live", status="running", created_at=time.time(),
+                                vmm={"backend": "qemu", "pid": me, "start_time": process_start_time(me)}))
+    state.reserve(SandboxRecord(name="dead", status="running", created_at=time.time(), vmm={"backend": "qemu", "pid": 99999999}))
+    rc, _, err = sealbox(capsys, "rm", "live", "--state-dir", str(state.root))
+    assert rc != 0 and "is running" in err and "--force" in err and state.exists("live")
+    rc, _, err = sealbox(capsys, "exec", "dead", "--state-dir", str(state.root), "--", "true")
+    assert rc != 0 and "is exited, not running" in err
+    rc, out, err = sealbox(capsys, "rm", "dead", "--state-dir", str(state.root))
+    assert rc == 0 and not state.exists("dead")
