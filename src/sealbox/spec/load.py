@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import stat
 import tomllib
 from dataclasses import dataclass, field
 from importlib import resources
@@ -58,16 +59,43 @@ class LoadedSpec:
         return self.spec.model_dump(mode="json")
 
     def digest(self) -> str:
-        """sha256 over the merged spec and the content of every file it copies in."""
-        h = hashlib.sha256(json.dumps(self.canonical(), sort_keys=True, separators=(",", ":")).encode())
+        """sha256 over the merged spec and everything its files[] entries copy in.
+
+        Every record is length-framed (so bytes cannot shift between a name and a content) and typed
+        (a symlink never hashes like a file holding its target), and directories count, since even an
+        empty one is copied into the image.
+        """
+        h = hashlib.sha256()
+        _frame(h, json.dumps(self.canonical(), sort_keys=True, separators=(",", ":")).encode())
         for entry in self.spec.files:
             src = self.resolve_source(entry.source)
-            paths = [src] if src.is_file() else sorted(p for p in src.rglob("*") if p.is_file() or p.is_symlink())
-            for p in paths:
-                h.update(str(p.relative_to(src.parent)).encode() + b"\0")
-                h.update(os.readlink(p).encode() if p.is_symlink() else p.read_bytes())
-                h.update(b"\0" + oct(p.lstat().st_mode & 0o7777).encode() + b"\0")
+            _frame(h, entry.source.encode())
+            for rel, kind, st in source_items(src):
+                path = src / rel if rel != "." else src
+                body = os.fsencode(os.readlink(path)) if kind == "l" else path.read_bytes() if kind == "f" else b""
+                _frame(h, kind.encode(), os.fsencode(rel), b"%o" % (st.st_mode & 0o7777), body)
         return h.hexdigest()
+
+
+def _frame(h: Any, *parts: bytes) -> None:
+    for part in parts:
+        h.update(len(part).to_bytes(8, "big") + part)
+
+
+def source_items(src: Path) -> list[tuple[str, str, os.stat_result]]:
+    """(relative path, kind f/d/l, lstat) of a files[] source and everything below it, sorted.
+
+    Raises ValueError naming a path that cannot be copied into an image (fifo, socket, device).
+    """
+    out = []
+    for path in [src, *sorted(src.rglob("*"))] if src.is_dir() and not src.is_symlink() else [src]:
+        st = path.lstat()
+        kind = "l" if stat.S_ISLNK(st.st_mode) else "d" if stat.S_ISDIR(st.st_mode) else "f" if stat.S_ISREG(st.st_mode) else ""
+        rel = "." if path == src else str(path.relative_to(src))
+        if not kind:
+            raise ValueError(f"{rel!r} is not a regular file, directory or symlink")
+        out.append((rel, kind, st))
+    return out
 
 
 def _format_validation(origin: str, e: ValidationError, prefix: str = "") -> SpecError:
