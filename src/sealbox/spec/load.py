@@ -25,6 +25,7 @@ from sealbox.spec.model import FRAGMENT_KEYS, ImageBody, ImageSpec
 BUILTIN_PREFIX = "builtin:"
 MAX_INCLUDE_DEPTH = 16
 MAX_SPEC_BYTES = 1 << 20
+MAX_NESTING = 32  # the deepest setting is profiles.P.users.NAME.authorized_keys[i]
 
 
 def modules_dir() -> Path:
@@ -104,26 +105,51 @@ def _format_validation(origin: str, e: ValidationError, prefix: str = "") -> Spe
     msg = err["msg"].removeprefix("Value error, ")
     if err["type"] == "extra_forbidden":
         parent = _model_at(ImageBody, err["loc"][:-1])
-        allowed = ", ".join(sorted(parent.model_fields)) if parent else "see 'sealbox settings'"
+        keys = set(parent.model_fields) if parent else set()
+        if parent is ImageBody:  # a fragment's top level also takes include (and, outside profiles, profiles)
+            keys |= {"include"} if prefix else FRAGMENT_KEYS
+        allowed = ", ".join(sorted(keys)) if keys else "see 'sealbox settings'"
         return SpecError(f"{origin}: unknown key '{loc}'", hint=f"allowed here: {allowed}")
     got = err.get("input")
     shown = "" if isinstance(got, (dict, list)) or "is not a" in msg else f" (got {got!r})"
-    return SpecError(f"{origin}: {loc or 'spec'}: {msg}{shown}")
+    return SpecError(f"{origin}: {loc + ': ' if loc else ''}{msg}{shown}")
 
 
 def _model_at(model: type[BaseModel], loc: tuple[Any, ...]) -> type[BaseModel] | None:
+    """The section model at `loc` (list indexes and table-of-sections keys such as user names skipped)."""
+    by_name = False  # the previous part was a table of sections (users): this part is an entry's name
     for part in loc:
-        if isinstance(part, int):
+        if isinstance(part, int) or by_name:
+            by_name = False
             continue
         if part not in model.model_fields:
-            return None  # dict key such as a user name: stay on the value model
+            return None
         ann = model.model_fields[part].annotation
         args = [a for a in getattr(ann, "__args__", ()) if isinstance(a, type) and issubclass(a, BaseModel)]
         if isinstance(ann, type) and issubclass(ann, BaseModel):
             model = ann
         elif args:
             model = args[-1]
+            by_name = getattr(ann, "__origin__", None) is dict
+        else:
+            return None
     return model
+
+
+def _open_nonblocking(path: str, flags: int) -> int:
+    # O_NONBLOCK: opening a fifo must not wait for a writer; the type check after opening refuses it
+    return os.open(path, flags | os.O_NONBLOCK)
+
+
+def _check_nesting(data: dict[str, Any], origin: str) -> None:
+    """Refuse values nested deeper than any setting needs, before validation or merging recurse into them."""
+    todo: list[tuple[Any, int, str]] = [(v, 1, k) for k, v in data.items()]
+    while todo:
+        value, depth, top = todo.pop()
+        if depth > MAX_NESTING:
+            raise SpecError(f"{origin}: {top}: tables or arrays nested deeper than {MAX_NESTING} levels")
+        children = value.values() if isinstance(value, dict) else value if isinstance(value, list) else ()
+        todo.extend((c, depth + 1, top) for c in children)
 
 
 class _Loader:
@@ -132,7 +158,10 @@ class _Loader:
 
     def read_toml(self, path: Path, origin: str) -> dict[str, Any]:
         try:
-            raw = path.read_bytes()
+            with open(path, "rb", opener=_open_nonblocking) as f:
+                if not stat.S_ISREG(os.fstat(f.fileno()).st_mode):
+                    raise SpecError(f"{origin}: not a regular file", hint="give the path of a .toml spec file")
+                raw = f.read(MAX_SPEC_BYTES + 1)  # bounded: never read a huge file whole
         except FileNotFoundError:
             raise SpecError(f"{origin}: file not found", hint="check the path") from None
         except OSError as e:
@@ -140,11 +169,15 @@ class _Loader:
         if len(raw) > MAX_SPEC_BYTES:
             raise SpecError(f"{origin}: spec file is larger than 1 MiB")
         try:
-            return tomllib.loads(raw.decode("utf-8"))
+            data = tomllib.loads(raw.decode("utf-8"))
         except UnicodeDecodeError:
             raise SpecError(f"{origin}: not UTF-8 text") from None
         except tomllib.TOMLDecodeError as e:
             raise SpecError(f"{origin}: invalid TOML: {e}") from None
+        except RecursionError:  # tomllib parses nested arrays and inline tables recursively
+            raise SpecError(f"{origin}: arrays or inline tables nested deeper than {MAX_NESTING} levels") from None
+        _check_nesting(data, origin)
+        return data
 
     def label(self, path: Path) -> str:
         mods = modules_dir().resolve()
