@@ -202,17 +202,14 @@ class _Loader:
                 raise SpecError(f"{origin}: {key}: no built-in module {name!r}", hint=f"built-in modules: {', '.join(builtin_modules())}")
             return path.resolve(), f"built-in module {name}"
         path = self.inside(base, name, origin, key)
-        if not path.is_file():
+        if not path.exists():
             raise SpecError(f"{origin}: {key}: included file {name!r} not found")
+        if not path.is_file():
+            raise SpecError(f"{origin}: {key}: included path {name!r} is not a regular file")
         return path, str(path.relative_to(self.root)) if path.is_relative_to(self.root) else str(path)
 
     def fragments(self, path: Path, origin: str, stack: tuple[Path, ...]) -> tuple[list[Fragment], dict[str, list[Fragment]]]:
         """Fragments of `path` (its includes first, depth first) and the profiles it defines."""
-        if path in stack:
-            chain = " -> ".join(p.name for p in (*stack, path))
-            raise SpecError(f"{origin}: include cycle: {chain}")
-        if len(stack) >= MAX_INCLUDE_DEPTH:
-            raise SpecError(f"{origin}: includes nested deeper than {MAX_INCLUDE_DEPTH}")
         data = self.read_toml(path, origin)
         base = path.parent
         out, profiles = self.body_fragments(data, base, origin, (*stack, path), "")
@@ -235,7 +232,13 @@ class _Loader:
         out: list[Fragment] = []
         profiles: dict[str, list[Fragment]] = {}
         for i, name in enumerate(includes):
-            path, inc_origin = self.resolve_include(name, base, origin, f"{prefix}include[{i}]")
+            key = f"{prefix}include[{i}]"
+            path, inc_origin = self.resolve_include(name, base, origin, key)
+            if path in stack:  # checked here, where the file and key that close the cycle are known
+                chain = " -> ".join(p.name for p in (*stack, path))
+                raise SpecError(f"{origin}: {key}: including {name!r} makes an include cycle: {chain}")
+            if len(stack) >= MAX_INCLUDE_DEPTH:
+                raise SpecError(f"{origin}: {key}: including {name!r} nests includes deeper than {MAX_INCLUDE_DEPTH} files")
             frags, inc_profiles = self.fragments(path, inc_origin, stack)
             out.extend(frags)
             for pname, pfrags in inc_profiles.items():
@@ -249,6 +252,10 @@ class _Loader:
             src = self.inside(base, entry["source"], origin, f"{prefix}files[{i}].source")
             if not src.exists():
                 raise SpecError(f"{origin}: {prefix}files[{i}].source: {entry['source']!r} does not exist")
+            try:
+                source_items(src)
+            except ValueError as e:  # a fifo, socket or device cannot be copied into an image
+                raise SpecError(f"{origin}: {prefix}files[{i}].source: {entry['source']!r}: {e}") from None
             entry["source"] = self.label(src)
         out.append(Fragment(origin, body))
         return out, profiles
