@@ -41,6 +41,12 @@ BAD_VALUES = [
     ("distribution.mirror = 'mirror.example/debian'", "distribution.mirror", "'mirror.example/debian'"),
     ("distribution.snapshot = 'http://snap.example/a b'", "distribution.snapshot", "'http://snap.example/a b'"),
     ("distribution.security_mirror = 'http://x\"'", "distribution.security_mirror", "'http://x\"'"),
+    ('distribution.mirror = "http://mirror.example/deb\\u0000ian"', "distribution.mirror", "\\x00"),
+    ('distribution.mirror = "http://mirror.example/\\u001b[31m"', "distribution.mirror", "\\x1b"),
+    ("distribution.mirror = 'http:///debian'", "distribution.mirror", "'http:///debian'"),
+    ("distribution.mirror = 'http://[::1/debian'", "distribution.mirror", "'http://[::1/debian'"),
+    ("distribution.mirror = 'http://mirror.example/dé'", "distribution.mirror", "'http://mirror.example/dé'"),
+    ('users.bob.authorized_keys = ["ssh-ed25519 AAAA dev\\rinjected"]', "users.bob.authorized_keys", "\\r"),
     ("packages.include = ['Vim']", "packages.include", "'Vim'"),
     ("packages.include = ['vim;reboot']", "packages.include", "'vim;reboot'"),
     ("packages.include = ['v']", "packages.include", "'v'"),
@@ -134,6 +140,23 @@ def test_unknown_key_in_a_profile(tmp_path: Path, toml: str, key: str, allowed: 
 def test_profiles_are_validated_even_when_not_selected(tmp_path: Path) -> None:
     spec = write(tmp_path, "s.toml", "[profiles.dev]\nfoo = 1\n")
     spec_error(spec, has=["profiles.dev.foo"])
+
+
+def test_good_urls_are_accepted(tmp_path: Path) -> None:
+    spec = write(tmp_path, "s.toml", """\
+        [distribution]
+        mirror = "https://mirror.example:8443/debian/"
+        security_mirror = "file:///srv/mirror/debian-security"
+        snapshot = "http://[fd00::1]/archive/debian/20250101T000000Z"
+        """)
+    d = load(spec).spec.distribution
+    assert d.mirror == "https://mirror.example:8443/debian" and d.security_mirror == "file:///srv/mirror/debian-security"
+
+
+def test_duplicate_uids_are_refused_after_merging(tmp_path: Path) -> None:
+    write(tmp_path, "inc.toml", "users.alice.uid = 1500\n")
+    spec = write(tmp_path, "s.toml", "include = ['inc.toml']\nusers.bob.uid = 1500\nusers.carol.uid = 1501\n")
+    spec_error(spec, has=[f"{spec} (merged):", "users.bob.uid", "1500", "users.alice"])
 
 
 # --- baked keys -----------------------------------------------------------------------------------
