@@ -244,7 +244,7 @@ def test_read_cpio_rejects_truncation(tmp_path: Path) -> None:
             list(read_cpio(data[:cut]))
 
 
-@settings(max_examples=int(os.environ.get("SEALBOX_FUZZ_EXAMPLES", "150")), deadline=None, database=None,
+@settings(max_examples=int(os.environ.get("SEALBOX_FUZZ_EXAMPLES", "100")), deadline=None, database=None,
           suppress_health_check=[HealthCheck.too_slow])
 @given(flips=st.lists(st.tuples(st.integers(0, 10_000), st.binary(min_size=1, max_size=8)), min_size=1, max_size=4))
 def test_read_cpio_on_mutated_archives_never_crashes(flips: list[tuple[int, bytes]]) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import fnmatch
 import os
 import shutil
 import subprocess
@@ -59,10 +60,7 @@ def test_every_group_is_removed_and_counted(tmp_path: Path) -> None:
     for group, patterns in GROUPS.items():
         assert removed[group] > 0, group
         for pat in patterns:
-            path = concrete(pat)
-            if any(path.startswith(k.split("*")[0]) and "zoneinfo" in k for k in KEEP) and "zoneinfo" in path:
-                continue
-            assert not exists(tree, path), path
+            assert not exists(tree, concrete(pat)), pat
     assert removed["always"] > 0  # paths under a group's directory are counted for that group
     for pat in ALWAYS:
         assert not exists(tree, concrete(pat)), pat
@@ -85,7 +83,7 @@ def test_each_group_can_be_switched_off(tmp_path: Path, group: str) -> None:
     removed = strip_tree(tree, Strip(**{group: False}))
     assert group not in removed
     for pat in GROUPS[group]:
-        if not any(concrete(pat).startswith(concrete(a).rstrip("x1")) for a in ALWAYS if a.endswith("*")):
+        if not any(fnmatch.fnmatchcase(concrete(pat), a) for a in ALWAYS):  # ALWAYS ignores the switches
             assert exists(tree, concrete(pat)), pat
     others = [g for g in GROUPS if g != group]
     assert all(removed[g] > 0 for g in others)
@@ -116,7 +114,6 @@ def test_symlinks_are_removed_not_followed(tmp_path: Path) -> None:
     outside = put(tmp_path, "outside/precious", b"do not touch")
     (tree / "usr/share/man").mkdir(parents=True, exist_ok=True)
     (tree / "usr/share/man/link").symlink_to(outside.parent)
-    (tree / "usr/share/locale").rmdir() if (tree / "usr/share/locale").is_dir() and not any((tree / "usr/share/locale").iterdir()) else None
     strip_tree(tree, Strip())
     assert outside.read_bytes() == b"do not touch"
     assert not exists(tree, "/usr/share/man/link")
@@ -239,7 +236,7 @@ def test_synthetic_runpath_and_rpath() -> None:
 SEED = HOST_ELF.read_bytes()[:16384] if HOST_ELF else elf_dynamic(["libc.so.6", "libm.so.6"], runpath=["$ORIGIN"])
 
 
-@settings(max_examples=int(os.environ.get("SEALBOX_FUZZ_EXAMPLES", "200")), deadline=None, database=None,
+@settings(max_examples=int(os.environ.get("SEALBOX_FUZZ_EXAMPLES", "150")), deadline=None, database=None,
           suppress_health_check=[HealthCheck.too_slow])
 @given(edits=st.lists(st.tuples(st.integers(0, 4096), st.binary(min_size=1, max_size=8)), max_size=4), cut=st.integers(0, 16384))
 def test_elf_needed_never_raises(edits: list[tuple[int, bytes]], cut: int) -> None:

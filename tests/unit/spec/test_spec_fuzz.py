@@ -24,7 +24,7 @@ from sealbox.spec import load_spec
 from sealbox.spec.load import modules_dir
 from sealbox.spec.model import ImageBody
 
-BUDGET = int(os.environ.get("SEALBOX_FUZZ_EXAMPLES", "80"))
+BUDGET = int(os.environ.get("SEALBOX_FUZZ_EXAMPLES", "60"))
 SETTINGS = settings(max_examples=BUDGET, deadline=None, database=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
 
 # Strings that are valid somewhere (so fragments often pass validation and reach merging), plus near misses.
