@@ -68,13 +68,17 @@ class LoadedSpec:
         """
         h = hashlib.sha256()
         _frame(h, json.dumps(self.canonical(), sort_keys=True, separators=(",", ":")).encode())
-        for entry in self.spec.files:
+        for i, entry in enumerate(self.spec.files):
             src = self.resolve_source(entry.source)
             _frame(h, entry.source.encode())
-            for rel, kind, st in source_items(src):
-                path = src / rel if rel != "." else src
-                body = os.fsencode(os.readlink(path)) if kind == "l" else path.read_bytes() if kind == "f" else b""
-                _frame(h, kind.encode(), os.fsencode(rel), b"%o" % (st.st_mode & 0o7777), body)
+            try:  # the tree may have changed since loading, or hold files this user cannot read
+                for rel, kind, st in source_items(src):
+                    path = src / rel if rel != "." else src
+                    body = os.fsencode(os.readlink(path)) if kind == "l" else path.read_bytes() if kind == "f" else b""
+                    _frame(h, kind.encode(), os.fsencode(rel), b"%o" % (st.st_mode & 0o7777), body)
+            except (OSError, ValueError) as e:
+                what = f"{e.strerror}: {e.filename}" if isinstance(e, OSError) else str(e)
+                raise SpecError(f"files[{i}].source {entry.source!r}: cannot read: {what}") from None
         return h.hexdigest()
 
 

@@ -294,3 +294,23 @@ def test_digest_tells_a_file_from_a_symlink_with_the_same_text(tmp_path: Path) -
     (two / "d").mkdir()
     (two / "d/x").symlink_to("target")
     assert load(one / "s.toml").digest() != load(two / "s.toml").digest()
+
+
+def test_digest_of_an_unreadable_or_vanished_source_is_a_spec_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from sealbox.errors import SpecError
+
+    loaded = load(_tree(tmp_path))
+    real = Path.read_bytes
+
+    def denied(self: Path) -> bytes:
+        if self.name == "a.conf":
+            raise PermissionError(13, "Permission denied", str(self))
+        return real(self)
+
+    monkeypatch.setattr(Path, "read_bytes", denied)
+    with pytest.raises(SpecError, match=r"files\[1\].source 'files/tree': cannot read: Permission denied: .*a.conf"):
+        loaded.digest()
+    monkeypatch.undo()
+    shutil.rmtree(tmp_path / "files/tree")
+    with pytest.raises(SpecError, match=r"files\[1\].source 'files/tree': cannot read"):
+        loaded.digest()
