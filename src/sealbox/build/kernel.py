@@ -74,6 +74,8 @@ def extract_vmlinux(bzimage: bytes) -> bytes:
     payload_offset, payload_length = struct.unpack_from("<II", bzimage, 0x248)
     start = (setup_sects + 1) * 512 + payload_offset
     payload = bzimage[start:start + payload_length]
+    if len(payload) != payload_length or payload_length < 8:
+        raise BuildError(f"kernel image is truncated: its payload needs {payload_length} bytes at offset {start}")
     decoders = [
         (b"\x02\x21\x4c\x18", _lz4_legacy),
         (b"\x1f\x8b", gzip.decompress),
@@ -82,7 +84,14 @@ def extract_vmlinux(bzimage: bytes) -> bytes:
     ]
     for magic, decode in decoders:
         if payload.startswith(magic):
-            elf = decode(payload)
+            try:
+                elf = decode(payload)
+            except Exception as e:  # noqa: BLE001 - each library has its own "corrupt data" exception
+                raise BuildError(f"kernel payload does not decompress: {type(e).__name__}: {e}") from None
+            # every kernel payload format ends in the LE32 uncompressed size (gzip's ISIZE, size_append otherwise)
+            want, = struct.unpack_from("<I", payload, len(payload) - 4)
+            if len(elf) & 0xFFFFFFFF != want:
+                raise BuildError(f"kernel payload decompressed to {len(elf)} bytes, its trailer says {want}: truncated or corrupt")
             if elf[:4] != b"\x7fELF":
                 raise BuildError("decompressed kernel payload is not an ELF file")
             return elf
@@ -91,24 +100,46 @@ def extract_vmlinux(bzimage: bytes) -> bytes:
 
 # --- modules ------------------------------------------------------------------------------------
 
-def modinfo(path: Path) -> dict[str, list[str]]:
-    """key -> values from the .modinfo section of an ELF64 little-endian kernel module."""
+def _module_bytes(path: Path) -> bytes:
+    """A module file's ELF bytes; .ko.xz/.ko.gz/.ko.zst (Debian's 6.12 kernels use .ko.xz) are decompressed."""
     data = path.read_bytes()
-    if data[:4] != b"\x7fELF" or data[4] != 2 or data[5] != 1:
+    try:
+        if data.startswith(b"\xfd7zXZ\x00"):
+            return lzma.decompress(data, format=lzma.FORMAT_XZ)
+        if data.startswith(b"\x1f\x8b"):
+            return gzip.decompress(data)
+        if data.startswith(b"\x28\xb5\x2f\xfd"):
+            import zstandard
+
+            return zstandard.ZstdDecompressor().decompressobj().decompress(data)
+    except Exception as e:  # noqa: BLE001 - corrupt compressed data, whichever library reports it
+        raise BuildError(f"kernel module {path.name} does not decompress: {type(e).__name__}: {e}") from None
+    return data
+
+
+def modinfo(path: Path) -> dict[str, list[str]]:
+    """key -> values from the .modinfo section of an ELF64 little-endian kernel module (plain or compressed)."""
+    data = _module_bytes(path)
+    if len(data) < 64 or data[:4] != b"\x7fELF" or data[4] != 2 or data[5] != 1:
         raise BuildError(f"{path.name} is not an ELF64 little-endian module")
-    shoff, = struct.unpack_from("<Q", data, 0x28)
-    shentsize, shnum, shstrndx = struct.unpack_from("<HHH", data, 0x3A)
-    sections = [struct.unpack_from("<IIQQQQ", data, shoff + i * shentsize) for i in range(shnum)]
-    strtab = sections[shstrndx]
-    names = data[strtab[4]:strtab[4] + strtab[5]]
-    for name_off, _type, _flags, _addr, off, size in sections:
-        if names[name_off:names.index(b"\0", name_off)] == b".modinfo":
-            info: dict[str, list[str]] = {}
-            for item in data[off:off + size].split(b"\0"):
-                key, sep, value = item.decode(errors="replace").partition("=")
-                if sep:
-                    info.setdefault(key, []).append(value)
-            return info
+    try:
+        shoff, = struct.unpack_from("<Q", data, 0x28)
+        shentsize, shnum, shstrndx = struct.unpack_from("<HHH", data, 0x3A)
+        sections = [struct.unpack_from("<IIQQQQ", data, shoff + i * shentsize) for i in range(shnum)]
+        strtab = sections[shstrndx]
+        names = data[strtab[4]:strtab[4] + strtab[5]]
+        for name_off, _type, _flags, _addr, off, size in sections:
+            if names[name_off:names.index(b"\0", name_off)] == b".modinfo":
+                if off + size > len(data):
+                    raise ValueError(".modinfo runs past the end of the file")
+                info: dict[str, list[str]] = {}
+                for item in data[off:off + size].split(b"\0"):
+                    key, sep, value = item.decode(errors="replace").partition("=")
+                    if sep:
+                        info.setdefault(key, []).append(value)
+                return info
+    except (struct.error, ValueError, IndexError, OverflowError) as e:
+        raise BuildError(f"kernel module {path.name} is truncated or malformed ({e})") from None
     return {}
 
 
@@ -165,25 +196,47 @@ def install_modules(kernel: KernelFiles, wanted: list[str], tree: Path) -> list[
     return sorted(_norm(p.name.split(".ko")[0]) for p in files)
 
 
+def _softdeps(info: dict[str, list[str]], which: str) -> list[str]:
+    """Module names after "pre:" or "post:" in softdep= lines ("pre: a b post: c")."""
+    out, current = [], None
+    for soft in info.get("softdep", []):
+        for word in soft.split():
+            if word.endswith(":"):
+                current = word[:-1]
+            elif current == which:
+                out.append(_norm(word))
+    return out
+
+
 def load_order(wanted: list[str], modules_root: Path) -> list[Path]:
-    """Module files for `wanted` in an order insmod accepts (every dependency before its users)."""
+    """Module files for `wanted` in an order insmod accepts: every dependency before its users, and soft
+    dependencies where modprobe would put them ("pre:" before, "post:" after) when they are modules."""
     index, builtin = module_index(modules_root), builtin_modules(modules_root)
     order: list[Path] = []
     state: dict[str, str] = {}
 
-    def visit(name: str) -> None:
+    def visit(name: str, soft: bool = False) -> None:
         if state.get(name) == "done" or name in builtin and name not in index:
             return
         if state.get(name) == "active":
+            if soft:  # a soft dependency back into the chain just does not constrain the order
+                return
             raise BuildError(f"kernel module dependency cycle at {name}")
         if name not in index:
+            if soft:
+                return
             raise BuildError(f"kernel module {name!r} not found in {modules_root.name}")
         state[name] = "active"
-        for dep in ",".join(modinfo(index[name]).get("depends", [])).split(","):
+        info = modinfo(index[name])
+        for pre in _softdeps(info, "pre"):
+            visit(pre, soft=True)
+        for dep in ",".join(info.get("depends", [])).split(","):
             if dep:
                 visit(_norm(dep))
         state[name] = "done"
         order.append(index[name])
+        for post in _softdeps(info, "post"):
+            visit(post, soft=True)
 
     for w in wanted:
         visit(_norm(w))

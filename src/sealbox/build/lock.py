@@ -45,19 +45,27 @@ class Lock(BaseModel):
 
 def read_lock(path: Path) -> Lock | None:
     try:
-        raw = path.read_text()
+        raw = path.read_bytes()
     except FileNotFoundError:
         return None
     except OSError as e:
         raise SpecError(f"{path}: cannot read lock file: {e.strerror}") from None
+    fix = "fix it or rebuild with --update-lock"
     try:
-        lock = Lock.model_validate_json(raw)
-    except (ValidationError, ValueError) as e:
-        first = str(e).splitlines()[0]
-        raise SpecError(f"{path}: not a valid sealbox lock file ({first})", hint="fix it or rebuild with --update-lock") from None
-    if lock.version != LOCK_VERSION:
-        raise SpecError(f"{path}: lock format version {lock.version} is not supported (expected {LOCK_VERSION})", hint="rebuild with --update-lock")
-    return lock
+        doc = json.loads(raw.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError) as e:
+        raise SpecError(f"{path}: not a valid sealbox lock file (not UTF-8 JSON: {e})", hint=fix) from None
+    # the version first: a lock written by another sealbox may have another schema altogether
+    version = doc.get("version") if isinstance(doc, dict) else None
+    if isinstance(version, int) and not isinstance(version, bool) and version != LOCK_VERSION:
+        raise SpecError(f"{path}: lock format version {version} is not supported (expected {LOCK_VERSION})", hint="rebuild with --update-lock")
+    try:
+        return Lock.model_validate(doc)
+    except ValidationError as e:
+        err = e.errors()[0]
+        where = ".".join(str(p) for p in err["loc"]) or "top level"
+        more = f" (+{e.error_count() - 1} more)" if e.error_count() > 1 else ""
+        raise SpecError(f"{path}: not a valid sealbox lock file: {where}: {err['msg']}{more}", hint=fix) from None
 
 
 def write_lock(path: Path, lock: Lock) -> None:

@@ -5,11 +5,13 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
 
 from sealbox.errors import BuildError
 from sealbox.spec.model import Distribution
 
 APT_DIR = Path("/etc/apt")
+APT_FALSE = {"no", "false", "without", "off", "disable"}  # the spellings apt reads as false
 
 
 @dataclass(frozen=True)
@@ -22,10 +24,9 @@ class AptEntry:
 def _parse_one_line(text: str) -> list[AptEntry]:
     out = []
     for line in text.splitlines():
-        line = line.split("#", 1)[0].strip()
-        if not line.startswith("deb "):
+        words = re.sub(r"\[[^]]*\]", "", line.split("#", 1)[0]).split()  # drop comments and [options]
+        if words[:1] != ["deb"]:  # any whitespace separates fields, tabs too
             continue
-        words = re.sub(r"\[[^]]*\]", "", line).split()  # drop [options]
         if len(words) >= 3:
             out.append(AptEntry(words[1].rstrip("/"), (words[2],), tuple(words[3:])))
     return out
@@ -45,7 +46,7 @@ def _parse_deb822(text: str) -> list[AptEntry]:
                 key, _, value = line.partition(":")
                 key = key.strip().lower()
                 fields[key] = value.strip()
-        if "deb" not in fields.get("types", "").split() or fields.get("enabled", "yes").lower() == "no":
+        if "deb" not in fields.get("types", "").split() or fields.get("enabled", "yes").lower() in APT_FALSE:
             continue
         for uri in fields.get("uris", "").split():
             out.append(AptEntry(uri.rstrip("/"), tuple(fields.get("suites", "").split()), tuple(fields.get("components", "").split())))
@@ -85,25 +86,50 @@ class Sources:
         return out
 
 
+def _last_segment(uri: str) -> str:
+    return urlsplit(uri).path.rstrip("/").rsplit("/", 1)[-1]
+
+
+def _pick(uris: list[str], segment: str) -> str | None:
+    """The first URI laid out like the Debian archive (path ending in /debian or /debian-security), else the first.
+
+    Vendor repositories often use the same suite and a 'main' component; they must not become the mirror.
+    """
+    return next((u for u in uris if _last_segment(u) == segment), uris[0] if uris else None)
+
+
+def _snapshot_security(base: str) -> str | None:
+    """A dated snapshot archive serves debian/ and debian-security/ side by side: swap that path segment."""
+    parts = urlsplit(base)
+    segs = parts.path.split("/")
+    idx = [i for i, s in enumerate(segs) if s == "debian"]
+    if not idx:
+        return None
+    segs[idx[-1]] = "debian-security"
+    return urlunsplit(parts._replace(path="/".join(segs)))
+
+
 def resolve_sources(dist: Distribution, apt_dir: Path = APT_DIR) -> Sources:
     comps = tuple(dist.components)
+    no_security = f"set distribution.security_mirror, or distribution.security = false to build without {dist.suite}-security"
     if dist.snapshot:
-        # a dated snapshot archive serves debian/ and debian-security/ side by side
-        base = dist.snapshot
-        sec = re.sub(r"/debian(/|$)", r"/debian-security\1", base, count=1) if "/debian" in base else None
-        return Sources(base, sec if dist.security else None, dist.suite, comps)
+        sec = _snapshot_security(dist.snapshot) if dist.security else None
+        if dist.security and sec is None:
+            raise BuildError(f"cannot derive the {dist.suite}-security snapshot from distribution.snapshot {dist.snapshot!r} "
+                             "(no /debian/ path segment)", hint="set distribution.security = false or use a .../debian/<date> URL")
+        return Sources(dist.snapshot, sec, dist.suite, comps)
     main, security = dist.mirror, dist.security_mirror
     if not main or (dist.security and not security):
         entries = host_apt_entries(apt_dir)
         if not main:
-            cands = [e.uri for e in entries if dist.suite in e.suites and "main" in e.components]
-            if not cands:
+            main = _pick([e.uri for e in entries if dist.suite in e.suites and "main" in e.components], "debian") or ""
+            if not main:
                 raise BuildError(
                     f"no apt source for suite '{dist.suite}' found in {apt_dir}/sources.list(.d)",
                     hint="set distribution.mirror in the spec",
                 )
-            main = cands[0]
         if dist.security and not security:
-            cands = [e.uri for e in entries if f"{dist.suite}-security" in e.suites]
-            security = cands[0] if cands else ""
-    return Sources(main, (security or None) if dist.security else None, dist.suite, comps)
+            security = _pick([e.uri for e in entries if f"{dist.suite}-security" in e.suites], "debian-security") or ""
+            if not security:  # never drop security updates silently
+                raise BuildError(f"no apt source for '{dist.suite}-security' found in {apt_dir}/sources.list(.d)", hint=no_security)
+    return Sources(main, security if dist.security else None, dist.suite, comps)

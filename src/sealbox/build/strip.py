@@ -179,20 +179,31 @@ def _remove(path: Path, tree: Path, keep: list[str]) -> int:
 # --- ELF link check ---------------------------------------------------------------------------
 
 LIB_DIRS = ["/usr/lib/x86_64-linux-gnu", "/usr/lib", "/usr/lib64", "/lib/x86_64-linux-gnu", "/lib", "/lib64"]
+MAX_SYMLINKS = 40
 
 
 def elf_needed(data: bytes) -> tuple[list[str], list[str]] | None:
-    """(DT_NEEDED names, RUNPATH/RPATH dirs) of a dynamically linked ELF64 LE file, None otherwise."""
-    if data[:4] != b"\x7fELF" or data[4] != 2 or data[5] != 1 or len(data) < 64:
+    """(DT_NEEDED names, RUNPATH/RPATH dirs) of a dynamically linked ELF64 LE file, None otherwise.
+
+    Anything truncated or inconsistent is "not a dynamic ELF" (None): the check reads every file of the
+    image, including data files that merely start with the ELF magic.
+    """
+    try:
+        return _elf_needed(data)
+    except (struct.error, ValueError, IndexError, OverflowError):
+        return None
+
+
+def _elf_needed(data: bytes) -> tuple[list[str], list[str]] | None:
+    if len(data) < 64 or data[:4] != b"\x7fELF" or data[4] != 2 or data[5] != 1:
         return None
     phoff, = struct.unpack_from("<Q", data, 0x20)
     phentsize, phnum = struct.unpack_from("<HH", data, 0x36)
+    if phentsize < 56:
+        return None
     loads, dynamic = [], None
     for i in range(phnum):
-        off = phoff + i * phentsize
-        if off + 56 > len(data):
-            return None
-        p_type, _flags, p_offset, p_vaddr, _paddr, p_filesz = struct.unpack_from("<IIQQQQ", data, off)
+        p_type, _flags, p_offset, p_vaddr, _paddr, p_filesz = struct.unpack_from("<IIQQQQ", data, phoff + i * phentsize)
         if p_type == 1:
             loads.append((p_vaddr, p_offset, p_filesz))
         elif p_type == 2:
@@ -207,7 +218,7 @@ def elf_needed(data: bytes) -> tuple[list[str], list[str]] | None:
         return None
 
     entries = []
-    for pos in range(dynamic[0], dynamic[0] + dynamic[1] - 15, 16):
+    for pos in range(dynamic[0], min(dynamic[0] + dynamic[1], len(data)) - 15, 16):
         tag, val = struct.unpack_from("<qQ", data, pos)
         if tag == 0:
             break
@@ -224,13 +235,37 @@ def elf_needed(data: bytes) -> tuple[list[str], list[str]] | None:
     return needed, paths
 
 
+def in_image(tree: Path, path: str) -> Path | None:
+    """`path` as the guest sees it, resolved inside `tree`: '..' stops at the image root and absolute symlinks
+    mean the image's own paths, so nothing on the build host is ever looked at. None if it does not exist."""
+    parts = [p for p in path.split("/") if p]
+    resolved: list[str] = []
+    hops = 0
+    while parts:
+        part = parts.pop(0)
+        if part == ".":
+            continue
+        if part == "..":
+            resolved = resolved[:-1]
+            continue
+        here = tree.joinpath(*resolved, part)
+        if here.is_symlink():
+            hops += 1
+            if hops > MAX_SYMLINKS:
+                return None
+            target = os.readlink(here)
+            if target.startswith("/"):
+                resolved = []
+            parts = [p for p in target.split("/") if p] + parts
+            continue
+        if not os.path.lexists(here):
+            return None
+        resolved.append(part)
+    return tree.joinpath(*resolved)
+
+
 def link_check(tree: Path) -> None:
     """Fail if any ELF file in the image needs a shared library the image no longer has."""
-    present: set[str] = set()
-    for d in LIB_DIRS:
-        p = tree / d.lstrip("/")
-        if p.is_dir():
-            present |= {f.name for f in p.iterdir()}
     # a library's needs may be met by what its loading executable already mapped through its RUNPATH
     # (systemd's private libraries), so every RUNPATH directory in the image counts as a search dir
     elves: list[tuple[Path, list[str], list[str]]] = []
@@ -249,11 +284,16 @@ def link_check(tree: Path) -> None:
                 continue
             origin = "/" + str(path.parent.relative_to(tree))
             elves.append((path, info[0], [r.replace("$ORIGIN", origin) for r in info[1]]))
-    for d in {r for _p, _n, runpaths in elves for r in runpaths}:
-        p = tree / d.lstrip("/")
-        if p.is_dir():
-            present |= {f.name for f in p.iterdir()}
-    problems = [f"/{path.relative_to(tree)} needs {lib}" for path, needed, _r in elves for lib in needed if lib not in present]
+    search = LIB_DIRS + sorted({r for _p, _n, runpaths in elves for r in runpaths})
+    dirs = [d for d in (in_image(tree, s) for s in search) if d is not None and d.is_dir()]
+    found: dict[str, bool] = {}
+
+    def present(lib: str) -> bool:
+        if lib not in found:  # a soname link whose file was stripped does not count
+            found[lib] = any((f := in_image(tree, f"/{d.relative_to(tree)}/{lib}")) is not None and f.is_file() for d in dirs)
+        return found[lib]
+
+    problems = [f"/{path.relative_to(tree)} needs {lib}" for path, needed, _r in elves for lib in needed if not present(lib)]
     if problems:
         raise BuildError(
             f"stripping removed shared libraries still needed: {'; '.join(sorted(problems)[:4])}"

@@ -8,7 +8,8 @@ import click
 
 from sealbox.cli.common import emit_json, split_profiles
 
-SPEC_ARG = click.argument("spec", required=False, type=click.Path(dir_okay=False, path_type=Path))
+# no dir_okay=False: the spec loader reports a directory as one "sealbox: error:" line like every spec error
+SPEC_ARG = click.argument("spec", required=False, type=click.Path(path_type=Path))
 PROFILE_OPT = click.option("--profile", "-p", "profiles", multiple=True, help="Profiles to apply, in order (a,b or repeated).")
 
 

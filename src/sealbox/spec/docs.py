@@ -44,6 +44,12 @@ def settings_markdown() -> str:
             "Merge rules: `override` (later wins), `append` (lists concatenate, duplicates dropped), `merge` (tables merge "
             "key by key). Order: included modules depth first, then the file, then the selected profiles in the order "
             "given.\n\n| key | type | default | merge | meaning |\n|---|---|---|---|---|\n")
-    body = "".join(f"| `{r['key']}` | {r['type']} | `{r['default']}` | {r['merge']} | {r['doc']} |\n".replace("`[]`", "`[]`")
+    def cell(text: str) -> str:  # a bare '|' (e.g. in "int | None") would split the table cell
+        return text.replace("|", "\\|")
+
+    def prose(text: str) -> str:  # outside code spans "<suite>" would be taken for an HTML tag and vanish
+        return cell(text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;"))
+
+    body = "".join(f"| `{cell(r['key'])}` | {prose(r['type'])} | `{cell(r['default'])}` | {r['merge']} | {prose(r['doc'])} |\n"
                    for r in settings_rows())
     return head + body

@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import stat
 import tomllib
 from dataclasses import dataclass, field
 from importlib import resources
@@ -24,6 +25,7 @@ from sealbox.spec.model import FRAGMENT_KEYS, ImageBody, ImageSpec
 BUILTIN_PREFIX = "builtin:"
 MAX_INCLUDE_DEPTH = 16
 MAX_SPEC_BYTES = 1 << 20
+MAX_NESTING = 32  # the deepest setting is profiles.P.users.NAME.authorized_keys[i]
 
 
 def modules_dir() -> Path:
@@ -58,16 +60,47 @@ class LoadedSpec:
         return self.spec.model_dump(mode="json")
 
     def digest(self) -> str:
-        """sha256 over the merged spec and the content of every file it copies in."""
-        h = hashlib.sha256(json.dumps(self.canonical(), sort_keys=True, separators=(",", ":")).encode())
-        for entry in self.spec.files:
+        """sha256 over the merged spec and everything its files[] entries copy in.
+
+        Every record is length-framed (so bytes cannot shift between a name and a content) and typed
+        (a symlink never hashes like a file holding its target), and directories count, since even an
+        empty one is copied into the image.
+        """
+        h = hashlib.sha256()
+        _frame(h, json.dumps(self.canonical(), sort_keys=True, separators=(",", ":")).encode())
+        for i, entry in enumerate(self.spec.files):
             src = self.resolve_source(entry.source)
-            paths = [src] if src.is_file() else sorted(p for p in src.rglob("*") if p.is_file() or p.is_symlink())
-            for p in paths:
-                h.update(str(p.relative_to(src.parent)).encode() + b"\0")
-                h.update(os.readlink(p).encode() if p.is_symlink() else p.read_bytes())
-                h.update(b"\0" + oct(p.lstat().st_mode & 0o7777).encode() + b"\0")
+            _frame(h, entry.source.encode())
+            try:  # the tree may have changed since loading, or hold files this user cannot read
+                for rel, kind, st in source_items(src):
+                    path = src / rel if rel != "." else src
+                    body = os.fsencode(os.readlink(path)) if kind == "l" else path.read_bytes() if kind == "f" else b""
+                    _frame(h, kind.encode(), os.fsencode(rel), b"%o" % (st.st_mode & 0o7777), body)
+            except (OSError, ValueError) as e:
+                what = f"{e.strerror}: {e.filename}" if isinstance(e, OSError) else str(e)
+                raise SpecError(f"files[{i}].source {entry.source!r}: cannot read: {what}") from None
         return h.hexdigest()
+
+
+def _frame(h: Any, *parts: bytes) -> None:
+    for part in parts:
+        h.update(len(part).to_bytes(8, "big") + part)
+
+
+def source_items(src: Path) -> list[tuple[str, str, os.stat_result]]:
+    """(relative path, kind f/d/l, lstat) of a files[] source and everything below it, sorted.
+
+    Raises ValueError naming a path that cannot be copied into an image (fifo, socket, device).
+    """
+    out = []
+    for path in [src, *sorted(src.rglob("*"))] if src.is_dir() and not src.is_symlink() else [src]:
+        st = path.lstat()
+        kind = "l" if stat.S_ISLNK(st.st_mode) else "d" if stat.S_ISDIR(st.st_mode) else "f" if stat.S_ISREG(st.st_mode) else ""
+        rel = "." if path == src else str(path.relative_to(src))
+        if not kind:
+            raise ValueError(f"{rel!r} is not a regular file, directory or symlink")
+        out.append((rel, kind, st))
+    return out
 
 
 def _format_validation(origin: str, e: ValidationError, prefix: str = "") -> SpecError:
@@ -76,26 +109,51 @@ def _format_validation(origin: str, e: ValidationError, prefix: str = "") -> Spe
     msg = err["msg"].removeprefix("Value error, ")
     if err["type"] == "extra_forbidden":
         parent = _model_at(ImageBody, err["loc"][:-1])
-        allowed = ", ".join(sorted(parent.model_fields)) if parent else "see 'sealbox settings'"
+        keys = set(parent.model_fields) if parent else set()
+        if parent is ImageBody:  # a fragment's top level also takes include (and, outside profiles, profiles)
+            keys |= {"include"} if prefix else FRAGMENT_KEYS
+        allowed = ", ".join(sorted(keys)) if keys else "see 'sealbox settings'"
         return SpecError(f"{origin}: unknown key '{loc}'", hint=f"allowed here: {allowed}")
     got = err.get("input")
     shown = "" if isinstance(got, (dict, list)) or "is not a" in msg else f" (got {got!r})"
-    return SpecError(f"{origin}: {loc or 'spec'}: {msg}{shown}")
+    return SpecError(f"{origin}: {loc + ': ' if loc else ''}{msg}{shown}")
 
 
 def _model_at(model: type[BaseModel], loc: tuple[Any, ...]) -> type[BaseModel] | None:
+    """The section model at `loc` (list indexes and table-of-sections keys such as user names skipped)."""
+    by_name = False  # the previous part was a table of sections (users): this part is an entry's name
     for part in loc:
-        if isinstance(part, int):
+        if isinstance(part, int) or by_name:
+            by_name = False
             continue
         if part not in model.model_fields:
-            return None  # dict key such as a user name: stay on the value model
+            return None
         ann = model.model_fields[part].annotation
         args = [a for a in getattr(ann, "__args__", ()) if isinstance(a, type) and issubclass(a, BaseModel)]
         if isinstance(ann, type) and issubclass(ann, BaseModel):
             model = ann
         elif args:
             model = args[-1]
+            by_name = getattr(ann, "__origin__", None) is dict
+        else:
+            return None
     return model
+
+
+def _open_nonblocking(path: str, flags: int) -> int:
+    # O_NONBLOCK: opening a fifo must not wait for a writer; the type check after opening refuses it
+    return os.open(path, flags | os.O_NONBLOCK)
+
+
+def _check_nesting(data: dict[str, Any], origin: str) -> None:
+    """Refuse values nested deeper than any setting needs, before validation or merging recurse into them."""
+    todo: list[tuple[Any, int, str]] = [(v, 1, k) for k, v in data.items()]
+    while todo:
+        value, depth, top = todo.pop()
+        if depth > MAX_NESTING:
+            raise SpecError(f"{origin}: {top}: tables or arrays nested deeper than {MAX_NESTING} levels")
+        children = value.values() if isinstance(value, dict) else value if isinstance(value, list) else ()
+        todo.extend((c, depth + 1, top) for c in children)
 
 
 class _Loader:
@@ -104,7 +162,10 @@ class _Loader:
 
     def read_toml(self, path: Path, origin: str) -> dict[str, Any]:
         try:
-            raw = path.read_bytes()
+            with open(path, "rb", opener=_open_nonblocking) as f:
+                if not stat.S_ISREG(os.fstat(f.fileno()).st_mode):
+                    raise SpecError(f"{origin}: not a regular file", hint="give the path of a .toml spec file")
+                raw = f.read(MAX_SPEC_BYTES + 1)  # bounded: never read a huge file whole
         except FileNotFoundError:
             raise SpecError(f"{origin}: file not found", hint="check the path") from None
         except OSError as e:
@@ -112,11 +173,15 @@ class _Loader:
         if len(raw) > MAX_SPEC_BYTES:
             raise SpecError(f"{origin}: spec file is larger than 1 MiB")
         try:
-            return tomllib.loads(raw.decode("utf-8"))
+            data = tomllib.loads(raw.decode("utf-8"))
         except UnicodeDecodeError:
             raise SpecError(f"{origin}: not UTF-8 text") from None
         except tomllib.TOMLDecodeError as e:
             raise SpecError(f"{origin}: invalid TOML: {e}") from None
+        except RecursionError:  # tomllib parses nested arrays and inline tables recursively
+            raise SpecError(f"{origin}: arrays or inline tables nested deeper than {MAX_NESTING} levels") from None
+        _check_nesting(data, origin)
+        return data
 
     def label(self, path: Path) -> str:
         mods = modules_dir().resolve()
@@ -141,17 +206,14 @@ class _Loader:
                 raise SpecError(f"{origin}: {key}: no built-in module {name!r}", hint=f"built-in modules: {', '.join(builtin_modules())}")
             return path.resolve(), f"built-in module {name}"
         path = self.inside(base, name, origin, key)
-        if not path.is_file():
+        if not path.exists():
             raise SpecError(f"{origin}: {key}: included file {name!r} not found")
+        if not path.is_file():
+            raise SpecError(f"{origin}: {key}: included path {name!r} is not a regular file")
         return path, str(path.relative_to(self.root)) if path.is_relative_to(self.root) else str(path)
 
     def fragments(self, path: Path, origin: str, stack: tuple[Path, ...]) -> tuple[list[Fragment], dict[str, list[Fragment]]]:
         """Fragments of `path` (its includes first, depth first) and the profiles it defines."""
-        if path in stack:
-            chain = " -> ".join(p.name for p in (*stack, path))
-            raise SpecError(f"{origin}: include cycle: {chain}")
-        if len(stack) >= MAX_INCLUDE_DEPTH:
-            raise SpecError(f"{origin}: includes nested deeper than {MAX_INCLUDE_DEPTH}")
         data = self.read_toml(path, origin)
         base = path.parent
         out, profiles = self.body_fragments(data, base, origin, (*stack, path), "")
@@ -174,7 +236,13 @@ class _Loader:
         out: list[Fragment] = []
         profiles: dict[str, list[Fragment]] = {}
         for i, name in enumerate(includes):
-            path, inc_origin = self.resolve_include(name, base, origin, f"{prefix}include[{i}]")
+            key = f"{prefix}include[{i}]"
+            path, inc_origin = self.resolve_include(name, base, origin, key)
+            if path in stack:  # checked here, where the file and key that close the cycle are known
+                chain = " -> ".join(p.name for p in (*stack, path))
+                raise SpecError(f"{origin}: {key}: including {name!r} makes an include cycle: {chain}")
+            if len(stack) >= MAX_INCLUDE_DEPTH:
+                raise SpecError(f"{origin}: {key}: including {name!r} nests includes deeper than {MAX_INCLUDE_DEPTH} files")
             frags, inc_profiles = self.fragments(path, inc_origin, stack)
             out.extend(frags)
             for pname, pfrags in inc_profiles.items():
@@ -188,6 +256,10 @@ class _Loader:
             src = self.inside(base, entry["source"], origin, f"{prefix}files[{i}].source")
             if not src.exists():
                 raise SpecError(f"{origin}: {prefix}files[{i}].source: {entry['source']!r} does not exist")
+            try:
+                source_items(src)
+            except ValueError as e:  # a fifo, socket or device cannot be copied into an image
+                raise SpecError(f"{origin}: {prefix}files[{i}].source: {entry['source']!r}: {e}") from None
             entry["source"] = self.label(src)
         out.append(Fragment(origin, body))
         return out, profiles

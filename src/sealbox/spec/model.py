@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 from pathlib import PurePosixPath
 from typing import Literal
+from urllib.parse import urlsplit
 
 from pydantic import field_validator, model_validator
 
@@ -24,6 +25,19 @@ def _check_all(values: list[str], rx: re.Pattern[str], what: str, allowed: str) 
         if not rx.fullmatch(v):
             raise ValueError(f"{v!r} is not a valid {what} ({allowed})")
     return values
+
+
+def _is_url(v: str) -> bool:
+    """http(s)://host/... or file:///..., printable ASCII without quotes: the URL ends up in apt source lines."""
+    if not re.fullmatch(r"[\x21-\x7e]+", v) or "'" in v or '"' in v:
+        return False
+    try:
+        parts = urlsplit(v)
+    except ValueError:  # e.g. an unclosed IPv6 bracket
+        return False
+    if not v.startswith(f"{parts.scheme}://") or parts.scheme not in ("http", "https", "file"):
+        return False
+    return parts.scheme == "file" or bool(parts.hostname)
 
 
 def _abs_posix(path: str, what: str) -> str:
@@ -52,7 +66,7 @@ class Distribution(Section):
     @field_validator("mirror", "security_mirror", "snapshot")
     @classmethod
     def _url(cls, v: str) -> str:
-        if v and not re.fullmatch(r"(https?|file)://[^\s'\"]+", v):
+        if v and not _is_url(v):
             raise ValueError(f"{v!r} is not an http(s):// or file:// URL")
         return v.rstrip("/")
 
@@ -92,7 +106,7 @@ class User(Section):
     @field_validator("authorized_keys")
     @classmethod
     def _keys(cls, v: list[str]) -> list[str]:
-        rx = re.compile(r"^(ssh-ed25519|ssh-rsa|ecdsa-sha2-nistp(256|384|521)|sk-ssh-ed25519@openssh\.com) [A-Za-z0-9+/=]+( [^\n]*)?$")
+        rx = re.compile(r"^(ssh-ed25519|ssh-rsa|ecdsa-sha2-nistp(256|384|521)|sk-ssh-ed25519@openssh\.com) [A-Za-z0-9+/=]+( [^\x00-\x1f\x7f]*)?$")
         return _check_all(v, rx, "OpenSSH public key", "one 'type base64 [comment]' line")
 
 
@@ -228,6 +242,16 @@ class ImageBody(Section):
 
 class ImageSpec(ImageBody):
     """The fully merged spec (includes and profiles resolved)."""
+
+    @model_validator(mode="after")
+    def _unique_uids(self) -> "ImageSpec":
+        owner: dict[int, str] = {}
+        for name, user in sorted(self.users.items()):
+            if user.uid is not None:
+                if user.uid in owner:
+                    raise ValueError(f"users.{name}.uid: {user.uid} is already the uid of users.{owner[user.uid]} (uids must be unique)")
+                owner[user.uid] = name
+        return self
 
     @model_validator(mode="after")
     def _no_baked_keys_unless_allowed(self) -> "ImageSpec":

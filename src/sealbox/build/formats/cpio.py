@@ -17,6 +17,8 @@ from sealbox.errors import BuildError
 
 MAGIC = b"070701"
 TRAILER = "TRAILER!!!"
+HEADER = 110
+MAX_FIELD = 0xFFFFFFFF
 
 
 def _pad4(n: int) -> bytes:
@@ -35,7 +37,11 @@ def walk_sorted(tree: Path) -> list[str]:
     initramfs root world-writable, which sshd (rightly) refuses for authorized_keys paths.
     """
     out = []
-    for dirpath, dirnames, filenames in os.walk(tree):
+
+    def fail(e: OSError) -> None:  # os.walk would otherwise skip an unreadable directory silently
+        raise BuildError(f"cannot archive {e.filename}: {e.strerror}")
+
+    for dirpath, dirnames, filenames in os.walk(tree, onerror=fail):
         rel = os.path.relpath(dirpath, tree)
         for name in dirnames + filenames:
             out.append(name if rel == "." else f"{rel}/{name}")
@@ -92,6 +98,8 @@ def write_cpio(tree: Path, out: BinaryIO, epoch: int) -> int:
         if stat.S_ISLNK(st.st_mode):
             data = os.fsencode(os.readlink(tree / p))
         elif stat.S_ISREG(st.st_mode) and first:
+            if st.st_size > MAX_FIELD:  # checked before reading: newc sizes are 32-bit
+                raise BuildError(f"cannot archive {p}: {st.st_size} bytes is more than newc cpio allows (4 GiB)")
             data = (tree / p).read_bytes()
         elif not (stat.S_ISDIR(st.st_mode) or stat.S_ISREG(st.st_mode) or stat.S_ISCHR(st.st_mode)
                   or stat.S_ISBLK(st.st_mode) or stat.S_ISFIFO(st.st_mode) or stat.S_ISSOCK(st.st_mode)):
@@ -99,7 +107,8 @@ def write_cpio(tree: Path, out: BinaryIO, epoch: int) -> int:
         rmaj = os.major(st.st_rdev) if stat.S_ISCHR(st.st_mode) or stat.S_ISBLK(st.st_mode) else 0
         rmin = os.minor(st.st_rdev) if stat.S_ISCHR(st.st_mode) or stat.S_ISBLK(st.st_mode) else 0
         name = os.fsencode(p) + b"\0"
-        hdr = _header(ino, st.st_mode, st.st_uid, st.st_gid, nlink, min(int(st.st_mtime), epoch), len(data), rmaj, rmin, len(name))
+        mtime = max(0, min(int(st.st_mtime), epoch))  # newc has no negative times: pre-1970 becomes 0
+        hdr = _header(ino, st.st_mode, st.st_uid, st.st_gid, nlink, mtime, len(data), rmaj, rmin, len(name))
         out.write(hdr + name + _pad4(len(hdr) + len(name)))
         out.write(data + _pad4(len(data)))
     name = TRAILER.encode() + b"\0"
@@ -125,15 +134,23 @@ def read_cpio(data: bytes) -> Iterator[Entry]:
     """Parse a newc archive (for diffing artifacts). Hard links get the data of their first entry."""
     pos, first_data = 0, {}
     while True:
-        if data[pos:pos + 6] != MAGIC:
-            raise BuildError(f"not a newc cpio archive at offset {pos}")
-        f = [int(data[pos + 6 + 8 * i:pos + 14 + 8 * i], 16) for i in range(13)]
+        if data[pos:pos + 6] != MAGIC or pos + HEADER > len(data):
+            raise BuildError(f"not a newc cpio archive at offset {pos}" if data[pos:pos + 6] != MAGIC
+                             else f"cpio archive truncated in the header at offset {pos}")
+        try:
+            f = [int(data[pos + 6 + 8 * i:pos + 14 + 8 * i], 16) for i in range(13)]
+        except ValueError:
+            raise BuildError(f"cpio header at offset {pos} has a field that is not hexadecimal") from None
+        if any(not 0 <= x <= MAX_FIELD for x in f):  # int() also takes '+', '-', '_' and spaces
+            raise BuildError(f"cpio header at offset {pos} has an out-of-range field")
         ino, mode, uid, gid, nlink, mtime, size, _, _, rmaj, rmin, namesize, _ = f
-        pos += 110
-        name = data[pos:pos + namesize - 1].decode(errors="surrogateescape")
-        pos += namesize + (-(110 + namesize) % 4)
-        body = data[pos:pos + size]
-        pos += size + (-size % 4)
+        name_end = pos + HEADER + namesize
+        body_start = name_end + (-name_end % 4)
+        if namesize < 1 or body_start + size > len(data) or data[name_end - 1:name_end] != b"\0":
+            raise BuildError(f"cpio entry at offset {pos} is truncated or malformed")
+        name = data[pos + HEADER:name_end - 1].decode(errors="surrogateescape")
+        body = data[body_start:body_start + size]
+        pos = body_start + size + (-size % 4)
         if name == TRAILER:
             return
         if stat.S_ISREG(mode) and nlink > 1:
