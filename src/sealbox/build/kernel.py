@@ -100,7 +100,7 @@ def extract_vmlinux(bzimage: bytes) -> bytes:
 
 # --- modules ------------------------------------------------------------------------------------
 
-def _module_bytes(path: Path) -> bytes:
+def read_module(path: Path) -> bytes:
     """A module file's ELF bytes; .ko.xz/.ko.gz/.ko.zst (Debian's 6.12 kernels use .ko.xz) are decompressed."""
     data = path.read_bytes()
     try:
@@ -119,7 +119,7 @@ def _module_bytes(path: Path) -> bytes:
 
 def modinfo(path: Path) -> dict[str, list[str]]:
     """key -> values from the .modinfo section of an ELF64 little-endian kernel module (plain or compressed)."""
-    data = _module_bytes(path)
+    data = read_module(path)
     if len(data) < 64 or data[:4] != b"\x7fELF" or data[4] != 2 or data[5] != 1:
         raise BuildError(f"{path.name} is not an ELF64 little-endian module")
     try:

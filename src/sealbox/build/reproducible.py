@@ -11,7 +11,6 @@ and the same content-addressed .deb cache (inputs, verified by hash); neither re
 
 from __future__ import annotations
 
-import json
 import os
 import shlex
 import shutil

@@ -77,8 +77,13 @@ def main(argv: list[str] | None = None) -> int:
     except click.exceptions.Abort:
         click.echo("sealbox: aborted", err=True)
         return 130
+    except click.UsageError as e:
+        # one line, like every other error: what is wrong, and where to look
+        cmd = e.ctx.command_path if e.ctx else "sealbox"
+        click.echo(f"sealbox: error: {' '.join(e.format_message().split())} (see '{cmd} --help')", err=True)
+        return e.exit_code
     except click.ClickException as e:
-        e.show()
+        click.echo(f"sealbox: error: {' '.join(e.format_message().split())}", err=True)
         return e.exit_code
     except click.exceptions.Exit as e:
         return e.exit_code

@@ -20,7 +20,7 @@ from sealbox.sandbox import stepkinds
 from sealbox.sandbox.guest import ssh
 from sealbox.sandbox.model import GuestNet
 from sealbox.sandbox.planning import CONSOLE_LOG
-from sealbox.sandbox.state import SandboxRecord, StateDir
+from sealbox.sandbox.state import SandboxRecord, StateDir, pid_alive
 from sealbox.sandbox.steps import undo_steps
 from sealbox.sandbox.vmm.base import VmmBackend
 from sealbox.util.names import check_sandbox_name
@@ -118,8 +118,27 @@ def follow_logs(state: StateDir, name: str, *, follow: bool, poll: float = 0.25,
 
 # ---- stop / rm --------------------------------------------------------------------------------
 
+def _guest_poweroff(state: StateDir, record: SandboxRecord, deadline: float) -> bool:
+    """Ask systemd in the guest to power off (over the sandbox's own SSH) and wait for the VMM to exit.
+
+    The image runs no logind (it would need D-Bus), so nothing in the guest acts on an ACPI power
+    button; `systemctl poweroff` over SSH is the graceful path, the backend's own stop the fallback."""
+    try:
+        t = ssh_target(state, record.name)
+    except SandboxError:
+        return False
+    if ssh.run_in_guest(t, ["systemctl", "poweroff", "--no-block"], timeout=max(1.0, min(10.0, deadline - time.monotonic()))) != 0:
+        return False
+    pid, start = st.vmm_pid(record)
+    while time.monotonic() < deadline:
+        if not pid_alive(pid, start):
+            return True
+        time.sleep(0.2)
+    return False
+
+
 def stop(state: StateDir, name: str, timeout: float = 30.0) -> str:
-    """Graceful shutdown (ACPI power button / Ctrl-Alt-Del), then kill after `timeout`."""
+    """Graceful shutdown (systemctl poweroff over SSH, else ACPI power button / Ctrl-Alt-Del), then kill."""
     with state.lock(name):
         record = load(state, name)
         status = st.derive(record)
@@ -129,7 +148,12 @@ def stop(state: StateDir, name: str, timeout: float = 30.0) -> str:
             return "not running"
         if status != "running":
             raise SandboxError(f"sandbox {name!r} is {status}, not running", hint="remove it with 'sealbox rm' (or 'sealbox gc')")
-        how = backend_for(record).stop(record, timeout)
+        deadline = time.monotonic() + timeout
+        if _guest_poweroff(state, record, deadline):
+            how = "poweroff"
+            backend_for(record).stop(record, 0.5)  # reap/clean the VMM's own leftovers, if any
+        else:
+            how = backend_for(record).stop(record, max(0.5, deadline - time.monotonic()))
         record.status = "stopped"
         state.save(record)
         return str(how or "stopped")

@@ -63,7 +63,7 @@ def known_names(state: StateDir) -> set[str]:
     """Every sandbox name this state dir has used: lock files persist after rm (see module doc)."""
     from sealbox.sandbox.host import ipam
 
-    names = {p.stem for p in (state.root / "locks").glob("*.lock") if NAME_RE.fullmatch(p.stem) and p.stem != "global"}
+    names = {p.stem for p in (state.root / "locks").glob("*.lock") if NAME_RE.fullmatch(p.stem)}
     return names | set(ipam.read_allocations(state.root)) | set(state.names())
 
 

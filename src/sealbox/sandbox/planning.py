@@ -23,15 +23,12 @@ from sealbox.sandbox.vmm.base import VmmBackend
 from sealbox.util.names import check_sandbox_name
 
 CONSOLE_LOG = "console.log"
-RESERVED_NAME = "global"
 FIRECRACKER_OVERHEAD_MIB = 128  # Firecracker's own RSS beyond guest RAM is small; room for page tables + buffers
 
 
 def make_spec(**flags: Any) -> SandboxSpec:
     """SandboxSpec from CLI flags; --allow-egress/--disk strings are parsed here. One-line errors."""
     check_sandbox_name(flags.get("name", ""))
-    if flags.get("name") == RESERVED_NAME:  # locks/global.lock is the state dir's allocation lock
-        raise UsageError(f"the sandbox name {RESERVED_NAME!r} is reserved", hint="choose another --name")
     egress = []
     for text in flags.pop("allow_egress", ()) or ():
         try:

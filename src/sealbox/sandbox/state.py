@@ -4,7 +4,8 @@ Layout (default root /var/lib/sealbox, override with --state-dir or SEALBOX_STAT
     sandboxes/<name>/record.json   the SandboxRecord (spec, status, host steps, pids)
     sandboxes/<name>/...           per-sandbox files (console log, keys, sockets, instance disk)
     locks/<name>.lock              flock target; kept outside the sandbox dir so `rm` can delete that dir
-    locks/global.lock              held briefly while allocating shared resources (addresses)
+    global.lock                    held briefly while allocating shared resources (addresses); kept apart
+                                   from locks/ so no sandbox name can collide with it
 """
 
 from __future__ import annotations
@@ -96,11 +97,18 @@ class StateDir:
         os.chmod(self.root, 0o711)  # the unprivileged VMM user must traverse to its own files only
 
     # locking -----------------------------------------------------------------------------------
-    @contextlib.contextmanager
-    def lock(self, name: str, timeout: float = 30.0) -> Iterator[None]:
+    def lock(self, name: str, timeout: float = 30.0) -> contextlib.AbstractContextManager[None]:
         """Exclusive per-sandbox lock (flock). Bounded wait, clear error if another command holds it."""
         self.ensure()
-        lock_file = self.root / "locks" / f"{check_sandbox_name(name) if name != 'global' else name}.lock"
+        return self._flock(self.root / "locks" / f"{check_sandbox_name(name)}.lock", f"sandbox {name!r}", timeout)
+
+    def global_lock(self, timeout: float = 30.0) -> contextlib.AbstractContextManager[None]:
+        """The state dir's lock for shared allocations (addresses)."""
+        self.ensure()
+        return self._flock(self.root / "global.lock", "the state directory's allocation lock", timeout)
+
+    @contextlib.contextmanager
+    def _flock(self, lock_file: Path, what: str, timeout: float) -> Iterator[None]:
         fd = os.open(lock_file, os.O_RDWR | os.O_CREAT, 0o600)
         try:
             deadline = time.monotonic() + timeout
@@ -112,7 +120,7 @@ class StateDir:
                     if e.errno not in (errno.EAGAIN, errno.EACCES):
                         raise
                     if time.monotonic() > deadline:
-                        raise SandboxError(f"sandbox {name!r} is busy: another sealbox command holds its lock", hint="retry later") from None
+                        raise SandboxError(f"{what} is busy: another sealbox command holds its lock", hint="retry later") from None
                     time.sleep(0.05)
             yield
         finally:

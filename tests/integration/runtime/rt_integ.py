@@ -3,7 +3,6 @@ complete list of what a sandbox may leave on the host (used to prove that nothin
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import signal
@@ -14,7 +13,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import pytest
 
 from sealbox.sandbox.host import cgroups, netnames
 
@@ -69,22 +67,10 @@ class Sealbox:
 
 
 def image_dir(cache: Path) -> Path:
-    """SEALBOX_TEST_IMAGE, else the default image built once with `sealbox build` (when the builder exists)."""
-    env = os.environ.get("SEALBOX_TEST_IMAGE")
-    if env:
-        d = Path(env)
-        if not (d / "manifest.json").is_file():
-            pytest.skip(f"SEALBOX_TEST_IMAGE={env} has no manifest.json")
-        return d
-    if importlib.util.find_spec("sealbox.cli.build") is None:
-        pytest.skip("no test image: set SEALBOX_TEST_IMAGE to a build dir (e.g. /var/tmp/sealbox-interim/default); "
-                    "sealbox.cli.build is not available to build the default image")
-    out = cache / "default"
-    if not (out / "manifest.json").is_file():
-        p = subprocess.run([*CLI, "build", "--output", str(out)], capture_output=True, text=True, timeout=3600)
-        if p.returncode != 0:
-            pytest.fail(f"'sealbox build --output {out}' failed: {p.stderr.strip()[-800:]}")
-    return out
+    """SEALBOX_TEST_IMAGE, else the default image shared by all integration tests (tests/imagecache.py)."""
+    from imagecache import default_image
+
+    return default_image()
 
 
 def manifest(image: Path) -> dict[str, Any]:

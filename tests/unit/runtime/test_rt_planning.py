@@ -24,7 +24,6 @@ def spec(image_dir: Path, **kw):  # type: ignore[no-untyped-def]
 @pytest.mark.parametrize(("kw", "msg"), [
     ({"name": "bad name"}, "invalid sandbox name"),
     ({"name": ""}, "invalid sandbox name"),
-    ({"name": "global"}, "reserved"),
     ({"memory_mib": 8}, "--memory=8"),
     ({"cpus": 0}, "--cpus=0"),
     ({"net": "bridge"}, "--net='bridge'"),

@@ -171,4 +171,4 @@ def test_known_names_come_from_locks_ipam_and_records(tmp_path: Path) -> None:
     (state.root / "ipam").mkdir()
     (state.root / "ipam" / "b.json").write_text('{"name": "b", "link": "10.213.0.0/30", "pool": "10.213.0.0/16"}')
     state.reserve(rec("stopped", name="c"))
-    assert gc.known_names(state) == {"a", "b", "c"}
+    assert gc.known_names(state) == {"a", "b", "c", "global"}  # "global" is an ordinary name now

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from sealbox.build.formats.compress import zstd_writer
 from sealbox.build.formats.cpio import write_cpio
-from sealbox.build.kernel import KernelFiles, load_order
+from sealbox.build.kernel import KernelFiles, load_order, read_module
 from sealbox.util.run import run
 
 LOADER_MODULES = ["virtio_mmio", "virtio_pci", "virtio_blk"]
@@ -55,8 +55,10 @@ def build_loader(busybox_deb: Path, kernel: KernelFiles, work: Path, out: Path, 
         (root / "bin" / applet).symlink_to("busybox")
     names = []
     for mod in load_order(LOADER_MODULES, kernel.modules_root):
-        shutil.copyfile(mod, root / "modules" / mod.name)
-        names.append(mod.name)
+        # busybox insmod takes plain .ko only; newer kernels ship .ko.xz / .ko.zst
+        name = mod.name.split(".ko")[0] + ".ko"
+        (root / "modules" / name).write_bytes(read_module(mod))
+        names.append(name)
     (root / "etc/modules.order").write_text("\n".join(names) + "\n")
     os.mknod(root / "dev/console", 0o600 | stat.S_IFCHR, os.makedev(5, 1))  # init's stdio before devtmpfs
     (root / "init").write_text(INIT)

@@ -173,6 +173,27 @@ def exec_in_netns(netns: str, argv: list[str]) -> None:
     os.execv(binary, argv)
 
 
+def run_in_guest(t: SshTarget, command: Sequence[str], timeout: float) -> int | None:
+    """Run `command` over SSH from inside the sandbox's netns; its exit status, None if ssh did not finish."""
+    import subprocess
+
+    from sealbox.sandbox.host.netns import _setns, netns_path
+
+    argv = exec_argv(t, command, user="root")
+    try:
+        fd = os.open(netns_path(t.netns), os.O_RDONLY | os.O_CLOEXEC)
+    except FileNotFoundError:
+        return None
+    try:
+        proc = subprocess.run(argv, stdin=subprocess.DEVNULL, capture_output=True, timeout=timeout,
+                              preexec_fn=lambda: _setns(fd))  # the child enters the netns, then execs ssh
+    except (subprocess.TimeoutExpired, OSError):
+        return None
+    finally:
+        os.close(fd)
+    return proc.returncode
+
+
 def probe_ssh(netns: str, host: str, port: int = 22, timeout: float = 2.0) -> str | None:
     """One attempt: connect from inside `netns` and read the server's SSH banner. None if not (yet) up."""
     from sealbox.sandbox.host.netns import connect_in_netns

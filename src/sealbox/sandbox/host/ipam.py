@@ -1,7 +1,7 @@
 """Address allocation: one /30 per sandbox link (and one more for the nat uplink) from a pool.
 
 Storage: one small JSON file per sandbox, `<state>/ipam/<name>.json`, written atomically (fsynced
-temp file + rename) while `StateDir.lock("global")` is held. The set of files *is* the allocation
+temp file + rename) while `StateDir.global_lock()` is held. The set of files *is* the allocation
 table: a concurrent `sealbox run` takes the same lock, lists the directory and sees every
 allocation made before it, because the rename is complete before the lock is released. Release is
 the removal of that file (also under the lock). Nothing else is shared, so a crash can at worst
@@ -143,11 +143,12 @@ def allocate(
 ) -> Allocation:
     """Allocate (or with dry_run only compute) the lowest free /30s, or the given `link`. Visible to
     others before it returns."""
-    with state.lock("global"):
+    if dry_run:  # a plan only: read without locking, so --dry-run creates nothing
+        return _plan(state.root, name, nat, pool, link)
+    with state.global_lock():
         alloc = _plan(state.root, name, nat, pool, link)
-        if not dry_run:
-            ipam_dir(state.root).mkdir(mode=0o700, exist_ok=True)
-            atomic.write_json(_file(state.root, name), alloc.model_dump(mode="json"), mode=0o600)
+        ipam_dir(state.root).mkdir(mode=0o700, exist_ok=True)
+        atomic.write_json(_file(state.root, name), alloc.model_dump(mode="json"), mode=0o600)
     return alloc
 
 
@@ -157,7 +158,7 @@ def release(state_root: Path, name: str, link: ipaddress.IPv4Network | None = No
     path = _file(state.root, name)
     if not path.exists():
         return False
-    with state.lock("global"):
+    with state.global_lock():
         try:
             current = json.loads(path.read_bytes())
         except FileNotFoundError:
@@ -192,7 +193,7 @@ class IpamAllocation(Step):
     def do(self) -> dict[str, Any] | None:
         state = StateDir(Path(self.state_root))
         mine = self._allocation()
-        with state.lock("global"):
+        with state.global_lock():
             allocs = read_allocations(state.root)
             if allocs.get(self.name) == mine:
                 return {"file": str(_file(state.root, self.name))}
