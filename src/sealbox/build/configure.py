@@ -159,6 +159,7 @@ def configure(tree: Path, loaded: LoadedSpec, kernel_load: list[str], epoch: int
     _write(tree, "/etc/hosts", b"127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n", 0o644)
     if spec.hardening.ssh:
         _write(tree, "/etc/ssh/sshd_config.d/00-sealbox.conf", _guest_file("sshd-sealbox.conf"), 0o644)
+        _write(tree, "/etc/systemd/system/ssh.service.d/sealbox.conf", _guest_file("ssh-service-sealbox.conf"), 0o644)
     if spec.hardening.firewall:
         _write(tree, "/etc/nftables.conf", firewall_conf(spec).encode(), 0o755)
     create_users(tree, spec, epoch)

@@ -65,6 +65,8 @@ GROUPS: dict[str, list[str]] = {
         "/usr/lib/systemd/system-generators/systemd-gpt-auto-generator",
         "/usr/lib/systemd/system-generators/systemd-rc-local-generator",
         "/usr/lib/systemd/system-generators/systemd-sysv-generator",
+        "/usr/lib/systemd/system-generators/systemd-run-generator",
+        "/usr/lib/systemd/system-generators/systemd-system-update-generator",
         "/usr/lib/systemd/user-generators/*", "/usr/lib/systemd/system-environment-generators/*",
     ],
 }

@@ -113,13 +113,17 @@ def test_mtime_before_1970_does_not_corrupt_the_header(tmp_path: Path) -> None:
     assert _cpio_tool_list(data) == sorted(entries)
 
 
-def test_entries_sorted_by_bytes_with_root_first(tmp_path: Path) -> None:
+def test_entry_order_root_then_dirs_then_links_then_files(tmp_path: Path) -> None:
     tree = make_tree(tmp_path / "t", 0)
-    names = [e.name for e in read_cpio(archive(tree))]
+    entries = list(read_cpio(archive(tree)))
+    names = [e.name for e in entries]
     assert names[0] == "."
-    assert names[1:] == sorted(names[1:], key=os.fsencode)
-    assert names.index("a") < names.index("a-b") < names.index("a/b")  # '-' 0x2d < '/' 0x2f; parents first
-    assert names.index("B-upper") < names.index("a")
+    kinds = [0 if stat.S_ISDIR(e.mode) else 2 if stat.S_ISREG(e.mode) else 1 for e in entries[1:]]
+    assert kinds == sorted(kinds)  # every directory before anything that could be unpacked into it
+    dirs = [e.name for e in entries[1:] if stat.S_ISDIR(e.mode)]
+    assert dirs == sorted(dirs, key=os.fsencode)  # by path bytes: parents first
+    links = [e.name for e in entries[1:] if not stat.S_ISDIR(e.mode) and not stat.S_ISREG(e.mode)]
+    assert links == sorted(links, key=os.fsencode)
 
 
 def test_root_entry_carries_the_root_mode_and_owner(tmp_path: Path) -> None:
@@ -155,7 +159,7 @@ def test_hard_links_store_data_once_with_one_inode(tmp_path: Path) -> None:
     data = archive(tree)
     raw = list(_raw_entries(data))
     group = [e for e in raw if e["name"] in ("a/tool3", "usr/bin/tool", "usr/bin/tool-alias")]
-    assert [e["name"] for e in group] == ["a/tool3", "usr/bin/tool", "usr/bin/tool-alias"]
+    assert len(group) == 3
     assert [e["size"] for e in group] == [len(FILES["usr/bin/tool"]), 0, 0]  # the first entry carries the data
     assert {e["ino"] for e in group} == {group[0]["ino"]} and {e["nlink"] for e in group} == {3}
     parsed = {e.name: e for e in read_cpio(data)}

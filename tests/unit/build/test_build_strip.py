@@ -91,7 +91,7 @@ def test_each_group_can_be_switched_off(tmp_path: Path, group: str) -> None:
 
 def test_always_list_ignores_the_switches(tmp_path: Path) -> None:
     tree = image(tmp_path)
-    off = Strip(**{g: False for g in GROUPS})
+    off = Strip(**{g: False for g in GROUPS}, unused_libraries=False)
     removed = strip_tree(tree, off)
     assert set(removed) == {"always", "paths"}
     for pat in ALWAYS:
@@ -246,3 +246,29 @@ def test_elf_needed_never_raises(edits: list[tuple[int, bytes]], cut: int) -> No
         data[pos:pos + len(chunk)] = chunk
     result = elf_needed(bytes(data))
     assert result is None or (isinstance(result[0], list) and isinstance(result[1], list))
+
+
+def test_unused_libraries_follow_dt_needed_from_programs_and_plugins(tmp_path: Path) -> None:
+    from build_testlib import elf_dynamic
+
+    from sealbox.build.strip import unused_libraries
+
+    root = tmp_path / "img"
+    lib = root / "usr/lib/x86_64-linux-gnu"
+    (lib / "security").mkdir(parents=True)
+    (root / "usr/bin").mkdir(parents=True)
+    interp = b"/lib64/ld-linux-x86-64.so.2"  # marks an executable (it has a program interpreter)
+    (root / "usr/bin/prog").write_bytes(elf_dynamic(["libA.so.1"]) + interp)
+    (lib / "libA.so.1").write_bytes(elf_dynamic(["libB.so.1"]))
+    (lib / "libB.so.1").write_bytes(elf_dynamic([]))
+    (lib / "libC.so.1").write_bytes(elf_dynamic([]))  # nobody needs it
+    (lib / "libC.so").symlink_to("libC.so.1")
+    (lib / "security/pam_x.so").write_bytes(elf_dynamic(["libD.so.1"]))  # plugins are roots
+    (lib / "libD.so.1").write_bytes(elf_dynamic([]))
+    (lib / "libgcc_s.so.1").write_bytes(elf_dynamic([]))  # loaded with dlopen by glibc: kept
+    unused = unused_libraries(root)
+    assert unused == ["/usr/lib/x86_64-linux-gnu/libC.so", "/usr/lib/x86_64-linux-gnu/libC.so.1"]
+    removed = strip_tree(root, Strip(**{g: False for g in GROUPS}))
+    assert removed["unused_libraries"] > 0
+    assert not (lib / "libC.so.1").exists() and not (lib / "libC.so").is_symlink()
+    assert all((lib / n).exists() for n in ("libA.so.1", "libB.so.1", "libD.so.1", "libgcc_s.so.1"))

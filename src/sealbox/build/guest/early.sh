@@ -1,24 +1,25 @@
 #!/bin/sh
-# sealbox guest: make / read-only; give /var, /root and /home an ephemeral copy in RAM, /tmp a fresh tmpfs.
-# Runs before anything writes there. The image stays byte-identical; per-boot state lives in RAM.
+# sealbox guest: make / read-only; give /var, /root and /home an ephemeral copy in RAM and /tmp a fresh
+# tmpfs, before anything writes there. The image stays byte-identical; per-boot state lives in RAM.
+# Few programs on purpose: under emulation every exec costs tens of milliseconds.
 set -eu
-seed() {  # seed DIR: a tmpfs over DIR holding a copy of what the image has there
-	dir=$1
-	[ -d "$dir" ] || return 0
-	copy=/run/sealbox/seed
-	rm -rf "$copy"
-	mkdir -p "$copy"
-	cp -a "$dir/." "$copy/"
-	mount -t tmpfs -o mode=0755,nosuid,nodev tmpfs "$dir"
-	cp -a "$copy/." "$dir/"
-	rm -rf "$copy"
-}
-mkdir -p /run/sealbox
-seed /var
-seed /root
-seed /home
-mount -t tmpfs -o mode=1777,nosuid,nodev tmpfs /tmp
+rw=/run/sealbox/rw
+mkdir -p "$rw"
+mount -t tmpfs -o mode=0755,nosuid,nodev sealbox-rw "$rw"
+cp -a /var /root /home "$rw/"
+cat > /run/sealbox/fstab <<END
+$rw/var /var none bind 0 0
+$rw/root /root none bind 0 0
+$rw/home /home none bind 0 0
+tmpfs /tmp tmpfs mode=1777,nosuid,nodev 0 0
+END
+mount --all --fstab /run/sealbox/fstab
 # an initramfs root is a writable tmpfs: make it read-only (a disk root is mounted read-only already)
 mount -o remount,ro / 2>/dev/null || true
-grep -q ' / [^ ]* ro[ ,]' /proc/mounts || { echo "sealbox: / is not read-only" > /dev/console; exit 1; }
-exit 0
+while read -r _dev mnt _type opts _rest; do
+	if [ "$mnt" = / ]; then
+		case ",$opts," in *,ro,*) exit 0 ;; esac
+	fi
+done < /proc/mounts
+echo "sealbox: / is not read-only" > /dev/console
+exit 1
