@@ -153,7 +153,8 @@ def configure(tree: Path, loaded: LoadedSpec, kernel_load: list[str], epoch: int
     install_guest_protocol(tree)
     (tree / "etc/fstab").write_text("# sealbox: / is the read-only image; see /usr/lib/sealbox/early\n")
     (tree / "etc/machine-id").write_text("")  # empty: systemd makes a transient one at boot
-    _write(tree, "/etc/modules-load.d/sealbox.conf", "".join(m + "\n" for m in kernel_load).encode(), 0o644)
+    if kernel_load:
+        _write(tree, "/etc/modules-load.d/sealbox.conf", "".join(m + "\n" for m in kernel_load).encode(), 0o644)
     _write(tree, "/etc/hostname", b"localhost\n", 0o644)
     # no netbase in the image: without this, "localhost" does not resolve (ssh -L 3389:localhost:3389)
     _write(tree, "/etc/hosts", b"127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n", 0o644)

@@ -79,7 +79,25 @@ def collect(state: StateDir, *, dry_run: bool = False) -> GcReport:
             else:
                 report.problems.append(f"{name}: {e.message}")
     _leftovers(state, report, dry_run)
+    _initrd_copies(state, report, dry_run)
     return report
+
+
+def _initrd_copies(state: StateDir, report: GcReport, dry_run: bool) -> None:
+    """Decompressed initramfs copies (sandbox/initrd_cache.py) that no sandbox here names."""
+    from sealbox.sandbox import initrd_cache
+
+    keep = set()
+    for name in state.names():
+        try:
+            path = state.load(name).image.get("boot_initrd")
+        except SandboxError:
+            continue
+        if isinstance(path, str) and path.endswith(initrd_cache.SUFFIX):
+            keep.add(Path(path).name[: -len(initrd_cache.SUFFIX)])
+    if dry_run:
+        return
+    report.removed += [f"cached initramfs {p.name}" for p in initrd_cache.prune(keep)]
 
 
 def _collect_one(state: StateDir, name: str, report: GcReport, dry_run: bool) -> None:

@@ -219,7 +219,10 @@ def _create(record: SandboxRecord, save: Callable[[], None], inp: Inputs, state:
         key = inst.key_path
     else:
         key = _restore_client_key(inp, sandbox_dir)
-    plan = planning.make_plan(spec, inp.image, inp.choice, net, sandbox_dir, uid, gid, cgroup)
+    plan = planning.make_plan(spec, inp.image, inp.choice, net, sandbox_dir, uid, gid, cgroup, create=True)
+    if plan.initrd is not None:
+        record.image["boot_initrd"] = str(plan.initrd)  # gc keeps cached initrds that a record names
+        save()
     backend = inp.choice.backend
     backend.check_host(plan)
     t_backend = time.monotonic()

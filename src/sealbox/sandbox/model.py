@@ -73,7 +73,7 @@ class SandboxSpec(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
     name: str = Field(pattern=NAME_RE.pattern)
     image_dir: Path
-    cpus: int = Field(default=1, ge=1, le=32)
+    cpus: int = Field(default=2, ge=1, le=32)  # a guest boots ~30% faster with two vCPUs under TCG
     memory_mib: int = Field(default=512, ge=64, le=1024 * 1024)
     net: NetMode = NetMode.isolated
     allow_egress: tuple[EgressRule, ...] = ()

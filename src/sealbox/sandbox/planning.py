@@ -147,12 +147,25 @@ def kernel_cmdline(boot: image_mod.BootFiles, net: GuestNet, hostname: str, firm
     return " ".join(args)
 
 
+def boot_initrd(img: image_mod.Image, initrd: Path | None, *, create: bool) -> Path | None:
+    """For an initramfs boot, the decompressed copy of the image's initrd (sandbox/initrd_cache.py);
+    `create=False` (dry run) only names it."""
+    from sealbox.sandbox import initrd_cache
+
+    rel = img.boot_file("initrd")
+    art = img.manifest.artifacts.get(rel) if rel else None
+    if initrd is None or art is None or initrd.name != rel or not rel.endswith(".zst"):
+        return initrd  # a loader for a disk boot, or an image without a digest for it: as it is
+    return initrd_cache.ensure_plain(initrd, art.sha256) if create else initrd_cache.plain_path(art.sha256)
+
+
 def make_plan(spec: SandboxSpec, img: image_mod.Image, choice: Choice, net: GuestNet, sandbox_dir: Path,
-              uid: int, gid: int, cgroup: CgroupPlan) -> VmPlan:
+              uid: int, gid: int, cgroup: CgroupPlan, *, create: bool = False) -> VmPlan:
     firmware_boot = spec.tdx or spec.firmware == "ovmf"
     boot = img.boot_files(vmm=choice.vmm, rootfs=spec.rootfs, firmware=spec.firmware, tdx=spec.tdx)
+    initrd = boot.initrd if spec.rootfs == "disk" else boot_initrd(img, boot.initrd, create=create)
     return VmPlan(
-        spec=spec, sandbox_dir=sandbox_dir, kernel=boot.kernel, initrd=boot.initrd, rootfs=boot.rootfs,
+        spec=spec, sandbox_dir=sandbox_dir, kernel=boot.kernel, initrd=initrd, rootfs=boot.rootfs,
         instance_disk=sandbox_dir / DISK_NAME, cmdline=kernel_cmdline(boot, net, spec.name, firmware_boot), net=net,
         uid=uid, gid=gid, cgroup=cgroup, accel=choice.accel, console_log=sandbox_dir / CONSOLE_LOG,
     )

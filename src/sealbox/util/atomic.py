@@ -56,6 +56,7 @@ def staged_dir(final: Path) -> Iterator[Path]:
     final = Path(final)
     final.parent.mkdir(parents=True, exist_ok=True)
     stage = Path(tempfile.mkdtemp(dir=final.parent, prefix=f".{final.name}.staging."))
+    os.chmod(stage, 0o755)  # mkdtemp makes it 0700; the result is an ordinary public directory
     try:
         yield stage
     except BaseException:

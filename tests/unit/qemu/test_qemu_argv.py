@@ -79,6 +79,8 @@ def test_microvm_tcg_initrd(make_plan, host) -> None:  # type: ignore[no-untyped
     assert one(a, "-accel") == f"tcg,tb-size={tb_size_mib(plan.spec.memory_mib)}"
     assert "-cpu" not in a
     assert one(a, "-smp") == str(plan.spec.cpus) and one(a, "-m") == f"{plan.spec.memory_mib}M"
+    assert one(a, "-object") == "rng-random,id=rng0,filename=/dev/urandom"  # entropy for the guest at boot
+    assert "virtio-rng-device,rng=rng0" in values(a, "-device")
     assert proc_fd_path(cmd, one(a, "-kernel")) == plan.kernel
     assert proc_fd_path(cmd, one(a, "-initrd")) == plan.initrd
     assert one(a, "-append") == f"{plan.cmdline} tsc_early_khz={host.tsc_khz}"
@@ -166,7 +168,8 @@ def test_tdx(make_plan, host) -> None:  # type: ignore[no-untyped-def]
     a = cmd.qemu_argv
     assert cmd.mode == "tdx"
     assert one(a, "-M") == "q35,kernel_irqchip=split,confidential-guest-support=tdx0"
-    assert one(a, "-object") == "tdx-guest,id=tdx0"
+    assert values(a, "-object") == ["tdx-guest,id=tdx0", "rng-random,id=rng0,filename=/dev/urandom"]
+    assert "virtio-rng-pci,rng=rng0" in values(a, "-device")
     assert one(a, "-accel") == "kvm"  # TDX needs KVM whatever the plan's fallback says
     assert one(a, "-cpu") == "host,-kvm-steal-time,-kvmclock"
     assert proc_fd_path(cmd, one(a, "-bios")) == host.tdvf

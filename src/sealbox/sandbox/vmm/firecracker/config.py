@@ -158,6 +158,8 @@ def build_config(plan: VmPlan, log_level: str = "Warning") -> dict[str, Any]:
         "drives": drives,
         "machine-config": {"vcpu_count": plan.spec.cpus, "mem_size_mib": plan.spec.memory_mib, "smt": False},
         "network-interfaces": [iface],
+        # virtio-rng: the guest's RNG is ready at once instead of after seconds of jitter entropy
+        "entropy": {},
         "logger": {"log_path": J.LOG_FILE, "level": log_level, "show_level": True, "show_log_origin": False},
         "metrics": {"metrics_path": J.METRICS_FILE},
     }
