@@ -147,9 +147,9 @@ def trivial_initrd(work: Path) -> Path:
     return out
 
 
-def baseline_boot(kernel: Path, initrd: Path, memory: int, timeout: float = 120) -> float:
+def baseline_boot(kernel: Path, initrd: Path, memory: int, cpus: int, timeout: float = 120) -> float:
     tsc = host_tsc_khz()
-    argv = ["qemu-system-x86_64", "-M", "microvm", "-accel", f"tcg,tb-size={tb_size_mib(memory)}", "-smp", "1", "-m", f"{memory}M",
+    argv = ["qemu-system-x86_64", "-M", "microvm", "-accel", f"tcg,tb-size={tb_size_mib(memory)}", "-smp", str(cpus), "-m", f"{memory}M",
             "-nodefaults", "-no-user-config", "-nographic", "-serial", "stdio", "-kernel", str(kernel), "-initrd", str(initrd),
             "-append", f"console=ttyS0 rdinit=/init{f' tsc_early_khz={tsc}' if tsc else ''}"]
     t0 = time.perf_counter()
@@ -179,10 +179,11 @@ def bench_boot(image: Path, state: StateDir, rounds: int, memory: int) -> dict[s
     with tempfile.TemporaryDirectory() as d:
         initrd = trivial_initrd(Path(d))
         for i in range(rounds):
-            base.append(baseline_boot(kernel, initrd, memory))
             name = f"{PREFIX}-boot{i}"
+            spec = manager.make_spec(name=name, image_dir=image, accel="tcg", memory_mib=memory)
+            base.append(baseline_boot(kernel, initrd, memory, spec.cpus))  # same machine: memory, vCPUs, TCG cache
             try:
-                r = manager.run(manager.make_spec(name=name, image_dir=image, accel="tcg", memory_mib=memory), state)
+                r = manager.run(spec, state)
                 g = state.load(name).guest
                 ours.append(g["vmm_start_s"] + g["ready_s"])
                 total.append(r["run_s"])
