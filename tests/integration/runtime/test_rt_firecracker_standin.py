@@ -36,6 +36,7 @@ def fc_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     monkeypatch.setenv("SEALBOX_FIRECRACKER", str(fc))
     monkeypatch.setenv("SEALBOX_JAILER", str(jailer))
     monkeypatch.setenv("SEALBOX_JAILER_CHROOT_BASE", str(tmp_path / "jails"))
+    monkeypatch.setenv("SEALBOX_CACHE_DIR", str(tmp_path / "cache"))  # the decompressed-initrd copy goes here
     # the manager only lets Firecracker run with functional KVM: pretend (the stand-in needs none)
     monkeypatch.setattr(planning, "_kvm", lambda root, dry_run: KvmStatus(present=True, functional=True, detail="stand-in"))
     monkeypatch.setattr("pathlib.Path.exists", _kvm_exists(Path.exists))
@@ -54,7 +55,9 @@ def _image(d: Path) -> Path:
     import json
 
     d.mkdir()
-    files = {"vmlinux": b"\x7fELF" + b"k" * 4092, "initrd.cpio.zst": b"i" * 8192}
+    import zstandard
+
+    files = {"vmlinux": b"\x7fELF" + b"k" * 4092, "initrd.cpio.zst": zstandard.ZstdCompressor().compress(b"i" * 8192)}
     for n, b in files.items():
         (d / n).write_bytes(b)
         (d / n).chmod(0o644)
