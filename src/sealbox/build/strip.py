@@ -6,6 +6,7 @@ import fnmatch
 import os
 import struct
 from pathlib import Path
+from typing import Iterator
 
 from sealbox.errors import BuildError
 from sealbox.spec.model import Strip
@@ -89,6 +90,20 @@ KEEP = ["/usr/share/doc/*/copyright", "/usr/lib/locale/C.utf8*", "/usr/share/zon
         "/usr/share/zoneinfo/UTC", "/usr/share/zoneinfo/tzdata.zi"]
 
 
+def elf_files(tree: Path) -> Iterator[tuple[Path, bytes]]:
+    """(path, content) of every regular ELF file in the tree (symlinks skipped)."""
+    for dirpath, _dirs, files in os.walk(tree):
+        for name in files:
+            path = Path(dirpath) / name
+            if path.is_symlink() or not path.is_file():
+                continue
+            with open(path, "rb") as f:
+                if f.read(4) != b"\x7fELF":
+                    continue
+                f.seek(0)
+                yield path, f.read()
+
+
 def unused_libraries(tree: Path) -> list[str]:
     """Shared libraries in the main library dir that no program, PAM/NSS module or plugin can reach.
 
@@ -98,19 +113,11 @@ def unused_libraries(tree: Path) -> list[str]:
     libdir = tree / LIB_DIR.lstrip("/")
     elves: dict[Path, list[str]] = {}
     roots: list[Path] = []
-    for dirpath, _dirs, files in os.walk(tree):
-        for name in files:
-            path = Path(dirpath) / name
-            if path.is_symlink() or not path.is_file():
-                continue
-            with open(path, "rb") as f:
-                data = f.read()
-            if data[:4] != b"\x7fELF":
-                continue
-            info = elf_needed(data)
-            elves[path] = info[0] if info else []
-            if b"/lib64/ld-linux" in data[:4096] or (path.parent != libdir and path.is_relative_to(libdir)):
-                roots.append(path)
+    for path, data in elf_files(tree):
+        info = elf_needed(data)
+        elves[path] = info[0] if info else []
+        if b"/lib64/ld-linux" in data[:4096] or (path.parent != libdir and path.is_relative_to(libdir)):
+            roots.append(path)
     soname = {p.name: p for p in libdir.iterdir()} if libdir.is_dir() else {}
     for d in {p.parent for p in elves}:
         for p in d.iterdir():
@@ -270,21 +277,12 @@ def link_check(tree: Path) -> None:
     # a library's needs may be met by what its loading executable already mapped through its RUNPATH
     # (systemd's private libraries), so every RUNPATH directory in the image counts as a search dir
     elves: list[tuple[Path, list[str], list[str]]] = []
-    for dirpath, _dirs, files in os.walk(tree):
-        for name in files:
-            path = Path(dirpath) / name
-            if path.is_symlink() or not path.is_file():
-                continue
-            with open(path, "rb") as f:
-                head = f.read(4)
-                if head != b"\x7fELF":
-                    continue
-                data = head + f.read()
-            info = elf_needed(data)
-            if info is None:
-                continue
-            origin = "/" + str(path.parent.relative_to(tree))
-            elves.append((path, info[0], [r.replace("$ORIGIN", origin) for r in info[1]]))
+    for path, data in elf_files(tree):
+        info = elf_needed(data)
+        if info is None:
+            continue
+        origin = "/" + str(path.parent.relative_to(tree))
+        elves.append((path, info[0], [r.replace("$ORIGIN", origin) for r in info[1]]))
     search = LIB_DIRS + sorted({r for _p, _n, runpaths in elves for r in runpaths})
     dirs = [d for d in (in_image(tree, s) for s in search) if d is not None and d.is_dir()]
     found: dict[str, bool] = {}

@@ -11,19 +11,16 @@ Layout (default root /var/lib/sealbox, override with --state-dir or SEALBOX_STAT
 from __future__ import annotations
 
 import contextlib
-import errno
-import fcntl
 import os
 import shutil
-import time
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 from pydantic import BaseModel, ValidationError
 
 from sealbox.errors import SandboxError
 from sealbox.sandbox.steps import StepLog
-from sealbox.util import atomic
+from sealbox.util import atomic, flock
 from sealbox.util.names import check_sandbox_name
 
 DEFAULT_STATE_DIR = Path("/var/lib/sealbox")
@@ -107,24 +104,9 @@ class StateDir:
         self.ensure()
         return self._flock(self.root / "global.lock", "the state directory's allocation lock", timeout)
 
-    @contextlib.contextmanager
-    def _flock(self, lock_file: Path, what: str, timeout: float) -> Iterator[None]:
-        fd = os.open(lock_file, os.O_RDWR | os.O_CREAT, 0o600)
-        try:
-            deadline = time.monotonic() + timeout
-            while True:
-                try:
-                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                    break
-                except OSError as e:
-                    if e.errno not in (errno.EAGAIN, errno.EACCES):
-                        raise
-                    if time.monotonic() > deadline:
-                        raise SandboxError(f"{what} is busy: another sealbox command holds its lock", hint="retry later") from None
-                    time.sleep(0.05)
-            yield
-        finally:
-            os.close(fd)
+    @staticmethod
+    def _flock(lock_file: Path, what: str, timeout: float) -> contextlib.AbstractContextManager[None]:
+        return flock.exclusive(lock_file, timeout, f"{what} is busy: another sealbox command holds its lock")
 
     # records -----------------------------------------------------------------------------------
     def reserve(self, record: SandboxRecord) -> None:

@@ -25,17 +25,12 @@ Design:
 from __future__ import annotations
 
 import contextlib
-import errno
-import fcntl
-import os
-import time
 from pathlib import Path
-from typing import Iterator
 
 from pydantic import BaseModel, ValidationError
 
 from sealbox.errors import SandboxError
-from sealbox.util import atomic
+from sealbox.util import atomic, flock
 
 DEFAULT_RUN_DIR = Path("/run/sealbox")
 SYSCTL = Path("/proc/sys/net/ipv4/ip_forward")
@@ -51,26 +46,10 @@ def _paths(run_dir: Path) -> tuple[Path, Path]:
     return d / "ip_forward.json", d / "ip_forward.lock"
 
 
-@contextlib.contextmanager
-def _locked(run_dir: Path, timeout: float = 30.0) -> Iterator[None]:
-    state_file, lock_file = _paths(run_dir)
+def _locked(run_dir: Path, timeout: float = 30.0) -> contextlib.AbstractContextManager[None]:
+    _state_file, lock_file = _paths(run_dir)
     lock_file.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-    fd = os.open(lock_file, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
-    try:
-        deadline = time.monotonic() + timeout
-        while True:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                break
-            except OSError as e:
-                if e.errno not in (errno.EAGAIN, errno.EACCES):
-                    raise
-                if time.monotonic() > deadline:
-                    raise SandboxError(f"{lock_file} is held by another sealbox command", hint="retry later") from None
-                time.sleep(0.05)
-        yield
-    finally:
-        os.close(fd)
+    return flock.exclusive(lock_file, timeout, f"{lock_file} is held by another sealbox command")
 
 
 def _load(run_dir: Path) -> ForwardState | None:
