@@ -6,7 +6,8 @@
 - warm rebuild with nothing changed (target <= 2 s), shown next to `sealbox --version` start-up
 - sizes of the artifacts (target: initrd.cpio.zst <= 15 MB)
 
-Run as root: `.venv/bin/python bench/build_bench.py [--rounds N] [--json]`.
+Run as root: `.venv/bin/python bench/build_bench.py [--rounds N] [--spec FILE] [--json]`; `--spec` measures
+another spec (e.g. one that includes "default" with a lower `output.compression_level`) against the same baseline.
 """
 
 from __future__ import annotations
@@ -31,13 +32,15 @@ def timed(argv: list[str], **kw) -> float:
 def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--rounds", type=int, default=1, help="cold build/baseline pairs (alternated)")
+    ap.add_argument("--spec", type=Path, help="spec to build instead of the built-in default")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
 
     from sealbox.build.sources import resolve_sources
     from sealbox.spec import load_spec
 
-    spec = load_spec(None).spec
+    spec = load_spec(args.spec).spec
+    spec_arg = [str(args.spec.resolve())] if args.spec else []
     sources = resolve_sources(spec.distribution)
     sealbox = [sys.executable, "-m", "sealbox"]
     work = Path(tempfile.mkdtemp(prefix="sealbox-bench-", dir="/var/tmp"))
@@ -45,14 +48,14 @@ def main() -> int:
     try:
         for r in range(args.rounds):
             out, cache = work / f"out{r}", work / f"cache{r}"
-            cold.append(timed([*sealbox, "build", "--no-cache", "--output", str(out / "default"),
+            cold.append(timed([*sealbox, "build", *spec_arg, "--no-cache", "--output", str(out / "default"),
                                "--lock", str(out / "lock")], env={"PATH": "/usr/sbin:/usr/bin:/sbin:/bin",
                                                                    "SEALBOX_CACHE_DIR": str(cache)}))
             raw.append(timed(["mmdebstrap", "--variant=essential", f"--include={','.join(sorted(spec.packages.include))}",
                               spec.distribution.suite, str(work / f"raw{r}.tar"), *sources.lines()]))
             (work / f"raw{r}.tar").unlink(missing_ok=True)
         last = work / f"out{args.rounds - 1}"
-        warm = [timed([*sealbox, "build", "--output", str(last / "default"), "--lock", str(last / "lock")],
+        warm = [timed([*sealbox, "build", *spec_arg, "--output", str(last / "default"), "--lock", str(last / "lock")],
                       env={"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "SEALBOX_CACHE_DIR": str(work / "cache0")}) for _ in range(3)]
         startup = [timed([*sealbox, "--version"]) for _ in range(3)]
         manifest = json.loads((last / "default" / "manifest.json").read_text())
