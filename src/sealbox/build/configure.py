@@ -81,9 +81,18 @@ def _passwd_ids(tree: Path, file: str) -> dict[str, int]:
 
 
 def create_users(tree: Path, spec: ImageSpec, epoch: int) -> None:
-    groups = _passwd_ids(tree, "group")
     for name in sorted(spec.users):  # sorted: uids are assigned in a stable order
         user = spec.users[name]
+        groups, existing = _passwd_ids(tree, "group"), _passwd_ids(tree, "passwd")
+        if name in existing:
+            raise BuildError(f"users.{name}: {name!r} is already an account in the image (uid {existing[name]}, created by a package)",
+                             hint="choose another user name")
+        if name in groups:
+            raise BuildError(f"users.{name}: a group named {name!r} already exists in the image", hint="choose another user name")
+        taken = {uid: n for n, uid in existing.items()}
+        if user.uid is not None and user.uid in taken:
+            raise BuildError(f"users.{name}.uid: {user.uid} is already used by {taken[user.uid]!r} in the image",
+                             hint="choose another uid or leave it out")
         for g in user.groups:
             if g not in groups:
                 raise BuildError(f"users.{name}.groups: group {g!r} does not exist in the image", hint="add the package that creates it")
