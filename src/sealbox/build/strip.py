@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import fnmatch
+import functools
 import os
 import struct
 from pathlib import Path
@@ -11,7 +12,8 @@ from typing import Iterator
 from sealbox.errors import BuildError
 from sealbox.spec.model import Strip
 
-# Each group is a switch in [strip]; paths are globs inside the image (usr-merged layout).
+# Each group is a switch in [strip]; paths are globs inside the image (usr-merged layout, `path_glob` rules): a
+# pattern that matches a directory removes all of it, a keep pattern that matches a directory keeps all of it.
 GROUPS: dict[str, list[str]] = {
     "docs": ["/usr/share/doc/*/*", "/usr/share/info", "/usr/share/lintian", "/usr/share/bug", "/usr/share/common-licenses"],
     "man": ["/usr/share/man"],
@@ -86,7 +88,7 @@ ALWAYS = [
     "/var/lib/dpkg/lock*", "/var/cache/debconf/*-old", "/var/lib/sgml-base/*", "/etc/apt/preferences.d/sealbox-lock.pref",
 ]
 # Never removed by a group (the C.UTF-8 locale, copyright files, UTC).
-KEEP = ["/usr/share/doc/*/copyright", "/usr/lib/locale/C.utf8*", "/usr/share/zoneinfo/Etc", "/usr/share/zoneinfo/Etc/UTC",
+KEEP = ["/usr/share/doc/*/copyright", "/usr/lib/locale/C.utf8*", "/usr/share/zoneinfo/Etc/UTC",
         "/usr/share/zoneinfo/UTC", "/usr/share/zoneinfo/tzdata.zi"]
 
 
@@ -139,8 +141,29 @@ def unused_libraries(tree: Path) -> list[str]:
     return unused
 
 
+def path_glob(path: str, pattern: str) -> bool:
+    """Shell-like path glob: `*`, `?` and `[...]` stay within one path component, a `**` component spans any number."""
+    return _glob_parts(tuple(path.split("/")), _split(pattern))
+
+
+@functools.lru_cache(maxsize=4096)
+def _split(pattern: str) -> tuple[str, ...]:
+    return tuple(pattern.split("/"))
+
+
+def _glob_parts(parts: tuple[str, ...], pat: tuple[str, ...]) -> bool:
+    if "**" not in pat:  # the common case: same depth, component by component
+        return len(parts) == len(pat) and all(fnmatch.fnmatchcase(a, b) for a, b in zip(parts, pat))
+    i = pat.index("**")
+    head, tail = pat[:i], pat[i + 1:]
+    if len(parts) < len(head) or not all(fnmatch.fnmatchcase(a, b) for a, b in zip(parts, head)):
+        return False
+    rest = parts[len(head):]
+    return any(_glob_parts(rest[k:], tail) for k in range(len(rest) + 1))
+
+
 def _match(rel: str, patterns: list[str]) -> bool:
-    return any(fnmatch.fnmatchcase(rel, p) for p in patterns)
+    return any(path_glob(rel, p) for p in patterns)
 
 
 def strip_tree(tree: Path, strip: Strip) -> dict[str, int]:
@@ -154,7 +177,9 @@ def strip_tree(tree: Path, strip: Strip) -> dict[str, int]:
         base = "" if Path(dirpath) == tree else "/" + os.path.relpath(dirpath, tree)
         for name in sorted(dirnames + filenames):
             rel = f"{base}/{name}"
-            if _match(rel, keep):
+            if _match(rel, keep):  # a kept directory is kept whole
+                if name in dirnames:
+                    dirnames.remove(name)
                 continue
             group = next((g for g, p in patterns.items() if _match(rel, p)), None)
             if group is None:

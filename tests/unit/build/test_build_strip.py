@@ -13,7 +13,7 @@ from build_testlib import elf_dynamic, elf_static
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from sealbox.build.strip import ALWAYS, GROUPS, KEEP, elf_needed, link_check, strip_tree
+from sealbox.build.strip import ALWAYS, GROUPS, KEEP, elf_needed, link_check, path_glob, strip_tree
 from sealbox.errors import BuildError
 from sealbox.spec.model import Strip
 
@@ -39,8 +39,7 @@ def image(tmp_path: Path) -> Path:
     for pat in ALWAYS:
         put(tree, concrete(pat), b"always")
     for pat in KEEP:
-        if pat != "/usr/share/zoneinfo/Etc":
-            put(tree, concrete(pat), b"keep")
+        put(tree, concrete(pat), b"keep")
     put(tree, "/usr/share/zoneinfo/Etc/GMT+1", b"tz")
     put(tree, "/usr/share/doc/pkg/copyright", b"(c)")
     put(tree, "/usr/share/doc/pkg/changelog.gz", b"log")
@@ -75,6 +74,35 @@ def test_keep_list_survives_every_group(tmp_path: Path) -> None:
     for pat in KEEP:
         assert exists(tree, concrete(pat)), pat
     assert not exists(tree, "/usr/share/zoneinfo/Etc/GMT+1")  # only UTC stays under Etc
+
+
+@pytest.mark.parametrize("path, pattern, hit", [
+    ("/usr/lib/libx.a", "/usr/lib/*.a", True),
+    ("/usr/lib/x86_64-linux-gnu/libx.a", "/usr/lib/*.a", False),  # `*` stays within a component
+    ("/usr/lib/x86_64-linux-gnu/libx.a", "/usr/lib/**/*.a", True),
+    ("/usr/lib/libx.a", "/usr/lib/**/*.a", True),  # `**` may be empty
+    ("/opt/a/b/c", "/opt/**", True),
+    ("/opt", "/opt/**", True),
+    ("/optx/a", "/opt/**", False),
+    ("/etc/passwd-", "/etc/*-", True),
+    ("/etc/default/x-", "/etc/*-", False),
+    ("/usr/bin/perl5.36", "/usr/bin/perl[0-9]*", True),
+    ("/usr/bin/a", "/usr/bin/?", True),
+    ("/usr/bin/ab", "/usr/bin/?", False),
+])
+def test_path_glob(path: str, pattern: str, hit: bool) -> None:
+    assert path_glob(path, pattern) is hit
+
+
+def test_user_paths_and_keep_follow_the_glob_rules(tmp_path: Path) -> None:
+    tree = tmp_path / "img"
+    for rel in ("/usr/lib/top.a", "/usr/lib/sub/deep.a", "/srv/data/a/b", "/srv/data/c", "/srv/other"):
+        put(tree, rel)
+    off = Strip(**{g: False for g in GROUPS}, unused_libraries=False, paths=["/usr/lib/*.a", "/srv/*"], keep=["/srv/data"])
+    strip_tree(tree, off)
+    assert not exists(tree, "/usr/lib/top.a") and exists(tree, "/usr/lib/sub/deep.a")
+    assert exists(tree, "/srv/data/a/b") and exists(tree, "/srv/data/c")  # a kept directory is kept whole
+    assert not exists(tree, "/srv/other")
 
 
 @pytest.mark.parametrize("group", sorted(GROUPS))
