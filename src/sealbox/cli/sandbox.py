@@ -43,6 +43,8 @@ def _dump(obj: Any) -> None:
 @click.option("--tdx", is_flag=True, help="Run as a TDX guest (QEMU, TDX host).")
 @click.option("--from-snapshot", type=click.Path(path_type=Path), default=None, help="Restore a Firecracker snapshot.")
 @click.option("--timeout", type=float, default=180.0, show_default=True, help="Seconds until the guest must be ready.")
+@click.option("--console-max", "console_max_mib", type=int, default=16, show_default=True,
+              help="MiB of console log kept (a capped tmpfs); later output is dropped.")
 @click.option("--dry-run", is_flag=True, help="Print every host step and the VMM command/config; change nothing.")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 @state_opt

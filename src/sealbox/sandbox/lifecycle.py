@@ -138,6 +138,12 @@ def _record(spec: SandboxSpec, inp: Inputs) -> SandboxRecord:
     )
 
 
+def _console_step(spec: SandboxSpec, sandbox_dir: Path) -> Step:
+    from sealbox.sandbox.host.consolefs import ConsoleFsStep
+
+    return ConsoleFsStep(path=str(sandbox_dir / planning.CONSOLE_DIR), size_mib=spec.console_max_mib)
+
+
 def _step_entry(step: Step) -> dict[str, Any]:
     return {"kind": step.kind, "describe": step.describe(), "params": step.model_dump(mode="json")}
 
@@ -152,6 +158,7 @@ def dry_run(spec: SandboxSpec, state: StateDir) -> dict[str, Any]:
     sandbox_dir = state.sandboxes / spec.name
     inst = InstanceFilesStep(sandbox_dir=str(sandbox_dir), hostname=spec.name, address=f"{net.guest_ip}/{net.prefixlen}",
                              gateway=net.host_ip)
+    console = _console_step(spec, sandbox_dir)
     plan = planning.make_plan(spec, inp.image, inp.choice, net, sandbox_dir, uid, gid, planning.cgroup_plan(spec, inp.choice))
     desc = inp.choice.backend.describe(plan)
     if inp.choice.vmm == "qemu":
@@ -163,7 +170,7 @@ def dry_run(spec: SandboxSpec, state: StateDir) -> dict[str, Any]:
         "warnings": inp.choice.warnings + ([note] if note else []),
         "image": {"dir": str(inp.image.dir), "name": inp.image.name, "kernel_version": inp.image.kernel_version},
         "network": net.model_dump(mode="json"), "cmdline": plan.cmdline,
-        "steps": [_step_entry(s) for s in [*steps, inst]] + backend_steps,
+        "steps": [_step_entry(s) for s in [*steps, console, inst]] + backend_steps,
     }
     out.update({k: v for k, v in desc.items() if k not in ("steps", "backend", "accel")})
     return out
@@ -211,7 +218,7 @@ def _create(record: SandboxRecord, save: Callable[[], None], inp: Inputs, state:
     net, steps = network_steps(state, spec, uid, gid, link=inp.fixed_link())
     record.network = net.model_dump(mode="json")
     save()
-    apply_steps(steps, record.steps, save, progress)
+    apply_steps([*steps, _console_step(spec, sandbox_dir)], record.steps, save, progress)
     if inp.snapshot is None:
         inst = InstanceFilesStep(sandbox_dir=str(sandbox_dir), hostname=spec.name,
                                  address=f"{net.guest_ip}/{net.prefixlen}", gateway=net.host_ip)

@@ -84,6 +84,7 @@ class SandboxSpec(BaseModel):
     firmware: Literal["direct", "ovmf"] = "direct"
     tdx: bool = False
     timeout: float = Field(default=180.0, gt=0, le=3600)
+    console_max_mib: int = Field(default=16, ge=1, le=1024)  # the console log's tmpfs (host/consolefs.py)
     limits: Limits = Limits()
     from_snapshot: Path | None = None
 

@@ -22,7 +22,8 @@ from sealbox.sandbox.model import CgroupPlan, DiskSpec, EgressRule, GuestNet, Sa
 from sealbox.sandbox.vmm.base import VmmBackend
 from sealbox.util.names import check_sandbox_name
 
-CONSOLE_LOG = "console.log"
+CONSOLE_DIR = "console"  # a size-capped tmpfs (host/consolefs.py)
+CONSOLE_LOG = f"{CONSOLE_DIR}/console.log"
 FIRECRACKER_OVERHEAD_MIB = 128  # Firecracker's own RSS beyond guest RAM is small; room for page tables + buffers
 
 

@@ -15,6 +15,7 @@ STEP_MODULES = (
     "sealbox.sandbox.host.firewall",
     "sealbox.sandbox.host.netlink",
     "sealbox.sandbox.host.cgroups",
+    "sealbox.sandbox.host.consolefs",
     "sealbox.sandbox.guest.instance",
     "sealbox.sandbox.vmm.qemu_launch",
     "sealbox.sandbox.vmm.firecracker.staging",

@@ -106,6 +106,8 @@ def leftovers(state_dir: Path, name: str) -> list[str]:
     if netnames.root_table_name(name) in tables:
         left.append(f"nft table inet {netnames.root_table_name(name)}")
     left += [f"cgroup {d}" for d in cgroup_dirs(name) if d.exists()]
+    mounts = Path("/proc/self/mountinfo").read_text().split("\n")
+    left += [f"mount {line.split()[4]}" for line in mounts if line and f"/sandboxes/{name}/" in line.split()[4] + "/"]
     if (state_dir / "sandboxes" / name).exists():
         left.append(f"state dir {state_dir / 'sandboxes' / name}")
     if (state_dir / "ipam" / f"{name}.json").exists():

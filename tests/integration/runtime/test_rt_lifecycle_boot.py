@@ -40,7 +40,7 @@ def pair(sealbox: Sealbox) -> Iterator[Pair]:
     p = Pair(sealbox)
     procs = {
         p.a: sealbox.spawn(*sealbox.run_args(p.a, "--memory", str(MEM_A), "--json")),
-        p.b: sealbox.spawn(*sealbox.run_args(p.b, "--memory", str(MEM_B), "--net", "nat", "--json")),
+        p.b: sealbox.spawn(*sealbox.run_args(p.b, "--memory", str(MEM_B), "--net", "nat", "--console-max", "1", "--json")),
     }
     try:
         for name, proc in procs.items():
@@ -234,6 +234,17 @@ def test_memory_limit_is_in_force(pair: Pair) -> None:
 
 
 # ---- stop / rm: nothing remains -------------------------------------------------------------------
+
+def test_console_log_is_capped_and_the_guest_carries_on(pair: Pair) -> None:
+    # b runs with --console-max 1: a guest flooding its serial console cannot fill the host's disk
+    r = pair.sb.exec(pair.b, "sh", "-c", "head -c 1300000 /dev/zero | tr '\\0' x > /dev/ttyS0 && echo flooded", timeout=180)
+    assert r.returncode == 0 and "flooded" in r.stdout, r.stderr
+    logs = pair.sb("logs", pair.b, check=True).stdout
+    assert (pair.sb.state_dir / "sandboxes" / pair.b / "console" / "console.log").stat().st_size == 1 << 20
+    assert logs.endswith("x" * 1000)  # the first MiB is kept, the rest dropped
+    assert "SEALBOX-READY" in logs
+    assert pair.sb.exec(pair.b, "uname", "-r").stdout.strip() == manifest(pair.sb.image)["kernel"]["version"]
+
 
 def test_stop_then_rm_leaves_nothing(pair: Pair) -> None:
     sb = pair.sb

@@ -38,7 +38,7 @@ def test_dry_run_json_qemu(capsys, image_dir: Path, tmp_path: Path) -> None:  # 
     assert rc == 0, err
     d = json.loads(out)
     kinds = [s["kind"] for s in d["steps"]]
-    assert kinds == ["net.ipam", "net.netns", "net.firewall", "net.tap", "instance-files", "cgroup", "qemu-rundir", "qemu-start"]
+    assert kinds == ["net.ipam", "net.netns", "net.firewall", "net.tap", "console-fs", "instance-files", "cgroup", "qemu-rundir", "qemu-start"]
     assert all(s["describe"] and isinstance(s["params"], dict) for s in d["steps"])
     assert (d["vmm"], d["accel"]) == ("qemu", "tcg")
     assert "KVM not functional" in err and "TCG" in err  # the warning is shown on stderr

@@ -177,6 +177,7 @@ def test_follow_logs_stops_when_the_vmm_is_gone(tmp_path: Path) -> None:
     r = SandboxRecord(name="lg", status="running", created_at=time.time(), vmm={"pid": ME[0], "start_time": ME[1]})
     state.reserve(r)
     log = control.console_path(state, "lg")
+    log.parent.mkdir()  # the console tmpfs mount point (a plain dir here)
     log.write_bytes(b"one\n")
     got = b"".join(control.follow_logs(state, "lg", follow=False))
     assert got == b"one\n"
