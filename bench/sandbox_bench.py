@@ -30,6 +30,7 @@ from typing import Any
 from sealbox.sandbox import lifecycle, manager
 from sealbox.sandbox.state import StateDir
 from sealbox.sandbox.vmm.qemu import host_tsc_khz, tb_size_mib
+from sealbox.util.procmem import rss_split_kib
 
 PREFIX = "sbbench"
 
@@ -198,21 +199,6 @@ def bench_boot(image: Path, state: StateDir, rounds: int, memory: int) -> dict[s
 
 
 # ---- density ------------------------------------------------------------------------------------
-
-def rss_split_kib(pid: int, guest_mib: int) -> tuple[int, int]:
-    """(RSS of the guest-RAM mapping, RSS of everything else) from /proc/PID/smaps."""
-    guest = other = size = 0
-    for line in Path(f"/proc/{pid}/smaps").read_text().splitlines():
-        if line.startswith("Size:"):
-            size = int(line.split()[1])
-        elif line.startswith("Rss:"):
-            rss = int(line.split()[1])
-            if size == guest_mib * 1024 and guest == 0:
-                guest = rss
-            else:
-                other += rss
-    return guest, other
-
 
 def bench_density(image: Path, state: StateDir, count: int, memory: int, parallel: int) -> dict[str, Any]:
     names = [f"{PREFIX}-d{i:02d}" for i in range(count)]

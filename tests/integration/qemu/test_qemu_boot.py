@@ -14,6 +14,7 @@ from qemu_plan_helpers import make_plan
 from sealbox.sandbox.host import cgroups
 from sealbox.sandbox.host.users import ensure_vmm_user
 from sealbox.sandbox.state import SandboxRecord, pid_alive
+from sealbox.util.procmem import rss_split_kib
 from sealbox.sandbox.steps import StepLog, apply_steps, undo_steps
 from sealbox.sandbox.vmm.qemu import QemuBackend
 
@@ -44,22 +45,6 @@ def _http_from_netns(net, ip: str, timeout: float) -> str:  # type: ignore[no-un
             last = str(getattr(e, "stderr", e))[-300:]
             time.sleep(0.5)
     raise AssertionError(f"guest HTTP server unreachable from the netns: {last}")
-
-
-def _rss_split_kib(pid: int, guest_mib: int) -> tuple[int, int]:
-    """(RSS of the guest-RAM mapping, RSS of everything else) from /proc/PID/smaps."""
-    guest = other = 0
-    size = 0
-    for line in Path(f"/proc/{pid}/smaps").read_text().splitlines():
-        if line.startswith("Size:"):
-            size = int(line.split()[1])
-        elif line.startswith("Rss:"):
-            rss = int(line.split()[1])
-            if size == guest_mib * 1024 and guest == 0:
-                guest = rss
-            else:
-                other += rss
-    return guest, other
 
 
 def _status_field(pid: int, field: str) -> str:
@@ -108,7 +93,7 @@ def test_boot_jailed_microvm_tcg(tmp_path: Path, stand_in_network) -> None:  # t
         assert {b["device"]: b["inserted"]["ro"] for b in info["block"]} == {"instance": True, "disk0": False}
 
         rss_kib = int(_status_field(qpid, "VmRSS").split()[0])
-        guest_kib, own_kib = _rss_split_kib(qpid, spec.memory_mib)
+        guest_kib, own_kib = rss_split_kib(qpid, spec.memory_mib)
         figures = {
             "spawn_to_marker_s": round(boot_s, 2),
             "qemu_rss_mib": rss_kib // 1024,
