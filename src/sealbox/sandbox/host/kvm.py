@@ -17,7 +17,6 @@ import fcntl
 import json
 import mmap
 import os
-import select
 import signal
 import struct
 import time
@@ -28,6 +27,7 @@ from pydantic import BaseModel, ValidationError
 
 from sealbox.errors import SandboxError
 from sealbox.util import atomic
+from sealbox.util.pipes import read_until_eof
 
 KVM_DEV = Path("/dev/kvm")
 BOOT_ID = Path("/proc/sys/kernel/random/boot_id")
@@ -194,17 +194,8 @@ def _run_probe(dev: Path, timeout: float) -> KvmStatus:
         finally:
             os._exit(0)
     os.close(wfd)
-    data = b""
     try:
-        deadline = start + timeout
-        while True:
-            left = deadline - time.monotonic()
-            if left <= 0 or not select.select([rfd], [], [], left)[0]:
-                break
-            chunk = os.read(rfd, 4096)
-            if not chunk:
-                break
-            data += chunk
+        data = read_until_eof(rfd, start + timeout)
     finally:
         os.close(rfd)
         _reap(pid)

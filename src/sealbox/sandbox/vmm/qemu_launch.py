@@ -28,6 +28,7 @@ from sealbox.sandbox.steps import Step
 from sealbox.sandbox.vmm.qemu import FdFile, QemuCommand, mode_of, tdx_support
 from sealbox.sandbox.vmm.qmp import QmpClient, QmpError
 from sealbox.util import atomic
+from sealbox.util.pipes import read_until_eof
 from sealbox.util.run import which
 
 TUNSETIFF = 0x400454CA
@@ -276,13 +277,7 @@ def _double_fork(step: QemuStartStep, fds: list[tuple[int, int]], log_fd: int) -
     os.waitpid(first, 0)
     try:
         pid_text = os.read(pid_r, 64).decode()
-        err = b""
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline:  # EOF once the VMM exec'd (the pipe is close-on-exec)
-            chunk = os.read(err_r, 4096)
-            if not chunk:
-                break
-            err += chunk
+        err = read_until_eof(err_r, time.monotonic() + 10)  # EOF once the VMM exec'd (the pipe is close-on-exec)
     finally:
         os.close(pid_r)
         os.close(err_r)
