@@ -36,7 +36,7 @@ def main() -> int:
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
 
-    from sealbox.build.sources import resolve_sources
+    from sealbox.builder.sources import resolve_sources
     from sealbox.spec import load_spec
 
     spec = load_spec(args.spec).spec

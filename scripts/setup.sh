@@ -6,7 +6,7 @@ cd "$(dirname "$0")/.."
 
 APT_PACKAGES=(
   # building images
-  mmdebstrap dpkg-dev e2fsprogs zstd binutils ca-certificates
+  mmdebstrap dpkg-dev e2fsprogs zstd binutils ca-certificates cpio
   # running sandboxes
   qemu-system-x86 qemu-utils ovmf nftables iproute2 bubblewrap openssh-client util-linux
   # measuring and attesting (tests compare against these reference tools)

@@ -1,13 +1,10 @@
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests/ for imagecache
-
-from imagecache import default_image  # noqa: E402
+from imagecache import default_image
 
 
 @pytest.fixture(scope="session")

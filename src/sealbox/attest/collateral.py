@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 from cryptography import x509
@@ -56,7 +56,7 @@ class CollateralResult:
 
 def _time(text: Any, what: str) -> datetime:
     try:
-        return datetime.fromisoformat(str(text).replace("Z", "+00:00")).astimezone(timezone.utc)
+        return datetime.fromisoformat(str(text).replace("Z", "+00:00")).astimezone(UTC)
     except ValueError:
         raise AttestInputError(f"collateral {what} {text!r} is not an ISO 8601 time") from None
 

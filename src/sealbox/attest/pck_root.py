@@ -12,7 +12,7 @@ key (self-signature verified) or is directly signed by this key.
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 SUBJECT = "C=US,ST=CA,L=Santa Clara,O=Intel Corporation,CN=Intel SGX Root CA"
 SHA256_FINGERPRINT = "44a0196b2b99f889b8e149e95b807a350e7424964399e885a7cbb8ccfab674d3"
@@ -23,5 +23,5 @@ PUBLIC_KEY_POINT = (
     "040ba9c4c0c0c86193a3fe23d6b02cda10a8bbd4e88e48b4458561a36e705525f5"
     "67918e2edc88e40d860bd0cc4ee26aacc988e505a953558c453f6b0904ae7394"
 )
-NOT_BEFORE = datetime(2018, 5, 21, 10, 45, 10, tzinfo=timezone.utc)
-NOT_AFTER = datetime(2049, 12, 31, 23, 59, 59, tzinfo=timezone.utc)
+NOT_BEFORE = datetime(2018, 5, 21, 10, 45, 10, tzinfo=UTC)
+NOT_AFTER = datetime(2049, 12, 31, 23, 59, 59, tzinfo=UTC)

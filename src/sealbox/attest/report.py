@@ -7,7 +7,7 @@ AttestInputError (exit 2); a verification failure is a report with ok == False (
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 from sealbox.attest import AttestInputError
@@ -27,15 +27,15 @@ MAX_MEASUREMENTS = 16 * 1024 * 1024
 def parse_time(text: str | None) -> datetime:
     """`--at`: ISO 8601 (naive means UTC), or '@<unix seconds>'; None means now."""
     if text is None:
-        return datetime.now(timezone.utc)
+        return datetime.now(UTC)
     raw = text.strip()
     try:
         if raw.startswith("@"):
-            return datetime.fromtimestamp(int(raw[1:]), timezone.utc)
+            return datetime.fromtimestamp(int(raw[1:]), UTC)
         t = datetime.fromisoformat(raw.replace("Z", "+00:00").replace("z", "+00:00"))
     except (ValueError, OverflowError, OSError):
         raise AttestInputError(f"--at {text!r} is not a time; use ISO 8601 like 2025-07-01T00:00:00Z or @<unix seconds>") from None
-    return t.replace(tzinfo=timezone.utc) if t.tzinfo is None else t.astimezone(timezone.utc)
+    return t.replace(tzinfo=UTC) if t.tzinfo is None else t.astimezone(UTC)
 
 
 @dataclass
@@ -63,7 +63,7 @@ def quote_report(
     what = f"quote {path}"
     raw = read_input(path, "quote", MAX_QUOTE)
     q = parse_quote(raw, what)
-    at = at or datetime.now(timezone.utc)
+    at = at or datetime.now(UTC)
     rep = QuoteReport(str(path), q, verify_quote(q, at))
     if collateral is not None:
         text = read_input(collateral, "collateral", MAX_COLLATERAL)

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
@@ -229,7 +229,7 @@ def _describe(cert: x509.Certificate) -> dict[str, str]:
 
 def verify_quote(q: Quote, at: datetime | None = None, root: RootAnchor = INTEL_ROOT) -> QuoteVerification:
     """Run every offline check; never raises for a bad signature, it records a failed Check."""
-    at = at or datetime.now(timezone.utc)
+    at = at or datetime.now(UTC)
     result = QuoteVerification(at=at)
     result.checks.append(check_quote_signature(q))
     result.checks.append(check_qe_binding(q))

@@ -44,7 +44,7 @@ def _progress(json_mode: bool):
 def build(spec: Path | None, profiles: tuple[str, ...], output: Path | None, lock_path: Path | None, update_lock: bool,
           no_cache: bool, print_spec: bool, work_dir: Path | None, keep_work: bool, json_mode: bool) -> None:
     """Build an image from SPEC (default: the built-in default image)."""
-    from sealbox.build.builder import BuildOptions, build_image
+    from sealbox.builder.builder import BuildOptions, build_image
     from sealbox.spec import load_spec
 
     loaded = load_spec(spec, split_profiles(profiles))
@@ -99,7 +99,7 @@ def settings(markdown: bool) -> None:
 @click.option("--json", "json_mode", is_flag=True)
 def verify_reproducible(spec: Path | None, profiles: tuple[str, ...], work_dir: Path | None, keep: bool, json_mode: bool) -> int:
     """Build SPEC twice under varied conditions and compare every artifact bit for bit."""
-    from sealbox.build.reproducible import verify
+    from sealbox.builder.reproducible import verify
     from sealbox.spec import load_spec
 
     loaded = load_spec(spec, split_profiles(profiles))

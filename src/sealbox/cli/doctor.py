@@ -6,7 +6,7 @@ import json
 
 import click
 
-from sealbox.sandbox.host.doctor import exit_code, run_checks
+from sealbox.doctor import exit_code, run_checks
 from sealbox.sandbox.state import state_root
 
 MARKS = {"ok": "ok  ", "warn": "WARN", "fail": "FAIL", "skip": "skip"}

@@ -43,6 +43,6 @@ def ssh(name: str, user: str | None, state_dir: Path | None, ssh_args: tuple[str
 def ssh_config(name: str, alias: str | None, state_dir: Path | None) -> None:
     """Print an ssh_config stanza so ssh, scp, rsync and -L forwards work unchanged."""
     from sealbox.sandbox import control
-    from sealbox.sandbox.guest.ssh import config_stanza
+    from sealbox.sandbox.ssh import config_stanza
 
     click.echo(config_stanza(control.ssh_target(_state(state_dir), name), alias), nl=False)

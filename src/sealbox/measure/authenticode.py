@@ -17,7 +17,7 @@ import hashlib
 from dataclasses import dataclass
 
 from sealbox.errors import MeasureError
-from sealbox.measure.pe import PEImage, parse_pe
+from sealbox.formats.pe import PEImage, parse_pe
 
 ALGORITHMS = ("sha256", "sha384")
 

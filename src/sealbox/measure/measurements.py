@@ -17,9 +17,9 @@ from pathlib import Path
 from typing import Any
 
 from sealbox.errors import MeasureError
+from sealbox.formats.pe import parse_pe
 from sealbox.measure import tdx, tpm
 from sealbox.measure.authenticode import authenticode_all
-from sealbox.measure.pe import parse_pe
 from sealbox.measure.ukiinfo import read_uki, section_digests
 from sealbox.util import atomic
 

@@ -17,7 +17,7 @@ import hashlib
 from dataclasses import dataclass
 
 from sealbox.errors import MeasureError
-from sealbox.measure.pe import PEImage, parse_pe
+from sealbox.formats.pe import PEImage, parse_pe
 
 # systemd v252 fundamental/tpm-pcr.h UnifiedSection order; .pcrsig is excluded from measurement.
 STUB252_SECTIONS = (".linux", ".osrel", ".cmdline", ".initrd", ".splash", ".dtb", ".pcrsig", ".pcrpkey")

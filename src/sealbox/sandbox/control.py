@@ -9,15 +9,15 @@ from __future__ import annotations
 import logging
 import os
 import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any
 
 from pydantic import ValidationError
 
 from sealbox.errors import SandboxError
+from sealbox.sandbox import ssh, stepkinds
 from sealbox.sandbox import status as st
-from sealbox.sandbox import stepkinds
-from sealbox.sandbox.guest import ssh
 from sealbox.sandbox.model import GuestNet
 from sealbox.sandbox.planning import CONSOLE_LOG
 from sealbox.sandbox.state import SandboxRecord, StateDir, pid_alive

@@ -18,18 +18,18 @@ import os
 import signal
 import threading
 import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any
 
 from pydantic import ValidationError
 
 from sealbox.errors import SandboxError, SealboxError, UsageError
+from sealbox.guest import console as con
 from sealbox.sandbox import image as image_mod
-from sealbox.sandbox import planning, stepkinds
-from sealbox.sandbox.guest import console as con
-from sealbox.sandbox.guest import ssh
-from sealbox.sandbox.guest.instance import KEY_NAME, InstanceFilesStep, discard_prestarted, prestart_client_key
+from sealbox.sandbox import planning, ssh, stepkinds
 from sealbox.sandbox.host.network import network_steps
+from sealbox.sandbox.instance import KEY_NAME, InstanceFilesStep, discard_prestarted, prestart_client_key
 from sealbox.sandbox.model import GuestNet, SandboxSpec
 from sealbox.sandbox.state import SandboxRecord, StateDir, pid_alive, process_start_time
 from sealbox.sandbox.steps import Step, apply_steps, undo_steps

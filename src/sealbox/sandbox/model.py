@@ -28,7 +28,7 @@ class EgressRule(BaseModel):
     port: int | None = Field(default=None, ge=1, le=65535)
 
     @classmethod
-    def parse(cls, text: str) -> "EgressRule":
+    def parse(cls, text: str) -> EgressRule:
         """'CIDR' or 'CIDR:PORT' (e.g. 10.0.0.0/8:443)."""
         cidr, _, port = text.partition(":")
         return cls(cidr=ipaddress.IPv4Network(cidr, strict=False), port=int(port) if port else None)
@@ -40,7 +40,7 @@ class DiskSpec(BaseModel):
     readonly: bool = False
 
     @classmethod
-    def parse(cls, text: str) -> "DiskSpec":
+    def parse(cls, text: str) -> DiskSpec:
         """'FILE', 'FILE:ro' or 'FILE:rw' (default rw: attached disks are where writable data lives)."""
         path, sep, mode = text.rpartition(":")
         if sep and mode in ("ro", "rw"):

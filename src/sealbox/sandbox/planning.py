@@ -16,8 +16,8 @@ from pydantic import ValidationError
 
 from sealbox.errors import SandboxError, UsageError
 from sealbox.sandbox import image as image_mod
-from sealbox.sandbox.guest.instance import DISK_NAME
 from sealbox.sandbox.host import cgroups
+from sealbox.sandbox.instance import DISK_NAME
 from sealbox.sandbox.model import CgroupPlan, DiskSpec, EgressRule, GuestNet, SandboxSpec, VmPlan
 from sealbox.sandbox.vmm.base import VmmBackend
 from sealbox.util.names import check_sandbox_name

@@ -10,7 +10,8 @@ identified by pid + start time (a reused pid never counts as alive):
 from __future__ import annotations
 
 import time
-from typing import Any, Callable, Literal
+from collections.abc import Callable
+from typing import Any, Literal
 
 from pydantic import BaseModel
 

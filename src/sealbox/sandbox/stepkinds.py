@@ -1,28 +1,24 @@
-"""Import every module that defines a Step kind, so a record's steps can be rebuilt for undo.
+"""Import every module of `sealbox.sandbox` so a record's step kinds can be rebuilt for undo.
 
 Steps register themselves when their class is defined (steps._REGISTRY); `rm`, `gc` and a failed
 `run` replay records that may name kinds this process never imported (a QEMU step during `rm` of a
-sandbox started by another process). Imports are deferred to here so `ps` stays fast.
+sandbox started by another process). The walk finds every module itself: a new step kind needs no
+list to be kept by hand. Deferred to here so `ps` stays fast.
 """
 
 from __future__ import annotations
 
+import functools
 import importlib
+import pkgutil
 
-STEP_MODULES = (
-    "sealbox.sandbox.host.ipam",
-    "sealbox.sandbox.host.netns",
-    "sealbox.sandbox.host.firewall",
-    "sealbox.sandbox.host.netlink",
-    "sealbox.sandbox.host.cgroups",
-    "sealbox.sandbox.host.consolefs",
-    "sealbox.sandbox.guest.instance",
-    "sealbox.sandbox.vmm.qemu_launch",
-    "sealbox.sandbox.vmm.firecracker.staging",
-    "sealbox.sandbox.vmm.firecracker.launch",
-)
+import sealbox.sandbox
 
 
-def load_all() -> None:
-    for module in STEP_MODULES:
-        importlib.import_module(module)
+@functools.cache
+def load_all() -> tuple[str, ...]:
+    """Import the whole sandbox package once; returns the module names imported."""
+    names = [m.name for m in pkgutil.walk_packages(sealbox.sandbox.__path__, prefix="sealbox.sandbox.")]
+    for name in names:
+        importlib.import_module(name)
+    return tuple(names)

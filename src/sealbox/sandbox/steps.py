@@ -13,7 +13,8 @@ can rebuild the step from the record and call `undo()`. Therefore:
 from __future__ import annotations
 
 import logging
-from typing import Any, Callable, ClassVar, Iterable
+from collections.abc import Callable, Iterable
+from typing import Any, ClassVar
 
 from pydantic import BaseModel, ConfigDict
 
@@ -21,7 +22,7 @@ from sealbox.errors import SandboxError, SealboxError
 
 log = logging.getLogger("sealbox.steps")
 
-_REGISTRY: dict[str, type["Step"]] = {}
+_REGISTRY: dict[str, type[Step]] = {}
 
 
 class Step(BaseModel):

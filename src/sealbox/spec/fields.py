@@ -13,8 +13,7 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import ConfigDict, Field
-from pydantic import BaseModel
+from pydantic import BaseModel, ConfigDict, Field
 
 Merge = Literal["override", "append", "merge"]
 

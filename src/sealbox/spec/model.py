@@ -244,7 +244,7 @@ class ImageSpec(ImageBody):
     """The fully merged spec (includes and profiles resolved)."""
 
     @model_validator(mode="after")
-    def _unique_uids(self) -> "ImageSpec":
+    def _unique_uids(self) -> ImageSpec:
         owner: dict[int, str] = {}
         for name, user in sorted(self.users.items()):
             if user.uid is not None:
@@ -254,7 +254,7 @@ class ImageSpec(ImageBody):
         return self
 
     @model_validator(mode="after")
-    def _no_baked_keys_unless_allowed(self) -> "ImageSpec":
+    def _no_baked_keys_unless_allowed(self) -> ImageSpec:
         if not self.hardening.allow_baked_keys:
             for name, user in self.users.items():
                 if user.authorized_keys:

@@ -6,17 +6,17 @@ import os
 import shutil
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 
-VECTORS = Path(__file__).resolve().parents[3] / ".." / "shared" / "vectors" / "tdx"
+from vectors import ROOT
+
+VECTORS = ROOT / "tdx"
 
 pytestmark = [
     pytest.mark.integration,
     pytest.mark.skipif(os.geteuid() != 0, reason="needs root to create a network namespace"),
     pytest.mark.skipif(shutil.which("unshare") is None, reason="unshare (util-linux) not installed"),
-    pytest.mark.skipif(not (VECTORS / "dcap-qvl" / "tdx_quote").is_file(), reason="shared/vectors not present"),
 ]
 
 

@@ -13,7 +13,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 
 from measure_fixtures import CMDLINE, INIT, STUB, _run, debian_package  # noqa: E402
 
-from sealbox.build.formats.uki import build_uki  # noqa: E402
+from sealbox.formats.uki import build_uki  # noqa: E402
 
 
 @pytest.fixture(scope="session")

@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 from measure_fixtures import debian_package
 
+from sealbox.formats.pe import parse_pe
 from sealbox.measure.authenticode import authenticode
-from sealbox.measure.pe import parse_pe
 
 pytestmark = [
     pytest.mark.integration,
@@ -47,7 +47,7 @@ def test_uki_signed_with_sbsign(test_uki: tuple[Path, dict], tmp_path: Path) -> 
 
     key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "sealbox test signer")])
-    now = datetime.datetime(2025, 1, 1, tzinfo=datetime.timezone.utc)
+    now = datetime.datetime(2025, 1, 1, tzinfo=datetime.UTC)
     cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
             .serial_number(1).not_valid_before(now).not_valid_after(now + datetime.timedelta(days=3650))
             .sign(key, hashes.SHA256()))

@@ -210,7 +210,7 @@ class GuestStandIn:
     _relay: threading.Thread | None = None
 
     @classmethod
-    def start(cls, net: GuestNet, netns: str) -> "GuestStandIn":
+    def start(cls, net: GuestNet, netns: str) -> GuestStandIn:
         sh("ip", "netns", "add", netns)
         g = cls(net=net, netns=netns)
         try:

@@ -3,15 +3,15 @@
 from __future__ import annotations
 
 import errno
-import ipaddress
 import fcntl
+import ipaddress
 import multiprocessing
 import os
 import random
 import signal
 import struct
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import pytest
 from sbnet_standins import IFF_NO_PI, IFF_TAP, IFF_VNET_HDR, TUNSETIFF, scrub

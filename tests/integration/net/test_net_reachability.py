@@ -15,9 +15,9 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator
 
 import pytest
 from sbnet_standins import (
@@ -34,9 +34,9 @@ from sbnet_standins import (
 )
 
 from sealbox.sandbox.host import netnames, nft
+from sealbox.sandbox.host.netlink import VethStep
 from sealbox.sandbox.host.netns import connect_in_netns, read_sysctl
 from sealbox.sandbox.host.network import network_steps
-from sealbox.sandbox.host.netlink import VethStep
 from sealbox.sandbox.host.proxy import proxy
 from sealbox.sandbox.model import EgressRule, GuestNet, Limits, NetMode, RateLimit, SandboxSpec
 from sealbox.sandbox.state import SandboxRecord, StateDir

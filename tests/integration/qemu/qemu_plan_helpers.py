@@ -6,6 +6,7 @@ import ipaddress
 from pathlib import Path
 
 from qemu_guest_fixture import RW_MAGIC
+
 from sealbox.sandbox.host import cgroups
 from sealbox.sandbox.host.users import ensure_vmm_user
 from sealbox.sandbox.model import DiskSpec, GuestNet, SandboxSpec, VmPlan

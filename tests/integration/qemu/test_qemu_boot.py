@@ -8,15 +8,15 @@ import time
 from pathlib import Path
 
 import pytest
-
 from qemu_guest_fixture import GUEST_WROTE, HTTP_BODY, HTTP_PORT, MARKER, build_guest
 from qemu_plan_helpers import make_plan
+
 from sealbox.sandbox.host import cgroups
 from sealbox.sandbox.host.users import ensure_vmm_user
 from sealbox.sandbox.state import SandboxRecord, pid_alive
-from sealbox.util.procmem import rss_split_kib
 from sealbox.sandbox.steps import StepLog, apply_steps, undo_steps
 from sealbox.sandbox.vmm.qemu import QemuBackend
+from sealbox.util.procmem import rss_split_kib
 
 pytestmark = [pytest.mark.integration, pytest.mark.boot]
 

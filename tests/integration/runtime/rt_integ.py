@@ -13,7 +13,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-
 from sealbox.sandbox.host import cgroups, netnames
 
 CLI = [sys.executable, "-m", "sealbox.cli.main"]

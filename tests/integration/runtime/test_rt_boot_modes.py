@@ -7,7 +7,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-
 from rt_integ import Sealbox, leftovers, manifest
 
 pytestmark = [pytest.mark.integration, pytest.mark.boot]

@@ -10,8 +10,8 @@ import time
 from pathlib import Path
 
 import pytest
-
 from rt_integ import Sealbox, leftovers, wait_for
+
 from sealbox.sandbox.state import SandboxRecord, StateDir
 
 pytestmark = [pytest.mark.integration]

@@ -10,8 +10,8 @@ import time
 from pathlib import Path
 
 import pytest
-
 from rt_integ import leftovers
+
 from sealbox.errors import SandboxError
 from sealbox.sandbox import manager, planning
 from sealbox.sandbox.host.kvm import KvmStatus

@@ -10,14 +10,15 @@ import socket
 import subprocess
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import pytest
-
 from rt_integ import Sealbox, cgroup_dirs, leftovers, manifest
-from sealbox.sandbox.guest.ssh import probe_ssh
+
 from sealbox.sandbox.model import SandboxSpec
+from sealbox.sandbox.ssh import probe_ssh
 from sealbox.sandbox.vmm.qemu import memory_limit_bytes
 
 pytestmark = [pytest.mark.integration, pytest.mark.boot]

@@ -1,15 +1,16 @@
-"""Where the attest tests find the shared vectors, and facts about them (see shared/vectors/SOURCES.md)."""
+"""Which vendored vectors the attest tests use, and facts about them (see tests/vectors/SOURCES.md)."""
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
-import pytest
+from vectors import ROOT
+from vectors import vector as _vector
 
-VECTORS = Path(__file__).resolve().parents[3] / ".." / "shared" / "vectors" / "tdx"
+VECTORS = ROOT / "tdx"
 # A fixed time inside every vector PCK leaf's validity, so the tests do not rot with the clock.
-AT = datetime(2026, 6, 1, tzinfo=timezone.utc)
+AT = datetime(2026, 6, 1, tzinfo=UTC)
 
 QUOTES = {
     "spr_e4": "go-tdx-guest/tdx_prod_quote_SPR_E4.dat",
@@ -20,10 +21,7 @@ QUOTES = {
 
 
 def vector(rel: str) -> Path:
-    path = VECTORS / rel
-    if not path.is_file():
-        pytest.skip(f"test vector {rel} not found under {VECTORS} (shared/vectors is not checked out)")
-    return path
+    return _vector(f"tdx/{rel}")
 
 
 def read(rel: str) -> bytes:

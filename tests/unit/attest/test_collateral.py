@@ -1,7 +1,7 @@
 from __future__ import annotations
 
 import json
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 import pytest
 from attest_vectors import QUOTES, read
@@ -12,8 +12,8 @@ from sealbox.attest.quote import parse_quote
 
 COLLATERAL = "dcap-qvl/tdx_quote_collateral.json"
 # The window SOURCES.md states for this collateral.
-START = datetime(2025, 6, 19, 10, 32, 27, tzinfo=timezone.utc)
-END = datetime(2025, 7, 19, 10, 0, 35, tzinfo=timezone.utc)
+START = datetime(2025, 6, 19, 10, 32, 27, tzinfo=UTC)
+END = datetime(2025, 7, 19, 10, 0, 35, tzinfo=UTC)
 
 
 def check(at: datetime, doc: dict | None = None, quote: str = "dcap", allowed: tuple[str, ...] = ("UpToDate",)):
@@ -40,7 +40,7 @@ def test_up_to_date_inside_the_window(at: datetime) -> None:
         (START - timedelta(seconds=1), "not-yet-valid"),
         (END, "expired"),
         (END + timedelta(days=1), "expired"),
-        (datetime(2026, 11, 1, tzinfo=timezone.utc), "expired"),
+        (datetime(2026, 11, 1, tzinfo=UTC), "expired"),
     ],
 )
 def test_outside_the_window_the_collateral_is_reported_as_such(at: datetime, status: str) -> None:

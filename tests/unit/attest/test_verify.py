@@ -1,6 +1,6 @@
 from __future__ import annotations
 
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 import pytest
 from attest_vectors import AT, QUOTES, read
@@ -74,8 +74,8 @@ def test_each_signature_field_is_checked(field: str, delta: int, expected: set[s
 
 @pytest.mark.parametrize("name", sorted(QUOTES))
 def test_chain_validity_is_checked_at_the_given_time(name: str) -> None:
-    assert failing(read(QUOTES[name]), datetime(2040, 1, 1, tzinfo=timezone.utc)) == {"pck_chain"}
-    assert failing(read(QUOTES[name]), datetime(2017, 1, 1, tzinfo=timezone.utc)) == {"pck_chain"}
+    assert failing(read(QUOTES[name]), datetime(2040, 1, 1, tzinfo=UTC)) == {"pck_chain"}
+    assert failing(read(QUOTES[name]), datetime(2017, 1, 1, tzinfo=UTC)) == {"pck_chain"}
 
 
 def test_synthetic_quote_verifies_only_under_its_own_root() -> None:

@@ -6,22 +6,19 @@ import ipaddress
 import json
 import socketserver
 import threading
+from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler
 from pathlib import Path
-from typing import Any, Callable
-
-import pytest
+from typing import Any
 
 from sealbox.sandbox.model import CgroupPlan, DiskSpec, GuestNet, Limits, SandboxSpec, VmPlan
+from vectors import vector
 
 REPO = Path(__file__).resolve().parents[3]
-SPEC_PATH = REPO / ".." / "shared" / "vectors" / "firecracker" / "firecracker-v1.16.1.yaml"
 
 
 def spec_path() -> Path:
-    if not SPEC_PATH.is_file():
-        pytest.skip(f"Firecracker swagger vector not found at {SPEC_PATH.resolve()}")
-    return SPEC_PATH
+    return vector("firecracker/firecracker-v1.16.1.yaml")
 
 
 def make_plan(tmp: Path, *, name: str = "fc-test", cpus: int = 2, memory_mib: int = 256, rootfs: str = "initrd",
@@ -141,7 +138,7 @@ class StandInFirecrackerApi:
             return {"firecracker_version": "1.16.1"}
         return {}
 
-    def __enter__(self) -> "StandInFirecrackerApi":
+    def __enter__(self) -> StandInFirecrackerApi:
         self.thread.start()
         return self
 

@@ -10,9 +10,9 @@ import pytest
 from pebuild import build_pe
 from test_tdx_mrtd import make_fw
 
-from sealbox.build.formats.uki import build_uki
 from sealbox.cli.main import main
 from sealbox.errors import MeasureError
+from sealbox.formats.uki import build_uki
 from sealbox.measure.events import replay
 from sealbox.measure.measurements import measure
 

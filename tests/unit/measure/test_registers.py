@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 from pebuild import build_pe
 
-from sealbox.build.formats.uki import build_uki
 from sealbox.errors import MeasureError
+from sealbox.formats.uki import build_uki
 from sealbox.measure import tdx, tpm
 from sealbox.measure.authenticode import authenticode
 from sealbox.measure.ukiinfo import read_uki, stub_cmdline_to_load_options

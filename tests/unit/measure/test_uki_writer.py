@@ -11,10 +11,10 @@ import pefile
 import pytest
 from pebuild import build_pe
 
-from sealbox.build.formats.uki import build_uki
 from sealbox.errors import BuildError
+from sealbox.formats.pe import parse_pe
+from sealbox.formats.uki import build_uki
 from sealbox.measure.authenticode import authenticode
-from sealbox.measure.pe import parse_pe
 
 STUB = Path("/usr/lib/systemd/boot/efi/linuxx64.efi.stub")
 pytestmark = pytest.mark.skipif(not STUB.exists(), reason="systemd-boot-efi (linuxx64.efi.stub) is not installed")

@@ -122,7 +122,7 @@ def test_step_do_detects_clash(state: StateDir) -> None:
         step.do()
 
 
-def _worker(root: str, prefix: str, count: int, out: "multiprocessing.Queue[list[str]]") -> None:
+def _worker(root: str, prefix: str, count: int, out: multiprocessing.Queue[list[str]]) -> None:
     st = StateDir(Path(root))
     got = []
     for i in range(count):

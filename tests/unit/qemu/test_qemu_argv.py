@@ -6,13 +6,19 @@ import re
 from pathlib import Path
 
 import pytest
-
 from qemu_unit_helpers import disks
+
 from sealbox.errors import SandboxError
 from sealbox.sandbox.host import jail
 from sealbox.sandbox.model import Limits, RateLimit
 from sealbox.sandbox.vmm.qemu import (
-    FIRST_FD, QEMU, QemuCommand, build_command, memory_limit_bytes, run_dir_of, tb_size_mib,
+    FIRST_FD,
+    QEMU,
+    QemuCommand,
+    build_command,
+    memory_limit_bytes,
+    run_dir_of,
+    tb_size_mib,
 )
 
 

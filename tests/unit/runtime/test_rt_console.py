@@ -6,9 +6,9 @@ from pathlib import Path
 
 from hypothesis import given, settings
 from hypothesis import strategies as hs
-
-from sealbox.sandbox.guest.console import MAX_KEYS, ConsoleFollower, ConsoleParser, parse_hostkey, scan_text, tail
 from rt_testlib import BOOT_ID, ECDSA, ED, blob
+
+from sealbox.guest.console import MAX_KEYS, ConsoleFollower, ConsoleParser, parse_hostkey, scan_text, tail
 
 LOG = (
     "[    0.000000] Linux version 6.1.0\r\n"

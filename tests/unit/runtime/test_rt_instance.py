@@ -12,7 +12,8 @@ from hypothesis import given
 from hypothesis import strategies as hs
 
 from sealbox.errors import SandboxError
-from sealbox.sandbox.guest.instance import BLOCK, InstanceData, InstanceFilesStep, parse, render
+from sealbox.guest.instance import BLOCK, InstanceData, parse, render
+from sealbox.sandbox.instance import InstanceFilesStep
 
 KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOXKT8izYDJcWsJLMiQBka11FKFeQPWIGFG9N1yu1Fom sealbox-demo"
 
@@ -107,7 +108,7 @@ def test_step_writes_key_and_disk_and_undo_is_idempotent(tmp_path: Path) -> None
 
 @pytest.mark.skipif(shutil.which("ssh-keygen") is None, reason="ssh-keygen (openssh-client) is not installed")
 def test_prestarted_key_is_collected_by_the_step(tmp_path: Path) -> None:
-    from sealbox.sandbox.guest import instance
+    from sealbox.sandbox import instance
 
     instance.prestart_client_key(tmp_path / "id_ed25519", "sealbox-demo")
     assert str(tmp_path / "id_ed25519") in instance._PENDING
@@ -120,7 +121,7 @@ def test_prestarted_key_is_collected_by_the_step(tmp_path: Path) -> None:
 
 @pytest.mark.skipif(shutil.which("ssh-keygen") is None, reason="ssh-keygen (openssh-client) is not installed")
 def test_prestarted_key_of_a_failed_run_is_reaped(tmp_path: Path) -> None:
-    from sealbox.sandbox.guest import instance
+    from sealbox.sandbox import instance
 
     instance.prestart_client_key(tmp_path / "id_ed25519", "sealbox-demo")
     instance.discard_prestarted(tmp_path)

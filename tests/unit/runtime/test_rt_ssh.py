@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 
 from sealbox.errors import SandboxError
-from sealbox.sandbox.guest.console import HostKey
-from sealbox.sandbox.guest.ssh import SshTarget, config_stanza, exec_argv, known_hosts_text, proxy_argv, shell_argv, write_known_hosts
+from sealbox.guest.console import HostKey
+from sealbox.sandbox.ssh import SshTarget, config_stanza, exec_argv, known_hosts_text, proxy_argv, shell_argv, write_known_hosts
 
 needs_ssh = pytest.mark.skipif(shutil.which("ssh") is None, reason="openssh-client is not installed")
 ED = "AAAAC3NzaC1lZDI1NTE5AAAAIOXKT8izYDJcWsJLMiQBka11FKFeQPWIGFG9N1yu1Fom"

@@ -53,7 +53,7 @@ def _for(ann: Any) -> st.SearchStrategy[Any]:
     origin, args = typing.get_origin(ann), typing.get_args(ann)
     if ann is bool:
         right: st.SearchStrategy[Any] = st.booleans()
-    elif ann is int or (origin in (typing.Union, getattr(__import__("types"), "UnionType")) and int in args):
+    elif ann is int or (origin in (typing.Union, __import__("types").UnionType) and int in args):
         right = INTS
     elif ann is str:
         right = TEXT

@@ -24,11 +24,12 @@ from typing import Any, Literal
 from sealbox.errors import SandboxError
 from sealbox.sandbox.model import CgroupPlan
 from sealbox.sandbox.steps import Step
+from sealbox.util import mounts
 
 log = logging.getLogger("sealbox.cgroups")
 
 CONTROLLERS = ("memory", "cpu", "pids")
-MOUNTINFO = Path("/proc/self/mountinfo")
+MOUNTINFO = mounts.MOUNTINFO
 
 
 @dataclass(frozen=True)
@@ -59,26 +60,16 @@ class CgroupLayout:
         return {c: str(self.v1[c]) for c in CONTROLLERS if c in self.v1}
 
 
-def _unescape(path: str) -> str:
-    # mountinfo escapes space, tab, newline and backslash as octal
-    return path.replace("\\040", " ").replace("\\011", "\t").replace("\\012", "\n").replace("\\134", "\\")
-
-
 def detect(mountinfo: Path = MOUNTINFO) -> CgroupLayout:
     v1: dict[str, Path] = {}
     unified: Path | None = None
-    for line in mountinfo.read_text().splitlines():
-        left, sep, right = line.partition(" - ")
-        if not sep:
-            continue
-        fstype, _source, super_opts = (right.split(" ") + ["", ""])[:3]
-        mount_point = Path(_unescape(left.split(" ")[4]))
-        if fstype == "cgroup2":
-            unified = unified or mount_point
-        elif fstype == "cgroup":
-            for opt in super_opts.split(","):
+    for m in mounts.read(path=mountinfo):
+        if m.fstype == "cgroup2":
+            unified = unified or m.mount_point
+        elif m.fstype == "cgroup":
+            for opt in m.super_options:
                 if opt in ("cpu", "cpuacct", "memory", "pids", "cpuset", "blkio", "devices", "freezer"):
-                    v1.setdefault(opt, mount_point)
+                    v1.setdefault(opt, m.mount_point)
     v2c: frozenset[str] = frozenset()
     if unified is not None:
         try:
@@ -125,7 +116,7 @@ class CgroupStep(Step):
     pids_max: int
 
     @classmethod
-    def from_plan(cls, plan: CgroupPlan, layout: CgroupLayout) -> "CgroupStep":
+    def from_plan(cls, plan: CgroupPlan, layout: CgroupLayout) -> CgroupStep:
         if plan.version != layout.version:
             raise SandboxError(f"cgroup plan is for v{plan.version} but this host uses cgroup v{layout.version}")
         if layout.missing():

@@ -20,8 +20,9 @@ import os
 import signal
 import struct
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable, Literal
+from typing import Literal
 
 from pydantic import BaseModel, ValidationError
 

@@ -11,8 +11,9 @@ from __future__ import annotations
 
 import ipaddress
 import logging
+from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Any, Iterator
+from typing import Any
 
 from sealbox.errors import SandboxError
 from sealbox.sandbox.host.netns import netns_exists, write_sysctl

@@ -20,8 +20,9 @@ import logging
 import os
 import socket
 import threading
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable, TypeVar
+from typing import Any, TypeVar
 
 from sealbox.errors import SandboxError
 from sealbox.sandbox.steps import Step

@@ -19,8 +19,9 @@ from __future__ import annotations
 
 import ipaddress
 import logging
+from collections.abc import Collection
 from pathlib import Path
-from typing import Collection, Literal
+from typing import Literal
 
 from pydantic import BaseModel
 

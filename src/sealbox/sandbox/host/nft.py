@@ -28,7 +28,8 @@ from __future__ import annotations
 import ipaddress
 import json
 import math
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 from sealbox.sandbox.host.netnames import NETNS_TABLE, TABLE_PREFIX
 from sealbox.sandbox.host.netns import run_in_netns

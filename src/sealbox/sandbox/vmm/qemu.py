@@ -62,7 +62,7 @@ class HostFacts:
     root_links: dict[str, str] = field(default_factory=dict)
 
     @classmethod
-    def detect(cls) -> "HostFacts":
+    def detect(cls) -> HostFacts:
         from sealbox.sandbox.host.users import kvm_gid
 
         tdvf = Path(os.environ["SEALBOX_TDVF"]) if os.environ.get("SEALBOX_TDVF") else next((p for p in TDVF_CANDIDATES if p.exists()), TDVF_CANDIDATES[0])

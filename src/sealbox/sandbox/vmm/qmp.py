@@ -28,7 +28,7 @@ class QmpClient:
         self._sock: socket.socket | None = None
         self._buf = b""
 
-    def __enter__(self) -> "QmpClient":
+    def __enter__(self) -> QmpClient:
         self.connect()
         return self
 
@@ -64,7 +64,7 @@ class QmpClient:
             self._sock.settimeout(left)
             try:
                 chunk = self._sock.recv(65536)
-            except socket.timeout:
+            except TimeoutError:
                 continue
             except OSError as e:
                 raise QmpError(f"QMP connection {self.path} failed: {e.strerror or e}") from None

@@ -17,10 +17,10 @@ from sealbox.sandbox.vmm.firecracker import config as C
 from sealbox.sandbox.vmm.firecracker import jailer as J
 from sealbox.sandbox.vmm.firecracker import snapshot as S
 from sealbox.sandbox.vmm.firecracker.api import FirecrackerClient
-from sealbox.sandbox.vmm.firecracker.doctor import sha256_file
 from sealbox.sandbox.vmm.firecracker.launch import FirecrackerJailerStep, stop_vm
 from sealbox.sandbox.vmm.firecracker.settings import ENV, FirecrackerSettings
 from sealbox.sandbox.vmm.firecracker.staging import FirecrackerStageStep, StageFile, check_chroot_base, writable_stage_file
+from sealbox.util.digest import sha256_file
 
 ELF_MAGIC = b"\x7fELF"
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import re
 import subprocess
 from pathlib import Path
@@ -11,17 +10,10 @@ from sealbox.errors import SealboxError
 from sealbox.sandbox.host.checks import Check
 from sealbox.sandbox.vmm.firecracker.settings import ENV, FirecrackerSettings
 from sealbox.sandbox.vmm.firecracker.staging import check_chroot_base
+from sealbox.util.digest import sha256_file
 
 EXPECTED_SERIES = "1.16"  # the API contract sealbox is written against (swagger v1.16.1)
 _VERSION_RE = re.compile(r"\bv?(\d+)\.(\d+)\.(\d+)\b")
-
-
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def version_of(binary: Path, timeout: float = 5.0) -> str:

@@ -20,6 +20,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from sealbox.errors import SandboxError, UsageError
 from sealbox.sandbox.model import CgroupPlan
+from sealbox.util import mounts
 
 JAIL_ID_RE = re.compile(r"^[A-Za-z0-9-]{1,64}$")
 NETNS_DIR = Path("/var/run/netns")
@@ -168,27 +169,15 @@ def netns_path(netns: str) -> Path:
 # cgroup hierarchies (for undo: remove what the jailer created) ---------------------------------
 def cgroup_mounts(mountinfo: str | None = None) -> tuple[dict[str, Path], Path | None]:
     """v1 controller -> mount point, and the v2 mount point, from /proc/self/mountinfo."""
-    text = mountinfo if mountinfo is not None else Path("/proc/self/mountinfo").read_text()
     v1: dict[str, Path] = {}
     v2: Path | None = None
-    for line in text.splitlines():
-        left, sep, right = line.partition(" - ")
-        if not sep:
-            continue
-        fields, rfields = left.split(), right.split()
-        if len(fields) < 5 or len(rfields) < 3:
-            continue
-        mnt = Path(_unescape(fields[4]))
-        if rfields[0] == "cgroup2" and v2 is None:
-            v2 = mnt
-        elif rfields[0] == "cgroup":
-            for opt in rfields[2].split(","):
-                v1.setdefault(opt, mnt)
+    for m in mounts.read(mountinfo):
+        if m.fstype == "cgroup2" and v2 is None:
+            v2 = m.mount_point
+        elif m.fstype == "cgroup":
+            for opt in m.super_options:
+                v1.setdefault(opt, m.mount_point)
     return v1, v2
-
-
-def _unescape(s: str) -> str:
-    return re.sub(r"\\([0-7]{3})", lambda m: chr(int(m.group(1), 8)), s)
 
 
 def jailer_cgroup_dirs(version: int, ctrls: list[str], exec_name: str, jail_id: str, mountinfo: str | None = None) -> list[Path]:

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import os
 import shutil
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Literal, Mapping
+from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
@@ -50,7 +51,7 @@ class FirecrackerSettings(BaseModel):
         return v
 
     @classmethod
-    def from_env(cls, env: Mapping[str, str] | None = None) -> "FirecrackerSettings":
+    def from_env(cls, env: Mapping[str, str] | None = None) -> FirecrackerSettings:
         env = os.environ if env is None else env
         values = {field: env[var] for field, var in ENV.items() if env.get(var)}
         try:

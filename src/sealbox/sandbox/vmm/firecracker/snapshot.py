@@ -11,7 +11,6 @@ duplicates that identity (upstream calls this insecure) — the manifest says so
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import os
 import time
 from pathlib import Path
@@ -24,6 +23,7 @@ from sealbox.sandbox.vmm.firecracker import jailer as J
 from sealbox.sandbox.vmm.firecracker.api import FirecrackerClient
 from sealbox.sandbox.vmm.firecracker.staging import StageFile
 from sealbox.util import atomic
+from sealbox.util.digest import sha256_file
 from sealbox.util.run import run
 
 FORMAT = "sealbox-firecracker-snapshot/1"
@@ -62,16 +62,8 @@ class SnapshotManifest(BaseModel):
     spec: dict[str, Any] = {}
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def _describe(path: Path, rel: str) -> dict[str, Any]:
-    return {"file": rel, "sha256": _sha256(path), "size": path.stat().st_size}
+    return {"file": rel, "sha256": sha256_file(path), "size": path.stat().st_size}
 
 
 def _move(src: Path, dst: Path) -> None:
@@ -149,7 +141,7 @@ def read_manifest(snapshot_dir: Path, verify: bool = True) -> SnapshotManifest:
             raise SandboxError(f"snapshot manifest {path} names a file outside the snapshot: {f.file!r}")
         if not p.is_file():
             raise SandboxError(f"snapshot {snapshot_dir} is missing {f.file}")
-        if verify and (p.stat().st_size != f.size or _sha256(p) != f.sha256):
+        if verify and (p.stat().st_size != f.size or sha256_file(p) != f.sha256):
             raise SandboxError(f"snapshot file {p} does not match its recorded sha256", hint="the snapshot was modified or damaged")
     for d in m.drives:
         if not d.in_jail.startswith("/") or ".." in Path(d.in_jail).parts or d.in_jail.startswith(J.SNAPSHOT_DIR + "/"):

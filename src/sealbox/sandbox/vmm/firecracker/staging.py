@@ -25,7 +25,7 @@ from pydantic import BaseModel, ConfigDict
 from sealbox.errors import SandboxError
 from sealbox.sandbox.steps import Step
 from sealbox.sandbox.vmm.firecracker.jailer import JailLayout
-from sealbox.util import atomic
+from sealbox.util import atomic, mounts
 from sealbox.util.run import run
 
 log = logging.getLogger("sealbox.firecracker")
@@ -47,18 +47,8 @@ def mount_of(path: Path, mountinfo: str | None = None) -> MountInfo:
         tail.insert(0, probe.name)
         probe = probe.parent
     probe = probe.resolve().joinpath(*tail)
-    text = mountinfo if mountinfo is not None else Path("/proc/self/mountinfo").read_text()
-    best: MountInfo | None = None
-    for line in text.splitlines():
-        left, sep, right = line.partition(" - ")
-        fields, rfields = left.split(), right.split()
-        if not sep or len(fields) < 6 or not rfields:
-            continue
-        mnt = Path(fields[4].replace("\\040", " ").replace("\\011", "\t").replace("\\012", "\n").replace("\\134", "\\"))
-        if probe == mnt or mnt in probe.parents:
-            # later lines are mounted on top of earlier ones at the same point
-            if best is None or len(mnt.parts) >= len(best.mount_point.parts):
-                best = MountInfo(mount_point=mnt, fstype=rfields[0], options=tuple(fields[5].split(",")))
+    m = mounts.mount_of(probe, mounts.read(mountinfo))
+    best = None if m is None else MountInfo(mount_point=m.mount_point, fstype=m.fstype, options=m.options)
     if best is None:
         raise SandboxError(f"cannot find the mount holding {path} in /proc/self/mountinfo")
     return best

@@ -1,0 +1,69 @@
+"""Content-addressed cache of downloaded .deb files.
+
+Blobs live at <cache>/debs/<sha256>.deb; index.json maps apt's file name (name_version_arch.deb) to
+the sha256. To feed mmdebstrap we hard-link the blobs under their apt names into a directory that a
+setup hook syncs into the chroot's apt archive dir; apt verifies each file against the archive's
+index hashes before using it, so a corrupt cache entry is re-downloaded, never installed.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+from sealbox.util import atomic
+from sealbox.util.digest import sha256_file
+
+DEFAULT_CACHE = Path(os.environ.get("SEALBOX_CACHE_DIR", "/var/cache/sealbox"))
+
+
+class DebCache:
+    def __init__(self, root: Path = DEFAULT_CACHE, enabled: bool = True) -> None:
+        self.root = Path(root)
+        self.enabled = enabled
+        self.debs = self.root / "debs"
+        self.index_path = self.debs / "index.json"
+
+    def _index(self) -> dict[str, str]:
+        try:
+            data = json.loads(self.index_path.read_text())
+            return data if isinstance(data, dict) else {}
+        except (OSError, ValueError):
+            return {}
+
+    def populate(self, dest: Path) -> int:
+        """Hard-link (or copy) every cached deb into `dest` under its apt file name. Returns the count."""
+        dest.mkdir(parents=True, exist_ok=True)
+        if not self.enabled:
+            return 0
+        n = 0
+        for name, digest in self._index().items():
+            blob = self.debs / f"{digest}.deb"
+            if not blob.is_file() or "/" in name:
+                continue
+            try:
+                os.link(blob, dest / name)
+            except OSError:
+                shutil.copy2(blob, dest / name)
+            n += 1
+        return n
+
+    def ingest(self, src: Path) -> dict[str, str]:
+        """Add every .deb in `src` to the cache (when enabled); return {file name: sha256} for all of them."""
+        found: dict[str, str] = {}
+        for deb in sorted(src.glob("*.deb")):
+            found[deb.name] = sha256_file(deb)
+        if self.enabled and found:
+            self.debs.mkdir(parents=True, exist_ok=True)
+            for name, digest in found.items():
+                blob = self.debs / f"{digest}.deb"
+                if not blob.exists():
+                    tmp = self.debs / f".{digest}.tmp"
+                    shutil.copy2(src / name, tmp)
+                    os.replace(tmp, blob)
+            index = self._index()
+            index.update(found)
+            atomic.write_json(self.index_path, index)
+        return found

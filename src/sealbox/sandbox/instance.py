@@ -1,0 +1,107 @@
+"""The sandbox's per-instance files: its client SSH key pair and its instance disk (guest.instance).
+
+Everything lives in the sandbox's state directory, never in the image directory. The files are
+written by InstanceFilesStep so that a crash between writing and recording leaves nothing `gc`
+cannot find (the sandbox dir itself is removed with the record anyway).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import subprocess
+from pathlib import Path
+from typing import Any
+
+from sealbox.guest.instance import InstanceData, render
+from sealbox.sandbox.steps import Step
+from sealbox.util import atomic
+from sealbox.util.run import run, which
+
+KEY_NAME = "id_ed25519"
+DISK_NAME = "instance.img"
+
+
+def _keygen_argv(path: Path, comment: str) -> list[str]:
+    return ["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", comment, "-f", str(path)]
+
+
+# Key generation started ahead of its step (see prestart_client_key), by key path.
+_PENDING: dict[str, subprocess.Popen[bytes]] = {}
+
+
+def prestart_client_key(path: Path, comment: str) -> None:
+    """Start ssh-keygen now so it runs while the network is set up; InstanceFilesStep collects it.
+
+    The files land in the sandbox's own state dir, which `rm`/`gc` delete with the record, and the
+    step's undo removes them too, so starting before the step is recorded leaves nothing behind."""
+    for p in (path, path.with_name(path.name + ".pub")):
+        p.unlink(missing_ok=True)  # ssh-keygen would prompt before overwriting
+    argv = _keygen_argv(path, comment)
+    try:
+        _PENDING[str(path)] = subprocess.Popen([which(argv[0]), *argv[1:]], stdin=subprocess.DEVNULL,
+                                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    except OSError:
+        pass  # the step runs ssh-keygen itself and reports the problem
+
+
+def discard_prestarted(sandbox_dir: Path) -> None:
+    """Stop and reap a prestarted ssh-keygen of a failed run before its directory is deleted."""
+    for key in [k for k in _PENDING if Path(k).parent == Path(sandbox_dir)]:
+        proc = _PENDING.pop(key)
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait(timeout=10)
+
+
+def generate_client_key(path: Path, comment: str) -> str:
+    """A fresh ed25519 key pair at `path` (+ .pub) made by ssh-keygen; returns the public key line."""
+    pending = _PENDING.pop(str(path), None)
+    ok = False
+    if pending is not None:
+        try:
+            _out, err = pending.communicate(timeout=30)
+            ok = pending.returncode == 0
+        except subprocess.TimeoutExpired:
+            pending.kill()
+            pending.wait(timeout=5)
+    if not ok:
+        for p in (path, path.with_name(path.name + ".pub")):
+            p.unlink(missing_ok=True)
+        run(_keygen_argv(path, comment), what="ssh-keygen", timeout=30)
+    os.chmod(path, 0o600)
+    return path.with_name(path.name + ".pub").read_text().strip()
+
+
+class InstanceFilesStep(Step):
+    """Writes the sandbox's client key pair and instance disk into its state dir; undo deletes them."""
+
+    kind = "instance-files"
+    sandbox_dir: str
+    hostname: str
+    address: ipaddress.IPv4Interface
+    gateway: ipaddress.IPv4Address
+    ssh_user: str = "root"
+
+    @property
+    def key_path(self) -> Path:
+        return Path(self.sandbox_dir) / KEY_NAME
+
+    @property
+    def disk_path(self) -> Path:
+        return Path(self.sandbox_dir) / DISK_NAME
+
+    def describe(self) -> str:
+        return f"write client key {self.key_path} (ed25519) and instance disk {self.disk_path} (hostname {self.hostname}, {self.address})"
+
+    def do(self) -> dict[str, Any]:
+        pub = generate_client_key(self.key_path, f"sealbox-{self.hostname}")
+        data = InstanceData(hostname=self.hostname, address=self.address, gateway=self.gateway,
+                            ssh_user=self.ssh_user, authorized_keys=(pub,))
+        # root-only: QEMU receives it as an fd; Firecracker's staging gives the jail its own copy/link
+        atomic.write_bytes(self.disk_path, render(data), mode=0o600)
+        return {"public_key": pub}
+
+    def undo(self, outputs: dict[str, Any]) -> None:
+        for p in (self.key_path, self.key_path.with_name(KEY_NAME + ".pub"), self.disk_path):
+            p.unlink(missing_ok=True)
