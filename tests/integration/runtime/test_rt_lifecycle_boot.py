@@ -228,7 +228,7 @@ def test_vmm_runs_unprivileged(pair: Pair) -> None:
 def test_memory_limit_is_in_force(pair: Pair) -> None:
     spec = SandboxSpec(name=pair.a, image_dir=pair.sb.image, memory_mib=MEM_A)
     want = memory_limit_bytes(spec, "tcg")
-    mem_dir = next(d for d in cgroup_dirs(pair.a) if "memory" in str(d))
+    mem_dir = next(d for d in cgroup_dirs(pair.a, pair.sb.state_dir) if "memory" in str(d))
     assert int((mem_dir / "memory.limit_in_bytes").read_text()) == want
     ins = json.loads(pair.sb("inspect", pair.a, check=True).stdout)
     assert str(ins["vmm_view"]["qemu_pid"]) in (mem_dir / "cgroup.procs").read_text().split()
