@@ -63,16 +63,18 @@ class GcReport(BaseModel):
 
 def collect(state: StateDir, *, dry_run: bool = False) -> GcReport:
     report = GcReport()
+    gone: set[str] = set()  # records removed (or, in a dry run, that would be)
     for name in state.names():
         try:
             with state.lock(name, timeout=LOCK_WAIT):
-                _collect_one(state, name, report, dry_run)
+                if _collect_one(state, name, report, dry_run):
+                    gone.add(name)
         except SandboxError as e:
             if "busy" in e.message:
                 report.skipped.append(f"{name}: busy (another sealbox command holds its lock)")
             else:
                 report.problems.append(f"{name}: {e.message}")
-    _leftovers(state, report, dry_run)
+    _leftovers(state, report, dry_run, set(state.names()) - gone)
     _initrd_copies(state, report, dry_run)
     return report
 
@@ -94,20 +96,21 @@ def _initrd_copies(state: StateDir, report: GcReport, dry_run: bool) -> None:
     report.removed += [f"cached initramfs {p.name}" for p in initrd_cache.prune(keep)]
 
 
-def _collect_one(state: StateDir, name: str, report: GcReport, dry_run: bool) -> None:
+def _collect_one(state: StateDir, name: str, report: GcReport, dry_run: bool) -> bool:
+    """Undo and delete one dead sandbox; True if it is (or, dry run, would be) gone."""
     try:
         record = state.load(name)
     except SandboxError as e:
         report.skipped.append(f"{name}: {e.message} (use 'sealbox rm --force {name}')")
-        return
+        return False
     action, why = decide(record)
     if action == "keep":
         report.kept.append(f"{name}: {why}")
-        return
+        return False
     kinds = [e.kind for e in record.steps.pending_undo()]
     if dry_run:
         report.removed.append(f"sandbox {name} ({why}): would undo {', '.join(kinds) or 'nothing'}")
-        return
+        return True
     record.status = "removing"
     record.error = record.error or why
     state.save(record)
@@ -115,10 +118,11 @@ def _collect_one(state: StateDir, name: str, report: GcReport, dry_run: bool) ->
     problems = undo_steps(record.steps, lambda: state.save(record))
     if problems:
         report.problems.append(f"{name}: {'; '.join(problems)}")
-        return
+        return False
     unmounted = state.delete(name)
     report.removed.append(f"sandbox {name} ({why}): undid {', '.join(kinds) or 'nothing'}")
     report.removed += [f"leftover mount {m}" for m in unmounted]
+    return True
 
 
 Remover = tuple[str, str, str, Callable[[], None]]  # (kind, sandbox, description, remove)
@@ -147,8 +151,8 @@ def _find(state: StateDir, keep: set[str], report: GcReport, name: str | None = 
     return sorted(found, key=lambda f: ORDER.index(f[0]))
 
 
-def _leftovers(state: StateDir, report: GcReport, dry_run: bool) -> None:
-    for _kind, name, desc, remove in _find(state, set(state.names()), report):
+def _leftovers(state: StateDir, report: GcReport, dry_run: bool, keep: set[str]) -> None:
+    for _kind, name, desc, remove in _find(state, keep, report):
         if dry_run:
             report.removed.append(f"would remove {desc}")
             continue

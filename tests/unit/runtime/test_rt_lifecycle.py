@@ -211,3 +211,27 @@ def test_deferred_signal_reaches_the_previous_handler() -> None:
         assert seen == [sig.SIGHUP]
     finally:
         sig.signal(sig.SIGHUP, prev)
+
+
+def test_a_refused_step_is_recorded_and_never_undone(tmp_path: Path) -> None:
+    """do() that finds its object present (another owner's) creates nothing, so undo must not remove it."""
+    from sealbox.sandbox.steps import StepRefused, apply_steps, undo_steps
+
+    class Refusing(Step):
+        kind = "test.refusing"
+        log: str
+
+        def do(self) -> dict[str, Any]:
+            raise StepRefused("it exists")
+
+        def undo(self, outputs: dict[str, Any]) -> None:
+            with open(self.log, "a") as f:
+                f.write("undone refusing\n")
+
+    first = RecordingStep(log=str(tmp_path / "undo.log"), label="first")
+    log = StepLog()
+    with pytest.raises(StepRefused):
+        apply_steps([first, Refusing(log=str(tmp_path / "undo.log"))], log, lambda: None)
+    assert [e.state for e in log.entries] == ["undone", "refused"] and log.entries[1].error == "it exists"
+    assert undo_steps(log, lambda: None) == []  # a later rm/gc replay: still nothing undone
+    assert (tmp_path / "undo.log").read_text() == "first\n"

@@ -29,7 +29,7 @@ from typing import Any, Literal
 
 from sealbox.errors import SandboxError
 from sealbox.sandbox.model import CgroupPlan
-from sealbox.sandbox.steps import Step
+from sealbox.sandbox.steps import Step, StepRefused
 from sealbox.util import mounts
 
 log = logging.getLogger("sealbox.cgroups")
@@ -163,7 +163,7 @@ class CgroupStep(Step):
         try:
             leaf.mkdir()
         except FileExistsError:
-            raise SandboxError(f"cgroup {leaf} already exists (left by a crash of this state dir?)",
+            raise StepRefused(f"cgroup {leaf} already exists (left by a crash of this state dir?)",
                                hint="run 'sealbox gc'; an existing cgroup is never adopted") from None
 
     def _do_v2(self, mount: Path) -> None:

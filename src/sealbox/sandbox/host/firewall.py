@@ -7,11 +7,10 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from sealbox.errors import SandboxError
 from sealbox.sandbox.host import forward, nft, owner
 from sealbox.sandbox.host.netns import owned_by
 from sealbox.sandbox.model import EgressRule, RateLimit
-from sealbox.sandbox.steps import Step
+from sealbox.sandbox.steps import Step, StepRefused
 
 log = logging.getLogger("sealbox.firewall")
 
@@ -101,7 +100,7 @@ class HostNatStep(Step):
 
     def do(self) -> dict[str, Any] | None:
         if self.table in owner.nft_table_marks():
-            raise SandboxError(f"nft table inet {self.table} already exists in the root namespace",
+            raise StepRefused(f"nft table inet {self.table} already exists in the root namespace",
                                hint="another state dir or tool uses it, or a crash left it: 'sealbox gc' removes it if it is ours")
         nft.apply(owner.nft_create_marked(self.ruleset(), self.table, self.owner))  # fails if it appeared meanwhile
         st = forward.acquire(Path(self.run_dir), self.owner)

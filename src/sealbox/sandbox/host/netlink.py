@@ -19,7 +19,7 @@ from typing import Any
 
 from sealbox.errors import SandboxError
 from sealbox.sandbox.host.netns import netns_exists, owned_by, write_sysctl
-from sealbox.sandbox.steps import Step
+from sealbox.sandbox.steps import Step, StepRefused
 
 log = logging.getLogger("sealbox.netlink")
 
@@ -121,7 +121,7 @@ class TapStep(Step):
     def do(self) -> dict[str, Any] | None:
         with _iproute(self.netns, f"creating TAP {self.tap}") as ipr:
             if _index(ipr, self.tap) is not None:
-                raise SandboxError(f"{self.tap} already exists in network namespace {self.netns}", hint="run 'sealbox gc'")
+                raise StepRefused(f"{self.tap} already exists in network namespace {self.netns}", hint="run 'sealbox gc'")
             ipr.link(
                 "add",
                 ifname=self.tap,
@@ -175,7 +175,7 @@ class VethStep(Step):
         plen = self.uplink.prefixlen
         with _iproute(None, f"checking {self.root_if}") as ipr:
             if _index(ipr, self.root_if) is not None:
-                raise SandboxError(f"interface {self.root_if} already exists in the root namespace",
+                raise StepRefused(f"interface {self.root_if} already exists in the root namespace",
                                    hint="another state dir or tool uses it, or a crash left it: 'sealbox gc' removes it if it is ours")
         with _iproute(self.netns, f"creating veth {self.root_if}") as ipr:
             ipr.link("add", ifname=self.root_if, kind="veth", peer={"ifname": self.peer})

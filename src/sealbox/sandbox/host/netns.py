@@ -28,7 +28,7 @@ from typing import Any, TypeVar
 
 from sealbox.errors import SandboxError
 from sealbox.sandbox.host import rtnl
-from sealbox.sandbox.steps import Step
+from sealbox.sandbox.steps import Step, StepRefused
 
 log = logging.getLogger("sealbox.netns")
 
@@ -217,7 +217,7 @@ def create_marked(netns: str, mark: str, sysctls: dict[str, str]) -> None:
     try:
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o444)
     except FileExistsError:
-        raise SandboxError(
+        raise StepRefused(
             f"network namespace {netns!r} already exists",
             hint="another state dir or tool uses this name, or a crash left it: 'sealbox gc' removes it if it is ours",
         ) from None

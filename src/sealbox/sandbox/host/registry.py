@@ -35,7 +35,7 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 
 from sealbox.errors import SandboxError
 from sealbox.sandbox.host import ipam, users
-from sealbox.sandbox.steps import Step
+from sealbox.sandbox.steps import Step, StepRefused
 from sealbox.util import atomic, flock
 from sealbox.util.names import check_sandbox_name
 
@@ -165,15 +165,15 @@ class Registry:
             if leases.get(lease.name) == lease and self.uid_holds().get(lease.uid, UidHold(uid=-1, owner="", host="")).owner == lease.owner:
                 return
             if lease.name in leases:
-                raise SandboxError(f"sandbox name {lease.name!r} is held by another lease on this host",
+                raise StepRefused(f"sandbox name {lease.name!r} is held by another lease on this host",
                                    hint="run 'sealbox gc', or choose another --name")
             theirs = {n for other in leases.values() for n in other.subnets()}
             if theirs & set(lease.subnets()):
-                raise SandboxError(f"addresses {', '.join(map(str, lease.subnets()))} were taken by another sandbox meanwhile",
+                raise StepRefused(f"addresses {', '.join(map(str, lease.subnets()))} were taken by another sandbox meanwhile",
                                    hint="retry the command")
             hold = self.uid_holds().get(lease.uid)
             if hold is not None and hold.owner != lease.owner:
-                raise SandboxError(f"uid {lease.uid} was taken by another sandbox meanwhile", hint="retry the command")
+                raise StepRefused(f"uid {lease.uid} was taken by another sandbox meanwhile", hint="retry the command")
             self._write(lease)
 
     def release(self, name: str, owner: str, uid: int | None = None) -> bool:
