@@ -119,7 +119,7 @@ def undo_steps(log_: StepLog, save: Saver) -> list[str]:
     for entry in log_.pending_undo():
         try:
             step_from_record(entry.kind, entry.params).undo(entry.outputs)
-        except Exception as e:  # keep going: one stuck resource must not strand the others
+        except Exception as e:  # noqa: BLE001 - keep going: one stuck resource must not strand the others
             log.warning("undo of %s failed: %s", entry.kind, e)
             entry.error = f"undo failed: {e}"
             problems.append(f"{entry.kind}: {e}")

@@ -182,3 +182,25 @@ def test_two_state_dirs_both_nat_at_once(prefix: str, run_dir: Path, tmp_path: P
         undo_steps(log_a, lambda: None)
         assert undo_steps(log_b, lambda: None) == []
     assert _objects(b, nb, run_dir) == [] and read_sysctl("net.ipv4.ip_forward") == original_ip_forward
+
+
+def test_a_placeholder_left_by_a_crash_is_ours_only_by_its_mark(tmp_path: Path, run_dir: Path) -> None:
+    """A crash between writing a namespace's placeholder and linking it to its name leaves the temp file."""
+    from sealbox.sandbox.host import leftovers
+    from sealbox.sandbox.host.netns import NETNS_RUN_DIR, TMP_PREFIX
+
+    state = StateDir(tmp_path / "s")
+    mine, theirs = NETNS_RUN_DIR / f"{TMP_PREFIX}sealbox-x.1.aa", NETNS_RUN_DIR / f"{TMP_PREFIX}sealbox-x.2.bb"
+    NETNS_RUN_DIR.mkdir(exist_ok=True)
+    mine.write_text(state.mark("x") + "\n")
+    theirs.write_text(OTHER + "x\n")
+    try:
+        found = {Path(i.ident): i for i in leftovers.find(state, keep=[], run_dir=run_dir) if i.kind == "netns-placeholder"}
+        assert found[mine].ours and not found[theirs].ours
+        leftovers.remove(found[mine], run_dir=run_dir)
+        assert not mine.exists() and theirs.exists()
+        with pytest.raises(ValueError, match="not ours"):
+            leftovers.remove(found[theirs], run_dir=run_dir)
+    finally:
+        mine.unlink(missing_ok=True)
+        theirs.unlink(missing_ok=True)

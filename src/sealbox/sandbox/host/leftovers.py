@@ -22,13 +22,13 @@ from pydantic import BaseModel
 
 from sealbox.sandbox.host import cgroups, forward, netnames, nft, owner
 from sealbox.sandbox.host.netlink import delete_marked_link, list_links_marked
-from sealbox.sandbox.host.netns import list_netns, netns_mark, remove_netns
+from sealbox.sandbox.host.netns import list_netns, netns_mark, placeholder_temps, remove_netns
 from sealbox.sandbox.host.registry import Registry
 from sealbox.sandbox.state import StateDir
 from sealbox.util.names import NAME_RE
 
 log = logging.getLogger("sealbox.leftovers")
-Kind = Literal["netns", "veth", "nft-table", "lease", "uid", "ip-forward-user", "cgroup"]
+Kind = Literal["netns", "netns-placeholder", "veth", "nft-table", "lease", "uid", "ip-forward-user", "cgroup"]
 
 
 class Leftover(BaseModel):
@@ -63,6 +63,8 @@ class _Finder:
             guess = netnames.sandbox_of_netns(ns)
             if guess is not None:
                 self.judge("netns", ns, netns_mark(ns), guess)
+        for path, mark in placeholder_temps().items():  # a crash while a namespace was being named
+            self.judge("netns-placeholder", str(path), mark)
 
     def veths(self) -> None:
         for ifname, kind, alias in list_links_marked():
@@ -126,6 +128,9 @@ def remove(item: Leftover, *, run_dir: Path | None = None) -> None:
     if item.kind == "netns":
         if netns_mark(item.ident) == item.mark:
             remove_netns(item.ident)
+    elif item.kind == "netns-placeholder":
+        if placeholder_temps().get(Path(item.ident)) == item.mark:
+            Path(item.ident).unlink(missing_ok=True)
     elif item.kind == "veth":
         delete_marked_link(item.ident, item.mark, kind="veth")
     elif item.kind == "nft-table":

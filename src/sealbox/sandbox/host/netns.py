@@ -19,6 +19,7 @@ import ctypes
 import errno
 import logging
 import os
+import secrets
 import socket
 import stat
 import threading
@@ -36,6 +37,7 @@ CLONE_NEWNET = 0x40000000
 MS_BIND, MS_REC, MS_SHARED = 0x1000, 0x4000, 1 << 20
 MNT_DETACH = 2
 LO_INDEX = 1  # loopback is the first device of every network namespace
+TMP_PREFIX = ".sealbox-tmp-"  # placeholders being written (host/leftovers.py removes a crash's)
 NETNS_RUN_DIR = Path("/var/run/netns")  # where iproute2 and pyroute2 bind-mount named namespaces
 T = TypeVar("T")
 
@@ -67,9 +69,20 @@ def netns_exists(netns: str) -> bool:
 
 def list_netns() -> list[str]:
     try:
-        return sorted(p.name for p in NETNS_RUN_DIR.iterdir())
+        return sorted(p.name for p in NETNS_RUN_DIR.iterdir() if not p.name.startswith(TMP_PREFIX))
     except FileNotFoundError:
         return []
+
+
+def placeholder_temps() -> dict[Path, str | None]:
+    """Placeholder files a crash left under their temporary names -> the mark they hold."""
+    found: dict[Path, str | None] = {}
+    for p in NETNS_RUN_DIR.glob(f"{TMP_PREFIX}*") if NETNS_RUN_DIR.is_dir() else []:
+        found[p] = None
+        if p.is_file() and not p.is_symlink():
+            with contextlib.suppress(OSError):
+                found[p] = p.read_text(errors="replace").strip() or None
+    return found
 
 
 def run_in_netns(netns: str | None, fn: Callable[[], T], *, timeout: float = 30.0) -> T:
@@ -214,17 +227,23 @@ def create_marked(netns: str, mark: str, sysctls: dict[str, str]) -> None:
     `sysctls` and `lo` (up, alias = mark) there, and bind-mounts it over the placeholder."""
     _share_run_dir()
     path = netns_path(netns)
+    # the placeholder is written under a temporary name, then linked to the real one (link fails if
+    # the name exists): the name never exists without the mark, not even for a moment
+    tmp = NETNS_RUN_DIR / f"{TMP_PREFIX}{netns}.{os.getpid()}.{secrets.token_hex(4)}"
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o444)
     try:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o444)
+        os.write(fd, mark.encode() + b"\n")
+    finally:
+        os.close(fd)
+    try:
+        os.link(tmp, path)
     except FileExistsError:
         raise StepRefused(
             f"network namespace {netns!r} already exists",
             hint="another state dir or tool uses this name, or a crash left it: 'sealbox gc' removes it if it is ours",
         ) from None
-    try:
-        os.write(fd, mark.encode() + b"\n")
     finally:
-        os.close(fd)
+        os.unlink(tmp)
     box: dict[str, BaseException] = {}
 
     def inside() -> None:
