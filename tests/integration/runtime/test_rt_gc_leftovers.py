@@ -18,7 +18,8 @@ import pytest
 from rt_integ import leftovers
 from standins import firecracker_env, guest_ready_standin, open_dir, standin_image
 
-from sealbox.sandbox import gc, manager
+from sealbox.errors import SandboxError
+from sealbox.sandbox import control, gc, manager
 from sealbox.sandbox.host import cgroups
 from sealbox.sandbox.host.registry import Registry
 from sealbox.sandbox.state import StateDir, pid_alive
@@ -138,3 +139,31 @@ def test_cgroup_step_refuses_an_existing_cgroup_and_spares_its_processes(foreign
     time.sleep(0.2)
     assert proc.poll() is None and pid_alive(proc.pid), "the cgroup's process was killed"
     assert all(d.is_dir() for d in dirs) and proc.pid in cgroups.pids_in(dirs)
+
+
+def test_rm_force_of_an_unreadable_record_removes_its_marked_objects_only(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                                          jail_base: Path) -> None:
+    """A corrupt record: `rm --force` removes what carries the sandbox's mark (jail, its VMM and jailer
+    cgroups, network, lease and uid, console mount) and nothing of another state dir's sandbox."""
+    firecracker_env(tmp_path, monkeypatch, jail_base)
+    guest_ready_standin(monkeypatch)
+    ours, theirs = StateDir(jail_base.parent / "ours"), StateDir(jail_base.parent / "theirs")
+    tag = f"rf{os.getpid() % 1000}{int(time.time()) % 100}"
+    a, b = f"{tag}-a", f"{tag}-b"
+    image = standin_image(tmp_path / "fcimage")
+    try:
+        for st, n in ((ours, a), (theirs, b)):
+            manager.run(manager.make_spec(name=n, image_dir=image, vmm="firecracker", memory_mib=128, net="nat"), st)
+        uid = Registry().leases()[a].uid
+        (ours.sandbox_dir(a) / "record.json").write_text("{garbage")
+        before_b = leftovers(theirs.root, b) + _fc_objects(jail_base, b)
+        with pytest.raises(SandboxError, match="corrupt"):
+            control.remove(ours, a)
+        removed = control.remove(ours, a, force=True)
+        assert any(r.startswith("firecracker-jail") for r in removed) and any(r.startswith("mount") for r in removed), removed
+        assert leftovers(ours.root, a) == [] and _fc_objects(jail_base, a) == [] and not _uid_procs({uid}, wait=5)
+        assert leftovers(theirs.root, b) + _fc_objects(jail_base, b) == before_b
+    finally:
+        for st in (ours, theirs):
+            for n in st.names():
+                control.remove(st, n, force=True)
