@@ -204,3 +204,20 @@ def test_a_placeholder_left_by_a_crash_is_ours_only_by_its_mark(tmp_path: Path, 
     finally:
         mine.unlink(missing_ok=True)
         theirs.unlink(missing_ok=True)
+
+
+def test_the_registry_is_keyed_by_the_hosts_network_namespace(prefix: str, used: list[str]) -> None:
+    """A simulated host (sealbox running inside another network namespace of this machine) has a registry of its own."""
+    from sealbox.sandbox.host.netns import run_in_netns
+    from sealbox.sandbox.host.registry import host_key
+
+    name = f"{prefix}-hk"
+    used.append(name)
+    ns = NetnsStep(netns=netnames.netns_name(name), mark=f"sealbox/0123456789abcdef/{name}")
+    ns.do()
+    try:
+        here, there = host_key(), run_in_netns(ns.netns, host_key)
+        assert here != there and here == Registry().host
+        assert there == f"net-{Path('/var/run/netns', ns.netns).stat().st_ino}"
+    finally:
+        ns.undo({})
