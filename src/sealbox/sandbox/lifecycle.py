@@ -139,10 +139,11 @@ def _record(spec: SandboxSpec, inp: Inputs) -> SandboxRecord:
     )
 
 
-def _console_step(spec: SandboxSpec, sandbox_dir: Path) -> Step:
+def _console_step(spec: SandboxSpec, state: StateDir) -> Step:
     from sealbox.sandbox.host.consolefs import ConsoleFsStep
 
-    return ConsoleFsStep(path=str(sandbox_dir / planning.CONSOLE_DIR), size_mib=spec.console_max_mib)
+    return ConsoleFsStep(path=str(state.sandboxes / spec.name / planning.CONSOLE_DIR), size_mib=spec.console_max_mib,
+                         mark=state.mark(spec.name))
 
 
 def _step_entry(step: Step) -> dict[str, Any]:
@@ -159,7 +160,7 @@ def dry_run(spec: SandboxSpec, state: StateDir) -> dict[str, Any]:
     sandbox_dir = state.sandboxes / spec.name
     inst = InstanceFilesStep(sandbox_dir=str(sandbox_dir), hostname=spec.name, address=f"{net.guest_ip}/{net.prefixlen}",
                              gateway=net.host_ip)
-    console = _console_step(spec, sandbox_dir)
+    console = _console_step(spec, state)
     plan = planning.make_plan(spec, inp.image, inp.choice, net, sandbox_dir, uid, gid, planning.cgroup_plan(spec, inp.choice, state.id))
     desc = inp.choice.backend.describe(plan)
     if inp.choice.vmm == "qemu":
@@ -230,7 +231,7 @@ def _create(record: SandboxRecord, save: Callable[[], None], inp: Inputs, state:
     uid, gid = lease_of(steps).uid, lease_of(steps).gid  # the sandbox's own VMM identity
     record.network = net.model_dump(mode="json")
     save()
-    apply_steps([*steps, _console_step(spec, sandbox_dir)], record.steps, save, progress)
+    apply_steps([*steps, _console_step(spec, state)], record.steps, save, progress)
     if inp.snapshot is None:
         inst = InstanceFilesStep(sandbox_dir=str(sandbox_dir), hostname=spec.name,
                                  address=f"{net.guest_ip}/{net.prefixlen}", gateway=net.host_ip)

@@ -167,3 +167,52 @@ def test_rm_force_of_an_unreadable_record_removes_its_marked_objects_only(tmp_pa
         for st in (ours, theirs):
             for n in st.names():
                 control.remove(st, n, force=True)
+
+
+def test_two_state_dirs_run_the_same_name_in_nat_mode(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, jail_base: Path) -> None:
+    """The second is refused in one line and leaves nothing; removing it never disturbs the first; once
+    the first is gone the name is free for the second."""
+    firecracker_env(tmp_path, monkeypatch, jail_base)
+    guest_ready_standin(monkeypatch)
+    a, b = StateDir(jail_base.parent / "a"), StateDir(jail_base.parent / "b")
+    name = f"same{os.getpid() % 1000}{int(time.time()) % 100}"
+    image = standin_image(tmp_path / "fcimage")
+    spec = manager.make_spec(name=name, image_dir=image, vmm="firecracker", memory_mib=128, net="nat")
+    try:
+        manager.run(spec, a)
+        before = leftovers(a.root, name) + _fc_objects(jail_base, name)
+        with pytest.raises(SandboxError) as e:
+            manager.run(spec, b)
+        assert f"sandbox name '{name}' is in use on this host by the state dir {a.root}" in str(e.value)
+        assert not b.exists(name) and Registry().leases()[name].owner == a.mark(name)
+        assert not [h for h in Registry().uid_holds().values() if h.owner == b.mark(name)]
+        assert gc.collect(b).removed == [] and leftovers(a.root, name) + _fc_objects(jail_base, name) == before
+        control.remove(a, name, force=True)
+        manager.run(spec, b)  # free now
+        assert Registry().leases()[name].state_dir == str(b.root)
+    finally:
+        for st in (a, b):
+            if st.exists(name):
+                control.remove(st, name, force=True)
+    assert leftovers(b.root, name) == [] and _fc_objects(jail_base, name) == []
+
+
+def test_console_tmpfs_is_refused_over_a_mount_it_did_not_make(tmp_path: Path) -> None:
+    from sealbox.sandbox.host.consolefs import ConsoleFsStep, is_mountpoint, mount_source
+
+    d = tmp_path / "console"
+    d.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "someone-else", str(d)], check=True, timeout=30)
+    try:
+        step = ConsoleFsStep(path=str(d), size_mib=1, mark="sealbox/0123456789abcdef/x")
+        log = StepLog()
+        with pytest.raises(StepRefused, match="already a mount point"):
+            apply_steps([step], log, lambda: None)
+        step.undo({})  # even a replayed undo leaves another's mount
+        assert is_mountpoint(d) and mount_source(d) == "someone-else"
+    finally:
+        subprocess.run(["umount", str(d)], check=False, timeout=30)
+    step.do()
+    assert mount_source(d) == step.mark
+    step.undo({})
+    assert not is_mountpoint(d)
