@@ -12,6 +12,7 @@ from pathlib import Path
 
 from sealbox.attest import AttestInputError
 from sealbox.attest.binary import read_input
+from sealbox.attest.binding import check_measurements, check_mrconfigid
 from sealbox.attest.collateral import CHECK_NAMES, COLLATERAL_CHECKS, MAX_COLLATERAL, CollateralResult, check_collateral, load_collateral
 from sealbox.attest.eventlog import CcelTable, EventLog, parse_ccel_table, parse_event_log, replay
 from sealbox.attest.policy import PolicyResult, compare, load_measurements
@@ -51,6 +52,8 @@ class QuoteOptions:
     allowed: tuple[str, ...] = ("UpToDate",)
     signatures_only: bool = False  # accept a verdict whose TCB status / QE identity / revocation were not checked
     allow_debug: bool = False
+    instance: tuple[str, bytes] | None = None  # (where it came from, instance disk bytes): check MRCONFIGID
+    expect: str | Path | None = None  # measurements.json: check MRTD and RTMRs
     root: RootAnchor | None = None  # tests: a synthetic root; None is the pinned Intel root
 
 
@@ -116,6 +119,11 @@ def quote_report(path: str | Path, options: QuoteOptions | None = None) -> Quote
             raise AttestInputError(f"collateral {opts.collateral} is not UTF-8 JSON") from None
         doc = load_collateral(decoded, f"collateral {opts.collateral}")
         rep.collateral = check_collateral(raw, q, doc, at, opts.allowed, ver.certs, opts.root)
+    if opts.instance is not None:
+        rep.extra.append(check_mrconfigid(q, *opts.instance))
+    if opts.expect is not None:
+        m = load_measurements(read_input(opts.expect, "measurements file", MAX_MEASUREMENTS), f"measurements file {opts.expect}")
+        rep.extra.append(check_measurements(q, m))
     return rep
 
 
