@@ -19,7 +19,7 @@ def _emit(output: list[str] | dict[str, Any]) -> None:
 
 @click.group()
 def attest() -> None:
-    """Verify TDX quotes and CC event logs offline (exit 0 verified, 1 failed, 2 bad input)."""
+    """Verify TDX quotes and CC event logs offline (exit 0 verified, 1 failed or not all checked, 2 bad input)."""
 
 
 def _quote_options(f: Callable[..., None]) -> Callable[..., None]:
