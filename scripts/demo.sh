@@ -25,4 +25,7 @@ step "remove it (every host resource it created is undone)"
 $SB rm --force "$NAME"
 trap - EXIT
 $SB ps --all
+step "verify a TDX quote offline (a public vector with its vendored collateral, checked at a time inside its window)"
+$SB attest quote tests/vectors/tdx/dcap-qvl/tdx_quote --collateral tests/vectors/tdx/dcap-qvl/tdx_quote_collateral.json \
+  --at 2025-07-01T00:00:00Z
 step "done"

@@ -25,3 +25,5 @@ PUBLIC_KEY_POINT = (
 )
 NOT_BEFORE = datetime(2018, 5, 21, 10, 45, 10, tzinfo=UTC)
 NOT_AFTER = datetime(2049, 12, 31, 23, 59, 59, tzinfo=UTC)
+# basicConstraints pathLenConstraint: at most one CA (the PCK Platform/Processor CA) below the root.
+PATH_LENGTH = 1

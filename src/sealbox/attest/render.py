@@ -8,6 +8,7 @@ from typing import Any
 
 from sealbox.attest.eventlog import KNOWN_ALGS
 from sealbox.attest.report import EventLogReport, QuoteReport
+from sealbox.attest.verify import Check
 
 
 def _ts(t: datetime) -> str:
@@ -32,7 +33,9 @@ def quote_json(rep: QuoteReport) -> dict[str, Any]:
     out: dict[str, Any] = {
         "file": rep.path,
         "ok": rep.ok,
+        "verdict": rep.verdict(),
         "failures": rep.failures,
+        "not_checked": rep.not_checked,
         "at": _ts(v.at),
         "header": {
             "version": h.version, "attestation_key_type": h.attestation_key_type, "tee_type": h.tee_type,
@@ -50,7 +53,7 @@ def quote_json(rep: QuoteReport) -> dict[str, Any]:
         },
         "qe_auth_data": q.qe_auth_data.hex(),
         "pck_chain": v.chain,
-        "checks": [asdict(c) for c in v.checks],
+        "checks": [asdict(c) for c in rep.checks],
         "warnings": v.warnings,
         "length": q.length,
     }
@@ -58,6 +61,7 @@ def quote_json(rep: QuoteReport) -> dict[str, Any]:
         c = rep.collateral
         out["collateral"] = {
             "ok": c.ok, "tcb_status": c.status, "detail": c.detail, "advisory_ids": c.advisory_ids,
+            "platform_status": c.platform_status, "qe_status": c.qe_status,
             "valid_from": _ts(c.valid_from), "valid_until": _ts(c.valid_until),
             "window_reasons": list(c.window_reasons), "parser_disagreements": c.cross_check,
         }
@@ -75,14 +79,20 @@ def quote_text(rep: QuoteReport) -> list[str]:
     ]
     if v.chain:
         lines.append(f"  PCK leaf    {v.chain[0]['subject']} (valid {v.chain[0]['not_before']} .. {v.chain[0]['not_after']})")
-    lines += [f"  [{'ok' if c.ok else 'FAIL'}] {c.name}: {c.detail}" for c in v.checks]
-    if rep.collateral is not None:
-        c = rep.collateral
-        lines.append(f"  [{'ok' if c.ok else 'FAIL'}] collateral: {c.detail}")
-        lines.append(f"        window {_ts(c.valid_from)} ({c.window_reasons[0]}) .. {_ts(c.valid_until)} ({c.window_reasons[1]})")
+    for check in rep.checks:
+        lines.append(check_line(check))
+        if check.name == "collateral" and rep.collateral is not None:
+            c = rep.collateral
+            lines.append(f"        window {_ts(c.valid_from)} ({c.window_reasons[0]}) .. {_ts(c.valid_until)} ({c.window_reasons[1]})")
     lines += [f"  warning: {w}" for w in v.warnings]
-    lines.append(f"result: {'VERIFIED' if rep.ok else 'FAILED'}")
+    lines.append(f"result: {rep.verdict()}")
     return lines
+
+
+def check_line(c: Check) -> str:
+    if c.skipped:
+        return f"  [--] {c.name}: NOT checked: {c.detail}"
+    return f"  [{'ok' if c.ok else 'FAIL'}] {c.name}: {c.detail}"
 
 
 def eventlog_json(rep: EventLogReport) -> dict[str, Any]:
@@ -90,6 +100,7 @@ def eventlog_json(rep: EventLogReport) -> dict[str, Any]:
     out: dict[str, Any] = {
         "file": rep.path,
         "ok": rep.ok,
+        "verdict": rep.verdict(),
         "failures": rep.failures,
         "spec_id": {
             "spec_version": log.spec_id.spec_version,
@@ -133,15 +144,14 @@ def eventlog_text(rep: EventLogReport) -> list[str]:
         lines.append(f"  {e.index:4d} {where} {e.type_name:34s} {digest}  {e.describe()}")
     lines += [f"  replayed RTMR{i} {r.hex()}" for i, r in enumerate(rep.replayed)]
     if rep.quote is not None:
-        lines += [f"  quote: {line}" for line in quote_text(rep.quote)[1:-1] if "] " in line]
-        lines += [
-            f"  [{'FAIL' if i in rep.rtmr_mismatches else 'ok'}] replay of RTMR{i} {'differs from' if i in rep.rtmr_mismatches else 'matches'} the quote"
-            for i in range(4)
-        ]
+        lines += [f"  quote: {check_line(c).strip()}" for c in rep.quote.checks]
+        for i in range(4):
+            bad = i in rep.rtmr_mismatches
+            lines.append(f"  [{'FAIL' if bad else 'ok'}] replay of RTMR{i} {'differs from' if bad else 'matches'} the quote")
     if rep.policy is not None:
         p = rep.policy
         lines.append(f"  prediction: checked {', '.join(p.checked) or 'nothing'}")
         lines += [f"  not checked: {name}: {why}" for name, why in p.not_checked.items()]
         lines += [f"  [FAIL] {m.line()}" for m in p.mismatches]
-    lines.append(f"result: {'OK' if rep.ok else 'FAILED'}")
+    lines.append(f"result: {rep.verdict()}")
     return lines

@@ -6,17 +6,18 @@ AttestInputError (exit 2); a verification failure is a report with ok == False (
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
 
 from sealbox.attest import AttestInputError
 from sealbox.attest.binary import read_input
-from sealbox.attest.collateral import MAX_COLLATERAL, CollateralResult, check_collateral, load_collateral
+from sealbox.attest.binding import check_measurements, check_mrconfigid
+from sealbox.attest.collateral import CHECK_NAMES, COLLATERAL_CHECKS, MAX_COLLATERAL, CollateralResult, check_collateral, load_collateral
 from sealbox.attest.eventlog import CcelTable, EventLog, parse_ccel_table, parse_event_log, replay
 from sealbox.attest.policy import PolicyResult, compare, load_measurements
 from sealbox.attest.quote import Quote, parse_quote
-from sealbox.attest.verify import QuoteVerification, verify_quote
+from sealbox.attest.verify import Check, QuoteVerification, RootAnchor, verify_quote
 
 MAX_QUOTE = 1024 * 1024
 MAX_EVENT_LOG = 64 * 1024 * 1024
@@ -38,41 +39,91 @@ def parse_time(text: str | None) -> datetime:
     return t.replace(tzinfo=UTC) if t.tzinfo is None else t.astimezone(UTC)
 
 
+def _and(names: list[str]) -> str:
+    return names[0] if len(names) == 1 else f"{', '.join(names[:-1])} and {names[-1]}"
+
+
+@dataclass(frozen=True)
+class QuoteOptions:
+    """What the caller asked for and accepts (the CLI flags of `attest quote`)."""
+
+    collateral: str | Path | None = None
+    at: datetime | None = None
+    allowed: tuple[str, ...] = ("UpToDate",)
+    signatures_only: bool = False  # accept a verdict whose TCB status / QE identity / revocation were not checked
+    allow_debug: bool = False
+    instance: tuple[str, bytes] | None = None  # (where it came from, instance disk bytes): check MRCONFIGID
+    expect: str | Path | None = None  # measurements.json: check MRTD and RTMRs
+    root: RootAnchor | None = None  # tests: a synthetic root; None is the pinned Intel root
+
+
 @dataclass
 class QuoteReport:
     path: str
     quote: Quote
     verification: QuoteVerification
+    options: QuoteOptions = field(default_factory=QuoteOptions)
     collateral: CollateralResult | None = None
+    extra: list[Check] = field(default_factory=list)  # checks against what the caller expects (instance data, prediction)
+
+    @property
+    def checks(self) -> list[Check]:
+        if self.collateral is not None:
+            coll = self.collateral.checks
+        else:
+            coll = [Check.not_checked(n, "needs --collateral") for n in COLLATERAL_CHECKS]
+        return [*self.verification.checks, *coll, *self.extra]
 
     @property
     def failures(self) -> list[str]:
-        out = list(self.verification.failures)
-        if self.collateral is not None and not self.collateral.ok:
-            out.append(f"collateral: {self.collateral.detail}")
-        return out
+        return [f"{c.name}: {c.detail}" for c in self.checks if not c.ok and not c.skipped]
+
+    @property
+    def not_checked(self) -> list[str]:
+        return [c.name for c in self.checks if c.skipped]
 
     @property
     def ok(self) -> bool:
-        return not self.failures
+        return not self.failures and (not self.not_checked or self.options.signatures_only)
+
+    def verdict(self, prefix: str = "") -> str:
+        if self.failures:
+            return "FAILED"
+        if not self.not_checked:
+            return f"{prefix}VERIFIED"
+        names = _and([CHECK_NAMES.get(n, n) for n in self.not_checked])
+        accepted = " (accepted with --signatures-only)" if self.options.signatures_only else ""
+        return f"{prefix}{'signatures valid' if prefix else 'SIGNATURES VALID'} — {names} NOT checked{accepted}"
+
+    def refusal(self) -> str:
+        """Why a report without failures is still not accepted."""
+        names = _and([CHECK_NAMES.get(n, n) for n in self.not_checked])
+        why = "no --collateral" if self.collateral is None else "see the report"
+        return (f"signatures valid, but {names} were NOT checked ({why}); "
+                "give --collateral FILE, or --signatures-only to accept this")
 
 
-def quote_report(
-    path: str | Path, collateral: str | Path | None = None, at: datetime | None = None, allowed: tuple[str, ...] = ("UpToDate",)
-) -> QuoteReport:
+def quote_report(path: str | Path, options: QuoteOptions | None = None) -> QuoteReport:
+    opts = options or QuoteOptions()
     what = f"quote {path}"
     raw = read_input(path, "quote", MAX_QUOTE)
     q = parse_quote(raw, what)
-    at = at or datetime.now(UTC)
-    rep = QuoteReport(str(path), q, verify_quote(q, at))
-    if collateral is not None:
-        text = read_input(collateral, "collateral", MAX_COLLATERAL)
+    at = opts.at or datetime.now(UTC)
+    ver = verify_quote(q, at, opts.root, allow_debug=opts.allow_debug)
+    rep = QuoteReport(str(path), q, ver, opts)
+    if opts.collateral is not None:
+        text = read_input(opts.collateral, "collateral", MAX_COLLATERAL)
         try:
             decoded = text.decode("utf-8")
         except UnicodeDecodeError:
-            raise AttestInputError(f"collateral {collateral} is not UTF-8 JSON") from None
-        doc = load_collateral(decoded, f"collateral {collateral}")
-        rep.collateral = check_collateral(raw, q, doc, at, allowed)
+            raise AttestInputError(f"collateral {opts.collateral} is not UTF-8 JSON") from None
+        doc = load_collateral(decoded, f"collateral {opts.collateral}")
+        rep.collateral = check_collateral(raw, q, doc, at, opts.allowed, ver.certs, opts.root)
+    if opts.instance is not None:
+        rep.extra.append(check_mrconfigid(q, *opts.instance))
+    if opts.expect is not None:
+        m = load_measurements(read_input(opts.expect, "measurements file", MAX_MEASUREMENTS), f"measurements file {opts.expect}")
+        rep.extra.append(check_measurements(q, m))
     return rep
 
 
@@ -85,6 +136,7 @@ class EventLogReport:
     quote: QuoteReport | None = None
     rtmr_mismatches: list[int] = field(default_factory=list)  # RTMRs where replay != quote
     policy: PolicyResult | None = None
+    replay_only: bool = False  # the caller accepts a replay with nothing compared
 
     @property
     def failures(self) -> list[str]:
@@ -97,8 +149,36 @@ class EventLogReport:
         return out
 
     @property
+    def compared(self) -> bool:
+        return self.quote is not None or bool(self.policy and self.policy.checked)
+
+    @property
     def ok(self) -> bool:
-        return not self.failures
+        if self.failures:
+            return False
+        if not self.compared:
+            return self.replay_only
+        return self.quote is None or self.quote.ok
+
+    def verdict(self) -> str:
+        if self.failures:
+            return "FAILED"
+        if not self.compared:
+            return "REPLAY ONLY — nothing was compared " + ("(--replay-only)" if self.replay_only else "(give --quote and/or --expect)")
+        parts = []
+        if self.quote is not None:
+            parts.append("RTMRs match the quote")
+        if self.policy is not None and self.policy.checked:
+            parts.append(f"prediction matches ({', '.join(self.policy.checked)})")
+        if self.quote is not None:
+            parts.append(self.quote.verdict(prefix="quote "))
+        return "; ".join(parts)
+
+    def refusal(self) -> str:
+        if not self.compared:
+            return "nothing was compared: give --quote and/or --expect (or --replay-only to accept a replay alone)"
+        assert self.quote is not None
+        return f"quote {self.quote.path}: {self.quote.refusal()}"
 
 
 def eventlog_report(
@@ -107,16 +187,18 @@ def eventlog_report(
     quote: str | Path | None = None,
     expect: str | Path | None = None,
     at: datetime | None = None,
+    quote_options: QuoteOptions | None = None,
+    replay_only: bool = False,
 ) -> EventLogReport:
     ccel = None
     if table is not None:
         ccel = parse_ccel_table(read_input(table, "CCEL table", MAX_TABLE), f"CCEL table {table}")
     data = read_input(path, "event log", MAX_EVENT_LOG)
     log = parse_event_log(data, f"event log {path}", laml=ccel.laml if ccel else None)
-    rep = EventLogReport(str(path), log, replay(log), table=ccel)
+    rep = EventLogReport(str(path), log, replay(log), table=ccel, replay_only=replay_only)
     body = None
     if quote is not None:
-        rep.quote = quote_report(quote, at=at)
+        rep.quote = quote_report(quote, replace(quote_options or QuoteOptions(), at=at))
         body = rep.quote.quote.body
         rep.rtmr_mismatches = [i for i in range(4) if rep.replayed[i] != body.rtmrs[i]]
     if expect is not None:

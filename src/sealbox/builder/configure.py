@@ -40,6 +40,11 @@ def install_guest_protocol(tree: Path) -> None:
         _write(tree, f"/usr/lib/sealbox/{dest}", guest_files.read(src), 0o755)
     for unit in guest_files.UNITS:
         _write(tree, f"/usr/lib/systemd/system/{unit}", guest_files.read(unit), 0o644)
+    for link, target in guest_files.SYMLINKS.items():  # replaces whatever the bootstrap left (e.g. the host's resolv.conf)
+        path = tree / link.lstrip("/")
+        if path.is_symlink() or path.exists():
+            path.unlink()
+        path.symlink_to(target)
     init = tree / "init"  # the kernel runs /init from an initramfs
     if init.is_symlink() or init.exists():
         init.unlink()

@@ -83,7 +83,7 @@ LIB_DIR = "/usr/lib/x86_64-linux-gnu"
 ALWAYS = [
     "/var/lib/apt/lists/*", "/var/cache/apt/*", "/var/cache/ldconfig/aux-cache", "/var/log/*", "/var/tmp/*", "/tmp/*",
     "/etc/ssh/ssh_host_*", "/var/lib/systemd/random-seed", "/var/lib/dbus/machine-id", "/etc/*-", "/etc/.pwd.lock",
-    "/var/lib/systemd/catalog/database", "/usr/lib/udev/hwdb.bin", "/etc/udev/hwdb.bin", "/etc/resolv.conf",
+    "/var/lib/systemd/catalog/database", "/usr/lib/udev/hwdb.bin", "/etc/udev/hwdb.bin",
     "/root/.bash_history", "/var/lib/systemd/deb-systemd-*", "/var/lib/systemd/timers", "/var/cache/private",
     "/var/lib/dpkg/lock*", "/var/cache/debconf/*-old", "/var/lib/sgml-base/*", "/etc/apt/preferences.d/sealbox-lock.pref",
 ]

@@ -42,3 +42,6 @@ def measure(target: Path, as_json: bool, firmware: Path | None, memory: int, cpu
     click.echo(f"  UKI authenticode sha256: {doc['uki']['authenticode']['sha256']}")
     for name, reg in doc["registers"].items():
         click.echo(f"  {name:<6} {reg['expected']}  ({len(reg['events'])} events)")
+        # why a register is empty or what it assumes: a bare row of zeros reads like a bug
+        for note in reg.get("notes", []):
+            click.echo(f"         note: {note}")

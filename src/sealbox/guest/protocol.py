@@ -4,7 +4,7 @@ from __future__ import annotations
 
 HOSTKEY = "SEALBOX-HOSTKEY"  # console: one line per host key, before READY
 READY = "SEALBOX-READY"  # console: the guest is ready; nothing after it is trusted
-INSTANCE_MAGIC = "SEALBOX-INSTANCE-V1"  # first line of the instance disk
+INSTANCE_MAGIC = "SEALBOX-INSTANCE-V2"  # first line of the instance disk (the schema version: guest/instance.py)
 INSTANCE_END = "END"  # last line of the instance disk's text block
 
 # @NAME@ in a guest file is replaced by the value (see files.read)

@@ -13,7 +13,7 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
-from sealbox.guest.instance import InstanceData, render
+from sealbox.guest.instance import InstanceData, mrconfigid, render
 from sealbox.sandbox.steps import Step
 from sealbox.util import atomic
 from sealbox.util.run import run, which
@@ -82,6 +82,8 @@ class InstanceFilesStep(Step):
     address: ipaddress.IPv4Interface
     gateway: ipaddress.IPv4Address
     ssh_user: str = "root"
+    users: tuple[str, ...] = ()  # more users who get the sandbox's key (the image's declared users)
+    dns: tuple[ipaddress.IPv4Address, ...] = ()  # resolvers the guest writes to its resolv.conf
 
     @property
     def key_path(self) -> Path:
@@ -96,11 +98,16 @@ class InstanceFilesStep(Step):
 
     def do(self) -> dict[str, Any]:
         pub = generate_client_key(self.key_path, f"sealbox-{self.hostname}")
-        data = InstanceData(hostname=self.hostname, address=self.address, gateway=self.gateway,
-                            ssh_user=self.ssh_user, authorized_keys=(pub,))
+        data = self.data(pub)
         # root-only: QEMU receives it as an fd; Firecracker's staging gives the jail its own copy/link
         atomic.write_bytes(self.disk_path, render(data), mode=0o600)
-        return {"public_key": pub}
+        # the TDX launch binds the TD to this instance data (MRCONFIGID); `attest quote --instance` checks it
+        return {"public_key": pub, "mrconfigid": mrconfigid(data).hex()}
+
+    def data(self, public_key: str) -> InstanceData:
+        users = dict.fromkeys((self.ssh_user, *self.users))
+        return InstanceData(hostname=self.hostname, address=self.address, gateway=self.gateway, dns=self.dns,
+                            authorized_keys={u: (public_key,) for u in users})
 
     def undo(self, outputs: dict[str, Any]) -> None:
         for p in (self.key_path, self.key_path.with_name(KEY_NAME + ".pub"), self.disk_path):

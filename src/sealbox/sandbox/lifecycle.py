@@ -167,9 +167,11 @@ def dry_run(spec: SandboxSpec, state: StateDir) -> dict[str, Any]:
         backend_steps = [_step_entry(s) for s in inp.choice.backend.steps(plan)]
     else:
         backend_steps = list(desc.pop("steps"))
+    tdx_note = ("--tdx: the TD's MRCONFIGID is the SHA-384 of its instance data, which holds the client key made at run time; "
+                "shown as @INSTANCE-DATA-SHA384@")  # fmt: skip
     out: dict[str, Any] = {
         "name": spec.name, "vmm": inp.choice.vmm, "accel": inp.choice.accel,
-        "warnings": inp.choice.warnings,
+        "warnings": inp.choice.warnings + ([tdx_note] if spec.tdx else []),
         "image": {"dir": str(inp.image.dir), "name": inp.image.name, "kernel_version": inp.image.kernel_version},
         "network": net.model_dump(mode="json"), "cmdline": plan.cmdline,
         "steps": [_step_entry(s) for s in [*steps, console, inst]] + backend_steps,
@@ -236,10 +238,10 @@ def _create(record: SandboxRecord, save: Callable[[], None], inp: Inputs, state:
         inst = InstanceFilesStep(sandbox_dir=str(sandbox_dir), hostname=spec.name,
                                  address=f"{net.guest_ip}/{net.prefixlen}", gateway=net.host_ip)
         apply_steps([inst], record.steps, save, progress)
-        key = inst.key_path
+        key, binding = inst.key_path, record.steps.entries[-1].outputs.get("mrconfigid")
     else:
-        key = _restore_client_key(inp, sandbox_dir)
-    plan = planning.make_plan(spec, inp.image, inp.choice, net, sandbox_dir, uid, gid, cgroup, create=True)
+        key, binding = _restore_client_key(inp, sandbox_dir), None
+    plan = planning.make_plan(spec, inp.image, inp.choice, net, sandbox_dir, uid, gid, cgroup, create=True, mrconfigid=binding)
     if plan.initrd is not None:
         record.image["boot_initrd"] = str(plan.initrd)  # gc keeps cached initrds that a record names
         save()

@@ -145,3 +145,4 @@ class VmPlan(BaseModel):
     cgroup: CgroupPlan
     accel: Literal["kvm", "tcg"]
     console_log: Path
+    mrconfigid: str | None = None  # TDX: hex SHA-384 of the instance data (guest/instance.py); known once it is written

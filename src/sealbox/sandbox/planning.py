@@ -161,14 +161,14 @@ def boot_initrd(img: image_mod.Image, initrd: Path | None, *, create: bool) -> P
 
 
 def make_plan(spec: SandboxSpec, img: image_mod.Image, choice: Choice, net: GuestNet, sandbox_dir: Path,
-              uid: int, gid: int, cgroup: CgroupPlan, *, create: bool = False) -> VmPlan:
+              uid: int, gid: int, cgroup: CgroupPlan, *, create: bool = False, mrconfigid: str | None = None) -> VmPlan:
     firmware_boot = spec.tdx or spec.firmware == "ovmf"
     boot = img.boot_files(vmm=choice.vmm, rootfs=spec.rootfs, firmware=spec.firmware, tdx=spec.tdx)
     initrd = boot.initrd if spec.rootfs == "disk" else boot_initrd(img, boot.initrd, create=create)
     return VmPlan(
         spec=spec, sandbox_dir=sandbox_dir, kernel=boot.kernel, initrd=initrd, rootfs=boot.rootfs,
         instance_disk=sandbox_dir / DISK_NAME, cmdline=kernel_cmdline(boot, net, spec.name, firmware_boot), net=net,
-        uid=uid, gid=gid, cgroup=cgroup, accel=choice.accel, console_log=sandbox_dir / CONSOLE_LOG,
+        uid=uid, gid=gid, cgroup=cgroup, accel=choice.accel, console_log=sandbox_dir / CONSOLE_LOG, mrconfigid=mrconfigid,
     )
 
 

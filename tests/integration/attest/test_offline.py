@@ -33,14 +33,16 @@ def test_collateral_check_works_with_no_network() -> None:
         "--at", "2025-07-01T00:00:00Z",
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr
-    assert "[ok] collateral: TCB status UpToDate" in proc.stdout
+    assert "[ok] tcb_status: UpToDate (platform UpToDate, QE UpToDate), no advisories" in proc.stdout
+    assert proc.stdout.rstrip().endswith("result: VERIFIED")
 
 
 def test_eventlog_replay_with_no_network() -> None:
     gcp = VECTORS / "go-tdx-guest"
     proc = sealbox_without_network(
         "eventlog", str(gcp / "ccel_ccel_data.dat"), "--table", str(gcp / "ccel_ccel_table.dat"),
-        "--quote", str(gcp / "ccel_cos-113-tdx-quote.dat"), "--at", "2026-06-01T00:00:00Z",
+        "--quote", str(gcp / "ccel_cos-113-tdx-quote.dat"), "--at", "2026-06-01T00:00:00Z", "--signatures-only",
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr
-    assert proc.stdout.rstrip().endswith("result: OK")
+    assert proc.stdout.rstrip().endswith("result: RTMRs match the quote; quote signatures valid — TCB status, QE identity and revocation "
+                                         "NOT checked (accepted with --signatures-only)")

@@ -65,7 +65,7 @@ def sandbox(tmp_path: Path):
         plan = plan.model_copy(update={"kernel": image / "vmlinux", "initrd": image / "initrd.cpio.zst"})
         (tmp_path / "sandbox").mkdir()
         inst = plan.instance_disk
-        inst.write_bytes(f"SEALBOX-INSTANCE-V1\nhostname={name}\nEND\n".encode().ljust(4096, b"\0"))
+        inst.write_bytes(f"SEALBOX-INSTANCE-V2\nhostname={name}\nEND\n".encode().ljust(4096, b"\0"))
         os.chmod(inst, 0o644)
         settings = FirecrackerSettings(firecracker=fc, jailer=jl, chroot_base=tmp_path / "jails", start_timeout=20)
         yield FirecrackerBackend(settings), plan

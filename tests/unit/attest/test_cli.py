@@ -27,18 +27,18 @@ def one_line(err: str) -> str:
 
 
 @pytest.mark.parametrize("name", sorted(QUOTES))
-def test_quote_verifies(capsys, name: str) -> None:
-    code, out, err = run(capsys, "quote", str(vector(QUOTES[name])), "--at", AT)
+def test_quote_signatures_verify(capsys, name: str) -> None:
+    code, out, err = run(capsys, "quote", str(vector(QUOTES[name])), "--at", AT, "--signatures-only")
     assert (code, err) == (0, "")
-    assert out.rstrip().endswith("result: VERIFIED")
+    assert out.rstrip().endswith("result: SIGNATURES VALID — TCB status, QE identity and revocation NOT checked (accepted with --signatures-only)")
 
 
 def test_quote_json_has_hex_fields(capsys) -> None:
-    code, out, _ = run(capsys, "quote", str(vector(QUOTES["v5"])), "--at", AT, "--json")
+    code, out, _ = run(capsys, "quote", str(vector(QUOTES["v5"])), "--at", AT, "--json", "--signatures-only")
     doc = json.loads(out)
     assert code == 0 and doc["ok"] is True and doc["body_kind"] == "TD1.5"
     assert doc["body"]["mrtd"].startswith("7348651a34b2d2d3") and len(doc["body"]["rtmrs"]) == 4
-    assert [c["name"] for c in doc["checks"] if c["ok"]] == ["quote_signature", "qe_report_data", "qe_report_signature", "pck_chain"]
+    assert [c["name"] for c in doc["checks"] if c["ok"]] == ["quote_signature", "qe_report_data", "qe_report_signature", "pck_chain", "td_attributes"]
 
 
 def test_flipped_body_byte_exits_1_with_reason(capsys, tmp_path: Path) -> None:
@@ -87,7 +87,7 @@ def test_eventlog_matches_quote(capsys) -> None:
     code, out, err = run(
         capsys, "eventlog", str(vector("go-tdx-guest/ccel_ccel_data.dat")),
         "--table", str(vector("go-tdx-guest/ccel_ccel_table.dat")),
-        "--quote", str(vector(QUOTES["cos"])), "--at", AT, "--json",
+        "--quote", str(vector(QUOTES["cos"])), "--at", AT, "--json", "--signatures-only",
     )  # fmt: skip
     doc = json.loads(out)
     assert (code, err) == (0, "")

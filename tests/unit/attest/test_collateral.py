@@ -49,13 +49,16 @@ def test_outside_the_window_the_collateral_is_reported_as_such(at: datetime, sta
     assert ("2025-07-19T10:00:35Z" if status == "expired" else "2025-06-19T10:32:27Z") in res.detail
 
 
-def test_tampered_tcb_info_fails_in_dcap_qvl() -> None:
+def test_tampered_tcb_info_fails_in_sealbox_and_in_dcap_qvl() -> None:
     doc = load_collateral(read(COLLATERAL).decode())
     original = doc["tcb_info"]
     doc["tcb_info"] = original.replace('"tcbEvaluationDataNumber":', '"tcbEvaluationDataNumber":1', 1)
     assert doc["tcb_info"] != original
     res = check(START + timedelta(days=1), doc)
-    assert not res.ok and res.status == "error" and res.detail.startswith("dcap-qvl:")
+    assert not res.ok and res.status == "error"
+    signer = "C=US,ST=CA,L=Santa Clara,O=Intel Corporation,CN=Intel SGX TCB Signing"
+    assert res.detail.startswith(f"collateral: tcb_info_signature does not verify under {signer}")
+    assert "tcb_status: dcap-qvl: Verification failed: Signature is invalid for tcb_info" in res.detail
 
 
 def test_collateral_for_another_platform_does_not_verify_the_cos_quote() -> None:

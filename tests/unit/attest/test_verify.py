@@ -22,7 +22,7 @@ def failing(raw: bytes, at: datetime = AT, **kw) -> set[str]:
 def test_all_vector_quotes_verify(name: str) -> None:
     result = verify_quote(parse_quote(read(QUOTES[name])), AT)
     assert result.ok, result.failures
-    assert [c.name for c in result.checks] == ["quote_signature", "qe_report_data", "qe_report_signature", "pck_chain"]
+    assert [c.name for c in result.checks] == ["quote_signature", "qe_report_data", "qe_report_signature", "pck_chain", "td_attributes"]
     assert result.chain[-1]["sha256"] == pck_root.SHA256_FINGERPRINT
 
 
@@ -97,7 +97,7 @@ def test_chain_without_root_is_anchored_by_the_pinned_key() -> None:
     pki = Pki()
     raw = build_quote(pki, chain=pems(pki)[:2])
     result = verify_quote(parse_quote(raw), T0 + timedelta(days=1), root=pki.anchor())
-    assert result.ok and "root certificate not included" in result.checks[-1].detail
+    assert result.ok and "root certificate not included" in next(c.detail for c in result.checks if c.name == "pck_chain")
     # ...but the pinned root's own validity still applies
     early = verify_quote(parse_quote(raw), T0 - timedelta(days=1), root=pki.anchor())
     assert "pinned root is not valid at" in early.failures[0]
@@ -142,11 +142,14 @@ def test_invalid_attestation_key_point_is_a_failed_check_not_a_crash() -> None:
     assert "quote_signature: attestation key is not a valid P-256 point" in result.failures
 
 
-def test_debug_td_is_warned_about() -> None:
-    raw = bytearray(read(QUOTES["dcap"]))
-    raw[48 + 120] |= 1  # TDATTRIBUTES bit 0; signature now fails too, but the warning is independent
-    result = verify_quote(parse_quote(bytes(raw)), AT)
-    assert any("DEBUG" in w for w in result.warnings)
+def test_debug_td_fails_unless_allowed() -> None:
+    pki = Pki()
+    raw = build_quote(pki, td_attributes=((1 << 28) | 1).to_bytes(8, "little"))
+    at, root = T0 + timedelta(days=1), pki.anchor()
+    assert failing(raw, at, root=root) == {"td_attributes"}
+    allowed = verify_quote(parse_quote(raw), at, root, allow_debug=True)
+    assert allowed.ok and any("DEBUG" in w for w in allowed.warnings)
+    assert failing(build_quote(pki), at, root=root) == set()
 
 
 def test_corrupt_certificate_field_is_a_failed_check_not_a_crash() -> None:
@@ -168,3 +171,61 @@ def test_duplicate_certificate_extension_is_a_failed_check_not_a_crash() -> None
     result = verify_quote(parse_quote(bad), AT)
     assert [c.name for c in result.checks if not c.ok] == ["pck_chain"]
     assert "Duplicate 2.5.29.19 extension" in result.failures[0]
+
+
+def _ca(name: str, key, issuer: str, issuer_key, path_length: int | None):  # type: ignore[no-untyped-def]
+    from quotegen import _cert, key_usage
+
+    return _cert(name, key, issuer, issuer_key, True, T0, T0 + timedelta(days=900), path_length=path_length,
+                 extensions=((key_usage("key_cert_sign", "crl_sign"), True),))  # fmt: skip
+
+
+def test_path_length_violation_fails_the_chain() -> None:
+    """Root → CA 1 (pathLen 0) → CA 2 → leaf: CA 1 may not have a CA below it."""
+    from quotegen import _cert, _pem
+
+    pki = Pki()
+    k1, k2 = ec.generate_private_key(ec.SECP256R1()), ec.generate_private_key(ec.SECP256R1())
+    root = pki.certs()[2]
+    ca1 = _ca("Test CA 1", k1, "Test Root CA", pki.root_key, path_length=0)
+    ca2 = _ca("Test CA 2", k2, "Test CA 1", k1, path_length=None)
+    leaf = _cert("Test PCK Certificate", pki.pck_key, "Test CA 2", k2, False, T0, T0 + timedelta(days=365))
+    at, anchor = T0 + timedelta(days=1), pki.anchor()
+    result = verify_quote(parse_quote(build_quote(pki, chain=[_pem(c) for c in (leaf, ca2, ca1, root)])), at, root=anchor)
+    assert result.failures == ["pck_chain: cert 2 allows a path length of 0 but 1 CA certificate(s) follow it"]
+    # without the root certificate, the pinned root's own pathLen (1 for Intel's) applies: 2 CAs are one too many
+    ca1_free = _ca("Test CA 1", k1, "Test Root CA", pki.root_key, path_length=None)
+    raw = build_quote(pki, chain=[_pem(c) for c in (leaf, ca2, ca1_free)])
+    result = verify_quote(parse_quote(raw), at, root=anchor)
+    assert result.failures == ["pck_chain: the pinned root allows a path length of 1 but 2 CA certificate(s) follow it"]
+
+
+def test_key_usage_is_checked_at_each_level() -> None:
+    from quotegen import _cert, _pem, key_usage
+
+    pki = Pki()
+    at, anchor = T0 + timedelta(days=1), pki.anchor()
+    root, inter = pki.certs()[2], pki.certs()[1]
+    no_sign = _cert("Test PCK Certificate", pki.pck_key, "Test PCK CA", pki.inter_key, False, T0, T0 + timedelta(days=365),
+                    extensions=((key_usage("key_agreement"), True),))  # fmt: skip
+    result = verify_quote(parse_quote(build_quote(pki, chain=[_pem(c) for c in (no_sign, inter, root)])), at, root=anchor)
+    assert result.failures == ["pck_chain: cert 0 (CN=Test PCK Certificate) keyUsage does not allow digital signature"]
+    crl_only = _cert("Test PCK CA", pki.inter_key, "Test Root CA", pki.root_key, True, T0, T0 + timedelta(days=900),
+                     extensions=((key_usage("crl_sign"), True),))  # fmt: skip
+    result = verify_quote(parse_quote(build_quote(pki, chain=[_pem(c) for c in (pki.certs()[0], crl_only, root)])), at, root=anchor)
+    assert result.failures == ["pck_chain: cert 1 keyUsage does not allow key cert sign"]
+
+
+def test_unknown_critical_extension_fails_known_noncritical_passes() -> None:
+    from quotegen import _cert, _pem
+
+    pki = Pki()
+    at, anchor = T0 + timedelta(days=1), pki.anchor()
+    root, inter = pki.certs()[2], pki.certs()[1]
+    odd = x509.UnrecognizedExtension(x509.ObjectIdentifier("1.3.6.1.4.1.99999.7"), b"\x05\x00")
+    for critical, expected in ((True, ["pck_chain: cert 0 (CN=Test PCK Certificate) has an unknown critical extension 1.3.6.1.4.1.99999.7"]),
+                               (False, [])):  # fmt: skip
+        leaf = _cert("Test PCK Certificate", pki.pck_key, "Test PCK CA", pki.inter_key, False, T0, T0 + timedelta(days=365),
+                     extensions=((odd, critical),))  # fmt: skip
+        result = verify_quote(parse_quote(build_quote(pki, chain=[_pem(c) for c in (leaf, inter, root)])), at, root=anchor)
+        assert result.failures == expected

@@ -126,3 +126,22 @@ def test_cli_json_and_errors(build: Path, tmp_path: Path, capsys: pytest.Capture
         err = capsys.readouterr().err
         assert rc != 0 and err.startswith("sealbox: error:") and err.count("\n") == 1, (argv, err)
         assert "Traceback" not in err
+
+
+def test_text_output_says_why_a_register_is_zero(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A 6.1 kernel's EFI stub measures nothing into RTMR2: the all-zero value comes with its reason."""
+    d = tmp_path / "build"
+    d.mkdir()
+    (d / "vmlinuz").write_bytes(build_pe([(".text", b"\xcc" * 3000)]).data)
+    (d / "initrd.cpio.zst").write_bytes(b"\x28\xb5\x2f\xfd" + bytes(100))
+    (d / "vmlinux").write_bytes(b"\x7fELF" + bytes(64))
+    (d / "rootfs.ext4").write_bytes(bytes(4096))
+    build_uki(STUB, d / "vmlinuz", d / "initrd.cpio.zst", "console=ttyS0", b"ID=x\n", "6.1.0-28-cloud-amd64", d / "demo.efi")
+    write_manifest(d)
+    assert main(["measure", str(d)]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    i = next(i for i, line in enumerate(lines) if line.split()[:1] == ["RTMR2"])
+    assert lines[i].split()[1] == "0" * 96
+    notes = lines[i + 1 : i + 3]
+    assert all(n.startswith("         note: ") for n in notes), notes
+    assert "kernel 6.1 predates CC measurement in the Linux EFI stub (6.9): RTMR2 stays zero" in notes[1]

@@ -174,7 +174,8 @@ def test_tdx(make_plan, host) -> None:  # type: ignore[no-untyped-def]
     a = cmd.qemu_argv
     assert cmd.mode == "tdx"
     assert one(a, "-M") == "q35,kernel_irqchip=split,confidential-guest-support=tdx0"
-    assert values(a, "-object") == ["tdx-guest,id=tdx0", "rng-random,id=rng0,filename=/dev/urandom"]
+    # no instance data yet (as in --dry-run): the binding is a visible placeholder (tests/unit/runtime/test_rt_tdx_launch.py)
+    assert values(a, "-object") == ["tdx-guest,id=tdx0,mrconfigid=@INSTANCE-DATA-SHA384@", "rng-random,id=rng0,filename=/dev/urandom"]
     assert "virtio-rng-pci,rng=rng0" in values(a, "-device")
     assert one(a, "-accel") == "kvm"  # TDX needs KVM whatever the plan's fallback says
     assert one(a, "-cpu") == "host,-kvm-steal-time,-kvmclock"

@@ -69,7 +69,7 @@ def _host_cgroup(plan_cg: CgroupPlan) -> CgroupPlan:
 def test_run_tdx_refused_but_dry_run_describes(make_plan, host, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:  # type: ignore[no-untyped-def]
     monkeypatch.setattr(qemu, "TDX_PARAM", tmp_path / "absent-tdx-param")
     plan = make_plan(tdx=True)
-    plan = plan.model_copy(update={"cgroup": _host_cgroup(plan.cgroup)})
+    plan = plan.model_copy(update={"cgroup": _host_cgroup(plan.cgroup), "mrconfigid": "ab" * 48})
     backend = QemuBackend(host)
     with pytest.raises(SandboxError, match="--tdx cannot run on this host: .*absent-tdx-param"):
         backend.check_host(plan)

@@ -2,88 +2,134 @@
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import ipaddress
 import shutil
-import subprocess
 from pathlib import Path
 
 import pytest
 from hypothesis import given
 from hypothesis import strategies as hs
+from pydantic import ValidationError
 
 from sealbox.errors import SandboxError
-from sealbox.guest.instance import BLOCK, InstanceData, parse, render
+from sealbox.guest.instance import (
+    BLOCK,
+    Field,
+    InstanceData,
+    canonical,
+    canonical_from_disk,
+    encode_lines,
+    mrconfigid,
+    mrconfigid_base64,
+    parse,
+    render,
+)
 from sealbox.sandbox.instance import InstanceFilesStep
 
 KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOXKT8izYDJcWsJLMiQBka11FKFeQPWIGFG9N1yu1Fom sealbox-demo"
+KEY2 = KEY.replace("Fom", "Fxx")
 
 
 def data(**kw) -> InstanceData:  # type: ignore[no-untyped-def]
     base = dict(hostname="demo", address=ipaddress.IPv4Interface("10.213.0.2/30"),
-                gateway=ipaddress.IPv4Address("10.213.0.1"), authorized_keys=(KEY,))
+                gateway=ipaddress.IPv4Address("10.213.0.1"), authorized_keys={"root": (KEY,)})
     base.update(kw)
     return InstanceData(**base)
 
 
-def test_exact_layout_and_padding() -> None:
-    blob = render(data())
-    text = (
-        "SEALBOX-INSTANCE-V1\nhostname=demo\naddress=10.213.0.2/30\ngateway=10.213.0.1\n"
-        f"ssh_user=root\nauthorized_key={KEY}\nEND\n"
-    ).encode()
-    assert blob[: len(text)] == text
-    assert len(blob) == BLOCK and set(blob[len(text):]) == {0}
+# The V2 layout written out by hand: the oracle for the encoder (docs/guest-protocol.md shows the same).
+EXPECTED = (
+    "SEALBOX-INSTANCE-V2\nhostname=demo\naddress=10.213.0.2/30\ngateway=10.213.0.1\ndns=10.213.0.1\ndns=192.0.2.53\n"
+    f"authorized_key=root {KEY}\nauthorized_key=alice {KEY}\nauthorized_key=alice {KEY2}\nauthorized_key=bob {KEY}\nEND\n"
+)
 
 
-def test_guest_shell_parser_reads_it(tmp_path: Path) -> None:
-    """The guest reads the disk with `head -c 19` + `IFS='=' read -r k v` up to END (instance.sh)."""
-    if shutil.which("sh") is None:
-        pytest.skip("no /bin/sh")
-    disk = tmp_path / "disk.img"
-    disk.write_bytes(render(data(authorized_keys=(KEY, KEY.replace("Fom", "Fxx")))))
-    script = r"""
-d=$1
-[ "$(head -c 19 "$d")" = "SEALBOX-INSTANCE-V1" ] || exit 9
-while IFS='=' read -r k v; do
-  case $k in hostname) echo "H $v";; address) echo "A $v";; gateway) echo "G $v";; authorized_key) echo "K $v";; END) break;; esac
-done < "$d"
-"""
-    out = subprocess.run(["sh", "-c", script, "sh", str(disk)], capture_output=True, text=True, check=True, timeout=10).stdout
-    assert out.splitlines() == ["H demo", "A 10.213.0.2/30", "G 10.213.0.1", f"K {KEY}", f"K {KEY.replace('Fom', 'Fxx')}"]
+def full() -> InstanceData:
+    return data(dns=("10.213.0.1", "192.0.2.53"), authorized_keys={"bob": (KEY,), "alice": (KEY, KEY2), "root": (KEY,)})
 
 
-@pytest.mark.parametrize("bad", ["two\nlines", "nul\0byte", "tab\there", "caf\u00e9", ""])
-def test_rejects_values_the_guest_cannot_parse(bad: str) -> None:
-    with pytest.raises(SandboxError, match="printable ASCII"):
-        render(data(hostname=bad))
+def test_exact_layout_padding_and_canonical_order() -> None:
+    blob = render(full())
+    assert blob[: len(EXPECTED)] == EXPECTED.encode()  # root first, then users by name; keys and resolvers in order
+    assert len(blob) == BLOCK and set(blob[len(EXPECTED):]) == {0}
+
+
+def test_mrconfigid_is_sha384_of_the_canonical_text() -> None:
+    d = full()
+    assert canonical(d) == EXPECTED.encode()  # no secret field in V2: the canonical text is the disk's text
+    assert mrconfigid(d) == hashlib.sha384(EXPECTED.encode()).digest()
+    assert canonical_from_disk(render(d)) == EXPECTED.encode()  # what the guest recomputes from the disk
+    assert mrconfigid_base64(mrconfigid(d)) == base64.b64encode(hashlib.sha384(EXPECTED.encode()).digest()).decode()
+    # any change of any field changes it
+    for other in (data(hostname="demo2"), data(dns=("10.213.0.1",)), data(authorized_keys={"root": (KEY2,)}),
+                  data(authorized_keys={"root": (KEY,), "alice": (KEY,)})):  # fmt: skip
+        assert mrconfigid(other) != mrconfigid(data())
+
+
+def test_a_secret_is_never_hashed_in_clear() -> None:
+    token = Field("token", "token", False, True, "a hypothetical secret field")
+    host = Field("hostname", "hostname", False, False, "")
+    entries = [(host, "demo"), (token, "s3cret-value")]
+    disk, canon = encode_lines(entries, canonical=False), encode_lines(entries, canonical=True)
+    assert b"!token=s3cret-value\n" in disk
+    assert b"s3cret" not in canon and f"!token#sha384={hashlib.sha384(b's3cret-value').hexdigest()}\n".encode() in canon
+    assert canonical_from_disk(disk) == canon
+
+
+@pytest.mark.parametrize(
+    ("kw", "message"),
+    [
+        ({"hostname": "two\nlines"}, "printable ASCII"),
+        ({"hostname": "nul\0byte"}, "printable ASCII"),
+        ({"hostname": ""}, "printable ASCII"),
+        ({"hostname": "caf\u00e9"}, "printable ASCII"),
+        ({"authorized_keys": {"root": ("tab\there\n",)}}, "printable ASCII"),
+        ({"authorized_keys": {"../etc": (KEY,)}}, "not a valid user name"),
+        ({"authorized_keys": {"Root": (KEY,)}}, "not a valid user name"),
+    ],
+)
+def test_rejects_values_the_guest_cannot_parse(kw, message: str) -> None:  # type: ignore[no-untyped-def]
+    with pytest.raises(SandboxError, match=message):
+        render(data(**kw))
+
+
+def test_at_most_three_resolvers() -> None:
+    with pytest.raises(ValidationError, match="at most 3 resolvers"):
+        data(dns=("10.0.0.1", "10.0.0.2", "10.0.0.3", "10.0.0.4"))
 
 
 def test_too_many_keys_is_a_clear_error() -> None:
     with pytest.raises(SandboxError, match="at most"):
-        render(data(authorized_keys=(KEY,) * 1000))
+        render(data(authorized_keys={"root": (KEY,) * 1000}))
 
 
 def test_grows_in_whole_blocks() -> None:
-    assert len(render(data(authorized_keys=(KEY,) * 80))) == 3 * BLOCK
+    assert len(render(data(authorized_keys={"root": (KEY,) * 80}))) == 3 * BLOCK
 
 
 printable = hs.text(alphabet=hs.characters(min_codepoint=0x20, max_codepoint=0x7E), min_size=1, max_size=80)
+hostnames = hs.from_regex(r"[A-Za-z0-9][A-Za-z0-9-]{0,62}", fullmatch=True)
 
 
-@given(host=printable.filter(lambda s: s.strip() == s and "=" not in s[:0]), keys=hs.lists(printable.map(str.strip).filter(bool), max_size=5))
+@given(host=hostnames, keys=hs.lists(printable.map(str.strip).filter(bool), max_size=5))
 def test_roundtrip(host: str, keys: list[str]) -> None:
-    blob = render(data(hostname=host, authorized_keys=tuple(keys)))
+    blob = render(data(hostname=host, authorized_keys={"root": tuple(keys)}))
     assert len(blob) % BLOCK == 0
     got = parse(blob)
     assert got["hostname"] == [host]
-    assert got.get("authorized_key", []) == keys
+    assert got.get("authorized_key", []) == [f"root {k}" for k in keys]
+    assert canonical_from_disk(blob) == canonical(data(hostname=host, authorized_keys={"root": tuple(keys)}))
 
 
 def test_parse_rejects_foreign_disks() -> None:
     with pytest.raises(SandboxError, match="magic"):
         parse(b"\0" * 4096)
+    with pytest.raises(SandboxError, match="magic"):
+        parse(b"SEALBOX-INSTANCE-V1\nhostname=x\nEND\n")  # the old schema is not silently read as the new one
     with pytest.raises(SandboxError, match="END"):
-        parse(b"SEALBOX-INSTANCE-V1\nhostname=x\n")
+        parse(b"SEALBOX-INSTANCE-V2\nhostname=x\n")
 
 
 @pytest.mark.skipif(shutil.which("ssh-keygen") is None, reason="ssh-keygen (openssh-client) is not installed")
@@ -93,9 +139,11 @@ def test_step_writes_key_and_disk_and_undo_is_idempotent(tmp_path: Path) -> None
     assert out["public_key"].startswith("ssh-ed25519 ") and out["public_key"].endswith(" sealbox-demo")
     assert (tmp_path / "id_ed25519").stat().st_mode & 0o777 == 0o600
     assert (tmp_path / "instance.img").stat().st_mode & 0o777 == 0o600
-    got = parse((tmp_path / "instance.img").read_bytes())
+    disk = (tmp_path / "instance.img").read_bytes()
+    got = parse(disk)
     assert got["address"] == ["10.213.0.6/30"] and got["gateway"] == ["10.213.0.5"]
-    assert got["authorized_key"] == [out["public_key"]]
+    assert got["authorized_key"] == [f"root {out['public_key']}"]
+    assert out["mrconfigid"] == hashlib.sha384(canonical_from_disk(disk)).hexdigest()
     assert (tmp_path / "id_ed25519.pub").read_text().strip() == out["public_key"]
     step.undo(out)
     assert not any(tmp_path.iterdir())
@@ -112,9 +160,12 @@ def test_prestarted_key_is_collected_by_the_step(tmp_path: Path) -> None:
 
     instance.prestart_client_key(tmp_path / "id_ed25519", "sealbox-demo")
     assert str(tmp_path / "id_ed25519") in instance._PENDING
-    step = InstanceFilesStep(sandbox_dir=str(tmp_path), hostname="demo", address="10.213.0.6/30", gateway="10.213.0.5")
+    step = InstanceFilesStep(sandbox_dir=str(tmp_path), hostname="demo", address="10.213.0.6/30", gateway="10.213.0.5",
+                             users=("dev",), dns=("10.213.0.5",))  # fmt: skip
     out = step.do()
     assert out["public_key"] == (tmp_path / "id_ed25519.pub").read_text().strip()
+    got = parse((tmp_path / "instance.img").read_bytes())
+    assert got["authorized_key"] == [f"root {out['public_key']}", f"dev {out['public_key']}"] and got["dns"] == ["10.213.0.5"]
     assert instance._PENDING == {}
     step.undo(out)
 

@@ -8,6 +8,8 @@ from sealbox.guest.protocol import PLACEHOLDERS
 
 UNITS = ("sealbox-early.service", "sealbox-instance.service", "sealbox-sshd-keys.service", "sealbox-ready.service")
 SCRIPTS = {"early.sh": "early", "instance.sh": "instance", "sshd-keys.sh": "sshd-keys", "ready.sh": "ready"}
+# Image paths that point at files the guest writes at run time into /run (the image stays read-only).
+SYMLINKS = {"/etc/resolv.conf": "/run/sealbox/resolv.conf"}  # written by instance.sh from the instance data
 
 
 def read(name: str) -> bytes:

@@ -1,9 +1,12 @@
 #!/bin/sh
-# sealbox guest: apply per-instance data (docs/guest-protocol.md) from the instance disk and the kernel
-# command line's ip= argument. Nothing per-instance is ever in the image. Shell builtins where possible:
-# under emulation every exec costs tens of milliseconds.
+# sealbox guest: apply the per-instance data (schema in sealbox/guest/instance.py, prose in docs/guest-protocol.md)
+# from the instance disk, else the kernel command line's ip= argument. Nothing per-instance is ever in the image.
+# In a TD nothing is applied unless the data hashes to the MRCONFIGID the TD was started with; sshd requires this
+# unit, so it does not start either. Shell builtins where possible: under emulation every exec costs ~10 ms.
 set -eu
-addr= gw= host= user=root keys=
+run=/run/sealbox
+addr= gw= host= dns=
+say() { echo "sealbox-instance: $*" >&2; }
 mask2prefix() {  # dotted netmask -> prefix length
 	n=0 old=$IFS
 	IFS=.
@@ -14,6 +17,35 @@ mask2prefix() {  # dotted netmask -> prefix length
 	IFS=$old
 	echo "$n"
 }
+is_td() {  # the kernel lists the tdx_guest CPU flag inside a TD
+	while read -r k rest; do
+		[ "$k" = flags ] || continue
+		case " $rest " in *" tdx_guest "*) return 0 ;; esac
+		return 1
+	done < /proc/cpuinfo
+	return 1
+}
+td_mrconfigid() {  # this TD's MRCONFIGID as 96 hex digits, or nothing
+	mr=/sys/class/misc/tdx_guest/measurements/mrconfigid  # Linux >= 6.16
+	if [ -r "$mr" ]; then
+		od -An -v -tx1 "$mr" | tr -d ' \n'
+		return 0
+	fi
+	# Linux 6.7-6.15: a quote from configfs-tsm (needs the host's quote generation service); the TDREPORT
+	# behind /dev/tdx_guest needs an ioctl, which no tool in the image can make
+	tsm=/sys/kernel/config/tsm/report
+	[ -d "$tsm" ] || mount -t configfs configfs /sys/kernel/config 2>/dev/null || true
+	[ -d "$tsm" ] || return 0
+	entry=$tsm/sealbox-instance
+	mkdir "$entry" 2>/dev/null || true
+	printf '%064d' 0 | tr 0 '\000' > "$entry/inblob" 2>/dev/null || return 0  # REPORTDATA: zeros
+	cat "$entry/outblob" > "$run/instance.quote" 2>/dev/null || return 0
+	rmdir "$entry" 2>/dev/null || true
+	# MRCONFIGID sits 184 bytes into the TD report body: after the 48-byte header (v4), plus 6 (v5)
+	case $(od -An -tu2 -N2 "$run/instance.quote" | tr -d ' ') in 4) off=232 ;; 5) off=238 ;; *) return 0 ;; esac
+	dd if="$run/instance.quote" bs=1 skip=$off count=48 2>/dev/null | od -An -v -tx1 | tr -d ' \n'
+}
+
 read -r cmdline < /proc/cmdline
 for arg in $cmdline; do
 	case $arg in
@@ -32,27 +64,70 @@ while [ $i -lt 50 ]; do  # virtio devices appear as their modules load: wait at 
 	[ -e /sys/class/net/eth0 ] && [ -e "$1" ] && break
 	sleep 0.1; i=$((i+1))
 done
+disk=
 for dev in /sys/block/vd*; do
 	[ -e "$dev" ] || continue
 	first=
 	read -r first < "/dev/${dev##*/}" 2>/dev/null || true
-	[ "$first" = "@SEALBOX_INSTANCE_MAGIC@" ] || continue
-	while IFS='=' read -r k v; do
-		case $k in
-		hostname) host=$v ;; address) addr=$v ;; gateway) gw=$v ;; ssh_user) user=$v ;;
-		authorized_key) keys="$keys$v
-" ;;
-		@SEALBOX_INSTANCE_END@) break ;;
-		esac
-	done < "/dev/${dev##*/}"
-	break
+	if [ "$first" = "@SEALBOX_INSTANCE_MAGIC@" ]; then disk=/dev/${dev##*/}; break; fi
 done
-[ -n "$host" ] && echo "$host" > /proc/sys/kernel/hostname
-if [ -n "$keys" ]; then
-	mkdir -p /run/sealbox/authorized_keys
-	umask 022
-	printf '%s' "$keys" > "/run/sealbox/authorized_keys/$user"
+
+umask 022
+mkdir -p "$run"
+stage=$run/instance.d  # nothing leaves here before the binding check
+rm -rf "$stage"
+mkdir -p "$stage/keys"
+if [ -n "$disk" ]; then
+	ended=
+	# every line up to END goes into the canonical text exactly as it is applied (secrets as their digest)
+	while IFS= read -r line; do
+		case $line in
+		!*) k=${line#!}; d=$(printf '%s' "${k#*=}" | sha384sum); echo "!${k%%=*}#sha384=${d%% *}" ;;
+		*) printf '%s\n' "$line" ;;
+		esac
+		case $line in
+		hostname=*) host=${line#*=} ;;
+		address=*) addr=${line#*=} ;;
+		gateway=*) gw=${line#*=} ;;
+		dns=*) dns="$dns ${line#*=}" ;;
+		authorized_key=*)
+			v=${line#*=}; u=${v%% *}
+			case $u in ''|*[!a-z0-9_-]*|[!a-z_]*) say "instance data names an invalid user '$u'"; exit 1 ;; esac
+			printf '%s\n' "${v#* }" >> "$stage/keys/$u"
+			;;
+		@SEALBOX_INSTANCE_END@) ended=1; break ;;
+		esac
+	done < "$disk" > "$stage/canonical"
+	[ -n "$ended" ] || { say "instance disk $disk has no @SEALBOX_INSTANCE_END@ line"; exit 1; }
+	digest=$(sha384sum "$stage/canonical")
+	digest=${digest%% *}
 fi
+if is_td; then
+	[ -n "$disk" ] || { say "refusing to start: this TD has no instance disk"; exit 1; }
+	want=$(td_mrconfigid)
+	if [ -z "$want" ]; then
+		say "refusing the instance data: this TD's MRCONFIGID cannot be read (no tdx_guest measurements in sysfs, no configfs-tsm quote)"
+		exit 1
+	fi
+	if [ "$want" != "$digest" ]; then
+		say "refusing the instance data: its SHA-384 $digest is not this TD's MRCONFIGID $want"
+		exit 1
+	fi
+	echo "td mrconfigid=$digest" > "$run/instance.binding"
+elif [ -n "$disk" ]; then
+	echo "not-a-td sha384=$digest" > "$run/instance.binding"
+fi
+
+[ -n "$host" ] && echo "$host" > /proc/sys/kernel/hostname
+if [ -n "$disk" ]; then
+	mv "$stage/canonical" "$run/instance"
+	[ -e "$run/authorized_keys" ] || mv "$stage/keys" "$run/authorized_keys"
+fi
+{
+	echo "# sealbox: resolvers from the instance data"
+	for ip in $dns; do echo "nameserver $ip"; done
+} > "$run/resolv.conf"
+rm -rf "$stage"
 {
 	echo "link set lo up"
 	if [ -n "$addr" ] && [ -e /sys/class/net/eth0 ]; then

@@ -23,6 +23,7 @@ from typing import Any, ClassVar, Literal
 from pydantic import BaseModel
 
 from sealbox.errors import SandboxError
+from sealbox.guest.instance import mrconfigid_base64
 from sealbox.sandbox.host import jail
 from sealbox.sandbox.model import DiskSpec, RateLimit, SandboxSpec, VmPlan
 from sealbox.sandbox.steps import Step
@@ -36,6 +37,8 @@ OVMF_CODE = Path("/usr/share/OVMF/OVMF_CODE_4M.fd")
 OVMF_VARS = Path("/usr/share/OVMF/OVMF_VARS_4M.fd")
 TDVF_CANDIDATES = (Path("/usr/share/ovmf/OVMF.inteltdx.fd"), Path("/usr/share/OVMF/OVMF.inteltdx.fd"), Path("/usr/share/qemu/OVMF.inteltdx.fd"))
 QEMU_OVERHEAD_MIB = 160  # QEMU's own RSS beyond guest RAM and TCG buffers (measured: see tests)
+# --dry-run of a TD: its MRCONFIGID hashes instance data whose client key is only made at run time
+PENDING_MRCONFIGID = "@INSTANCE-DATA-SHA384@"
 
 Mode = Literal["microvm", "ovmf", "tdx"]
 
@@ -180,7 +183,7 @@ def build_command(plan: VmPlan, host: HostFacts) -> QemuCommand:
     elif mode == "ovmf":
         argv += ["-M", "q35"]
     else:
-        argv += ["-M", "q35,kernel_irqchip=split,confidential-guest-support=tdx0", "-object", "tdx-guest,id=tdx0"]
+        argv += ["-M", "q35,kernel_irqchip=split,confidential-guest-support=tdx0", "-object", tdx_object(plan)]
     if accel == "tcg":
         argv += ["-accel", f"tcg,tb-size={tb_size_mib(spec.memory_mib)}"]
     else:
@@ -254,6 +257,13 @@ def build_command(plan: VmPlan, host: HostFacts) -> QemuCommand:
         vars_copy=str(vars_copy) if vars_copy else None,
         vars_template=str(host.ovmf_vars) if vars_copy else None,
     )
+
+
+def tdx_object(plan: VmPlan) -> str:
+    """The TD is bound to its instance data: MRCONFIGID = SHA-384 of the canonical encoding (guest/instance.py).
+    The guest applies no instance data that does not hash to it, and `attest quote --instance` checks it."""
+    value = mrconfigid_base64(bytes.fromhex(plan.mrconfigid)) if plan.mrconfigid else PENDING_MRCONFIGID
+    return f"tdx-guest,id=tdx0,mrconfigid={value}"
 
 
 def qemu_objects(qemu: str | None = None) -> set[str]:

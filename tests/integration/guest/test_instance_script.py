@@ -1,0 +1,117 @@
+"""The real instance.sh, run by the default image's own shell and tools (guest_chroot.py), against instance disks
+written by the host's encoder (guest/instance.py): what the guest applies, what it hashes, and when a TD refuses."""
+
+from __future__ import annotations
+
+import hashlib
+import ipaddress
+import os
+import shutil
+import sys
+from pathlib import Path
+
+import pytest
+from guest_chroot import Guest, run_instance_sh
+
+from sealbox.guest.instance import InstanceData, canonical, mrconfigid, render
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "unit" / "attest"))
+from quotegen import Pki, build_quote  # noqa: E402
+
+pytestmark = [
+    pytest.mark.integration,
+    pytest.mark.skipif(os.geteuid() != 0, reason="needs root (mount namespace, loop mount, chroot)"),
+    pytest.mark.skipif(shutil.which("unshare") is None, reason="unshare (util-linux) not installed"),
+]
+
+KEY_ROOT = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOXKT8izYDJcWsJLMiQBka11FKFeQPWIGFG9N1yu1Fom sealbox-demo"
+KEY_ALICE = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIH6e1pP3UhX0sFqk0Yb5sH2o9bJ8Qd3jVYkqM1yK0oQx alice@laptop"
+IP_ARG = "ip=10.9.9.2::10.9.9.1:255.255.255.252:fromcmdline:eth0:off"
+
+
+@pytest.fixture(scope="module")
+def image() -> Path:
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+    from imagecache import default_image
+
+    return default_image()
+
+
+def data(**kw) -> InstanceData:  # type: ignore[no-untyped-def]
+    base = dict(hostname="demo", address=ipaddress.IPv4Interface("10.213.0.2/30"), gateway=ipaddress.IPv4Address("10.213.0.1"),
+                dns=(ipaddress.IPv4Address("10.213.0.1"), ipaddress.IPv4Address("192.0.2.53")),
+                authorized_keys={"root": (KEY_ROOT,), "alice": (KEY_ALICE, KEY_ROOT)})  # fmt: skip
+    base.update(kw)
+    return InstanceData(**base)
+
+
+def test_instance_disk_wins_over_ip_argument(image: Path, tmp_path: Path) -> None:
+    r = run_instance_sh(image, tmp_path, Guest(disk=render(data()), cmdline=f"console=ttyS0 {IP_ARG}"))
+    assert (r.rc, r.stderr) == (0, "")
+    assert r.addresses == ["10.213.0.2/30"]
+    assert "default via 10.213.0.1 dev eth0" in r.routes
+    assert r.files["hostname"] == "demo\n"
+
+
+def test_ip_argument_alone_configures_the_link(image: Path, tmp_path: Path) -> None:
+    r = run_instance_sh(image, tmp_path, Guest(disk=None, cmdline=f"console=ttyS0 {IP_ARG}"))
+    assert (r.rc, r.stderr) == (0, "")
+    assert r.addresses == ["10.9.9.2/30"] and "default via 10.9.9.1 dev eth0" in r.routes
+    assert r.files["hostname"] == "fromcmdline\n"
+    assert "authorized_keys/root" not in r.files
+
+
+def test_per_user_keys_resolvers_and_the_hash_of_what_was_applied(image: Path, tmp_path: Path) -> None:
+    d = data()
+    r = run_instance_sh(image, tmp_path, Guest(disk=render(d)))
+    assert (r.rc, r.stderr) == (0, "")
+    assert r.files["authorized_keys/root"] == KEY_ROOT + "\n"
+    assert r.files["authorized_keys/alice"] == f"{KEY_ALICE}\n{KEY_ROOT}\n"
+    assert r.files["resolv.conf"] == "# sealbox: resolvers from the instance data\nnameserver 10.213.0.1\nnameserver 192.0.2.53\n"
+    assert r.resolv_link == "/run/sealbox/resolv.conf"  # the image's /etc/resolv.conf points at the runtime file
+    # the guest's canonical text is byte-identical to the host's, and so is its SHA-384 (the MRCONFIGID)
+    assert r.files["instance"].encode() == canonical(d)
+    assert r.files["instance.binding"] == f"not-a-td sha384={mrconfigid(d).hex()}\n"
+    assert hashlib.sha384(r.files["instance"].encode()).digest() == mrconfigid(d)
+
+
+@pytest.mark.parametrize("version", [4, 5])
+def test_td_applies_data_that_matches_its_mrconfigid(image: Path, tmp_path: Path, version: int) -> None:
+    """STAND-IN report device: a configfs-tsm entry whose outblob is a synthetic quote with this MRCONFIGID."""
+    d = data()
+    quote = build_quote(Pki(), version=version, body_type=3 if version == 5 else 2, mrconfigid=mrconfigid(d))
+    r = run_instance_sh(image, tmp_path, Guest(disk=render(d), td=True, tsm_outblob=quote))
+    assert (r.rc, r.stderr) == (0, "")
+    assert r.files["instance.binding"] == f"td mrconfigid={mrconfigid(d).hex()}\n"
+    assert r.files["authorized_keys/root"] == KEY_ROOT + "\n" and r.addresses == ["10.213.0.2/30"]
+
+
+def test_td_refuses_data_that_does_not_match(image: Path, tmp_path: Path) -> None:
+    d, other = data(), data(authorized_keys={"root": (KEY_ALICE,)})  # the host swapped in its own key
+    quote = build_quote(Pki(), mrconfigid=mrconfigid(d))
+    r = run_instance_sh(image, tmp_path, Guest(disk=render(other), td=True, tsm_outblob=quote))
+    assert r.rc == 1
+    assert r.stderr.strip() == (f"sealbox-instance: refusing the instance data: its SHA-384 {mrconfigid(other).hex()} "
+                                f"is not this TD's MRCONFIGID {mrconfigid(d).hex()}")  # fmt: skip
+    assert not any(k.startswith("authorized_keys") for k in r.files) and r.addresses == []
+    assert r.files["hostname"] == "localhost\n"
+
+
+def test_td_reads_the_sysfs_measurement_on_newer_kernels(image: Path, tmp_path: Path) -> None:
+    d = data()
+    ok = run_instance_sh(image, tmp_path / "good", Guest(disk=render(d), td=True, sysfs_mrconfigid=mrconfigid(d)))
+    assert (ok.rc, ok.stderr) == (0, "")
+    bad = run_instance_sh(image, tmp_path / "bad", Guest(disk=render(d), td=True, sysfs_mrconfigid=bytes(48)))
+    assert bad.rc == 1 and f"is not this TD's MRCONFIGID {'00' * 48}" in bad.stderr
+
+
+def test_td_without_a_readable_report_refuses(image: Path, tmp_path: Path) -> None:
+    r = run_instance_sh(image, tmp_path, Guest(disk=render(data()), td=True))
+    assert r.rc == 1 and "this TD's MRCONFIGID cannot be read" in r.stderr
+    assert not any(k.startswith("authorized_keys") for k in r.files)
+
+
+def test_invalid_user_name_on_a_forged_disk_is_refused(image: Path, tmp_path: Path) -> None:
+    forged = render(data()).replace(b"authorized_key=alice ", b"authorized_key=../x  ")
+    r = run_instance_sh(image, tmp_path, Guest(disk=forged))
+    assert r.rc == 1 and "instance data names an invalid user '../x'" in r.stderr
