@@ -81,21 +81,29 @@ def check_userns() -> Check:
 
 
 def check_vmm_user() -> Check:
-    u = users.lookup()
-    if u is None:
-        return Check(name="vmm-user", status="warn", detail=f"user {users.VMM_USER!r} does not exist yet", fix="it is created on the first 'sealbox run' (as root)")
-    kvm_note = "member of kvm" if u.kvm_gid is not None else ("no kvm group on this host" if users.kvm_gid() is None else "NOT in group kvm")
-    if users.kvm_gid() is not None and u.kvm_gid is None:
-        return Check(name="vmm-user", status="warn", detail=f"{u.name} uid={u.uid}, {kvm_note}", fix=f"usermod -aG kvm {u.name}")
-    return Check(name="vmm-user", status="ok", detail=f"{u.name} uid={u.uid} gid={u.gid}, {kvm_note}")
+    """The per-sandbox uid range: configured sanely, clear of delegated subordinate ids, not used up."""
+    from sealbox.errors import SealboxError
+    from sealbox.sandbox.host.registry import Registry
+
+    try:
+        lo, hi = users.uid_range()
+        clash = [f"{a}-{b}" for a, b in users.subid_ranges() if a <= hi and lo <= b]
+        held = len(Registry().uid_holds()) if os.geteuid() == 0 else 0
+        users.free_uid(taken=Registry().uid_holds() if os.geteuid() == 0 else ())
+    except SealboxError as e:
+        return Check(name="vmm-user", status="fail", detail=e.message, fix=e.hint or f"set {users.RANGE_ENV}")
+    detail = f"sandbox VMMs run as uids {lo}-{hi} (one each, {held} leased)"
+    if clash:
+        return Check(name="vmm-user", status="warn", detail=f"{detail}; /etc/subuid or /etc/subgid delegate {', '.join(clash)} (skipped)",
+                     fix=f"set {users.RANGE_ENV} to a range no subordinate id range overlaps")
+    return Check(name="vmm-user", status="ok", detail=detail)
 
 
 def check_jail() -> Check:
     """Run `true` through the real setpriv -> bwrap chain as the VMM user (or nobody)."""
     if os.geteuid() != 0:
         return Check(name="jail", status="skip", detail="not root: the jail smoke test needs root")
-    u = users.lookup()
-    uid, gid = (u.uid, u.gid) if u else (65534, 65534)
+    uid = gid = users.free_uid()
     argv = jail.jail_argv(jail.JailSpec(uid=uid, gid=gid, root_links=jail.host_root_links()), ["/usr/bin/true"])
     try:
         proc = subprocess.run(argv, capture_output=True, text=True, timeout=20)

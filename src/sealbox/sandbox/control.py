@@ -198,12 +198,11 @@ def remove(state: StateDir, name: str, *, force: bool = False, progress: Callabl
 
 
 def _remove_unreadable(state: StateDir, name: str) -> list[str]:
-    """rm --force of a sandbox whose record is unreadable: remove what its *name* identifies."""
+    """rm --force of a sandbox whose record is unreadable: remove the host objects carrying its mark."""
     from sealbox.sandbox import gc
 
     removed = gc.remove_by_name(state, name)
-    state.delete(name)
-    return removed
+    return removed + [f"mount {m}" for m in state.delete(name)]
 
 
 # ---- exec / ssh -------------------------------------------------------------------------------

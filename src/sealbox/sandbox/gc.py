@@ -5,17 +5,19 @@
    not finish has its recorded steps undone in reverse (undo works from the record alone) and its
    state dir deleted. Running, stopped and in-creation sandboxes are kept; a sandbox whose lock is
    held by another command is skipped (it is busy, hence not dead).
-2. Host leftovers that no record owns: sealbox-named netns, veths, nft tables, address files,
-   ip_forward users (host/network.find_leftovers) and cgroups `<hierarchy>/sealbox/<name>`.
-   Those names are host-global, but a state dir only removes names it has used itself (it has a
-   lock file for every sandbox name it ever created), so gc with one state dir never tears down a
-   live sandbox of another. Each removal holds that name's lock and re-checks that no record exists,
-   so a concurrent `run` (which locks before it reserves) is never raced.
+2. Host leftovers that no record owns (host/leftovers.py, vmm/firecracker/leftovers.py): network
+   namespaces, veths, nft tables, registry leases and uids, ip_forward users, cgroups and
+   Firecracker jails (with their processes and jailer cgroups) — only those whose ownership mark
+   (host/owner.py) names this state dir. Objects of other state dirs, or without a mark, are
+   reported as foreign and left alone. Each removal holds that name's lock and re-checks that no
+   record exists, so a concurrent `run` (which locks before it reserves) is never raced. Mounts
+   under a sandbox dir (its console tmpfs) go with that dir (StateDir.delete).
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from pathlib import Path
 from typing import Literal
 
@@ -26,11 +28,11 @@ from sealbox.sandbox import status as st
 from sealbox.sandbox import stepkinds
 from sealbox.sandbox.state import SandboxRecord, StateDir, pid_alive
 from sealbox.sandbox.steps import undo_steps
-from sealbox.util.names import NAME_RE
 
 log = logging.getLogger("sealbox.gc")
 LOCK_WAIT = 0.5  # a sandbox whose lock is held this long is busy: skip it, never wait for a `run`
-CGROUP_PARENT = "sealbox"
+# removal order of leftovers: what runs first, then what it used, the registry lease last
+ORDER = ("firecracker-jail", "cgroup", "veth", "nft-table", "netns", "netns-placeholder", "ip-forward-user", "lease", "uid")
 
 Action = Literal["remove", "keep"]
 
@@ -55,30 +57,24 @@ class GcReport(BaseModel):
     removed: list[str] = []  # one line per removed sandbox or leftover
     kept: list[str] = []
     skipped: list[str] = []  # busy or unreadable: not touched
-    foreign: list[str] = []  # sealbox-named objects of names this state dir never used
+    foreign: list[str] = []  # sealbox-named objects without this state dir's mark: never touched
     problems: list[str] = []
-
-
-def known_names(state: StateDir) -> set[str]:
-    """Every sandbox name this state dir has used: lock files persist after rm (see module doc)."""
-    from sealbox.sandbox.host import ipam
-
-    names = {p.stem for p in (state.root / "locks").glob("*.lock") if NAME_RE.fullmatch(p.stem)}
-    return names | set(ipam.read_allocations(state.root)) | set(state.names())
 
 
 def collect(state: StateDir, *, dry_run: bool = False) -> GcReport:
     report = GcReport()
+    gone: set[str] = set()  # records removed (or, in a dry run, that would be)
     for name in state.names():
         try:
             with state.lock(name, timeout=LOCK_WAIT):
-                _collect_one(state, name, report, dry_run)
+                if _collect_one(state, name, report, dry_run):
+                    gone.add(name)
         except SandboxError as e:
             if "busy" in e.message:
                 report.skipped.append(f"{name}: busy (another sealbox command holds its lock)")
             else:
                 report.problems.append(f"{name}: {e.message}")
-    _leftovers(state, report, dry_run)
+    _leftovers(state, report, dry_run, set(state.names()) - gone)
     _initrd_copies(state, report, dry_run)
     return report
 
@@ -100,20 +96,21 @@ def _initrd_copies(state: StateDir, report: GcReport, dry_run: bool) -> None:
     report.removed += [f"cached initramfs {p.name}" for p in initrd_cache.prune(keep)]
 
 
-def _collect_one(state: StateDir, name: str, report: GcReport, dry_run: bool) -> None:
+def _collect_one(state: StateDir, name: str, report: GcReport, dry_run: bool) -> bool:
+    """Undo and delete one dead sandbox; True if it is (or, dry run, would be) gone."""
     try:
         record = state.load(name)
     except SandboxError as e:
         report.skipped.append(f"{name}: {e.message} (use 'sealbox rm --force {name}')")
-        return
+        return False
     action, why = decide(record)
     if action == "keep":
         report.kept.append(f"{name}: {why}")
-        return
+        return False
     kinds = [e.kind for e in record.steps.pending_undo()]
     if dry_run:
         report.removed.append(f"sandbox {name} ({why}): would undo {', '.join(kinds) or 'nothing'}")
-        return
+        return True
     record.status = "removing"
     record.error = record.error or why
     state.save(record)
@@ -121,58 +118,41 @@ def _collect_one(state: StateDir, name: str, report: GcReport, dry_run: bool) ->
     problems = undo_steps(record.steps, lambda: state.save(record))
     if problems:
         report.problems.append(f"{name}: {'; '.join(problems)}")
-        return
-    state.delete(name)
+        return False
+    unmounted = state.delete(name)
     report.removed.append(f"sandbox {name} ({why}): undid {', '.join(kinds) or 'nothing'}")
+    report.removed += [f"leftover mount {m}" for m in unmounted]
+    return True
 
 
-def _cgroup_leftovers(keep: set[str]) -> list[tuple[str, Path]]:
-    from sealbox.sandbox.host import cgroups
+Remover = tuple[str, str, str, Callable[[], None]]  # (kind, sandbox, description, remove)
 
-    found = []
+
+def _find(state: StateDir, keep: set[str], report: GcReport, name: str | None = None) -> list[Remover]:
+    """Our leftovers (of `name` only, if given), in removal order; foreign ones go to the report."""
+    from sealbox.sandbox.host import leftovers
+    from sealbox.sandbox.vmm.firecracker import leftovers as fc
+
+    found: list[Remover] = []
+    for item in leftovers.find(state, keep, problems=report.problems):
+        if not item.ours:
+            report.foreign.append(item.describe())
+        elif item.sandbox is not None:
+            found.append((item.kind, item.sandbox, item.describe(), lambda item=item: leftovers.remove(item)))  # type: ignore[misc]
     try:
-        mounts = cgroups.detect().mounts()
-    except OSError:
-        return []
-    for mount in sorted(set(mounts.values())):
-        parent = Path(mount) / CGROUP_PARENT
-        if not parent.is_dir():
-            continue
-        for d in sorted(parent.iterdir()):
-            if d.is_dir() and NAME_RE.fullmatch(d.name) and d.name not in keep:
-                found.append((d.name, d))
-    return found
+        for jail in fc.find(state, keep):
+            if not jail.ours:
+                report.foreign.append(jail.describe())
+            else:
+                found.append(("firecracker-jail", jail.jail_id, jail.describe(), lambda jail=jail: fc.remove(jail)))  # type: ignore[misc]
+    except Exception as e:  # noqa: BLE001 - e.g. an unreadable chroot base: report, keep going
+        report.problems.append(f"listing Firecracker jails failed: {' '.join(str(e).split())}")
+    found = [f for f in found if name is None or f[1] == name]
+    return sorted(found, key=lambda f: ORDER.index(f[0]))
 
 
-def remove_cgroup_dir(path: Path) -> None:
-    from sealbox.sandbox.host import cgroups
-
-    left = cgroups.kill_all([path])
-    if left:
-        raise SandboxError(f"processes {left} in {path} survived SIGKILL")
-    try:
-        path.rmdir()
-    except FileNotFoundError:
-        pass
-
-
-def _leftovers(state: StateDir, report: GcReport, dry_run: bool) -> None:
-    from sealbox.sandbox.host.network import find_leftovers, remove_leftover
-
-    keep = set(state.names())
-    ours = known_names(state)
-    items: list[tuple[str, str, object]] = []  # (sandbox, description, what)
-    try:
-        for item in find_leftovers(state, keep):
-            items.append((item.sandbox or "", item.describe(), item))
-    except Exception as e:  # noqa: BLE001 - e.g. pyroute2/nft missing: report, still do cgroups
-        report.problems.append(f"listing network leftovers failed: {' '.join(str(e).split())}")
-    for name, path in _cgroup_leftovers(keep):
-        items.append((name, f"cgroup {path}", path))
-    for name, desc, what in items:
-        if name not in ours:
-            report.foreign.append(desc)
-            continue
+def _leftovers(state: StateDir, report: GcReport, dry_run: bool, keep: set[str]) -> None:
+    for _kind, name, desc, remove in _find(state, keep, report):
         if dry_run:
             report.removed.append(f"would remove {desc}")
             continue
@@ -180,29 +160,21 @@ def _leftovers(state: StateDir, report: GcReport, dry_run: bool) -> None:
             with state.lock(name, timeout=LOCK_WAIT):
                 if state.exists(name):
                     continue  # a run reserved the name meanwhile: it owns the object now
-                if isinstance(what, Path):
-                    remove_cgroup_dir(what)
-                else:
-                    remove_leftover(what, state)  # type: ignore[arg-type]
+                remove()
             report.removed.append(f"leftover {desc}")
         except Exception as e:  # noqa: BLE001 - keep going; the next gc retries
             report.problems.append(f"{desc}: {' '.join(str(e).split())}")
 
 
 def remove_by_name(state: StateDir, name: str) -> list[str]:
-    """For `rm --force` of an unreadable record: remove the host objects its name identifies.
+    """For `rm --force` of an unreadable record: remove the host objects carrying its mark.
 
     The caller holds the sandbox's lock."""
-    from sealbox.sandbox.host.network import find_leftovers, remove_leftover
-
+    report = GcReport()
     done = []
-    keep = set(state.names()) - {name}
-    for item in find_leftovers(state, keep):
-        if item.sandbox == name:
-            remove_leftover(item, state)
-            done.append(item.describe())
-    for owner, path in _cgroup_leftovers(keep):
-        if owner == name:
-            remove_cgroup_dir(path)
-            done.append(f"cgroup {path}")
+    for _kind, _name, desc, remove in _find(state, set(state.names()) - {name}, report, name):
+        remove()
+        done.append(desc)
+    if report.problems:
+        raise SandboxError(f"could not list every leftover of {name!r}: {'; '.join(report.problems)}", hint="retry, or run 'sealbox gc'")
     return done

@@ -1,8 +1,9 @@
 """`sealbox run`: create a sandbox and return once its guest is ready — or undo everything.
 
 Order (each host change is a recorded step; see steps.py):
-    check inputs (image, disks, name, backend) -> VMM user -> lock NAME -> reserve the record
-    -> network steps (ipam, netns, nft, tap[, nat]) -> instance files (client key, instance disk)
+    check inputs (image, disks, name, backend) -> lock NAME -> reserve the record
+    -> network steps (host lease: name, addresses, the sandbox's own uid/gid; netns, nft, tap[, nat])
+    -> console tmpfs -> instance files (client key, instance disk)
     -> backend steps (cgroup, run dir/jail, start VMM) -> wait: SEALBOX-READY on the console, host
     keys pinned, SSH banner through the netns -> status running.
 Any failure, Ctrl-C or SIGTERM undoes every recorded step in reverse and deletes the sandbox dir;
@@ -28,7 +29,7 @@ from sealbox.errors import SandboxError, SealboxError, UsageError
 from sealbox.guest import console as con
 from sealbox.sandbox import image as image_mod
 from sealbox.sandbox import planning, ssh, stepkinds
-from sealbox.sandbox.host.network import network_steps
+from sealbox.sandbox.host.network import lease_of, network_steps
 from sealbox.sandbox.instance import KEY_NAME, InstanceFilesStep, discard_prestarted, prestart_client_key
 from sealbox.sandbox.model import GuestNet, SandboxSpec
 from sealbox.sandbox.state import SandboxRecord, StateDir, pid_alive, process_start_time
@@ -138,10 +139,11 @@ def _record(spec: SandboxSpec, inp: Inputs) -> SandboxRecord:
     )
 
 
-def _console_step(spec: SandboxSpec, sandbox_dir: Path) -> Step:
+def _console_step(spec: SandboxSpec, state: StateDir) -> Step:
     from sealbox.sandbox.host.consolefs import ConsoleFsStep
 
-    return ConsoleFsStep(path=str(sandbox_dir / planning.CONSOLE_DIR), size_mib=spec.console_max_mib)
+    return ConsoleFsStep(path=str(state.sandboxes / spec.name / planning.CONSOLE_DIR), size_mib=spec.console_max_mib,
+                         mark=state.mark(spec.name))
 
 
 def _step_entry(step: Step) -> dict[str, Any]:
@@ -153,13 +155,13 @@ def _step_entry(step: Step) -> dict[str, Any]:
 def dry_run(spec: SandboxSpec, state: StateDir) -> dict[str, Any]:
     """Every host step, the VMM command line and config — computed, nothing created."""
     inp = Inputs(spec, state, dry_run=True)
-    uid, gid, note = planning.vmm_uid_gid(create=False)
-    net, steps = network_steps(state, spec, uid, gid, dry_run=True, link=inp.fixed_link())
+    net, steps = network_steps(state, spec, dry_run=True, link=inp.fixed_link())
+    uid, gid = lease_of(steps).uid, lease_of(steps).gid
     sandbox_dir = state.sandboxes / spec.name
     inst = InstanceFilesStep(sandbox_dir=str(sandbox_dir), hostname=spec.name, address=f"{net.guest_ip}/{net.prefixlen}",
                              gateway=net.host_ip)
-    console = _console_step(spec, sandbox_dir)
-    plan = planning.make_plan(spec, inp.image, inp.choice, net, sandbox_dir, uid, gid, planning.cgroup_plan(spec, inp.choice))
+    console = _console_step(spec, state)
+    plan = planning.make_plan(spec, inp.image, inp.choice, net, sandbox_dir, uid, gid, planning.cgroup_plan(spec, inp.choice, state.id))
     desc = inp.choice.backend.describe(plan)
     if inp.choice.vmm == "qemu":
         backend_steps = [_step_entry(s) for s in inp.choice.backend.steps(plan)]
@@ -169,7 +171,7 @@ def dry_run(spec: SandboxSpec, state: StateDir) -> dict[str, Any]:
                 "shown as @INSTANCE-DATA-SHA384@")  # fmt: skip
     out: dict[str, Any] = {
         "name": spec.name, "vmm": inp.choice.vmm, "accel": inp.choice.accel,
-        "warnings": inp.choice.warnings + ([note] if note else []) + ([tdx_note] if spec.tdx else []),
+        "warnings": inp.choice.warnings + ([tdx_note] if spec.tdx else []),
         "image": {"dir": str(inp.image.dir), "name": inp.image.name, "kernel_version": inp.image.kernel_version},
         "network": net.model_dump(mode="json"), "cmdline": plan.cmdline,
         "steps": [_step_entry(s) for s in [*steps, console, inst]] + backend_steps,
@@ -187,14 +189,8 @@ def run(spec: SandboxSpec, state: StateDir, *, warn: Say | None = None, progress
     for w in inp.choice.warnings:
         (warn or log.warning)(w)
     planning.require_root()
-    from sealbox.sandbox.host.netnames import netns_name
-    from sealbox.sandbox.host.netns import netns_exists
-
-    if netns_exists(netns_name(spec.name)):
-        raise SandboxError(f"network namespace {netns_name(spec.name)!r} already exists",
-                           hint="another state directory runs a sandbox of this name, or one was not cleaned up: 'sealbox gc'")
-    uid, gid, _ = planning.vmm_uid_gid(create=True)
-    cgroup = planning.cgroup_plan(spec, inp.choice)
+    _check_host_name(state, spec.name)
+    cgroup = planning.cgroup_plan(spec, inp.choice, state.id)
     with state.lock(spec.name, timeout=10.0):
         record = _record(spec, inp)
         state.reserve(record)  # atomic: a concurrent run of the same name fails here
@@ -204,23 +200,40 @@ def run(spec: SandboxSpec, state: StateDir, *, warn: Say | None = None, progress
 
         try:
             with signals_as_errors():
-                result = _create(record, save, inp, state, uid, gid, cgroup, t0, progress)
+                result = _create(record, save, inp, state, cgroup, t0, progress)
         except BaseException as e:
             _undo_failed(record, state, save, e)
             raise
     return result
 
 
-def _create(record: SandboxRecord, save: Callable[[], None], inp: Inputs, state: StateDir, uid: int, gid: int,
+def _check_host_name(state: StateDir, name: str) -> None:
+    """Fail early, before anything is reserved, if another state dir holds the name on this host
+    (the lease itself re-checks under the registry's lock)."""
+    from sealbox.sandbox.host.netnames import netns_name
+    from sealbox.sandbox.host.netns import netns_exists
+    from sealbox.sandbox.host.registry import Registry
+
+    held = Registry().leases().get(name)
+    if held is not None and held.owner != state.mark(name):
+        raise SandboxError(f"sandbox name {name!r} is in use on this host by the state dir {held.state_dir}",
+                           hint="choose another --name: namespace, table, interface and jail names are host-wide")
+    if netns_exists(netns_name(name)):
+        raise SandboxError(f"network namespace {netns_name(name)!r} already exists",
+                           hint="another state directory or tool uses this name, or one was not cleaned up: 'sealbox gc'")
+
+
+def _create(record: SandboxRecord, save: Callable[[], None], inp: Inputs, state: StateDir,
             cgroup: Any, t0: float, progress: Say | None) -> dict[str, Any]:
     spec = inp.spec
     sandbox_dir = state.sandbox_dir(spec.name)
     if inp.snapshot is None:
         prestart_client_key(sandbox_dir / KEY_NAME, f"sealbox-{spec.name}")  # overlaps with the network setup
-    net, steps = network_steps(state, spec, uid, gid, link=inp.fixed_link())
+    net, steps = network_steps(state, spec, link=inp.fixed_link())
+    uid, gid = lease_of(steps).uid, lease_of(steps).gid  # the sandbox's own VMM identity
     record.network = net.model_dump(mode="json")
     save()
-    apply_steps([*steps, _console_step(spec, sandbox_dir)], record.steps, save, progress)
+    apply_steps([*steps, _console_step(spec, state)], record.steps, save, progress)
     if inp.snapshot is None:
         inst = InstanceFilesStep(sandbox_dir=str(sandbox_dir), hostname=spec.name,
                                  address=f"{net.guest_ip}/{net.prefixlen}", gateway=net.host_ip)

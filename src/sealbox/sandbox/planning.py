@@ -128,7 +128,7 @@ def choose(spec: SandboxSpec, state_root: Path, *, dry_run: bool = False) -> Cho
     return Choice(backend=QemuBackend(), vmm="qemu", accel=accel, warnings=[warning] if warning else [])
 
 
-def cgroup_plan(spec: SandboxSpec, choice: Choice) -> CgroupPlan:
+def cgroup_plan(spec: SandboxSpec, choice: Choice, state_id: str) -> CgroupPlan:
     layout = cgroups.detect()
     if choice.vmm == "qemu":
         from sealbox.sandbox.vmm.qemu import memory_limit_bytes
@@ -136,7 +136,7 @@ def cgroup_plan(spec: SandboxSpec, choice: Choice) -> CgroupPlan:
         mem = memory_limit_bytes(spec, choice.accel)
     else:
         mem = (spec.memory_mib + FIRECRACKER_OVERHEAD_MIB) << 20
-    return cgroups.plan_for(spec.name, layout, memory_bytes=mem, cpus=spec.cpus, pids_max=spec.limits.pids_max)
+    return cgroups.plan_for(spec.name, layout, state_id=state_id, memory_bytes=mem, cpus=spec.cpus, pids_max=spec.limits.pids_max)
 
 
 def kernel_cmdline(boot: image_mod.BootFiles, net: GuestNet, hostname: str, firmware_boot: bool) -> str:
@@ -170,19 +170,6 @@ def make_plan(spec: SandboxSpec, img: image_mod.Image, choice: Choice, net: Gues
         instance_disk=sandbox_dir / DISK_NAME, cmdline=kernel_cmdline(boot, net, spec.name, firmware_boot), net=net,
         uid=uid, gid=gid, cgroup=cgroup, accel=choice.accel, console_log=sandbox_dir / CONSOLE_LOG, mrconfigid=mrconfigid,
     )
-
-
-def vmm_uid_gid(create: bool) -> tuple[int, int, str | None]:
-    """The VMM user; a dry run only looks it up (and shows a placeholder if it does not exist yet)."""
-    from sealbox.sandbox.host import users
-
-    if create:
-        u = users.ensure_vmm_user()
-        return u.uid, u.gid, None
-    u = users.lookup()
-    if u is None:
-        return 65533, 65533, f"the VMM user {users.VMM_USER!r} does not exist yet; a real run creates it (uid/gid shown are placeholders)"
-    return u.uid, u.gid, None
 
 
 def require_root() -> None:

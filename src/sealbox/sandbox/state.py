@@ -4,8 +4,9 @@ Layout (default root /var/lib/sealbox, override with --state-dir or SEALBOX_STAT
     sandboxes/<name>/record.json   the SandboxRecord (spec, status, host steps, pids)
     sandboxes/<name>/...           per-sandbox files (console log, keys, sockets, instance disk)
     locks/<name>.lock              flock target; kept outside the sandbox dir so `rm` can delete that dir
-    global.lock                    held briefly while allocating shared resources (addresses); kept apart
-                                   from locks/ so no sandbox name can collide with it
+
+Host-wide resources (names, addresses, uids) are leased from the host registry, not from here
+(host/registry.py); every host object a sandbox gets carries the mark `owner.mark(root, name)`.
 """
 
 from __future__ import annotations
@@ -13,17 +14,20 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
+import subprocess
 from pathlib import Path
 from typing import Any
 
 from pydantic import BaseModel, ValidationError
 
 from sealbox.errors import SandboxError
+from sealbox.sandbox.host import owner
 from sealbox.sandbox.steps import StepLog
 from sealbox.util import atomic, flock
 from sealbox.util.names import check_sandbox_name
 
 DEFAULT_STATE_DIR = Path("/var/lib/sealbox")
+UMOUNT = "/usr/bin/umount"
 RECORD_VERSION = 1
 
 
@@ -75,7 +79,16 @@ class SandboxRecord(BaseModel):
 
 class StateDir:
     def __init__(self, root: Path) -> None:
-        self.root = Path(root)
+        self.root = Path(root).absolute()  # marks and Firecracker's jail owner files name it
+
+    @property
+    def id(self) -> str:
+        """The state dir's part of every ownership mark (host/owner.py)."""
+        return owner.state_id(self.root)
+
+    def mark(self, name: str) -> str:
+        """The ownership mark of sandbox `name` of this state dir on host objects."""
+        return owner.mark(self.root, check_sandbox_name(name))
 
     # paths -------------------------------------------------------------------------------------
     @property
@@ -98,11 +111,6 @@ class StateDir:
         """Exclusive per-sandbox lock (flock). Bounded wait, clear error if another command holds it."""
         self.ensure()
         return self._flock(self.root / "locks" / f"{check_sandbox_name(name)}.lock", f"sandbox {name!r}", timeout)
-
-    def global_lock(self, timeout: float = 30.0) -> contextlib.AbstractContextManager[None]:
-        """The state dir's lock for shared allocations (addresses)."""
-        self.ensure()
-        return self._flock(self.root / "global.lock", "the state directory's allocation lock", timeout)
 
     @staticmethod
     def _flock(lock_file: Path, what: str, timeout: float) -> contextlib.AbstractContextManager[None]:
@@ -144,5 +152,23 @@ class StateDir:
             return []
         return sorted(p.name for p in self.sandboxes.iterdir() if p.is_dir() and not p.name.startswith("."))
 
-    def delete(self, name: str) -> None:
-        shutil.rmtree(self.sandbox_dir(name), ignore_errors=True)
+    def delete(self, name: str) -> list[str]:
+        """Remove a sandbox's dir; mounts left under it (its console tmpfs, after a crash or an
+        `rm --force` of an unreadable record) are detached first. Returns those mount points."""
+        d = self.sandbox_dir(name)
+        detached = []
+        for m in sorted(mounts_under(d), key=lambda p: len(p.parts), reverse=True):
+            proc = subprocess.run([UMOUNT, "--lazy", str(m)], capture_output=True, text=True, timeout=30)
+            if proc.returncode != 0:
+                raise SandboxError(f"cannot unmount {m}: {proc.stderr.strip()}", hint="retry 'sealbox gc'")
+            detached.append(str(m))
+        shutil.rmtree(d, ignore_errors=True)
+        return detached
+
+
+def mounts_under(d: Path) -> list[Path]:
+    """Mount points at or below `d` (the mount table as this process sees it)."""
+    from sealbox.util import mounts
+
+    d = Path(d)
+    return [m.mount_point for m in mounts.read() if m.mount_point == d or d in m.mount_point.parents]

@@ -7,7 +7,12 @@ can rebuild the step from the record and call `undo()`. Therefore:
 
 - `undo()` must be idempotent and must tolerate the resource being absent or half-created;
 - `undo()` may only use the step's params and the `outputs` recorded after `do()` (which may be
-  empty if the crash happened before they were saved).
+  empty if the crash happened before they were saved);
+- `undo()` touches only objects carrying the step's ownership mark (host/owner.py): a name alone
+  may belong to another state dir or tool.
+
+A `do()` that finds its object already there raises StepRefused: the entry is recorded as
+"refused" and never undone, so what someone else made is not removed by our cleanup.
 """
 
 from __future__ import annotations
@@ -23,6 +28,10 @@ from sealbox.errors import SandboxError, SealboxError
 log = logging.getLogger("sealbox.steps")
 
 _REGISTRY: dict[str, type[Step]] = {}
+
+
+class StepRefused(SandboxError):
+    """do() found its object already present (another owner's, or a leftover): nothing was created."""
 
 
 class Step(BaseModel):
@@ -63,7 +72,7 @@ class StepEntry(BaseModel):
 
     kind: str
     params: dict[str, Any]
-    state: str = "planned"  # planned -> done -> undone
+    state: str = "planned"  # planned -> done -> undone; or refused (do() created nothing: never undone)
     outputs: dict[str, Any] = {}
     error: str | None = None
 
@@ -92,6 +101,8 @@ def apply_steps(steps: Iterable[Step], log_: StepLog, save: Saver, progress: Cal
             outputs = step.do() or {}
         except BaseException as e:
             entry.error = str(e)
+            if isinstance(e, StepRefused):
+                entry.state = "refused"
             save()
             problems = undo_steps(log_, save)
             if isinstance(e, SealboxError) and problems:
@@ -108,7 +119,7 @@ def undo_steps(log_: StepLog, save: Saver) -> list[str]:
     for entry in log_.pending_undo():
         try:
             step_from_record(entry.kind, entry.params).undo(entry.outputs)
-        except Exception as e:  # keep going: one stuck resource must not strand the others
+        except Exception as e:  # noqa: BLE001 - keep going: one stuck resource must not strand the others
             log.warning("undo of %s failed: %s", entry.kind, e)
             entry.error = f"undo failed: {e}"
             problems.append(f"{entry.kind}: {e}")

@@ -13,6 +13,7 @@ import pytest
 
 from sealbox.sandbox.host import forward
 from sealbox.sandbox.host.netns import read_sysctl, write_sysctl
+from sealbox.sandbox.host.registry import Registry
 
 
 def _missing() -> str | None:
@@ -45,11 +46,11 @@ def original_ip_forward() -> str:
 
 @pytest.fixture(scope="session")
 def run_dir(tmp_path_factory: pytest.TempPathFactory, original_ip_forward: str) -> Iterator[Path]:
-    """One runtime dir for the whole session, so the ip_forward count is shared by all tests."""
+    """One host registry for the whole session, so the ip_forward count is shared by all tests."""
     original = original_ip_forward
     d = tmp_path_factory.mktemp("run")
     yield d
-    leftover = forward.users(d)
+    leftover = forward.users(Registry(d).host_dir)
     if leftover or read_sysctl("net.ipv4.ip_forward") != original:
         write_sysctl("net.ipv4.ip_forward", original)
     assert not leftover, f"ip_forward users left behind: {leftover}"

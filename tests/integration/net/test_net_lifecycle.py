@@ -17,10 +17,11 @@ import pytest
 from sbnet_standins import IFF_NO_PI, IFF_TAP, IFF_VNET_HDR, TUNSETIFF, scrub
 
 from sealbox.errors import SandboxError
-from sealbox.sandbox.host import forward, ipam, netnames, nft
+from sealbox.sandbox.host import forward, leftovers, netnames, nft
 from sealbox.sandbox.host.netlink import list_links
 from sealbox.sandbox.host.netns import NetnsStep, _setns, connect_in_netns, list_netns, netns_path, read_sysctl
-from sealbox.sandbox.host.network import find_leftovers, network_steps, remove_leftover
+from sealbox.sandbox.host.network import lease_of, network_steps
+from sealbox.sandbox.host.registry import Registry
 from sealbox.sandbox.model import NetMode, SandboxSpec
 from sealbox.sandbox.state import StateDir
 from sealbox.sandbox.steps import Step, StepLog, apply_steps, step_from_record, undo_steps
@@ -48,16 +49,19 @@ def traces(name: str, state: StateDir, run_dir: Path) -> list[str]:
         found.append("veth")
     if ("inet", netnames.root_table_name(name)) in nft.list_tables():
         found.append("nft table")
-    if name in ipam.read_allocations(state.root):
-        found.append("ipam file")
-    if any(u.endswith(f":{name}") for u in forward.users(run_dir)):
+    reg = Registry(run_dir)
+    if name in reg.leases():
+        found.append("lease")
+    if any(h.owner == state.mark(name) for h in reg.uid_holds().values()):
+        found.append("uid")
+    if state.mark(name) in forward.users(reg.host_dir):
         found.append("ip_forward user")
     return found
 
 
 def build(state: StateDir, pool: str, run_dir: Path, name: str, nat: bool) -> list[Step]:
     spec = SandboxSpec(name=name, image_dir=state.root, net=NetMode.nat if nat else NetMode.isolated)
-    _, steps = network_steps(state, spec, 65534, 65534, pool=pool, run_dir=run_dir)
+    _, steps = network_steps(state, spec, pool=pool, run_dir=run_dir)
     return steps
 
 
@@ -71,9 +75,9 @@ def test_undo_removes_everything_and_ip_forward_follows_last_nat(
     for name, nat in zip(names, (False, True, True)):
         logs[name] = StepLog()
         apply_steps(build(state, pool, run_dir, name, nat), logs[name], lambda: None)
-    assert traces(names[0], state, run_dir) == ["netns", "ipam file"]
+    assert traces(names[0], state, run_dir) == ["netns", "lease", "uid"]
     for n in names[1:]:
-        assert traces(n, state, run_dir) == ["netns", "veth", "nft table", "ipam file", "ip_forward user"]
+        assert traces(n, state, run_dir) == ["netns", "veth", "nft table", "lease", "uid", "ip_forward user"]
     assert read_sysctl("net.ipv4.ip_forward") == "1"
 
     assert undo_steps(logs[names[1]], lambda: None) == []
@@ -84,7 +88,7 @@ def test_undo_removes_everything_and_ip_forward_follows_last_nat(
     for n in names:
         assert traces(n, state, run_dir) == [], n
     ours = {netnames.veth_name(n) for n in names}
-    assert not [x for x in find_leftovers(state, keep=[], run_dir=run_dir) if x.sandbox in names or x.ident in ours]
+    assert not [x for x in leftovers.find(state, keep=[], run_dir=run_dir) if x.sandbox in names or x.ident in ours]
     # undo is idempotent: replaying every step's undo again from its record changes nothing and fails nothing
     for log in logs.values():
         for entry in log.entries:
@@ -143,14 +147,15 @@ def test_leftovers_found_and_removed_without_record(
     kept_log = StepLog()
     apply_steps(build(state, pool, run_dir, keep, nat=True), kept_log, lambda: None)
     # the record of `name` is lost; gc knows only `keep`
-    mine = [x for x in find_leftovers(state, keep=[keep], run_dir=run_dir) if x.sandbox == name]
-    assert sorted(x.kind for x in mine) == ["ip-forward-user", "ipam", "netns", "nft-table", "veth"]
-    assert not [x for x in find_leftovers(state, keep=[keep], run_dir=run_dir) if x.sandbox == keep]
+    mine = [x for x in leftovers.find(state, keep=[keep], run_dir=run_dir) if x.sandbox == name]
+    assert sorted(x.kind for x in mine) == ["ip-forward-user", "lease", "netns", "nft-table", "veth"]
+    assert all(x.ours for x in mine)
+    assert not [x for x in leftovers.find(state, keep=[keep], run_dir=run_dir) if x.sandbox == keep]
     for item in mine:
-        remove_leftover(item, state, run_dir=run_dir)
-        remove_leftover(item, state, run_dir=run_dir)  # idempotent
+        leftovers.remove(item, run_dir=run_dir)
+        leftovers.remove(item, run_dir=run_dir)  # idempotent
     assert traces(name, state, run_dir) == []
-    assert traces(keep, state, run_dir) == ["netns", "veth", "nft table", "ipam file", "ip_forward user"]
+    assert traces(keep, state, run_dir) == ["netns", "veth", "nft table", "lease", "uid", "ip_forward user"]
     assert read_sysctl("net.ipv4.ip_forward") == "1"
     assert undo_steps(kept_log, lambda: None) == []
     assert read_sysctl("net.ipv4.ip_forward") == original_ip_forward
@@ -184,10 +189,12 @@ def test_tap_opens_by_name_for_its_owner_only(env: tuple[StateDir, str, list[str
     name = f"{prefix}-tap"
     used.append(name)
     log = StepLog()
-    apply_steps(build(state, pool, run_dir, name, nat=False), log, lambda: None)
+    steps = build(state, pool, run_dir, name, nat=False)
+    apply_steps(steps, log, lambda: None)
+    uid = lease_of(steps).uid
     try:
-        assert _open_tap_as(netnames.netns_name(name), 65534, 65534) == 0
-        assert _open_tap_as(netnames.netns_name(name), 65533, 65533) == errno.EPERM
+        assert _open_tap_as(netnames.netns_name(name), uid, uid) == 0
+        assert _open_tap_as(netnames.netns_name(name), uid + 1, uid + 1) == errno.EPERM
     finally:
         assert undo_steps(log, lambda: None) == []
 
@@ -196,7 +203,7 @@ def test_netns_step_refuses_existing_and_connect_needs_netns(env: tuple[StateDir
     _, _, used = env
     name = f"{prefix}-ns"
     used.append(name)
-    step = NetnsStep(netns=netnames.netns_name(name))
+    step = NetnsStep(netns=netnames.netns_name(name), mark=f"sealbox/0123456789abcdef/{name}")
     step.do()
     try:
         with pytest.raises(SandboxError, match="already exists"):
@@ -236,7 +243,7 @@ def test_foreign_forward_drop_chains_are_reported(env: tuple[StateDir, str, list
     _, _, used = env
     name = f"{prefix}-fd"
     used.append(name)
-    step = NetnsStep(netns=netnames.netns_name(name))
+    step = NetnsStep(netns=netnames.netns_name(name), mark=f"sealbox/0123456789abcdef/{name}")
     step.do()
     try:
         assert nft.foreign_forward_drops(step.netns) == []

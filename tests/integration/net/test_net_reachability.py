@@ -104,7 +104,7 @@ def world(prefix: str, run_dir: Path, tmp_path_factory: pytest.TempPathFactory) 
     try:
         for key, extra in specs.items():
             spec = SandboxSpec(name=f"{prefix}-{key}", image_dir=tmp, **extra)  # type: ignore[arg-type]
-            net, steps = network_steps(state, spec, 65534, 65534, pool=pool, run_dir=run_dir)
+            net, steps = network_steps(state, spec, pool=pool, run_dir=run_dir)
             log = StepLog()
             box = Box(name=spec.name, net=net, nat=spec.net == NetMode.nat, log=log)
             w.boxes[key] = box  # before apply: teardown undoes whatever got recorded

@@ -12,7 +12,6 @@ from qemu_guest_fixture import GUEST_WROTE, HTTP_BODY, HTTP_PORT, MARKER, build_
 from qemu_plan_helpers import make_plan
 
 from sealbox.sandbox.host import cgroups
-from sealbox.sandbox.host.users import ensure_vmm_user
 from sealbox.sandbox.state import SandboxRecord, pid_alive
 from sealbox.sandbox.steps import StepLog, apply_steps, undo_steps
 from sealbox.sandbox.vmm.qemu import QemuBackend
@@ -56,7 +55,6 @@ def _status_field(pid: int, field: str) -> str:
 
 def test_boot_jailed_microvm_tcg(tmp_path: Path, stand_in_network) -> None:  # type: ignore[no-untyped-def]
     guest = build_guest()
-    user = ensure_vmm_user()
     name = f"qt{os.getpid()}"
     plan, rw_disk = make_plan(tmp_path, stand_in_network, name, guest.kernel.parent, guest.kernel, guest.initrd)
     spec, net, sandbox_dir, cg = plan.spec, plan.net, plan.sandbox_dir, plan.cgroup
@@ -77,7 +75,7 @@ def test_boot_jailed_microvm_tcg(tmp_path: Path, stand_in_network) -> None:  # t
         qpid = log.entries[-1].outputs["qemu_pid"]
         assert qpid and pid_alive(qpid)
         uids = _status_field(qpid, "Uid").split()
-        assert uids[0] != "0" and set(uids) == {str(user.uid)}
+        assert uids[0] != "0" and set(uids) == {str(plan.uid)}
         assert _status_field(qpid, "CapEff") == "0000000000000000"
         assert _status_field(qpid, "NoNewPrivs") == "1"
         assert qpid in cgroups.pids_in(cg_dirs)

@@ -14,8 +14,7 @@ from pathlib import Path
 import pytest
 
 from sealbox.errors import SandboxError
-from sealbox.sandbox.host import cgroups, jail, kvm
-from sealbox.sandbox.host.users import ensure_vmm_user, lookup
+from sealbox.sandbox.host import cgroups, jail, kvm, owner, users
 from sealbox.sandbox.model import CgroupPlan, GuestNet, SandboxSpec, VmPlan
 from sealbox.sandbox.vmm import qemu_launch
 from sealbox.sandbox.vmm.qemu import QemuBackend, tdx_support
@@ -46,7 +45,7 @@ def test_cgroup_step_on_real_cgroupfs() -> None:
     if layout.missing():
         pytest.skip(f"cgroup controllers missing here: {layout.missing()}")
     name = f"qcg{os.getpid()}"
-    plan = cgroups.plan_for(name, layout, memory_bytes=300 << 20, cpus=1, pids_max=64)
+    plan = cgroups.plan_for(name, layout, state_id=owner.state_id(f"/nonexistent/{name}"), memory_bytes=300 << 20, cpus=1, pids_max=64)
     step = cgroups.CgroupStep.from_plan(plan, layout)
     step.do()
     child = None
@@ -78,20 +77,14 @@ def test_cgroup_step_on_real_cgroupfs() -> None:
                 d.rmdir()
 
 
-def test_vmm_user_is_idempotent() -> None:
-    a = ensure_vmm_user()
-    b = ensure_vmm_user()
-    assert a == b == lookup() and a.uid != 0 and a.gid != 0
-
-
 def test_jail_is_unprivileged_and_empty() -> None:
-    user = ensure_vmm_user()
-    spec = jail.JailSpec(uid=user.uid, gid=user.gid, root_links=jail.host_root_links())
+    uid = users.free_uid()
+    spec = jail.JailSpec(uid=uid, gid=uid, root_links=jail.host_root_links())
     script = "id -u; id -G; ls -1 /; grep CapEff /proc/self/status; grep NoNewPrivs /proc/self/status; tail -n +3 /proc/net/dev | cut -d: -f1"
     proc = subprocess.run(jail.jail_argv(spec, ["/bin/sh", "-c", script]), capture_output=True, text=True, timeout=30)
     assert proc.returncode == 0, proc.stderr
     lines = [line.strip() for line in proc.stdout.splitlines()]
-    assert lines[0] == str(user.uid)
+    assert lines[0] == str(uid)
     top = set(lines[2 : lines.index(next(x for x in lines if x.startswith("CapEff")))])
     assert top == {"usr", "dev", "proc", "tmp", *(link.lstrip("/") for link in spec.root_links)}
     status = dict(x.split(":", 1) for x in lines if x.startswith(("CapEff:", "NoNewPrivs:")))

@@ -13,7 +13,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from sealbox.sandbox.host import cgroups, netnames
+from sealbox.sandbox.host import cgroups, netnames, owner
+from sealbox.sandbox.host.registry import Registry
 
 CLI = [sys.executable, "-m", "sealbox.cli.main"]
 
@@ -88,13 +89,15 @@ def _cmdline_pids(needle: str) -> list[int]:
     return found
 
 
-def cgroup_dirs(name: str) -> list[Path]:
-    return [Path(m) / "sealbox" / name for m in sorted(set(cgroups.detect().mounts().values()))]
+def cgroup_dirs(name: str, state_dir: Path) -> list[Path]:
+    path = cgroups.path_for(owner.state_id(state_dir), name)
+    return [Path(m) / path for m in sorted(set(cgroups.detect().mounts().values()))]
 
 
 def leftovers(state_dir: Path, name: str) -> list[str]:
     """Everything of sandbox `name` still on the host: netns (and its tap), veth, nft table, cgroups,
-    state/run dir (console, QMP socket, keys), address file, and processes (QEMU runs as -name sealbox-NAME)."""
+    state/run dir (console, QMP socket, keys), host registry lease and uid, and processes (QEMU runs
+    as -name sealbox-NAME)."""
     left = []
     if Path(f"/var/run/netns/{netnames.netns_name(name)}").exists():
         left.append(f"netns {netnames.netns_name(name)} (with its tap0)")
@@ -104,13 +107,15 @@ def leftovers(state_dir: Path, name: str) -> list[str]:
     tables = subprocess.run(["nft", "list", "tables"], capture_output=True, text=True, timeout=20).stdout.split()
     if netnames.root_table_name(name) in tables:
         left.append(f"nft table inet {netnames.root_table_name(name)}")
-    left += [f"cgroup {d}" for d in cgroup_dirs(name) if d.exists()]
+    left += [f"cgroup {d}" for d in cgroup_dirs(name, state_dir) if d.exists()]
     mounts = Path("/proc/self/mountinfo").read_text().split("\n")
     left += [f"mount {line.split()[4]}" for line in mounts if line and f"/sandboxes/{name}/" in line.split()[4] + "/"]
     if (state_dir / "sandboxes" / name).exists():
         left.append(f"state dir {state_dir / 'sandboxes' / name}")
-    if (state_dir / "ipam" / f"{name}.json").exists():
-        left.append("address allocation")
+    reg, mark = Registry(), owner.mark(state_dir, name)
+    if name in reg.leases():
+        left.append(f"host registry lease {reg.lease_path(name)}")
+    left += [f"uid {uid} leased" for uid, hold in reg.uid_holds().items() if hold.owner == mark]
     left += [f"process {pid}" for pid in _cmdline_pids(f"sealbox-{name}\0")]
     return left
 
@@ -138,7 +143,7 @@ def scrub(state_dir: Path, prefix: str) -> list[str]:
         found.append(f"netns {ns.name}")
         subprocess.run(["ip", "netns", "del", ns.name], capture_output=True, timeout=20)
     for mount in sorted(set(cgroups.detect().mounts().values())):
-        for d in (Path(mount) / "sealbox").glob(f"{prefix}*"):
+        for d in (Path(mount) / cgroups.path_for(owner.state_id(state_dir), "x")).parent.glob(f"{prefix}*"):
             found.append(f"cgroup {d}")
             cgroups.kill_all([d])
             try:

@@ -53,13 +53,19 @@ def test_killed_run_is_collected_by_gc(sealbox: Sealbox, kill_after: str) -> Non
     assert leftovers(sealbox.state_dir, name) == []  # ... and gc removed all of it
 
 
-def test_sigterm_during_run_undoes_everything(sealbox: Sealbox) -> None:
-    name = f"{sealbox.prefix}-term"
+SIGNALS = [("SIGINT", "sealbox: aborted"), ("SIGHUP", "interrupted by SIGHUP"), ("SIGTERM", "interrupted by SIGTERM")]
+
+
+@pytest.mark.parametrize("after", ["net.netns", "qemu-start"])
+@pytest.mark.parametrize(("sig", "says"), SIGNALS, ids=[s for s, _ in SIGNALS])
+def test_signal_during_run_undoes_everything(sealbox: Sealbox, sig: str, says: str, after: str) -> None:
+    """Ctrl-C, hangup and terminate while the host is being set up, and while waiting for the guest."""
+    name = f"{sealbox.prefix}-{sig[3:].lower()}{after[:3]}"
     proc = sealbox.spawn(*sealbox.run_args(name, "--memory", "320"))
-    wait_for(lambda: _entry_done(sealbox, name, "qemu-start") or proc.poll() is not None, 60, "the VMM to start")
-    proc.send_signal(signal.SIGTERM)
+    wait_for(lambda: _entry_done(sealbox, name, after) or proc.poll() is not None, 60, f"step {after} of {name}", 0.01)
+    proc.send_signal(getattr(signal, sig))
     _, err = proc.communicate(timeout=60)
-    assert proc.returncode != 0 and "interrupted by SIGTERM" in err and len(err.strip().splitlines()) == 1, err
+    assert proc.returncode != 0 and says in err and len(err.strip().splitlines()) == 1, err
     assert leftovers(sealbox.state_dir, name) == []
 
 

@@ -225,10 +225,27 @@ def test_vmm_runs_unprivileged(pair: Pair) -> None:
     assert status["NoNewPrivs"].strip() == "1"
 
 
+def test_each_vmm_has_its_own_uid_and_cannot_reach_the_other(pair: Pair) -> None:
+    """Issue 11: one unprivileged identity per sandbox. b's QEMU uid is refused a's TAP (EPERM, while a's
+    own uid only finds it busy: its QEMU holds it) and cannot open a's disk, console or QMP socket."""
+    from standins import as_uid, attach_tap_as, proc_uids
+
+    pids = {n: json.loads(pair.sb("inspect", n, check=True).stdout)["vmm_view"]["qemu_pid"] for n in (pair.a, pair.b)}
+    uid_a, uid_b = proc_uids(pids[pair.a])[0], proc_uids(pids[pair.b])[0]
+    assert uid_a != uid_b and 0 not in (uid_a, uid_b)
+    netns = pair.net(pair.a)["netns"]
+    assert attach_tap_as(netns, "tap0", uid_b) == "EPERM"
+    assert attach_tap_as(netns, "tap0", uid_a) == "EBUSY"
+    box = pair.sb.state_dir / "sandboxes" / pair.a
+    for path in (box / "instance.img", box / "console" / "console.log"):
+        assert as_uid(uid_b, "read", path) == "EACCES", path
+    assert as_uid(uid_b, "connect", box / "vmm" / "qmp.sock") == "EACCES"
+
+
 def test_memory_limit_is_in_force(pair: Pair) -> None:
     spec = SandboxSpec(name=pair.a, image_dir=pair.sb.image, memory_mib=MEM_A)
     want = memory_limit_bytes(spec, "tcg")
-    mem_dir = next(d for d in cgroup_dirs(pair.a) if "memory" in str(d))
+    mem_dir = next(d for d in cgroup_dirs(pair.a, pair.sb.state_dir) if "memory" in str(d))
     assert int((mem_dir / "memory.limit_in_bytes").read_text()) == want
     ins = json.loads(pair.sb("inspect", pair.a, check=True).stdout)
     assert str(ins["vmm_view"]["qemu_pid"]) in (mem_dir / "cgroup.procs").read_text().split()

@@ -10,9 +10,10 @@ from pathlib import Path
 import pytest
 
 from sealbox.errors import UsageError
-from sealbox.sandbox.host import netnames
-from sealbox.sandbox.host.network import network_steps
+from sealbox.sandbox.host import netnames, users
+from sealbox.sandbox.host.network import lease_of, network_steps
 from sealbox.sandbox.host.proxy import pump
+from sealbox.sandbox.host.registry import Registry
 from sealbox.sandbox.model import EgressRule, Limits, NetMode, RateLimit, SandboxSpec
 from sealbox.sandbox.state import StateDir
 from sealbox.sandbox.steps import step_from_record
@@ -47,13 +48,16 @@ def test_names_are_distinct_per_sandbox() -> None:
 
 
 def test_isolated_plan(state: StateDir, tmp_path: Path) -> None:
-    guest, steps = network_steps(state, spec(tmp_path), 1000, 1000, dry_run=True, pool="10.77.0.0/24")
-    assert [s.kind for s in steps] == ["net.ipam", "net.netns", "net.firewall", "net.tap"]
+    guest, steps = network_steps(state, spec(tmp_path), dry_run=True, pool="10.77.0.0/24", run_dir=tmp_path / "run")
+    assert [s.kind for s in steps] == ["host.lease", "net.netns", "net.firewall", "net.tap"]
     assert (str(guest.host_ip), str(guest.guest_ip), guest.netns, guest.tap) == ("10.77.0.1", "10.77.0.2", "sealbox-box-1", "tap0")
     assert guest.kernel_ip_arg("box-1") == "ip=10.77.0.2::10.77.0.1:255.255.255.252:box-1:eth0:off"
-    assert not (state.root / "ipam").exists() or not list((state.root / "ipam").iterdir())
+    assert not (tmp_path / "run").exists()  # a dry run leases nothing
+    uid = lease_of(steps).uid
+    assert uid == lease_of(steps).gid and uid >= users.uid_range()[0]
     text = "\n".join(s.describe() for s in steps)
-    assert "reaches only 10.77.0.1" in text and "owner 1000:1000" in text
+    assert "reaches only 10.77.0.1" in text and f"owner {uid}:{uid}" in text
+    assert all(getattr(s, "mark", state.mark("box-1")) == state.mark("box-1") for s in steps)
 
 
 def test_nat_plan_with_egress_and_limits(state: StateDir, tmp_path: Path) -> None:
@@ -63,9 +67,10 @@ def test_nat_plan_with_egress_and_limits(state: StateDir, tmp_path: Path) -> Non
         allow_egress=(EgressRule.parse("198.18.0.0/24:443"),),
         limits=Limits(net_rx_bytes=RateLimit(size=1_000_000), net_tx_bytes=RateLimit(size=200_000)),
     )
-    guest, steps = network_steps(state, sp, 1000, 1000, pool="10.77.0.0/24", run_dir=tmp_path / "run")
-    assert [s.kind for s in steps] == ["net.ipam", "net.netns", "net.firewall", "net.tap", "net.host-nat", "net.veth"]
-    assert (state.root / "ipam" / "box-1.json").exists()  # allocated for real (no dry_run)
+    guest, steps = network_steps(state, sp, pool="10.77.0.0/24", run_dir=tmp_path / "run")
+    assert [s.kind for s in steps] == ["host.lease", "net.netns", "net.firewall", "net.tap", "net.host-nat", "net.veth"]
+    assert "box-1" in Registry(tmp_path / "run").leases()  # leased for real (no dry_run)
+    assert steps[4].owner == state.mark("box-1") and steps[4].run_dir == str(Registry(tmp_path / "run").host_dir)  # type: ignore[attr-defined]
     fw = steps[2]
     assert fw.uplink_if == "veth0" and fw.egress == sp.allow_egress  # type: ignore[attr-defined]
     assert "egress to 198.18.0.0/24:443" in fw.describe()
@@ -76,7 +81,7 @@ def test_nat_plan_with_egress_and_limits(state: StateDir, tmp_path: Path) -> Non
 
 def test_allow_egress_needs_nat(state: StateDir, tmp_path: Path) -> None:
     with pytest.raises(UsageError, match="--net nat"):
-        network_steps(state, spec(tmp_path, allow_egress=(EgressRule.parse("1.2.3.0/24"),)), 0, 0, dry_run=True)
+        network_steps(state, spec(tmp_path, allow_egress=(EgressRule.parse("1.2.3.0/24"),)), dry_run=True)
 
 
 def _echo_server(sock: socket.socket) -> None:

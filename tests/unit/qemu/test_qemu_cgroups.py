@@ -61,15 +61,25 @@ def test_detect_pure_v2_reads_root_controllers(tmp_path: Path) -> None:
     assert v2.mounts() == {"unified": str(root)}
 
 
+SID = "0123456789abcdef"  # a state dir id (host/owner.py)
+LEAF = f"sealbox/{SID}/box1"
+
+
 def _plan(version: int, quota: int = 150_000) -> CgroupPlan:
-    return CgroupPlan(version=version, name="sealbox/box1", memory_bytes=640 << 20, cpu_quota_us=quota, cpu_period_us=100_000, pids_max=300)
+    return CgroupPlan(version=version, name=LEAF, memory_bytes=640 << 20, cpu_quota_us=quota, cpu_period_us=100_000, pids_max=300)
 
 
-def test_v1_writes_every_hierarchy(tmp_path: Path) -> None:
+def test_v1_writes_every_hierarchy(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     mounts = {c: tmp_path / c for c in ("memory", "cpu", "pids")}
-    leaf_mem = mounts["memory"] / "sealbox" / "box1"
-    leaf_mem.mkdir(parents=True)
-    (leaf_mem / "memory.memsw.limit_in_bytes").write_text("9223372036854771712")  # swap accounting present
+    leaf_mem = mounts["memory"] / LEAF
+    real_mkdir = cgroups.CgroupStep._mkdir_leaf
+
+    def mkdir_like_cgroupfs(self: cgroups.CgroupStep, leaf: Path) -> None:
+        real_mkdir(self, leaf)
+        if leaf == leaf_mem:  # the kernel makes the control files; swap accounting present here
+            (leaf / "memory.memsw.limit_in_bytes").write_text("9223372036854771712")
+
+    monkeypatch.setattr(cgroups.CgroupStep, "_mkdir_leaf", mkdir_like_cgroupfs)
     layout = cgroups.CgroupLayout(mode="hybrid", v1=mounts, unified=tmp_path / "unified")
     plan = _plan(1)
     step = cgroups.CgroupStep.from_plan(plan, layout)
@@ -89,8 +99,18 @@ def test_v1_without_memsw_and_unlimited_cpu(tmp_path: Path) -> None:
     layout = cgroups.CgroupLayout(mode="v1", v1=mounts)
     step = cgroups.CgroupStep.from_plan(_plan(1, quota=0), layout)
     step.do()
-    assert not (mounts["memory"] / "sealbox/box1/memory.memsw.limit_in_bytes").exists()
-    assert (mounts["cpu"] / "sealbox/box1/cpu.cfs_quota_us").read_text() == "-1"
+    assert not (mounts["memory"] / LEAF / "memory.memsw.limit_in_bytes").exists()
+    assert (mounts["cpu"] / LEAF / "cpu.cfs_quota_us").read_text() == "-1"
+
+
+def test_an_existing_cgroup_is_refused_not_adopted(tmp_path: Path) -> None:
+    mounts = {c: tmp_path / c for c in ("memory", "cpu", "pids")}
+    (mounts["cpu"] / LEAF).mkdir(parents=True)
+    (mounts["cpu"] / LEAF / "cpu.cfs_quota_us").write_text("12345")
+    step = cgroups.CgroupStep.from_plan(_plan(1), cgroups.CgroupLayout(mode="v1", v1=mounts))
+    with pytest.raises(SandboxError, match="already exists"):
+        step.do()
+    assert (mounts["cpu"] / LEAF / "cpu.cfs_quota_us").read_text() == "12345"
 
 
 def test_v2_enables_controllers_in_parents(tmp_path: Path) -> None:
@@ -104,6 +124,7 @@ def test_v2_enables_controllers_in_parents(tmp_path: Path) -> None:
     step.do()
     assert (root / "cgroup.subtree_control").read_text() == "+cpu +pids"
     assert (root / "sealbox" / "cgroup.subtree_control").read_text() == "+memory +cpu +pids"
+    assert (root / "sealbox" / SID / "cgroup.subtree_control").read_text() == "+memory +cpu +pids"
     leaf = root / plan.name
     assert (leaf / "memory.max").read_text() == str(plan.memory_bytes)
     assert (leaf / "cpu.max").read_text() == f"{plan.cpu_quota_us} {plan.cpu_period_us}"
@@ -140,5 +161,5 @@ def test_kill_all_sigkills_listed_pids_and_uses_cgroup_kill(tmp_path: Path) -> N
 
 def test_plan_for_gives_one_core_per_vcpu() -> None:
     layout = cgroups.CgroupLayout(mode="v1", v1={c: Path("/x") for c in ("memory", "cpu", "pids")})
-    p = cgroups.plan_for("n1", layout, memory_bytes=1 << 30, cpus=3, pids_max=128)
-    assert (p.name, p.version, p.cpu_quota_us, p.cpu_period_us) == ("sealbox/n1", 1, 300_000, 100_000)
+    p = cgroups.plan_for("n1", layout, state_id=SID, memory_bytes=1 << 30, cpus=3, pids_max=128)
+    assert (p.name, p.version, p.cpu_quota_us, p.cpu_period_us) == (f"sealbox/{SID}/n1", 1, 300_000, 100_000)

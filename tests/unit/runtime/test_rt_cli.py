@@ -12,6 +12,7 @@ import pytest
 from sealbox.cli.main import main
 from sealbox.sandbox import planning
 from sealbox.sandbox.host.kvm import KvmStatus
+from sealbox.sandbox.host.registry import Registry
 from sealbox.sandbox.state import SandboxRecord, StateDir
 
 
@@ -38,7 +39,7 @@ def test_dry_run_json_qemu(capsys, image_dir: Path, tmp_path: Path) -> None:  # 
     assert rc == 0, err
     d = json.loads(out)
     kinds = [s["kind"] for s in d["steps"]]
-    assert kinds == ["net.ipam", "net.netns", "net.firewall", "net.tap", "console-fs", "instance-files", "cgroup", "qemu-rundir", "qemu-start"]
+    assert kinds == ["host.lease", "net.netns", "net.firewall", "net.tap", "console-fs", "instance-files", "cgroup", "qemu-rundir", "qemu-start"]
     assert all(s["describe"] and isinstance(s["params"], dict) for s in d["steps"])
     assert (d["vmm"], d["accel"]) == ("qemu", "tcg")
     assert "KVM not functional" in err and "TCG" in err  # the warning is shown on stderr
@@ -48,7 +49,8 @@ def test_dry_run_json_qemu(capsys, image_dir: Path, tmp_path: Path) -> None:  # 
     assert append.startswith("console=ttyS0 quiet ip=" + d["network"]["guest_ip"] + "::")
     assert d["argv"][0] == "/usr/bin/setpriv" and "--clear-groups" in d["argv"]
     assert d["network"]["netns"] == "sealbox-dry1"
-    assert created(sd) == []  # no record, no ipam file, no keys
+    assert created(sd) == []  # no record, no keys
+    assert not (Path(os.environ["SEALBOX_RUN_DIR"]) / Registry().host / "leases" / "dry1.json").exists()  # no lease
     assert not Path("/var/run/netns/sealbox-dry1").exists()
 
 
@@ -57,7 +59,7 @@ def test_dry_run_text_lists_steps_and_command(capsys, image_dir: Path, tmp_path:
                          "--state-dir", str(tmp_path / "s"))
     assert rc == 0
     assert "host steps:" in out and "VMM command line:" in out and "qemu-system-x86_64" in out
-    assert " 1. allocate addresses" in out and "start QEMU jailed" in out
+    assert " 1. lease name 'dry2'" in out and "start QEMU jailed" in out
 
 
 def test_dry_run_firecracker_shape(capsys, image_dir: Path, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]

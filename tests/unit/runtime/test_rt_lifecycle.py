@@ -17,7 +17,6 @@ from rt_testlib import BOOT_ID, ED, blob
 
 from sealbox.errors import SandboxError
 from sealbox.sandbox import control, lifecycle, ssh, stepkinds
-from sealbox.sandbox.host import ipam
 from sealbox.sandbox.model import GuestNet
 from sealbox.sandbox.state import SandboxRecord, StateDir, process_start_time
 from sealbox.sandbox.steps import Step, StepEntry, StepLog
@@ -198,19 +197,6 @@ def test_follow_logs_stops_when_the_vmm_is_gone(tmp_path: Path) -> None:
     assert b"".join(control.follow_logs(state, "lg", follow=True, poll=0.05, max_seconds=10)) == b"one\ntwo\n"
 
 
-def test_fixed_link_allocation(tmp_path: Path) -> None:
-    state = StateDir(tmp_path / "state")
-    pool = ipaddress.IPv4Network("10.213.0.0/16")
-    other = ipam.allocate(state, "other", nat=False, pool=pool)
-    want = ipaddress.IPv4Network("10.213.7.4/30")
-    a = ipam.allocate(state, "restored", nat=True, pool=pool, link=want)
-    assert a.link == want and a.uplink not in (want, other.link)
-    with pytest.raises(SandboxError, match="held by sandbox 'restored'"):
-        ipam.allocate(state, "again", nat=False, pool=pool, link=want)
-    with pytest.raises(SandboxError, match="not a /30 inside"):
-        ipam.allocate(state, "outside", nat=False, pool=pool, link=ipaddress.IPv4Network("192.168.0.0/30"))
-
-
 def test_deferred_signal_reaches_the_previous_handler() -> None:
     import signal as sig
 
@@ -225,3 +211,27 @@ def test_deferred_signal_reaches_the_previous_handler() -> None:
         assert seen == [sig.SIGHUP]
     finally:
         sig.signal(sig.SIGHUP, prev)
+
+
+def test_a_refused_step_is_recorded_and_never_undone(tmp_path: Path) -> None:
+    """do() that finds its object present (another owner's) creates nothing, so undo must not remove it."""
+    from sealbox.sandbox.steps import StepRefused, apply_steps, undo_steps
+
+    class Refusing(Step):
+        kind = "test.refusing"
+        log: str
+
+        def do(self) -> dict[str, Any]:
+            raise StepRefused("it exists")
+
+        def undo(self, outputs: dict[str, Any]) -> None:
+            with open(self.log, "a") as f:
+                f.write("undone refusing\n")
+
+    first = RecordingStep(log=str(tmp_path / "undo.log"), label="first")
+    log = StepLog()
+    with pytest.raises(StepRefused):
+        apply_steps([first, Refusing(log=str(tmp_path / "undo.log"))], log, lambda: None)
+    assert [e.state for e in log.entries] == ["undone", "refused"] and log.entries[1].error == "it exists"
+    assert undo_steps(log, lambda: None) == []  # a later rm/gc replay: still nothing undone
+    assert (tmp_path / "undo.log").read_text() == "first\n"

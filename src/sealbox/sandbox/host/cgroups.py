@@ -8,10 +8,16 @@ even if the host's mounts are looked up differently later.
 v1 (and hybrid, where controllers are bound to v1 hierarchies): one directory per controller
 hierarchy (memory, cpu, pids). v2: one directory; controllers enabled in the parents'
 cgroup.subtree_control as needed.
+
+Ownership: the path is `sealbox/<state id>/<name>` (host/owner.py), so no other state dir can make
+or claim it, and the leaf is created with mkdir that fails if it exists: an existing cgroup is
+refused, never adopted (undo kills everything in the cgroup, so adopting one would kill processes
+that are not ours).
 """
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import logging
 import os
@@ -23,7 +29,7 @@ from typing import Any, Literal
 
 from sealbox.errors import SandboxError
 from sealbox.sandbox.model import CgroupPlan
-from sealbox.sandbox.steps import Step
+from sealbox.sandbox.steps import Step, StepRefused
 from sealbox.util import mounts
 
 log = logging.getLogger("sealbox.cgroups")
@@ -72,10 +78,8 @@ def detect(mountinfo: Path = MOUNTINFO) -> CgroupLayout:
                     v1.setdefault(opt, m.mount_point)
     v2c: frozenset[str] = frozenset()
     if unified is not None:
-        try:
+        with contextlib.suppress(OSError):
             v2c = frozenset((unified / "cgroup.controllers").read_text().split())
-        except OSError:
-            pass
     if v1 and unified is not None:
         mode: Literal["v1", "hybrid", "v2", "none"] = "hybrid"
     elif v1:
@@ -87,10 +91,19 @@ def detect(mountinfo: Path = MOUNTINFO) -> CgroupLayout:
     return CgroupLayout(mode=mode, v1=v1, unified=unified, v2_controllers=v2c)
 
 
-def plan_for(name: str, layout: CgroupLayout, *, memory_bytes: int, cpus: int, pids_max: int, period_us: int = 100_000) -> CgroupPlan:
+PARENT = "sealbox"
+
+
+def path_for(state_id: str, name: str) -> str:
+    """The cgroup path (below each hierarchy) of sandbox `name` of state dir `state_id`."""
+    return f"{PARENT}/{state_id}/{name}"
+
+
+def plan_for(name: str, layout: CgroupLayout, *, state_id: str, memory_bytes: int, cpus: int, pids_max: int,
+             period_us: int = 100_000) -> CgroupPlan:
     """The cgroup for sandbox `name`: each vCPU may use one full core."""
     return CgroupPlan(
-        version=layout.version, name=f"sealbox/{name}", memory_bytes=memory_bytes,
+        version=layout.version, name=path_for(state_id, name), memory_bytes=memory_bytes,
         cpu_quota_us=cpus * period_us, cpu_period_us=period_us, pids_max=pids_max,
     )
 
@@ -124,7 +137,8 @@ class CgroupStep(Step):
                 f"cgroup controllers missing: {', '.join(layout.missing())} (host cgroups: {layout.mode})",
                 hint="mount them (v1) or enable them in the cgroup2 root's subtree_control; see 'sealbox doctor'",
             )
-        return cls(version=plan.version, name=plan.name, mounts=layout.mounts(), **plan.model_dump(include={"memory_bytes", "cpu_quota_us", "cpu_period_us", "pids_max"}))
+        limits = plan.model_dump(include={"memory_bytes", "cpu_quota_us", "cpu_period_us", "pids_max"})
+        return cls(version=plan.version, name=plan.name, mounts=layout.mounts(), **limits)
 
     def dirs(self) -> list[Path]:
         """The cgroup directories this step owns (one for v2, one per controller hierarchy for v1)."""
@@ -145,16 +159,27 @@ class CgroupStep(Step):
             self._do_v1()
         return {"dirs": [str(d) for d in self.dirs()]}
 
+    def _mkdir_leaf(self, leaf: Path) -> None:
+        try:
+            leaf.mkdir()
+        except FileExistsError:
+            raise StepRefused(f"cgroup {leaf} already exists (left by a crash of this state dir?)",
+                               hint="run 'sealbox gc'; an existing cgroup is never adopted") from None
+
     def _do_v2(self, mount: Path) -> None:
-        want = [c for c in CONTROLLERS]
         parent = mount
-        for part in Path(self.name).parts:  # enable controllers on every level above the leaf
-            enabled = set((parent / "cgroup.subtree_control").read_text().split()) if (parent / "cgroup.subtree_control").exists() else set()
-            todo = [c for c in want if c not in enabled]
+        parts = Path(self.name).parts
+        for i, part in enumerate(parts):  # enable controllers on every level above the leaf
+            control = parent / "cgroup.subtree_control"
+            enabled = set(control.read_text().split()) if control.exists() else set()
+            todo = [c for c in CONTROLLERS if c not in enabled]
             if todo:
-                _write(parent / "cgroup.subtree_control", " ".join(f"+{c}" for c in todo))
+                _write(control, " ".join(f"+{c}" for c in todo))
             parent = parent / part
-            parent.mkdir(exist_ok=True)
+            if i < len(parts) - 1:
+                parent.mkdir(exist_ok=True)
+            else:
+                self._mkdir_leaf(parent)
         leaf = mount / self.name
         _write(leaf / "memory.max", str(self.memory_bytes))
         if (leaf / "memory.swap.max").exists():
@@ -166,7 +191,8 @@ class CgroupStep(Step):
     def _do_v1(self) -> None:
         for ctl, mount in sorted(self.mounts.items()):
             d = Path(mount) / self.name
-            d.mkdir(parents=True, exist_ok=True)
+            d.parent.mkdir(parents=True, exist_ok=True)
+            self._mkdir_leaf(d)
             if ctl == "memory":
                 _write(d / "memory.limit_in_bytes", str(self.memory_bytes))
                 if (d / "memory.memsw.limit_in_bytes").exists():  # must come after the plain limit (memsw >= limit)
@@ -182,15 +208,18 @@ class CgroupStep(Step):
         if left:
             raise SandboxError(f"processes {left} in cgroup {self.name} survived SIGKILL", hint="retry with 'sealbox gc'")
         problems = []
-        for d in self.dirs():
-            for target in (d, d.parent):  # the leaf, then the shared `sealbox` dir if now empty
+        parts = Path(self.name).parts
+        for mount in sorted(set(self.mounts.values())):
+            # the leaf, then the shared parents (`sealbox/<state id>`, `sealbox`) if now empty
+            for k in range(len(parts), 0, -1):
+                target = Path(mount).joinpath(*parts[:k])
                 try:
                     target.rmdir()
                 except FileNotFoundError:
                     pass
                 except OSError as e:
-                    if target == d:
-                        problems.append(f"{d}: {e.strerror}")
+                    if k == len(parts):
+                        problems.append(f"{target}: {e.strerror}")
                     elif e.errno not in (errno.ENOTEMPTY, errno.EBUSY, errno.EEXIST):
                         log.debug("cannot remove %s: %s", target, e)
         if problems:
@@ -222,10 +251,8 @@ def kill_all(dirs: list[Path], *, attempts: int = 50, delay: float = 0.05) -> li
         if not left:
             return []
         for pid in left:
-            try:
+            with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
         time.sleep(delay)
     return pids_in(dirs)
 

@@ -7,10 +7,10 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from sealbox.sandbox.host import forward, nft
-from sealbox.sandbox.host.netns import netns_exists
+from sealbox.sandbox.host import forward, nft, owner
+from sealbox.sandbox.host.netns import owned_by
 from sealbox.sandbox.model import EgressRule, RateLimit
-from sealbox.sandbox.steps import Step
+from sealbox.sandbox.steps import Step, StepRefused
 
 log = logging.getLogger("sealbox.firewall")
 
@@ -41,6 +41,7 @@ class SandboxFirewallStep(Step):
     egress: tuple[EgressRule, ...] = ()
     rx: RateLimit | None = None
     tx: RateLimit | None = None
+    mark: str  # the namespace's: the table lives and dies inside it
 
     def ruleset(self) -> dict[str, Any]:
         return nft.sandbox_ruleset(
@@ -71,7 +72,7 @@ class SandboxFirewallStep(Step):
         return None
 
     def undo(self, outputs: dict[str, Any]) -> None:
-        if netns_exists(self.netns):  # otherwise the table died with the namespace
+        if owned_by(self.netns, self.mark):  # else gone with it, or another's namespace of the same name
             nft.apply(nft.delete_table_doc(self.table), self.netns)
 
 
@@ -84,8 +85,8 @@ class HostNatStep(Step):
     veth: str
     uplink: ipaddress.IPv4Network
     pool: ipaddress.IPv4Network
-    run_dir: str
-    owner: str  # forward reference-count key: "<state dir>:<name>"
+    run_dir: str  # the host registry's directory (host/registry.py), home of the ip_forward count
+    owner: str  # ownership mark (host/owner.py): on the table, and the ip_forward user key
 
     def ruleset(self) -> dict[str, Any]:
         return nft.host_ruleset(table=self.table, veth=self.veth, uplink=self.uplink, pool=self.pool)
@@ -98,11 +99,18 @@ class HostNatStep(Step):
         )
 
     def do(self) -> dict[str, Any] | None:
-        nft.apply(self.ruleset())
+        if self.table in owner.nft_table_marks():
+            raise StepRefused(f"nft table inet {self.table} already exists in the root namespace",
+                               hint="another state dir or tool uses it, or a crash left it: 'sealbox gc' removes it if it is ours")
+        nft.apply(owner.nft_create_marked(self.ruleset(), self.table, self.owner))  # fails if it appeared meanwhile
         st = forward.acquire(Path(self.run_dir), self.owner)
         return {"ip_forward_previous": st.previous}
 
     def undo(self, outputs: dict[str, Any]) -> None:
-        nft.apply(nft.delete_table_doc(self.table))
+        found = owner.nft_table_marks().get(self.table, "")
+        if found == self.owner:
+            nft.apply(nft.delete_table_doc(self.table))
+        elif found != "":
+            log.warning("not deleting nft table inet %s: not ours (mark %r)", self.table, found)
         if forward.release(Path(self.run_dir), self.owner):
             log.info("restored net.ipv4.ip_forward (last nat sandbox gone)")

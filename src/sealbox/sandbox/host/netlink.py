@@ -9,15 +9,17 @@ command is needed. `flags=0` everywhere: pyroute2's default would *create* a mis
 
 from __future__ import annotations
 
+import contextlib
 import ipaddress
 import logging
+import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
 from sealbox.errors import SandboxError
-from sealbox.sandbox.host.netns import netns_exists, write_sysctl
-from sealbox.sandbox.steps import Step
+from sealbox.sandbox.host.netns import netns_exists, owned_by, write_sysctl
+from sealbox.sandbox.steps import Step, StepRefused
 
 log = logging.getLogger("sealbox.netlink")
 
@@ -48,12 +50,33 @@ def link_kind(ipr: Any, index: int) -> str | None:
 
 def list_links(netns: str | None = None) -> list[tuple[str, str | None]]:
     """(name, kind) of every link in a namespace."""
+    return [(name, kind) for name, kind, _alias in list_links_marked(netns)]
+
+
+def list_links_marked(netns: str | None = None) -> list[tuple[str, str | None, str | None]]:
+    """(name, kind, alias) of every link in a namespace; the alias is sealbox's ownership mark."""
     with _iproute(netns, "listing links") as ipr:
         out = []
         for msg in ipr.get_links():
             info = msg.get_attr("IFLA_LINKINFO")
-            out.append((msg.get_attr("IFLA_IFNAME"), info.get_attr("IFLA_INFO_KIND") if info else None))
+            out.append((msg.get_attr("IFLA_IFNAME"), info.get_attr("IFLA_INFO_KIND") if info else None, msg.get_attr("IFLA_IFALIAS")))
         return out
+
+
+def delete_marked_link(ifname: str, mark: str, kind: str) -> bool:
+    """Delete root-namespace link `ifname` only if it is a `kind` carrying `mark`. Idempotent."""
+    with _iproute(None, f"deleting {ifname}") as ipr:
+        idx = _index(ipr, ifname)
+        if idx is None:
+            return False
+        (msg,) = ipr.link("get", index=idx)
+        info = msg.get_attr("IFLA_LINKINFO")
+        found_kind, alias = (info.get_attr("IFLA_INFO_KIND") if info else None), msg.get_attr("IFLA_IFALIAS")
+        if found_kind != kind or alias != mark:
+            log.warning("not deleting %s: not ours (%s, mark %r)", ifname, found_kind, alias)
+            return False
+        ipr.link("del", index=idx)
+    return True
 
 
 def delete_link(ifname: str, netns: str | None = None, kind: str | None = None) -> bool:
@@ -87,6 +110,7 @@ class TapStep(Step):
     gid: int
     host_ip: ipaddress.IPv4Address
     prefixlen: int
+    mark: str  # the namespace's: the TAP lives and dies inside it
 
     def describe(self) -> str:
         return (
@@ -97,7 +121,7 @@ class TapStep(Step):
     def do(self) -> dict[str, Any] | None:
         with _iproute(self.netns, f"creating TAP {self.tap}") as ipr:
             if _index(ipr, self.tap) is not None:
-                raise SandboxError(f"{self.tap} already exists in network namespace {self.netns}", hint="run 'sealbox gc'")
+                raise StepRefused(f"{self.tap} already exists in network namespace {self.netns}", hint="run 'sealbox gc'")
             ipr.link(
                 "add",
                 ifname=self.tap,
@@ -115,12 +139,16 @@ class TapStep(Step):
         return None
 
     def undo(self, outputs: dict[str, Any]) -> None:
-        delete_link(self.tap, self.netns, kind="tun")
+        if owned_by(self.netns, self.mark):  # never a TAP in another's namespace of the same name
+            delete_link(self.tap, self.netns, kind="tun")
 
 
 class VethStep(Step):
     """nat uplink: veth `root_if` (root ns, .1 of the uplink /30) <-> `peer` (sandbox ns, .2).
 
+    Made inside the sandbox's own namespace, given the ownership mark as alias there, and only then
+    moved to the root namespace in one request: the root end never exists without its mark, and if
+    `root_if` is taken in the root namespace the move fails and the pair dies with the namespace.
     The sandbox ns gets a default route via the root side and forwarding on; its firewall decides
     what may actually be forwarded. IPv6 is disabled on the root end (nothing of ours uses it).
     """
@@ -130,11 +158,12 @@ class VethStep(Step):
     root_if: str
     peer: str
     uplink: ipaddress.IPv4Network
+    mark: str
 
     def describe(self) -> str:
         root_ip, ns_ip = self._ips()
         return (
-            f"create veth {self.root_if} ({root_ip}/{self.uplink.prefixlen}, root ns) <-> "
+            f"create veth {self.root_if} ({root_ip}/{self.uplink.prefixlen}, root ns, alias {self.mark}) <-> "
             f"{self.peer} ({ns_ip}, {self.netns}), default route via {root_ip}, forwarding on in {self.netns}"
         )
 
@@ -144,17 +173,23 @@ class VethStep(Step):
     def do(self) -> dict[str, Any] | None:
         root_ip, ns_ip = self._ips()
         plen = self.uplink.prefixlen
-        with _iproute(None, f"creating veth {self.root_if}") as ipr:
+        with _iproute(None, f"checking {self.root_if}") as ipr:
             if _index(ipr, self.root_if) is not None:
-                raise SandboxError(f"interface {self.root_if} already exists in the root namespace", hint="run 'sealbox gc'")
-            ipr.link("add", ifname=self.root_if, kind="veth", peer={"ifname": self.peer, "net_ns_fd": self.netns})
+                raise StepRefused(f"interface {self.root_if} already exists in the root namespace",
+                                   hint="another state dir or tool uses it, or a crash left it: 'sealbox gc' removes it if it is ours")
+        with _iproute(self.netns, f"creating veth {self.root_if}") as ipr:
+            ipr.link("add", ifname=self.root_if, kind="veth", peer={"ifname": self.peer})
             idx = _index(ipr, self.root_if)
             if idx is None:
-                raise SandboxError(f"veth {self.root_if} did not appear")
-            try:
+                raise SandboxError(f"veth {self.root_if} did not appear in {self.netns}")
+            ipr.link("set", index=idx, ifalias=self.mark)
+            ipr.link("set", index=idx, net_ns_pid=os.getpid())  # to the namespace sealbox runs in
+        with _iproute(None, f"configuring veth {self.root_if}") as ipr:
+            idx = _index(ipr, self.root_if)
+            if idx is None:
+                raise SandboxError(f"veth {self.root_if} did not reach the root namespace")
+            with contextlib.suppress(FileNotFoundError):  # kernel without IPv6
                 write_sysctl(f"net.ipv6.conf.{self.root_if}.disable_ipv6", "1")
-            except FileNotFoundError:
-                pass  # kernel without IPv6
             ipr.addr("add", index=idx, address=str(root_ip), prefixlen=plen)
             ipr.link("set", index=idx, state="up")
         with _iproute(self.netns, f"configuring {self.peer}") as ipr:
@@ -168,5 +203,5 @@ class VethStep(Step):
         return None
 
     def undo(self, outputs: dict[str, Any]) -> None:
-        # Deleting one end deletes both; if the netns is already gone the pair went with it.
-        delete_link(self.root_if, None, kind="veth")
+        # Deleting one end deletes both; a pair still inside the namespace goes with the namespace.
+        delete_marked_link(self.root_if, self.mark, kind="veth")

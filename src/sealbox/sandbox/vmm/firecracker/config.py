@@ -114,7 +114,7 @@ def check_plan(plan: VmPlan) -> None:
     if not 1 <= len(plan.net.tap) <= 15:
         raise SandboxError(f"TAP device name {plan.net.tap!r} must be 1-15 characters")
     if plan.uid <= 0 or plan.gid <= 0:
-        raise SandboxError("refusing to run Firecracker as root (uid/gid 0)", hint="use the unprivileged sealbox-vmm user")
+        raise SandboxError("refusing to run Firecracker as root (uid/gid 0)", hint="every sandbox VMM runs as an unprivileged uid of its own (SEALBOX_UID_RANGE)")
     boot_args(plan)
     limits = spec.limits
     rate_limiter(limits.disk_bytes, limits.disk_ops, "disk")
