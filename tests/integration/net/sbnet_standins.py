@@ -10,6 +10,7 @@
   namespace routes a nat sandbox's traffic there with policy rules that match only that sandbox's
   veth (`iif`), so nothing a test sends can leave this machine.
 - Listener: TCP server in any namespace that answers each connection with the peer address it saw.
+- Peer / attach: a plain namespace joined to the (stand-in) host by a veth, e.g. a LAN or an uplink.
 """
 
 from __future__ import annotations
@@ -167,6 +168,50 @@ def bulk_bytes(sender_ns: str, receiver_ns: str, addr: str, port: int, seconds: 
         t.join(5)
         srv.close()
     return got
+
+
+# --- plain namespaces joined to the host ------------------------------------------------------------
+@dataclass
+class Peer:
+    """A namespace joined to the host by a veth: host side .1, peer side .2 of `net`."""
+
+    netns: str
+    host_if: str
+    net: ipaddress.IPv4Network
+
+    @property
+    def host_ip(self) -> str:
+        return str(self.net.network_address + 1)
+
+    @property
+    def ip(self) -> str:
+        return str(self.net.network_address + 2)
+
+    def close(self) -> None:
+        if netns_exists(self.netns):
+            remove_netns(self.netns)  # the veth goes with it
+
+
+def attach(netns: str, host_if: str, net: str, *, extra: tuple[str, ...] = ()) -> Peer:
+    """Create `netns` with eth0 = .2 (plus `extra` /32 addresses), joined to the current namespace's
+    `host_if` = .1, default route via the host."""
+    p = Peer(netns=netns, host_if=host_if, net=ipaddress.IPv4Network(net))
+    sh("ip", "netns", "add", netns)
+    try:
+        sh("ip", "link", "add", host_if, "type", "veth", "peer", "name", "eth0", "netns", netns)
+        sh("ip", "addr", "add", f"{p.host_ip}/{p.net.prefixlen}", "dev", host_if)
+        sh("ip", "link", "set", host_if, "up")
+        ip = ("ip", "-n", netns)
+        sh(*ip, "link", "set", "lo", "up")
+        sh(*ip, "addr", "add", f"{p.ip}/{p.net.prefixlen}", "dev", "eth0")
+        for addr in extra:
+            sh(*ip, "addr", "add", f"{addr}/32", "dev", "eth0")
+        sh(*ip, "link", "set", "eth0", "up")
+        sh(*ip, "route", "add", "default", "via", p.host_ip)
+    except BaseException:
+        p.close()
+        raise
+    return p
 
 
 # --- raw frames (for packets a real guest kernel would never send, e.g. to 127.0.0.1) ------------

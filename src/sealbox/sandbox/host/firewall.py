@@ -94,12 +94,13 @@ class HostNatStep(Step):
         return (
             f"nft table inet {self.table} in the root namespace: masquerade {self.uplink} leaving the host, "
             f"forward only from/to {self.veth} as established, drop new connections from {self.veth} to the host; "
-            f"net.ipv4.ip_forward=1 while any nat sandbox runs (previous value restored after the last)"
+            f"net.ipv4.ip_forward=1 while any nat sandbox runs (previous value restored after the last; "
+            f"if it was 0, table ip {nft.FORWARD_GUARD_TABLE} forwards nothing but the sandboxes' veths)"
         )
 
     def do(self) -> dict[str, Any] | None:
         nft.apply(self.ruleset())
-        st = forward.acquire(Path(self.run_dir), self.owner)
+        st = forward.acquire(Path(self.run_dir), self.owner, iface=self.veth)
         return {"ip_forward_previous": st.previous}
 
     def undo(self, outputs: dict[str, Any]) -> None:

@@ -38,6 +38,8 @@ from sealbox.util.run import run
 
 FAMILY = "inet"
 METADATA_IP = ipaddress.IPv4Address("169.254.169.254")
+# root namespace, family ip; an underscore is not allowed in sandbox names, so never `sealbox-<name>`
+FORWARD_GUARD_TABLE = "sealbox_forward"
 GSO_MAX_BYTES = 65536
 PRIO_FILTER, PRIO_MANGLE, PRIO_SRCNAT = 0, -150, 100
 
@@ -94,20 +96,21 @@ def rate_bucket(limit: RateLimit) -> tuple[int, int]:
 
 # --- document builders -------------------------------------------------------------------------
 class _Table:
-    def __init__(self, name: str) -> None:
+    def __init__(self, name: str, family: str = FAMILY) -> None:
         self.name = name
+        self.family = family
         self.cmds: list[Command] = []
-        ref = {"family": FAMILY, "name": name}
+        ref = {"family": family, "name": name}
         # add + delete + add: one transaction that replaces any previous version of the table
         self.cmds += [{"add": {"table": ref}}, {"delete": {"table": ref}}, {"add": {"table": dict(ref)}}]
 
     def chain(self, name: str, ctype: str, hook: str, prio: int, policy: str) -> None:
         self.cmds.append(
-            {"add": {"chain": {"family": FAMILY, "table": self.name, "name": name, "type": ctype, "hook": hook, "prio": prio, "policy": policy}}}
+            {"add": {"chain": {"family": self.family, "table": self.name, "name": name, "type": ctype, "hook": hook, "prio": prio, "policy": policy}}}
         )
 
     def rule(self, chain: str, *expr: Expr, comment: str | None = None) -> None:
-        body: dict[str, Any] = {"family": FAMILY, "table": self.name, "chain": chain, "expr": list(expr)}
+        body: dict[str, Any] = {"family": self.family, "table": self.name, "chain": chain, "expr": list(expr)}
         if comment:
             body["comment"] = comment
         self.cmds.append({"add": {"rule": body}})
@@ -192,9 +195,26 @@ def host_ruleset(
     return t.doc()
 
 
-def delete_table_doc(table: str) -> dict[str, Any]:
+def forward_guard_ruleset(ifaces: Sequence[str]) -> dict[str, Any]:
+    """`ip sealbox_forward`: while sealbox itself keeps net.ipv4.ip_forward on (it was off before the
+    first nat sandbox), the host forwards only the sandboxes' own traffic: new packets coming from a
+    sandbox veth and replies going back to one. Everything else the host would now forward is dropped,
+    as it was before forwarding was on. IPv4 only (family ip): the host's IPv6 forwarding, which sealbox
+    never changes, is not touched. See host/forward.py for when it exists."""
+    t = _Table(FORWARD_GUARD_TABLE, family="ip")
+    t.chain("forward", "filter", "forward", PRIO_FILTER, "drop")
+    if ifaces:
+        names = {"set": sorted(set(ifaces))}
+        t.rule("forward", _match(_meta("iifname"), names), ACCEPT, comment="from a sandbox")
+        t.rule("forward", _match(_meta("oifname"), names), _ct_state("established", "related"), ACCEPT,
+               comment="replies to a sandbox")
+    t.rule("forward", COUNTER, DROP, comment="not a sandbox")
+    return t.doc()
+
+
+def delete_table_doc(table: str, family: str = FAMILY) -> dict[str, Any]:
     """Remove a table whether or not it exists (add + delete in one transaction)."""
-    ref = {"family": FAMILY, "name": table}
+    ref = {"family": family, "name": table}
     return {"nftables": [{"add": {"table": ref}}, {"delete": {"table": dict(ref)}}]}
 
 
@@ -207,9 +227,9 @@ def apply(doc: dict[str, Any], netns: str | None = None, *, check: bool = False,
     run_in_netns(netns, lambda: run(argv, input=data, timeout=timeout, what=f"nft{where}"), timeout=timeout + 5)
 
 
-def list_ruleset(netns: str | None = None, *, table: str | None = None) -> list[dict[str, Any]]:
-    """The `nftables` array of `nft -j list ruleset` (or of one inet table)."""
-    argv = ["nft", "-j", "list", *(["table", FAMILY, table] if table else ["ruleset"])]
+def list_ruleset(netns: str | None = None, *, table: str | None = None, family: str = FAMILY) -> list[dict[str, Any]]:
+    """The `nftables` array of `nft -j list ruleset` (or of one table)."""
+    argv = ["nft", "-j", "list", *(["table", family, table] if table else ["ruleset"])]
     proc = run_in_netns(netns, lambda: run(argv, timeout=30, what="nft list"), timeout=35)
     out = proc.stdout.decode().strip()
     return list(json.loads(out).get("nftables", [])) if out else []
@@ -220,10 +240,10 @@ def list_tables(netns: str | None = None) -> list[tuple[str, str]]:
     return [(i["table"]["family"], i["table"]["name"]) for i in list_ruleset(netns) if "table" in i]
 
 
-def counters(table: str, netns: str | None = None) -> dict[str, int]:
-    """Packets counted per rule comment in one inet table (for tests and `inspect`)."""
+def counters(table: str, netns: str | None = None, *, family: str = FAMILY) -> dict[str, int]:
+    """Packets counted per rule comment in one table (for tests and `inspect`)."""
     found: dict[str, int] = {}
-    for item in list_ruleset(netns, table=table):
+    for item in list_ruleset(netns, table=table, family=family):
         rule = item.get("rule")
         if not rule or "comment" not in rule:
             continue
@@ -246,7 +266,7 @@ def foreign_forward_drops(netns: str | None = None) -> list[str]:
         if not ch or ch.get("hook") != "forward" or ch.get("policy") != "drop":
             continue
         table = str(ch.get("table", ""))
-        if table.startswith(TABLE_PREFIX) or table == NETNS_TABLE:
+        if table.startswith(TABLE_PREFIX) or table in (NETNS_TABLE, FORWARD_GUARD_TABLE):
             continue  # sealbox's own
         found.append(f"{ch['family']} {table} {ch['name']}")
     return found
