@@ -206,7 +206,7 @@ def test_metadata_address_is_dropped(world: World) -> None:
     assert not [k for k, v in results.items() if v.startswith("ok")], results
     assert world.listeners["metadata"].peers == []
     for key in ("all", "lst"):  # dropped by the sandbox's own rule, not by luck
-        assert nft.counters("sealbox", world.boxes[key].net.netns)["metadata"] > 0, key
+        assert nft.counters("sealbox", world.boxes[key].net.netns)["blocked: link-local/metadata"] > 0, key
 
 
 def test_host_services_unreachable(world: World) -> None:

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from sealbox.sandbox.host import forward, nft
+from sealbox.sandbox.host.egress import BlockedNet, openings
 from sealbox.sandbox.host.netns import netns_exists
 from sealbox.sandbox.model import EgressRule, RateLimit
 from sealbox.sandbox.steps import Step
@@ -20,6 +21,14 @@ def _rate(limit: RateLimit | None) -> str:
         return "none"
     rate, burst = nft.rate_bucket(limit)
     return f"{rate} B/s (burst {burst} B)"
+
+
+def _blocked(blocked: tuple[BlockedNet, ...], egress: tuple[EgressRule, ...]) -> str:
+    if not blocked:
+        return ""
+    opened = openings(egress, blocked)
+    text = f", {', '.join(str(b.cidr) for b in blocked)}"
+    return text + (f" (opened: {', '.join(str(r.cidr) + (f':{r.port}' if r.port else '') for r in opened)})" if opened else "")
 
 
 class SandboxFirewallStep(Step):
@@ -39,6 +48,7 @@ class SandboxFirewallStep(Step):
     pool: ipaddress.IPv4Network
     uplink_if: str | None = None  # None: isolated
     egress: tuple[EgressRule, ...] = ()
+    blocked: tuple[BlockedNet, ...] = ()  # host/egress.py: dropped unless an egress entry names it
     rx: RateLimit | None = None
     tx: RateLimit | None = None
 
@@ -51,6 +61,7 @@ class SandboxFirewallStep(Step):
             pool=self.pool,
             uplink_if=self.uplink_if,
             egress=self.egress,
+            blocked=self.blocked,
             rx=self.rx,
             tx=self.tx,
         )
@@ -63,7 +74,7 @@ class SandboxFirewallStep(Step):
             reach = f"guest {self.guest_ip} reaches {self.host_ip} and, via {self.uplink_if}, egress to {allowed}"
         return (
             f"nft table inet {self.table} in {self.netns} (input/forward policy drop): {reach}; "
-            f"drop {nft.METADATA_IP} and pool {self.pool}; rate rx {_rate(self.rx)}, tx {_rate(self.tx)}"
+            f"drop pool {self.pool}{_blocked(self.blocked, self.egress)}; rate rx {_rate(self.rx)}, tx {_rate(self.tx)}"
         )
 
     def do(self) -> dict[str, Any] | None:
@@ -86,14 +97,18 @@ class HostNatStep(Step):
     pool: ipaddress.IPv4Network
     run_dir: str
     owner: str  # forward reference-count key: "<state dir>:<name>"
+    egress: tuple[EgressRule, ...] = ()
+    blocked: tuple[BlockedNet, ...] = ()
 
     def ruleset(self) -> dict[str, Any]:
-        return nft.host_ruleset(table=self.table, veth=self.veth, uplink=self.uplink, pool=self.pool)
+        return nft.host_ruleset(table=self.table, veth=self.veth, uplink=self.uplink, pool=self.pool,
+                                egress=self.egress, blocked=self.blocked)
 
     def describe(self) -> str:
         return (
             f"nft table inet {self.table} in the root namespace: masquerade {self.uplink} leaving the host, "
-            f"forward only from/to {self.veth} as established, drop new connections from {self.veth} to the host; "
+            f"forward only from/to {self.veth} as established, drop new connections from {self.veth} to the host"
+            f"{_blocked(tuple(b for b in self.blocked if b.cidr.version == 4), self.egress)}; "
             f"net.ipv4.ip_forward=1 while any nat sandbox runs (previous value restored after the last; "
             f"if it was 0, table ip {nft.FORWARD_GUARD_TABLE} forwards nothing but the sandboxes' veths)"
         )

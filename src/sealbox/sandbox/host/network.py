@@ -26,7 +26,7 @@ from typing import Literal
 from pydantic import BaseModel
 
 from sealbox.errors import UsageError
-from sealbox.sandbox.host import forward, ipam, netnames, nft
+from sealbox.sandbox.host import egress, forward, ipam, netnames, nft
 from sealbox.sandbox.host.firewall import HostNatStep, SandboxFirewallStep
 from sealbox.sandbox.host.netlink import TapStep, VethStep, delete_link, list_links
 from sealbox.sandbox.host.netns import NetnsStep, list_netns, remove_netns
@@ -66,6 +66,7 @@ def network_steps(
     pool_net = ipam.parse_pool(pool)
     alloc = ipam.allocate(state, name, nat=nat, pool=pool_net, dry_run=dry_run, link=link)
     host_ip, guest_ip = alloc.link.network_address + 1, alloc.link.network_address + 2
+    blocked = egress.blocked_for(pool_net, nat=nat)
     ns = netnames.netns_name(name)
     guest = GuestNet(
         subnet=alloc.link,
@@ -87,6 +88,7 @@ def network_steps(
             pool=pool_net,
             uplink_if=netnames.PEER_NAME if nat else None,
             egress=spec.allow_egress,
+            blocked=blocked,
             rx=spec.limits.net_rx_bytes,
             tx=spec.limits.net_tx_bytes,
         ),
@@ -103,6 +105,8 @@ def network_steps(
                 pool=pool_net,
                 run_dir=str(run_dir),
                 owner=forward_owner(state.root, name),
+                egress=spec.allow_egress,
+                blocked=blocked,
             ),
             VethStep(netns=ns, root_if=veth, peer=netnames.PEER_NAME, uplink=alloc.uplink),
         ]

@@ -31,13 +31,13 @@ import math
 from collections.abc import Sequence
 from typing import Any
 
+from sealbox.sandbox.host.egress import BlockedNet, openings
 from sealbox.sandbox.host.netnames import NETNS_TABLE, TABLE_PREFIX
 from sealbox.sandbox.host.netns import run_in_netns
 from sealbox.sandbox.model import EgressRule, RateLimit
 from sealbox.util.run import run
 
 FAMILY = "inet"
-METADATA_IP = ipaddress.IPv4Address("169.254.169.254")
 # root namespace, family ip; an underscore is not allowed in sandbox names, so never `sealbox-<name>`
 FORWARD_GUARD_TABLE = "sealbox_forward"
 GSO_MAX_BYTES = 65536
@@ -60,10 +60,18 @@ def _ip(field: str) -> Expr:
     return {"payload": {"protocol": "ip", "field": field}}
 
 
-def _addr(net: ipaddress.IPv4Network | ipaddress.IPv4Address) -> Any:
-    if isinstance(net, ipaddress.IPv4Address) or net.prefixlen == 32:
-        return str(net.network_address if isinstance(net, ipaddress.IPv4Network) else net)
+def _addr(net: ipaddress.IPv4Network | ipaddress.IPv6Network | ipaddress.IPv4Address) -> Any:
+    if isinstance(net, ipaddress.IPv4Address):
+        return str(net)
+    if net.prefixlen == net.max_prefixlen:
+        return str(net.network_address)
     return {"prefix": {"addr": str(net.network_address), "len": net.prefixlen}}
+
+
+def _to(net: ipaddress.IPv4Network | ipaddress.IPv6Network) -> Expr:
+    """Destination match for either family (an IPv6 match implies an IPv6 packet in an inet table)."""
+    proto = "ip" if net.version == 4 else "ip6"
+    return _match({"payload": {"protocol": proto, "field": "daddr"}}, _addr(net))
 
 
 def _iif(name: str, op: str = "==") -> Expr:
@@ -136,10 +144,14 @@ def sandbox_ruleset(
     pool: ipaddress.IPv4Network,
     uplink_if: str | None,
     egress: Sequence[EgressRule] = (),
+    blocked: Sequence[BlockedNet] = (),
     rx: RateLimit | None = None,
     tx: RateLimit | None = None,
 ) -> dict[str, Any]:
-    """The sandbox netns table. uplink_if None = isolated (nothing is ever forwarded)."""
+    """The sandbox netns table. uplink_if None = isolated (nothing is ever forwarded).
+
+    `blocked` (host/egress.py) is dropped before any accept, except the allow-list entries that name
+    something inside it (egress.openings), which are accepted just before those drops."""
     t = _Table(table)
     if tx is not None:
         t.chain("guest_tx", "filter", "prerouting", PRIO_MANGLE, "accept")
@@ -155,14 +167,15 @@ def sandbox_ruleset(
     t.rule("input", _iif(tap), _match(_ip("saddr"), str(guest_ip)), _match(_ip("daddr"), str(host_ip)), ACCEPT,
            comment="guest to host side of its link")
 
-    # forward: metadata and other sandboxes first (before conntrack, so not even a related packet
-    # passes); own link traffic is never forwarded (it is input), so dropping the whole pool is right
+    # forward: other sandboxes, then the blocked ranges (metadata, the host) first, before conntrack, so
+    # not even a related packet passes; own link traffic is never forwarded (it is input), so dropping
+    # the whole pool is right
     t.chain("forward", "filter", "forward", PRIO_FILTER, "drop")
-    t.rule("forward", _iif(tap), _match(_ip("daddr"), str(METADATA_IP)), COUNTER, DROP, comment="metadata")
     t.rule("forward", _iif(tap), _match(_ip("daddr"), _addr(pool)), COUNTER, DROP, comment="other sandboxes")
+    base = [_iif(tap), *([_oif(uplink_if)] if uplink_if else []), _match(_ip("saddr"), str(guest_ip))]
+    _blocked_rules(t, "forward", base, _iif(tap), egress if uplink_if else (), blocked)
     t.rule("forward", _ct_state("established", "related"), ACCEPT)
     if uplink_if is not None:
-        base = [_iif(tap), _oif(uplink_if), _match(_ip("saddr"), str(guest_ip))]
         if not egress:
             t.rule("forward", *base, COUNTER, ACCEPT, comment="egress")
         for i, rule in enumerate(egress):
@@ -173,22 +186,36 @@ def sandbox_ruleset(
     return t.doc()
 
 
+def _blocked_rules(t: _Table, chain: str, base: list[Expr], iif: Expr, egress: Sequence[EgressRule],
+                   blocked: Sequence[BlockedNet]) -> None:
+    """Explicitly opened entries (accept), then one drop per blocked range (comment 'blocked: <why>')."""
+    for i, rule in enumerate(openings(egress, blocked)):
+        t.rule(chain, *base, *_egress_exprs(rule), COUNTER, ACCEPT, comment=f"opened {i}")
+    for b in blocked:
+        t.rule(chain, iif, _to(b.cidr), COUNTER, DROP, comment=f"blocked: {b.why}")
+
+
 def host_ruleset(
-    *, table: str, veth: str, uplink: ipaddress.IPv4Network, pool: ipaddress.IPv4Network
+    *, table: str, veth: str, uplink: ipaddress.IPv4Network, pool: ipaddress.IPv4Network,
+    egress: Sequence[EgressRule] = (), blocked: Sequence[BlockedNet] = (),
 ) -> dict[str, Any]:
     """The root-namespace table of one nat sandbox; matches only traffic of its veth."""
     ns_ip = uplink.network_address + 2
+    v4_blocked = [b for b in blocked if b.cidr.version == 4]  # anything else is dropped as "not ipv4"
     t = _Table(table)
     t.chain("forward", "filter", "forward", PRIO_FILTER, "accept")
     t.rule("forward", _iif(veth), _match(_meta("nfproto"), "ipv4", "!="), COUNTER, DROP, comment="not ipv4")
     t.rule("forward", _iif(veth), _match(_ip("saddr"), str(ns_ip), "!="), COUNTER, DROP, comment="spoofed source")
-    t.rule("forward", _iif(veth), _match(_ip("daddr"), str(METADATA_IP)), COUNTER, DROP, comment="metadata")
     t.rule("forward", _iif(veth), _match(_ip("daddr"), _addr(pool)), COUNTER, DROP, comment="other sandboxes")
+    _blocked_rules(t, "forward", [_iif(veth)], _iif(veth), egress, v4_blocked)
     t.rule("forward", _oif(veth), _ct_state("established", "related"), ACCEPT)
     t.rule("forward", _oif(veth), COUNTER, DROP, comment="inbound")
-    # input: nothing on the host (0.0.0.0 listeners included) accepts a connection from the sandbox
+    # input: nothing on the host (0.0.0.0 listeners included) accepts a connection from the sandbox,
+    # except what the user opened explicitly (an --allow-egress entry inside a host address)
     t.chain("input", "filter", "input", PRIO_FILTER, "accept")
     t.rule("input", _iif(veth), _ct_state("established", "related"), ACCEPT)
+    for i, rule in enumerate(openings(egress, v4_blocked)):
+        t.rule("input", _iif(veth), *_egress_exprs(rule), COUNTER, ACCEPT, comment=f"opened {i}")
     t.rule("input", _iif(veth), COUNTER, DROP, comment="host services")
     t.chain("postrouting", "nat", "postrouting", PRIO_SRCNAT, "accept")
     t.rule("postrouting", _match(_ip("saddr"), _addr(uplink)), _oif(veth, "!="), {"masquerade": None})
