@@ -6,6 +6,7 @@ The instance disk (docs/guest-protocol.md) is a raw file, a multiple of 4 KiB, a
     hostname=<name>
     address=<guest-ip>/<prefix>
     gateway=<host-ip>
+    dns=<resolver-ip>                            (repeatable; none: no resolver)
     ssh_user=root
     authorized_key=<OpenSSH public key line>     (repeatable)
     END
@@ -35,6 +36,7 @@ class InstanceData(BaseModel):
     hostname: str
     address: ipaddress.IPv4Interface  # guest address with prefix length
     gateway: ipaddress.IPv4Address
+    dns: tuple[ipaddress.IPv4Address, ...] = ()  # the guest's resolvers (sandbox/host/dns.py)
     ssh_user: str = "root"
     authorized_keys: tuple[str, ...] = ()
 
@@ -53,6 +55,7 @@ def render(data: InstanceData) -> bytes:
         f"hostname={_check_value('hostname', data.hostname)}",
         f"address={data.address.with_prefixlen}",
         f"gateway={data.gateway}",
+        *(f"dns={ip}" for ip in data.dns),
         f"ssh_user={_check_value('ssh_user', data.ssh_user)}",
     ]
     lines += [f"authorized_key={_check_value('authorized_key', k.strip())}" for k in data.authorized_keys]

@@ -81,6 +81,7 @@ class InstanceFilesStep(Step):
     hostname: str
     address: ipaddress.IPv4Interface
     gateway: ipaddress.IPv4Address
+    dns: tuple[ipaddress.IPv4Address, ...] = ()
     ssh_user: str = "root"
 
     @property
@@ -96,7 +97,7 @@ class InstanceFilesStep(Step):
 
     def do(self) -> dict[str, Any]:
         pub = generate_client_key(self.key_path, f"sealbox-{self.hostname}")
-        data = InstanceData(hostname=self.hostname, address=self.address, gateway=self.gateway,
+        data = InstanceData(hostname=self.hostname, address=self.address, gateway=self.gateway, dns=self.dns,
                             ssh_user=self.ssh_user, authorized_keys=(pub,))
         # root-only: QEMU receives it as an fd; Firecracker's staging gives the jail its own copy/link
         atomic.write_bytes(self.disk_path, render(data), mode=0o600)

@@ -157,7 +157,7 @@ def dry_run(spec: SandboxSpec, state: StateDir) -> dict[str, Any]:
     net, steps = network_steps(state, spec, uid, gid, dry_run=True, link=inp.fixed_link())
     sandbox_dir = state.sandboxes / spec.name
     inst = InstanceFilesStep(sandbox_dir=str(sandbox_dir), hostname=spec.name, address=f"{net.guest_ip}/{net.prefixlen}",
-                             gateway=net.host_ip)
+                             gateway=net.host_ip, dns=net.dns)
     console = _console_step(spec, sandbox_dir)
     plan = planning.make_plan(spec, inp.image, inp.choice, net, sandbox_dir, uid, gid, planning.cgroup_plan(spec, inp.choice))
     desc = inp.choice.backend.describe(plan)
@@ -221,7 +221,7 @@ def _create(record: SandboxRecord, save: Callable[[], None], inp: Inputs, state:
     apply_steps([*steps, _console_step(spec, sandbox_dir)], record.steps, save, progress)
     if inp.snapshot is None:
         inst = InstanceFilesStep(sandbox_dir=str(sandbox_dir), hostname=spec.name,
-                                 address=f"{net.guest_ip}/{net.prefixlen}", gateway=net.host_ip)
+                                 address=f"{net.guest_ip}/{net.prefixlen}", gateway=net.host_ip, dns=net.dns)
         apply_steps([inst], record.steps, save, progress)
         key = inst.key_path
     else:

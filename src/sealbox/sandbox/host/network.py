@@ -6,7 +6,7 @@ The manager calls `network_steps` after `StateDir.reserve` and hands the steps t
     apply_steps(steps, record.steps, save)                     # recorded, undone on failure
 
 Step order (undo runs in reverse):
-    IpamAllocation -> NetnsStep -> SandboxFirewallStep -> TapStep [-> HostNatStep -> VethStep]
+    IpamAllocation -> NetnsStep -> SandboxFirewallStep -> TapStep [-> HostNatStep -> VethStep -> DnsForwarderStep]
 The firewall comes before any interface (its rules match names), and the root-namespace table
 before the veth, so no interface ever exists without its rules.
 
@@ -25,8 +25,8 @@ from typing import Literal
 
 from pydantic import BaseModel
 
-from sealbox.errors import UsageError
-from sealbox.sandbox.host import egress, forward, ipam, netnames, nft
+from sealbox.errors import SandboxError, UsageError
+from sealbox.sandbox.host import dns, egress, forward, ipam, netnames, nft
 from sealbox.sandbox.host.firewall import HostNatStep, SandboxFirewallStep
 from sealbox.sandbox.host.netlink import TapStep, VethStep, delete_link, list_links
 from sealbox.sandbox.host.netns import NetnsStep, list_netns, remove_netns
@@ -51,6 +51,7 @@ def network_steps(
     pool: str | None = None,
     run_dir: Path = forward.DEFAULT_RUN_DIR,
     link: ipaddress.IPv4Network | None = None,
+    resolv_conf: Path = dns.RESOLV_CONF,
 ) -> tuple[GuestNet, list[Step]]:
     """The guest's network view and the host steps that build it.
 
@@ -64,9 +65,11 @@ def network_steps(
     if spec.allow_egress and not nat:
         raise UsageError("--allow-egress only applies to --net nat", hint="add --net nat or drop --allow-egress")
     pool_net = ipam.parse_pool(pool)
+    blocked = egress.blocked_for(pool_net, nat=nat)
+    dns.check(nat=nat, dns=spec.dns, egress=spec.allow_egress, blocked=blocked)  # before anything is allocated
     alloc = ipam.allocate(state, name, nat=nat, pool=pool_net, dry_run=dry_run, link=link)
     host_ip, guest_ip = alloc.link.network_address + 1, alloc.link.network_address + 2
-    blocked = egress.blocked_for(pool_net, nat=nat)
+    announced, upstreams = dns.plan(nat=nat, dns=spec.dns, egress=spec.allow_egress, host_ip=host_ip, resolv_conf=resolv_conf)
     ns = netnames.netns_name(name)
     guest = GuestNet(
         subnet=alloc.link,
@@ -75,6 +78,7 @@ def network_steps(
         guest_mac=netnames.guest_mac(name),
         tap=netnames.TAP_NAME,
         netns=ns,
+        dns=announced,
     )
     steps: list[Step] = [
         ipam.IpamAllocation(state_root=str(state.root), name=name, link=alloc.link, uplink=alloc.uplink, pool=pool_net),
@@ -110,11 +114,14 @@ def network_steps(
             ),
             VethStep(netns=ns, root_if=veth, peer=netnames.PEER_NAME, uplink=alloc.uplink),
         ]
+    if upstreams:
+        steps.append(dns.DnsForwarderStep(netns=ns, listen=host_ip, client=guest_ip, upstreams=tuple(upstreams),
+                                          owner=forward_owner(state.root, name)))
     return guest, steps
 
 
 # --- leftovers ---------------------------------------------------------------------------------
-LeftoverKind = Literal["netns", "veth", "nft-table", "ipam", "ip-forward-user"]
+LeftoverKind = Literal["netns", "veth", "nft-table", "ipam", "ip-forward-user", "dns-forwarder"]
 
 
 class NetLeftover(BaseModel):
@@ -161,6 +168,9 @@ def find_leftovers(
             name = user[len(prefix):]
             if name not in keep:
                 found.append(NetLeftover(kind="ip-forward-user", ident=user, sandbox=name))
+    for _pid, owner in dns.find_forwarders():
+        if owner.startswith(prefix) and owner[len(prefix):] not in keep:
+            found.append(NetLeftover(kind="dns-forwarder", ident=owner, sandbox=owner[len(prefix):]))
     kept_veths = {netnames.veth_name(n) for n in keep}
     guess = {netnames.veth_name(n): n for n in known}
     for ifname, kind in list_links():
@@ -181,4 +191,8 @@ def remove_leftover(item: NetLeftover, state: StateDir, *, run_dir: Path = forwa
         ipam.release(state.root, item.ident)
     elif item.kind == "ip-forward-user":
         forward.release(run_dir, item.ident)
+    elif item.kind == "dns-forwarder":
+        left = dns.stop_forwarders(item.ident)
+        if left:
+            raise SandboxError(f"DNS forwarder {left} survived SIGKILL")
     log.info("removed leftover %s", item.describe())
