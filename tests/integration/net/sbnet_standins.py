@@ -126,7 +126,14 @@ def probe_many(probes: dict[str, tuple[str, str, int]], timeout: float = 0.8) ->
 
 def bulk_bytes(sender_ns: str, receiver_ns: str, addr: str, port: int, seconds: float) -> int:
     """Bytes a TCP receiver in receiver_ns got within `seconds` while a sender in sender_ns pushed
-    as fast as it could. Every blocking call has a timeout; both sides stop at the deadline."""
+    as fast as it could."""
+    return bulk_samples(sender_ns, receiver_ns, addr, port, seconds)[-1][1]
+
+
+def bulk_samples(sender_ns: str, receiver_ns: str, addr: str, port: int, seconds: float) -> list[tuple[float, int]]:
+    """(seconds since the first byte, bytes received so far) after every read, while a sender in
+    sender_ns pushes as fast as it can for `seconds`. Every blocking call has a timeout; both sides
+    stop at the deadline."""
     srv = socket_in_netns(receiver_ns)
     srv.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     srv.bind((addr, port))
@@ -152,7 +159,7 @@ def bulk_bytes(sender_ns: str, receiver_ns: str, addr: str, port: int, seconds: 
 
     t = threading.Thread(target=send, daemon=True)
     t.start()
-    got = 0
+    got, samples, t0 = 0, [(0.0, 0)], None
     try:
         conn, _ = srv.accept()
         with conn:
@@ -165,56 +172,22 @@ def bulk_bytes(sender_ns: str, receiver_ns: str, addr: str, port: int, seconds: 
                     continue
                 if not data:
                     break
+                now = time.monotonic()
+                t0 = now if t0 is None else t0
                 got += len(data)
+                samples.append((now - t0, got))
     finally:
         stop.set()
         t.join(5)
         srv.close()
-    return got
+    return samples
 
 
-# --- plain namespaces joined to the host ------------------------------------------------------------
-@dataclass
-class Peer:
-    """A namespace joined to the host by a veth: host side .1, peer side .2 of `net`."""
-
-    netns: str
-    host_if: str
-    net: ipaddress.IPv4Network
-
-    @property
-    def host_ip(self) -> str:
-        return str(self.net.network_address + 1)
-
-    @property
-    def ip(self) -> str:
-        return str(self.net.network_address + 2)
-
-    def close(self) -> None:
-        if netns_exists(self.netns):
-            remove_netns(self.netns)  # the veth goes with it
-
-
-def attach(netns: str, host_if: str, net: str, *, extra: tuple[str, ...] = ()) -> Peer:
-    """Create `netns` with eth0 = .2 (plus `extra` /32 addresses), joined to the current namespace's
-    `host_if` = .1, default route via the host."""
-    p = Peer(netns=netns, host_if=host_if, net=ipaddress.IPv4Network(net))
-    sh("ip", "netns", "add", netns)
-    try:
-        sh("ip", "link", "add", host_if, "type", "veth", "peer", "name", "eth0", "netns", netns)
-        sh("ip", "addr", "add", f"{p.host_ip}/{p.net.prefixlen}", "dev", host_if)
-        sh("ip", "link", "set", host_if, "up")
-        ip = ("ip", "-n", netns)
-        sh(*ip, "link", "set", "lo", "up")
-        sh(*ip, "addr", "add", f"{p.ip}/{p.net.prefixlen}", "dev", "eth0")
-        for addr in extra:
-            sh(*ip, "addr", "add", f"{addr}/32", "dev", "eth0")
-        sh(*ip, "link", "set", "eth0", "up")
-        sh(*ip, "route", "add", "default", "via", p.host_ip)
-    except BaseException:
-        p.close()
-        raise
-    return p
+def rate_between(samples: list[tuple[float, int]], start: float, end: float) -> float:
+    """Bytes/second received between two moments of a bulk_samples series."""
+    before = max((b for t, b in samples if t <= start), default=0)
+    after = max((b for t, b in samples if t <= end), default=0)
+    return (after - before) / (end - start)
 
 
 # --- raw frames (for packets a real guest kernel would never send, e.g. to 127.0.0.1) ------------
