@@ -123,11 +123,12 @@ class GuestNet(BaseModel):
 class CgroupPlan(BaseModel):
     model_config = ConfigDict(frozen=True)
     version: Literal[1, 2]
-    name: str  # relative path below each hierarchy, e.g. sealbox/<name>
+    name: str  # relative path below each hierarchy, e.g. sealbox/<name> (systemd: sealbox.slice/sealbox-<name>.scope)
     memory_bytes: int
     cpu_quota_us: int
     cpu_period_us: int = 100_000
     pids_max: int
+    manager: Literal["cgroupfs", "systemd"] = "cgroupfs"  # who creates it (host/systemd_scope.py)
 
 
 class VmPlan(BaseModel):

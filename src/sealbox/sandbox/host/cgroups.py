@@ -7,7 +7,9 @@ even if the host's mounts are looked up differently later.
 
 v1 (and hybrid, where controllers are bound to v1 hierarchies): one directory per controller
 hierarchy (memory, cpu, pids). v2: one directory; controllers enabled in the parents'
-cgroup.subtree_control as needed.
+cgroup.subtree_control as needed. v2 on a host run by systemd: no directory of our own and no write
+to the root's subtree_control — the VMM starts in a delegated transient scope (host/systemd_scope.py);
+the step only names the scope's directory and cleans it up.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from sealbox.errors import SandboxError
+from sealbox.sandbox.host import systemd_scope
 from sealbox.sandbox.model import CgroupPlan
 from sealbox.sandbox.steps import Step
 from sealbox.util import mounts
@@ -87,12 +90,22 @@ def detect(mountinfo: Path = MOUNTINFO) -> CgroupLayout:
     return CgroupLayout(mode=mode, v1=v1, unified=unified, v2_controllers=v2c)
 
 
-def plan_for(name: str, layout: CgroupLayout, *, memory_bytes: int, cpus: int, pids_max: int, period_us: int = 100_000) -> CgroupPlan:
-    """The cgroup for sandbox `name`: each vCPU may use one full core."""
+def plan_for(name: str, layout: CgroupLayout, *, memory_bytes: int, cpus: int, pids_max: int, period_us: int = 100_000,
+             systemd: bool | None = None) -> CgroupPlan:
+    """The cgroup for sandbox `name`: each vCPU may use one full core. `systemd` (default: whether the
+    host booted with systemd) decides, with the cgroup version, who creates it."""
+    booted = systemd_scope.systemd_booted() if systemd is None else systemd
+    manager = systemd_scope.choose_manager(layout.version, systemd=booted)
     return CgroupPlan(
-        version=layout.version, name=f"sealbox/{name}", memory_bytes=memory_bytes,
-        cpu_quota_us=cpus * period_us, cpu_period_us=period_us, pids_max=pids_max,
+        version=layout.version, name=systemd_scope.cgroup_path(name) if manager == "systemd" else f"sealbox/{name}",
+        memory_bytes=memory_bytes, cpu_quota_us=cpus * period_us, cpu_period_us=period_us, pids_max=pids_max, manager=manager,
     )
+
+
+def jailer_parent(plan: CgroupPlan) -> str:
+    """Firecracker's `--parent-cgroup`: our `sealbox` parent (the jailer adds `<id>` below it, next to the
+    QEMU sandboxes' `sealbox/<name>`), or the delegated scope itself (the jailer moves into it)."""
+    return plan.name if plan.manager == "systemd" else str(Path(plan.name).parent)
 
 
 def _write(path: Path, value: str) -> None:
@@ -114,6 +127,8 @@ class CgroupStep(Step):
     cpu_quota_us: int
     cpu_period_us: int
     pids_max: int
+    manager: Literal["cgroupfs", "systemd"] = "cgroupfs"
+    unit: str | None = None  # systemd: the transient scope the VMM starts in
 
     @classmethod
     def from_plan(cls, plan: CgroupPlan, layout: CgroupLayout) -> CgroupStep:
@@ -124,7 +139,9 @@ class CgroupStep(Step):
                 f"cgroup controllers missing: {', '.join(layout.missing())} (host cgroups: {layout.mode})",
                 hint="mount them (v1) or enable them in the cgroup2 root's subtree_control; see 'sealbox doctor'",
             )
-        return cls(version=plan.version, name=plan.name, mounts=layout.mounts(), **plan.model_dump(include={"memory_bytes", "cpu_quota_us", "cpu_period_us", "pids_max"}))
+        unit = Path(plan.name).name if plan.manager == "systemd" else None
+        return cls(version=plan.version, name=plan.name, mounts=layout.mounts(), unit=unit,
+                   **plan.model_dump(include={"memory_bytes", "cpu_quota_us", "cpu_period_us", "pids_max", "manager"}))
 
     def dirs(self) -> list[Path]:
         """The cgroup directories this step owns (one for v2, one per controller hierarchy for v1)."""
@@ -134,11 +151,31 @@ class CgroupStep(Step):
         """Write a pid to each of these to join the cgroup (the VMM launcher does, before exec)."""
         return [d / "cgroup.procs" for d in self.dirs()]
 
+    def joins(self) -> bool:
+        """Whether the VMM launcher writes itself into procs_files() (else systemd-run puts it in the scope)."""
+        return self.manager == "cgroupfs"
+
+    def launch_prefix(self) -> list[str]:
+        """The argv prefix the VMM launcher is started with (systemd: `systemd-run --scope ... --`)."""
+        if self.manager != "systemd":
+            return []
+        assert self.unit is not None
+        return systemd_scope.scope_argv(self.unit, memory_bytes=self.memory_bytes, cpu_quota_us=self.cpu_quota_us,
+                                        cpu_period_us=self.cpu_period_us, pids_max=self.pids_max,
+                                        systemd_run_path=systemd_scope.systemd_run())
+
     def describe(self) -> str:
         cpu = f"{self.cpu_quota_us}/{self.cpu_period_us}us"
-        return f"cgroup v{self.version} {self.name}: memory={self.memory_bytes} cpu={cpu} pids={self.pids_max} in {', '.join(map(str, self.dirs()))}"
+        limits = f"memory={self.memory_bytes} cpu={cpu} pids={self.pids_max}"
+        if self.manager == "systemd":
+            return f"cgroup v2 by systemd: delegated scope {self.unit} ({limits}) at {', '.join(map(str, self.dirs()))}"
+        return f"cgroup v{self.version} {self.name}: {limits} in {', '.join(map(str, self.dirs()))}"
 
     def do(self) -> dict[str, Any]:
+        if self.manager == "systemd":
+            if any(d.exists() for d in self.dirs()):  # a scope of this name: another state dir's sandbox
+                raise SandboxError(f"systemd scope {self.unit} already exists", hint="another sandbox of this name runs; choose another --name")
+            return {"dirs": [str(d) for d in self.dirs()]}  # created by systemd-run when the VMM starts
         if self.version == 2:
             self._do_v2(Path(self.mounts["unified"]))
         else:
@@ -178,9 +215,15 @@ class CgroupStep(Step):
                 _write(d / "pids.max", str(self.pids_max))
 
     def undo(self, outputs: dict[str, Any]) -> None:
+        if self.manager == "systemd" and not outputs.get("dirs"):
+            return  # do() refused (the scope is someone else's) or never finished: nothing of ours to stop
         left = kill_all(self.dirs())
         if left:
             raise SandboxError(f"processes {left} in cgroup {self.name} survived SIGKILL", hint="retry with 'sealbox gc'")
+        if self.manager == "systemd":
+            assert self.unit is not None
+            systemd_scope.stop_unit(self.unit)  # an empty scope goes by itself; its directory is systemd's
+            return
         problems = []
         for d in self.dirs():
             for target in (d, d.parent):  # the leaf, then the shared `sealbox` dir if now empty
