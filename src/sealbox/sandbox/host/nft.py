@@ -7,6 +7,10 @@ Two tables per sandbox:
   matches this sandbox's veth only, so no other host traffic is affected and no other table is
   touched. (A drop in another table, e.g. a host firewall with forward policy drop, still wins:
   netfilter runs every base chain of a hook. `sealbox doctor` should warn about that.)
+Both drop the blocked destinations (host/egress.py: metadata services, the host's own addresses and
+private networks) before any accept, except allow-list entries that name something inside them.
+One shared table in the root namespace, `ip sealbox_forward`, exists only while sealbox itself keeps
+net.ipv4.ip_forward on (host/forward.py): it forwards nothing but the sandboxes' veths.
 
 Every document starts by (re)creating its table in one transaction ("add; delete; add" replaces
 the table atomically), and removal is "add; delete", which succeeds whether or not the table exists
