@@ -136,3 +136,11 @@ def test_crash_after_restore_before_guard_removal_is_replayable(tmp_path: Path, 
     monkeypatch.setattr(forward, "nft_guard", lambda ifaces: guard.append(ifaces))
     assert forward.release(tmp_path, "s:a", sysctl) is True
     assert guard[-1] is None and forward.users(tmp_path) == []
+
+
+def test_guard_covers_users_without_a_recorded_interface(tmp_path: Path, sysctl: Path, guard: list[object]) -> None:
+    from sealbox.sandbox.host.netnames import veth_name
+
+    forward.acquire(tmp_path, "/var/lib/other:web-1", sysctl)  # counted without an interface (an older sealbox)
+    forward.acquire(tmp_path, "/var/lib/sealbox:db", sysctl, iface="sbaaa")
+    assert guard[-1] == sorted(["sbaaa", veth_name("web-1")])

@@ -39,7 +39,7 @@ from pathlib import Path
 
 from pydantic import BaseModel, ValidationError
 
-from sealbox.errors import SandboxError
+from sealbox.errors import SandboxError, SealboxError
 from sealbox.util import atomic, flock
 
 DEFAULT_RUN_DIR = Path("/run/sealbox")
@@ -67,7 +67,19 @@ def nft_guard(ifaces: Sequence[str] | None) -> None:
 
 
 def _guard_ifaces(st: ForwardState) -> list[str]:
-    return sorted(set(st.ifaces.values()))
+    """Every user's veth: as recorded, else derived from the owner key "<state dir>:<name>" (a user
+    counted by a sealbox that did not record its interface)."""
+    from sealbox.sandbox.host.netnames import veth_name
+
+    out = set()
+    for user in st.users:
+        name = user.rpartition(":")[2]
+        if user in st.ifaces:
+            out.add(st.ifaces[user])
+        else:
+            with contextlib.suppress(SealboxError):
+                out.add(veth_name(name))
+    return sorted(out)
 
 
 def _paths(run_dir: Path) -> tuple[Path, Path]:
