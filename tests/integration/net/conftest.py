@@ -26,7 +26,7 @@ from typing import Any
 
 import pytest
 
-from sealbox.sandbox.host import forward, nft
+from sealbox.sandbox.host import dns, forward, nft
 from sealbox.sandbox.host.netns import NETNS_RUN_DIR, _setns, read_sysctl, remove_netns, write_sysctl
 
 STAND_IN_UPLINK = ("uplink0", "203.0.113.10/24", "203.0.113.1")  # TEST-NET-3: the stand-in host's own address
@@ -115,6 +115,17 @@ def stand_in_host(prefix: str, real_uplink_guard: None, request: pytest.FixtureR
         os.close(host)
         remove_netns(name)
         remove_netns(void)
+
+
+@pytest.fixture(autouse=True, scope="module")
+def stand_in_resolv_conf(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """The host resolvers a DNS forwarder relays to: a TEST-NET address nothing answers in the stand-in
+    host, never this machine's real resolvers (tests that need answers pass their own stand-in)."""
+    path = tmp_path_factory.mktemp("resolv") / "resolv.conf"
+    path.write_text("nameserver 192.0.2.53\n")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(dns, "RESOLV_CONF", path)
+        yield path
 
 
 @pytest.fixture(scope="module")

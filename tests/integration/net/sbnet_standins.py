@@ -30,7 +30,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 
-from sealbox.sandbox.host import netnames, nft
+from sealbox.sandbox.host import dns, netnames, nft
 from sealbox.sandbox.host.netlink import delete_link, list_links
 from sealbox.sandbox.host.netns import list_netns, netns_exists, remove_netns, run_in_netns, socket_in_netns
 from sealbox.sandbox.model import GuestNet
@@ -190,6 +190,50 @@ def rate_between(samples: list[tuple[float, int]], start: float, end: float) -> 
     return (after - before) / (end - start)
 
 
+# --- plain namespaces joined to the host ------------------------------------------------------------
+@dataclass
+class Peer:
+    """A namespace joined to the host by a veth: host side .1, peer side .2 of `net`."""
+
+    netns: str
+    host_if: str
+    net: ipaddress.IPv4Network
+
+    @property
+    def host_ip(self) -> str:
+        return str(self.net.network_address + 1)
+
+    @property
+    def ip(self) -> str:
+        return str(self.net.network_address + 2)
+
+    def close(self) -> None:
+        if netns_exists(self.netns):
+            remove_netns(self.netns)  # the veth goes with it
+
+
+def attach(netns: str, host_if: str, net: str, *, extra: tuple[str, ...] = ()) -> Peer:
+    """Create `netns` with eth0 = .2 (plus `extra` /32 addresses), joined to the current namespace's
+    `host_if` = .1, default route via the host."""
+    p = Peer(netns=netns, host_if=host_if, net=ipaddress.IPv4Network(net))
+    sh("ip", "netns", "add", netns)
+    try:
+        sh("ip", "link", "add", host_if, "type", "veth", "peer", "name", "eth0", "netns", netns)
+        sh("ip", "addr", "add", f"{p.host_ip}/{p.net.prefixlen}", "dev", host_if)
+        sh("ip", "link", "set", host_if, "up")
+        ip = ("ip", "-n", netns)
+        sh(*ip, "link", "set", "lo", "up")
+        sh(*ip, "addr", "add", f"{p.ip}/{p.net.prefixlen}", "dev", "eth0")
+        for addr in extra:
+            sh(*ip, "addr", "add", f"{addr}/32", "dev", "eth0")
+        sh(*ip, "link", "set", "eth0", "up")
+        sh(*ip, "route", "add", "default", "via", p.host_ip)
+    except BaseException:
+        p.close()
+        raise
+    return p
+
+
 # --- raw frames (for packets a real guest kernel would never send, e.g. to 127.0.0.1) ------------
 def _csum(data: bytes) -> int:
     if len(data) % 2:
@@ -339,6 +383,11 @@ class InternetStandIn:
 def scrub(prefix: str, names: list[str]) -> list[str]:
     """Remove every host object of this test run; returns what had to be removed (should be empty)."""
     removed = []
+    for pid, owner in dns.find_forwarders():
+        name = owner.rpartition(":")[2]
+        if name in names or name.startswith(prefix):
+            dns.stop_forwarders(owner)
+            removed.append(f"dns forwarder {pid} of {name}")
     for ns in list_netns():
         if ns.startswith(prefix) or ns.startswith(netnames.NETNS_PREFIX + prefix):
             remove_netns(ns)

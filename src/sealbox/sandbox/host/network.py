@@ -51,7 +51,7 @@ def network_steps(
     pool: str | None = None,
     run_dir: Path = forward.DEFAULT_RUN_DIR,
     link: ipaddress.IPv4Network | None = None,
-    resolv_conf: Path = dns.RESOLV_CONF,
+    resolv_conf: Path | None = None,
 ) -> tuple[GuestNet, list[Step]]:
     """The guest's network view and the host steps that build it.
 
@@ -69,7 +69,8 @@ def network_steps(
     dns.check(nat=nat, dns=spec.dns, egress=spec.allow_egress, blocked=blocked)  # before anything is allocated
     alloc = ipam.allocate(state, name, nat=nat, pool=pool_net, dry_run=dry_run, link=link)
     host_ip, guest_ip = alloc.link.network_address + 1, alloc.link.network_address + 2
-    announced, upstreams = dns.plan(nat=nat, dns=spec.dns, egress=spec.allow_egress, host_ip=host_ip, resolv_conf=resolv_conf)
+    announced, upstreams = dns.plan(nat=nat, dns=spec.dns, egress=spec.allow_egress, host_ip=host_ip,
+                                    resolv_conf=resolv_conf or dns.RESOLV_CONF)
     ns = netnames.netns_name(name)
     guest = GuestNet(
         subnet=alloc.link,
