@@ -33,6 +33,13 @@ def test_host_resolvers_parsed_from_resolv_conf(tmp_path: Path) -> None:
     assert dns.host_resolvers(tmp_path / "missing") == []
 
 
+def test_resolv_conf_override(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("SEALBOX_RESOLV_CONF", raising=False)
+    assert dns.resolv_conf_path() == Path("/etc/resolv.conf")
+    monkeypatch.setenv("SEALBOX_RESOLV_CONF", str(tmp_path / "r"))
+    assert dns.resolv_conf_path() == tmp_path / "r"
+
+
 def test_plan_isolated_nat_and_allow_list(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     rc = tmp_path / "resolv.conf"
     rc.write_text("nameserver 168.63.129.16\nnameserver 2001:db8::1\n")

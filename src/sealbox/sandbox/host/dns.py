@@ -48,6 +48,12 @@ NOBODY = 65534
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 
 
+def resolv_conf_path() -> Path:
+    """$SEALBOX_RESOLV_CONF (tests, hosts whose resolvers are listed elsewhere), else /etc/resolv.conf."""
+    env = os.environ.get("SEALBOX_RESOLV_CONF")
+    return Path(env) if env else RESOLV_CONF
+
+
 def host_resolvers(resolv_conf: Path = RESOLV_CONF) -> list[IPAddress]:
     """`nameserver` lines of the host's resolv.conf (scoped IPv6 link-local ones skipped)."""
     try:

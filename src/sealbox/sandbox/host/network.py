@@ -70,7 +70,7 @@ def network_steps(
     alloc = ipam.allocate(state, name, nat=nat, pool=pool_net, dry_run=dry_run, link=link)
     host_ip, guest_ip = alloc.link.network_address + 1, alloc.link.network_address + 2
     announced, upstreams = dns.plan(nat=nat, dns=spec.dns, egress=spec.allow_egress, host_ip=host_ip,
-                                    resolv_conf=resolv_conf or dns.RESOLV_CONF)
+                                    resolv_conf=resolv_conf or dns.resolv_conf_path())
     ns = netnames.netns_name(name)
     guest = GuestNet(
         subnet=alloc.link,
