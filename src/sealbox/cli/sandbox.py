@@ -35,6 +35,7 @@ def _dump(obj: Any) -> None:
 @click.option("--memory", "memory_mib", type=int, default=512, show_default=True, help="Guest RAM in MiB.")
 @click.option("--net", type=click.Choice(["isolated", "nat"]), default="isolated", show_default=True)
 @click.option("--allow-egress", multiple=True, metavar="CIDR[:PORT]", help="nat only: allowed destinations (repeatable).")
+@click.option("--dns", multiple=True, metavar="IP", help="nat only: the guest's resolver (repeatable); default: a forwarder on its link.")
 @click.option("--disk", "disks", multiple=True, metavar="FILE[:ro|rw]", help="Attach a disk (repeatable; default rw).")
 @click.option("--rootfs", type=click.Choice(["initrd", "disk"]), default="initrd", show_default=True)
 @click.option("--vmm", type=click.Choice(["auto", "qemu", "firecracker"]), default="auto", show_default=True)
@@ -54,6 +55,7 @@ def run(image_dir: Path, state_dir: Path | None, dry_run: bool, as_json: bool, *
 
     flags["disks"] = list(flags["disks"])
     flags["allow_egress"] = list(flags["allow_egress"])
+    flags["dns"] = list(flags["dns"])
     spec = manager.make_spec(image_dir=image_dir, **flags)
     state = _state(state_dir)
     if dry_run:

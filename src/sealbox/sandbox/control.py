@@ -69,6 +69,8 @@ def inspect(state: StateDir, name: str) -> dict[str, Any]:
     out = record.model_dump(mode="json")
     out["guest"] = _redact(record.guest)
     out["derived_status"] = status
+    if status == "exited":
+        out["exit_reason"] = st.exit_reason(record)
     out["sandbox_dir"] = str(state.sandbox_dir(name))
     if status == "running":
         try:

@@ -94,7 +94,8 @@ class InstanceFilesStep(Step):
         return Path(self.sandbox_dir) / DISK_NAME
 
     def describe(self) -> str:
-        return f"write client key {self.key_path} (ed25519) and instance disk {self.disk_path} (hostname {self.hostname}, {self.address})"
+        dns = f", dns {', '.join(map(str, self.dns))}" if self.dns else ", no resolver"
+        return f"write client key {self.key_path} (ed25519) and instance disk {self.disk_path} (hostname {self.hostname}, {self.address}{dns})"
 
     def do(self) -> dict[str, Any]:
         pub = generate_client_key(self.key_path, f"sealbox-{self.hostname}")

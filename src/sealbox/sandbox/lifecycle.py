@@ -159,7 +159,7 @@ def dry_run(spec: SandboxSpec, state: StateDir) -> dict[str, Any]:
     uid, gid = lease_of(steps).uid, lease_of(steps).gid
     sandbox_dir = state.sandboxes / spec.name
     inst = InstanceFilesStep(sandbox_dir=str(sandbox_dir), hostname=spec.name, address=f"{net.guest_ip}/{net.prefixlen}",
-                             gateway=net.host_ip)
+                             gateway=net.host_ip, dns=net.dns)
     console = _console_step(spec, state)
     plan = planning.make_plan(spec, inp.image, inp.choice, net, sandbox_dir, uid, gid, planning.cgroup_plan(spec, inp.choice, state.id))
     desc = inp.choice.backend.describe(plan)
@@ -236,7 +236,7 @@ def _create(record: SandboxRecord, save: Callable[[], None], inp: Inputs, state:
     apply_steps([*steps, _console_step(spec, state)], record.steps, save, progress)
     if inp.snapshot is None:
         inst = InstanceFilesStep(sandbox_dir=str(sandbox_dir), hostname=spec.name,
-                                 address=f"{net.guest_ip}/{net.prefixlen}", gateway=net.host_ip)
+                                 address=f"{net.guest_ip}/{net.prefixlen}", gateway=net.host_ip, dns=net.dns)
         apply_steps([inst], record.steps, save, progress)
         key, binding = inst.key_path, record.steps.entries[-1].outputs.get("mrconfigid")
     else:

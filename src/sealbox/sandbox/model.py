@@ -77,6 +77,7 @@ class SandboxSpec(BaseModel):
     memory_mib: int = Field(default=512, ge=64, le=1024 * 1024)
     net: NetMode = NetMode.isolated
     allow_egress: tuple[EgressRule, ...] = ()
+    dns: tuple[ipaddress.IPv4Address, ...] = ()  # resolvers the guest uses directly (nat); empty: sealbox's forwarder
     disks: tuple[DiskSpec, ...] = ()
     rootfs: Literal["initrd", "disk"] = "initrd"
     vmm: Literal["auto", "qemu", "firecracker"] = "auto"
@@ -104,6 +105,7 @@ class GuestNet(BaseModel):
     guest_mac: str
     tap: str  # TAP device name inside the sandbox's netns
     netns: str  # network namespace name (/var/run/netns/<netns>)
+    dns: tuple[ipaddress.IPv4Address, ...] = ()  # resolvers announced to the guest (host/dns.py)
 
     @property
     def prefixlen(self) -> int:
@@ -121,11 +123,12 @@ class GuestNet(BaseModel):
 class CgroupPlan(BaseModel):
     model_config = ConfigDict(frozen=True)
     version: Literal[1, 2]
-    name: str  # relative path below each hierarchy, e.g. sealbox/<name>
+    name: str  # relative path below each hierarchy, e.g. sealbox/<name> (systemd: sealbox.slice/sealbox-<name>.scope)
     memory_bytes: int
     cpu_quota_us: int
     cpu_period_us: int = 100_000
     pids_max: int
+    manager: Literal["cgroupfs", "systemd"] = "cgroupfs"  # who creates it (host/systemd_scope.py)
 
 
 class VmPlan(BaseModel):

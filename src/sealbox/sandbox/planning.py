@@ -6,6 +6,7 @@ error with nothing created), except `make_plan`, which needs the allocated netwo
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import stat as st_mod
 from dataclasses import dataclass, field
@@ -37,8 +38,14 @@ def make_spec(**flags: Any) -> SandboxSpec:
         except (ValueError, ValidationError):
             raise UsageError(f"--allow-egress {text!r} is not CIDR or CIDR:PORT", hint="e.g. 10.0.0.0/8 or 192.0.2.10/32:443") from None
     disks = tuple(DiskSpec.parse(t) for t in flags.pop("disks", ()) or ())
+    dns = []
+    for text in flags.pop("dns", ()) or ():
+        try:
+            dns.append(ipaddress.IPv4Address(text))
+        except ValueError:
+            raise UsageError(f"--dns {text!r} is not an IPv4 address", hint="e.g. --dns 192.0.2.53") from None
     try:
-        return SandboxSpec(allow_egress=tuple(egress), disks=disks, **flags)
+        return SandboxSpec(allow_egress=tuple(egress), disks=disks, dns=tuple(dns), **flags)
     except ValidationError as e:
         err = e.errors()[0]
         key = "--" + str(err["loc"][0]).replace("_mib", "").replace("_", "-") if err["loc"] else "flags"

@@ -11,10 +11,12 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import BaseModel
 
+from sealbox.errors import SealboxError
 from sealbox.sandbox.state import SandboxRecord, pid_alive
 
 Status = Literal["creating", "running", "exited", "stopped", "failed", "removing", "abandoned", "corrupt"]
@@ -26,6 +28,32 @@ Alive = Callable[[int | None, int | None], bool]
 
 def vmm_pid(record: SandboxRecord) -> tuple[int | None, int | None]:
     return record.vmm.get("pid"), record.vmm.get("start_time")
+
+
+def _cgroup_dirs(record: SandboxRecord) -> list[Path]:
+    """The VMM's cgroup directories, from the record alone (they stay until `rm`)."""
+    dirs: list[Path] = []
+    for e in record.steps.entries:
+        if e.kind == "cgroup" and e.state == "done":
+            dirs += [Path(d) for d in e.outputs.get("dirs", [])]
+        elif e.kind == "firecracker-jailer" and e.state == "done":
+            from sealbox.sandbox.vmm.firecracker import jailer as J
+
+            p, lay = e.params, e.params.get("layout", {})
+            try:
+                dirs += J.jailer_cgroup_dirs(int(p["cgroup_version"]), list(p.get("cgroup_controllers", [])),
+                                             str(lay["exec_name"]), str(lay["jail_id"]), parent=p.get("cgroup_parent"))
+            except (KeyError, ValueError, TypeError, SealboxError):
+                continue  # a record written by someone else: no reason rather than a crash
+    return dirs
+
+
+def exit_reason(record: SandboxRecord) -> str | None:
+    """Why an exited VMM is gone, when the host can tell: the cgroup's OOM kill count."""
+    from sealbox.sandbox.host.cgroups import oom_kills
+
+    kills = oom_kills(_cgroup_dirs(record))
+    return "oom-killed: the cgroup memory limit was reached" if kills else None
 
 
 def derive(record: SandboxRecord, alive: Alive = pid_alive) -> Status:
@@ -52,6 +80,7 @@ class PsRow(BaseModel):
     image: str = "-"
     created_at: float = 0.0
     error: str | None = None
+    reason: str | None = None  # why an exited sandbox exited, if the host can tell (exit_reason)
 
     def created(self, now: float | None = None) -> str:
         if not self.created_at:
@@ -66,8 +95,9 @@ class PsRow(BaseModel):
 def row(record: SandboxRecord, alive: Alive = pid_alive) -> PsRow:
     spec: dict[str, Any] = record.spec or {}
     net = record.network or {}
+    status = derive(record, alive)
     return PsRow(
-        name=record.name, status=derive(record, alive), vmm=str(record.vmm.get("backend", "-")),
+        name=record.name, status=status, reason=exit_reason(record) if status == "exited" else None, vmm=str(record.vmm.get("backend", "-")),
         accel=str(record.vmm.get("accel", "-")), address=str(net.get("guest_ip", "-")),
         cpus=spec.get("cpus"), memory_mib=spec.get("memory_mib"), image=str(record.image.get("name", "-")),
         created_at=record.created_at, error=record.error,
@@ -81,7 +111,7 @@ def corrupt_row(name: str, error: str) -> PsRow:
 def table(rows: list[PsRow], now: float | None = None) -> str:
     head = ("NAME", "STATUS", "VMM", "ACCEL", "ADDRESS", "CPUS", "MEM", "IMAGE", "CREATED")
     body = [
-        (r.name, r.status, r.vmm, r.accel, r.address, str(r.cpus or "-"),
+        (r.name, f"{r.status} ({r.reason.split(':')[0]})" if r.reason else r.status, r.vmm, r.accel, r.address, str(r.cpus or "-"),
          f"{r.memory_mib}M" if r.memory_mib else "-", r.image, r.created(now))
         for r in rows
     ]

@@ -63,7 +63,7 @@ def main() -> int:
             base = next(m[1] for m in mounts if m[2] == "cgroup2")
         else:
             base = next(m[1] for m in mounts if m[2] == "cgroup" and controller in m[3].split(","))
-        d = os.path.join(base, exec_name, opts["id"])
+        d = os.path.join(base, opts.get("parent-cgroup", exec_name), opts["id"])  # as the jailer: --parent-cgroup
         os.makedirs(d, exist_ok=True)
         with open(os.path.join(d, file), "w") as f:
             f.write(value + "\n")

@@ -57,7 +57,7 @@ def env(tmp_path: Path):
                                            "argv": tuple(a.replace("/var/run/netns", str(netns_dir)) for a in steps[1].argv)})
     yield backend, plan, steps, tmp_path
     for version, ctrls in ((1, ["cpu", "memory", "pids"]), (2, [])):
-        for d in J.jailer_cgroup_dirs(version, ctrls, "firecracker", name):
+        for d in J.jailer_cgroup_dirs(version, ctrls, "firecracker", name, parent="sealbox"):
             if d.is_dir():
                 subprocess.run(["rmdir", str(d)], check=False)
 
@@ -113,7 +113,7 @@ def test_start_lockdown_stop_and_cleanup(env) -> None:
     cfg = json.loads((root / "config.json").read_text())
     assert cfg == backend.config(plan) and os.stat(root / "config.json").st_uid == UID
     assert os.stat(root / "firecracker.log").st_uid == UID
-    cgroups = J.jailer_cgroup_dirs(1, ["cpu", "memory", "pids"], "firecracker", plan.spec.name)
+    cgroups = J.jailer_cgroup_dirs(1, ["cpu", "memory", "pids"], "firecracker", plan.spec.name, parent="sealbox")
     assert cgroups and all(d.is_dir() for d in cgroups)
     mem = next(d for d in cgroups if "memory" in str(d))
     assert int((mem / "memory.limit_in_bytes").read_text()) == plan.cgroup.memory_bytes
@@ -157,7 +157,7 @@ def test_api_that_never_comes_up_times_out_and_is_killed(env) -> None:
         apply_steps(steps, log, lambda: None)
     assert "stand-in console" in plan.console_log.read_text()  # the child did start
     assert _processes_mentioning(plan.spec.name) == []  # and was killed by the undo (via its cgroup)
-    assert not any(d.exists() for d in J.jailer_cgroup_dirs(1, ["cpu", "memory", "pids"], "firecracker", plan.spec.name))
+    assert not any(d.exists() for d in J.jailer_cgroup_dirs(1, ["cpu", "memory", "pids"], "firecracker", plan.spec.name, parent="sealbox"))
     assert not backend.layout(plan).jail_dir.exists()
 
 

@@ -109,4 +109,5 @@ def test_boot_inspect_pause_snapshot_stop_and_cleanup(sandbox, tmp_path: Path) -
         problems = undo_steps(log, lambda: None)
     assert problems == []
     assert not lay.jail_dir.exists()
-    assert not any(d.exists() for d in J.jailer_cgroup_dirs(plan.cgroup.version, ["cpu", "memory", "pids"], lay.exec_name, lay.jail_id))
+    assert not any(d.exists() for d in J.jailer_cgroup_dirs(plan.cgroup.version, ["cpu", "memory", "pids"], lay.exec_name, lay.jail_id,
+                                                    parent="sealbox"))

@@ -10,6 +10,10 @@
   namespace routes a nat sandbox's traffic there with policy rules that match only that sandbox's
   veth (`iif`), so nothing a test sends can leave this machine.
 - Listener: TCP server in any namespace that answers each connection with the peer address it saw.
+- Peer / attach: a plain namespace joined to the (stand-in) host by a veth, e.g. a LAN or an uplink.
+- DnsStandIn: an upstream resolver (UDP and TCP 53) answering `*.sealbox.test` with one A record and
+  logging who asked; `tcp-*` names are answered truncated over UDP, so a real client retries over TCP.
+  dns_query: a minimal DNS client in any namespace.
 """
 
 from __future__ import annotations
@@ -26,7 +30,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 
-from sealbox.sandbox.host import netnames, nft
+from sealbox.sandbox.host import dns, netnames, nft
 from sealbox.sandbox.host.netlink import delete_link, list_links
 from sealbox.sandbox.host.netns import list_netns, netns_exists, remove_netns, run_in_netns, socket_in_netns
 from sealbox.sandbox.model import GuestNet
@@ -122,7 +126,14 @@ def probe_many(probes: dict[str, tuple[str, str, int]], timeout: float = 0.8) ->
 
 def bulk_bytes(sender_ns: str, receiver_ns: str, addr: str, port: int, seconds: float) -> int:
     """Bytes a TCP receiver in receiver_ns got within `seconds` while a sender in sender_ns pushed
-    as fast as it could. Every blocking call has a timeout; both sides stop at the deadline."""
+    as fast as it could."""
+    return bulk_samples(sender_ns, receiver_ns, addr, port, seconds)[-1][1]
+
+
+def bulk_samples(sender_ns: str, receiver_ns: str, addr: str, port: int, seconds: float) -> list[tuple[float, int]]:
+    """(seconds since the first byte, bytes received so far) after every read, while a sender in
+    sender_ns pushes as fast as it can for `seconds`. Every blocking call has a timeout; both sides
+    stop at the deadline."""
     srv = socket_in_netns(receiver_ns)
     srv.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     srv.bind((addr, port))
@@ -148,7 +159,7 @@ def bulk_bytes(sender_ns: str, receiver_ns: str, addr: str, port: int, seconds: 
 
     t = threading.Thread(target=send, daemon=True)
     t.start()
-    got = 0
+    got, samples, t0 = 0, [(0.0, 0)], None
     try:
         conn, _ = srv.accept()
         with conn:
@@ -161,12 +172,66 @@ def bulk_bytes(sender_ns: str, receiver_ns: str, addr: str, port: int, seconds: 
                     continue
                 if not data:
                     break
+                now = time.monotonic()
+                t0 = now if t0 is None else t0
                 got += len(data)
+                samples.append((now - t0, got))
     finally:
         stop.set()
         t.join(5)
         srv.close()
-    return got
+    return samples
+
+
+def rate_between(samples: list[tuple[float, int]], start: float, end: float) -> float:
+    """Bytes/second received between two moments of a bulk_samples series."""
+    before = max((b for t, b in samples if t <= start), default=0)
+    after = max((b for t, b in samples if t <= end), default=0)
+    return (after - before) / (end - start)
+
+
+# --- plain namespaces joined to the host ------------------------------------------------------------
+@dataclass
+class Peer:
+    """A namespace joined to the host by a veth: host side .1, peer side .2 of `net`."""
+
+    netns: str
+    host_if: str
+    net: ipaddress.IPv4Network
+
+    @property
+    def host_ip(self) -> str:
+        return str(self.net.network_address + 1)
+
+    @property
+    def ip(self) -> str:
+        return str(self.net.network_address + 2)
+
+    def close(self) -> None:
+        if netns_exists(self.netns):
+            remove_netns(self.netns)  # the veth goes with it
+
+
+def attach(netns: str, host_if: str, net: str, *, extra: tuple[str, ...] = ()) -> Peer:
+    """Create `netns` with eth0 = .2 (plus `extra` /32 addresses), joined to the current namespace's
+    `host_if` = .1, default route via the host."""
+    p = Peer(netns=netns, host_if=host_if, net=ipaddress.IPv4Network(net))
+    sh("ip", "netns", "add", netns)
+    try:
+        sh("ip", "link", "add", host_if, "type", "veth", "peer", "name", "eth0", "netns", netns)
+        sh("ip", "addr", "add", f"{p.host_ip}/{p.net.prefixlen}", "dev", host_if)
+        sh("ip", "link", "set", host_if, "up")
+        ip = ("ip", "-n", netns)
+        sh(*ip, "link", "set", "lo", "up")
+        sh(*ip, "addr", "add", f"{p.ip}/{p.net.prefixlen}", "dev", "eth0")
+        for addr in extra:
+            sh(*ip, "addr", "add", f"{addr}/32", "dev", "eth0")
+        sh(*ip, "link", "set", "eth0", "up")
+        sh(*ip, "route", "add", "default", "via", p.host_ip)
+    except BaseException:
+        p.close()
+        raise
+    return p
 
 
 # --- raw frames (for packets a real guest kernel would never send, e.g. to 127.0.0.1) ------------
@@ -318,6 +383,11 @@ class InternetStandIn:
 def scrub(prefix: str, names: list[str]) -> list[str]:
     """Remove every host object of this test run; returns what had to be removed (should be empty)."""
     removed = []
+    for pid, owner in dns.find_forwarders():
+        name = owner.rpartition(":")[2]
+        if name in names or name.startswith(prefix):
+            dns.stop_forwarders(owner)
+            removed.append(f"dns forwarder {pid} of {name}")
     for ns in list_netns():
         if ns.startswith(prefix) or ns.startswith(netnames.NETNS_PREFIX + prefix):
             remove_netns(ns)
@@ -337,3 +407,112 @@ def scrub(prefix: str, names: list[str]) -> list[str]:
             nft.apply(nft.delete_table_doc(table))
             removed.append(f"table {table}")
     return removed
+
+
+# --- DNS -------------------------------------------------------------------------------------------------
+ANSWER = "203.0.113.77"
+
+
+def dns_message(name: str, qid: int = 0x5EB0, qtype: int = 1) -> bytes:
+    q = b"".join(bytes([len(p)]) + p.encode() for p in name.rstrip(".").split(".")) + b"\0"
+    return struct.pack("!HHHHHH", qid, 0x0100, 1, 0, 0, 0) + q + struct.pack("!HH", qtype, 1)
+
+
+def _qname(msg: bytes) -> tuple[str, int]:
+    labels, i = [], 12
+    while msg[i]:
+        labels.append(msg[i + 1:i + 1 + msg[i]].decode())
+        i += 1 + msg[i]
+    return ".".join(labels), i + 5  # name, offset after qtype/qclass
+
+
+def dns_answer_ips(reply: bytes) -> list[str]:
+    an = struct.unpack("!H", reply[6:8])[0]
+    _, i = _qname(reply)
+    ips = []
+    for _ in range(an):
+        i += 2  # compressed name pointer (the stand-in and real resolvers use one here)
+        rtype, _cls, _ttl, rdlen = struct.unpack("!HHIH", reply[i:i + 10])
+        if rtype == 1 and rdlen == 4:
+            ips.append(str(ipaddress.IPv4Address(reply[i + 10:i + 14])))
+        i += 10 + rdlen
+    return ips
+
+
+class DnsStandIn:
+    """Upstream resolver stand-in on (addr, 53) inside `netns`."""
+
+    def __init__(self, netns: str, addr: str) -> None:
+        self.asked: list[tuple[str, str, str]] = []  # (transport, peer, name)
+        self.udp = socket_in_netns(netns, socket.AF_INET, socket.SOCK_DGRAM)
+        self.tcp = socket_in_netns(netns)
+        self.udp.bind((addr, 53))
+        self.tcp.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self.tcp.bind((addr, 53))
+        self.tcp.listen(8)
+        self._stop = threading.Event()
+        self._t = threading.Thread(target=self._loop, daemon=True)
+        self._t.start()
+
+    def reply(self, query: bytes, truncate: bool) -> bytes:
+        name, end = _qname(query)
+        qid = query[:2]
+        if not name.endswith(".sealbox.test"):
+            return qid + struct.pack("!HHHHH", 0x8183, 1, 0, 0, 0) + query[12:end]  # NXDOMAIN
+        if truncate:
+            return qid + struct.pack("!HHHHH", 0x8380, 1, 0, 0, 0) + query[12:end]  # TC set, no answer
+        rr = struct.pack("!HHHIH", 0xC00C, 1, 1, 60, 4) + ipaddress.IPv4Address(ANSWER).packed
+        return qid + struct.pack("!HHHHH", 0x8180, 1, 1, 0, 0) + query[12:end] + rr
+
+    def _loop(self) -> None:
+        deadline = time.monotonic() + 900
+        while not self._stop.is_set() and time.monotonic() < deadline:
+            ready, _, _ = select.select([self.udp, self.tcp], [], [], 0.1)
+            try:
+                if self.udp in ready:
+                    q, peer = self.udp.recvfrom(4096)
+                    name = _qname(q)[0]
+                    self.asked.append(("udp", peer[0], name))
+                    self.udp.sendto(self.reply(q, name.startswith("tcp-")), peer)
+                if self.tcp in ready:
+                    conn, peer = self.tcp.accept()
+                    with conn:
+                        conn.settimeout(2)
+                        n = struct.unpack("!H", conn.recv(2))[0]
+                        q = conn.recv(n)
+                        self.asked.append(("tcp", peer[0], _qname(q)[0]))
+                        r = self.reply(q, False)
+                        conn.sendall(struct.pack("!H", len(r)) + r)
+            except (OSError, struct.error, IndexError):
+                continue
+
+    def close(self) -> None:
+        self._stop.set()
+        self._t.join(5)
+        self.udp.close()
+        self.tcp.close()
+
+
+def dns_query(netns: str, server: str, name: str, *, tcp: bool = False, timeout: float = 2.0) -> list[str] | str:
+    """A records for `name` asked from inside `netns`, or 'timeout' / 'refused' / 'error:...'."""
+    q = dns_message(name)
+    s = socket_in_netns(netns, socket.AF_INET, socket.SOCK_STREAM if tcp else socket.SOCK_DGRAM)
+    s.settimeout(timeout)
+    try:
+        s.connect((server, 53))
+        if tcp:
+            s.sendall(struct.pack("!H", len(q)) + q)
+            n = struct.unpack("!H", s.recv(2))[0]
+            reply = s.recv(n)
+        else:
+            s.send(q)
+            reply = s.recv(4096)
+        return dns_answer_ips(reply)
+    except TimeoutError:
+        return "timeout"
+    except ConnectionRefusedError:
+        return "refused"
+    except OSError as e:
+        return f"error:{e}"
+    finally:
+        s.close()

@@ -17,7 +17,7 @@ import pytest
 from sbnet_standins import IFF_NO_PI, IFF_TAP, IFF_VNET_HDR, TUNSETIFF, scrub
 
 from sealbox.errors import SandboxError
-from sealbox.sandbox.host import forward, leftovers, netnames, nft
+from sealbox.sandbox.host import dns, forward, leftovers, netnames, nft
 from sealbox.sandbox.host.netlink import list_links
 from sealbox.sandbox.host.netns import NetnsStep, _setns, connect_in_netns, list_netns, netns_path, read_sysctl
 from sealbox.sandbox.host.network import lease_of, network_steps
@@ -56,6 +56,8 @@ def traces(name: str, state: StateDir, run_dir: Path) -> list[str]:
         found.append("uid")
     if state.mark(name) in forward.users(reg.host_dir):
         found.append("ip_forward user")
+    if state.mark(name) in (o for _, o in dns.find_forwarders()):
+        found.append("dns forwarder")
     return found
 
 
@@ -77,7 +79,7 @@ def test_undo_removes_everything_and_ip_forward_follows_last_nat(
         apply_steps(build(state, pool, run_dir, name, nat), logs[name], lambda: None)
     assert traces(names[0], state, run_dir) == ["netns", "lease", "uid"]
     for n in names[1:]:
-        assert traces(n, state, run_dir) == ["netns", "veth", "nft table", "lease", "uid", "ip_forward user"]
+        assert traces(n, state, run_dir) == ["netns", "veth", "nft table", "lease", "uid", "ip_forward user", "dns forwarder"]
     assert read_sysctl("net.ipv4.ip_forward") == "1"
 
     assert undo_steps(logs[names[1]], lambda: None) == []
@@ -112,7 +114,7 @@ def _crash_child(root: str, pool: str, run_dir: str, name: str, record: str, kil
     os.kill(os.getpid(), signal.SIGKILL)  # crash after everything was done
 
 
-@pytest.mark.parametrize("kill_at", [None, "net.veth", "net.tap"])
+@pytest.mark.parametrize("kill_at", [None, "net.dns", "net.veth", "net.tap"])
 def test_crash_then_undo_from_record(
     env: tuple[StateDir, str, list[str]], prefix: str, run_dir: Path, original_ip_forward: str, tmp_path: Path, kill_at: str | None
 ) -> None:
@@ -148,14 +150,14 @@ def test_leftovers_found_and_removed_without_record(
     apply_steps(build(state, pool, run_dir, keep, nat=True), kept_log, lambda: None)
     # the record of `name` is lost; gc knows only `keep`
     mine = [x for x in leftovers.find(state, keep=[keep], run_dir=run_dir) if x.sandbox == name]
-    assert sorted(x.kind for x in mine) == ["ip-forward-user", "lease", "netns", "nft-table", "veth"]
+    assert sorted(x.kind for x in mine) == ["dns-forwarder", "ip-forward-user", "lease", "netns", "nft-table", "veth"]
     assert all(x.ours for x in mine)
     assert not [x for x in leftovers.find(state, keep=[keep], run_dir=run_dir) if x.sandbox == keep]
     for item in mine:
         leftovers.remove(item, run_dir=run_dir)
         leftovers.remove(item, run_dir=run_dir)  # idempotent
     assert traces(name, state, run_dir) == []
-    assert traces(keep, state, run_dir) == ["netns", "veth", "nft table", "lease", "uid", "ip_forward user"]
+    assert traces(keep, state, run_dir) == ["netns", "veth", "nft table", "lease", "uid", "ip_forward user", "dns forwarder"]
     assert read_sysctl("net.ipv4.ip_forward") == "1"
     assert undo_steps(kept_log, lambda: None) == []
     assert read_sysctl("net.ipv4.ip_forward") == original_ip_forward

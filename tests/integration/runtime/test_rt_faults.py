@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 from rt_integ import Sealbox, leftovers, wait_for
 
+from sealbox.sandbox.host import cgroups
 from sealbox.sandbox.state import SandboxRecord, StateDir
 
 pytestmark = [pytest.mark.integration]
@@ -34,6 +35,41 @@ def test_killed_vmm_shows_exited_and_gc_removes_everything(sealbox: Sealbox) -> 
     assert sealbox.exec(name, "true").returncode != 0
     g = sealbox("gc", check=True)
     assert f"removed sandbox {name} (its VMM" in g.stdout
+    assert leftovers(sealbox.state_dir, name) == []
+
+
+def _memory_files(sb: Sealbox, name: str) -> tuple[Path, Path | None]:
+    """(limit file, swap+memory limit file or None) of the sandbox's memory cgroup, in the host's version."""
+    rec = sb.record(name)
+    assert rec is not None
+    dirs = [Path(d) for e in rec["steps"]["entries"] if e["kind"] == "cgroup" for d in e["outputs"]["dirs"]]
+    if cgroups.detect().version == 2:
+        (d,) = dirs
+        return d / "memory.max", None
+    (d,) = [d for d in dirs if (d / "memory.limit_in_bytes").exists()]
+    memsw = d / "memory.memsw.limit_in_bytes"
+    return d / "memory.limit_in_bytes", memsw if memsw.exists() else None
+
+
+@pytest.mark.boot
+def test_memory_limit_below_what_the_guest_touches_oom_kills_the_vmm(sealbox: Sealbox) -> None:
+    name = f"{sealbox.prefix}-oom"
+    p = sealbox(*sealbox.run_args(name, "--memory", "512"), timeout=420)
+    assert p.returncode == 0, p.stderr
+    limit, memsw = _memory_files(sealbox, name)
+    usage = int((limit.parent / ("memory.current" if limit.name == "memory.max" else "memory.usage_in_bytes")).read_text())
+    lower = usage + (48 << 20)  # below what the guest is about to touch (it has >= 200 MiB it never touched)
+    limit.write_text(str(lower))  # v1: the plain limit first, then memory+swap down to it
+    if memsw is not None:
+        memsw.write_text(str(lower))
+    # a guest process holding ~400 MiB: tail keeps a newline-free stream in memory until EOF
+    sealbox.exec(name, "sh", "-c", "head -c 400M /dev/zero | tail > /dev/null", timeout=300)
+    wait_for(lambda: sealbox.status(name) == "exited", 60, "ps to show the OOM-killed VMM as exited")
+    rows = {r["name"]: r for r in json.loads(sealbox("ps", "--all", "--json", check=True).stdout)}
+    assert rows[name]["status"] == "exited" and (rows[name]["reason"] or "").startswith("oom-killed"), rows[name]
+    assert any(line.split()[:3] == [name, "exited", "(oom-killed)"] for line in sealbox("ps", "--all", check=True).stdout.splitlines())
+    assert json.loads(sealbox("inspect", name, check=True).stdout)["exit_reason"].startswith("oom-killed")
+    sealbox("rm", name, check=True)
     assert leftovers(sealbox.state_dir, name) == []
 
 

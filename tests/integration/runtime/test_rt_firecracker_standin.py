@@ -39,4 +39,4 @@ def test_firecracker_run_fails_cleanly_with_the_standin(fc_env: Path) -> None:
     assert leftovers(state.root, name) == []
     assert not (fc_env / "jails" / "firecracker" / name).exists()
     for version, ctrls in ((1, ["cpu", "memory", "pids"]), (2, [])):
-        assert [d for d in J.jailer_cgroup_dirs(version, ctrls, "firecracker", name) if d.exists()] == []
+        assert [d for d in J.jailer_cgroup_dirs(version, ctrls, "firecracker", name, parent="sealbox") if d.exists()] == []

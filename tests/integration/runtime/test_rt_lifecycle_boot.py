@@ -17,6 +17,7 @@ from typing import Any
 import pytest
 from rt_integ import Sealbox, cgroup_dirs, leftovers, manifest
 
+from sealbox.sandbox.host import cgroups
 from sealbox.sandbox.model import SandboxSpec
 from sealbox.sandbox.ssh import probe_ssh
 from sealbox.sandbox.vmm.qemu import memory_limit_bytes
@@ -242,11 +243,13 @@ def test_each_vmm_has_its_own_uid_and_cannot_reach_the_other(pair: Pair) -> None
     assert as_uid(uid_b, "connect", box / "vmm" / "qmp.sock") == "EACCES"
 
 
-def test_memory_limit_is_in_force(pair: Pair) -> None:
+def test_vmm_runs_in_its_cgroup_with_the_planned_limit(pair: Pair) -> None:
+    """The limit written is the planned one, in the host's cgroup version (the limit's effect: test_rt_faults'
+    OOM test)."""
     spec = SandboxSpec(name=pair.a, image_dir=pair.sb.image, memory_mib=MEM_A)
-    want = memory_limit_bytes(spec, "tcg")
-    mem_dir = next(d for d in cgroup_dirs(pair.a, pair.sb.state_dir) if "memory" in str(d))
-    assert int((mem_dir / "memory.limit_in_bytes").read_text()) == want
+    v2 = cgroups.detect().version == 2
+    mem_dir = next(d for d in cgroup_dirs(pair.a, pair.sb.state_dir) if (d / ("memory.max" if v2 else "memory.limit_in_bytes")).exists())
+    assert int((mem_dir / ("memory.max" if v2 else "memory.limit_in_bytes")).read_text()) == memory_limit_bytes(spec, "tcg")
     ins = json.loads(pair.sb("inspect", pair.a, check=True).stdout)
     assert str(ins["vmm_view"]["qemu_pid"]) in (mem_dir / "cgroup.procs").read_text().split()
 

@@ -33,7 +33,7 @@ def test_exact_argv_cgroup_v1(tmp_path: Path) -> None:
         "/opt/fc/jailer", "--id", "web-1", "--exec-file", "/opt/fc/firecracker", "--uid", "64123", "--gid", "64123",
         "--cgroup-version", "1",
         "--cgroup", f"memory.limit_in_bytes={384 << 20}", "--cgroup", "cpu.cfs_period_us=100000",
-        "--cgroup", "cpu.cfs_quota_us=200000", "--cgroup", "pids.max=256",
+        "--cgroup", "cpu.cfs_quota_us=200000", "--cgroup", "pids.max=256", "--parent-cgroup", "sealbox",
         "--chroot-base-dir", "/srv/jailer", "--netns", "/var/run/netns/sealbox-web-1",
         "--resource-limit", "no-file=4096", "--new-pid-ns",
         "--", "--api-sock", "/run/firecracker.socket", "--config-file", "/config.json",
@@ -47,7 +47,7 @@ def test_exact_argv_cgroup_v2_and_restore(tmp_path: Path) -> None:
     assert argv == [
         "/jl", "--id", "x", "--exec-file", "/fc", "--uid", "64123", "--gid", "64123", "--cgroup-version", "2",
         "--cgroup", f"memory.max={256 << 20}", "--cgroup", "cpu.max=100000 100000", "--cgroup", "pids.max=256",
-        "--chroot-base-dir", "/var/lib/jail", "--netns", "/var/run/netns/sealbox-x",
+        "--parent-cgroup", "sealbox", "--chroot-base-dir", "/var/lib/jail", "--netns", "/var/run/netns/sealbox-x",
         "--resource-limit", "no-file=4096", "--new-pid-ns",
         "--", "--api-sock", "/run/firecracker.socket", "--log-path", "/firecracker.log", "--level", "Info",
         "--show-level", "--metrics-path", "/firecracker.metrics",

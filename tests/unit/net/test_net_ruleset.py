@@ -13,6 +13,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from sealbox.sandbox.host import egress as eg_mod
 from sealbox.sandbox.host import nft
 from sealbox.sandbox.model import EgressRule, RateLimit
 
@@ -22,14 +23,19 @@ POOL = ipaddress.IPv4Network("10.213.0.0/16")
 UPLINK = ipaddress.IPv4Network("10.213.0.4/30")
 
 
+HOSTNETS = tuple(eg_mod.host_blocked([ipaddress.IPv4Interface("192.168.7.10/24"), ipaddress.IPv4Interface("203.0.113.5/24")], POOL))
+BLOCKED = eg_mod.METADATA + HOSTNETS
+
+
 def sandbox(**kw: Any) -> dict[str, Any]:
-    args: dict[str, Any] = dict(table="sealbox", tap="tap0", guest_ip=GUEST, host_ip=HOST, pool=POOL, uplink_if=None)
+    args: dict[str, Any] = dict(table="sealbox", tap="tap0", guest_ip=GUEST, host_ip=HOST, pool=POOL, uplink_if=None,
+                                blocked=eg_mod.METADATA)
     args.update(kw)
     return nft.sandbox_ruleset(**args)
 
 
-def host() -> dict[str, Any]:
-    return nft.host_ruleset(table="sealbox-a", veth="sb0123456789abc", uplink=UPLINK, pool=POOL)
+def host(**kw: Any) -> dict[str, Any]:
+    return nft.host_ruleset(table="sealbox-a", veth="sb0123456789abc", uplink=UPLINK, pool=POOL, **kw)
 
 
 def cmds(doc: dict[str, Any], what: str) -> list[dict[str, Any]]:
@@ -75,10 +81,13 @@ def test_isolated_denies_by_default_and_never_forwards() -> None:
     assert set(ch) == {"input", "forward"}
     assert ch["input"]["policy"] == "drop" and ch["forward"]["policy"] == "drop"
     fwd = rules(doc, "forward")
-    assert [verdict(r) for r in fwd] == ["drop", "drop", "accept"]  # metadata, pool, established
-    assert matches(fwd[0], "daddr") == [("==", "169.254.169.254")]
-    assert matches(fwd[1], "daddr") == [("==", {"prefix": {"addr": "10.213.0.0", "len": 16}})]
-    assert all(matches(r, "iifname") == [("==", "tap0")] for r in fwd[:2])
+    assert [verdict(r) for r in fwd] == ["drop"] * 5 + ["accept"]  # pool, 4 metadata ranges, established
+    assert matches(fwd[0], "daddr") == [("==", {"prefix": {"addr": "10.213.0.0", "len": 16}})]
+    assert [matches(r, "daddr") for r in fwd[1:5]] == [
+        [("==", {"prefix": {"addr": "169.254.0.0", "len": 16}})], [("==", "168.63.129.16")], [("==", "100.100.100.200")],
+        [("==", "fd00:ec2::254")]]
+    assert fwd[4]["expr"][1]["match"]["left"] == {"payload": {"protocol": "ip6", "field": "daddr"}}
+    assert all(matches(r, "iifname") == [("==", "tap0")] for r in fwd[:5])
     inp = [r for r in rules(doc, "input") if matches(r, "iifname") == [("==", "tap0")]]
     assert len(inp) == 1
     assert matches(inp[0], "saddr") == [("==", "10.213.0.2")] and matches(inp[0], "daddr") == [("==", "10.213.0.1")]
@@ -88,7 +97,8 @@ def test_isolated_denies_by_default_and_never_forwards() -> None:
 def test_nat_without_allow_list_allows_any_egress_after_drops_and_masquerades() -> None:
     doc = sandbox(uplink_if="veth0")
     fwd = rules(doc, "forward")
-    assert [r.get("comment") for r in fwd] == ["metadata", "other sandboxes", None, "egress"]
+    assert [r.get("comment") for r in fwd] == ["other sandboxes", "blocked: link-local/metadata", "blocked: Azure wireserver",
+                                               "blocked: Alibaba metadata", "blocked: AWS metadata (IPv6)", None, "egress"]
     eg = fwd[-1]
     assert matches(eg, "oifname") == [("==", "veth0")] and matches(eg, "saddr") == [("==", "10.213.0.2")]
     assert not matches(eg, "daddr")
@@ -171,6 +181,10 @@ needs_nft = pytest.mark.skipif(
         pytest.param(sandbox(uplink_if="veth0", egress=(EgressRule.parse("198.18.0.0/15:53"), EgressRule.parse("192.0.2.9"))), id="nat-egress"),
         pytest.param(sandbox(rx=RateLimit(size=10_000), tx=RateLimit(size=3_000_000, refill_ms=250)), id="limits"),
         pytest.param(host(), id="host"),
+        pytest.param(sandbox(uplink_if="veth0", blocked=BLOCKED, egress=(EgressRule.parse("192.168.7.0/25:80"),)), id="nat-blocked-opened"),
+        pytest.param(host(blocked=BLOCKED, egress=(EgressRule.parse("192.168.7.10/32:80"),)), id="host-blocked-opened"),
+        pytest.param(nft.forward_guard_ruleset(["sb0123456789abc", "sbfedcba987654"]), id="forward-guard"),
+        pytest.param(nft.delete_table_doc(nft.FORWARD_GUARD_TABLE, family="ip"), id="forward-guard-delete"),
         pytest.param(nft.delete_table_doc("sealbox-x"), id="delete-absent"),
     ],
 )
@@ -184,3 +198,49 @@ def test_nft_check_rejects_broken_document() -> None:
     doc = sandbox()
     doc["nftables"].append({"add": {"rule": {"family": "inet", "table": "sealbox", "chain": "nope", "expr": [{"accept": None}]}}})
     assert _nft_check(doc).returncode != 0
+
+
+def test_host_blocked_addresses_and_private_networks() -> None:
+    got = [(str(b.cidr), b.why) for b in eg_mod.host_blocked([
+        ipaddress.IPv4Interface("192.168.7.10/24"),  # LAN: private network + own address
+        ipaddress.IPv4Interface("203.0.113.5/24"),  # public uplink: own address only, its network stays reachable
+        ipaddress.IPv4Interface("100.64.3.1/10"),  # CGNAT / tailscale space counts as private
+        ipaddress.IPv4Interface("127.0.0.1/8"), ipaddress.IPv4Interface("169.254.3.3/16"),  # martian / covered
+        ipaddress.IPv4Interface("10.213.0.5/30"),  # a sealbox uplink inside the pool: the pool is dropped anyway
+        ipaddress.IPv4Interface("10.1.0.1/16"),  # private, next to the pool
+    ], POOL)]
+    assert got == [("10.1.0.0/16", "host network"), ("100.64.0.0/10", "host network"), ("192.168.7.0/24", "host network"),
+                   ("10.1.0.1/32", "host address"), ("100.64.3.1/32", "host address"), ("192.168.7.10/32", "host address"),
+                   ("203.0.113.5/32", "host address")]
+
+
+def test_openings_only_inside_a_blocked_range() -> None:
+    rules_ = tuple(EgressRule.parse(t) for t in ("0.0.0.0/0", "192.168.0.0/16", "192.168.7.0/25:80", "169.254.169.254/32", "198.51.100.0/24"))
+    assert [str(r.cidr) for r in eg_mod.openings(rules_, BLOCKED)] == ["192.168.7.0/25", "169.254.169.254/32"]
+
+
+def test_opened_entries_come_before_the_drops_and_only_with_nat() -> None:
+    egress = (EgressRule.parse("0.0.0.0/0"), EgressRule.parse("168.63.129.16/32:80"))
+    fwd = rules(sandbox(uplink_if="veth0", egress=egress, blocked=BLOCKED), "forward")
+    comments = [r.get("comment") for r in fwd]
+    assert comments.index("opened 0") < comments.index("blocked: Azure wireserver") < comments.index("egress 0")
+    opened = fwd[comments.index("opened 0")]
+    assert matches(opened, "daddr") == [("==", "168.63.129.16")] and matches(opened, "dport") == [("==", 80)]
+    assert matches(opened, "oifname") == [("==", "veth0")] and verdict(opened) == "accept"
+    # the host's input chain accepts an opened host address, and nothing else new
+    inp = rules(host(blocked=BLOCKED, egress=(EgressRule.parse("192.168.7.10/32:22"),)), "input")
+    assert [r.get("comment") for r in inp] == [None, "opened 0", "host services"]
+    assert matches(inp[1], "daddr") == [("==", "192.168.7.10")] and matches(inp[1], "dport") == [("==", 22)]
+
+
+def test_forward_guard_accepts_only_sandbox_veths() -> None:
+    doc = nft.forward_guard_ruleset(["sbb", "sba", "sbb"])
+    assert cmds(doc, "table")[0] == {"family": "ip", "name": "sealbox_forward"}
+    assert chains(doc)["forward"]["policy"] == "drop" and chains(doc)["forward"]["hook"] == "forward"
+    fwd = rules(doc, "forward")
+    assert [(matches(r, "iifname"), matches(r, "oifname"), verdict(r)) for r in fwd] == [
+        ([("==", {"set": ["sba", "sbb"]})], [], "accept"),
+        ([], [("==", {"set": ["sba", "sbb"]})], "accept"),
+        ([], [], "drop"),
+    ]
+    assert "ct" in json.dumps(fwd[1])  # replies only

@@ -12,7 +12,9 @@ cgroup.subtree_control as needed.
 Ownership: the path is `sealbox/<state id>/<name>` (host/owner.py), so no other state dir can make
 or claim it, and the leaf is created with mkdir that fails if it exists: an existing cgroup is
 refused, never adopted (undo kills everything in the cgroup, so adopting one would kill processes
-that are not ours).
+that are not ours). v2 on a host run by systemd: no directory of our own and no write to the root's
+subtree_control — the VMM starts in a delegated transient scope (host/systemd_scope.py);
+the step only names the scope's directory and cleans it up.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from sealbox.errors import SandboxError
+from sealbox.sandbox.host import systemd_scope
 from sealbox.sandbox.model import CgroupPlan
 from sealbox.sandbox.steps import Step, StepRefused
 from sealbox.util import mounts
@@ -100,12 +103,22 @@ def path_for(state_id: str, name: str) -> str:
 
 
 def plan_for(name: str, layout: CgroupLayout, *, state_id: str, memory_bytes: int, cpus: int, pids_max: int,
-             period_us: int = 100_000) -> CgroupPlan:
-    """The cgroup for sandbox `name`: each vCPU may use one full core."""
+             period_us: int = 100_000, systemd: bool | None = None) -> CgroupPlan:
+    """The cgroup for sandbox `name`: each vCPU may use one full core. `systemd` (default: whether the
+    host booted with systemd) decides, with the cgroup version, who creates it."""
+    booted = systemd_scope.systemd_booted() if systemd is None else systemd
+    manager = systemd_scope.choose_manager(layout.version, systemd=booted)
+    path = systemd_scope.cgroup_path(name, state_id) if manager == "systemd" else path_for(state_id, name)
     return CgroupPlan(
-        version=layout.version, name=path_for(state_id, name), memory_bytes=memory_bytes,
-        cpu_quota_us=cpus * period_us, cpu_period_us=period_us, pids_max=pids_max,
+        version=layout.version, name=path, memory_bytes=memory_bytes,
+        cpu_quota_us=cpus * period_us, cpu_period_us=period_us, pids_max=pids_max, manager=manager,
     )
+
+
+def jailer_parent(plan: CgroupPlan) -> str:
+    """Firecracker's `--parent-cgroup`: the state dir's `sealbox/<state id>` (the jailer adds `<id>` below it, where a
+    QEMU sandbox's cgroup would be: marked by its path), or the delegated scope itself (the jailer moves into it)."""
+    return plan.name if plan.manager == "systemd" else str(Path(plan.name).parent)
 
 
 def _write(path: Path, value: str) -> None:
@@ -127,6 +140,8 @@ class CgroupStep(Step):
     cpu_quota_us: int
     cpu_period_us: int
     pids_max: int
+    manager: Literal["cgroupfs", "systemd"] = "cgroupfs"
+    unit: str | None = None  # systemd: the transient scope the VMM starts in
 
     @classmethod
     def from_plan(cls, plan: CgroupPlan, layout: CgroupLayout) -> CgroupStep:
@@ -137,8 +152,9 @@ class CgroupStep(Step):
                 f"cgroup controllers missing: {', '.join(layout.missing())} (host cgroups: {layout.mode})",
                 hint="mount them (v1) or enable them in the cgroup2 root's subtree_control; see 'sealbox doctor'",
             )
-        limits = plan.model_dump(include={"memory_bytes", "cpu_quota_us", "cpu_period_us", "pids_max"})
-        return cls(version=plan.version, name=plan.name, mounts=layout.mounts(), **limits)
+        unit = Path(plan.name).name if plan.manager == "systemd" else None
+        return cls(version=plan.version, name=plan.name, mounts=layout.mounts(), unit=unit,
+                   **plan.model_dump(include={"memory_bytes", "cpu_quota_us", "cpu_period_us", "pids_max", "manager"}))
 
     def dirs(self) -> list[Path]:
         """The cgroup directories this step owns (one for v2, one per controller hierarchy for v1)."""
@@ -148,11 +164,31 @@ class CgroupStep(Step):
         """Write a pid to each of these to join the cgroup (the VMM launcher does, before exec)."""
         return [d / "cgroup.procs" for d in self.dirs()]
 
+    def joins(self) -> bool:
+        """Whether the VMM launcher writes itself into procs_files() (else systemd-run puts it in the scope)."""
+        return self.manager == "cgroupfs"
+
+    def launch_prefix(self) -> list[str]:
+        """The argv prefix the VMM launcher is started with (systemd: `systemd-run --scope ... --`)."""
+        if self.manager != "systemd":
+            return []
+        assert self.unit is not None
+        return systemd_scope.scope_argv(self.unit, memory_bytes=self.memory_bytes, cpu_quota_us=self.cpu_quota_us,
+                                        cpu_period_us=self.cpu_period_us, pids_max=self.pids_max,
+                                        systemd_run_path=systemd_scope.systemd_run())
+
     def describe(self) -> str:
         cpu = f"{self.cpu_quota_us}/{self.cpu_period_us}us"
-        return f"cgroup v{self.version} {self.name}: memory={self.memory_bytes} cpu={cpu} pids={self.pids_max} in {', '.join(map(str, self.dirs()))}"
+        limits = f"memory={self.memory_bytes} cpu={cpu} pids={self.pids_max}"
+        if self.manager == "systemd":
+            return f"cgroup v2 by systemd: delegated scope {self.unit} ({limits}) at {', '.join(map(str, self.dirs()))}"
+        return f"cgroup v{self.version} {self.name}: {limits} in {', '.join(map(str, self.dirs()))}"
 
     def do(self) -> dict[str, Any]:
+        if self.manager == "systemd":
+            if any(d.exists() for d in self.dirs()):  # a scope of this name: another state dir's sandbox
+                raise SandboxError(f"systemd scope {self.unit} already exists", hint="another sandbox of this name runs; choose another --name")
+            return {"dirs": [str(d) for d in self.dirs()]}  # created by systemd-run when the VMM starts
         if self.version == 2:
             self._do_v2(Path(self.mounts["unified"]))
         else:
@@ -204,9 +240,15 @@ class CgroupStep(Step):
                 _write(d / "pids.max", str(self.pids_max))
 
     def undo(self, outputs: dict[str, Any]) -> None:
+        if self.manager == "systemd" and not outputs.get("dirs"):
+            return  # do() refused (the scope is someone else's) or never finished: nothing of ours to stop
         left = kill_all(self.dirs())
         if left:
             raise SandboxError(f"processes {left} in cgroup {self.name} survived SIGKILL", hint="retry with 'sealbox gc'")
+        if self.manager == "systemd":
+            assert self.unit is not None
+            systemd_scope.stop_unit(self.unit)  # an empty scope goes by itself; its directory is systemd's
+            return
         problems = []
         parts = Path(self.name).parts
         for mount in sorted(set(self.mounts.values())):
@@ -224,6 +266,24 @@ class CgroupStep(Step):
                         log.debug("cannot remove %s: %s", target, e)
         if problems:
             raise SandboxError(f"cannot remove cgroup: {'; '.join(problems)}", hint="retry with 'sealbox gc'")
+
+
+def oom_kills(dirs: list[Path]) -> int | None:
+    """Processes the kernel's OOM killer killed in these cgroups because of their memory limit: the
+    `oom_kill` count of memory.events (v2, includes descendants) or memory.oom_control (v1, kernel >=
+    4.13). None if no directory has one (gone, or no memory controller)."""
+    found: int | None = None
+    for d in dirs:
+        for name in ("memory.events", "memory.oom_control"):
+            try:
+                text = (d / name).read_text()
+            except OSError:
+                continue
+            for line in text.splitlines():
+                key, _, value = line.partition(" ")
+                if key == "oom_kill" and value.strip().isdigit():
+                    found = (found or 0) + int(value)
+    return found
 
 
 def pids_in(dirs: list[Path]) -> list[int]:

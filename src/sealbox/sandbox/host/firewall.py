@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from sealbox.sandbox.host import forward, nft, owner
+from sealbox.sandbox.host.egress import BlockedNet, openings
 from sealbox.sandbox.host.netns import owned_by
 from sealbox.sandbox.model import EgressRule, RateLimit
 from sealbox.sandbox.steps import Step, StepRefused
@@ -20,6 +21,14 @@ def _rate(limit: RateLimit | None) -> str:
         return "none"
     rate, burst = nft.rate_bucket(limit)
     return f"{rate} B/s (burst {burst} B)"
+
+
+def _blocked(blocked: tuple[BlockedNet, ...], egress: tuple[EgressRule, ...]) -> str:
+    if not blocked:
+        return ""
+    opened = openings(egress, blocked)
+    text = f", {', '.join(str(b.cidr) for b in blocked)}"
+    return text + (f" (opened: {', '.join(str(r.cidr) + (f':{r.port}' if r.port else '') for r in opened)})" if opened else "")
 
 
 class SandboxFirewallStep(Step):
@@ -39,6 +48,7 @@ class SandboxFirewallStep(Step):
     pool: ipaddress.IPv4Network
     uplink_if: str | None = None  # None: isolated
     egress: tuple[EgressRule, ...] = ()
+    blocked: tuple[BlockedNet, ...] = ()  # host/egress.py: dropped unless an egress entry names it
     rx: RateLimit | None = None
     tx: RateLimit | None = None
     mark: str  # the namespace's: the table lives and dies inside it
@@ -52,6 +62,7 @@ class SandboxFirewallStep(Step):
             pool=self.pool,
             uplink_if=self.uplink_if,
             egress=self.egress,
+            blocked=self.blocked,
             rx=self.rx,
             tx=self.tx,
         )
@@ -64,7 +75,7 @@ class SandboxFirewallStep(Step):
             reach = f"guest {self.guest_ip} reaches {self.host_ip} and, via {self.uplink_if}, egress to {allowed}"
         return (
             f"nft table inet {self.table} in {self.netns} (input/forward policy drop): {reach}; "
-            f"drop {nft.METADATA_IP} and pool {self.pool}; rate rx {_rate(self.rx)}, tx {_rate(self.tx)}"
+            f"drop pool {self.pool}{_blocked(self.blocked, self.egress)}; rate rx {_rate(self.rx)}, tx {_rate(self.tx)}"
         )
 
     def do(self) -> dict[str, Any] | None:
@@ -87,15 +98,20 @@ class HostNatStep(Step):
     pool: ipaddress.IPv4Network
     run_dir: str  # the host registry's directory (host/registry.py), home of the ip_forward count
     owner: str  # ownership mark (host/owner.py): on the table, and the ip_forward user key
+    egress: tuple[EgressRule, ...] = ()
+    blocked: tuple[BlockedNet, ...] = ()
 
     def ruleset(self) -> dict[str, Any]:
-        return nft.host_ruleset(table=self.table, veth=self.veth, uplink=self.uplink, pool=self.pool)
+        return nft.host_ruleset(table=self.table, veth=self.veth, uplink=self.uplink, pool=self.pool,
+                                egress=self.egress, blocked=self.blocked)
 
     def describe(self) -> str:
         return (
             f"nft table inet {self.table} in the root namespace: masquerade {self.uplink} leaving the host, "
-            f"forward only from/to {self.veth} as established, drop new connections from {self.veth} to the host; "
-            f"net.ipv4.ip_forward=1 while any nat sandbox runs (previous value restored after the last)"
+            f"forward only from/to {self.veth} as established, drop new connections from {self.veth} to the host"
+            f"{_blocked(tuple(b for b in self.blocked if b.cidr.version == 4), self.egress)}; "
+            f"net.ipv4.ip_forward=1 while any nat sandbox runs (previous value restored after the last; "
+            f"if it was 0, table ip {nft.FORWARD_GUARD_TABLE} forwards nothing but the sandboxes' veths)"
         )
 
     def do(self) -> dict[str, Any] | None:
@@ -103,7 +119,7 @@ class HostNatStep(Step):
             raise StepRefused(f"nft table inet {self.table} already exists in the root namespace",
                                hint="another state dir or tool uses it, or a crash left it: 'sealbox gc' removes it if it is ours")
         nft.apply(owner.nft_create_marked(self.ruleset(), self.table, self.owner))  # fails if it appeared meanwhile
-        st = forward.acquire(Path(self.run_dir), self.owner)
+        st = forward.acquire(Path(self.run_dir), self.owner, iface=self.veth)
         return {"ip_forward_previous": st.previous}
 
     def undo(self, outputs: dict[str, Any]) -> None:

@@ -20,16 +20,26 @@ Design:
 - acquire also re-asserts 1 when the file already exists (someone may have reset it meanwhile).
   Changes made by others while sealbox holds the count are overwritten by the final restore; the
   value restored is always the one found before the first nat sandbox.
+
+No host-wide side effect: ip_forward is one switch for every interface of the host. When sealbox is
+the one that turns it on (it was off), the host must still forward nothing but the sandboxes'
+traffic, so before writing 1 acquire loads a guard table (nft.forward_guard_ruleset: forward policy
+drop, except from the users' veths and replies to them) and keeps its interface list in step with
+the users; the last release restores the value first and then removes the guard. When forwarding
+was already on (docker, libvirt, a router), there is no guard and the host's forwarding stays
+exactly as it was: each sandbox's own table matches only its own veth. `guard` in the state file
+records which case holds; the guard is a callable so the unit tests can use a stand-in.
 """
 
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from pydantic import BaseModel, ValidationError
 
-from sealbox.errors import SandboxError
+from sealbox.errors import SandboxError, SealboxError
 from sealbox.util import atomic, flock
 
 DEFAULT_RUN_DIR = Path("/run/sealbox")
@@ -39,6 +49,37 @@ SYSCTL = Path("/proc/sys/net/ipv4/ip_forward")
 class ForwardState(BaseModel):
     previous: str
     users: list[str] = []
+    guard: bool = False  # sealbox turned forwarding on: the guard table forwards only the users' veths
+    ifaces: dict[str, str] = {}  # user -> its root-namespace veth
+
+
+# Loads the guard for these interfaces, or removes it (None).
+Guard = Callable[[Sequence[str] | None], None]
+
+
+def nft_guard(ifaces: Sequence[str] | None) -> None:
+    from sealbox.sandbox.host import nft
+
+    if ifaces is None:
+        nft.apply(nft.delete_table_doc(nft.FORWARD_GUARD_TABLE, family="ip"))
+    else:
+        nft.apply(nft.forward_guard_ruleset(ifaces))
+
+
+def _guard_ifaces(st: ForwardState) -> list[str]:
+    """Every user's veth: as recorded, else derived from the owner key "<state dir>:<name>" (a user
+    counted by a sealbox that did not record its interface)."""
+    from sealbox.sandbox.host.netnames import veth_name
+
+    out = set()
+    for user in st.users:
+        name = user.rpartition(":")[2]
+        if user in st.ifaces:
+            out.add(st.ifaces[user])
+        else:
+            with contextlib.suppress(SealboxError):
+                out.add(veth_name(name))
+    return sorted(out)
 
 
 def _paths(run_dir: Path) -> tuple[Path, Path]:
@@ -72,20 +113,27 @@ def _write_sysctl(sysctl: Path, value: str) -> None:
         raise SandboxError(f"cannot write {sysctl}: {e.strerror}", hint="sealbox must run as root") from None
 
 
-def acquire(run_dir: Path, owner: str, sysctl: Path = SYSCTL) -> ForwardState:
-    """Count `owner` as a user of forwarding and make sure forwarding is on."""
+def acquire(run_dir: Path, owner: str, sysctl: Path = SYSCTL, *, iface: str | None = None,
+            guard: Guard | None = None) -> ForwardState:
+    """Count `owner` (forwarding for veth `iface`) as a user of forwarding; make sure forwarding is on."""
     state_file, _ = _paths(run_dir)
     with _locked(run_dir):
-        st = _load(run_dir) or ForwardState(previous=sysctl.read_text().strip())
+        current = sysctl.read_text().strip()
+        st = _load(run_dir) or ForwardState(previous=current)
         if owner not in st.users:
             st.users.append(owner)
+        if iface is not None:
+            st.ifaces[owner] = iface
+        st.guard = st.guard or current != "1"  # sealbox is the one turning it on
         atomic.write_json(state_file, st.model_dump(), mode=0o600)  # remembered before changed
-        if sysctl.read_text().strip() != "1":
+        if st.guard:
+            (guard or nft_guard)(_guard_ifaces(st))  # before forwarding goes on: never a moment without it
+        if current != "1":
             _write_sysctl(sysctl, "1")
     return st
 
 
-def release(run_dir: Path, owner: str, sysctl: Path = SYSCTL) -> bool:
+def release(run_dir: Path, owner: str, sysctl: Path = SYSCTL, *, guard: Guard | None = None) -> bool:
     """Stop counting `owner`; restore the original value when nobody is left. True if restored."""
     state_file, _ = _paths(run_dir)
     if not state_file.exists():
@@ -95,10 +143,15 @@ def release(run_dir: Path, owner: str, sysctl: Path = SYSCTL) -> bool:
         if st is None or owner not in st.users:
             return False
         st.users.remove(owner)
+        st.ifaces.pop(owner, None)
         if st.users:
+            if st.guard:
+                (guard or nft_guard)(_guard_ifaces(st))
             atomic.write_json(state_file, st.model_dump(), mode=0o600)
             return False
-        _write_sysctl(sysctl, st.previous)
+        _write_sysctl(sysctl, st.previous)  # first off again, then the guard goes
+        if st.guard:
+            (guard or nft_guard)(None)
         state_file.unlink(missing_ok=True)
     return True
 

@@ -20,7 +20,8 @@ from typing import Literal
 
 from pydantic import BaseModel
 
-from sealbox.sandbox.host import cgroups, forward, netnames, nft, owner
+from sealbox.errors import SandboxError
+from sealbox.sandbox.host import cgroups, dns, forward, netnames, nft, owner
 from sealbox.sandbox.host.netlink import delete_marked_link, list_links_marked
 from sealbox.sandbox.host.netns import list_netns, netns_mark, placeholder_temps, remove_netns
 from sealbox.sandbox.host.registry import Registry
@@ -28,7 +29,8 @@ from sealbox.sandbox.state import StateDir
 from sealbox.util.names import NAME_RE
 
 log = logging.getLogger("sealbox.leftovers")
-Kind = Literal["netns", "netns-placeholder", "veth", "nft-table", "lease", "uid", "ip-forward-user", "cgroup"]
+Kind = Literal["netns", "netns-placeholder", "veth", "nft-table", "lease", "uid", "ip-forward-user", "cgroup",
+               "dns-forwarder"]
 
 
 class Leftover(BaseModel):
@@ -88,6 +90,10 @@ class _Finder:
         for user in forward.users(self.reg.host_dir):
             self.judge("ip-forward-user", user, user)
 
+    def dns_forwarders(self) -> None:
+        for pid, mark in dns.find_forwarders():
+            self.judge("dns-forwarder", str(pid), mark)
+
     def cgroups(self) -> None:
         for mount in sorted(set(cgroups.detect().mounts().values())):
             parent = Path(mount) / cgroups.PARENT
@@ -109,7 +115,7 @@ def find(state: StateDir, keep: Collection[str], *, run_dir: Path | None = None,
     f = _Finder(state, keep, Registry(run_dir))
     finders: list[tuple[str, Callable[[], None]]] = [
         ("network namespaces", f.netns), ("veths", f.veths), ("nft tables", f.tables),
-        ("the host registry", f.registry), ("cgroups", f.cgroups)]
+        ("the host registry", f.registry), ("DNS forwarders", f.dns_forwarders), ("cgroups", f.cgroups)]
     for what, run in finders:
         try:
             run()
@@ -144,6 +150,10 @@ def remove(item: Leftover, *, run_dir: Path | None = None) -> None:
         forward.release(reg.host_dir, item.ident)
     elif item.kind == "cgroup":
         remove_cgroup(Path(item.ident))
+    elif item.kind == "dns-forwarder":
+        left = dns.stop_forwarders(item.mark, int(item.ident))
+        if left:
+            raise SandboxError(f"DNS forwarder {left} survived SIGKILL", hint="retry with 'sealbox gc'")
     log.info("removed leftover %s", item.describe())
 
 

@@ -6,7 +6,7 @@ The manager calls `network_steps` after `StateDir.reserve` and hands the steps t
     apply_steps(steps, record.steps, save)               # recorded, undone on failure
 
 Step order (undo runs in reverse):
-    HostLeaseStep -> NetnsStep -> SandboxFirewallStep -> TapStep [-> HostNatStep -> VethStep]
+    HostLeaseStep -> NetnsStep -> SandboxFirewallStep -> TapStep [-> HostNatStep -> VethStep -> DnsForwarderStep]
 The firewall comes before any interface (its rules match names), and the root-namespace table
 before the veth, so no interface ever exists without its rules. Every step carries the sandbox's
 ownership mark (host/owner.py) and its undo acts only on objects that carry it.
@@ -23,7 +23,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from sealbox.errors import UsageError
-from sealbox.sandbox.host import ipam, netnames
+from sealbox.sandbox.host import dns, egress, ipam, netnames
 from sealbox.sandbox.host.firewall import HostNatStep, SandboxFirewallStep
 from sealbox.sandbox.host.netlink import TapStep, VethStep
 from sealbox.sandbox.host.netns import NetnsStep
@@ -43,6 +43,7 @@ def network_steps(
     pool: str | None = None,
     run_dir: Path | None = None,
     link: ipaddress.IPv4Network | None = None,
+    resolv_conf: Path | None = None,
 ) -> tuple[GuestNet, list[Step]]:
     """The guest's network view and the host steps that build it.
 
@@ -59,8 +60,12 @@ def network_steps(
     pool_net = ipam.parse_pool(pool)
     reg = Registry(run_dir)
     mark = state.mark(name)
+    blocked = egress.blocked_for(pool_net, nat=nat)
+    dns.check(nat=nat, dns=spec.dns, egress=spec.allow_egress, blocked=blocked)  # before anything is leased
     lease = reg.allocate(name, mark, str(state.root), nat=nat, pool=pool_net, link=link, dry_run=dry_run)
     host_ip, guest_ip = lease.link.network_address + 1, lease.link.network_address + 2
+    announced, upstreams = dns.plan(nat=nat, dns=spec.dns, egress=spec.allow_egress, host_ip=host_ip,
+                                    resolv_conf=resolv_conf or dns.resolv_conf_path())
     ns = netnames.netns_name(name)
     guest = GuestNet(
         subnet=lease.link,
@@ -69,6 +74,7 @@ def network_steps(
         guest_mac=netnames.guest_mac(name),
         tap=netnames.TAP_NAME,
         netns=ns,
+        dns=announced,
     )
     steps: list[Step] = [
         HostLeaseStep(run_dir=str(reg.root), host=reg.host, lease=lease),
@@ -82,6 +88,7 @@ def network_steps(
             pool=pool_net,
             uplink_if=netnames.PEER_NAME if nat else None,
             egress=spec.allow_egress,
+            blocked=blocked,
             rx=spec.limits.net_rx_bytes,
             tx=spec.limits.net_tx_bytes,
             mark=mark,
@@ -94,9 +101,12 @@ def network_steps(
         veth = netnames.veth_name(name)
         steps += [
             HostNatStep(table=netnames.root_table_name(name), veth=veth, uplink=lease.uplink, pool=pool_net,
-                        run_dir=str(reg.host_dir), owner=mark),
+                        run_dir=str(reg.host_dir), owner=mark, egress=spec.allow_egress, blocked=blocked),
             VethStep(netns=ns, root_if=veth, peer=netnames.PEER_NAME, uplink=lease.uplink, mark=mark),
         ]
+    if upstreams:
+        steps.append(dns.DnsForwarderStep(netns=ns, listen=host_ip, client=guest_ip, upstreams=tuple(upstreams),
+                                          owner=mark))
     return guest, steps
 
 

@@ -124,6 +124,8 @@ class QemuStartStep(Step):
     fds: list[FdFile]
     cgroup_procs: list[str]
     rlimits: list[tuple[int, int, int]]
+    launcher: list[str] = []  # exec'd in front of argv: systemd-run --scope ... (host/systemd_scope.py)
+    join_cgroup: bool = True  # the child writes itself into cgroup_procs (not when systemd-run does it)
     qmp_socket: str
     vmm_log: str
     start_timeout: float = 30.0
@@ -175,7 +177,8 @@ def steps(plan: VmPlan, cmd: QemuCommand) -> list[Step]:
     limits = [(res, soft, hard) for res, (soft, hard) in jail.rlimits(plan.spec.limits).items()]
     start = QemuStartStep(
         name=plan.spec.name, argv=cmd.argv, fds=cmd.fds, cgroup_procs=[str(p) for p in cg.procs_files()],
-        rlimits=limits, qmp_socket=cmd.qmp_socket, vmm_log=cmd.vmm_log, start_timeout=min(plan.spec.timeout, 60.0),
+        launcher=cg.launch_prefix(), join_cgroup=cg.joins(), rlimits=limits, qmp_socket=cmd.qmp_socket, vmm_log=cmd.vmm_log,
+        start_timeout=min(plan.spec.timeout, 60.0),
     )
     return [cg, rundir, start]
 
@@ -290,7 +293,8 @@ def _double_fork(step: QemuStartStep, fds: list[tuple[int, int]], log_fd: int) -
 
 def _exec_vmm(step: QemuStartStep, fds: list[tuple[int, int]], log_fd: int, err_w: int) -> None:
     try:
-        cgroups.join([Path(p) for p in step.cgroup_procs])  # before exec: nothing runs outside the limits
+        if step.join_cgroup:
+            cgroups.join([Path(p) for p in step.cgroup_procs])  # before exec: nothing runs outside the limits
         jail.apply_rlimits({res: (soft, hard) for res, soft, hard in step.rlimits})
         # move sources out of the way first so that placing one fd never clobbers another source
         high = [(target, fcntl.fcntl(src, fcntl.F_DUPFD_CLOEXEC, 1000)) for target, src in fds]
@@ -308,7 +312,8 @@ def _exec_vmm(step: QemuStartStep, fds: list[tuple[int, int]], log_fd: int, err_
                     os.set_inheritable(int(name), False)
                 except OSError:
                     pass
-        os.execv(step.argv[0], step.argv)
+        argv = [*step.launcher, *step.argv]
+        os.execv(argv[0], argv)
     except BaseException as e:  # noqa: BLE001 - report anything to the parent, then die
         try:
             os.write(err_w, f"{type(e).__name__}: {e}".encode())

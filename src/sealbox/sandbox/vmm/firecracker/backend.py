@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 from sealbox.errors import SandboxError, UsageError
+from sealbox.sandbox.host import cgroups
 from sealbox.sandbox.model import Limits, VmPlan
 from sealbox.sandbox.state import SandboxRecord, pid_alive
 from sealbox.sandbox.steps import Step
@@ -56,7 +57,9 @@ class FirecrackerBackend:
         return J.JailerArgs(
             jailer=jl, exec_file=fc, jail_id=J.check_jail_id(plan.spec.name), uid=plan.uid, gid=plan.gid,
             chroot_base=self.settings.chroot_base, netns=J.netns_path(plan.net.netns),
-            cgroup_version=plan.cgroup.version, cgroups=tuple(J.cgroup_properties(plan.cgroup)),
+            cgroup_version=plan.cgroup.version, parent_cgroup=cgroups.jailer_parent(plan.cgroup),
+            # systemd: the scope carries the limits and the jailer just moves into it (no --cgroup values)
+            cgroups=() if plan.cgroup.manager == "systemd" else tuple(J.cgroup_properties(plan.cgroup)),
             no_file=plan.spec.limits.nofile, daemonize=False, new_pid_ns=True,
             firecracker_args=self.firecracker_args(plan.spec.from_snapshot is not None))
 
@@ -93,12 +96,14 @@ class FirecrackerBackend:
         if restoring:
             restore = {"snapshot_path": S.IN_JAIL_VMSTATE, "mem_file_path": S.IN_JAIL_MEMORY,
                        "iface_id": C.IFACE_ID, "host_dev_name": plan.net.tap}
+        scope = cgroups.CgroupStep.from_plan(plan.cgroup, cgroups.detect()) if plan.cgroup.manager == "systemd" else None
         start = FirecrackerJailerStep(
             argv=tuple(J.jailer_argv(args)), layout=lay, owner=owner, netns=args.netns, console_log=plan.console_log,
             stderr_log=plan.sandbox_dir / "firecracker.stderr", cgroup_version=plan.cgroup.version,
-            cgroup_controllers=tuple(J.controllers(list(args.cgroups))), start_timeout=self.settings.start_timeout,
+            cgroup_controllers=tuple(J.controllers(list(args.cgroups))), cgroup_parent=args.parent_cgroup,
+            launcher=tuple(scope.launch_prefix()) if scope else (), start_timeout=self.settings.start_timeout,
             api_timeout=self.settings.api_timeout, restore=restore)
-        return [stage, start]
+        return [*([scope] if scope else []), stage, start]
 
     # VmmBackend ----------------------------------------------------------------------------------
     def check_host(self, plan: VmPlan) -> None:
@@ -135,15 +140,17 @@ class FirecrackerBackend:
     def describe(self, plan: VmPlan) -> dict[str, Any]:
         """What would run: no binaries and no image files are needed to answer."""
         steps = self._steps(plan, probe=False)
+        stage = next(s for s in steps if isinstance(s, FirecrackerStageStep))
+        start = next(s for s in steps if isinstance(s, FirecrackerJailerStep))
         out: dict[str, Any] = {
-            "jailer_argv": list(steps[1].argv),  # type: ignore[attr-defined]
-            "config": steps[0].config,  # type: ignore[attr-defined]
+            "jailer_argv": [*start.launcher, *start.argv],
+            "config": stage.config,
             "steps": [{"kind": st.kind, "describe": st.describe(), "params": st.model_dump(mode="json")} for st in steps],
             "jail": str(self.layout(plan).root),
             "api_sock": str(self.layout(plan).api_sock),
         }
         if plan.spec.from_snapshot is not None:
-            out["restore"] = steps[1].restore  # type: ignore[attr-defined]
+            out["restore"] = start.restore
         return out
 
     def stop(self, record: SandboxRecord, timeout: float) -> None:

@@ -124,6 +124,7 @@ class JailerArgs(BaseModel):
     netns: Path | None
     cgroup_version: Literal[1, 2]
     cgroups: tuple[tuple[str, str], ...] = ()
+    parent_cgroup: str | None = None  # relative to each hierarchy (default: exec_file_name)
     no_file: int | None = Field(default=None, gt=0)
     fsize: int | None = Field(default=None, gt=0)
     daemonize: bool = False
@@ -142,6 +143,10 @@ def jailer_argv(a: JailerArgs) -> list[str]:
         if "=" in file or "=" in value or not value or "/" in file or "." not in file:
             raise SandboxError(f"invalid cgroup setting {file}={value!r} for the jailer", hint="expected <controller>.<property>=<value>")
         argv += ["--cgroup", f"{file}={value}"]
+    if a.parent_cgroup is not None:
+        if a.parent_cgroup.startswith("/") or ".." in a.parent_cgroup.split("/") or not a.parent_cgroup:
+            raise SandboxError(f"invalid parent cgroup {a.parent_cgroup!r} for the jailer", hint="a relative path inside the hierarchy")
+        argv += ["--parent-cgroup", a.parent_cgroup]
     argv += ["--chroot-base-dir", str(a.chroot_base)]
     if a.netns is not None:
         argv += ["--netns", str(a.netns)]
@@ -180,10 +185,13 @@ def cgroup_mounts(mountinfo: str | None = None) -> tuple[dict[str, Path], Path |
     return v1, v2
 
 
-def jailer_cgroup_dirs(version: int, ctrls: list[str], exec_name: str, jail_id: str, mountinfo: str | None = None) -> list[Path]:
-    """The cgroup directories the jailer creates for this jail (existing or not)."""
+def jailer_cgroup_dirs(version: int, ctrls: list[str], exec_name: str, jail_id: str, mountinfo: str | None = None,
+                       parent: str | None = None) -> list[Path]:
+    """The cgroup directories the jailer creates for this jail (existing or not); `parent` is its
+    --parent-cgroup (default, as the jailer's: exec_name)."""
     check_jail_id(jail_id)
     v1, v2 = cgroup_mounts(mountinfo)
+    base = parent or exec_name
     if version == 2:
-        return [v2 / exec_name / jail_id] if v2 else []
-    return sorted({v1[c] / exec_name / jail_id for c in ctrls if c in v1})
+        return [v2 / base / jail_id] if v2 else []
+    return sorted({v1[c] / base / jail_id for c in ctrls if c in v1})

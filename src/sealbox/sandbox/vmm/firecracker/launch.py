@@ -137,6 +137,8 @@ class FirecrackerJailerStep(Step):
     stderr_log: Path
     cgroup_version: int
     cgroup_controllers: tuple[str, ...]
+    cgroup_parent: str | None = None  # the jailer's --parent-cgroup (None: its default, exec_name)
+    launcher: tuple[str, ...] = ()  # exec'd in front of argv: systemd-run --scope ... (host/systemd_scope.py)
     start_timeout: float = 10.0
     api_timeout: float = 5.0
     restore: dict[str, str] | None = None  # {"snapshot_path", "mem_file_path", "iface_id", "host_dev_name"} in the jail
@@ -162,7 +164,7 @@ class FirecrackerJailerStep(Step):
         self.console_log.parent.mkdir(parents=True, exist_ok=True)
         err_offset = _size(self.stderr_log)
         with open(self.console_log, "ab") as out, open(self.stderr_log, "ab") as err:
-            proc = subprocess.Popen(list(self.argv), stdin=subprocess.DEVNULL, stdout=out, stderr=err,
+            proc = subprocess.Popen([*self.launcher, *self.argv], stdin=subprocess.DEVNULL, stdout=out, stderr=err,
                                     start_new_session=True, close_fds=True, cwd="/")
         try:
             rc = proc.wait(timeout=self.start_timeout)
@@ -209,7 +211,8 @@ class FirecrackerJailerStep(Step):
             if pid is not None and _is_jailed_firecracker(pid, lay):
                 kill(pid, None)
         if ours:
-            for cg in J.jailer_cgroup_dirs(self.cgroup_version, list(self.cgroup_controllers), lay.exec_name, lay.jail_id):
+            for cg in J.jailer_cgroup_dirs(self.cgroup_version, list(self.cgroup_controllers), lay.exec_name, lay.jail_id,
+                                           parent=self.cgroup_parent):
                 remove_cgroup(cg)
             with contextlib.suppress(FileNotFoundError, SandboxError):
                 remove_stale_socket(lay.api_sock)

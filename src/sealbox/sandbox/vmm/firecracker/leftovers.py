@@ -19,6 +19,7 @@ from pathlib import Path
 
 from pydantic import BaseModel
 
+from sealbox.sandbox.host import cgroups
 from sealbox.sandbox.state import StateDir
 from sealbox.sandbox.vmm.firecracker import jailer as J
 from sealbox.sandbox.vmm.firecracker.launch import _is_jailed_firecracker, kill, read_pid, remove_cgroup
@@ -34,6 +35,7 @@ class JailLeftover(BaseModel):
     exec_name: str
     owner: str  # content of the owner file: the sandbox dir that made the jail
     ours: bool = False
+    state_id: str = ""  # the finding state dir's id: the jailer's --parent-cgroup is sealbox/<state id>
 
     def describe(self) -> str:
         whose = "" if self.ours else f", owner {self.owner}"
@@ -70,7 +72,8 @@ def find(state: StateDir, keep: set[str], settings: FirecrackerSettings | None =
             ours = owner == str(state.sandbox_dir(jail_id))
             if ours and jail_id in keep:
                 continue  # a record owns it: its own steps undo it
-            found.append(JailLeftover(jail_dir=jail_dir, jail_id=jail_id, exec_name=exec_dir.name, owner=owner, ours=ours))
+            found.append(JailLeftover(jail_dir=jail_dir, jail_id=jail_id, exec_name=exec_dir.name, owner=owner, ours=ours,
+                                      state_id=state.id))
     return found
 
 
@@ -83,7 +86,10 @@ def remove(item: JailLeftover) -> None:
         pid = read_pid(lay.pid_file)
         if pid is not None and _is_jailed_firecracker(pid, lay):
             kill(pid, None)
-        dirs = J.jailer_cgroup_dirs(1, V1_CONTROLLERS, lay.exec_name, lay.jail_id) + J.jailer_cgroup_dirs(2, [], lay.exec_name, lay.jail_id)
+        dirs: list[Path] = []
+        for parent in (None, f"{cgroups.PARENT}/{item.state_id}" if item.state_id else None):  # the jailer's default, ours
+            dirs += J.jailer_cgroup_dirs(1, V1_CONTROLLERS, lay.exec_name, lay.jail_id, parent=parent)
+            dirs += J.jailer_cgroup_dirs(2, [], lay.exec_name, lay.jail_id, parent=parent)
         for cg in sorted(set(dirs)):
             remove_cgroup(cg)
         with contextlib.suppress(OSError):
