@@ -299,6 +299,8 @@ def wait_ready(net: GuestNet, console_log: Path, pid: int | None, start: int | N
             banner = ssh.probe_ssh(net.netns, str(net.guest_ip), 22, timeout=max(0.2, min(2.0, deadline - time.monotonic())))
             if banner:
                 return {"boot_id": scan.boot_id, "hostkeys": [k.line() for k in keys], "banner": banner}
+        if scan.fatal and not scan.ready and pinned is None:
+            raise boot_failure(scan.fatal)
         if pid is not None and not pid_alive(pid, start):
             raise SandboxError(f"the VMM exited before the guest was ready; console: {_tail(console_log)}")
         if time.monotonic() >= deadline:
@@ -306,6 +308,15 @@ def wait_ready(net: GuestNet, console_log: Path, pid: int | None, start: int | N
             raise SandboxError(f"the guest was not ready within {timeout:g}s ({what}); console: {_tail(console_log)}",
                                hint="raise --timeout on slow (TCG) hosts")
         time.sleep(POLL)
+
+
+def boot_failure(fatal: list[str]) -> SandboxError:
+    """The guest kernel said it cannot boot: fail now instead of waiting out a reboot loop."""
+    if any(line.startswith("Initramfs unpacking failed") for line in fatal):
+        hint = "the image's initramfs did not fit in the guest's RAM (it is unpacked into half of it): raise --memory"
+    else:
+        hint = "the guest kernel panicked or restarted before it was ready; its message above says why"
+    return SandboxError(f"the guest did not boot: {'; '.join(fatal)}", hint=hint)
 
 
 def _tail(path: Path) -> str:

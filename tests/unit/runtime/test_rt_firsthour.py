@@ -109,3 +109,56 @@ def test_ssh_cli_passes_the_command_and_keeps_its_own_options(capsys, monkeypatc
     assert seen == {"name": "box", "user": "dev", "extra": ["uname", "-a"]}
     assert sealbox(capsys, "ssh", "box", "--user", "dev", "-L", "8080:localhost:80", "id")[0] == 0
     assert seen == {"name": "box", "user": "dev", "extra": ["-L", "8080:localhost:80", "id"]}
+
+
+# ---- a guest that cannot boot fails the run at once, with the cause --------------------------------
+
+INITRAMFS_FAIL = b"[    0.996588] Initramfs unpacking failed: write error\r\n"
+PANIC = b"[    1.769230] Kernel panic - not syncing: Attempted to kill init! exitcode=0x00000007\r\n"
+
+
+def test_console_parser_records_fatal_boot_lines_before_ready() -> None:
+    from sealbox.guest.console import ConsoleParser
+
+    p = ConsoleParser()
+    p.feed(b"[    0.1] Run /init\r\n" + INITRAMFS_FAIL + b"[    1.7] Kernel pan")
+    assert p.scan.fatal == ["Initramfs unpacking failed: write error"]
+    p.feed(b"ic - not syncing: VFS: Unable to mount root fs\n")  # the rest of a line split across reads
+    assert p.scan.fatal[-1] == "Kernel panic - not syncing: VFS: Unable to mount root fs"
+
+
+def test_fatal_looking_lines_after_ready_are_user_output() -> None:
+    from rt_testlib import BOOT_ID, ED
+
+    from sealbox.guest.console import ConsoleParser
+
+    p = ConsoleParser()
+    p.feed(f"SEALBOX-HOSTKEY ssh-ed25519 {ED}\nSEALBOX-READY {BOOT_ID}\n".encode() + PANIC)
+    assert p.scan.ready and p.scan.fatal == []
+
+
+@pytest.mark.parametrize("console", [INITRAMFS_FAIL, PANIC, INITRAMFS_FAIL + b"[    1.5] systemd[1]: Failed to write /etc/machine-id\n"])
+def test_wait_ready_fails_at_once_on_a_panic_or_a_broken_initramfs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                                  console: bytes) -> None:
+    import os
+    import time
+
+    from sealbox.errors import SandboxError
+    from sealbox.sandbox import lifecycle, ssh
+    from sealbox.sandbox.state import process_start_time
+
+    monkeypatch.setattr(ssh, "probe_ssh", lambda *a, **k: None)
+    (tmp_path / "console.log").write_bytes(console)
+    from test_rt_lifecycle import NET
+
+    t0 = time.monotonic()
+    with pytest.raises(SandboxError) as e:  # the VMM is alive (this process stands in for it): a reboot loop
+        lifecycle.wait_ready(NET, tmp_path / "console.log", os.getpid(), process_start_time(os.getpid()),
+                             known_hosts=tmp_path / "kh", alias="sealbox-t", deadline=time.monotonic() + 60, timeout=60)
+    assert time.monotonic() - t0 < 3
+    msg = str(e.value)
+    assert "\n" not in msg and "did not boot" in msg
+    first = console.split(b"\n")[0].decode().split("] ", 1)[1].strip()
+    assert first in msg
+    if b"Initramfs" in console:
+        assert "--memory" in msg
