@@ -32,7 +32,8 @@ def _dump(obj: Any) -> None:
 @click.argument("image_dir", type=click.Path(path_type=Path))
 @click.option("--name", required=True, help="Sandbox name (letters, digits, '-').")
 @click.option("--cpus", type=int, default=2, show_default=True, help="vCPUs (1-32).")
-@click.option("--memory", "memory_mib", type=int, default=512, show_default=True, help="Guest RAM in MiB.")
+@click.option("--memory", "memory_mib", type=int, default=None,
+              help="Guest RAM in MiB [default: 512, or the image's minimum if that is more].")
 @click.option("--net", type=click.Choice(["isolated", "nat"]), default="isolated", show_default=True)
 @click.option("--allow-egress", multiple=True, metavar="CIDR[:PORT]", help="nat only: allowed destinations (repeatable).")
 @click.option("--disk", "disks", multiple=True, metavar="FILE[:ro|rw]", help="Attach a disk (repeatable; default rw).")

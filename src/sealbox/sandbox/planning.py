@@ -24,6 +24,7 @@ from sealbox.util.names import check_sandbox_name
 
 CONSOLE_DIR = "console"  # a size-capped tmpfs (host/consolefs.py)
 CONSOLE_LOG = f"{CONSOLE_DIR}/console.log"
+DEFAULT_MEMORY_MIB = 512  # unless the image needs more (its manifest's min_memory_mib)
 FIRECRACKER_OVERHEAD_MIB = 128  # Firecracker's own RSS beyond guest RAM is small; room for page tables + buffers
 
 
@@ -37,14 +38,29 @@ def make_spec(**flags: Any) -> SandboxSpec:
         except (ValueError, ValidationError):
             raise UsageError(f"--allow-egress {text!r} is not CIDR or CIDR:PORT", hint="e.g. 10.0.0.0/8 or 192.0.2.10/32:443") from None
     disks = tuple(DiskSpec.parse(t) for t in flags.pop("disks", ()) or ())
+    memory = flags.pop("memory_mib", None)
     try:
-        return SandboxSpec(allow_egress=tuple(egress), disks=disks, **flags)
+        spec = SandboxSpec(allow_egress=tuple(egress), disks=disks, memory_mib=DEFAULT_MEMORY_MIB if memory is None else memory, **flags)
     except ValidationError as e:
         err = e.errors()[0]
         if not err["loc"] and EGRESS_NEEDS_NAT in err["msg"]:
             raise UsageError(EGRESS_NEEDS_NAT, hint="add --net nat or drop --allow-egress") from None
         key = "--" + str(err["loc"][0]).replace("_mib", "").replace("_", "-") if err["loc"] else "flags"
         raise UsageError(f"{key}={err.get('input')!r}: {err['msg']}") from None
+    return with_memory(spec, memory)
+
+
+def with_memory(spec: SandboxSpec, memory: int | None) -> SandboxSpec:
+    """--memory checked against the least RAM the image boots in (its initramfs is unpacked into RAM);
+    without --memory, the larger of the default and that minimum."""
+    img = image_mod.load(spec.image_dir)
+    need = img.min_memory(spec.rootfs)
+    if memory is None:
+        return spec.model_copy(update={"memory_mib": max(DEFAULT_MEMORY_MIB, need)})
+    if memory < need:
+        raise UsageError(f"--memory {memory} is less than the {need} MiB image {img.dir} needs to boot with --rootfs {spec.rootfs}",
+                         hint=f"use --memory {need} or more, or leave --memory out")
+    return spec
 
 
 def check_disks(spec: SandboxSpec, image_dir: Path) -> None:

@@ -162,3 +162,41 @@ def test_wait_ready_fails_at_once_on_a_panic_or_a_broken_initramfs(tmp_path: Pat
     assert first in msg
     if b"Initramfs" in console:
         assert "--memory" in msg
+
+
+# ---- memory: the image's recorded minimum ------------------------------------------------------------
+
+def test_default_memory_is_the_larger_of_512_and_the_image_minimum(make_image) -> None:  # type: ignore[no-untyped-def]
+    big = make_image("big", min_memory_mib={"initrd": 655, "disk": 71})
+    assert planning.make_spec(name="m1", image_dir=big).memory_mib == 655
+    assert planning.make_spec(name="m1", image_dir=big, rootfs="disk").memory_mib == 512
+    small = make_image("small", min_memory_mib={"initrd": 227})
+    assert planning.make_spec(name="m2", image_dir=small).memory_mib == 512
+    old = make_image("old")  # a manifest from before the field: as before
+    assert planning.make_spec(name="m3", image_dir=old).memory_mib == 512
+    assert planning.make_spec(name="m3", image_dir=big, memory_mib=700).memory_mib == 700
+
+
+def test_explicit_memory_below_the_minimum_is_refused_in_one_line(capsys, make_image, tmp_path: Path,  # type: ignore[no-untyped-def]
+                                                                 probes: list[Path]) -> None:
+    big = make_image("big", min_memory_mib={"initrd": 655})
+    sd = tmp_path / "state"
+    rc, _, err = sealbox(capsys, "run", str(big), "--name", "m4", "--memory", "512", "--state-dir", str(sd))
+    lines = err.strip().splitlines()
+    assert rc == 2 and len(lines) == 1 and probes == [], err
+    assert "--memory 512" in lines[0] and "655" in lines[0] and str(big) in lines[0]
+    assert not sd.exists()
+    rc, out, err = sealbox(capsys, "run", str(big), "--name", "m4", "--dry-run", "--json", "--state-dir", str(sd))
+    assert rc == 0, err
+    import json
+
+    q = json.loads(out)["qemu_argv"]
+    assert q[q.index("-m") + 1] == "655M"
+
+
+@pytest.mark.parametrize("bad", [{"initrd": "lots"}, {"initrd": -1}, {"initrd": 10**9}, ["initrd"]])
+def test_a_bad_recorded_minimum_is_a_one_line_image_error(make_image, bad: Any) -> None:  # type: ignore[no-untyped-def]
+    img = make_image("bad", min_memory_mib=bad)
+    with pytest.raises(UsageError) as e:
+        planning.make_spec(name="m5", image_dir=img)
+    assert "min_memory_mib" in str(e.value) and "\n" not in str(e.value)
