@@ -102,21 +102,26 @@ def deferred_signals() -> Iterator[None]:
 class Inputs:
     """Everything checked before the name is reserved."""
 
-    def __init__(self, spec: SandboxSpec, state: StateDir, *, dry_run: bool) -> None:
+    def __init__(self, spec: SandboxSpec, state: StateDir, *, dry_run: bool, before_probe: Callable[[], None] | None = None) -> None:
         self.spec = spec
         self.image = image_mod.load(spec.image_dir)
         planning.check_disks(spec, self.image.dir)
+        if state.exists(spec.name):
+            raise SandboxError(f"a sandbox named {spec.name!r} already exists",
+                               hint=f"choose another --name, or remove it with 'sealbox rm {spec.name}'")
         self.snapshot = None
         if spec.from_snapshot is not None:
             from sealbox.sandbox.vmm.firecracker.snapshot import read_manifest
 
             self.snapshot = read_manifest(spec.from_snapshot, verify=False)
+        known = planning.vmm_without_probe(spec)
+        if known is not None:  # the boot files can be checked before the probe (one-line UsageError)
+            self.image.boot_files(vmm=known, rootfs=spec.rootfs, firmware=spec.firmware, tdx=spec.tdx)
+        if before_probe is not None:
+            before_probe()
         self.choice = planning.choose(spec, state.root, dry_run=dry_run)
-        # the boot files must exist for the chosen backend/mode (raises a one-line UsageError)
+        # the boot files must exist for the chosen backend/mode
         self.image.boot_files(vmm=self.choice.vmm, rootfs=spec.rootfs, firmware=spec.firmware, tdx=spec.tdx)
-        if state.exists(spec.name):
-            raise SandboxError(f"a sandbox named {spec.name!r} already exists",
-                               hint=f"choose another --name, or remove it with 'sealbox rm {spec.name}'")
 
     def fixed_link(self) -> Any:
         """A restored guest keeps the address in its memory: reuse the snapshot's link."""
@@ -181,10 +186,9 @@ def dry_run(spec: SandboxSpec, state: StateDir) -> dict[str, Any]:
 def run(spec: SandboxSpec, state: StateDir, *, warn: Say | None = None, progress: Say | None = None) -> dict[str, Any]:
     """Create the sandbox; return a summary once the guest is ready. Raises SealboxError otherwise."""
     t0 = time.monotonic()
-    inp = Inputs(spec, state, dry_run=False)
+    inp = Inputs(spec, state, dry_run=False, before_probe=planning.require_root)  # the probe caches its result in the state dir
     for w in inp.choice.warnings:
         (warn or log.warning)(w)
-    planning.require_root()
     from sealbox.sandbox.host.netnames import netns_name
     from sealbox.sandbox.host.netns import netns_exists
 

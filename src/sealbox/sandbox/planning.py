@@ -103,6 +103,15 @@ def _kvm(state_root: Path, dry_run: bool) -> Any:
     return kvm.kvm_status(state_root)
 
 
+def vmm_without_probe(spec: SandboxSpec) -> Literal["qemu", "firecracker"] | None:
+    """The VMM if the flags alone decide it (None: --vmm auto without a flag that forces one)."""
+    if spec.from_snapshot is not None:
+        return "firecracker"
+    if spec.tdx or spec.firmware == "ovmf":
+        return "qemu"
+    return None if spec.vmm == "auto" else spec.vmm
+
+
 def choose(spec: SandboxSpec, state_root: Path, *, dry_run: bool = False) -> Choice:
     from sealbox.sandbox.host.kvm import choose_accel
 

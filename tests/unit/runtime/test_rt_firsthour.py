@@ -200,3 +200,20 @@ def test_a_bad_recorded_minimum_is_a_one_line_image_error(make_image, bad: Any) 
     with pytest.raises(UsageError) as e:
         planning.make_spec(name="m5", image_dir=img)
     assert "min_memory_mib" in str(e.value) and "\n" not in str(e.value)
+
+
+def test_taken_name_and_missing_boot_files_fail_before_the_kvm_probe(capsys, make_image, tmp_path: Path,  # type: ignore[no-untyped-def]
+                                                                    probes: list[Path]) -> None:
+    import time
+
+    from sealbox.sandbox.state import SandboxRecord, StateDir
+
+    img = make_image("img")
+    state = StateDir(tmp_path / "state")
+    state.reserve(SandboxRecord(name="taken", status="stopped", created_at=time.time()))
+    rc, _, err = sealbox(capsys, "run", str(img), "--name", "taken", "--state-dir", str(state.root))
+    assert rc != 0 and "already exists" in err and len(err.strip().splitlines()) == 1 and probes == [], err
+    noroot = make_image("noroot", boot={"vmlinuz": "vmlinuz", "initrd": "initrd.cpio.zst"})
+    rc, _, err = sealbox(capsys, "run", str(noroot), "--name", "d1", "--rootfs", "disk", "--vmm", "qemu",
+                         "--state-dir", str(state.root))
+    assert rc != 0 and "no 'rootfs' boot file" in err and len(err.strip().splitlines()) == 1 and probes == [], err
