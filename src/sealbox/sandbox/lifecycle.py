@@ -246,7 +246,7 @@ def _create(record: SandboxRecord, save: Callable[[], None], inp: Inputs, state:
     pinned = _snapshot_hostkeys(inp)
     ready = wait_ready(net, plan.console_log, record.vmm.get("pid"), record.vmm.get("start_time"),
                        known_hosts=known, alias=ssh.host_alias(spec.name), deadline=t0 + spec.timeout,
-                       timeout=spec.timeout, pinned=pinned)
+                       timeout=spec.timeout, pinned=pinned, vmm_log=backend.log_path(plan))
     record.guest = {
         "boot_id": ready["boot_id"], "hostkeys": ready["hostkeys"], "ssh_banner": ready["banner"],
         "known_hosts": str(known), "client_key": str(key), "user": "root",
@@ -283,7 +283,8 @@ def _snapshot_hostkeys(inp: Inputs) -> list[con.HostKey] | None:
 
 
 def wait_ready(net: GuestNet, console_log: Path, pid: int | None, start: int | None, *, known_hosts: Path, alias: str,
-               deadline: float, timeout: float, pinned: list[con.HostKey] | None = None) -> dict[str, Any]:
+               deadline: float, timeout: float, pinned: list[con.HostKey] | None = None,
+               vmm_log: Path | None = None) -> dict[str, Any]:
     """Bounded wait for SEALBOX-READY (host keys before it are pinned) and then an SSH banner in the netns.
 
     `pinned` (snapshot restore): the guest booted long ago and prints nothing; pin these instead."""
@@ -306,7 +307,8 @@ def wait_ready(net: GuestNet, console_log: Path, pid: int | None, start: int | N
         if scan.fatal and not scan.ready and pinned is None:
             raise boot_failure(scan.fatal)
         if pid is not None and not pid_alive(pid, start):
-            raise SandboxError(f"the VMM exited before the guest was ready; console: {_tail(console_log)}")
+            own = f"its log: {_tail(vmm_log, 5)}; " if vmm_log is not None else ""  # the log goes with the failed sandbox
+            raise SandboxError(f"the VMM exited before the guest was ready; {own}console: {_tail(console_log)}")
         if time.monotonic() >= deadline:
             what = "SSH did not answer after SEALBOX-READY" if scan.ready or pinned else f"no {con.READY} on the console"
             raise SandboxError(f"the guest was not ready within {timeout:g}s ({what}); console: {_tail(console_log)}",
@@ -323,8 +325,8 @@ def boot_failure(fatal: list[str]) -> SandboxError:
     return SandboxError(f"the guest did not boot: {'; '.join(fatal)}", hint=hint)
 
 
-def _tail(path: Path) -> str:
-    lines = con.tail(path, TAIL_LINES)
+def _tail(path: Path, lines_max: int = TAIL_LINES) -> str:
+    lines = con.tail(path, lines_max)
     return " | ".join(lines) if lines else "(empty)"
 
 

@@ -217,3 +217,20 @@ def test_taken_name_and_missing_boot_files_fail_before_the_kvm_probe(capsys, mak
     rc, _, err = sealbox(capsys, "run", str(noroot), "--name", "d1", "--rootfs", "disk", "--vmm", "qemu",
                          "--state-dir", str(state.root))
     assert rc != 0 and "no 'rootfs' boot file" in err and len(err.strip().splitlines()) == 1 and probes == [], err
+
+
+def test_a_vmm_that_dies_before_ready_has_its_own_log_quoted(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import time
+
+    from test_rt_lifecycle import NET
+
+    from sealbox.errors import SandboxError
+    from sealbox.sandbox import lifecycle, ssh
+
+    monkeypatch.setattr(ssh, "probe_ssh", lambda *a, **k: None)
+    (tmp_path / "console.log").write_bytes(b"[    0.5] Run /init as init process\n")
+    (tmp_path / "qemu.log").write_bytes(b"qemu-system-x86_64: terminating on signal 9 from pid 1\n")
+    with pytest.raises(SandboxError) as e:
+        lifecycle.wait_ready(NET, tmp_path / "console.log", 99999999, 1, known_hosts=tmp_path / "kh", alias="sealbox-t",
+                             deadline=time.monotonic() + 10, timeout=10, vmm_log=tmp_path / "qemu.log")
+    assert "terminating on signal 9" in str(e.value) and "Run /init" in str(e.value)

@@ -31,6 +31,9 @@ class FirecrackerBackend:
     def __init__(self, settings: FirecrackerSettings | None = None) -> None:
         self.settings = settings or FirecrackerSettings.from_env()
 
+    def log_path(self, plan: VmPlan) -> Path:
+        return plan.sandbox_dir / "firecracker.stderr"
+
     # building blocks ---------------------------------------------------------------------------
     def layout(self, plan: VmPlan) -> J.JailLayout:
         return J.JailLayout(chroot_base=self.settings.chroot_base, exec_name=self.settings.exec_name(),
@@ -95,7 +98,7 @@ class FirecrackerBackend:
                        "iface_id": C.IFACE_ID, "host_dev_name": plan.net.tap}
         start = FirecrackerJailerStep(
             argv=tuple(J.jailer_argv(args)), layout=lay, owner=owner, netns=args.netns, console_log=plan.console_log,
-            stderr_log=plan.sandbox_dir / "firecracker.stderr", cgroup_version=plan.cgroup.version,
+            stderr_log=self.log_path(plan), cgroup_version=plan.cgroup.version,
             cgroup_controllers=tuple(J.controllers(list(args.cgroups))), start_timeout=self.settings.start_timeout,
             api_timeout=self.settings.api_timeout, restore=restore)
         return [stage, start]
