@@ -6,8 +6,8 @@ The instance disk (docs/guest-protocol.md) is a raw file, a multiple of 4 KiB, a
     hostname=<name>
     address=<guest-ip>/<prefix>
     gateway=<host-ip>
-    ssh_user=root
-    authorized_key=<OpenSSH public key line>     (repeatable)
+    ssh_user=<user>                              (repeatable: the image's declared users, then root)
+    authorized_key=<OpenSSH public key line>     (repeatable; installed for every ssh_user)
     END
     <NUL padding>
 
@@ -17,6 +17,7 @@ The guest side is files/instance.sh; nothing per-instance is ever in the image.
 from __future__ import annotations
 
 import ipaddress
+import re
 
 from pydantic import BaseModel, ConfigDict
 
@@ -24,6 +25,7 @@ from sealbox.errors import SandboxError
 from sealbox.guest.protocol import INSTANCE_END as END
 from sealbox.guest.protocol import INSTANCE_MAGIC as MAGIC
 
+USER_RE = re.compile(r"^[a-z_][a-z0-9_-]{0,31}$")  # the spec's rule for user names
 BLOCK = 4096
 MAX_SIZE = 64 * 1024  # the guest reads the whole device through a shell loop: keep it small
 
@@ -35,7 +37,8 @@ class InstanceData(BaseModel):
     hostname: str
     address: ipaddress.IPv4Interface  # guest address with prefix length
     gateway: ipaddress.IPv4Address
-    ssh_user: str = "root"
+    ssh_users: tuple[str, ...] = ()  # besides root, which is always written, last: a guest built before
+    # several users were supported keeps only the last ssh_user line, as it did when root was the only one
     authorized_keys: tuple[str, ...] = ()
 
 
@@ -46,6 +49,13 @@ def _check_value(key: str, value: str) -> str:
     return value
 
 
+def _check_user(name: str) -> str:
+    # becomes a file name in the guest (/run/sealbox/authorized_keys/<user>): a plain user name only
+    if not USER_RE.fullmatch(name):
+        raise SandboxError(f"instance data ssh_user={name!r} is not a user name (lowercase letters, digits, '_', '-')")
+    return name
+
+
 def render(data: InstanceData) -> bytes:
     """The disk image bytes: the text block padded with NULs to a multiple of 4 KiB."""
     lines = [
@@ -53,8 +63,8 @@ def render(data: InstanceData) -> bytes:
         f"hostname={_check_value('hostname', data.hostname)}",
         f"address={data.address.with_prefixlen}",
         f"gateway={data.gateway}",
-        f"ssh_user={_check_value('ssh_user', data.ssh_user)}",
     ]
+    lines += [f"ssh_user={_check_user(u)}" for u in dict.fromkeys([*data.ssh_users, "root"])]
     lines += [f"authorized_key={_check_value('authorized_key', k.strip())}" for k in data.authorized_keys]
     lines.append(END)
     text = ("\n".join(lines) + "\n").encode("ascii")

@@ -17,6 +17,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from sealbox.errors import UsageError
+from sealbox.spec.model import USER_RE
 
 SCHEMA = "sealbox.manifest/v1"
 BOOT_KEYS = ("vmlinuz", "vmlinux", "initrd", "rootfs", "loader", "uki")
@@ -70,6 +71,17 @@ class Image(BaseModel):
     def min_memory(self, rootfs: Literal["initrd", "disk"]) -> int:
         """The least RAM (MiB) this image boots in with its root in the initramfs or on disk (0: not recorded)."""
         return self.manifest.min_memory_mib.get(rootfs, 0)
+
+    def declared_users(self) -> list[str]:
+        """The non-root users the image's spec declares (manifest `spec.users`): they get the sandbox's key too."""
+        spec = (self.manifest.model_extra or {}).get("spec")
+        users = spec.get("users", {}) if isinstance(spec, dict) else {}
+        if not isinstance(users, dict):
+            raise UsageError(f"{self.dir}/manifest.json: spec.users is not a table", hint="rebuild the image")
+        for name in users:
+            if not USER_RE.fullmatch(name) or name == "root":
+                raise UsageError(f"{self.dir}/manifest.json: spec.users has {name!r}, which is not a user name", hint="rebuild the image")
+        return sorted(users)
 
     def boot_file(self, key: str) -> str | None:
         value = self.manifest.boot.get(key)

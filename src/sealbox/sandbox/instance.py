@@ -81,7 +81,8 @@ class InstanceFilesStep(Step):
     hostname: str
     address: ipaddress.IPv4Interface
     gateway: ipaddress.IPv4Address
-    ssh_user: str = "root"
+    ssh_user: str = "root"  # unused; kept so that records written before `users` still load
+    users: tuple[str, ...] = ()  # the image's declared users: they get the sandbox's key too (root always does)
 
     @property
     def key_path(self) -> Path:
@@ -92,12 +93,14 @@ class InstanceFilesStep(Step):
         return Path(self.sandbox_dir) / DISK_NAME
 
     def describe(self) -> str:
-        return f"write client key {self.key_path} (ed25519) and instance disk {self.disk_path} (hostname {self.hostname}, {self.address})"
+        users = ", ".join([*self.users, "root"])
+        return (f"write client key {self.key_path} (ed25519, for {users}) and instance disk {self.disk_path} "
+                f"(hostname {self.hostname}, {self.address})")
 
     def do(self) -> dict[str, Any]:
         pub = generate_client_key(self.key_path, f"sealbox-{self.hostname}")
         data = InstanceData(hostname=self.hostname, address=self.address, gateway=self.gateway,
-                            ssh_user=self.ssh_user, authorized_keys=(pub,))
+                            ssh_users=self.users, authorized_keys=(pub,))
         # root-only: QEMU receives it as an fd; Firecracker's staging gives the jail its own copy/link
         atomic.write_bytes(self.disk_path, render(data), mode=0o600)
         return {"public_key": pub}

@@ -105,6 +105,7 @@ class Inputs:
     def __init__(self, spec: SandboxSpec, state: StateDir, *, dry_run: bool, before_probe: Callable[[], None] | None = None) -> None:
         self.spec = spec
         self.image = image_mod.load(spec.image_dir)
+        self.users = self.image.declared_users()  # `exec -u USER` works for them with the sandbox's key
         planning.check_disks(spec, self.image.dir)
         if state.exists(spec.name):
             raise SandboxError(f"a sandbox named {spec.name!r} already exists",
@@ -162,7 +163,7 @@ def dry_run(spec: SandboxSpec, state: StateDir) -> dict[str, Any]:
     net, steps = network_steps(state, spec, uid, gid, dry_run=True, link=inp.fixed_link())
     sandbox_dir = state.sandboxes / spec.name
     inst = InstanceFilesStep(sandbox_dir=str(sandbox_dir), hostname=spec.name, address=f"{net.guest_ip}/{net.prefixlen}",
-                             gateway=net.host_ip)
+                             gateway=net.host_ip, users=tuple(inp.users))
     console = _console_step(spec, sandbox_dir)
     plan = planning.make_plan(spec, inp.image, inp.choice, net, sandbox_dir, uid, gid, planning.cgroup_plan(spec, inp.choice))
     desc = inp.choice.backend.describe(plan)
@@ -225,7 +226,7 @@ def _create(record: SandboxRecord, save: Callable[[], None], inp: Inputs, state:
     apply_steps([*steps, _console_step(spec, sandbox_dir)], record.steps, save, progress)
     if inp.snapshot is None:
         inst = InstanceFilesStep(sandbox_dir=str(sandbox_dir), hostname=spec.name,
-                                 address=f"{net.guest_ip}/{net.prefixlen}", gateway=net.host_ip)
+                                 address=f"{net.guest_ip}/{net.prefixlen}", gateway=net.host_ip, users=tuple(inp.users))
         apply_steps([inst], record.steps, save, progress)
         key = inst.key_path
     else:

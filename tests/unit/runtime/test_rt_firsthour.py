@@ -234,3 +234,69 @@ def test_a_vmm_that_dies_before_ready_has_its_own_log_quoted(tmp_path: Path, mon
         lifecycle.wait_ready(NET, tmp_path / "console.log", 99999999, 1, known_hosts=tmp_path / "kh", alias="sealbox-t",
                              deadline=time.monotonic() + 10, timeout=10, vmm_log=tmp_path / "qemu.log")
     assert "terminating on signal 9" in str(e.value) and "Run /init" in str(e.value)
+
+
+# ---- exec -u USER: the per-sandbox key for the image's declared users too ------------------------------
+
+KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOXKT8izYDJcWsJLMiQBka11FKFeQPWIGFG9N1yu1Fom sealbox-demo"
+
+
+def test_image_declared_users_come_from_its_manifest(make_image) -> None:  # type: ignore[no-untyped-def]
+    from sealbox.sandbox import image
+
+    img = image.load(make_image("u", spec={"users": {"dev": {"shell": "/bin/bash"}, "ops": {}}}))
+    assert img.declared_users() == ["dev", "ops"]
+    assert image.load(make_image("none")).declared_users() == []
+    with pytest.raises(UsageError, match="spec.users"):
+        image.load(make_image("bad", spec={"users": {"-o ProxyCommand=x": {}}})).declared_users()
+
+
+def test_instance_disk_names_every_user_root_last() -> None:
+    import ipaddress
+
+    from sealbox.guest.instance import InstanceData, parse, render
+
+    d = InstanceData(hostname="demo", address=ipaddress.IPv4Interface("10.213.0.2/30"), gateway=ipaddress.IPv4Address("10.213.0.1"),
+                     ssh_users=("dev", "ops"), authorized_keys=(KEY,))
+    got = parse(render(d))
+    # root last: a guest built before several users were supported keeps the last ssh_user line, as it did
+    assert got["ssh_user"] == ["dev", "ops", "root"] and got["authorized_key"] == [KEY]
+
+
+def test_dry_run_plans_keys_for_the_declared_users(capsys, make_image, tmp_path: Path, probes: list[Path]) -> None:  # type: ignore[no-untyped-def]
+    import json
+
+    img = make_image("u", spec={"users": {"dev": {}}})
+    rc, out, err = sealbox(capsys, "run", str(img), "--name", "u1", "--dry-run", "--json", "--state-dir", str(tmp_path / "s"))
+    assert rc == 0, err
+    inst = next(s for s in json.loads(out)["steps"] if s["kind"] == "instance-files")
+    assert inst["params"]["users"] == ["dev"] and "dev" in inst["describe"]
+
+
+def test_guest_instance_script_installs_the_key_for_every_user(tmp_path: Path) -> None:
+    """The real guest script (guest/files/instance.sh) in a bubblewrap box standing in for the guest: the
+    instance disk at /dev/vda, its own /run, UTS and network namespaces."""
+    import ipaddress
+    import shutil
+    import subprocess
+
+    from sealbox.guest import files
+    from sealbox.guest.instance import InstanceData, render
+
+    if shutil.which("bwrap") is None:
+        pytest.skip("bubblewrap not installed")
+    disk = tmp_path / "disk.img"
+    disk.write_bytes(render(InstanceData(hostname="demo", address=ipaddress.IPv4Interface("10.213.0.2/30"),
+                                         gateway=ipaddress.IPv4Address("10.213.0.1"), ssh_users=("dev",), authorized_keys=(KEY,))))
+    script = tmp_path / "instance.sh"
+    script.write_bytes(files.read("instance.sh"))
+    show = 'sh /run/instance.sh; for f in /run/sealbox/authorized_keys/*; do echo "${f##*/}: $(cat "$f")"; done'
+    argv = ["bwrap", "--unshare-net", "--unshare-uts", "--unshare-ipc", "--unshare-pid", "--die-with-parent",
+            "--ro-bind", "/", "/", "--proc", "/proc", "--dev", "/dev", "--ro-bind", str(disk), "/dev/vda", "--tmpfs", "/run",
+            "--tmpfs", "/sys/block", "--dir", "/sys/block/vda", "--tmpfs", "/sys/class/net", "--dir", "/sys/class/net/eth0",
+            "--ro-bind", str(script), "/run/instance.sh", "sh", "-c", show]
+    p = subprocess.run(argv, capture_output=True, text=True, timeout=60)
+    if p.returncode != 0 and "Operation not permitted" in p.stderr:
+        pytest.skip(f"bubblewrap cannot make namespaces here: {p.stderr.strip()}")
+    assert p.returncode == 0, p.stderr
+    assert sorted(p.stdout.splitlines()) == [f"dev: {KEY}", f"root: {KEY}"]

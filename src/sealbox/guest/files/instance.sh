@@ -3,7 +3,7 @@
 # command line's ip= argument. Nothing per-instance is ever in the image. Shell builtins where possible:
 # under emulation every exec costs tens of milliseconds.
 set -eu
-addr= gw= host= user=root keys=
+addr= gw= host= users= keys=
 mask2prefix() {  # dotted netmask -> prefix length
 	n=0 old=$IFS
 	IFS=.
@@ -39,7 +39,7 @@ for dev in /sys/block/vd*; do
 	[ "$first" = "@SEALBOX_INSTANCE_MAGIC@" ] || continue
 	while IFS='=' read -r k v; do
 		case $k in
-		hostname) host=$v ;; address) addr=$v ;; gateway) gw=$v ;; ssh_user) user=$v ;;
+		hostname) host=$v ;; address) addr=$v ;; gateway) gw=$v ;; ssh_user) users="$users $v" ;;
 		authorized_key) keys="$keys$v
 " ;;
 		@SEALBOX_INSTANCE_END@) break ;;
@@ -48,10 +48,13 @@ for dev in /sys/block/vd*; do
 	break
 done
 [ -n "$host" ] && echo "$host" > /proc/sys/kernel/hostname
-if [ -n "$keys" ]; then
+if [ -n "$keys" ]; then  # the sandbox's key, for each user the host named (sshd reads .../%u)
 	mkdir -p /run/sealbox/authorized_keys
 	umask 022
-	printf '%s' "$keys" > "/run/sealbox/authorized_keys/$user"
+	for user in ${users:-root}; do
+		case $user in *[!a-z0-9_-]*|[!a-z_]*) continue ;; esac
+		printf '%s' "$keys" > "/run/sealbox/authorized_keys/$user"
+	done
 fi
 {
 	echo "link set lo up"
