@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import re
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -27,6 +29,34 @@ def split_profiles(values: tuple[str, ...]) -> list[str]:
 
 def stderr_is_tty() -> bool:
     return sys.stderr.isatty()
+
+
+def colour_allowed(stream: Any) -> bool:
+    """Escape codes for colour only on a terminal, and never with NO_COLOR set to anything (no-color.org)."""
+    isatty = getattr(stream, "isatty", None)
+    return bool(isatty and isatty()) and not os.environ.get("NO_COLOR")
+
+
+_SGR = re.compile(rb"\x1b\[[0-9;:]*m")
+_PARTIAL = re.compile(rb"\x1b(\[[0-9;:]*)?$")
+
+
+class SgrFilter:
+    """Drops colour/bold escape sequences (SGR) from a byte stream, also when one is split across chunks."""
+
+    def __init__(self) -> None:
+        self._held = b""
+
+    def feed(self, chunk: bytes) -> bytes:
+        data = self._held + chunk
+        m = _PARTIAL.search(data[-64:])  # an unfinished sequence at the end waits for the next chunk
+        cut = len(data) - (len(m.group(0)) if m else 0)
+        self._held = data[cut:]
+        return _SGR.sub(b"", data[:cut])
+
+    def flush(self) -> bytes:
+        held, self._held = self._held, b""
+        return held
 
 
 def warn(msg: str) -> None:

@@ -131,16 +131,21 @@ def inspect(name: str, state_dir: Path | None) -> None:
 @click.option("-f", "--follow", is_flag=True, help="Keep printing until the VMM exits (or Ctrl-C).")
 @state_opt
 def logs(name: str, follow: bool, state_dir: Path | None) -> None:
-    """Print a sandbox's serial console log."""
+    """Print a sandbox's serial console log (colour codes only on a terminal, and not with NO_COLOR)."""
+    from sealbox.cli.common import SgrFilter, colour_allowed
     from sealbox.sandbox import control
 
     out = sys.stdout.buffer
+    sgr = None if colour_allowed(sys.stdout) else SgrFilter()
     try:
         for chunk in control.follow_logs(_state(state_dir), name, follow=follow):
-            out.write(chunk)
+            out.write(chunk if sgr is None else sgr.feed(chunk))
             out.flush()
     except KeyboardInterrupt:
         pass
+    if sgr is not None:
+        out.write(sgr.flush())
+        out.flush()
 
 
 @click.command()
