@@ -12,8 +12,8 @@ import time
 from pathlib import Path
 
 import pytest
-from builtin_images import CASES, image
 
+from builtin_images import CASES, image
 from sealbox.formats.compress import zstd_decompress
 
 pytestmark = pytest.mark.integration
@@ -27,7 +27,8 @@ def _boot_at_min(img: Path, tmp_path: Path, timeout: float = 300) -> tuple[int, 
     mib = m["min_memory_mib"]["initrd"]
     plain = tmp_path / "initrd.cpio"
     plain.write_bytes(zstd_decompress(img / m["boot"]["initrd"]))
-    khz = next((int(float(line.split(":")[1]) * 1000) for line in open("/proc/cpuinfo") if line.startswith("cpu MHz")), 2000000)
+    khz = next((int(float(line.split(":")[1]) * 1000) for line in Path("/proc/cpuinfo").read_text().splitlines()
+                if line.startswith("cpu MHz")), 2000000)
     argv = ["qemu-system-x86_64", "-M", "microvm", "-accel", "tcg", "-m", f"{mib}M", "-smp", "2", "-nodefaults",
             "-no-user-config", "-nographic", "-serial", "stdio", "-no-reboot", "-kernel", str(img / m["boot"]["vmlinuz"]),
             "-initrd", str(plain), "-object", "rng-random,id=rng0,filename=/dev/urandom", "-device", "virtio-rng-device,rng=rng0",
