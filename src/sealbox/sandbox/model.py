@@ -12,11 +12,9 @@ from enum import Enum
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from sealbox.util.names import NAME_RE
-
-EGRESS_NEEDS_NAT = "--allow-egress only applies to --net nat"
 
 
 class NetMode(str, Enum):
@@ -90,12 +88,10 @@ class SandboxSpec(BaseModel):
     limits: Limits = Limits()
     from_snapshot: Path | None = None
 
-    @model_validator(mode="after")
-    def _egress_needs_nat(self) -> SandboxSpec:
-        # checked with the other flags, before any host work (the KVM probe, its warning, the network steps)
-        if self.allow_egress and self.net != NetMode.nat:
-            raise ValueError(EGRESS_NEEDS_NAT)
-        return self
+    @field_validator("allow_egress")
+    @classmethod
+    def _egress_needs_nat(cls, v: tuple[EgressRule, ...]) -> tuple[EgressRule, ...]:
+        return v
 
 
 class GuestNet(BaseModel):

@@ -18,7 +18,7 @@ from sealbox.errors import SandboxError, UsageError
 from sealbox.sandbox import image as image_mod
 from sealbox.sandbox.host import cgroups
 from sealbox.sandbox.instance import DISK_NAME
-from sealbox.sandbox.model import EGRESS_NEEDS_NAT, CgroupPlan, DiskSpec, EgressRule, GuestNet, SandboxSpec, VmPlan
+from sealbox.sandbox.model import CgroupPlan, DiskSpec, EgressRule, GuestNet, NetMode, SandboxSpec, VmPlan
 from sealbox.sandbox.vmm.base import VmmBackend
 from sealbox.util.names import check_sandbox_name
 
@@ -43,10 +43,10 @@ def make_spec(**flags: Any) -> SandboxSpec:
         spec = SandboxSpec(allow_egress=tuple(egress), disks=disks, memory_mib=DEFAULT_MEMORY_MIB if memory is None else memory, **flags)
     except ValidationError as e:
         err = e.errors()[0]
-        if not err["loc"] and EGRESS_NEEDS_NAT in err["msg"]:
-            raise UsageError(EGRESS_NEEDS_NAT, hint="add --net nat or drop --allow-egress") from None
         key = "--" + str(err["loc"][0]).replace("_mib", "").replace("_", "-") if err["loc"] else "flags"
         raise UsageError(f"{key}={err.get('input')!r}: {err['msg']}") from None
+    if spec.allow_egress and spec.net != NetMode.nat:  # with the other flags: before any host work (the KVM probe)
+        raise UsageError("--allow-egress only applies to --net nat", hint="add --net nat or drop --allow-egress")
     return with_memory(spec, memory)
 
 
