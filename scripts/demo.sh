@@ -6,7 +6,7 @@ cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 SB=.venv/bin/sealbox
 NAME=sealbox-demo
-step() { printf '\n\033[1m==> %s\033[0m\n' "$*"; }
+source scripts/style.sh  # step HEADING: bold on a terminal only, never with NO_COLOR
 
 step "host prerequisites (sealbox doctor)"
 $SB doctor || true

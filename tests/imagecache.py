@@ -37,3 +37,29 @@ def default_image() -> Path:
     if proc.returncode != 0:
         pytest.fail(f"sealbox build failed: {proc.stderr.strip().splitlines()[-1:]}")
     return out
+
+
+def spec_image(key: str, spec_text: str, profiles: list[str] = (), files: dict[str, str] | None = None) -> Path:  # type: ignore[assignment]
+    """An image of a test spec (written under the cache as KEY/spec.toml, with `files` beside it) and `profiles`,
+    built once per machine and reused while nothing changed, like the default image."""
+    if os.geteuid() != 0:
+        pytest.skip("building an image needs root")
+    if shutil.which("mmdebstrap") is None:
+        pytest.skip("mmdebstrap is not installed (run scripts/setup.sh)")
+    src = CACHE / "specs" / key
+    src.mkdir(parents=True, exist_ok=True)
+    for rel, text in (files or {}).items():
+        (src / rel).parent.mkdir(parents=True, exist_ok=True)
+        if not (src / rel).is_file() or (src / rel).read_text() != text:
+            (src / rel).write_text(text)
+    spec = src / "spec.toml"
+    if not spec.is_file() or spec.read_text() != spec_text:
+        spec.write_text(spec_text)
+    out = CACHE / key
+    argv = [sys.executable, "-m", "sealbox", "build", str(spec), "--output", str(out), "--lock", str(CACHE / f"{key}.sealbox.lock")]
+    if profiles:
+        argv += ["--profile", ",".join(profiles)]
+    proc = subprocess.run(argv, capture_output=True, text=True, timeout=1800)
+    if proc.returncode != 0:
+        pytest.fail(f"sealbox build {key} failed: {proc.stderr.strip().splitlines()[-1:]}")
+    return out

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from sealbox.builder import bootmem
 from sealbox.builder import manifest as mf
 from sealbox.builder.bootstrap import bootstrap
 from sealbox.builder.cache import DEFAULT_CACHE, DebCache
@@ -206,7 +207,7 @@ def _build_image(loaded: LoadedSpec, opts: BuildOptions) -> BuildResult:
                     "downloads": as_manifest(boot.extras, "downloaded"),
                     "kernel": {"package": boot.kernel_package, "version": kfiles.version, "cmdline": list(spec.kernel.cmdline),
                                "modules": modules, "load": list(spec.kernel.load)},
-                    "boot": boot_files, "tools": tools,
+                    "boot": boot_files, "tools": tools, "min_memory_mib": bootmem.min_memory_mib(stage, boot_files),
                     "artifacts": mf.artifact_entries(stage, names),
                 }
                 atomic.write_json(stage / mf.MANIFEST, m)

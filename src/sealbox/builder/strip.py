@@ -319,8 +319,15 @@ def link_check(tree: Path) -> None:
 
     problems = [f"/{path.relative_to(tree)} needs {lib}" for path, needed, _r in elves for lib in needed if not present(lib)]
     if problems:
+        from sealbox.builder.missing_libs import hint, read_status
+
+        missing: dict[str, list[str]] = {}
+        for path, needed, _r in elves:
+            for lib in needed:
+                if not present(lib):
+                    missing.setdefault(lib, []).append(f"/{path.relative_to(tree)}")
         raise BuildError(
-            f"stripping removed shared libraries still needed: {'; '.join(sorted(problems)[:4])}"
+            f"shared libraries needed in the image are missing: {'; '.join(sorted(problems)[:4])}"
             + (f" (+{len(problems) - 4} more)" if len(problems) > 4 else ""),
-            hint="add the library to strip.keep or turn the strip group off",
+            hint=hint(missing, read_status(tree)),
         )

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from sealbox.cli.common import emit_json, split_profiles
+from sealbox.cli.common import emit_json, load_spec_warned, split_profiles
 
 # no dir_okay=False: the spec loader reports a directory as one "sealbox: error:" line like every spec error
 SPEC_ARG = click.argument("spec", required=False, type=click.Path(path_type=Path))
@@ -45,9 +45,8 @@ def build(spec: Path | None, profiles: tuple[str, ...], output: Path | None, loc
           no_cache: bool, print_spec: bool, work_dir: Path | None, keep_work: bool, json_mode: bool) -> None:
     """Build an image from SPEC (default: the built-in default image)."""
     from sealbox.builder.builder import BuildOptions, build_image
-    from sealbox.spec import load_spec
 
-    loaded = load_spec(spec, split_profiles(profiles))
+    loaded = load_spec_warned(spec, split_profiles(profiles))
     if print_spec:
         emit_json(loaded.canonical())
         return
@@ -71,9 +70,7 @@ def build(spec: Path | None, profiles: tuple[str, ...], output: Path | None, loc
 @PROFILE_OPT
 def summary(spec: Path | None, profiles: tuple[str, ...]) -> None:
     """Print the fully merged spec (includes and profiles applied) as JSON."""
-    from sealbox.spec import load_spec
-
-    loaded = load_spec(spec, split_profiles(profiles))
+    loaded = load_spec_warned(spec, split_profiles(profiles))
     emit_json({"fragments": loaded.fragments, "profiles": loaded.profiles, "spec_digest": loaded.digest(),
                "spec": loaded.canonical()})
 
@@ -100,9 +97,8 @@ def settings(markdown: bool) -> None:
 def verify_reproducible(spec: Path | None, profiles: tuple[str, ...], work_dir: Path | None, keep: bool, json_mode: bool) -> int:
     """Build SPEC twice under varied conditions and compare every artifact bit for bit."""
     from sealbox.builder.reproducible import verify
-    from sealbox.spec import load_spec
 
-    loaded = load_spec(spec, split_profiles(profiles))
+    loaded = load_spec_warned(spec, split_profiles(profiles))
     report = verify(loaded, spec, split_profiles(profiles), work_dir, keep, progress=None if json_mode else
                     (lambda msg: click.echo(msg, err=True)))
     if json_mode:

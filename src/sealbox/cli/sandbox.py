@@ -32,7 +32,8 @@ def _dump(obj: Any) -> None:
 @click.argument("image_dir", type=click.Path(path_type=Path))
 @click.option("--name", required=True, help="Sandbox name (letters, digits, '-').")
 @click.option("--cpus", type=int, default=2, show_default=True, help="vCPUs (1-32).")
-@click.option("--memory", "memory_mib", type=int, default=512, show_default=True, help="Guest RAM in MiB.")
+@click.option("--memory", "memory_mib", type=int, default=None,
+              help="Guest RAM in MiB [default: 512, or the image's minimum if that is more].")
 @click.option("--net", type=click.Choice(["isolated", "nat"]), default="isolated", show_default=True)
 @click.option("--allow-egress", multiple=True, metavar="CIDR[:PORT]", help="nat only: allowed destinations (repeatable).")
 @click.option("--dns", multiple=True, metavar="IP", help="nat only: the guest's resolver (repeatable); default: a forwarder on its link.")
@@ -132,16 +133,21 @@ def inspect(name: str, state_dir: Path | None) -> None:
 @click.option("-f", "--follow", is_flag=True, help="Keep printing until the VMM exits (or Ctrl-C).")
 @state_opt
 def logs(name: str, follow: bool, state_dir: Path | None) -> None:
-    """Print a sandbox's serial console log."""
+    """Print a sandbox's serial console log (colour codes only on a terminal, and not with NO_COLOR)."""
+    from sealbox.cli.common import SgrFilter, colour_allowed
     from sealbox.sandbox import control
 
     out = sys.stdout.buffer
+    sgr = None if colour_allowed(sys.stdout) else SgrFilter()
     try:
         for chunk in control.follow_logs(_state(state_dir), name, follow=follow):
-            out.write(chunk)
+            out.write(chunk if sgr is None else sgr.feed(chunk))
             out.flush()
     except KeyboardInterrupt:
         pass
+    if sgr is not None:
+        out.write(sgr.flush())
+        out.flush()
 
 
 @click.command()

@@ -24,16 +24,56 @@ def exec_(name: str, user: str | None, tty: bool, state_dir: Path | None, comman
     control.exec_command(_state(state_dir), name, list(command), user=user, tty=tty)  # does not return
 
 
-@click.command(context_settings={"ignore_unknown_options": True})
+# ssh(1) options that take an argument (from its synopsis): their value is never the start of the command
+SSH_OPTS_WITH_ARG = frozenset("BbcDEeFIiJLlmOoPpQRSWw")
+
+
+def split_own_options(args: list[str]) -> tuple[str | None, Path | None, list[str]]:
+    """Take sealbox's own -u/--user and --state-dir out of the options that lead `args`; the rest goes to ssh.
+
+    As ssh does, options end at the first word that is not one (or at `--`): everything from there on is the
+    remote command, passed through unchanged, so `sealbox ssh NAME ps -u root` runs `ps -u root`."""
+    user: str | None = None
+    state_dir: Path | None = None
+    out: list[str] = []
+    i = 0
+    while i < len(args):
+        arg = args[i]
+        if arg == "--" or not arg.startswith("-") or arg == "-":
+            break
+        key, eq, value = arg.partition("=")
+        if key in ("-u", "--user", "--state-dir"):
+            if not eq:
+                if i + 1 >= len(args):
+                    raise click.UsageError(f"option {key} requires an argument")
+                value, i = args[i + 1], i + 1
+            if key == "--state-dir":
+                state_dir = Path(value)
+            else:
+                user = value
+            i += 1
+            continue
+        out.append(arg)
+        if not arg.startswith("--") and arg[-1] in SSH_OPTS_WITH_ARG and i + 1 < len(args):
+            out.append(args[i + 1])  # e.g. -L 8080:localhost:80, -o Key=value
+            i += 1
+        i += 1
+    return user, state_dir, out + args[i:]
+
+
+@click.command(context_settings={"ignore_unknown_options": True, "allow_interspersed_args": False})
 @click.argument("name")
 @click.option("-u", "--user", default=None, help="Guest user (default: root).")
 @state_opt
 @click.argument("ssh_args", nargs=-1, type=click.UNPROCESSED)
 def ssh(name: str, user: str | None, state_dir: Path | None, ssh_args: tuple[str, ...]) -> None:
-    """Open an interactive SSH session in the guest (extra arguments go to ssh, e.g. -L 8080:localhost:80)."""
+    """Open an SSH session in the guest, or run a command as ssh does.
+
+    Usage: sealbox ssh [-u USER] NAME [SSH-OPTIONS] [COMMAND...]  (e.g. -L 8080:localhost:80, or uname -a)"""
     from sealbox.sandbox import control
 
-    control.interactive(_state(state_dir), name, user=user, extra=list(ssh_args))
+    own_user, own_state, extra = split_own_options(list(ssh_args))
+    control.interactive(_state(own_state or state_dir), name, user=own_user or user, extra=extra)
 
 
 @click.command("ssh-config")

@@ -67,12 +67,20 @@ def parse_hostkey(line: str) -> HostKey | None:
     return HostKey(type=m.group(1), blob=m.group(2))
 
 
+# Kernel lines that mean this boot cannot reach READY (the kernel reboots on panic: panic=-1, so the VMM
+# itself does not exit): an initramfs that did not fit the guest's RAM leaves an incomplete root behind.
+_FATAL_RE = re.compile(r"(Initramfs unpacking failed: .*|Kernel panic - not syncing: .*|reboot: Restarting system.*)")
+MAX_FATAL = 4
+MAX_FATAL_LEN = 160
+
+
 class ConsoleScan(BaseModel):
     """What the trusted part of the console said so far."""
 
     hostkeys: list[HostKey] = []
     boot_id: str | None = None  # set once READY was seen; nothing after it is read
     ignored: int = 0  # marker-looking lines that did not parse (for diagnostics)
+    fatal: list[str] = []  # kernel lines before READY saying the boot failed (panic, broken initramfs, restart)
 
     @property
     def ready(self) -> bool:
@@ -101,6 +109,11 @@ class ConsoleParser:
         return self.scan
 
     def _line(self, line: str) -> None:
+        fatal = _FATAL_RE.search(line)
+        if fatal and len(self.scan.fatal) < MAX_FATAL:
+            text = "".join(c for c in fatal.group(1) if c.isprintable())[:MAX_FATAL_LEN].strip()
+            if text not in self.scan.fatal:
+                self.scan.fatal.append(text)
         if line.startswith(HOSTKEY):
             key = parse_hostkey(line)
             if key is None:

@@ -12,14 +12,16 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from sealbox.errors import UsageError
+from sealbox.spec.model import USER_RE
 
 SCHEMA = "sealbox.manifest/v1"
 BOOT_KEYS = ("vmlinuz", "vmlinux", "initrd", "rootfs", "loader", "uki")
+MAX_MEMORY_MIB = 1024 * 1024  # the largest --memory
 
 
 class KernelInfo(BaseModel):
@@ -41,6 +43,8 @@ class Manifest(BaseModel):
     kernel: KernelInfo
     boot: dict[str, Any]
     artifacts: dict[str, Artifact] = {}
+    # least guest RAM per boot mode ("initrd", "disk"), measured rule in builder/bootmem.py; absent in older images
+    min_memory_mib: dict[str, Annotated[int, Field(strict=True, ge=0, le=MAX_MEMORY_MIB)]] = {}
 
 
 class BootFiles(BaseModel):
@@ -63,6 +67,21 @@ class Image(BaseModel):
     @property
     def kernel_version(self) -> str:
         return self.manifest.kernel.version
+
+    def min_memory(self, rootfs: Literal["initrd", "disk"]) -> int:
+        """The least RAM (MiB) this image boots in with its root in the initramfs or on disk (0: not recorded)."""
+        return self.manifest.min_memory_mib.get(rootfs, 0)
+
+    def declared_users(self) -> list[str]:
+        """The non-root users the image's spec declares (manifest `spec.users`): they get the sandbox's key too."""
+        spec = (self.manifest.model_extra or {}).get("spec")
+        users = spec.get("users", {}) if isinstance(spec, dict) else {}
+        if not isinstance(users, dict):
+            raise UsageError(f"{self.dir}/manifest.json: spec.users is not a table", hint="rebuild the image")
+        for name in users:
+            if not USER_RE.fullmatch(name) or name == "root":
+                raise UsageError(f"{self.dir}/manifest.json: spec.users has {name!r}, which is not a user name", hint="rebuild the image")
+        return sorted(users)
 
     def boot_file(self, key: str) -> str | None:
         value = self.manifest.boot.get(key)

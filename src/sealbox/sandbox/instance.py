@@ -95,7 +95,9 @@ class InstanceFilesStep(Step):
 
     def describe(self) -> str:
         dns = f", dns {', '.join(map(str, self.dns))}" if self.dns else ", no resolver"
-        return f"write client key {self.key_path} (ed25519) and instance disk {self.disk_path} (hostname {self.hostname}, {self.address}{dns})"
+        users = ", ".join(dict.fromkeys((self.ssh_user, *self.users)))
+        return (f"write client key {self.key_path} (ed25519, for {users}) and instance disk {self.disk_path} "
+                f"(hostname {self.hostname}, {self.address}{dns})")
 
     def do(self) -> dict[str, Any]:
         pub = generate_client_key(self.key_path, f"sealbox-{self.hostname}")

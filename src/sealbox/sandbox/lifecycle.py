@@ -103,21 +103,27 @@ def deferred_signals() -> Iterator[None]:
 class Inputs:
     """Everything checked before the name is reserved."""
 
-    def __init__(self, spec: SandboxSpec, state: StateDir, *, dry_run: bool) -> None:
+    def __init__(self, spec: SandboxSpec, state: StateDir, *, dry_run: bool, before_probe: Callable[[], None] | None = None) -> None:
         self.spec = spec
         self.image = image_mod.load(spec.image_dir)
+        self.users = self.image.declared_users()  # `exec -u USER` works for them with the sandbox's key
         planning.check_disks(spec, self.image.dir)
+        if state.exists(spec.name):
+            raise SandboxError(f"a sandbox named {spec.name!r} already exists",
+                               hint=f"choose another --name, or remove it with 'sealbox rm {spec.name}'")
         self.snapshot = None
         if spec.from_snapshot is not None:
             from sealbox.sandbox.vmm.firecracker.snapshot import read_manifest
 
             self.snapshot = read_manifest(spec.from_snapshot, verify=False)
+        known = planning.vmm_without_probe(spec)
+        if known is not None:  # the boot files can be checked before the probe (one-line UsageError)
+            self.image.boot_files(vmm=known, rootfs=spec.rootfs, firmware=spec.firmware, tdx=spec.tdx)
+        if before_probe is not None:
+            before_probe()
         self.choice = planning.choose(spec, state.root, dry_run=dry_run)
-        # the boot files must exist for the chosen backend/mode (raises a one-line UsageError)
+        # the boot files must exist for the chosen backend/mode
         self.image.boot_files(vmm=self.choice.vmm, rootfs=spec.rootfs, firmware=spec.firmware, tdx=spec.tdx)
-        if state.exists(spec.name):
-            raise SandboxError(f"a sandbox named {spec.name!r} already exists",
-                               hint=f"choose another --name, or remove it with 'sealbox rm {spec.name}'")
 
     def fixed_link(self) -> Any:
         """A restored guest keeps the address in its memory: reuse the snapshot's link."""
@@ -159,7 +165,7 @@ def dry_run(spec: SandboxSpec, state: StateDir) -> dict[str, Any]:
     uid, gid = lease_of(steps).uid, lease_of(steps).gid
     sandbox_dir = state.sandboxes / spec.name
     inst = InstanceFilesStep(sandbox_dir=str(sandbox_dir), hostname=spec.name, address=f"{net.guest_ip}/{net.prefixlen}",
-                             gateway=net.host_ip, dns=net.dns)
+                             gateway=net.host_ip, dns=net.dns, users=tuple(inp.users))
     console = _console_step(spec, state)
     plan = planning.make_plan(spec, inp.image, inp.choice, net, sandbox_dir, uid, gid, planning.cgroup_plan(spec, inp.choice, state.id))
     desc = inp.choice.backend.describe(plan)
@@ -185,10 +191,9 @@ def dry_run(spec: SandboxSpec, state: StateDir) -> dict[str, Any]:
 def run(spec: SandboxSpec, state: StateDir, *, warn: Say | None = None, progress: Say | None = None) -> dict[str, Any]:
     """Create the sandbox; return a summary once the guest is ready. Raises SealboxError otherwise."""
     t0 = time.monotonic()
-    inp = Inputs(spec, state, dry_run=False)
+    inp = Inputs(spec, state, dry_run=False, before_probe=planning.require_root)  # the probe caches its result in the state dir
     for w in inp.choice.warnings:
         (warn or log.warning)(w)
-    planning.require_root()
     _check_host_name(state, spec.name)
     cgroup = planning.cgroup_plan(spec, inp.choice, state.id)
     with state.lock(spec.name, timeout=10.0):
@@ -236,7 +241,8 @@ def _create(record: SandboxRecord, save: Callable[[], None], inp: Inputs, state:
     apply_steps([*steps, _console_step(spec, state)], record.steps, save, progress)
     if inp.snapshot is None:
         inst = InstanceFilesStep(sandbox_dir=str(sandbox_dir), hostname=spec.name,
-                                 address=f"{net.guest_ip}/{net.prefixlen}", gateway=net.host_ip, dns=net.dns)
+                                 address=f"{net.guest_ip}/{net.prefixlen}", gateway=net.host_ip, dns=net.dns,
+                                 users=tuple(inp.users))
         apply_steps([inst], record.steps, save, progress)
         key, binding = inst.key_path, record.steps.entries[-1].outputs.get("mrconfigid")
     else:
@@ -257,7 +263,7 @@ def _create(record: SandboxRecord, save: Callable[[], None], inp: Inputs, state:
     pinned = _snapshot_hostkeys(inp)
     ready = wait_ready(net, plan.console_log, record.vmm.get("pid"), record.vmm.get("start_time"),
                        known_hosts=known, alias=ssh.host_alias(spec.name), deadline=t0 + spec.timeout,
-                       timeout=spec.timeout, pinned=pinned)
+                       timeout=spec.timeout, pinned=pinned, vmm_log=backend.log_path(plan))
     record.guest = {
         "boot_id": ready["boot_id"], "hostkeys": ready["hostkeys"], "ssh_banner": ready["banner"],
         "known_hosts": str(known), "client_key": str(key), "user": "root",
@@ -294,7 +300,8 @@ def _snapshot_hostkeys(inp: Inputs) -> list[con.HostKey] | None:
 
 
 def wait_ready(net: GuestNet, console_log: Path, pid: int | None, start: int | None, *, known_hosts: Path, alias: str,
-               deadline: float, timeout: float, pinned: list[con.HostKey] | None = None) -> dict[str, Any]:
+               deadline: float, timeout: float, pinned: list[con.HostKey] | None = None,
+               vmm_log: Path | None = None) -> dict[str, Any]:
     """Bounded wait for SEALBOX-READY (host keys before it are pinned) and then an SSH banner in the netns.
 
     `pinned` (snapshot restore): the guest booted long ago and prints nothing; pin these instead."""
@@ -314,8 +321,11 @@ def wait_ready(net: GuestNet, console_log: Path, pid: int | None, start: int | N
             banner = ssh.probe_ssh(net.netns, str(net.guest_ip), 22, timeout=max(0.2, min(2.0, deadline - time.monotonic())))
             if banner:
                 return {"boot_id": scan.boot_id, "hostkeys": [k.line() for k in keys], "banner": banner}
+        if scan.fatal and not scan.ready and pinned is None:
+            raise boot_failure(scan.fatal)
         if pid is not None and not pid_alive(pid, start):
-            raise SandboxError(f"the VMM exited before the guest was ready; console: {_tail(console_log)}")
+            own = f"its log: {_tail(vmm_log, 5)}; " if vmm_log is not None else ""  # the log goes with the failed sandbox
+            raise SandboxError(f"the VMM exited before the guest was ready; {own}console: {_tail(console_log)}")
         if time.monotonic() >= deadline:
             what = "SSH did not answer after SEALBOX-READY" if scan.ready or pinned else f"no {con.READY} on the console"
             raise SandboxError(f"the guest was not ready within {timeout:g}s ({what}); console: {_tail(console_log)}",
@@ -323,8 +333,17 @@ def wait_ready(net: GuestNet, console_log: Path, pid: int | None, start: int | N
         time.sleep(POLL)
 
 
-def _tail(path: Path) -> str:
-    lines = con.tail(path, TAIL_LINES)
+def boot_failure(fatal: list[str]) -> SandboxError:
+    """The guest kernel said it cannot boot: fail now instead of waiting out a reboot loop."""
+    if any(line.startswith("Initramfs unpacking failed") for line in fatal):
+        hint = "the image's initramfs did not fit in the guest's RAM (it is unpacked into half of it): raise --memory"
+    else:
+        hint = "the guest kernel panicked or restarted before it was ready; its message above says why"
+    return SandboxError(f"the guest did not boot: {'; '.join(fatal)}", hint=hint)
+
+
+def _tail(path: Path, lines_max: int = TAIL_LINES) -> str:
+    lines = con.tail(path, lines_max)
     return " | ".join(lines) if lines else "(empty)"
 
 

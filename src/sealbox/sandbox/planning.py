@@ -19,12 +19,13 @@ from sealbox.errors import SandboxError, UsageError
 from sealbox.sandbox import image as image_mod
 from sealbox.sandbox.host import cgroups
 from sealbox.sandbox.instance import DISK_NAME
-from sealbox.sandbox.model import CgroupPlan, DiskSpec, EgressRule, GuestNet, SandboxSpec, VmPlan
+from sealbox.sandbox.model import CgroupPlan, DiskSpec, EgressRule, GuestNet, NetMode, SandboxSpec, VmPlan
 from sealbox.sandbox.vmm.base import VmmBackend
 from sealbox.util.names import check_sandbox_name
 
 CONSOLE_DIR = "console"  # a size-capped tmpfs (host/consolefs.py)
 CONSOLE_LOG = f"{CONSOLE_DIR}/console.log"
+DEFAULT_MEMORY_MIB = 512  # unless the image needs more (its manifest's min_memory_mib)
 FIRECRACKER_OVERHEAD_MIB = 128  # Firecracker's own RSS beyond guest RAM is small; room for page tables + buffers
 
 
@@ -44,12 +45,30 @@ def make_spec(**flags: Any) -> SandboxSpec:
             dns.append(ipaddress.IPv4Address(text))
         except ValueError:
             raise UsageError(f"--dns {text!r} is not an IPv4 address", hint="e.g. --dns 192.0.2.53") from None
+    memory = flags.pop("memory_mib", None)
     try:
-        return SandboxSpec(allow_egress=tuple(egress), disks=disks, dns=tuple(dns), **flags)
+        spec = SandboxSpec(allow_egress=tuple(egress), disks=disks, dns=tuple(dns),
+                           memory_mib=DEFAULT_MEMORY_MIB if memory is None else memory, **flags)
     except ValidationError as e:
         err = e.errors()[0]
         key = "--" + str(err["loc"][0]).replace("_mib", "").replace("_", "-") if err["loc"] else "flags"
         raise UsageError(f"{key}={err.get('input')!r}: {err['msg']}") from None
+    if spec.allow_egress and spec.net != NetMode.nat:  # with the other flags: before any host work (the KVM probe)
+        raise UsageError("--allow-egress only applies to --net nat", hint="add --net nat or drop --allow-egress")
+    return with_memory(spec, memory)
+
+
+def with_memory(spec: SandboxSpec, memory: int | None) -> SandboxSpec:
+    """--memory checked against the least RAM the image boots in (its initramfs is unpacked into RAM);
+    without --memory, the larger of the default and that minimum."""
+    img = image_mod.load(spec.image_dir)
+    need = img.min_memory(spec.rootfs)
+    if memory is None:
+        return spec.model_copy(update={"memory_mib": max(DEFAULT_MEMORY_MIB, need)})
+    if memory < need:
+        raise UsageError(f"--memory {memory} is less than the {need} MiB image {img.dir} needs to boot with --rootfs {spec.rootfs}",
+                         hint=f"use --memory {need} or more, or leave --memory out")
+    return spec
 
 
 def check_disks(spec: SandboxSpec, image_dir: Path) -> None:
@@ -90,6 +109,15 @@ def _kvm(state_root: Path, dry_run: bool) -> Any:
     if dry_run and not (state_root / "cache" / kvm.CACHE_NAME).exists():
         return kvm.probe_kvm()  # no cache file written: a dry run changes nothing
     return kvm.kvm_status(state_root)
+
+
+def vmm_without_probe(spec: SandboxSpec) -> Literal["qemu", "firecracker"] | None:
+    """The VMM if the flags alone decide it (None: --vmm auto without a flag that forces one)."""
+    if spec.from_snapshot is not None:
+        return "firecracker"
+    if spec.tdx or spec.firmware == "ovmf":
+        return "qemu"
+    return None if spec.vmm == "auto" else spec.vmm
 
 
 def choose(spec: SandboxSpec, state_root: Path, *, dry_run: bool = False) -> Choice:

@@ -108,8 +108,11 @@ def exec_argv(t: SshTarget, command: Sequence[str], *, user: str | None = None, 
 
 
 def shell_argv(t: SshTarget, *, user: str | None = None, extra: Sequence[str] = ()) -> list[str]:
-    """Interactive `ssh` argv (a tty is allocated when stdin is a terminal)."""
-    return [SSH, "-F", "/dev/null", *common_options(t), "-p", str(t.port), "-l", user or t.user, *extra, t.guest_ip]
+    """Interactive `ssh` argv (a tty is allocated when stdin is a terminal).
+
+    `extra` follows the host, where ssh itself reads further options up to the first other word and
+    takes the rest as the remote command: `sealbox ssh NAME -L 8080:localhost:80 uname -a` works as ssh does."""
+    return [SSH, "-F", "/dev/null", *common_options(t), "-p", str(t.port), "-l", user or t.user, t.guest_ip, *extra]
 
 
 def proxy_argv(name: str, state_root: Path) -> list[str]:

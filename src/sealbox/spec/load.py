@@ -26,6 +26,7 @@ BUILTIN_PREFIX = "builtin:"
 MAX_INCLUDE_DEPTH = 16
 MAX_SPEC_BYTES = 1 << 20
 MAX_NESTING = 32  # the deepest setting is profiles.P.users.NAME.authorized_keys[i]
+PROFILE_MARK = "profile"  # `profile = true` in a built-in module: it is also a built-in profile
 
 
 def modules_dir() -> Path:
@@ -34,6 +35,19 @@ def modules_dir() -> Path:
 
 def builtin_modules() -> list[str]:
     return sorted(p.stem for p in modules_dir().glob("*.toml"))
+
+
+def builtin_profiles() -> list[str]:
+    """Built-in modules marked `profile = true`: selectable with --profile from any spec."""
+    out = []
+    for name in builtin_modules():
+        try:
+            marked = tomllib.loads((modules_dir() / f"{name}.toml").read_text()).get(PROFILE_MARK) is True
+        except (OSError, tomllib.TOMLDecodeError):
+            marked = False  # a broken module is reported when it is loaded, not here
+        if marked:
+            out.append(name)
+    return out
 
 
 @dataclass
@@ -49,6 +63,7 @@ class LoadedSpec:
     root: Path  # directory that relative file sources are resolved against
     profiles: list[str]
     fragments: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)  # one line each, for the CLI to show
 
     def resolve_source(self, label: str) -> Path:
         """Map a files[].source label back to a host path."""
@@ -247,7 +262,10 @@ class _Loader:
             out.extend(frags)
             for pname, pfrags in inc_profiles.items():
                 profiles.setdefault(pname, []).extend(pfrags)
-        body = {k: v for k, v in data.items() if k not in FRAGMENT_KEYS}
+        if PROFILE_MARK in data and (prefix or base.resolve() != modules_dir().resolve()):
+            raise SpecError(f"{origin}: {prefix}{PROFILE_MARK}: only built-in modules can be marked as profiles",
+                            hint="define the profile as a [profiles.NAME] table instead")
+        body = {k: v for k, v in data.items() if k not in FRAGMENT_KEYS and k != PROFILE_MARK}
         try:
             ImageBody.model_validate(body)
         except ValidationError as e:
@@ -281,11 +299,22 @@ def load_spec(path: str | os.PathLike[str] | None, profiles: list[str] | tuple[s
         origin = str(path)
     loader = _Loader(root)
     frags, defined = loader.fragments(file.resolve(), origin, ())
+    warnings = []
+    builtin = builtin_profiles()
     for name in profiles:
-        if name not in defined:
+        if name in defined:  # the spec's own (or its includes') profile comes first
+            if name in builtin:
+                where = ", ".join(dict.fromkeys(f.origin.removesuffix(f" (profile {name})") for f in defined[name]))
+                warnings.append(f"profile {name!r} of {where} shadows the built-in profile {name!r}, which is not applied")
+            frags.extend(defined[name])
+        elif name in builtin:
+            path = modules_dir() / f"{name}.toml"
+            pfrags, _ = loader.fragments(path.resolve(), f"built-in module {name}", ())
+            pfrags[-1].origin = f"built-in profile {name}"
+            frags.extend(pfrags)
+        else:
             known = ", ".join(sorted(defined)) or "none"
-            raise SpecError(f"{origin}: unknown profile {name!r}", hint=f"profiles defined: {known}")
-        frags.extend(defined[name])
+            raise SpecError(f"{origin}: unknown profile {name!r}", hint=f"profiles defined: {known}; built-in profiles: {', '.join(builtin)}")
     merged: dict[str, Any] = {}
     for frag in frags:
         merged = merge_into(ImageBody, merged, frag.data)
@@ -293,4 +322,5 @@ def load_spec(path: str | os.PathLike[str] | None, profiles: list[str] | tuple[s
         spec = ImageSpec.model_validate(merged)
     except ValidationError as e:
         raise _format_validation(f"{origin} (merged)", e) from None
-    return LoadedSpec(spec=spec, spec_path=spec_path, root=root, profiles=list(profiles), fragments=[f.origin for f in frags])
+    return LoadedSpec(spec=spec, spec_path=spec_path, root=root, profiles=list(profiles), fragments=[f.origin for f in frags],
+                      warnings=warnings)

@@ -300,3 +300,66 @@ def test_unused_libraries_follow_dt_needed_from_programs_and_plugins(tmp_path: P
     assert removed["unused_libraries"] > 0
     assert not (lib / "libC.so.1").exists() and not (lib / "libC.so").is_symlink()
     assert all((lib / n).exists() for n in ("libA.so.1", "libB.so.1", "libD.so.1", "libgcc_s.so.1"))
+
+
+# --- a library that was never installed: the hint names the package, or the plug-in to strip -------------
+
+IPROUTE2_STATUS = """\
+Package: libc6
+Status: install ok installed
+Version: 2.36-9
+
+Package: iproute2
+Status: install ok installed
+Version: 6.1.0-3
+Depends: debconf (>= 0.5) | debconf-2.0, libbpf1 (>= 1:0.6.0), libc6 (>= 2.34), libcap2 (>= 1:2.10)
+Recommends: libatm1 (>= 2.4.1-17~)
+Suggests: iproute2-doc, python3:any
+
+Package: libcap2
+Status: install ok installed
+Version: 1:2.66-4
+Depends: libc6 (>= 2.34)
+"""
+
+
+def _plugin_tree(tmp_path: Path, needed: str) -> Path:
+    tree = elf_tree(tmp_path)
+    put(tree, "var/lib/dpkg/status", IPROUTE2_STATUS.encode())
+    put(tree, f"{LIB}/tc/q_atm.so", elf_dynamic([needed, "libc.so.6"]))
+    return tree
+
+
+def test_never_installed_library_names_its_package_and_the_plugin(tmp_path: Path) -> None:
+    tree = _plugin_tree(tmp_path, "libatm.so.1")
+    with pytest.raises(BuildError) as info:
+        link_check(tree)
+    text = str(info.value)
+    assert len(text.splitlines()) == 1, text
+    assert f"/{LIB}/tc/q_atm.so needs libatm.so.1" in text
+    assert "never installed" in text and "libatm1" in text and "iproute2" in text  # who recommends it
+    assert "packages.include" in text and f"strip.paths = [\"/{LIB}/tc/q_atm.so\"]" in text
+    assert "strip.keep" not in text  # keeping what was never there cannot help
+    assert "stripping removed" not in text
+
+
+def test_stripped_library_of_an_installed_package_points_at_strip_keep(tmp_path: Path) -> None:
+    tree = _plugin_tree(tmp_path, "libcap.so.2")  # libcap2 is installed: its library was stripped
+    text = _link_error(tree, f"/{LIB}/tc/q_atm.so needs libcap.so.2", "libcap2")
+    assert "never installed" not in text
+
+
+def test_library_of_unknown_origin_gets_both_hints(tmp_path: Path) -> None:
+    tree = _plugin_tree(tmp_path, "libmystery.so.7")
+    text = _link_error(tree, "libmystery.so.7", "packages.include", f"/{LIB}/tc/q_atm.so")
+    assert "never installed" not in text
+
+
+@pytest.mark.parametrize(("soname", "package"), [
+    ("libatm.so.1", "libatm1"), ("libgcc_s.so.1", "libgcc-s1"), ("libxtables.so.12", "libxtables12"),
+    ("libdb-5.3.so", "libdb5.3"), ("libfoo2.so.3", "libfoo2-3"), ("libstdc++.so.6", "libstdc++6"),
+])
+def test_soname_to_debian_package_name(soname: str, package: str) -> None:
+    from sealbox.builder.missing_libs import package_candidates
+
+    assert package in package_candidates(soname)

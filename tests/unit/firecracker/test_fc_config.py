@@ -13,6 +13,7 @@ from sealbox.errors import SandboxError, UsageError
 from sealbox.sandbox.model import DiskSpec, Limits, RateLimit
 from sealbox.sandbox.vmm.firecracker import config as C
 from sealbox.sandbox.vmm.firecracker.schema import load_spec
+from sealbox.util.names import NAME_RE
 
 TMP = Path("/nonexistent/fc-contract")  # the config builder never touches the files
 
@@ -23,7 +24,7 @@ limits = st.builds(Limits, pids_max=st.integers(16, 10**6), nofile=st.integers(6
                    disk_bytes=st.none() | rate, disk_ops=st.none() | rate)
 disks = st.lists(st.builds(DiskSpec, path=st.sampled_from([Path(f"/data/d{i}.img") for i in range(6)]), readonly=st.booleans()),
                  max_size=4, unique_by=lambda d: d.path)
-names = st.from_regex(r"[A-Za-z0-9-]{1,64}", fullmatch=True)
+names = st.from_regex(NAME_RE, fullmatch=True)  # the sandbox name rule
 extra_args = st.lists(st.sampled_from(["quiet", "loglevel=3", "console=hvc0", "panic=10", "reboot=t", "systemd.unit=x"]), max_size=3)
 
 

@@ -145,12 +145,3 @@ def test_forwarder_relays_queries_and_drops_everything_else(fwd: tuple[dnsfwd.Fo
         other.recv(4096)
     other.close()
     assert len(up.seen) == 1
-
-
-def test_dns_flag_parsed_by_make_spec(tmp_path: Path) -> None:
-    from sealbox.sandbox.planning import make_spec
-
-    spec = make_spec(name="a", image_dir=tmp_path, net="nat", dns=["192.0.2.53", "198.51.100.53"])
-    assert spec.dns == (ipaddress.IPv4Address("192.0.2.53"), ipaddress.IPv4Address("198.51.100.53"))
-    with pytest.raises(UsageError, match="--dns 'resolver.example' is not an IPv4 address"):
-        make_spec(name="a", image_dir=tmp_path, dns=["resolver.example"])

@@ -85,9 +85,9 @@ def test_config_alias_override(target: SshTarget) -> None:
     assert config_stanza(target, "box").splitlines()[0] == "Host box"
 
 
-def test_shell_argv_passes_extra_args_before_host(target: SshTarget) -> None:
-    argv = shell_argv(target, extra=["-L", "3389:localhost:3389"])
-    assert argv[-3:] == ["-L", "3389:localhost:3389", "10.213.0.2"]
+def test_shell_argv_passes_extra_args_after_the_host(target: SshTarget) -> None:
+    argv = shell_argv(target, extra=["-L", "3389:localhost:3389"])  # ssh reads options after the host too
+    assert argv[-3:] == ["10.213.0.2", "-L", "3389:localhost:3389"]
 
 
 def test_known_hosts_lines_use_the_alias(tmp_path: Path) -> None:

@@ -8,6 +8,7 @@ sealbox.sandbox.steps: recorded before they run, idempotent undo, replayable by 
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any, ClassVar, Protocol
 
 from sealbox.sandbox.model import VmPlan
@@ -23,6 +24,9 @@ class VmmBackend(Protocol):
 
     def steps(self, plan: VmPlan) -> list[Step]:
         """Backend-specific host steps, in order; the last one starts the VMM."""
+
+    def log_path(self, plan: VmPlan) -> Path:
+        """The VMM's own output (stderr): quoted in errors, since a failed sandbox's files are deleted."""
 
     def describe(self, plan: VmPlan) -> dict[str, Any]:
         """For --dry-run/inspect: argv, config files, and anything else the backend would do."""

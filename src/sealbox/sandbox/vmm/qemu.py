@@ -165,6 +165,9 @@ class QemuCommand(BaseModel):
     vars_template: str | None = None  # ... from this template
 
 
+VMM_LOG = "qemu.log"  # QEMU's stderr, in its run dir
+
+
 def run_dir_of(plan: VmPlan) -> Path:
     return plan.sandbox_dir / "vmm"
 
@@ -253,7 +256,7 @@ def build_command(plan: VmPlan, host: HostFacts) -> QemuCommand:
     )
     return QemuCommand(
         mode=mode, qemu_argv=argv, argv=jail.jail_argv(spec_j, argv), fds=sorted(fds.files, key=lambda f: f.fd),
-        run_dir=str(run_dir), qmp_socket=str(run_dir / "qmp.sock"), vmm_log=str(run_dir / "qemu.log"),
+        run_dir=str(run_dir), qmp_socket=str(run_dir / "qmp.sock"), vmm_log=str(run_dir / VMM_LOG),
         vars_copy=str(vars_copy) if vars_copy else None,
         vars_template=str(host.ovmf_vars) if vars_copy else None,
     )
@@ -314,6 +317,9 @@ class QemuBackend:
         from sealbox.sandbox.vmm.qemu_launch import steps
 
         return steps(plan, self.command(plan))
+
+    def log_path(self, plan: VmPlan) -> Path:
+        return run_dir_of(plan) / VMM_LOG
 
     def describe(self, plan: VmPlan) -> dict[str, Any]:
         cmd = self.command(plan)

@@ -336,7 +336,7 @@ def wait_ready(step: QemuStartStep, pid: int) -> None:
     last = ""
     while time.monotonic() < deadline:
         if not pid_alive(pid, start):
-            raise SandboxError(f"QEMU exited during start: {_tail(step.vmm_log) or 'no output'}", hint=f"full log: {step.vmm_log}")
+            raise SandboxError(f"QEMU exited during start: {_tail(step.vmm_log) or 'no output'}")  # its log goes with the sandbox
         try:
             with QmpClient(step.qmp_socket, timeout=min(2.0, max(0.1, deadline - time.monotonic()))) as q:
                 q.execute("query-status")
@@ -344,7 +344,7 @@ def wait_ready(step: QemuStartStep, pid: int) -> None:
         except QmpError as e:
             last = str(e)
             time.sleep(0.1)
-    raise SandboxError(f"QEMU did not answer on QMP within {step.start_timeout:g}s: {last}", hint=f"see {step.vmm_log}")
+    raise SandboxError(f"QEMU did not answer on QMP within {step.start_timeout:g}s: {last}; its log: {_tail(step.vmm_log) or 'empty'}")
 
 
 def find_qemu(dirs: list[Path]) -> int | None:

@@ -32,6 +32,9 @@ class FirecrackerBackend:
     def __init__(self, settings: FirecrackerSettings | None = None) -> None:
         self.settings = settings or FirecrackerSettings.from_env()
 
+    def log_path(self, plan: VmPlan) -> Path:
+        return plan.sandbox_dir / "firecracker.stderr"
+
     # building blocks ---------------------------------------------------------------------------
     def layout(self, plan: VmPlan) -> J.JailLayout:
         return J.JailLayout(chroot_base=self.settings.chroot_base, exec_name=self.settings.exec_name(),
@@ -99,7 +102,7 @@ class FirecrackerBackend:
         scope = cgroups.CgroupStep.from_plan(plan.cgroup, cgroups.detect()) if plan.cgroup.manager == "systemd" else None
         start = FirecrackerJailerStep(
             argv=tuple(J.jailer_argv(args)), layout=lay, owner=owner, netns=args.netns, console_log=plan.console_log,
-            stderr_log=plan.sandbox_dir / "firecracker.stderr", cgroup_version=plan.cgroup.version,
+            stderr_log=self.log_path(plan), cgroup_version=plan.cgroup.version,
             cgroup_controllers=tuple(J.controllers(list(args.cgroups))), cgroup_parent=args.parent_cgroup,
             launcher=tuple(scope.launch_prefix()) if scope else (), start_timeout=self.settings.start_timeout,
             api_timeout=self.settings.api_timeout, restore=restore)

@@ -173,8 +173,7 @@ class FirecrackerJailerStep(Step):
             proc.wait(timeout=5)
             raise SandboxError(f"the jailer did not exit within {self.start_timeout:g}s: {_tail(self.stderr_log, err_offset) or 'no output'}") from None
         if rc != 0:
-            raise SandboxError(f"the jailer failed (exit {rc}): {_tail(self.stderr_log, err_offset) or 'no output'}",
-                               hint=f"full output in {self.stderr_log}")
+            raise SandboxError(f"the jailer failed (exit {rc}): {_tail(self.stderr_log, err_offset) or 'no output'}")
         pid = read_pid(lay.pid_file)
         if pid is None:
             raise SandboxError(f"the jailer exited without writing {lay.pid_file}")
@@ -196,7 +195,7 @@ class FirecrackerJailerStep(Step):
                 return
             if not pid_alive(pid, start):
                 detail = _tail(self.stderr_log, err_offset) or _tail(self.layout.host(J.LOG_FILE)) or "no output"
-                raise SandboxError(f"firecracker (pid {pid}) exited during start-up: {detail}", hint=f"see {self.stderr_log}")
+                raise SandboxError(f"firecracker (pid {pid}) exited during start-up: {detail}")  # its log goes with the sandbox
             if time.monotonic() >= deadline:
                 raise SandboxError(f"firecracker's API socket {sock} did not come up within {self.start_timeout:g}s")
             time.sleep(_POLL)
