@@ -27,6 +27,7 @@ from cryptography import x509
 
 from sealbox.attest import AttestInputError
 from sealbox.attest.quote import Quote
+from sealbox.util.optional import require
 
 REQUIRED_KEYS = (
     "pck_crl_issuer_chain", "root_ca_crl", "pck_crl", "tcb_info_issuer_chain", "tcb_info",
@@ -122,7 +123,8 @@ def check_collateral(
     raw_quote: bytes, q: Quote, doc: dict[str, Any], at: datetime, allowed: tuple[str, ...] = ("UpToDate",)
 ) -> CollateralResult:
     """TCB status of the quote's platform and QE at `at`; `ok` only if the status is in `allowed`."""
-    import dcap_qvl  # native module: imported only when collateral is given
+    # native module, an optional extra: imported only when collateral is given
+    dcap_qvl = require("dcap_qvl", "collateral", "checking collateral (--collateral)")
 
     start, start_why, end, end_why = validity_window(doc)
 
