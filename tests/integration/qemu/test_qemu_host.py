@@ -19,6 +19,7 @@ from sealbox.sandbox.host.users import ensure_vmm_user, lookup
 from sealbox.sandbox.model import CgroupPlan, GuestNet, SandboxSpec, VmPlan
 from sealbox.sandbox.vmm import qemu_launch
 from sealbox.sandbox.vmm.qemu import QemuBackend, tdx_support
+from strict import skip_allowed
 
 pytestmark = pytest.mark.integration
 TUNGETIFF = 0x800454D2
@@ -116,7 +117,7 @@ def test_open_tap_in_netns(stand_in_network) -> None:  # type: ignore[no-untyped
 
 def test_run_tdx_is_refused_on_this_host(tmp_path: Path) -> None:
     if tdx_support()[0]:
-        pytest.skip("this host can run TDX guests")
+        skip_allowed("tdx", "this host can run TDX guests, so the refusal on a host without TDX cannot be shown")
     (tmp_path / "demo.efi").write_bytes(b"MZ")
     subnet = ipaddress.IPv4Network("10.213.251.0/30")
     plan = VmPlan(
