@@ -64,7 +64,7 @@ def main() -> int:
     sizes = {n: a["size"] for n, a in manifest["artifacts"].items()}
     result = {
         "cold_build_s": round(statistics.median(cold), 1), "raw_mmdebstrap_s": round(statistics.median(raw), 1),
-        "cold_ratio": round(statistics.median(c / r for c, r in zip(cold, raw)), 2),
+        "cold_ratio": round(statistics.median(c / r for c, r in zip(cold, raw, strict=True)), 2),
         "warm_rebuild_s": round(min(warm), 2), "cli_startup_s": round(min(startup), 2),
         "warm_over_startup": round(min(warm) / min(startup), 2), "sizes_bytes": sizes,
         "targets": {"cold_ratio": 1.3, "warm_rebuild_s": 2.0, "initrd_mb": 15.0},

@@ -15,6 +15,7 @@
 from __future__ import annotations
 
 import collections
+import contextlib
 import fcntl
 import ipaddress
 import os
@@ -25,6 +26,7 @@ import subprocess
 import threading
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from sealbox.sandbox.host import netnames, nft
 from sealbox.sandbox.host.netlink import delete_link, list_links
@@ -73,11 +75,8 @@ class Listener:
             except (TimeoutError, OSError):
                 continue
             self.peers.append(peer[0])
-            with conn:
-                try:
-                    conn.sendall(f"{peer[0]}\n".encode())
-                except OSError:
-                    pass
+            with conn, contextlib.suppress(OSError):
+                conn.sendall(f"{peer[0]}\n".encode())
 
     def close(self) -> None:
         self._stop.set()
@@ -214,7 +213,7 @@ class GuestStandIn:
         sh("ip", "netns", "add", netns)
         g = cls(net=net, netns=netns)
         try:
-            run_in_netns(netns, lambda: open("/proc/sys/net/ipv6/conf/default/disable_ipv6", "w").write("1"))
+            run_in_netns(netns, lambda: Path("/proc/sys/net/ipv6/conf/default/disable_ipv6").write_text("1"))
             g.eth_fd = run_in_netns(netns, lambda: open_tap("eth0"))
             g.tap_fd = run_in_netns(net.netns, lambda: open_tap(net.tap))
             ip = ("ip", "-n", netns)
@@ -305,7 +304,7 @@ class InternetStandIn:
         self.routed_veths.append((veth, table))
 
     def close(self) -> None:
-        for veth, table in self.routed_veths:
+        for _veth, table in self.routed_veths:
             sh("ip", "rule", "del", "priority", str(table), check=False)
             sh("ip", "rule", "del", "priority", str(table + 1), check=False)
             sh("ip", "route", "flush", "table", str(table), check=False)
@@ -319,7 +318,7 @@ def scrub(prefix: str, names: list[str]) -> list[str]:
     """Remove every host object of this test run; returns what had to be removed (should be empty)."""
     removed = []
     for ns in list_netns():
-        if ns.startswith(prefix) or ns.startswith(netnames.NETNS_PREFIX + prefix):
+        if ns.startswith((prefix, netnames.NETNS_PREFIX + prefix)):
             remove_netns(ns)
             removed.append(f"netns {ns}")
     veths = {netnames.veth_name(n) for n in names}

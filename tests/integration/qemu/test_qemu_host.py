@@ -124,7 +124,8 @@ def test_run_tdx_is_refused_on_this_host(tmp_path: Path) -> None:
         spec=SandboxSpec(name="tdxdemo", image_dir=tmp_path, tdx=True, firmware="ovmf"), sandbox_dir=tmp_path / "sb",
         kernel=tmp_path / "demo.efi", initrd=None, rootfs=None, instance_disk=tmp_path / "inst.img", cmdline="",
         net=GuestNet(subnet=subnet, host_ip=subnet[1], guest_ip=subnet[2], guest_mac="02:00:00:00:00:01", tap="tap0", netns="sealbox-tdxdemo"),
-        uid=1, gid=1, cgroup=CgroupPlan(version=cgroups.detect().version, name="sealbox/tdxdemo", memory_bytes=1 << 30, cpu_quota_us=100000, pids_max=64),
+        uid=1, gid=1, cgroup=CgroupPlan(version=cgroups.detect().version, name="sealbox/tdxdemo", memory_bytes=1 << 30, cpu_quota_us=100000,
+                                        pids_max=64),
         accel="tcg", console_log=tmp_path / "sb" / "console.log",
     )
     backend = QemuBackend()

@@ -127,7 +127,8 @@ def test_doctor_json_shape_and_exit_code(tmp_path: Path, monkeypatch: pytest.Mon
     assert out["ok"] is True and [c["name"] for c in out["checks"]] == ["kvm", "tun"]
     assert set(out["checks"][0]) == {"name", "status", "detail", "fix"}
     assert calls == [(tmp_path, True)]
-    monkeypatch.setattr("sealbox.cli.doctor.run_checks", lambda *a, **k: [Check(name="tool:nft", status="fail", detail="nft not found", fix="apt-get install nftables")])
+    failed = Check(name="tool:nft", status="fail", detail="nft not found", fix="apt-get install nftables")
+    monkeypatch.setattr("sealbox.cli.doctor.run_checks", lambda *a, **k: [failed])
     res = CliRunner().invoke(doctor, [])
     assert res.exit_code == 1
     assert "FAIL  tool:nft  nft not found" in res.output and "fix: apt-get install nftables" in res.output

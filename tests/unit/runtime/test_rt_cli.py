@@ -101,7 +101,8 @@ def test_taken_name_is_refused_and_the_old_record_untouched(capsys, image_dir: P
     state.reserve(SandboxRecord(name="taken", status="stopped", created_at=time.time()))
     before = state.record_path("taken").read_bytes()
     rc, _, err = sealbox(capsys, "run", str(image_dir), "--name", "taken", "--accel", "tcg", "--state-dir", str(state.root))
-    assert rc != 0 and err.strip() == "sealbox: error: a sandbox named 'taken' already exists (choose another --name, or remove it with 'sealbox rm taken')"
+    assert rc != 0 and err.strip() == ("sealbox: error: a sandbox named 'taken' already exists "
+                                       "(choose another --name, or remove it with 'sealbox rm taken')")
     assert state.record_path("taken").read_bytes() == before and state.names() == ["taken"]
 
 
