@@ -89,7 +89,24 @@ def pytest_report_header(config: pytest.Config) -> list[str]:
     return lines
 
 
+def marker_problems(items: list[pytest.Item]) -> list[str]:
+    """Markers must say where a test runs: every test under an `integration` folder is marked `integration`, and
+    no unit test claims `integration`, `boot` or `slow` (unit tests need neither root nor a guest)."""
+    problems = []
+    for item in items:
+        parts = item.nodeid.split("::", 1)[0].split("/")
+        marks = {m.name for m in item.iter_markers()}
+        if "integration" in parts and "integration" not in marks:
+            problems.append(f"{item.nodeid}: under integration/ but not marked integration")
+        if "unit" in parts and marks & {"integration", "boot", "slow"}:
+            problems.append(f"{item.nodeid}: a unit test marked {sorted(marks & {'integration', 'boot', 'slow'})}")
+    return problems
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    problems = marker_problems(items)
+    if problems:
+        raise pytest.UsageError("dishonest test markers: " + "; ".join(problems[:5]) + (f" (+{len(problems) - 5} more)" if len(problems) > 5 else ""))
     seed = config.getoption("--shuffle-seed")
     if seed is not None:
         items[:] = shuffle(items, seed)

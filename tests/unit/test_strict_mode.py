@@ -115,3 +115,15 @@ def test_allow_list_is_the_four_reasons_of_the_issue(key: str) -> None:
     from strict import ALLOWED
 
     assert set(ALLOWED) == {"firecracker", "kvm", "tdx", "not-root"} and ALLOWED[key]
+
+
+def test_dishonest_markers_stop_the_run(tmp_path: Path) -> None:
+    (tmp_path / "integration").mkdir()
+    (tmp_path / "integration" / "test_x.py").write_text("def test_unmarked():\n    pass\n")
+    (tmp_path / "unit").mkdir()
+    (tmp_path / "unit" / "test_y.py").write_text("import pytest\n\n@pytest.mark.boot\ndef test_claims_boot():\n    pass\n")
+    (tmp_path / "pytest.ini").write_text("[pytest]\nmarkers =\n    integration: x\n    boot: x\n")
+    p = run(tmp_path, "integration", "unit", strict=False)
+    assert p.returncode == 4, p.stdout + p.stderr
+    assert "integration/test_x.py::test_unmarked: under integration/ but not marked integration" in p.stderr
+    assert "unit/test_y.py::test_claims_boot: a unit test marked ['boot']" in p.stderr

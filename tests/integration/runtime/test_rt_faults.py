@@ -37,7 +37,8 @@ def test_killed_vmm_shows_exited_and_gc_removes_everything(sealbox: Sealbox) -> 
     assert leftovers(sealbox.state_dir, name) == []
 
 
-@pytest.mark.parametrize("kill_after", ["net.firewall", "instance-files", "qemu-start"])
+# `boot` where the guest starts booting under QEMU before the test ends (an honest marker: the VMM runs)
+@pytest.mark.parametrize("kill_after", ["net.firewall", "instance-files", pytest.param("qemu-start", marks=pytest.mark.boot)])
 def test_killed_run_is_collected_by_gc(sealbox: Sealbox, kill_after: str) -> None:
     """SIGKILL the sealbox process once a given step is done (before the guest is ready)."""
     name = f"{sealbox.prefix}-k{kill_after[:3]}"
@@ -53,6 +54,7 @@ def test_killed_run_is_collected_by_gc(sealbox: Sealbox, kill_after: str) -> Non
     assert leftovers(sealbox.state_dir, name) == []  # ... and gc removed all of it
 
 
+@pytest.mark.boot
 def test_sigterm_during_run_undoes_everything(sealbox: Sealbox) -> None:
     name = f"{sealbox.prefix}-term"
     proc = sealbox.spawn(*sealbox.run_args(name, "--memory", "320"))
@@ -63,6 +65,7 @@ def test_sigterm_during_run_undoes_everything(sealbox: Sealbox) -> None:
     assert leftovers(sealbox.state_dir, name) == []
 
 
+@pytest.mark.boot
 def test_guest_not_ready_in_time_fails_with_console_tail_and_cleans_up(sealbox: Sealbox) -> None:
     name = f"{sealbox.prefix}-slow"
     t0 = time.monotonic()
