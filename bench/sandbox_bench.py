@@ -49,8 +49,8 @@ def median(xs: list[float]) -> float:
 # forwarding off), nft table, TAP owned by the VMM user with its address, console-log tmpfs with a size cap, client
 # key + instance disk file, cgroup with memory/cpu/pids limits (v1 or v2 as the host has it), run dir owned by the
 # VMM user. sealbox's figure is its whole `run` up to the VMM start (so its state records, locks and address
-# allocation count against it) and excludes only the QEMU start step, timed apart. The baseline's teardown kills a
-# stand-in process in the cgroup; sealbox's rm figure excludes the QEMU stop, timed apart too.
+# allocation count against it) and excludes only the QEMU start step, timed apart. The baseline puts a stand-in
+# process in the cgroup and stops it before its timed teardown; sealbox's rm figure excludes the QEMU stop likewise.
 
 BASELINE_SH = r"""
 set -e
@@ -80,11 +80,19 @@ else
 fi
 install -d -m 0700 -o $uid -g $gid $d/vmm
 touch $d/console/console.log
+# a stand-in for the VMM process, in the cgroup, detached so that init reaps it when the teardown kills it
+sleep 600 </dev/null >/dev/null 2>&1 &
+echo $! > $d/vmm.pid
+if [ "$cgv" = 2 ]; then echo $! > /sys/fs/cgroup/sbbase-$1/cgroup.procs; else echo $! > /sys/fs/cgroup/pids/sbbase-$1/cgroup.procs; fi
+"""
+# the stand-in's stop is timed apart, as sealbox's QEMU stop is: it is not a host object's teardown
+STOP_STAND_IN_SH = r"""
+d=$1
+if [ -s $d/vmm.pid ]; then pid=$(cat $d/vmm.pid); kill -9 $pid; while kill -0 $pid 2>/dev/null; do sleep 0.001; done; fi
 """
 TEARDOWN_SH = r"""
-ns=sbbase-$1; d=$2; cgv=$3; pid=$4
-[ "$pid" = 0 ] || { kill -9 $pid 2>/dev/null; while kill -0 $pid 2>/dev/null; do sleep 0.001; done; }
-umount $d/console; rm -rf $d/vmm $d/console $d/id_ed25519 $d/id_ed25519.pub $d/instance.img
+ns=sbbase-$1; d=$2; cgv=$3
+umount $d/console; rm -rf $d/vmm $d/vmm.pid $d/console $d/id_ed25519 $d/id_ed25519.pub $d/instance.img
 ip netns del $ns
 if [ "$cgv" = 2 ]; then rmdir /sys/fs/cgroup/sbbase-$1; else for c in memory cpu pids; do rmdir /sys/fs/cgroup/$c/sbbase-$1; done; fi
 """
@@ -103,6 +111,9 @@ class StepTimer:
         self._saved: list[tuple[type, str, Any]] = []
 
     def __enter__(self) -> StepTimer:
+        from sealbox.sandbox import stepkinds
+
+        stepkinds.load_all()  # every step class defined before patching (backends import theirs lazily)
         classes: set[type] = set()
         todo: list[type] = [steps_mod.Step]
         while todo:
@@ -140,22 +151,16 @@ class StepTimer:
 def _baseline_round(i: int, uid: int, gid: int, cgv: int) -> tuple[float, float]:
     """(setup, teardown) seconds of the shell baseline; the teardown runs whatever the setup reached."""
     with tempfile.TemporaryDirectory(dir="/var/tmp", prefix="sbbase-") as d:
-        pid = 0
         t0 = time.perf_counter()
         try:
             subprocess.run(["sh", "-c", BASELINE_SH, "sh", str(i), d, str(uid), str(gid), str(cgv)],
                            check=True, capture_output=True, timeout=60)
             setup = time.perf_counter() - t0
-            stand_in = subprocess.Popen(["sleep", "600"])  # stands in for the VMM, inside the cgroup
-            pid = stand_in.pid
-            procs = f"/sys/fs/cgroup/sbbase-{i}/cgroup.procs" if cgv == 2 else f"/sys/fs/cgroup/pids/sbbase-{i}/cgroup.procs"
-            Path(procs).write_text(str(pid))
         finally:
+            subprocess.run(["sh", "-c", STOP_STAND_IN_SH, "sh", d], capture_output=True, timeout=60)
             t0 = time.perf_counter()
-            subprocess.run(["sh", "-c", TEARDOWN_SH, "sh", str(i), d, str(cgv), str(pid)], capture_output=True, timeout=60)
+            subprocess.run(["sh", "-c", TEARDOWN_SH, "sh", str(i), d, str(cgv)], capture_output=True, timeout=60)
             teardown = time.perf_counter() - t0
-            if pid:
-                stand_in.wait(10)
     return setup, teardown
 
 
@@ -175,7 +180,8 @@ def bench_overhead(image: Path, state: StateDir, rounds: int) -> dict[str, Any]:
     from sealbox.sandbox.host import cgroups
     from sealbox.sandbox.host.users import ensure_vmm_user
 
-    uid, gid = ensure_vmm_user()
+    user = ensure_vmm_user()
+    uid, gid = user.uid, user.gid
     cgv = cgroups.detect().version
     runs, vmm, rms, vmm_stop, base, base_rm = [], [], [], [], [], []
     real_wait = lifecycle.wait_ready
