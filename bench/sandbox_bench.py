@@ -280,9 +280,10 @@ def baseline_boot(kernel: Path, initrd: Path, memory: int, cpus: int, timeout: f
         p.wait(timeout=10)
 
 
-def _cli(state: StateDir, *args: str, timeout: float = 300) -> float:
+def _cli(state: StateDir, verb: str, *args: str, timeout: float = 300) -> float:
+    """Seconds of one `sealbox VERB --state-dir … ARGS` (the option before ARGS: `exec NAME -- CMD` ends with CMD)."""
     t0 = time.perf_counter()
-    subprocess.run([sys.executable, "-m", "sealbox.cli.main", *args, "--state-dir", str(state.root)], check=True,
+    subprocess.run([sys.executable, "-m", "sealbox.cli.main", verb, "--state-dir", str(state.root), *args], check=True,
                    capture_output=True, timeout=timeout)
     return time.perf_counter() - t0
 
