@@ -3,6 +3,10 @@
 The suite never uses the host's real sandbox registry: unless the environment already names one,
 SEALBOX_RUN_DIR points into this session's temp dir and SEALBOX_UID_RANGE at a random 256-uid block
 of the default range, so two test sessions on one machine do not share leases or uids.
+
+Strict mode (tests/strict.py): under CI=true or SEALBOX_STRICT=1 a skip fails unless allow-listed; the allowed
+skips are listed at the end. `--shuffle-seed N` runs the tests in a random order (modules kept together) that N
+reproduces; the seed is printed in the header.
 """
 
 from __future__ import annotations
@@ -13,6 +17,15 @@ import shutil
 import tempfile
 
 import pytest
+
+from strict import (  # noqa: F401  # pytest finds hooks by name in this module
+    pytest_addoption,
+    pytest_collection_modifyitems,
+    pytest_make_collect_report,
+    pytest_report_header,
+    pytest_runtest_makereport,
+    pytest_terminal_summary,
+)
 
 _made: list[str] = []
 

@@ -1,8 +1,8 @@
-"""The default image, built once per machine for the integration tests and reused while nothing changed.
+"""Images built once per machine for the integration tests and reused while nothing changed.
 
 `sealbox build` itself decides whether the cached output is still valid (same spec, lock, tools and
-builder code), so a stale image is never used; the first run on a fresh machine builds it (~1-2 min).
-SEALBOX_TEST_IMAGE=<build dir> uses an existing image instead.
+builder code), so a stale image is never used; the first run on a fresh machine builds it (~1-2 min each).
+SEALBOX_TEST_IMAGE=<build dir> uses an existing image instead of the default one.
 """
 
 from __future__ import annotations
@@ -25,17 +25,23 @@ def default_image() -> Path:
         if not (path / "manifest.json").is_file():
             pytest.fail(f"SEALBOX_TEST_IMAGE={env} is not a sealbox build directory (no manifest.json)")
         return path
+    return built_image("default")
+
+
+def built_image(key: str, spec: Path | None = None, profiles: tuple[str, ...] = ()) -> Path:
+    """Build `spec` (None: the built-in default) with `profiles` into the cache under `key`, its lock beside it."""
     if os.geteuid() != 0:
-        pytest.skip("building the default image needs root")
+        pytest.skip("building an image needs root")  # a failure in strict mode: CI runs as root
     if shutil.which("mmdebstrap") is None:
-        pytest.skip("mmdebstrap is not installed (run scripts/setup.sh)")
-    out = CACHE / "default"
-    proc = subprocess.run(
-        [sys.executable, "-m", "sealbox", "build", "--output", str(out), "--lock", str(CACHE / "default.sealbox.lock")],
-        capture_output=True, text=True, timeout=1200,
-    )
+        pytest.fail("mmdebstrap is not installed (run scripts/setup.sh)")
+    out = CACHE / key
+    argv = [sys.executable, "-m", "sealbox", "build", *([str(spec)] if spec else []), "--output", str(out),
+            "--lock", str(CACHE / f"{key}.sealbox.lock")]
+    if profiles:
+        argv += ["--profile", ",".join(profiles)]
+    proc = subprocess.run(argv, capture_output=True, text=True, timeout=1200)
     if proc.returncode != 0:
-        pytest.fail(f"sealbox build failed: {proc.stderr.strip().splitlines()[-1:]}")
+        pytest.fail(f"sealbox build {key} failed: {proc.stderr.strip().splitlines()[-1:]}")
     return out
 
 

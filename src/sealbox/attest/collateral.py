@@ -32,6 +32,7 @@ from sealbox.attest.verify import Check, RootAnchor, ecdsa_ok
 # What only the collateral can check, in report order; without it each is "NOT checked".
 COLLATERAL_CHECKS = ("tcb_status", "qe_identity", "revocation")
 CHECK_NAMES = {"tcb_status": "TCB status", "qe_identity": "QE identity", "revocation": "revocation"}
+from sealbox.util.optional import require
 
 REQUIRED_KEYS = (
     "pck_crl_issuer_chain", "root_ca_crl", "pck_crl", "tcb_info_issuer_chain", "tcb_info",
@@ -172,7 +173,7 @@ def _status(report_json: str) -> tuple[dict[str, Any] | None, dict[str, Any] | N
 def check_tcb_status(raw_quote: bytes, q: Quote, doc: dict[str, Any], at: datetime, allowed: tuple[str, ...],
                      root: RootAnchor, res: CollateralResult) -> Check:  # fmt: skip
     """dcap-qvl's verdict: TCB status (worse of platform and QE) with advisory IDs, as dcap-qvl reports them."""
-    import dcap_qvl  # native module: imported only when collateral is given
+    dcap_qvl = require("dcap_qvl", "collateral", "checking collateral (--collateral)")  # native, an optional extra
 
     if q.body.debug:
         res.status = "not-checked"
@@ -206,6 +207,7 @@ def check_collateral(raw_quote: bytes, q: Quote, doc: dict[str, Any], at: dateti
                      certs: list[x509.Certificate] | None = None, root: RootAnchor | None = None) -> CollateralResult:  # fmt: skip
     """Everything the collateral lets us check at `at`: its own signatures and validity window, revocation of the
     PCK chain (`certs`, leaf first; parsed from the quote when not given), the QE identity, and the TCB status."""
+    require("dcap_qvl", "collateral", "checking collateral (--collateral)")  # the extra first, before any input is read
     root = root or verify.INTEL_ROOT
     if certs is None:
         certs, _ = chain.load_chain(q.pck_chain_pem)

@@ -69,7 +69,8 @@ def test_hardening_in_the_image(initrd_entries: dict) -> None:
 
 
 def _boot(image: Path, initrd: str, extra: list[str], append: str, timeout: float = 240) -> tuple[list[str], float]:
-    khz = next((int(float(line.split(":")[1]) * 1000) for line in open("/proc/cpuinfo") if line.startswith("cpu MHz")), 2000000)
+    cpuinfo = Path("/proc/cpuinfo").read_text().splitlines()
+    khz = next((int(float(line.split(":")[1]) * 1000) for line in cpuinfo if line.startswith("cpu MHz")), 2000000)
     cmdline = " ".join(json.loads((image / "manifest.json").read_text())["kernel"]["cmdline"])
     argv = ["qemu-system-x86_64", "-M", "microvm", "-accel", "tcg", "-m", "512", "-smp", "2", "-nodefaults",
             "-no-user-config", "-nographic", "-serial", "stdio", "-kernel", str(image / "vmlinuz"), "-initrd",

@@ -14,13 +14,14 @@ import shutil
 import sys
 import time
 from http.server import BaseHTTPRequestHandler
+from pathlib import Path
 from socketserver import UnixStreamServer
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 
 
 def main() -> int:
-    behaviour = json.load(open(os.path.join(HERE, "behaviour.json"))) if os.path.exists(os.path.join(HERE, "behaviour.json")) else {}
+    behaviour = json.loads(Path(HERE, "behaviour.json").read_text()) if os.path.exists(os.path.join(HERE, "behaviour.json")) else {}
     argv = sys.argv[1:]
     sep = argv.index("--") if "--" in argv else len(argv)
     jargs, fargs = argv[:sep], argv[sep + 1:]
@@ -55,7 +56,7 @@ def main() -> int:
     os.makedirs(root, exist_ok=True)
     shutil.copy(exec_file, os.path.join(root, exec_name))
     cg_dirs = []
-    mounts = [line.split() for line in open("/proc/mounts")]
+    mounts = [line.split() for line in Path("/proc/mounts").read_text().splitlines()]
     for cg in opts["cgroup"]:
         file, value = cg.split("=")
         controller = file.split(".")[0]

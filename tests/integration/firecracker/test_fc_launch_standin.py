@@ -186,8 +186,10 @@ def test_restore_from_snapshot_stages_files_and_loads_it(env) -> None:
 
     m = SnapshotManifest(source="orig", created_at=0, firecracker_version="1.16.1", source_resumed=False,
                          vmstate=SnapshotFile(**f("vmstate")), memory=SnapshotFile(**f("memory")), vm_config={},
-                         drives=[SnapshotDrive(drive_id="instance", in_jail="/instance.img", read_only=True, is_root_device=False, **f("disks/instance.img")),
-                                 SnapshotDrive(drive_id="disk0", in_jail="/disk0.img", read_only=False, is_root_device=False, **f("disks/disk0.img"))])
+                         drives=[SnapshotDrive(drive_id="instance", in_jail="/instance.img", read_only=True, is_root_device=False,
+                                               **f("disks/instance.img")),
+                                 SnapshotDrive(drive_id="disk0", in_jail="/disk0.img", read_only=False, is_root_device=False,
+                                               **f("disks/disk0.img"))])
     (snap / "manifest.json").write_text(m.model_dump_json())
     rplan = plan.model_copy(update={"spec": plan.spec.model_copy(update={"from_snapshot": snap})})
     steps = backend.steps(rplan)

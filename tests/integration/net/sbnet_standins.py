@@ -19,6 +19,7 @@
 from __future__ import annotations
 
 import collections
+import contextlib
 import fcntl
 import ipaddress
 import os
@@ -29,6 +30,7 @@ import subprocess
 import threading
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from sealbox.sandbox.host import dns, netnames, nft
 from sealbox.sandbox.host.netlink import delete_link, list_links
@@ -77,11 +79,8 @@ class Listener:
             except (TimeoutError, OSError):
                 continue
             self.peers.append(peer[0])
-            with conn:
-                try:
-                    conn.sendall(f"{peer[0]}\n".encode())
-                except OSError:
-                    pass
+            with conn, contextlib.suppress(OSError):
+                conn.sendall(f"{peer[0]}\n".encode())
 
     def close(self) -> None:
         self._stop.set()
@@ -279,7 +278,7 @@ class GuestStandIn:
         sh("ip", "netns", "add", netns)
         g = cls(net=net, netns=netns)
         try:
-            run_in_netns(netns, lambda: open("/proc/sys/net/ipv6/conf/default/disable_ipv6", "w").write("1"))
+            run_in_netns(netns, lambda: Path("/proc/sys/net/ipv6/conf/default/disable_ipv6").write_text("1"))
             g.eth_fd = run_in_netns(netns, lambda: open_tap("eth0"))
             g.tap_fd = run_in_netns(net.netns, lambda: open_tap(net.tap))
             ip = ("ip", "-n", netns)
@@ -370,7 +369,7 @@ class InternetStandIn:
         self.routed_veths.append((veth, table))
 
     def close(self) -> None:
-        for veth, table in self.routed_veths:
+        for _veth, table in self.routed_veths:
             sh("ip", "rule", "del", "priority", str(table), check=False)
             sh("ip", "rule", "del", "priority", str(table + 1), check=False)
             sh("ip", "route", "flush", "table", str(table), check=False)
@@ -389,7 +388,7 @@ def scrub(prefix: str, names: list[str]) -> list[str]:
             dns.stop_forwarders(owner)
             removed.append(f"dns forwarder {pid} of {name}")
     for ns in list_netns():
-        if ns.startswith(prefix) or ns.startswith(netnames.NETNS_PREFIX + prefix):
+        if ns.startswith((prefix, netnames.NETNS_PREFIX + prefix)):
             remove_netns(ns)
             removed.append(f"netns {ns}")
     veths = {netnames.veth_name(n) for n in names}

@@ -24,8 +24,7 @@ from sbnet_standins import ANSWER, DnsStandIn, GuestStandIn, Peer, attach, dns_q
 
 from sealbox.errors import UsageError
 from sealbox.guest.instance import InstanceData, parse, render
-from sealbox.sandbox.host import dns
-from sealbox.sandbox.host import leftovers
+from sealbox.sandbox.host import dns, leftovers
 from sealbox.sandbox.host.network import network_steps
 from sealbox.sandbox.model import EgressRule, GuestNet, NetMode, SandboxSpec
 from sealbox.sandbox.state import StateDir

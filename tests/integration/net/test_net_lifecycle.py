@@ -74,7 +74,7 @@ def test_undo_removes_everything_and_ip_forward_follows_last_nat(
     names = [f"{prefix}-u{i}" for i in range(3)]
     used += names
     logs = {}
-    for name, nat in zip(names, (False, True, True)):
+    for name, nat in zip(names, (False, True, True), strict=True):
         logs[name] = StepLog()
         apply_steps(build(state, pool, run_dir, name, nat), logs[name], lambda: None)
     assert traces(names[0], state, run_dir) == ["netns", "lease", "uid"]
@@ -257,7 +257,8 @@ def test_foreign_forward_drop_chains_are_reported(env: tuple[StateDir, str, list
                                       uplink_if=None), step.netns)
         foreign = {"nftables": [
             {"add": {"table": {"family": "ip", "name": "filter"}}},
-            {"add": {"chain": {"family": "ip", "table": "filter", "name": "FORWARD", "type": "filter", "hook": "forward", "prio": 0, "policy": "drop"}}},
+            {"add": {"chain": {"family": "ip", "table": "filter", "name": "FORWARD", "type": "filter", "hook": "forward", "prio": 0,
+                               "policy": "drop"}}},
         ]}
         nft.apply(foreign, step.netns)
         # sealbox's own tables (one with forward policy drop) are not reported, the foreign one is

@@ -18,6 +18,7 @@ from sealbox.sandbox.host import cgroups, jail, kvm, owner, users
 from sealbox.sandbox.model import CgroupPlan, GuestNet, SandboxSpec, VmPlan
 from sealbox.sandbox.vmm import qemu_launch
 from sealbox.sandbox.vmm.qemu import QemuBackend, tdx_support
+from strict import skip_allowed
 
 pytestmark = pytest.mark.integration
 TUNGETIFF = 0x800454D2
@@ -109,14 +110,15 @@ def test_open_tap_in_netns(stand_in_network) -> None:  # type: ignore[no-untyped
 
 def test_run_tdx_is_refused_on_this_host(tmp_path: Path) -> None:
     if tdx_support()[0]:
-        pytest.skip("this host can run TDX guests")
+        skip_allowed("tdx", "this host can run TDX guests, so the refusal on a host without TDX cannot be shown")
     (tmp_path / "demo.efi").write_bytes(b"MZ")
     subnet = ipaddress.IPv4Network("10.213.251.0/30")
     plan = VmPlan(
         spec=SandboxSpec(name="tdxdemo", image_dir=tmp_path, tdx=True, firmware="ovmf"), sandbox_dir=tmp_path / "sb",
         kernel=tmp_path / "demo.efi", initrd=None, rootfs=None, instance_disk=tmp_path / "inst.img", cmdline="",
         net=GuestNet(subnet=subnet, host_ip=subnet[1], guest_ip=subnet[2], guest_mac="02:00:00:00:00:01", tap="tap0", netns="sealbox-tdxdemo"),
-        uid=1, gid=1, cgroup=CgroupPlan(version=cgroups.detect().version, name="sealbox/tdxdemo", memory_bytes=1 << 30, cpu_quota_us=100000, pids_max=64),
+        uid=1, gid=1, cgroup=CgroupPlan(version=cgroups.detect().version, name="sealbox/tdxdemo", memory_bytes=1 << 30, cpu_quota_us=100000,
+                                        pids_max=64),
         accel="tcg", console_log=tmp_path / "sb" / "console.log",
     )
     backend = QemuBackend()

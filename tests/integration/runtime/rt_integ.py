@@ -3,6 +3,7 @@ complete list of what a sandbox may leave on the host (used to prove that nothin
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -135,10 +136,8 @@ def scrub(state_dir: Path, prefix: str) -> list[str]:
     found = []
     for pid in _cmdline_pids(f"sealbox-{prefix}"):
         found.append(f"process {pid}")
-        try:
+        with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
     for ns in Path("/var/run/netns").glob(f"sealbox-{prefix}*") if Path("/var/run/netns").is_dir() else []:
         found.append(f"netns {ns.name}")
         subprocess.run(["ip", "netns", "del", ns.name], capture_output=True, timeout=20)
@@ -146,10 +145,8 @@ def scrub(state_dir: Path, prefix: str) -> list[str]:
         for d in (Path(mount) / cgroups.path_for(owner.state_id(state_dir), "x")).parent.glob(f"{prefix}*"):
             found.append(f"cgroup {d}")
             cgroups.kill_all([d])
-            try:
+            with contextlib.suppress(OSError):
                 d.rmdir()
-            except OSError:
-                pass
     tables = subprocess.run(["nft", "list", "tables"], capture_output=True, text=True, timeout=20).stdout.split()
     for t in tables:
         if t.startswith(f"sealbox-{prefix}"):

@@ -73,7 +73,8 @@ def test_memory_limit_below_what_the_guest_touches_oom_kills_the_vmm(sealbox: Se
     assert leftovers(sealbox.state_dir, name) == []
 
 
-@pytest.mark.parametrize("kill_after", ["net.firewall", "instance-files", "qemu-start"])
+# `boot` where the guest starts booting under QEMU before the test ends (an honest marker: the VMM runs)
+@pytest.mark.parametrize("kill_after", ["net.firewall", "instance-files", pytest.param("qemu-start", marks=pytest.mark.boot)])
 def test_killed_run_is_collected_by_gc(sealbox: Sealbox, kill_after: str) -> None:
     """SIGKILL the sealbox process once a given step is done (before the guest is ready)."""
     name = f"{sealbox.prefix}-k{kill_after[:3]}"
@@ -92,6 +93,7 @@ def test_killed_run_is_collected_by_gc(sealbox: Sealbox, kill_after: str) -> Non
 SIGNALS = [("SIGINT", "sealbox: aborted"), ("SIGHUP", "interrupted by SIGHUP"), ("SIGTERM", "interrupted by SIGTERM")]
 
 
+@pytest.mark.boot  # the qemu-start cases boot the guest
 @pytest.mark.parametrize("after", ["net.netns", "qemu-start"])
 @pytest.mark.parametrize(("sig", "says"), SIGNALS, ids=[s for s, _ in SIGNALS])
 def test_signal_during_run_undoes_everything(sealbox: Sealbox, sig: str, says: str, after: str) -> None:
@@ -105,6 +107,7 @@ def test_signal_during_run_undoes_everything(sealbox: Sealbox, sig: str, says: s
     assert leftovers(sealbox.state_dir, name) == []
 
 
+@pytest.mark.boot
 def test_guest_not_ready_in_time_fails_with_console_tail_and_cleans_up(sealbox: Sealbox) -> None:
     name = f"{sealbox.prefix}-slow"
     t0 = time.monotonic()

@@ -1,6 +1,7 @@
 """One booted pair of sandboxes shared by the lifecycle and isolation tests (boots cost 15-40 s each
 under TCG here): A (isolated, the subject) and B (nat, the neighbour A must not reach).
-The last test stops and removes both and proves nothing of either remains on the host."""
+The tests do not depend on their order; the fixture's teardown stops and removes both and proves nothing of
+either remains on the host."""
 
 from __future__ import annotations
 
@@ -52,6 +53,8 @@ def pair(sealbox: Sealbox) -> Iterator[Pair]:
             p.info[name] = json.loads(out)
             p.info[name]["stderr"] = err
         yield p
+        # the module's last check, whatever order its tests ran in (a failure here is an error of the last test)
+        stop_then_rm_leaves_nothing(p)
     finally:
         for name in procs:
             sealbox("rm", "--force", name, timeout=120)
@@ -267,7 +270,8 @@ def test_console_log_is_capped_and_the_guest_carries_on(pair: Pair) -> None:
     assert pair.sb.exec(pair.b, "uname", "-r").stdout.strip() == manifest(pair.sb.image)["kernel"]["version"]
 
 
-def test_stop_then_rm_leaves_nothing(pair: Pair) -> None:
+def stop_then_rm_leaves_nothing(pair: Pair) -> None:
+    """Run at the pair's teardown, after every test of the module: stop, then rm, and nothing remains."""
     sb = pair.sb
     assert sb("rm", pair.a).returncode != 0  # refused while running
     p = sb("stop", pair.a, "--timeout", "5", timeout=60)

@@ -6,8 +6,11 @@ from __future__ import annotations
 import json
 import os
 import struct
+from pathlib import Path
+from typing import Any
 
-from attest_vectors import AT, QUOTES, VECTORS
+import pytest
+from attest_vectors import AT, QUOTES, vector
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -21,21 +24,12 @@ from sealbox.attest.verify import verify_quote
 SETTINGS = settings(max_examples=int(os.environ.get("SEALBOX_FUZZ_EXAMPLES", "300")), deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
 
-def _load(rel: str) -> bytes:
-    path = VECTORS / rel
-    return path.read_bytes() if path.is_file() else b""
-
-
-SEEDS_QUOTE = [d for d in (_load(p) for p in QUOTES.values()) if d]
-SEED_LOG = _load("dstack/ccel.bin")[:2048]  # the used part plus some 0xFF fill
-SEED_TABLE = _load("go-tdx-guest/ccel_ccel_table.dat")
-
-
 @st.composite
-def mutated(draw: st.DrawFn, seeds: list[bytes]) -> bytes:
-    """A seed with a few byte flips, u32 overwrites (lengths!), cuts or insertions."""
-    if not seeds or not seeds[0]:
-        return draw(st.binary(max_size=256))
+def mutated(draw: st.DrawFn, rels: tuple[str, ...], keep: int | None = None) -> bytes:
+    """A vendored vector (first `keep` bytes) with a few byte flips, u32 overwrites (lengths!), cuts or insertions.
+    The seeds are read at each draw through vector(): a missing one fails the test instead of fuzzing random bytes."""
+    seeds = [vector(rel).read_bytes()[:keep] for rel in rels]
+    assert all(seeds), f"empty seed among {rels}"
     data = bytearray(draw(st.sampled_from(seeds)))
     for _ in range(draw(st.integers(1, 4))):
         op = draw(st.sampled_from(["flip", "u32", "cut", "insert"]))
@@ -50,6 +44,11 @@ def mutated(draw: st.DrawFn, seeds: list[bytes]) -> bytes:
         elif op == "insert":
             data[pos:pos] = draw(st.binary(min_size=1, max_size=16))
     return bytes(data)
+
+
+SEEDS_QUOTE = tuple(QUOTES.values())
+SEED_LOG = ("dstack/ccel.bin",)  # the used part (first 2 KiB) plus some 0xFF fill
+SEED_TABLE = ("go-tdx-guest/ccel_ccel_table.dat",)
 
 
 def _one_line(e: AttestInputError) -> None:
@@ -101,13 +100,13 @@ def test_event_log_parser_random_bytes(data: bytes) -> None:
 
 
 @SETTINGS
-@given(mutated([SEED_LOG]))
+@given(mutated(SEED_LOG, keep=2048))
 def test_event_log_parser_on_mutated_vector(data: bytes) -> None:
     _log_roundtrip(data)
 
 
 @SETTINGS
-@given(mutated([SEED_TABLE]))
+@given(mutated(SEED_TABLE))
 def test_ccel_table_parser_on_mutated_vector(data: bytes) -> None:
     try:
         parse_ccel_table(data, "fuzz")
@@ -129,3 +128,13 @@ def test_measurements_loader_on_random_json(doc: object) -> None:
         load_measurements(json.dumps(doc), "fuzz.json")
     except AttestInputError as e:
         _one_line(e)
+
+
+@pytest.mark.parametrize("fuzzer", [test_quote_parser_and_verifier_on_mutated_vectors, test_event_log_parser_on_mutated_vector,
+                                    test_ccel_table_parser_on_mutated_vector])
+def test_a_mutation_fuzzer_fails_when_its_seed_vector_is_missing(fuzzer: Any, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    import vectors
+
+    monkeypatch.setattr(vectors, "ROOT", tmp_path)  # an empty vector directory
+    with pytest.raises(pytest.fail.Exception, match="vendored test vector tdx/.* is missing"):
+        fuzzer()

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 import shutil
+import struct
 import subprocess
 from pathlib import Path
 
@@ -69,6 +71,14 @@ def test_the_zstd_tool_checks_and_decodes_it(tmp_path: Path) -> None:
     _compress(tmp_path / "b.zst", BIG, 1, 1 << 16)
     out = subprocess.run(["zstd", "-dc", str(tmp_path / "b.zst")], capture_output=True, check=True).stdout
     assert out == BIG
-    # a content checksum is present: zstd -lv reports it
-    info = subprocess.run(["zstd", "-lv", str(tmp_path / "b.zst")], capture_output=True, text=True).stdout
-    assert "XXH64" in info or "Check" in info
+    # a content checksum is present (zstd -lv prints the frame's stored XXH64 low word: the file's last 4 bytes)...
+    info = subprocess.run(["zstd", "-lv", str(tmp_path / "b.zst")], capture_output=True, text=True, check=True).stdout
+    stored = struct.unpack("<I", (tmp_path / "b.zst").read_bytes()[-4:])[0]
+    check = re.search(r"^Check: XXH64 ([0-9a-f]{8})$", info, re.M)
+    assert check and check.group(1) == f"{stored:08x}", info
+    # ...and checked: one flipped bit in it makes zstd refuse the file
+    bad = bytearray((tmp_path / "b.zst").read_bytes())
+    bad[-1] ^= 1
+    (tmp_path / "bad.zst").write_bytes(bad)
+    test = subprocess.run(["zstd", "-t", str(tmp_path / "bad.zst")], capture_output=True, text=True)
+    assert test.returncode != 0 and "checksum" in test.stderr, test.stderr

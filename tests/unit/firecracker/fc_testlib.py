@@ -93,7 +93,8 @@ class StandInFirecrackerApi:
                     outer.violations.append(f"{method} {path}: unexpected body")
                 for key, val in params.items():  # Firecracker requires the path id to equal the body id
                     if body is not None and key in body and body[key] != val:
-                        return self._answer(400, {"fault_message": f"The id from the path [{val}] does not match the id from the body [{body[key]}]!"})
+                        fault = f"The id from the path [{val}] does not match the id from the body [{body[key]}]!"
+                        return self._answer(400, {"fault_message": fault})
                 key = f"{method} {op.template}"
                 if key in outer.fail_next:
                     status, msg = outer.fail_next.pop(key)

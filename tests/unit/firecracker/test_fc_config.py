@@ -90,7 +90,8 @@ def _bad(plan, **spec_changes):
     ({"limits": Limits.model_construct(pids_max=256, nofile=4096, net_rx_bytes=RateLimit.model_construct(size=0, refill_ms=1000, one_time_burst=None),
                                        net_tx_bytes=None, disk_bytes=None, disk_ops=None)}, "net rx bytes: size 0"),
     ({"limits": Limits.model_construct(pids_max=256, nofile=4096, net_rx_bytes=None, net_tx_bytes=None, disk_ops=None,
-                                       disk_bytes=RateLimit.model_construct(size=10, refill_ms=-1, one_time_burst=None))}, "disk bytes: refill_ms -1"),
+                                       disk_bytes=RateLimit.model_construct(size=10, refill_ms=-1, one_time_burst=None))},
+     "disk bytes: refill_ms -1"),
     ({"limits": Limits.model_construct(pids_max=256, nofile=4096, net_rx_bytes=None, net_tx_bytes=None, disk_bytes=None,
                                        disk_ops=RateLimit.model_construct(size=10, refill_ms=5, one_time_burst=-2))}, "one_time_burst -2"),
 ])

@@ -15,6 +15,7 @@ from sealbox.sandbox.steps import step_from_record
 from sealbox.sandbox.vmm.firecracker import doctor
 from sealbox.sandbox.vmm.firecracker.backend import FirecrackerBackend
 from sealbox.sandbox.vmm.firecracker.settings import FirecrackerSettings
+from strict import skip_allowed
 
 
 def stand_in_binary(path: Path, output: str, rc: int = 0) -> Path:
@@ -119,7 +120,7 @@ def test_check_host_errors_name_the_fix(tmp_path: Path, bins) -> None:
     with pytest.raises(SandboxError, match="planned for TCG"):
         b.check_host(plan.model_copy(update={"accel": "tcg"}))
     if not Path("/dev/kvm").exists():
-        pytest.skip("no /dev/kvm on this machine: the kernel checks come after it")
+        skip_allowed("kvm", "no /dev/kvm on this machine: the kernel checks come after it")
     plan.kernel.parent.mkdir(parents=True)
     with pytest.raises(SandboxError, match="kernel .*vmlinux"):
         b.check_host(plan)

@@ -69,7 +69,8 @@ MUTATIONS = [
     ("iface without tap", lambda c: c["network-interfaces"][0].pop("host_dev_name"), "host_dev_name"),
     ("drives not a list", lambda c: c.update(drives={}), "drives"),
     ("mtu too small", lambda c: c["network-interfaces"][0].update(mtu=10), "mtu"),
-    ("mmds address outside link-local", lambda c: c.update({"mmds-config": {"network_interfaces": ["eth0"], "ipv4_address": "10.0.0.1"}}), "ipv4_address"),
+    ("mmds address outside link-local", lambda c: c.update({"mmds-config": {"network_interfaces": ["eth0"], "ipv4_address": "10.0.0.1"}}),
+     "ipv4_address"),
     ("boolean as vcpu", lambda c: c["machine-config"].update(vcpu_count=True), "vcpu_count"),
 ]
 

@@ -46,7 +46,7 @@ def make_fw(sections=SECTIONS, *, version: int = 1, sig: bytes = b"TDVF", with_m
 def reference_mrtd(fw: bytes, single_pass: bool = True) -> str:
     """Straight from the TDX module spec: 128-byte PAGE.ADD / MR.EXTEND blocks, 256-byte chunks."""
     h = hashlib.sha384()
-    for off, raw, gpa, size, _type, attr in SECTIONS:
+    for off, _raw, gpa, size, _type, attr in SECTIONS:
         adds = [] if attr & 2 else [b"MEM.PAGE.ADD" + bytes(4) + struct.pack("<Q", gpa + p) + bytes(104)
                                      for p in range(0, size, 4096)]
         exts = []

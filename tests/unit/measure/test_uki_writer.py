@@ -60,7 +60,8 @@ def test_layout(inputs: dict[str, Path], tmp_path: Path) -> None:
     assert contents[".cmdline"] == b"console=ttyS0 quiet" and contents[".osrel"] == OSREL
     assert contents[".uname"] == b"6.1.0-test"
     # the stub's own sections are carried over byte for byte
-    for old, new in zip(pefile.PE(data=stub).sections, pe.sections):
+    stub_sections = pefile.PE(data=stub).sections
+    for old, new in zip(stub_sections, pe.sections[: len(stub_sections)], strict=True):
         assert old.get_data() == new.get_data() and old.VirtualAddress == new.VirtualAddress
     assert facts["sha256"] == hashlib.sha256(data).hexdigest() and facts["size"] == len(data)
     assert [f["name"] for f in facts["sections"]] == names

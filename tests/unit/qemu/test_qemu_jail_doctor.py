@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import json
+import os
+import re
 import resource
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -77,7 +81,23 @@ def test_run_tdx_refused_but_dry_run_describes(make_plan, host, tmp_path: Path, 
     assert d["mode"] == "tdx" and d["accel"] == "kvm"
     assert d["argv"][-len(d["qemu_argv"]):] == d["qemu_argv"]
     assert [s.split()[0] for s in d["steps"]] == ["cgroup", "run", "start"]
-    assert len(d["fds"]) == len(qemu.build_command(plan, host).fds)
+    # every file QEMU gets is an inherited fd (named here from the plan's inputs, not from build_command)...
+    got = [(f["kind"], f["path"], f["ifname"], f["access"]) for f in d["fds"]]
+    assert got == [
+        ("qmp", str(plan.sandbox_dir / "vmm" / "qmp.sock"), "", "r"),
+        ("tap", plan.net.netns, plan.net.tap, "r"),
+        ("console", str(plan.console_log), "", "w"),
+        ("file", str(host.tdvf), "", "r"),  # TDX boots TDVF...
+        ("file", str(plan.spec.image_dir / "demo.efi"), "", "r"),  # ...with the image's UKI, not its vmlinuz
+        ("file", str(plan.instance_disk), "", "r"),
+    ]
+    # ...with its own number, above stdio, and QEMU's argv refers to each one by that number
+    numbers = [f["fd"] for f in d["fds"]]
+    assert len(set(numbers)) == len(numbers) and min(numbers) > 2
+    argv = " ".join(d["qemu_argv"])
+    for n in numbers:
+        assert re.search(rf"(fd={n}\b|/proc/self/fd/{n}\b)", argv), (n, argv)
+    assert str(host.tdvf) not in argv and str(plan.instance_disk) not in argv  # no path is reopened by QEMU
 
 
 def test_check_host_wants_world_readable_kernel(make_plan, host) -> None:  # type: ignore[no-untyped-def]
@@ -107,7 +127,8 @@ def test_doctor_json_shape_and_exit_code(tmp_path: Path, monkeypatch: pytest.Mon
     assert out["ok"] is True and [c["name"] for c in out["checks"]] == ["kvm", "tun"]
     assert set(out["checks"][0]) == {"name", "status", "detail", "fix"}
     assert calls == [(tmp_path, True)]
-    monkeypatch.setattr("sealbox.cli.doctor.run_checks", lambda *a, **k: [Check(name="tool:nft", status="fail", detail="nft not found", fix="apt-get install nftables")])
+    failed = Check(name="tool:nft", status="fail", detail="nft not found", fix="apt-get install nftables")
+    monkeypatch.setattr("sealbox.cli.doctor.run_checks", lambda *a, **k: [failed])
     res = CliRunner().invoke(doctor, [])
     assert res.exit_code == 1
     assert "FAIL  tool:nft  nft not found" in res.output and "fix: apt-get install nftables" in res.output
@@ -123,7 +144,13 @@ def test_doctor_real_checks_are_well_formed(tmp_path: Path, monkeypatch: pytest.
         assert c.status in ("ok", "warn", "fail", "skip") and c.detail and "\n" not in c.detail
         if c.status in ("warn", "fail"):
             assert c.fix
-    assert host_doctor.exit_code(checks) == (1 if any(c.status == "fail" for c in checks) else 0)
+
+
+def test_doctor_exit_code_is_one_only_for_a_failed_check() -> None:
+    ok, warn, skip, fail = (Check(name=s, status=s, detail=s) for s in ("ok", "warn", "skip", "fail"))
+    assert host_doctor.exit_code([]) == 0
+    assert host_doctor.exit_code([ok, warn, skip]) == 0
+    assert host_doctor.exit_code([ok, fail, warn]) == 1 and host_doctor.exit_code([fail]) == 1
 
 
 def test_doctor_crash_isolation() -> None:
@@ -134,11 +161,31 @@ def test_doctor_crash_isolation() -> None:
     assert c.status == "fail" and "probe exploded" in c.detail
 
 
-def test_state_dir_mount_options(tmp_path: Path) -> None:
-    mnt, opts = host_doctor._mount_options(tmp_path / "not" / "yet")
-    assert str(tmp_path).startswith(mnt)
-    c = host_doctor.check_state_dir(tmp_path)
-    assert c.status == ("fail" if opts & {"nodev", "noexec", "ro"} else "ok")
+STATE_DIR_PROBE = """
+import sys
+from pathlib import Path
+from sealbox.doctor import check_state_dir
+c = check_state_dir(Path(sys.argv[1]) / "state" / "not-yet")
+print(c.status, c.detail)
+"""
+
+
+@pytest.mark.parametrize("options,status", [("rw,dev,exec", "ok"), ("rw,nodev", "fail"), ("rw,noexec", "fail"), ("ro", "fail")])
+def test_state_dir_on_a_real_mount(tmp_path: Path, options: str, status: str) -> None:
+    """A tmpfs mounted with the given options, in a private mount namespace (nothing leaks to the host): the
+    doctor reads the real mount table, and `findmnt` (util-linux) is the oracle for what it should have found."""
+    mnt = tmp_path / "mnt"
+    mnt.mkdir()
+    unshare = ["unshare", "--mount", "--propagation", "private"] if os.geteuid() == 0 else ["unshare", "-rm"]
+    script = 'mount -t tmpfs -o "$1,size=1m" sealbox-test "$2" && findmnt -n -o OPTIONS --target "$2" && exec "$3" -c "$4" "$2"'
+    p = subprocess.run([*unshare, "sh", "-c", script, "sh", options, str(mnt), sys.executable, STATE_DIR_PROBE],
+                       capture_output=True, text=True, timeout=60)
+    assert p.returncode == 0, p.stderr
+    found, verdict = p.stdout.splitlines()
+    wanted = {o for o in options.split(",") if o in ("nodev", "noexec", "ro")}
+    assert wanted <= set(found.split(",")), found  # the oracle agrees the mount has the options
+    assert verdict.split()[0] == status, verdict
+    assert f"is on {mnt} mounted" in verdict if status == "fail" else f"on {mnt} (created on first use)" in verdict
 
 
 def test_kvm_device_must_be_usable_by_the_vmm_user(make_plan, host, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]

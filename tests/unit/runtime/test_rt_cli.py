@@ -14,6 +14,7 @@ from sealbox.sandbox import planning
 from sealbox.sandbox.host.kvm import KvmStatus
 from sealbox.sandbox.host.registry import Registry
 from sealbox.sandbox.state import SandboxRecord, StateDir
+from strict import skip_allowed
 
 
 @pytest.fixture(autouse=True)
@@ -102,13 +103,14 @@ def test_taken_name_is_refused_and_the_old_record_untouched(capsys, image_dir: P
     state.reserve(SandboxRecord(name="taken", status="stopped", created_at=time.time()))
     before = state.record_path("taken").read_bytes()
     rc, _, err = sealbox(capsys, "run", str(image_dir), "--name", "taken", "--accel", "tcg", "--state-dir", str(state.root))
-    assert rc != 0 and err.strip() == "sealbox: error: a sandbox named 'taken' already exists (choose another --name, or remove it with 'sealbox rm taken')"
+    assert rc != 0 and err.strip() == ("sealbox: error: a sandbox named 'taken' already exists "
+                                       "(choose another --name, or remove it with 'sealbox rm taken')")
     assert state.record_path("taken").read_bytes() == before and state.names() == ["taken"]
 
 
 def test_run_without_root_says_so(capsys, image_dir: Path, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     if os.geteuid() == 0:
-        pytest.skip("this checks the non-root message")
+        skip_allowed("not-root", "running as root, the non-root message cannot be shown")
     rc, _, err = sealbox(capsys, "run", str(image_dir), "--name", "nr", "--accel", "tcg", "--state-dir", str(tmp_path / "s"))
     assert rc != 0 and "must be started as root" in err
 

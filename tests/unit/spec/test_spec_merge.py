@@ -128,7 +128,7 @@ def test_users_merge_by_name(tmp_path: Path) -> None:
         """)
     users = load(spec).spec.users
     assert sorted(users) == ["dev", "ops", "qa"]
-    assert users["dev"] == User(uid=1500, groups=["sudo", "adm"], shell="/bin/sh")
+    assert users["dev"] == User(uid=1500, groups=["sudo", "adm"], shell="/bin/sh")  # noqa: S604  # a login shell, not subprocess
     assert users["ops"].uid == 2000 and users["qa"] == User()
 
 

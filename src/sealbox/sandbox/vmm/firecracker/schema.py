@@ -18,12 +18,13 @@ import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
-
-import jsonschema
-import yaml
+from typing import TYPE_CHECKING, Any
 
 from sealbox.errors import SandboxError
+from sealbox.util.optional import require
+
+if TYPE_CHECKING:
+    import jsonschema
 
 _DROP_KEYS = {"example", "discriminator", "xml", "externalDocs", "readOnly"}
 # Formats jsonschema knows (or that are plain annotations); anything else in `format` is a regex.
@@ -33,6 +34,11 @@ _KNOWN_FORMATS = {
 }
 _INT_BOUNDS = {"int32": (-(2**31), 2**31 - 1), "int64": (-(2**63), 2**63 - 1)}
 _DEF_PREFIX = "#/definitions/"
+_EXTRA = "firecracker-schema"  # pyyaml + jsonschema: only this validation needs them
+
+
+def _jsonschema() -> Any:
+    return require("jsonschema", _EXTRA, "validating against the Firecracker API spec")
 
 
 class SchemaError(SandboxError):
@@ -106,7 +112,7 @@ class FirecrackerSpec:
     def __init__(self, swagger: dict[str, Any], *, strict: bool = True) -> None:
         self.version = str(swagger.get("info", {}).get("version", ""))
         self.root = swagger_to_jsonschema(swagger, strict=strict)
-        jsonschema.Draft7Validator.check_schema(self.root)
+        _jsonschema().Draft7Validator.check_schema(self.root)
         self.operations: list[tuple[re.Pattern[str], Operation]] = []
         for template, methods in (swagger.get("paths") or {}).items():
             for method, op in methods.items():
@@ -125,7 +131,8 @@ class FirecrackerSpec:
         return self.root["definitions"]
 
     def _validator(self, schema: dict[str, Any]) -> jsonschema.Draft7Validator:
-        return jsonschema.Draft7Validator({**schema, "definitions": self.definitions})
+        validator: jsonschema.Draft7Validator = _jsonschema().Draft7Validator({**schema, "definitions": self.definitions})
+        return validator
 
     def errors(self, definition: str, instance: Any) -> list[str]:
         """Every violation of `definitions/<definition>` as 'path: message' lines (empty = valid)."""
@@ -165,6 +172,7 @@ def _json_path(parts: Any) -> str:
 @functools.lru_cache(maxsize=4)
 def load_spec(path: str, strict: bool = True) -> FirecrackerSpec:
     """Load (and cache) a Firecracker swagger file."""
+    yaml = require("yaml", _EXTRA, "validating against the Firecracker API spec")
     try:
         swagger = yaml.safe_load(Path(path).read_text())
     except (OSError, yaml.YAMLError) as e:
