@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from sealbox.builder import disk
 from sealbox.builder import manifest as mf
 from sealbox.builder.bootstrap import bootstrap
 from sealbox.builder.cache import DEFAULT_CACHE, DebCache
@@ -107,7 +108,7 @@ def _build_image(loaded: LoadedSpec, opts: BuildOptions) -> BuildResult:
         raise BuildError(f"{lock_path}: lock is for suite {lock.suite!r} but the spec asks for {spec.distribution.suite!r}",
                          hint="rebuild with --update-lock")
     sources = resolve_sources(spec.distribution)
-    tools = mf.tool_versions()
+    tools = {**mf.tool_versions(), **disk.tool_versions(spec.output.formats)}
     spec_digest = loaded.digest()
 
     # warm rebuild: same spec, lock and tools -> the existing output is the result
@@ -193,6 +194,9 @@ def _build_image(loaded: LoadedSpec, opts: BuildOptions) -> BuildResult:
             if "uki" in wanted_formats:
                 boot_files["uki"] = f"{spec.name}.efi"
                 tools = {**tools, STUB_PACKAGE: boot.extras[STUB_PACKAGE].version}
+            # bootable disk images carrying the UKI (builder/disk.py): disk, qcow2, vhd, gcp
+            pipe.step("disk", lambda: boot_files.update(disk.write_disks(stage, work, stage / f"{spec.name}.efi", wanted_formats, epoch)),
+                      skip=not disk.wanted(wanted_formats))
 
             def do_manifest() -> dict[str, Any]:
                 mf.file_mode_world_readable(stage)

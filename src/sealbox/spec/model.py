@@ -201,12 +201,25 @@ class Kernel(Section):
         return _check_all(v, KMOD_RE, "kernel module name", "letters, digits, '_', '-'")
 
 
+DISK_FORMATS = ("disk", "qcow2", "vhd", "gcp")  # bootable GPT disk images carrying the UKI (builder/disk.py)
+
+
 class Output(Section):
-    formats: list[Literal["initrd", "ext4", "uki"]] = setting(
-        ["initrd", "ext4"], "Artifacts to write besides vmlinuz/vmlinux/manifest.", merge="override"
+    formats: list[Literal["initrd", "ext4", "uki", "disk", "qcow2", "vhd", "gcp"]] = setting(
+        ["initrd", "ext4"],
+        "Artifacts to write besides vmlinuz/vmlinux/manifest: initrd, ext4, uki, and bootable GPT disks carrying the UKI: "
+        "disk (disk.raw), qcow2 (disk.qcow2), vhd (disk.vhd, fixed, for Azure), gcp (disk.gcp.tar.gz, for GCP).",
+        merge="override",
     )
     compression_level: int = setting(19, "zstd level of initrd.cpio.zst (higher = smaller, slower).", ge=1, le=19)
     ext4_extra_mib: int = setting(16, "Free space added to rootfs.ext4 beyond its content (MiB).", ge=0, le=65536)
+
+    @model_validator(mode="after")
+    def _disks_need_uki(self) -> Output:
+        disks = [f for f in self.formats if f in DISK_FORMATS]
+        if disks and "uki" not in self.formats:
+            raise ValueError(f"formats {disks} boot the UKI from the disk's EFI system partition: add \"uki\" to output.formats")
+        return self
 
 
 class ImageBody(Section):

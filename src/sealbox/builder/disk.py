@@ -1,0 +1,106 @@
+"""Bootable disk images from a built UKI: output formats disk, qcow2, vhd and gcp.
+
+Every format carries the same GPT disk: an EFI system partition (FAT32) holding the UKI as
+\\EFI\\BOOT\\BOOTX64.EFI, the path UEFI firmware boots from removable and unconfigured disks, so a cloud
+VM or OVMF finds it without a boot entry. The image boots from the UKI's initrd; nothing else is on
+the disk.
+
+Identity: the disk GUID, partition GUID, FAT volume id and the VHD's unique id are derived from the
+SHA-256 of the unsigned UKI, and the ESP's size from its length (with room for a signature), so
+`sealbox sign` can rewrite the disks around a signed UKI with exactly the same layout.
+
+    disk   disk.raw          raw GPT disk, a multiple of 1 MiB (sparse on the host)
+    qcow2  disk.qcow2        the same disk converted by qemu-img (zero clusters unallocated)
+    vhd    disk.vhd          fixed VHD (raw + footer) for Azure: size a multiple of 1 MiB
+    gcp    disk.gcp.tar.gz   GCP image import: disk.raw (a multiple of 1 GiB) in a GNU tar, gzip
+"""
+
+from __future__ import annotations
+
+import hashlib
+import shutil
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+from sealbox.formats import fat, gpt, targz, vhd
+from sealbox.util.digest import sha256_file
+from sealbox.util.run import output, run
+
+DISK_FORMATS = ("disk", "qcow2", "vhd", "gcp")
+FILES = {"disk": "disk.raw", "qcow2": "disk.qcow2", "vhd": "disk.vhd", "gcp": "disk.gcp.tar.gz"}
+ESP_PATH = "/EFI/BOOT/BOOTX64.EFI"
+GCP_MULTIPLE = 1 << 30
+QCOW2_OPTIONS = "compat=1.1,cluster_size=65536,preallocation=off,lazy_refcounts=off"
+GZIP_LEVEL = 9
+
+
+@dataclass(frozen=True)
+class DiskIdentity:
+    """Everything about the disk that is fixed by the unsigned UKI."""
+
+    digest: str  # sha256 of the unsigned UKI
+    esp_size: int
+
+    @classmethod
+    def of(cls, unsigned_uki: Path) -> DiskIdentity:
+        return cls(sha256_file(unsigned_uki), fat.esp_size(unsigned_uki.stat().st_size))
+
+    @property
+    def volume_id(self) -> int:
+        return int(hashlib.sha256(f"sealbox-fat:{self.digest}".encode()).hexdigest()[:8], 16)
+
+    def table(self, multiple: int = gpt.ALIGN) -> gpt.Table:
+        esp = (gpt.ESP_TYPE, gpt.derived_guid(self.digest, "esp"), self.esp_size, "ESP", 0)
+        return gpt.plan(gpt.derived_guid(self.digest, "disk"), [esp], multiple=multiple)
+
+
+def wanted(formats: Iterable[str]) -> list[str]:
+    return [f for f in DISK_FORMATS if f in set(formats)]
+
+
+def tool_versions(formats: Iterable[str]) -> dict[str, str]:
+    """Versions of the tools that shape the disk bytes (part of the build key when a disk is wanted)."""
+    if not wanted(formats):
+        return {}
+    import zlib
+
+    def dpkg(pkg: str) -> str:
+        try:
+            return output(["dpkg-query", "-W", "-f=${Version}", pkg])
+        except Exception:  # noqa: BLE001 - a missing package is reported as such
+            return "absent"
+
+    return {"dosfstools": dpkg("dosfstools"), "mtools": dpkg("mtools"), "qemu-utils": dpkg("qemu-utils"),
+            "zlib": zlib.ZLIB_RUNTIME_VERSION}
+
+
+def write_disks(out: Path, work: Path, uki: Path, formats: Iterable[str], epoch: int,
+                identity: DiskIdentity | None = None) -> dict[str, str]:
+    """Write the wanted disk formats into `out`; returns {format: file name} for the manifest's boot map.
+    `uki` goes onto the ESP; `identity` (default: from `uki` itself) fixes GUIDs and sizes."""
+    kinds = wanted(formats)
+    if not kinds:
+        return {}
+    ident = identity or DiskIdentity.of(uki)
+    scratch = work / "disk"
+    scratch.mkdir(parents=True, exist_ok=True)
+    esp = scratch / "esp.fat"
+    table = ident.table()
+    part = table.partitions[0]
+    fat.make_esp(esp, ident.esp_size, {ESP_PATH: uki}, ident.volume_id, epoch, hidden_sectors=part.first_lba,
+                 scratch=scratch / "fat")
+    raw = out / FILES["disk"] if "disk" in kinds else scratch / FILES["disk"]
+    gpt.write_disk(raw, table, [esp])
+    if "qcow2" in kinds:
+        run(["qemu-img", "convert", "-q", "-f", "raw", "-O", "qcow2", "-o", QCOW2_OPTIONS, raw, out / FILES["qcow2"]],
+            what="qemu-img convert")
+    if "vhd" in kinds:
+        vhd.write_fixed_vhd(raw, out / FILES["vhd"], epoch, ident.digest)
+    if "gcp" in kinds:
+        gcp_raw = scratch / "gcp" / "disk.raw"
+        gcp_raw.parent.mkdir(exist_ok=True)
+        gpt.write_disk(gcp_raw, ident.table(GCP_MULTIPLE), [esp])
+        targz.write_targz(out / FILES["gcp"], "disk.raw", gcp_raw, epoch, GZIP_LEVEL)
+    shutil.rmtree(scratch, ignore_errors=True)
+    return {k: FILES[k] for k in kinds}
