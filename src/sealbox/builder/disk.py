@@ -32,7 +32,7 @@ FILES = {"disk": "disk.raw", "qcow2": "disk.qcow2", "vhd": "disk.vhd", "gcp": "d
 ESP_PATH = "/EFI/BOOT/BOOTX64.EFI"
 GCP_MULTIPLE = 1 << 30
 QCOW2_OPTIONS = "compat=1.1,cluster_size=65536,preallocation=off,lazy_refcounts=off"
-GZIP_LEVEL = 9
+GZIP_LEVEL = 6  # level 9 saves <0.1 % on this content (mostly compressed already) and costs 25 % more time
 
 
 @dataclass(frozen=True)
@@ -98,9 +98,7 @@ def write_disks(out: Path, work: Path, uki: Path, formats: Iterable[str], epoch:
     if "vhd" in kinds:
         vhd.write_fixed_vhd(raw, out / FILES["vhd"], epoch, ident.digest)
     if "gcp" in kinds:
-        gcp_raw = scratch / "gcp" / "disk.raw"
-        gcp_raw.parent.mkdir(exist_ok=True)
-        gpt.write_disk(gcp_raw, ident.table(GCP_MULTIPLE), [esp])
-        targz.write_targz(out / FILES["gcp"], "disk.raw", gcp_raw, epoch, GZIP_LEVEL)
+        big = ident.table(GCP_MULTIPLE)  # streamed into the archive: the 1 GiB disk.raw is never written out
+        targz.write_targz(out / FILES["gcp"], "disk.raw", big.size, gpt.disk_chunks(big, [esp]), epoch, GZIP_LEVEL)
     shutil.rmtree(scratch, ignore_errors=True)
     return {k: FILES[k] for k in kinds}

@@ -14,6 +14,7 @@ import hashlib
 import struct
 import uuid
 import zlib
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO, NamedTuple
@@ -141,31 +142,59 @@ def plan(disk_guid: uuid.UUID, parts: list[tuple[uuid.UUID, uuid.UUID, int, str,
     return Table(disk_guid, total // SECTOR, tuple(out))
 
 
-def write_disk(path: Path, table: Table, contents: list[Path | None]) -> None:
-    """Write the disk image: tables, each partition's content (a file no larger than the partition,
-    or None for an empty partition), zeros elsewhere (left as holes: the file is sparse)."""
+CHUNK = 1 << 20
+ZEROS = bytes(CHUNK)
+
+
+def disk_chunks(table: Table, contents: list[Path | None]) -> Iterator[bytes]:
+    """The whole disk image as a stream of chunks: tables, each partition's content (a file no larger
+    than the partition, or None for an empty one), zeros elsewhere (as ZEROS or shorter zero chunks)."""
     if len(contents) != len(table.partitions):
         raise GptError("one content file (or None) per partition is needed")
+    for part, src in zip(table.partitions, contents, strict=True):
+        if src is not None and src.stat().st_size > part.size:
+            raise GptError(f"{src.name} ({src.stat().st_size} bytes) does not fit partition {part.name!r} ({part.size} bytes)")
+    head, tail = table.head(), table.tail()
+    pos = len(head)
+    yield head
+    for part, src in zip(table.partitions, contents, strict=True):
+        if src is None:
+            continue
+        yield from _zeros(part.offset - pos)
+        with open(src, "rb") as f:
+            while block := f.read(CHUNK):
+                yield block
+                pos = part.offset + f.tell()
+    yield from _zeros(table.size - len(tail) - pos)
+    yield tail
+
+
+def _zeros(n: int) -> Iterator[bytes]:
+    while n > 0:
+        yield ZEROS if n >= CHUNK else bytes(n)
+        n -= CHUNK
+
+
+def is_zero_run(chunk: bytes) -> bool:
+    return chunk is ZEROS or chunk == (ZEROS if len(chunk) == CHUNK else bytes(len(chunk)))
+
+
+def write_disk(path: Path, table: Table, contents: list[Path | None]) -> None:
+    """Write the disk image to `path`, leaving zero runs as holes (the file is sparse)."""
     with open(path, "wb") as f:
+        for chunk in disk_chunks(table, contents):
+            if is_zero_run(chunk):
+                f.seek(len(chunk), 1)
+            else:
+                f.write(chunk)
         f.truncate(table.size)
-        f.write(table.head())
-        for part, src in zip(table.partitions, contents, strict=True):
-            if src is None:
-                continue
-            if src.stat().st_size > part.size:
-                raise GptError(f"{src.name} ({src.stat().st_size} bytes) does not fit partition {part.name!r} ({part.size} bytes)")
-            f.seek(part.offset)
-            copy_sparse(src, f)
-        f.seek(table.size - len(table.tail()))
-        f.write(table.tail())
 
 
-def copy_sparse(src: Path, dst: BinaryIO, chunk: int = 1 << 20) -> None:
+def copy_sparse(src: Path, dst: BinaryIO) -> None:
     """Copy src into the open file `dst` at its position, seeking over all-zero chunks (holes)."""
-    zero = bytes(chunk)
     with open(src, "rb") as s:
-        while block := s.read(chunk):
-            if block == zero[: len(block)]:
+        while block := s.read(CHUNK):
+            if is_zero_run(block):
                 dst.seek(len(block), 1)
             else:
                 dst.write(block)

@@ -10,16 +10,17 @@ from __future__ import annotations
 
 import gzip
 import tarfile
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 BLOCK = 512
 RECORD = 20 * BLOCK
-CHUNK = 1 << 20
 
 
-def write_targz(out: Path, member: str, src: Path, epoch: int, level: int = 9) -> None:
+def write_targz(out: Path, member: str, size: int, chunks: Iterable[bytes], epoch: int, level: int = 6) -> None:
+    """Write `out` with one member of `size` bytes whose content is the concatenation of `chunks`."""
     info = tarfile.TarInfo(member)
-    info.size = src.stat().st_size
+    info.size = size
     info.mtime = epoch
     info.mode = 0o644
     info.uid = info.gid = 0
@@ -28,12 +29,20 @@ def write_targz(out: Path, member: str, src: Path, epoch: int, level: int = 9) -
     header = info.tobuf(tarfile.GNU_FORMAT, "utf-8", "strict")
     with open(out, "wb") as raw, gzip.GzipFile(filename="", mode="wb", fileobj=raw, mtime=0, compresslevel=level) as gz:
         gz.write(header)
-        written = len(header)
-        with open(src, "rb") as f:
-            while block := f.read(CHUNK):
-                gz.write(block)
-                written += len(block)
+        n = 0
+        for chunk in chunks:
+            gz.write(chunk)
+            n += len(chunk)
+        if n != size:
+            raise ValueError(f"{member}: {n} bytes of content, {size} announced")
+        written = len(header) + n
         pad = -written % BLOCK
         gz.write(bytes(pad + 2 * BLOCK))
         written += pad + 2 * BLOCK
         gz.write(bytes(-written % RECORD))
+
+
+def file_chunks(path: Path, chunk: int = 1 << 20) -> Iterator[bytes]:
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            yield block

@@ -113,7 +113,7 @@ class Inputs:
             self.snapshot = read_manifest(spec.from_snapshot, verify=False)
         self.choice = planning.choose(spec, state.root, dry_run=dry_run)
         # the boot files must exist for the chosen backend/mode (raises a one-line UsageError)
-        self.image.boot_files(vmm=self.choice.vmm, rootfs=spec.rootfs, firmware=spec.firmware, tdx=spec.tdx)
+        self.image.boot_files(vmm=self.choice.vmm, rootfs=spec.rootfs, firmware=spec.firmware, tdx=spec.tdx, boot=spec.boot)
         if state.exists(spec.name):
             raise SandboxError(f"a sandbox named {spec.name!r} already exists",
                                hint=f"choose another --name, or remove it with 'sealbox rm {spec.name}'")
