@@ -97,7 +97,7 @@ def choose(spec: SandboxSpec, state_root: Path, *, dry_run: bool = False) -> Cho
         check_disk_image_boot(spec)
     if spec.tdx or spec.firmware == "ovmf" or spec.boot == "disk-image":
         if vmm == "firecracker":
-            raise UsageError("--tdx/--firmware ovmf need QEMU", hint="use --vmm qemu (or auto)")
+            raise UsageError("--tdx/--firmware ovmf/--boot disk-image need QEMU", hint="use --vmm qemu (or auto)")
         vmm = "qemu"
     if vmm == "firecracker" and spec.accel == "tcg":
         raise UsageError("Firecracker has no TCG fallback", hint="use --vmm qemu with --accel tcg")
