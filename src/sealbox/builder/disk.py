@@ -56,7 +56,8 @@ class DiskIdentity:
 
 
 def wanted(formats: Iterable[str]) -> list[str]:
-    return [f for f in DISK_FORMATS if f in set(formats)]
+    chosen = set(formats)
+    return [f for f in DISK_FORMATS if f in chosen]
 
 
 def tool_versions(formats: Iterable[str]) -> dict[str, str]:

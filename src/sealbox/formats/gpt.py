@@ -17,7 +17,7 @@ import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO, NamedTuple
+from typing import BinaryIO, NamedTuple, Protocol
 
 SECTOR = 512
 ALIGN = 1 << 20  # partitions start on MiB boundaries (what sgdisk and cloud tools expect)
@@ -38,6 +38,11 @@ ATTR_NO_AUTO = 1 << 63  # DPS: do not auto-mount
 
 _HEADER = struct.Struct("<8sIIIIQQQQ16sQIII")  # 92 bytes
 _ENTRY = struct.Struct("<16s16sQQQ72s")  # 128 bytes
+
+
+class SeekRead(Protocol):
+    def seek(self, offset: int, whence: int = ..., /) -> int: ...
+    def read(self, n: int = ..., /) -> bytes: ...
 
 
 class GptError(ValueError):
@@ -249,28 +254,32 @@ def parse_header(sector: bytes, where: str) -> _Header:
 
 def read_gpt(path: Path, backup: bool = False) -> Parsed:
     """The primary (or backup) GPT of a disk image file, validated."""
-    size = path.stat().st_size
-    if size < (2 + ENTRY_SECTORS) * SECTOR * 2:
-        raise GptError(f"{path}: {size} bytes is too small for a GPT disk")
-    where = f"{path} ({'backup' if backup else 'primary'} header)"
     with open(path, "rb") as f:
-        f.seek(size - SECTOR if backup else SECTOR)
-        sector = f.read(SECTOR)
-        h = parse_header(sector, where)
-        if not 0 < h.entry_count <= MAX_ENTRIES_READ or h.entry_size < ENTRY_SIZE or h.entry_size % 8 or h.entry_size > 4096:
-            raise GptError(f"{where}: GPT entry array {h.entry_count} x {h.entry_size} is not plausible")
-        if h.entries_lba * SECTOR + h.entry_count * h.entry_size > size:
-            raise GptError(f"{where}: GPT entry array lies beyond the end of the disk")
-        f.seek(h.entries_lba * SECTOR)
-        array = f.read(h.entry_count * h.entry_size)
+        return read_gpt_stream(f, path.stat().st_size, str(path), backup)
+
+
+def read_gpt_stream(f: SeekRead, size: int, name: str, backup: bool = False) -> Parsed:
+    """The GPT of a disk of `size` bytes readable from `f` (offsets relative to where `f` starts)."""
+    if size < (2 + ENTRY_SECTORS) * SECTOR * 2:
+        raise GptError(f"{name}: {size} bytes is too small for a GPT disk")
+    where = f"{name} ({'backup' if backup else 'primary'} header)"
+    f.seek(size - SECTOR if backup else SECTOR)
+    sector = f.read(SECTOR)
+    h = parse_header(sector, where)
+    if not 0 < h.entry_count <= MAX_ENTRIES_READ or h.entry_size < ENTRY_SIZE or h.entry_size % 8 or h.entry_size > 4096:
+        raise GptError(f"{where}: GPT entry array {h.entry_count} x {h.entry_size} is not plausible")
+    if h.entries_lba * SECTOR + h.entry_count * h.entry_size > size:
+        raise GptError(f"{where}: GPT entry array lies beyond the end of the disk")
+    f.seek(h.entries_lba * SECTOR)
+    array = f.read(h.entry_count * h.entry_size)
     if zlib.crc32(array) != h.entries_crc:
         raise GptError(f"{where}: GPT entry array CRC does not match")
     parts = []
     for i in range(h.entry_count):
-        t, g, a, b, attrs, name = _ENTRY.unpack_from(array, i * h.entry_size)
+        t, g, a, b, attrs, name_raw = _ENTRY.unpack_from(array, i * h.entry_size)
         if t == bytes(16):
             continue
-        label = name.decode("utf-16-le", errors="replace").split("\0", 1)[0]
+        label = name_raw.decode("utf-16-le", errors="replace").split("\0", 1)[0]
         parts.append(Partition(uuid.UUID(bytes_le=t), uuid.UUID(bytes_le=g), a, b, label, attrs))
     return Parsed(sector[: h.header_size], uuid.UUID(bytes_le=h.disk_guid), h.my_lba, h.alternate_lba, h.first_usable,
                   h.last_usable, h.entries_lba, h.entry_count, h.entry_size, array, tuple(parts))

@@ -8,6 +8,7 @@ the compression level, and the end-of-archive padding to a whole 10 KiB record.
 
 from __future__ import annotations
 
+import contextlib
 import gzip
 import tarfile
 from collections.abc import Iterable, Iterator
@@ -46,3 +47,30 @@ def file_chunks(path: Path, chunk: int = 1 << 20) -> Iterator[bytes]:
     with open(path, "rb") as f:
         while block := f.read(chunk):
             yield block
+
+
+class _Member:
+    """Seek/read within the first member of a tar stream (offsets relative to the member's data)."""
+
+    def __init__(self, stream: gzip.GzipFile) -> None:
+        self._s = stream
+
+    def seek(self, offset: int, whence: int = 0) -> int:
+        if whence != 0:
+            raise ValueError("only absolute seeks")
+        return self._s.seek(BLOCK + offset) - BLOCK
+
+    def read(self, n: int = -1) -> bytes:
+        return self._s.read(n)
+
+
+@contextlib.contextmanager
+def first_member(path: Path) -> Iterator[tuple[str, int, _Member]]:
+    """(name, size, reader) of the first member of a .tar.gz; reading near its start decompresses
+    only that far (a disk's GPT header is in its first KiBs)."""
+    with gzip.open(path, "rb") as gz:
+        try:
+            info = tarfile.TarInfo.frombuf(gz.read(BLOCK), "utf-8", "strict")
+        except (tarfile.TarError, OSError, EOFError) as e:
+            raise ValueError(f"{path}: not a tar.gz archive ({e})") from None
+        yield info.name, info.size, _Member(gz)

@@ -5,14 +5,11 @@ from __future__ import annotations
 
 import json
 import shutil
-import sys
 from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).parent))
-
-from imagecache import default_image  # noqa: E402
+from imagecache import default_image
 
 
 @pytest.fixture(scope="session")

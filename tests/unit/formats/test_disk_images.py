@@ -137,3 +137,8 @@ def test_no_disk_format_writes_nothing(tmp_path: Path, uki: Path) -> None:
     assert disk.write_disks(tmp_path, tmp_path / "w", uki, ["initrd", "uki"], EPOCH) == {}
     assert disk.tool_versions(["initrd"]) == {}
     assert set(disk.tool_versions(["vhd"])) == {"dosfstools", "mtools", "qemu-utils", "zlib"}
+
+
+def test_wanted_accepts_any_iterable() -> None:
+    """sign passes a generator over the manifest's boot keys: every disk format must be found, not only the first."""
+    assert disk.wanted(k for k in ["gcp", "uki", "disk", "vhd", "qcow2"]) == ["disk", "qcow2", "vhd", "gcp"]

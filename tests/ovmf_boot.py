@@ -99,3 +99,33 @@ def boot_disk(disk: Path, fmt: str, *, markers: tuple[str, ...] = (READY,), time
                     swtpm.kill()
                     swtpm.wait(5)
         return Boot(buf.decode(errors="replace"), found, seconds)
+
+
+def event_log(console: str, begin: str = "SEALBOX-EVENTLOG-BEGIN", end: str = "SEALBOX-EVENTLOG-END") -> list[tuple[int, int, str, bytes]]:
+    """(pcr, event type, sha256 digest hex, event data) of the base64 TCG2 crypto-agile log a guest printed."""
+    import base64
+    import struct
+
+    text = console.replace("\r", "")
+    if begin + "\n" not in text:
+        return []
+    raw = base64.b64decode(text.split(begin + "\n", 1)[1].split(end, 1)[0])
+    _, _, _, size = struct.unpack_from("<II20sI", raw, 0)  # the SHA-1 format Spec ID header event
+    spec = raw[32:32 + size]
+    sizes = {}
+    for i in range(struct.unpack_from("<I", spec, 24)[0]):
+        alg, dsize = struct.unpack_from("<HH", spec, 28 + 4 * i)
+        sizes[alg] = dsize
+    off, events = 32 + size, []
+    while off + 12 <= len(raw):
+        pcr, etype, count = struct.unpack_from("<III", raw, off)
+        off += 12
+        digests = {}
+        for _ in range(count):
+            alg = struct.unpack_from("<H", raw, off)[0]
+            digests[alg] = raw[off + 2:off + 2 + sizes[alg]].hex()
+            off += 2 + sizes[alg]
+        esize = struct.unpack_from("<I", raw, off)[0]
+        events.append((pcr, etype, digests.get(0x000B, ""), raw[off + 4:off + 4 + esize]))
+        off += 4 + esize
+    return events
