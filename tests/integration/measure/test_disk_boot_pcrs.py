@@ -14,15 +14,15 @@ from pathlib import Path
 
 import pytest
 from measure_fixtures import STUB, debian_package
-from ovmf_boot import OVMF_SECBOOT_CODE, OVMF_VARS, boot_disk, event_log
-from secureboot import enrolled_vars, make_key, sbsign
 
+from ovmf_boot import OVMF_SECBOOT_CODE, OVMF_VARS, boot_disk, event_log
 from sealbox.builder.disk import DiskIdentity, write_disks
 from sealbox.formats import efivars, gpt
 from sealbox.formats.uki import build_uki
 from sealbox.measure import diskboot
 from sealbox.measure.events import Register
 from sealbox.measure.ukiinfo import read_uki
+from secureboot import enrolled_vars, make_key, sbsign
 
 pytestmark = [
     pytest.mark.integration,
