@@ -18,6 +18,7 @@ SHA-256 of the unsigned UKI, and the ESP's size from its length (with room for a
 from __future__ import annotations
 
 import hashlib
+import os
 import shutil
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -103,3 +104,65 @@ def write_disks(out: Path, work: Path, uki: Path, formats: Iterable[str], epoch:
         targz.write_targz(out / FILES["gcp"], "disk.raw", big.size, gpt.disk_chunks(big, [esp]), epoch, GZIP_LEVEL)
     shutil.rmtree(scratch, ignore_errors=True)
     return {k: FILES[k] for k in kinds}
+
+
+# ---- explaining differences (verify-reproducible) --------------------------------------------------------
+
+def explain(name: str, a: Path, b: Path, scratch: Path) -> list[str]:
+    """What differs between two builds of disk artifact `name`: the GPT, the ESP's files, or the container."""
+    if name == FILES["disk"]:
+        return _explain_raw(a, b, scratch)
+    if name == FILES["qcow2"]:
+        r = run(["qemu-img", "compare", "-f", "qcow2", "-F", "qcow2", a, b], check=False, what="qemu-img compare")
+        if r.returncode == 0:
+            return ["the virtual disks are identical: only qcow2 metadata (header, tables) differs"]
+        said = " ".join((r.stdout or b"").decode(errors="replace").split())[:200]
+        return [f"the virtual disks differ (see disk.raw): qemu-img compare: {said}"]
+    if name == FILES["vhd"]:
+        fa, fb = vhd.read_footer(a), vhd.read_footer(b)
+        diffs = [f"VHD footer {k}: {getattr(fa, k)} != {getattr(fb, k)}" for k in fa.__dataclass_fields__ if getattr(fa, k) != getattr(fb, k)]
+        return diffs or ["the footers are equal: the disk content differs (compare disk.raw)"]
+    return []
+
+
+def _explain_raw(a: Path, b: Path, scratch: Path) -> list[str]:
+    ga, gb = gpt.read_gpt(a), gpt.read_gpt(b)
+    out = []
+    if ga.disk_guid != gb.disk_guid:
+        out.append(f"GPT disk GUID {ga.disk_guid} != {gb.disk_guid}")
+    if ga.partitions != gb.partitions:
+        out.append(f"GPT partitions {ga.partitions} != {gb.partitions}")
+    if out or not ga.partitions:
+        return out
+    (la, fa), (lb, fb) = (_esp_files(d, ga.partitions[0], scratch / tag) for d, tag in ((a, "a"), (b, "b")))
+    out += [f"ESP listing, first build only: {line}" for line in la if line not in lb]
+    out += [f"ESP listing, second build only: {line}" for line in lb if line not in la]
+    for path in sorted(set(fa) | set(fb)):
+        if fa.get(path) != fb.get(path):
+            out.append(f"ESP {path}: content {fa.get(path, 'missing')} != {fb.get(path, 'missing')}")
+    return out or ["same GPT, ESP listing (names, sizes, dates) and file contents: the difference is in FAT metadata"]
+
+
+def _esp_files(disk_path: Path, esp: gpt.Partition, scratch: Path) -> tuple[list[str], dict[str, str]]:
+    """(mdir listing lines, {path: content digest}) of the ESP (mtools, no mount)."""
+    scratch.mkdir(parents=True, exist_ok=True)
+    img = scratch / "esp.fat"
+    with open(disk_path, "rb") as f, open(img, "wb") as o:
+        f.seek(esp.offset)
+        o.write(f.read(esp.size))
+    env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "MTOOLS_SKIP_CHECK": "1", "TZ": "UTC", "LC_ALL": "C"}
+    listing = run(["mdir", "-/", "-i", img, "::/"], env=env, what="mdir").stdout.decode(errors="replace")
+    lines, where = [], "::/"
+    for ln in listing.splitlines():
+        if ln.startswith("Directory for "):
+            where = ln.removeprefix("Directory for ").strip()
+        elif ln.startswith(" ") or not ln.strip() or ln.split()[0] in (".", ".."):
+            continue  # volume header, totals, self and parent entries
+        else:
+            lines.append(f"{where.rstrip('/')}/{' '.join(ln.split())}")
+    names = run(["mdir", "-/", "-b", "-i", img, "::/"], env=env, what="mdir").stdout.decode(errors="replace").split()
+    digests = {}
+    for entry in sorted(n for n in names if n.startswith("::") and not n.endswith("/")):
+        data = run(["mtype", "-i", img, entry], env=env, check=False, what="mtype").stdout
+        digests[entry[2:]] = f"sha256:{hashlib.sha256(data).hexdigest()[:16]} ({len(data)} bytes)"
+    return lines, digests

@@ -142,3 +142,21 @@ def test_no_disk_format_writes_nothing(tmp_path: Path, uki: Path) -> None:
 def test_wanted_accepts_any_iterable() -> None:
     """sign passes a generator over the manifest's boot keys: every disk format must be found, not only the first."""
     assert disk.wanted(k for k in ["gcp", "uki", "disk", "vhd", "qcow2"]) == ["disk", "qcow2", "vhd", "gcp"]
+
+
+def test_differences_are_explained(tmp_path: Path, uki: Path) -> None:
+    """verify-reproducible's explanation of two disks built three days apart: ESP dates, VHD time stamp."""
+    from sealbox.builder.compare import explain
+
+    for tag, epoch in (("a", EPOCH), ("b", EPOCH + 3 * 86400)):
+        (tmp_path / tag).mkdir()
+        disk.write_disks(tmp_path / tag, tmp_path / f"w{tag}", uki, ["disk", "qcow2", "vhd"], epoch)
+    raw = explain("disk.raw", tmp_path / "a/disk.raw", tmp_path / "b/disk.raw", tmp_path)
+    size = uki.stat().st_size
+    assert f"ESP listing, first build only: ::/EFI/BOOT/BOOTX64 EFI {size} 2025-01-01 0:00" in raw, raw
+    assert any(f"second build only: ::/EFI/BOOT/BOOTX64 EFI {size} 2025-01-04" in line for line in raw)
+    assert not [line for line in raw if "content" in line]  # same UKI bytes
+    vhd_lines = explain("disk.vhd", tmp_path / "a/disk.vhd", tmp_path / "b/disk.vhd", tmp_path)
+    assert vhd_lines == [f"VHD footer timestamp: {EPOCH - 946684800} != {EPOCH + 3 * 86400 - 946684800}"]
+    q = explain("disk.qcow2", tmp_path / "a/disk.qcow2", tmp_path / "b/disk.qcow2", tmp_path)
+    assert q[0].startswith("the virtual disks differ") and "mismatch" in q[0]
