@@ -3,7 +3,9 @@
 
 from __future__ import annotations
 
+import hashlib
 import ipaddress
+import json
 from collections.abc import Callable
 from pathlib import Path
 
@@ -19,10 +21,15 @@ DISKS = {"disk.raw": bytes(1 << 20), "disk.qcow2": QCOW2_MAGIC + bytes(1020), "d
 
 
 def _with_disks(make_image: Callable[..., Path], keys: dict[str, str], name: str = "img") -> Path:
-    from conftest import BOOT, FILES
-
-    files = {**FILES, **{f: DISKS[f] for f in keys.values()}}
-    return make_image(name, files=files, boot={**BOOT, **keys})
+    """The fixture image plus the disk files `keys` names ({boot key: file}), recorded in its manifest."""
+    d = make_image(name)
+    m = json.loads((d / "manifest.json").read_text())
+    for key, fname in keys.items():
+        (d / fname).write_bytes(DISKS[fname])
+        m["boot"][key] = fname
+        m["artifacts"][fname] = {"sha256": hashlib.sha256(DISKS[fname]).hexdigest(), "size": len(DISKS[fname])}
+    (d / "manifest.json").write_text(json.dumps(m))
+    return d
 
 
 def test_prefers_raw_then_qcow2_then_vhd(make_image: Callable[..., Path]) -> None:
