@@ -94,13 +94,16 @@ def sign_image(image_dir: Path, key: Path, cert: Path, work_base: Path | None = 
     formats = disk.wanted(k for k in m["boot"] if m["boot"].get(k))
     for f in formats:
         _checked(image_dir, m, m["boot"][f])
+    disk_uki_name = m["boot"].get("disk_uki")  # a verity root's disk boots its own UKI (builder/verity.py)
+    ukis = [uki_name] + ([disk_uki_name] if disk_uki_name else [])
+    verity = _verity_root(image_dir, m, _checked(image_dir, m, disk_uki_name)) if disk_uki_name else None
     if not os.access(key, os.R_OK) or not Path(key).is_file():
         raise UsageError(f"--key {key} is not a readable file", hint="pass the PEM private key of the db certificate")
     facts = certificate_facts(Path(cert))
-    unsigned = uki.read_bytes()
-    if parse_pe(unsigned, str(uki)).cert_table_size:
-        raise UsageError(f"{uki} already carries a signature", hint="sign the unsigned build output")
-    changed = {uki_name, *(m["boot"][f] for f in formats)}
+    for name in ukis:
+        if parse_pe((image_dir / name).read_bytes(), name).cert_table_size:
+            raise UsageError(f"{image_dir / name} already carries a signature", hint="sign the unsigned build output")
+    changed = {*ukis, *(m["boot"][f] for f in formats)}
     work = Path(tempfile.mkdtemp(prefix="sealbox-sign-", dir=work_base or os.environ.get("SEALBOX_WORK_DIR") or None))
     try:
         with atomic.staged_dir(image_dir) as stage:
@@ -108,17 +111,19 @@ def sign_image(image_dir: Path, key: Path, cert: Path, work_base: Path | None = 
                 if name in changed or name in DROPPED or name == MANIFEST or not (image_dir / name).is_file():
                     continue
                 _link_or_copy(image_dir / name, stage / name)
-            signed = stage / uki_name
-            run(["sbsign", "--key", key, "--cert", cert, "--output", signed, uki], what="sbsign")
-            _check_signed(unsigned, signed.read_bytes(), uki)
-            disk.write_disks(stage, work, signed, formats, int(m["epoch"]), identity=disk.DiskIdentity.of(uki))
+            for name in ukis:
+                run(["sbsign", "--key", key, "--cert", cert, "--output", stage / name, image_dir / name], what="sbsign")
+                _check_signed((image_dir / name).read_bytes(), (stage / name).read_bytes(), image_dir / name)
+            on_disk = disk_uki_name or uki_name
+            disk.write_disks(stage, work, stage / on_disk, formats, int(m["epoch"]), identity=disk.DiskIdentity.of(image_dir / on_disk),
+                             verity=verity)
             new = {**m, "artifacts": {**m["artifacts"]}}
             for name in sorted(changed):
                 new["artifacts"][name] = {"sha256": sha256_file(stage / name), "size": (stage / name).stat().st_size}
             new["signature"] = {
                 "tool": f"sbsign {_sbsign_version()}", "certificate": facts, "signed": sorted(changed),
                 "unsigned": {n: m["artifacts"][n] for n in sorted(changed)},
-                "uki_authenticode_sha256": authenticode(unsigned, "sha256", what=str(uki)),
+                "uki_authenticode_sha256": authenticode(uki.read_bytes(), "sha256", what=str(uki)),
             }
             atomic.write_json(stage / MANIFEST, new)
     finally:
@@ -126,6 +131,21 @@ def sign_image(image_dir: Path, key: Path, cert: Path, work_base: Path | None = 
     return {"image": str(image_dir), "certificate": facts, "signed": new["signature"]["signed"],
             "uki_authenticode_sha256": new["signature"]["uki_authenticode_sha256"],
             "artifacts": {n: new["artifacts"][n] for n in sorted(changed)}}
+
+
+def _verity_root(image_dir: Path, m: dict[str, Any], disk_uki: Path) -> disk.VerityRoot:
+    """The verity partitions as built: rootfs.ext4 + its hash tree, parameters from the disk UKI's command line."""
+    from sealbox.measure.ukiinfo import read_uki
+
+    args = read_uki(disk_uki.read_bytes(), str(disk_uki)).sections.get(".cmdline", b"").split(b"\0", 1)[0].decode().split()
+    roothash = next((a.removeprefix("roothash=") for a in args if a.startswith("roothash=")), "")
+    params = next((a.removeprefix("sealbox.verity=") for a in args if a.startswith("sealbox.verity=")), "")
+    blocks, _, salt = params.partition(":")
+    if len(roothash) != 64 or not blocks.isdigit() or not salt:
+        raise SignError(f"{disk_uki.name} has no roothash=/sealbox.verity= on its command line", hint="rebuild the image")
+    data = _checked(image_dir, m, m["boot"].get("rootfs", ""))
+    tree = _checked(image_dir, m, m["boot"].get("verity", ""))
+    return disk.VerityRoot(data, tree, roothash, salt, int(blocks))
 
 
 def _check_signed(unsigned: bytes, signed: bytes, where: Path) -> None:

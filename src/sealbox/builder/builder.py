@@ -195,7 +195,7 @@ def _build_image(loaded: LoadedSpec, opts: BuildOptions) -> BuildResult:
                 boot_files["uki"] = f"{spec.name}.efi"
                 tools = {**tools, STUB_PACKAGE: boot.extras[STUB_PACKAGE].version}
             # bootable disk images carrying the UKI (builder/disk.py): disk, qcow2, vhd, gcp
-            pipe.step("disk", lambda: boot_files.update(disk.write_disks(stage, work, stage / f"{spec.name}.efi", wanted_formats, epoch)),
+            pipe.step("disk", lambda: boot_files.update(disk.build_step(stage, work, spec, tree, kfiles, boot.extra_files)),
                       skip=not disk.wanted(wanted_formats))
 
             def do_manifest() -> dict[str, Any]:

@@ -2,8 +2,9 @@
 
 Every format carries the same GPT disk: an EFI system partition (FAT32) holding the UKI as
 \\EFI\\BOOT\\BOOTX64.EFI, the path UEFI firmware boots from removable and unconfigured disks, so a cloud
-VM or OVMF finds it without a boot entry. The image boots from the UKI's initrd; nothing else is on
-the disk.
+VM or OVMF finds it without a boot entry. By default the image boots from the UKI's initrd and nothing
+else is on the disk; with output.disk_root = "verity" the disk also carries the read-only root and its
+dm-verity hash tree, and the ESP a UKI that boots from them (builder/verity.py).
 
 Identity: the disk GUID, partition GUID, FAT volume id and the VHD's unique id are derived from the
 SHA-256 of the unsigned UKI, and the ESP's size from its length (with room for a signature), so
@@ -24,7 +25,13 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
+from sealbox.builder.kernel import KernelFiles
+from sealbox.builder.verity import ROOT_LABEL, VERITY_LABEL, VerityRoot
+
+__all__ = ["DISK_FORMATS", "FILES", "DiskIdentity", "VerityRoot", "build_step", "explain", "tool_versions", "wanted", "write_disks"]
+from sealbox.errors import BuildError
 from sealbox.formats import fat, gpt, targz, vhd
+from sealbox.spec.model import ImageSpec
 from sealbox.util.digest import sha256_file
 from sealbox.util.run import output, run
 
@@ -33,6 +40,7 @@ FILES = {"disk": "disk.raw", "qcow2": "disk.qcow2", "vhd": "disk.vhd", "gcp": "d
 ESP_PATH = "/EFI/BOOT/BOOTX64.EFI"
 GCP_MULTIPLE = 1 << 30
 QCOW2_OPTIONS = "compat=1.1,cluster_size=65536,preallocation=off,lazy_refcounts=off"
+LOADER_PACKAGE = "busybox-static"  # as builder.LOADER_PACKAGE: downloaded when ext4 is built
 GZIP_LEVEL = 6  # level 9 saves <0.1 % on this content (mostly compressed already) and costs 25 % more time
 
 
@@ -51,9 +59,18 @@ class DiskIdentity:
     def volume_id(self) -> int:
         return int(hashlib.sha256(f"sealbox-fat:{self.digest}".encode()).hexdigest()[:8], 16)
 
-    def table(self, multiple: int = gpt.ALIGN) -> gpt.Table:
-        esp = (gpt.ESP_TYPE, gpt.derived_guid(self.digest, "esp"), self.esp_size, "ESP", 0)
-        return gpt.plan(gpt.derived_guid(self.digest, "disk"), [esp], multiple=multiple)
+    def table(self, multiple: int = gpt.ALIGN, verity: VerityRoot | None = None) -> gpt.Table:
+        parts = [(gpt.ESP_TYPE, gpt.derived_guid(self.digest, "esp"), self.esp_size, "ESP", 0)]
+        if verity is not None:  # read-only root + its hash tree, GUIDs from the root hash (as systemd-repart)
+            ro = gpt.ATTR_READ_ONLY
+            parts += [(gpt.ROOT_X86_64_TYPE, verity.root_guid, verity.data.stat().st_size, ROOT_LABEL, ro),
+                      (gpt.ROOT_X86_64_VERITY_TYPE, verity.verity_guid, _sectors(verity.hash_tree), VERITY_LABEL, ro)]
+        return gpt.plan(gpt.derived_guid(self.digest, "disk"), parts, multiple=multiple)
+
+
+def _sectors(path: Path) -> int:
+    """A partition size for `path`: whole MiB, so every partition also ends on an alignment boundary."""
+    return -(-path.stat().st_size // gpt.ALIGN) * gpt.ALIGN
 
 
 def wanted(formats: Iterable[str]) -> list[str]:
@@ -74,13 +91,35 @@ def tool_versions(formats: Iterable[str]) -> dict[str, str]:
             return "absent"
 
     return {"dosfstools": dpkg("dosfstools"), "mtools": dpkg("mtools"), "qemu-utils": dpkg("qemu-utils"),
-            "zlib": zlib.ZLIB_RUNTIME_VERSION}
+            "cryptsetup-bin": dpkg("cryptsetup-bin"), "zlib": zlib.ZLIB_RUNTIME_VERSION}
+
+
+def build_step(stage: Path, work: Path, spec: ImageSpec, tree: Path, kernel: KernelFiles, extra_files: dict[str, Path]) -> dict[str, str]:
+    """The builder's disk step: {boot key: file} for the manifest. With output.disk_root = "verity" it
+    first writes rootfs.verity and <name>.disk.efi (builder/verity.py), which the disk then carries."""
+    formats, epoch = spec.output.formats, spec.epoch
+    uki = stage / f"{spec.name}.efi"
+    if spec.output.disk_root != "verity":
+        return write_disks(stage, work, uki, formats, epoch)
+    from sealbox.builder import verity as vmod
+
+    root = vmod.hash_tree(stage / "rootfs.ext4", stage / vmod.HASH_FILE)
+    loader = work / "verity-loader.cpio.zst"
+    vmod.build_loader(tree, extra_files[LOADER_PACKAGE], kernel, work, loader, epoch, spec.output.compression_level)
+    stub = next((work / "stub").rglob("linuxx64.efi.stub"), None)
+    if stub is None:
+        raise BuildError("the UKI step left no systemd stub for the disk's UKI")
+    disk_uki = stage / f"{spec.name}.disk.efi"
+    vmod.disk_uki(stub, stage / "vmlinuz", loader, list(spec.kernel.cmdline), root, (tree / "usr/lib/os-release").read_bytes(),
+                  kernel.version, disk_uki)
+    return {**write_disks(stage, work, disk_uki, formats, epoch, verity=root), "disk_uki": disk_uki.name, "verity": vmod.HASH_FILE}
 
 
 def write_disks(out: Path, work: Path, uki: Path, formats: Iterable[str], epoch: int,
-                identity: DiskIdentity | None = None) -> dict[str, str]:
+                identity: DiskIdentity | None = None, verity: VerityRoot | None = None) -> dict[str, str]:
     """Write the wanted disk formats into `out`; returns {format: file name} for the manifest's boot map.
-    `uki` goes onto the ESP; `identity` (default: from `uki` itself) fixes GUIDs and sizes."""
+    `uki` goes onto the ESP; `identity` (default: from `uki` itself) fixes GUIDs and sizes; `verity` adds
+    the root and hash-tree partitions."""
     kinds = wanted(formats)
     if not kinds:
         return {}
@@ -88,20 +127,21 @@ def write_disks(out: Path, work: Path, uki: Path, formats: Iterable[str], epoch:
     scratch = work / "disk"
     scratch.mkdir(parents=True, exist_ok=True)
     esp = scratch / "esp.fat"
-    table = ident.table()
+    table = ident.table(verity=verity)
+    contents = [esp] + ([verity.data, verity.hash_tree] if verity is not None else [])
     part = table.partitions[0]
     fat.make_esp(esp, ident.esp_size, {ESP_PATH: uki}, ident.volume_id, epoch, hidden_sectors=part.first_lba,
                  scratch=scratch / "fat")
     raw = out / FILES["disk"] if "disk" in kinds else scratch / FILES["disk"]
-    gpt.write_disk(raw, table, [esp])
+    gpt.write_disk(raw, table, contents)
     if "qcow2" in kinds:
         run(["qemu-img", "convert", "-q", "-f", "raw", "-O", "qcow2", "-o", QCOW2_OPTIONS, raw, out / FILES["qcow2"]],
             what="qemu-img convert")
     if "vhd" in kinds:
         vhd.write_fixed_vhd(raw, out / FILES["vhd"], epoch, ident.digest)
     if "gcp" in kinds:
-        big = ident.table(GCP_MULTIPLE)  # streamed into the archive: the 1 GiB disk.raw is never written out
-        targz.write_targz(out / FILES["gcp"], "disk.raw", big.size, gpt.disk_chunks(big, [esp]), epoch, GZIP_LEVEL)
+        big = ident.table(GCP_MULTIPLE, verity)  # streamed into the archive: the 1 GiB disk.raw is never written out
+        targz.write_targz(out / FILES["gcp"], "disk.raw", big.size, gpt.disk_chunks(big, contents), epoch, GZIP_LEVEL)
     shutil.rmtree(scratch, ignore_errors=True)
     return {k: FILES[k] for k in kinds}
 

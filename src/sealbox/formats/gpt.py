@@ -14,7 +14,7 @@ import hashlib
 import struct
 import uuid
 import zlib
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO, NamedTuple, Protocol
@@ -151,7 +151,7 @@ CHUNK = 1 << 20
 ZEROS = bytes(CHUNK)
 
 
-def disk_chunks(table: Table, contents: list[Path | None]) -> Iterator[bytes]:
+def disk_chunks(table: Table, contents: Sequence[Path | None]) -> Iterator[bytes]:
     """The whole disk image as a stream of chunks: tables, each partition's content (a file no larger
     than the partition, or None for an empty one), zeros elsewhere (as ZEROS or shorter zero chunks)."""
     if len(contents) != len(table.partitions):
@@ -184,7 +184,7 @@ def is_zero_run(chunk: bytes) -> bool:
     return chunk is ZEROS or chunk == (ZEROS if len(chunk) == CHUNK else bytes(len(chunk)))
 
 
-def write_disk(path: Path, table: Table, contents: list[Path | None]) -> None:
+def write_disk(path: Path, table: Table, contents: Sequence[Path | None]) -> None:
     """Write the disk image to `path`, leaving zero runs as holes (the file is sparse)."""
     with open(path, "wb") as f:
         for chunk in disk_chunks(table, contents):

@@ -14,6 +14,8 @@ removable-media path \\EFI\\BOOT\\BOOTX64.EFI of the disk's ESP and starts it as
   one EV_EFI_VARIABLE_AUTHORITY: the db entry (owner GUID + certificate) that verified the UKI.
   SecureBoot is 1 when the firmware enforces Secure Boot (the secboot build), PK is enrolled and
   SecureBootEnable is not off.
+- A verity root (output.disk_root = "verity") puts <name>.disk.efi on the ESP: PCR 4, 7 and RTMR 1 are
+  then about that UKI, and its PCR 9/11 are register_variants "PCR9@disk-image" / "PCR11@disk-image".
 - RTMR 1 (TDX, SHA-384): the same firmware events as PCR 4 and 5 in the order the firmware measures
   them, one separator (TDVF measures one per RTMR). Predicted by this model, not verified on hardware.
 """
@@ -34,8 +36,8 @@ from sealbox.measure.events import (
     SEPARATOR_DATA,
     Register,
 )
-from sealbox.measure.tpm import pe_load_events
-from sealbox.measure.ukiinfo import UkiInfo
+from sealbox.measure.tpm import pe_load_events, predict_pcr9, predict_pcr11
+from sealbox.measure.ukiinfo import UkiInfo, read_uki
 from sealbox.util.digest import sha256_file
 
 SCENARIO = "disk-image"
@@ -190,6 +192,13 @@ def rtmr1(info: UkiInfo, table: gpt.Parsed, secure_boot: bool) -> Register:
     return reg
 
 
+def _disk_uki(build: Path, name: str) -> UkiInfo:
+    path = build / name
+    if "/" in name or not path.is_file():
+        raise MeasureError(f"{build}: manifest names disk UKI {name!r}, which is missing", hint="rebuild the image")
+    return read_uki(path.read_bytes(), str(path))
+
+
 def predict(build: Path, boot: dict[str, Any], info: UkiInfo, vars_path: Path | None, enforcing_firmware: bool) -> DiskPredictions:
     """Registers for the image's disk boot; empty when the image has no disk output."""
     out = DiskPredictions()
@@ -210,6 +219,10 @@ def predict(build: Path, boot: dict[str, Any], info: UkiInfo, vars_path: Path | 
         out.inputs["vars"] = {"path": str(vars_path), "sha256": sha256_file(vars_path)}
     on = secure_boot_state(variables, enforcing_firmware)
     out.inputs["secure_boot"] = on
+    if isinstance(boot.get("disk_uki"), str):  # a verity root: the ESP holds its own UKI, with other PCR 9/11
+        info = _disk_uki(build, boot["disk_uki"])
+        out.variants["PCR9@disk-image"] = predict_pcr9(info)
+        out.variants["PCR11@disk-image"] = predict_pcr11(info)
     out.registers["PCR7"] = pcr7(variables, enforcing_firmware, info.data, vars_name)
     out.variants["PCR4@disk-image"] = pcr4(info, on)
     if keys:

@@ -16,7 +16,7 @@ import pytest
 from measure_fixtures import STUB, debian_package
 
 from ovmf_boot import OVMF_SECBOOT_CODE, OVMF_VARS, boot_disk, event_log
-from sealbox.builder.disk import DiskIdentity, write_disks
+from sealbox.builder.disk import DiskIdentity, VerityRoot, write_disks
 from sealbox.formats import efivars, gpt
 from sealbox.formats.uki import build_uki
 from sealbox.measure import diskboot
@@ -68,11 +68,18 @@ def pcr_uki(tmp_path_factory: pytest.TempPathFactory, cloud_kernel: tuple[Path, 
     return out
 
 
-def _disk(uki: Path, tmp: Path, identity: DiskIdentity) -> Path:
+def _disk(uki: Path, tmp: Path, identity: DiskIdentity, verity: VerityRoot | None = None) -> Path:
     out = tmp / "disk"
     out.mkdir()
-    write_disks(out, tmp / "work", uki, ["disk"], 1_735_689_600, identity=identity)
+    write_disks(out, tmp / "work", uki, ["disk"], 1_735_689_600, identity=identity, verity=verity)
     return out / "disk.raw"
+
+
+def _three_partitions(tmp: Path) -> VerityRoot:
+    """Root and hash partitions (never read by this UKI): a GPT event with three used entries."""
+    (tmp / "root").write_bytes(b"\x5a" * (2 << 20))
+    (tmp / "tree").write_bytes(b"\xa5" * 8192)
+    return VerityRoot(tmp / "root", tmp / "tree", "fe" * 32, "00" * 32, 512)
 
 
 def _check(console: str, predicted: dict[int, Register]) -> None:
@@ -87,7 +94,8 @@ def _check(console: str, predicted: dict[int, Register]) -> None:
 
 
 def test_secure_boot_off(pcr_uki: Path, tmp_path: Path) -> None:
-    disk = _disk(pcr_uki, tmp_path, DiskIdentity.of(pcr_uki))
+    disk = _disk(pcr_uki, tmp_path, DiskIdentity.of(pcr_uki), _three_partitions(tmp_path))
+    assert len(gpt.read_gpt(disk).partitions) == 3
     b = boot_disk(disk, "raw", markers=(DONE,), tpm=True, timeout=300)
     info = read_uki(pcr_uki.read_bytes())
     variables = efivars.read_varstore(OVMF_VARS)

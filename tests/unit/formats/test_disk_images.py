@@ -136,7 +136,7 @@ def test_identity_follows_the_unsigned_uki(tmp_path: Path, uki: Path) -> None:
 def test_no_disk_format_writes_nothing(tmp_path: Path, uki: Path) -> None:
     assert disk.write_disks(tmp_path, tmp_path / "w", uki, ["initrd", "uki"], EPOCH) == {}
     assert disk.tool_versions(["initrd"]) == {}
-    assert set(disk.tool_versions(["vhd"])) == {"dosfstools", "mtools", "qemu-utils", "zlib"}
+    assert set(disk.tool_versions(["vhd"])) == {"dosfstools", "mtools", "qemu-utils", "cryptsetup-bin", "zlib"}
 
 
 def test_wanted_accepts_any_iterable() -> None:
@@ -160,3 +160,26 @@ def test_differences_are_explained(tmp_path: Path, uki: Path) -> None:
     assert vhd_lines == [f"VHD footer timestamp: {EPOCH - 946684800} != {EPOCH + 3 * 86400 - 946684800}"]
     q = explain("disk.qcow2", tmp_path / "a/disk.qcow2", tmp_path / "b/disk.qcow2", tmp_path)
     assert q[0].startswith("the virtual disks differ") and "mismatch" in q[0]
+
+
+def test_verity_layout(tmp_path: Path, uki: Path) -> None:
+    """disk_root = "verity": ESP, read-only root and hash partitions (DPS types, GUIDs = root hash halves), aligned."""
+    data, tree = tmp_path / "rootfs.ext4", tmp_path / "rootfs.verity"
+    data.write_bytes(b"\x11" * (3 << 20))
+    tree.write_bytes(b"\x22" * 12288)  # not a whole MiB: the partition is rounded up
+    root = disk.VerityRoot(data, tree, "0123456789abcdef" * 4, "ab" * 32, (3 << 20) // 4096)
+    (tmp_path / "o").mkdir()
+    disk.write_disks(tmp_path / "o", tmp_path / "w", uki, ["disk", "gcp"], EPOCH, verity=root)
+    raw = tmp_path / "o/disk.raw"
+    esp, r, v = gpt.read_gpt(raw).partitions
+    assert (r.type_guid, r.name, r.guid) == (gpt.ROOT_X86_64_TYPE, "root-x86-64", root.root_guid)
+    assert (v.type_guid, v.name, v.guid) == (gpt.ROOT_X86_64_VERITY_TYPE, "root-x86-64-verity", root.verity_guid)
+    assert str(r.guid).replace("-", "") == root.roothash[:32] and str(v.guid).replace("-", "") == root.roothash[32:]
+    assert r.attributes & gpt.ATTR_READ_ONLY and v.attributes & gpt.ATTR_READ_ONLY and v.size == 1 << 20
+    with open(raw, "rb") as f:
+        f.seek(r.offset)
+        assert f.read(3 << 20) == data.read_bytes()
+        f.seek(v.offset)
+        assert f.read(12288) == tree.read_bytes() and f.read(4096) == bytes(4096)
+    out = _run(["sgdisk", "-v", str(raw)]).stdout
+    assert "No problems found" in out and "Caution" not in out, out
