@@ -202,8 +202,8 @@ class Kernel(Section):
         return _check_all(v, KMOD_RE, "kernel module name", "letters, digits, '_', '-'")
 
 
-DISK_FORMATS = ("disk", "qcow2", "vhd", "gcp")
-VERITY_DMSETUP = "/usr/sbin/dmsetup"  # what the verity root's initramfs runs (builder/verity.py)  # bootable GPT disk images carrying the UKI (builder/disk.py)
+DISK_FORMATS = ("disk", "qcow2", "vhd", "gcp")  # bootable GPT disk images carrying the UKI (builder/disk.py)
+VERITY_DMSETUP = "/usr/sbin/dmsetup"  # what the verity root's initramfs runs (builder/verity.py)
 
 
 class Output(Section):
