@@ -11,7 +11,7 @@ import sys
 import time
 from pathlib import Path
 
-from sealbox.measure.authenticode import authenticode_all
+from sealbox.formats.authenticode import authenticode_all
 
 
 def best_of(rounds: int, fn) -> float:

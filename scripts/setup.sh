@@ -8,6 +8,10 @@ cd "$(dirname "$0")/.."
 APT_PACKAGES=(
   # building images
   mmdebstrap dpkg-dev e2fsprogs zstd binutils ca-certificates cpio passwd
+  # bootable disk images (ESP via mkfs.fat + mtools, qcow2 via qemu-img; sgdisk checks GPTs in tests)
+  dosfstools mtools gdisk
+  # dm-verity hash trees for disk images with a verity root (veritysetup)
+  cryptsetup-bin
   # running sandboxes
   qemu-system-x86 qemu-utils ovmf nftables iproute2 bubblewrap openssh-client util-linux
   # measuring and attesting (tests compare against these reference tools)

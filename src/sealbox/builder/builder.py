@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from sealbox.builder import bootmem
+from sealbox.builder import bootmem, disk
 from sealbox.builder import manifest as mf
 from sealbox.builder.bootstrap import bootstrap
 from sealbox.builder.cache import DEFAULT_CACHE, DebCache
@@ -108,7 +108,7 @@ def _build_image(loaded: LoadedSpec, opts: BuildOptions) -> BuildResult:
         raise BuildError(f"{lock_path}: lock is for suite {lock.suite!r} but the spec asks for {spec.distribution.suite!r}",
                          hint="rebuild with --update-lock")
     sources = resolve_sources(spec.distribution)
-    tools = mf.tool_versions()
+    tools = {**mf.tool_versions(), **disk.tool_versions(spec.output.formats)}
     spec_digest = loaded.digest()
 
     # warm rebuild: same spec, lock and tools -> the existing output is the result
@@ -194,6 +194,9 @@ def _build_image(loaded: LoadedSpec, opts: BuildOptions) -> BuildResult:
             if "uki" in wanted_formats:
                 boot_files["uki"] = f"{spec.name}.efi"
                 tools = {**tools, STUB_PACKAGE: boot.extras[STUB_PACKAGE].version}
+            # bootable disk images carrying the UKI (builder/disk.py): disk, qcow2, vhd, gcp
+            pipe.step("disk", lambda: boot_files.update(disk.build_step(stage, work, spec, tree, kfiles, boot.extra_files)),
+                      skip=not disk.wanted(wanted_formats))
 
             def do_manifest() -> dict[str, Any]:
                 mf.file_mode_world_readable(stage)

@@ -12,6 +12,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from sealbox.builder import disk
 from sealbox.formats.compress import zstd_decompress
 from sealbox.formats.cpio import read_cpio
 from sealbox.util.digest import sha256_file
@@ -97,6 +98,8 @@ def explain(name: str, a: Path, b: Path, scratch: Path) -> list[str]:
                 lines = ["same files, modes, owners and mtimes: the difference is in filesystem metadata"]
         elif name.endswith(".efi"):
             lines = [f"PE section {line}" for line in _diff_maps(_pe_sections(a), _pe_sections(b))]
+        elif name in disk.FILES.values():
+            lines = disk.explain(name, a, b, scratch)
         elif name.endswith(".json"):
             lines = _json_diff(json.loads(a.read_text()), json.loads(b.read_text()))
         else:

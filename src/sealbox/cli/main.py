@@ -29,6 +29,8 @@ COMMANDS: dict[str, str] = {
     "_proxy": "sealbox.cli.proxy:proxy_cmd",
     "doctor": "sealbox.cli.doctor:doctor",
     "measure": "sealbox.cli.measure:measure",
+    "sign": "sealbox.cli.sign:sign",
+    "disk": "sealbox.cli.disk:disk",
     "attest": "sealbox.cli.attest:attest",
     "run": "sealbox.cli.sandbox:run",
     "ps": "sealbox.cli.sandbox:ps",

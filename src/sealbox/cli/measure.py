@@ -16,17 +16,22 @@ import click
 @click.option("--cpus", type=click.IntRange(min=1), default=1, show_default=True, help="Guest vCPUs, recorded.")
 @click.option("--mrtd-order", type=click.Choice(["single-pass", "two-pass"]), default="single-pass",
               show_default=True, help="TDX page add/extend order of the VMM (two-pass: QEMU 8 TDX series).")
-def measure(target: Path, as_json: bool, firmware: Path | None, memory: int, cpus: int, mrtd_order: str) -> None:
+@click.option("--vars", "vars_path", type=click.Path(path_type=Path),
+              help="OVMF VARS file the VM starts with: predict PCR 7 from its PK/KEK/db/dbx (disk images).")
+@click.option("--secure-boot", is_flag=True, help="The firmware enforces Secure Boot (OVMF secboot build): PCR 4/7 accordingly.")
+def measure(target: Path, as_json: bool, firmware: Path | None, memory: int, cpus: int, mrtd_order: str,
+            vars_path: Path | None, secure_boot: bool) -> None:
     """Measure a PE file (e.g. a UKI) or a build directory (writes measurements.json)."""
     from sealbox.measure.measurements import measure as run
 
     if target.is_dir():
-        doc = run(target, firmware=firmware, memory=memory, cpus=cpus, page_order=mrtd_order)
+        doc = run(target, firmware=firmware, memory=memory, cpus=cpus, page_order=mrtd_order, vars_path=vars_path,
+                  secure_boot=secure_boot)
     else:
-        if firmware is not None:
+        if firmware is not None or vars_path is not None or secure_boot:
             from sealbox.errors import UsageError
 
-            raise UsageError("--firmware needs a build directory as TARGET", hint="pass the build directory")
+            raise UsageError("--firmware/--vars/--secure-boot need a build directory as TARGET", hint="pass the build directory")
         doc = run(target)
     if as_json:
         click.echo(json.dumps(doc, indent=2, sort_keys=True))

@@ -42,6 +42,8 @@ def _dump(obj: Any) -> None:
 @click.option("--vmm", type=click.Choice(["auto", "qemu", "firecracker"]), default="auto", show_default=True)
 @click.option("--accel", type=click.Choice(["auto", "kvm", "tcg"]), default="auto", show_default=True)
 @click.option("--firmware", type=click.Choice(["direct", "ovmf"]), default="direct", show_default=True)
+@click.option("--boot", type=click.Choice(["kernel", "disk-image"]), default="kernel", show_default=True,
+              help="disk-image: UEFI (OVMF) boots the image's GPT disk by itself, no -kernel (needs a disk output format).")
 @click.option("--tdx", is_flag=True, help="Run as a TDX guest (QEMU, TDX host).")
 @click.option("--from-snapshot", type=click.Path(path_type=Path), default=None, help="Restore a Firecracker snapshot.")
 @click.option("--timeout", type=float, default=180.0, show_default=True, help="Seconds until the guest must be ready.")

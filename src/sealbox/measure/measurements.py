@@ -17,10 +17,10 @@ from pathlib import Path
 from typing import Any
 
 from sealbox.errors import MeasureError
+from sealbox.formats.authenticode import authenticode_all
 from sealbox.formats.pe import parse_pe
-from sealbox.measure import tdx, tpm
-from sealbox.measure.authenticode import authenticode_all
-from sealbox.measure.ukiinfo import read_uki, section_digests
+from sealbox.formats.ukiinfo import read_uki, section_digests
+from sealbox.measure import diskboot, tdx, tpm
 from sealbox.util import atomic
 
 SCHEMA = "sealbox.measurements/v1"
@@ -155,7 +155,8 @@ def _stub_version(manifest: dict[str, Any], sdmagic: bytes | None) -> dict[str, 
 
 
 def measure_build(build: Path, *, firmware: Path | None = None, memory: int = 1024, cpus: int = 1,
-                  page_order: str = "single-pass", write: bool = True) -> dict[str, Any]:
+                  page_order: str = "single-pass", write: bool = True, vars_path: Path | None = None,
+                  secure_boot: bool = False) -> dict[str, Any]:
     build = Path(build)
     if not build.is_dir():
         raise MeasureError(f"{build} is neither a PE file nor a build directory", hint="pass <build>/<name>.efi or <build>")
@@ -179,6 +180,10 @@ def measure_build(build: Path, *, firmware: Path | None = None, memory: int = 10
         for reg in ("PCR11", "RTMR2"):
             registers[reg].setdefault("notes", []).append(
                 f"predictions model systemd-stub 252 but this UKI embeds systemd-stub {stub['embedded']}")
+    # booting the image's GPT disk from UEFI (measure/diskboot.py): PCR 5, PCR 7, Secure Boot's PCR 4
+    boot = manifest.get("boot")
+    disk = diskboot.predict(build, boot if isinstance(boot, dict) else {}, info, vars_path, secure_boot)
+    registers.update({n: r.to_json() for n, r in disk.registers.items()})
     embedded = {".linux == vmlinuz": _same(info.kernel, digests.get("vmlinuz")),
                 ".initrd == initrd.cpio.zst": _same(info.initrd or b"", digests.get("initrd.cpio.zst"))}
     doc = {
@@ -195,6 +200,7 @@ def measure_build(build: Path, *, firmware: Path | None = None, memory: int = 10
         "registers": registers,
         "register_variants": {
             "PCR4@qemu-direct-kernel": tpm.predict_pcr4(info, tpm.QEMU_DIRECT).to_json(),
+            **{n: r.to_json() for n, r in disk.variants.items()},
         },
         "inputs": {
             "firmware": fw_facts,
@@ -203,7 +209,8 @@ def measure_build(build: Path, *, firmware: Path | None = None, memory: int = 10
             "cpus": cpus,
             "mrtd_page_order": page_order if firmware is not None else None,
             "stub": stub,
-            "secure_boot": False,
+            "secure_boot": disk.inputs.get("secure_boot", False),
+            "vars": disk.inputs.get("vars"),
         },
     }
     if write:

@@ -28,6 +28,7 @@ import uuid
 from dataclasses import dataclass
 
 from sealbox.errors import MeasureError
+from sealbox.formats.ukiinfo import UkiInfo
 from sealbox.measure.events import (
     CALLING_EFI_APPLICATION,
     EXIT_BOOT_SERVICES_INVOCATION,
@@ -36,7 +37,6 @@ from sealbox.measure.events import (
     Register,
 )
 from sealbox.measure.tpm import kernel_stub_events, pe_load_events
-from sealbox.measure.ukiinfo import UkiInfo
 
 BANK = "sha384"
 PAGE = 0x1000

@@ -19,9 +19,9 @@ Two firmware paths produce different PCR 4 orders; both are verified in tests:
 
 from __future__ import annotations
 
-from sealbox.measure.authenticode import authenticode
+from sealbox.formats.authenticode import authenticode
+from sealbox.formats.ukiinfo import UkiInfo
 from sealbox.measure.events import CALLING_EFI_APPLICATION, SEPARATOR_DATA, Register
-from sealbox.measure.ukiinfo import UkiInfo
 
 BANK = "sha256"
 BOOT_OPTION = "boot-option"

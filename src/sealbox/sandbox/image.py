@@ -20,7 +20,8 @@ from sealbox.errors import UsageError
 from sealbox.spec.model import USER_RE
 
 SCHEMA = "sealbox.manifest/v1"
-BOOT_KEYS = ("vmlinuz", "vmlinux", "initrd", "rootfs", "loader", "uki")
+BOOT_KEYS = ("vmlinuz", "vmlinux", "initrd", "rootfs", "loader", "uki", "disk", "qcow2", "vhd")
+DISK_IMAGE_KEYS = ("disk", "qcow2", "vhd")  # bootable GPT disks (builder/disk.py), in order of preference
 MAX_MEMORY_MIB = 1024 * 1024  # the largest --memory
 
 
@@ -50,7 +51,7 @@ class Manifest(BaseModel):
 class BootFiles(BaseModel):
     """The host files one sandbox boots from (absolute paths inside the image directory)."""
 
-    kernel: Path
+    kernel: Path  # for --boot disk-image: the GPT disk image the firmware boots
     initrd: Path | None = None
     rootfs: Path | None = None
     cmdline: list[str]  # the image's baked arguments (+ root= for --rootfs disk on direct boot)
@@ -104,8 +105,12 @@ class Image(BaseModel):
         return path
 
     def boot_files(self, *, vmm: Literal["qemu", "firecracker"], rootfs: Literal["initrd", "disk"],
-                   firmware: Literal["direct", "ovmf"] = "direct", tdx: bool = False) -> BootFiles:
+                   firmware: Literal["direct", "ovmf"] = "direct", tdx: bool = False,
+                   boot: Literal["kernel", "disk-image"] = "kernel") -> BootFiles:
         baked = list(self.manifest.kernel.cmdline)
+        if boot == "disk-image":  # the disk's ESP carries the UKI and its measured command line
+            key = next((k for k in DISK_IMAGE_KEYS if self.boot_file(k)), "disk")
+            return BootFiles(kernel=self._file(key, "--boot disk-image (output format disk, qcow2 or vhd)"), cmdline=baked)
         if firmware == "ovmf" or tdx:  # the UKI carries kernel, initrd and a measured command line
             what = "--tdx" if tdx else "--firmware ovmf"
             disk = self._file("rootfs", "--rootfs disk") if rootfs == "disk" else None  # the UKI's cmdline names the root

@@ -118,12 +118,12 @@ class Inputs:
             self.snapshot = read_manifest(spec.from_snapshot, verify=False)
         known = planning.vmm_without_probe(spec)
         if known is not None:  # the boot files can be checked before the probe (one-line UsageError)
-            self.image.boot_files(vmm=known, rootfs=spec.rootfs, firmware=spec.firmware, tdx=spec.tdx)
+            self.image.boot_files(vmm=known, rootfs=spec.rootfs, firmware=spec.firmware, tdx=spec.tdx, boot=spec.boot)
         if before_probe is not None:
             before_probe()
         self.choice = planning.choose(spec, state.root, dry_run=dry_run)
-        # the boot files must exist for the chosen backend/mode
-        self.image.boot_files(vmm=self.choice.vmm, rootfs=spec.rootfs, firmware=spec.firmware, tdx=spec.tdx)
+        # the boot files must exist for the chosen backend/mode (raises a one-line UsageError)
+        self.image.boot_files(vmm=self.choice.vmm, rootfs=spec.rootfs, firmware=spec.firmware, tdx=spec.tdx, boot=spec.boot)
 
     def fixed_link(self) -> Any:
         """A restored guest keeps the address in its memory: reuse the snapshot's link."""

@@ -83,6 +83,7 @@ class SandboxSpec(BaseModel):
     vmm: Literal["auto", "qemu", "firecracker"] = "auto"
     accel: Literal["auto", "kvm", "tcg"] = "auto"
     firmware: Literal["direct", "ovmf"] = "direct"
+    boot: Literal["kernel", "disk-image"] = "kernel"  # disk-image: OVMF boots the image's GPT disk, no -kernel
     tdx: bool = False
     timeout: float = Field(default=180.0, gt=0, le=3600)
     console_max_mib: int = Field(default=16, ge=1, le=1024)  # the console log's tmpfs (host/consolefs.py)

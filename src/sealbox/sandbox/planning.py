@@ -115,7 +115,7 @@ def vmm_without_probe(spec: SandboxSpec) -> Literal["qemu", "firecracker"] | Non
     """The VMM if the flags alone decide it (None: --vmm auto without a flag that forces one)."""
     if spec.from_snapshot is not None:
         return "firecracker"
-    if spec.tdx or spec.firmware == "ovmf":
+    if spec.tdx or spec.firmware == "ovmf" or spec.boot == "disk-image":
         return "qemu"
     return None if spec.vmm == "auto" else spec.vmm
 
@@ -128,9 +128,11 @@ def choose(spec: SandboxSpec, state_root: Path, *, dry_run: bool = False) -> Cho
         if vmm == "qemu":
             raise UsageError("--from-snapshot restores Firecracker snapshots", hint="use --vmm firecracker (or auto)")
         vmm = "firecracker"
-    if spec.tdx or spec.firmware == "ovmf":
+    if spec.boot == "disk-image":
+        check_disk_image_boot(spec)
+    if spec.tdx or spec.firmware == "ovmf" or spec.boot == "disk-image":
         if vmm == "firecracker":
-            raise UsageError("--tdx/--firmware ovmf need QEMU", hint="use --vmm qemu (or auto)")
+            raise UsageError("--tdx/--firmware ovmf/--boot disk-image need QEMU", hint="use --vmm qemu (or auto)")
         vmm = "qemu"
     if vmm == "firecracker" and spec.accel == "tcg":
         raise UsageError("Firecracker has no TCG fallback", hint="use --vmm qemu with --accel tcg")
@@ -161,6 +163,17 @@ def choose(spec: SandboxSpec, state_root: Path, *, dry_run: bool = False) -> Cho
         return Choice(backend=QemuBackend(), vmm="qemu", accel="tcg")
     accel, warning = choose_accel(spec.accel, status)
     return Choice(backend=QemuBackend(), vmm="qemu", accel=accel, warnings=[warning] if warning else [])
+
+
+def check_disk_image_boot(spec: SandboxSpec) -> None:
+    """--boot disk-image: the firmware boots the image's own disk, so nothing else may choose the boot."""
+    if spec.tdx:
+        raise UsageError("--boot disk-image is not supported with --tdx", hint="TDX guests boot the UKI with --boot kernel")
+    if spec.rootfs == "disk":
+        raise UsageError("--boot disk-image boots what the disk carries; --rootfs disk attaches rootfs.ext4 for a kernel boot",
+                         hint="drop --rootfs disk")
+    if spec.from_snapshot is not None:
+        raise UsageError("--boot disk-image cannot restore a snapshot", hint="drop --from-snapshot")
 
 
 def cgroup_plan(spec: SandboxSpec, choice: Choice, state_id: str) -> CgroupPlan:
@@ -197,8 +210,8 @@ def boot_initrd(img: image_mod.Image, initrd: Path | None, *, create: bool) -> P
 
 def make_plan(spec: SandboxSpec, img: image_mod.Image, choice: Choice, net: GuestNet, sandbox_dir: Path,
               uid: int, gid: int, cgroup: CgroupPlan, *, create: bool = False, mrconfigid: str | None = None) -> VmPlan:
-    firmware_boot = spec.tdx or spec.firmware == "ovmf"
-    boot = img.boot_files(vmm=choice.vmm, rootfs=spec.rootfs, firmware=spec.firmware, tdx=spec.tdx)
+    firmware_boot = spec.tdx or spec.firmware == "ovmf" or spec.boot == "disk-image"
+    boot = img.boot_files(vmm=choice.vmm, rootfs=spec.rootfs, firmware=spec.firmware, tdx=spec.tdx, boot=spec.boot)
     initrd = boot.initrd if spec.rootfs == "disk" else boot_initrd(img, boot.initrd, create=create)
     return VmPlan(
         spec=spec, sandbox_dir=sandbox_dir, kernel=boot.kernel, initrd=initrd, rootfs=boot.rootfs,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import fnmatch
 import re
 from pathlib import PurePosixPath
 from typing import Literal
@@ -201,12 +202,31 @@ class Kernel(Section):
         return _check_all(v, KMOD_RE, "kernel module name", "letters, digits, '_', '-'")
 
 
+DISK_FORMATS = ("disk", "qcow2", "vhd", "gcp")  # bootable GPT disk images carrying the UKI (builder/disk.py)
+VERITY_DMSETUP = "/usr/sbin/dmsetup"  # what the verity root's initramfs runs (builder/verity.py)
+
+
 class Output(Section):
-    formats: list[Literal["initrd", "ext4", "uki"]] = setting(
-        ["initrd", "ext4"], "Artifacts to write besides vmlinuz/vmlinux/manifest.", merge="override"
+    formats: list[Literal["initrd", "ext4", "uki", "disk", "qcow2", "vhd", "gcp"]] = setting(
+        ["initrd", "ext4"],
+        "Artifacts to write besides vmlinuz/vmlinux/manifest: initrd, ext4, uki, and bootable GPT disks carrying the UKI: "
+        "disk (disk.raw), qcow2 (disk.qcow2), vhd (disk.vhd, fixed, for Azure), gcp (disk.gcp.tar.gz, for GCP).",
+        merge="override",
     )
     compression_level: int = setting(19, "zstd level of initrd.cpio.zst (higher = smaller, slower).", ge=1, le=19)
     ext4_extra_mib: int = setting(16, "Free space added to rootfs.ext4 beyond its content (MiB).", ge=0, le=65536)
+    disk_root: Literal["initrd", "verity"] = setting(
+        "initrd", "What disk images boot: initrd (the UKI's initrd is the system) or verity (rootfs.ext4 as a read-only "
+        "root partition verified by dm-verity, its root hash on the disk UKI's measured command line; needs ext4 and dmsetup).")
+
+    @model_validator(mode="after")
+    def _disks_need_uki(self) -> Output:
+        disks = [f for f in self.formats if f in DISK_FORMATS]
+        if disks and "uki" not in self.formats:
+            raise ValueError(f"formats {disks} boot the UKI from the disk's EFI system partition: add \"uki\" to output.formats")
+        if self.disk_root == "verity" and not (disks and "ext4" in self.formats):
+            raise ValueError('disk_root = "verity" puts rootfs.ext4 on a disk image: output.formats needs "ext4" and a disk format')
+        return self
 
 
 class ImageBody(Section):
@@ -263,6 +283,17 @@ class ImageSpec(ImageBody):
                         "get per-instance keys at run time (set hardening.allow_baked_keys = true only in a "
                         "devtools-like profile)"
                     )
+        return self
+
+
+    @model_validator(mode="after")
+    def _verity_needs_dmsetup(self) -> ImageSpec:
+        if self.output.disk_root != "verity":
+            return self
+        if not any(p.split("=")[0] == "dmsetup" for p in self.packages.include):
+            raise ValueError('output.disk_root = "verity": the initramfs maps the root with the image\'s dmsetup: add "dmsetup" to packages.include')
+        if not any(fnmatch.fnmatchcase(VERITY_DMSETUP, k) for k in self.strip.keep):
+            raise ValueError(f'output.disk_root = "verity": strip.extra_tools removes {VERITY_DMSETUP}: add "{VERITY_DMSETUP}" to strip.keep')
         return self
 
 

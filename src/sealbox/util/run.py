@@ -31,6 +31,9 @@ TOOL_PACKAGES = {
     "pesign": "pesign",
     "dpkg-deb": "dpkg",
     "setpriv": "util-linux",
+    "mkfs.fat": "dosfstools",
+    "mmd": "mtools",
+    "mcopy": "mtools",
 }
 
 

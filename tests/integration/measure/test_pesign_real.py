@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 from measure_fixtures import debian_package
 
+from sealbox.formats.authenticode import authenticode
 from sealbox.formats.pe import parse_pe
-from sealbox.measure.authenticode import authenticode
 
 pytestmark = [
     pytest.mark.integration,

@@ -16,8 +16,8 @@ import pytest
 from measure_fixtures import CMDLINE, MARKER, OVMF_CODE
 from qemu_boot import boot_uki, console_pcrs
 
+from sealbox.formats.ukiinfo import read_uki
 from sealbox.measure import tpm
-from sealbox.measure.ukiinfo import read_uki
 
 pytestmark = [
     pytest.mark.integration,

@@ -10,8 +10,8 @@ import pytest
 from pebuild import build_pe
 
 from sealbox.errors import MeasureError
+from sealbox.formats.authenticode import authenticode, authenticode_all, hashed_spans
 from sealbox.formats.pe import parse_pe
-from sealbox.measure.authenticode import authenticode, authenticode_all, hashed_spans
 
 CASES = {
     "pe32plus": dict(sections=[(".text", b"\x90" * 1000), (".data", b"abc")]),

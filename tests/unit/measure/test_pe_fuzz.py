@@ -10,9 +10,9 @@ from hypothesis import strategies as st
 from pebuild import build_pe
 
 from sealbox.errors import MeasureError
+from sealbox.formats.authenticode import authenticode_all
 from sealbox.formats.pe import parse_pe
-from sealbox.measure.authenticode import authenticode_all
-from sealbox.measure.ukiinfo import read_uki
+from sealbox.formats.ukiinfo import read_uki
 
 VALID = build_pe([(".text", b"\x90" * 600), (".linux", b"MZ" + b"k" * 300)], cert=b"sig").data
 

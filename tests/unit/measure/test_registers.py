@@ -9,10 +9,10 @@ import pytest
 from pebuild import build_pe
 
 from sealbox.errors import MeasureError
+from sealbox.formats.authenticode import authenticode
 from sealbox.formats.uki import build_uki
+from sealbox.formats.ukiinfo import read_uki, stub_cmdline_to_load_options
 from sealbox.measure import tdx, tpm
-from sealbox.measure.authenticode import authenticode
-from sealbox.measure.ukiinfo import read_uki, stub_cmdline_to_load_options
 
 STUB = Path("/usr/lib/systemd/boot/efi/linuxx64.efi.stub")
 pytestmark = pytest.mark.skipif(not STUB.exists(), reason="systemd-boot-efi is not installed")

@@ -12,9 +12,9 @@ import pytest
 from pebuild import build_pe
 
 from sealbox.errors import BuildError
+from sealbox.formats.authenticode import authenticode
 from sealbox.formats.pe import parse_pe
 from sealbox.formats.uki import build_uki
-from sealbox.measure.authenticode import authenticode
 
 STUB = Path("/usr/lib/systemd/boot/efi/linuxx64.efi.stub")
 pytestmark = pytest.mark.skipif(not STUB.exists(), reason="systemd-boot-efi (linuxx64.efi.stub) is not installed")

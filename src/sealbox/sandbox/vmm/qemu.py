@@ -84,7 +84,21 @@ def host_tsc_khz(cpuinfo: Path = Path("/proc/cpuinfo")) -> int | None:
 
 
 def mode_of(spec: SandboxSpec) -> Mode:
-    return "tdx" if spec.tdx else ("ovmf" if spec.firmware == "ovmf" else "microvm")
+    return "tdx" if spec.tdx else ("ovmf" if spec.firmware == "ovmf" or spec.boot == "disk-image" else "microvm")
+
+
+def detect_boot_format(path: Path) -> Literal["raw", "qcow2", "vpc"]:
+    """A boot disk may also be a fixed VHD, whose only marker is the footer at its end."""
+    from sealbox.formats.vhd import COOKIE, FOOTER_SIZE
+
+    try:
+        with open(path, "rb") as f:
+            f.seek(-FOOTER_SIZE, os.SEEK_END)
+            if f.read(len(COOKIE)) == COOKIE:
+                return "vpc"
+    except OSError:
+        pass
+    return detect_format(path)
 
 
 def tb_size_mib(memory_mib: int) -> int:
@@ -212,13 +226,20 @@ def build_command(plan: VmPlan, host: HostFacts) -> QemuCommand:
         vars_args, varsp = fds.fdset(vars_copy, "rw")
         argv += [*code_args, "-drive", f"if=pflash,format=raw,unit=0,readonly=on,file={code}"]
         argv += [*vars_args, "-drive", f"if=pflash,format=raw,unit=1,file={varsp}"]
-        argv += ["-kernel", f"/proc/self/fd/{fds.take('file', str(uki_of(plan)))}"]
+        if spec.boot == "disk-image":  # the firmware finds \\EFI\\BOOT\\BOOTX64.EFI on the disk by itself
+            boot_args, bootp = fds.fdset(plan.kernel, "r")
+            argv += [*boot_args, "-drive", f"if=none,id=boot,file={bootp},format={detect_boot_format(plan.kernel)},readonly=on",
+                     "-device", "virtio-blk-pci,drive=boot,bootindex=0"]
+        else:
+            argv += ["-kernel", f"/proc/self/fd/{fds.take('file', str(uki_of(plan)))}"]
     else:
         argv += ["-bios", f"/proc/self/fd/{fds.take('file', str(host.tdvf))}"]
         argv += ["-kernel", f"/proc/self/fd/{fds.take('file', str(uki_of(plan)))}"]
 
     net_dev = "virtio-net-pci" if pci else "virtio-net-device"
-    argv += ["-netdev", f"tap,id=net0,fd={tap_fd},vhost=off", "-device", f"{net_dev},netdev=net0,mac={plan.net.guest_mac}"]
+    # a disk-image boot loads no iPXE option ROM: the firmware boots the disk, not the network
+    rom = ",romfile=" if spec.boot == "disk-image" else ""
+    argv += ["-netdev", f"tap,id=net0,fd={tap_fd},vhost=off", "-device", f"{net_dev},netdev=net0,mac={plan.net.guest_mac}{rom}"]
     # an entropy device: without it the guest kernel's RNG takes ~10 s to initialise under TCG and
     # everything that needs getrandom() (ssh-keygen for the host key, sshd) waits for it
     rng_dev = "virtio-rng-pci" if pci else "virtio-rng-device"
