@@ -1,10 +1,10 @@
 """One boot of the default image (TCG) with instance data V2: a non-root user's key works, /etc/resolv.conf holds
 the resolvers, and the guest hashed exactly the instance data the host recorded (what MRCONFIGID binds in a TD).
 
-Filling `users` and `dns` of the instance-files step is other helpers' work (the image's declared users; the DNS
-forwarder on the host side of the link). Until then a STAND-IN wraps `sealbox run` and fills them: the key for
-`nobody` (the default image declares no login user; its shell is nologin, so a working key gets nologin's
-message instead of "Permission denied"), and the link's host address plus a documentation address as resolvers.
+`run` fills `users` from the image's declared users and `dns` from the DNS forwarder of a nat sandbox; the default
+image declares no login user and this sandbox is isolated, so a STAND-IN wraps `sealbox run` and sets both: the key
+for `nobody` (its shell is nologin, so a working key gets nologin's message instead of "Permission denied"), and the
+link's host address plus a documentation address as resolvers.
 """
 
 from __future__ import annotations
@@ -25,8 +25,8 @@ from sealbox.sandbox import lifecycle
 
 real = lifecycle.InstanceFilesStep
 
-def with_users_and_dns(**kw):  # STAND-IN for the host side that fills users and resolvers
-    return real(**kw, users=("nobody",), dns=(kw["gateway"], "192.0.2.53"))
+def with_users_and_dns(**kw):  # STAND-IN: a declared user and two resolvers for an isolated default sandbox
+    return real(**{**kw, "users": ("nobody",), "dns": (kw["gateway"], "192.0.2.53")})
 
 lifecycle.InstanceFilesStep = with_users_and_dns
 sys.exit(main(sys.argv[1:]))

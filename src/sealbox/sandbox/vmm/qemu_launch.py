@@ -44,11 +44,11 @@ def check_host(plan: VmPlan, cmd: QemuCommand) -> None:
     for tool in ("qemu-system-x86_64", "bwrap", "setpriv"):
         which(tool)
     if plan.spec.tdx:
-        if not plan.mrconfigid:  # a TD that any instance disk could configure proves nothing about who holds the keys
-            raise SandboxError("refusing to start a TD whose MRCONFIGID is not bound to its instance data", hint="this is a bug in sealbox")
         ok, why = tdx_support()
         if not ok:
             raise SandboxError(f"--tdx cannot run on this host: {why}", hint="use a TDX-enabled host; --dry-run still shows the command line")
+        if not plan.mrconfigid:  # a TD that any instance disk could configure proves nothing about who holds the keys
+            raise SandboxError("refusing to start a TD whose MRCONFIGID is not bound to its instance data", hint="this is a bug in sealbox")
     if plan.accel == "kvm" or mode_of(plan.spec) == "tdx":
         _check_kvm_access(cmd)
     for f in cmd.fds:
