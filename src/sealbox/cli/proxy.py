@@ -19,7 +19,11 @@ def proxy_cmd(name: str, port: int, timeout: float, state_dir: str | None) -> No
     from sealbox.sandbox.model import GuestNet
     from sealbox.sandbox.state import StateDir, state_root
 
-    record = StateDir(state_root(state_dir)).load(name)
+    from sealbox.sandbox.control import check_access
+
+    root = state_root(state_dir)
+    check_access(root, "sealbox _proxy")
+    record = StateDir(root).load(name)
     try:
         net = GuestNet.model_validate(record.network)
     except ValidationError:

@@ -15,9 +15,12 @@ state_opt = click.option("--state-dir", type=click.Path(file_okay=False, path_ty
 
 
 def _state(state_dir: Path | None):  # type: ignore[no-untyped-def]
+    from sealbox.sandbox.control import check_access
     from sealbox.sandbox.state import StateDir, state_root
 
-    return StateDir(state_root(state_dir))
+    root = state_root(state_dir)
+    check_access(root, click.get_current_context().command_path)
+    return StateDir(root)
 
 
 def _warn(msg: str) -> None:
