@@ -161,13 +161,13 @@ class FirecrackerBackend:
     def stop(self, record: SandboxRecord, timeout: float) -> None:
         r = running(record)
         if r is not None:
-            stop_vm(r.api_sock, r.pid, r.start_time, timeout)
+            stop_vm(r.api_sock, r.pid, r.start_time, timeout, jail_root=r.jail_root)
 
     def inspect(self, record: SandboxRecord) -> dict[str, Any]:
         r = running(record)
         if r is None:
             return {"state": "not running"}
-        client = FirecrackerClient(r.api_sock, self.settings.api_timeout)
+        client = r.client(self.settings.api_timeout)
         return {"instance": client.describe_instance(), "vm_config": client.vm_config(), "machine_config": client.machine_config()}
 
     # extras for the CLI --------------------------------------------------------------------------
@@ -175,7 +175,7 @@ class FirecrackerBackend:
         r = running(record)
         if r is None:
             raise SandboxError(f"sandbox {record.name!r} is not running")
-        return FirecrackerClient(r.api_sock, self.settings.api_timeout)
+        return r.client(self.settings.api_timeout)
 
     def pause(self, record: SandboxRecord) -> None:
         self.client(record).pause()
@@ -212,7 +212,7 @@ class FirecrackerBackend:
             drives.append(S.JailDrive(drive_id=d.drive_id, in_jail=d.in_jail, read_only=d.read_only, is_root_device=d.is_root_device,
                                       staged=methods[d.in_jail], source=sources[d.in_jail]))
         key = record.guest.get("client_key")
-        client = FirecrackerClient(r.api_sock, self.settings.api_timeout)
+        client = r.client(self.settings.api_timeout)
         return S.create_snapshot(client, r.layout, dest, source=record.name, uid=stage.uid, drives=drives,
                                  client_key=Path(key) if key else None, resume=resume,
                                  network=record.network, guest=record.guest, spec=record.spec)
@@ -221,6 +221,15 @@ class FirecrackerBackend:
 class Running:
     def __init__(self, layout: J.JailLayout, api_sock: Path, pid: int, start_time: int | None) -> None:
         self.layout, self.api_sock, self.pid, self.start_time = layout, api_sock, pid, start_time
+
+    @property
+    def jail_root(self) -> Path | None:
+        """Set when the API socket lies in the jail (always, for sockets sealbox recorded): its path is
+        then resolved without following the VMM's symlinks."""
+        return self.layout.root if self.api_sock.is_relative_to(self.layout.root) else None
+
+    def client(self, timeout: float) -> FirecrackerClient:
+        return FirecrackerClient(self.api_sock, timeout, jail_root=self.jail_root)
 
 
 def firecracker_entries(record: SandboxRecord) -> tuple[Any, Any]:

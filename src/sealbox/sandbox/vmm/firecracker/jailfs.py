@@ -54,12 +54,15 @@ def open_root(root: Path) -> Iterator[int]:
 
 
 def open_dir(root_fd: int, rel: str, what: str) -> int:
-    """A new fd of directory `rel` below the jail root; no component may be a symlink."""
+    """A new fd of directory `rel` below the jail root; no component may be a symlink (a missing one
+    raises FileNotFoundError)."""
     fd = os.dup(root_fd)
     try:
         for part in _parts(rel):
             try:
                 nfd = os.open(part, _DIR, dir_fd=fd)
+            except FileNotFoundError:
+                raise
             except OSError as e:
                 why = "it is a symlink or not a directory" if e.errno in (errno.ELOOP, errno.ENOTDIR) else (e.strerror or str(e))
                 raise _refuse(what, f"{rel!r} ({why})") from None
@@ -140,16 +143,28 @@ def read_tail(root_fd: int, rel: str, what: str, *, uids: tuple[int, ...], limit
         os.close(fd)
 
 
-def chmod_socket(root_fd: int, rel: str, mode: int, *, uid: int) -> None:
-    """chmod the socket `rel` (owned by the VMM user) through an O_PATH fd of that very inode."""
-    what = f"chmod the API socket {rel}"
+def open_socket(root_fd: int, rel: str, what: str, *, uids: tuple[int, ...] | None = None) -> int:
+    """An O_PATH fd of the socket `rel` (never of what a symlink there points at); connect() and chmod()
+    through /proc/self/fd/N then reach exactly that inode. The caller closes it."""
     with _parent(root_fd, rel, what) as (pfd, name):
         try:
             fd = os.open(name, os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=pfd)
+        except FileNotFoundError:
+            raise
         except OSError as e:
             raise _refuse(what, f"{rel!r} ({e.strerror or e})") from None
     try:
-        check(os.fstat(fd), what, rel, kind=stat.S_IFSOCK, uids=(uid,))
+        check(os.fstat(fd), what, rel, kind=stat.S_IFSOCK, uids=uids, nlink=None)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+def chmod_socket(root_fd: int, rel: str, mode: int, *, uid: int) -> None:
+    """chmod the socket `rel` (owned by the VMM user) through an O_PATH fd of that very inode."""
+    fd = open_socket(root_fd, rel, f"chmod the API socket {rel}", uids=(uid,))
+    try:
         os.chmod(f"/proc/self/fd/{fd}", mode)  # the magic link reaches the checked inode, never a name
     finally:
         os.close(fd)

@@ -109,7 +109,11 @@ def create_snapshot(client: FirecrackerClient, layout: J.JailLayout, dest: Path,
         raise SandboxError(f"sandbox {source!r} has not started its guest yet; nothing to snapshot")
     was_paused = info.get("state") == "Paused"
     with jailfs.open_root(layout.root) as root_fd:
-        snap_fd = jailfs.open_dir(root_fd, J.SNAPSHOT_DIR, f"use the jail's {J.SNAPSHOT_DIR} directory")
+        try:
+            snap_fd = jailfs.open_dir(root_fd, J.SNAPSHOT_DIR, f"use the jail's {J.SNAPSHOT_DIR} directory")
+        except FileNotFoundError:
+            raise SandboxError(f"the jail has no {J.SNAPSHOT_DIR} directory ({layout.host(J.SNAPSHOT_DIR)})",
+                               hint="was the sandbox started by this sealbox version?") from None
         try:
             for name in (VMSTATE, MEMORY):  # leftovers of an earlier snapshot or restore
                 jailfs.unlink_any(snap_fd, name)
