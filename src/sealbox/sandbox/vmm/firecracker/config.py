@@ -125,8 +125,10 @@ def check_plan(plan: VmPlan) -> None:
 
 
 def _drive(did: str, path: str, *, root: bool, read_only: bool, limiter: dict[str, Any] | None) -> dict[str, Any]:
+    # Writeback: Firecracker advertises flush and fsyncs on the guest's flush, so what the guest synced
+    # survives a host crash; Unsafe (the default) ignores flushes, harmless only for read-only drives
     d: dict[str, Any] = {"drive_id": did, "path_on_host": path, "is_root_device": root, "is_read_only": read_only,
-                         "cache_type": "Unsafe", "io_engine": "Sync"}
+                         "cache_type": "Unsafe" if read_only else "Writeback", "io_engine": "Sync"}
     if limiter:
         d["rate_limiter"] = limiter
     return d
