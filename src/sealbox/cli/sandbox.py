@@ -38,7 +38,8 @@ def _dump(obj: Any) -> None:
 @click.option("--memory", "memory_mib", type=int, default=512, show_default=True, help="Guest RAM in MiB.")
 @click.option("--net", type=click.Choice(["isolated", "nat"]), default="isolated", show_default=True)
 @click.option("--allow-egress", multiple=True, metavar="CIDR[:PORT]", help="nat only: allowed destinations (repeatable).")
-@click.option("--disk", "disks", multiple=True, metavar="FILE[:ro|rw]", help="Attach a disk (repeatable; default rw).")
+@click.option("--disk", "disks", multiple=True, metavar="FILE[:ro|rw][:raw|qcow2]",
+              help="Attach a disk (repeatable; default rw, raw: the format is declared, never probed).")
 @click.option("--rootfs", type=click.Choice(["initrd", "disk"]), default="initrd", show_default=True)
 @click.option("--vmm", type=click.Choice(["auto", "qemu", "firecracker"]), default="auto", show_default=True)
 @click.option("--accel", type=click.Choice(["auto", "kvm", "tcg"]), default="auto", show_default=True)

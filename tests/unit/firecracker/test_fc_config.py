@@ -117,6 +117,8 @@ def test_other_plan_errors(tmp_path: Path) -> None:
         C.boot_args(make_plan(tmp_path, cmdline="x" * 2040))
     with pytest.raises(SandboxError, match="as root"):
         C.check_plan(make_plan(tmp_path, uid=0))
+    with pytest.raises(SandboxError, match="raw disks only"):
+        C.check_plan(make_plan(tmp_path, disks=(DiskSpec.parse("/d.qcow2:ro:qcow2"),)))
     plan = make_plan(tmp_path, rootfs="disk")
     with pytest.raises(SandboxError, match="rootfs.ext4"):
         C.staged_files(plan.model_construct(**{**plan.__dict__, "rootfs": None}))

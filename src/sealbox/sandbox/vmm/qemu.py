@@ -31,6 +31,7 @@ QEMU = "/usr/bin/qemu-system-x86_64"
 SANDBOX_OPTS = "on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny"
 FIRST_FD = 10  # fds 0-2 are stdio; leave room below for anything the runtime opens early
 QCOW2_MAGIC = b"QFI\xfb"
+MICROVM_TRANSPORTS = 24  # virtio-mmio slots of QEMU's microvm (net, rng, instance disk, [root disk], user disks)
 TDX_PARAM = Path("/sys/module/kvm_intel/parameters/tdx")
 OVMF_CODE = Path("/usr/share/OVMF/OVMF_CODE_4M.fd")
 OVMF_VARS = Path("/usr/share/OVMF/OVMF_VARS_4M.fd")
@@ -95,14 +96,6 @@ def memory_limit_bytes(spec: SandboxSpec, accel: Literal["kvm", "tcg"]) -> int:
     """The cgroup memory limit for a QEMU VM: guest RAM + TCG cache + QEMU's own needs."""
     tb = tb_size_mib(spec.memory_mib) if accel == "tcg" and not spec.tdx else 0
     return (spec.memory_mib + tb + QEMU_OVERHEAD_MIB) * 1024 * 1024
-
-
-def detect_format(path: Path) -> Literal["raw", "qcow2"]:
-    try:
-        with open(path, "rb") as f:
-            return "qcow2" if f.read(4) == QCOW2_MAGIC else "raw"
-    except OSError:
-        return "raw"  # a missing file is reported by check_host, not here
 
 
 def uki_of(plan: VmPlan) -> Path:
@@ -174,7 +167,9 @@ def build_command(plan: VmPlan, host: HostFacts) -> QemuCommand:
     qmp_fd = fds.take("qmp", str(run_dir / "qmp.sock"))
     tap_fd = fds.take("tap", plan.net.netns, ifname=plan.net.tap)
 
-    argv = [QEMU, "-name", f"sealbox-{spec.name}", "-nodefaults", "-no-user-config", "-nographic", "-sandbox", SANDBOX_OPTS]
+    # -no-reboot: a guest reboot ends the VM (ps: exited) instead of coming back with new, unpinned host keys
+    argv = [QEMU, "-name", f"sealbox-{spec.name}", "-nodefaults", "-no-user-config", "-nographic", "-no-reboot",
+            "-sandbox", SANDBOX_OPTS]
     if mode == "microvm":
         argv += ["-M", "microvm"]
     elif mode == "ovmf":
@@ -225,11 +220,15 @@ def build_command(plan: VmPlan, host: HostFacts) -> QemuCommand:
         disks.append(("rootfs", DiskSpec(path=plan.rootfs, readonly=True)))
     disks.append(("instance", DiskSpec(path=plan.instance_disk, readonly=True)))
     disks += [(f"disk{i}", d) for i, d in enumerate(spec.disks)]
+    if not pci and len(disks) + 2 > MICROVM_TRANSPORTS:  # + net and rng
+        most = MICROVM_TRANSPORTS - 2 - (len(disks) - len(spec.disks))
+        raise SandboxError(f"QEMU's microvm takes at most {most} extra disks here ({len(spec.disks)} given)",
+                           hint="attach fewer --disk files (or use --firmware ovmf, whose PCI bus takes more)")
     scsi = False
     blk_dev = "virtio-blk-pci" if pci else "virtio-blk-device"
     lim = spec.limits
     for drive_id, disk in disks:
-        fmt = detect_format(disk.path)
+        fmt = disk.format
         set_args, path = fds.fdset(disk.path, "r" if disk.readonly else "rw")
         opts = f"if=none,id={drive_id},file={path},format={fmt},readonly={'on' if disk.readonly else 'off'}"
         opts += _throttle(lim.disk_bytes, "bps") + _throttle(lim.disk_ops, "iops")
@@ -238,9 +237,9 @@ def build_command(plan: VmPlan, host: HostFacts) -> QemuCommand:
             if not scsi:
                 argv += ["-device", "virtio-scsi-pci,id=scsi0"]
                 scsi = True
-            argv += ["-device", f"scsi-hd,drive={drive_id},bus=scsi0.0"]
-        else:
-            argv += ["-device", f"{blk_dev},drive={drive_id}"]
+            argv += ["-device", f"scsi-hd,drive={drive_id},bus=scsi0.0,serial=sealbox-{drive_id}"]
+        else:  # the serial is the guest's proof of which disk is the instance disk (docs/guest-protocol.md)
+            argv += ["-device", f"{blk_dev},drive={drive_id},serial=sealbox-{drive_id}"]
 
     spec_j = jail.JailSpec(
         uid=plan.uid, gid=plan.gid,

@@ -115,6 +115,10 @@ def check_plan(plan: VmPlan) -> None:
         raise SandboxError(f"TAP device name {plan.net.tap!r} must be 1-15 characters")
     if plan.uid <= 0 or plan.gid <= 0:
         raise SandboxError("refusing to run Firecracker as root (uid/gid 0)", hint="use the unprivileged sealbox-vmm user")
+    qcow = [d.path for d in spec.disks if d.format != "raw"]
+    if qcow:
+        raise SandboxError(f"--disk {qcow[0]} is declared qcow2, but Firecracker attaches raw disks only",
+                           hint="convert it (qemu-img convert -O raw) or use --vmm qemu")
     boot_args(plan)
     limits = spec.limits
     rate_limiter(limits.disk_bytes, limits.disk_ops, "disk")
