@@ -132,18 +132,24 @@ def inspect(name: str, state_dir: Path | None) -> None:
 @click.command()
 @click.argument("name")
 @click.option("-f", "--follow", is_flag=True, help="Keep printing until the VMM exits (or Ctrl-C).")
+@click.option("--raw", is_flag=True, help="The guest's bytes as they are, even on a terminal (escaped there by default).")
 @state_opt
-def logs(name: str, follow: bool, state_dir: Path | None) -> None:
-    """Print a sandbox's serial console log."""
+def logs(name: str, follow: bool, raw: bool, state_dir: Path | None) -> None:
+    """Print a sandbox's serial console log (on a terminal, control characters are shown escaped)."""
     from sealbox.sandbox import control
+    from sealbox.sandbox.termsafe import TerminalEscaper
 
     out = sys.stdout.buffer
+    esc = None if raw or not sys.stdout.isatty() else TerminalEscaper()
     try:
         for chunk in control.follow_logs(_state(state_dir), name, follow=follow):
-            out.write(chunk)
+            out.write(esc.feed(chunk) if esc else chunk)
             out.flush()
     except KeyboardInterrupt:
         pass
+    if esc:
+        out.write(esc.flush())
+        out.flush()
 
 
 @click.command()
