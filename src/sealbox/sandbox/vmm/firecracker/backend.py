@@ -187,9 +187,11 @@ class FirecrackerBackend:
         """Live rate-limit change: PATCH every rate-limited drive and the network interface."""
         client = self.client(record)
         disk = C.rate_limiter(limits.disk_bytes, limits.disk_ops, "disk")
-        for d in client.vm_config().get("drives", []):
-            if d.get("drive_id") != C.DRIVE_INSTANCE and disk:
-                client.patch_drive(d["drive_id"], rate_limiter=disk)
+        stage_entry, _ = firecracker_entries(record)
+        drives = FirecrackerStageStep.model_validate(stage_entry.params).drives if stage_entry else ()
+        for d in drives:  # the drives sealbox configured, not the VMM's account of them
+            if d.drive_id != C.DRIVE_INSTANCE and disk:
+                client.patch_drive(d.drive_id, rate_limiter=disk)
         rx = C.rate_limiter(limits.net_rx_bytes, None, "net rx")
         tx = C.rate_limiter(limits.net_tx_bytes, None, "net tx")
         if rx or tx:
