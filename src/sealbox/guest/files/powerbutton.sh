@@ -8,7 +8,7 @@ while [ -z "$dev" ] && [ $i -lt 50 ]; do
 	for d in /sys/class/input/event*; do
 		name=
 		read -r name < "$d/device/name" 2>/dev/null || continue
-		[ "$name" = "Power Button" ] && dev=/dev/${d##*/} && break
+		[ "$name" = "Power Button" ] && dev=/dev/input/${d##*/} && break
 	done
 	[ -n "$dev" ] || { sleep 0.2; i=$((i+1)); }
 done
