@@ -250,8 +250,8 @@ def test_console_log_is_capped_and_the_guest_carries_on(pair: Pair) -> None:
 def test_stop_then_rm_leaves_nothing(pair: Pair) -> None:
     sb = pair.sb
     assert sb("rm", pair.a).returncode != 0  # refused while running
-    p = sb("stop", pair.a, "--timeout", "5", timeout=60)
-    assert p.returncode == 0, p.stderr
+    p = sb("stop", pair.a, "--timeout", "30", timeout=90)
+    assert p.returncode == 0 and p.stdout.strip() == f"{pair.a} stopped (poweroff)", (p.stdout, p.stderr)  # first in the chain
     assert sb.status(pair.a) == "stopped"
     assert "SEALBOX-READY" in sb("logs", pair.a, check=True).stdout  # logs survive a stop
     assert sb.exec(pair.a, "true").returncode != 0
