@@ -62,8 +62,6 @@ FORGED = b"SEALBOX-INSTANCE-V1\nhostname=forged\naddress=10.99.99.2/30\ngateway=
 @pytest.fixture(scope="module")
 def image() -> Path:
     """Built once per machine; `sealbox build` itself reuses it while nothing changed."""
-    if os.environ.get("SEALBOX_TEST_HOSTILE_IMAGE"):
-        return Path(os.environ["SEALBOX_TEST_HOSTILE_IMAGE"])
     cache = Path(os.environ.get("SEALBOX_TEST_CACHE", "/var/cache/sealbox-test")) / "images"
     src = cache / "hostile-hostkey-spec"
     src.mkdir(parents=True, exist_ok=True)
