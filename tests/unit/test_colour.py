@@ -75,13 +75,37 @@ def _sandbox_with_console(tmp_path: Path) -> Path:
     return state.root
 
 
-def test_logs_drop_colour_codes_when_not_on_a_terminal(tmp_path: Path, capfdbinary: pytest.CaptureFixture[bytes]) -> None:
+def test_logs_into_a_pipe_are_the_raw_bytes(tmp_path: Path, capfdbinary: pytest.CaptureFixture[bytes]) -> None:
+    """Issue 11: raw bytes into a pipe (what the guest wrote, for tools); escaping is for terminals."""
     from sealbox.cli.main import main
 
     root = _sandbox_with_console(tmp_path)
     assert main(["logs", "box", "--state-dir", str(root)]) == 0
-    out = capfdbinary.readouterr().out
-    assert out == b"[FAILED] Failed to start foo.service.\r\n  OK   done\r\n"
+    assert capfdbinary.readouterr().out == COLOURED_CONSOLE
+
+
+def test_colour_mode_keeps_only_sgr_for_any_chunking() -> None:
+    from hypothesis import given
+    from hypothesis import strategies as st
+
+    from sealbox.sandbox.termsafe import TerminalEscaper
+
+    data = COLOURED_CONSOLE + b"\x1b]0;title\x07\x1b[2J\x1b[31mred\x1b[0m\r\n"
+    whole = TerminalEscaper(colour=True)
+    expected = whole.feed(data) + whole.flush()
+    assert b"\x1b[0;1;31m[FAILED]\x1b[0m" in expected and b"\x1b[31mred\x1b[0m\n" in expected
+    assert b"\\x1b]0;title\\x07" in expected and b"\\x1b[2J" in expected  # not colour: shown, inert
+    assert b"\x1b]" not in expected and b"\x1b[2J" not in expected
+
+    @given(cuts=st.lists(st.integers(min_value=0, max_value=len(data)), max_size=12))
+    def check(cuts: list[int]) -> None:
+        f, out, last = TerminalEscaper(colour=True), b"", 0
+        for cut in sorted(cuts) + [len(data)]:
+            out += f.feed(data[last:cut])
+            last = cut
+        assert out + f.flush() == expected
+
+    check()
 
 
 @pytest.mark.parametrize(("no_color", "coloured"), [(None, True), ("1", False)])

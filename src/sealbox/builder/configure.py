@@ -182,6 +182,9 @@ def configure(tree: Path, loaded: LoadedSpec, kernel_load: list[str], epoch: int
     if spec.hardening.console_getty:
         enable.append("console-getty.service")
     enable += [u for u in spec.services.enable if u not in enable]
+    order = guest_files.ready_order(enable)
+    if order:
+        _write(tree, guest_files.READY_ORDER_DROPIN, order, 0o644)
     mask = [u for u in spec.services.mask if u not in enable]
     if not spec.hardening.console_getty:
         mask += ["getty@tty1.service", "serial-getty@ttyS0.service", "console-getty.service", "getty.target"]

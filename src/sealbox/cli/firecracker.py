@@ -13,6 +13,14 @@ _state_opt = click.option("--state-dir", type=click.Path(file_okay=False, path_t
                           help="State directory (default: $SEALBOX_STATE_DIR or /var/lib/sealbox).")
 
 
+def _state(state_dir: Path | None) -> StateDir:
+    from sealbox.sandbox.control import check_access
+
+    root = state_root(state_dir)
+    check_access(root, click.get_current_context().command_path)
+    return StateDir(root)
+
+
 def _backend():
     from sealbox.sandbox.vmm.firecracker.backend import FirecrackerBackend
 
@@ -24,7 +32,7 @@ def _backend():
 @_state_opt
 def pause(name: str, state_dir: Path | None) -> None:
     """Pause a Firecracker sandbox's vCPUs (PATCH /vm Paused)."""
-    sd = StateDir(state_root(state_dir))
+    sd = _state(state_dir)
     with sd.lock(name):
         _backend().pause(sd.load(name))
     click.echo(f"paused {name}")
@@ -35,7 +43,7 @@ def pause(name: str, state_dir: Path | None) -> None:
 @_state_opt
 def resume(name: str, state_dir: Path | None) -> None:
     """Resume a paused Firecracker sandbox (PATCH /vm Resumed)."""
-    sd = StateDir(state_root(state_dir))
+    sd = _state(state_dir)
     with sd.lock(name):
         _backend().resume(sd.load(name))
     click.echo(f"resumed {name}")
@@ -49,8 +57,8 @@ def resume(name: str, state_dir: Path | None) -> None:
 @_state_opt
 def snapshot(name: str, dest: Path | None, leave_paused: bool, state_dir: Path | None) -> None:
     """Take a full snapshot of a running Firecracker sandbox (restore with 'sealbox run --from-snapshot DIR')."""
-    root = state_root(state_dir)
-    sd = StateDir(root)
+    sd = _state(state_dir)
+    root = sd.root
     target = dest or root / "snapshots" / f"{name}-{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}"
     with sd.lock(name):
         manifest = _backend().snapshot(sd.load(name), target, resume=not leave_paused)

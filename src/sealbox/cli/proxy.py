@@ -15,11 +15,14 @@ def proxy_cmd(name: str, port: int, timeout: float, state_dir: str | None) -> No
     from pydantic import ValidationError
 
     from sealbox.errors import SandboxError
+    from sealbox.sandbox.control import check_access
     from sealbox.sandbox.host.proxy import proxy
     from sealbox.sandbox.model import GuestNet
     from sealbox.sandbox.state import StateDir, state_root
 
-    record = StateDir(state_root(state_dir)).load(name)
+    root = state_root(state_dir)
+    check_access(root, "sealbox _proxy")
+    record = StateDir(root).load(name)
     try:
         net = GuestNet.model_validate(record.network)
     except ValidationError:

@@ -15,9 +15,12 @@ state_opt = click.option("--state-dir", type=click.Path(file_okay=False, path_ty
 
 
 def _state(state_dir: Path | None):  # type: ignore[no-untyped-def]
+    from sealbox.sandbox.control import check_access
     from sealbox.sandbox.state import StateDir, state_root
 
-    return StateDir(state_root(state_dir))
+    root = state_root(state_dir)
+    check_access(root, click.get_current_context().command_path)
+    return StateDir(root)
 
 
 def _warn(msg: str) -> None:
@@ -37,7 +40,8 @@ def _dump(obj: Any) -> None:
 @click.option("--net", type=click.Choice(["isolated", "nat"]), default="isolated", show_default=True)
 @click.option("--allow-egress", multiple=True, metavar="CIDR[:PORT]", help="nat only: allowed destinations (repeatable).")
 @click.option("--dns", multiple=True, metavar="IP", help="nat only: the guest's resolver (repeatable); default: a forwarder on its link.")
-@click.option("--disk", "disks", multiple=True, metavar="FILE[:ro|rw]", help="Attach a disk (repeatable; default rw).")
+@click.option("--disk", "disks", multiple=True, metavar="FILE[:ro|rw][:raw|qcow2]",
+              help="Attach a disk (repeatable; default rw, raw: the format is declared, never probed).")
 @click.option("--rootfs", type=click.Choice(["initrd", "disk"]), default="initrd", show_default=True)
 @click.option("--vmm", type=click.Choice(["auto", "qemu", "firecracker"]), default="auto", show_default=True)
 @click.option("--accel", type=click.Choice(["auto", "kvm", "tcg"]), default="auto", show_default=True)
@@ -59,8 +63,8 @@ def run(image_dir: Path, state_dir: Path | None, dry_run: bool, as_json: bool, *
     flags["disks"] = list(flags["disks"])
     flags["allow_egress"] = list(flags["allow_egress"])
     flags["dns"] = list(flags["dns"])
+    state = _state(state_dir)  # first: without root nothing else can be answered
     spec = manager.make_spec(image_dir=image_dir, **flags)
-    state = _state(state_dir)
     if dry_run:
         out = manager.dry_run(spec, state)
         for w in out["warnings"]:
@@ -133,22 +137,25 @@ def inspect(name: str, state_dir: Path | None) -> None:
 @click.command()
 @click.argument("name")
 @click.option("-f", "--follow", is_flag=True, help="Keep printing until the VMM exits (or Ctrl-C).")
+@click.option("--raw", is_flag=True, help="The guest's bytes as they are, even on a terminal (escaped there by default).")
 @state_opt
-def logs(name: str, follow: bool, state_dir: Path | None) -> None:
-    """Print a sandbox's serial console log (colour codes only on a terminal, and not with NO_COLOR)."""
-    from sealbox.cli.common import SgrFilter, colour_allowed
+def logs(name: str, follow: bool, raw: bool, state_dir: Path | None) -> None:
+    """Print a sandbox's serial console log: on a terminal every control character is shown escaped, colours kept
+    unless NO_COLOR; raw bytes with --raw or into a pipe."""
+    from sealbox.cli.common import colour_allowed
     from sealbox.sandbox import control
+    from sealbox.sandbox.termsafe import TerminalEscaper
 
     out = sys.stdout.buffer
-    sgr = None if colour_allowed(sys.stdout) else SgrFilter()
+    esc = None if raw or not sys.stdout.isatty() else TerminalEscaper(colour=colour_allowed(sys.stdout))
     try:
         for chunk in control.follow_logs(_state(state_dir), name, follow=follow):
-            out.write(chunk if sgr is None else sgr.feed(chunk))
+            out.write(esc.feed(chunk) if esc else chunk)
             out.flush()
     except KeyboardInterrupt:
         pass
-    if sgr is not None:
-        out.write(sgr.flush())
+    if esc:
+        out.write(esc.flush())
         out.flush()
 
 

@@ -15,7 +15,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from sealbox.errors import SandboxError
+from sealbox.errors import SandboxError, UsageError
 from sealbox.sandbox import ssh, stepkinds
 from sealbox.sandbox import status as st
 from sealbox.sandbox.model import GuestNet
@@ -27,6 +27,25 @@ from sealbox.util.names import check_sandbox_name
 
 log = logging.getLogger("sealbox.control")
 SECRET_KEYS = ("client_key_openssh",)  # never printed by inspect
+
+
+def check_access(root: Path, command: str) -> None:
+    """Sandbox verbs run as root; say so in one line instead of failing deep inside on a root-only file.
+
+    A state directory the caller owns (tests, `--dry-run` with `--state-dir`) is usable without root."""
+    if os.geteuid() == 0:
+        return
+    probe = Path(root).absolute()
+    try:
+        while not probe.exists() and probe != probe.parent:
+            probe = probe.parent
+        owner: int | None = probe.stat().st_uid
+    except OSError:
+        owner = None  # not even visible to this user
+    if owner != os.geteuid():
+        whose = f"belongs to uid {owner}" if owner is not None else f"is not accessible to uid {os.geteuid()}"
+        raise UsageError(f"{command} needs root: the sandbox state directory {root} {whose}",
+                         hint=f"run it as root, e.g. sudo {command}")
 
 
 def backend_for(record: SandboxRecord) -> VmmBackend:
@@ -59,22 +78,28 @@ def ps(state: StateDir, *, all_: bool = False) -> list[st.PsRow]:
     return rows if all_ else [r for r in rows if r.status in st.ACTIVE]
 
 
-def _redact(guest: dict[str, Any]) -> dict[str, Any]:
-    return {k: ("<redacted>" if k in SECRET_KEYS else v) for k, v in guest.items()}
+def _redact(obj: Any) -> Any:
+    """Secrets never leave through inspect: the keys older records carried, and any private key text."""
+    if isinstance(obj, dict):
+        return {k: ("<redacted>" if k in SECRET_KEYS else _redact(v)) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [_redact(v) for v in obj]
+    if isinstance(obj, str) and "PRIVATE KEY" in obj:
+        return "<redacted>"
+    return obj
 
 
 def inspect(state: StateDir, name: str) -> dict[str, Any]:
     record = load(state, name)
     status = st.derive(record)
-    out = record.model_dump(mode="json")
-    out["guest"] = _redact(record.guest)
+    out: dict[str, Any] = _redact(record.model_dump(mode="json"))
     out["derived_status"] = status
     if status == "exited":
         out["exit_reason"] = st.exit_reason(record)
     out["sandbox_dir"] = str(state.sandbox_dir(name))
     if status == "running":
         try:
-            out["vmm_view"] = backend_for(record).inspect(record)
+            out["vmm_view"] = _redact(backend_for(record).inspect(record))
         except Exception as e:  # noqa: BLE001 - the VMM's own view is best effort
             out["vmm_view"] = {"error": " ".join(str(e).split()) or type(e).__name__}
     return out

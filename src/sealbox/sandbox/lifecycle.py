@@ -246,7 +246,8 @@ def _create(record: SandboxRecord, save: Callable[[], None], inp: Inputs, state:
         apply_steps([inst], record.steps, save, progress)
         key, binding = inst.key_path, record.steps.entries[-1].outputs.get("mrconfigid")
     else:
-        key, binding = _restore_client_key(inp, sandbox_dir), None
+        assert inp.snapshot is not None and spec.from_snapshot is not None
+        key, binding = restore_client_key(spec.from_snapshot, inp.snapshot, sandbox_dir), None
     plan = planning.make_plan(spec, inp.image, inp.choice, net, sandbox_dir, uid, gid, cgroup, create=True, mrconfigid=binding)
     if plan.initrd is not None:
         record.image["boot_initrd"] = str(plan.initrd)  # gc keeps cached initrds that a record names
@@ -271,8 +272,6 @@ def _create(record: SandboxRecord, save: Callable[[], None], inp: Inputs, state:
         # host-side cost: sealbox's own setup, then the backend's steps up to a VMM that answers
         "setup_s": round(t_backend - t0, 3), "vmm_start_s": round(t_vmm - t_backend, 3),
     }
-    if inp.choice.vmm == "firecracker":  # a snapshot restore needs the key the guest's memory trusts
-        record.guest["client_key_openssh"] = key.read_text()
     record.status = "running"
     record.owner_pid = record.owner_start = None
     save()
@@ -280,13 +279,22 @@ def _create(record: SandboxRecord, save: Callable[[], None], inp: Inputs, state:
             "address": str(net.guest_ip), "ready_s": record.guest["ready_s"], "run_s": record.guest["run_s"]}
 
 
-def _restore_client_key(inp: Inputs, sandbox_dir: Path) -> Path:
-    assert inp.snapshot is not None
-    text = inp.snapshot.guest.get("client_key_openssh")
-    if not isinstance(text, str) or "PRIVATE KEY" not in text:
-        raise UsageError(f"snapshot {inp.spec.from_snapshot} carries no client key for its guest", hint="take the snapshot with this sealbox version")
+def restore_client_key(snapshot_dir: Path, manifest: Any, sandbox_dir: Path) -> Path:
+    """The restored guest trusts the source sandbox's client key: copy it from the snapshot's own 0600
+    file (a snapshot never carries it in its manifest) into this sandbox's key file."""
+    name = manifest.client_key
+    if not name:
+        raise UsageError(f"snapshot {snapshot_dir} carries no client key for its guest", hint="take the snapshot with this sealbox version")
+    try:
+        fd = os.open(Path(snapshot_dir) / name, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except OSError as e:
+        raise UsageError(f"snapshot {snapshot_dir}: cannot read its client key file {name}: {e.strerror}") from None
+    with os.fdopen(fd, "rb") as f:
+        data = f.read(64 * 1024)
+    if b"PRIVATE KEY" not in data:
+        raise UsageError(f"snapshot {snapshot_dir}: {name} is not an OpenSSH private key")
     key = sandbox_dir / KEY_NAME
-    atomic.write_text(key, text, mode=0o600)
+    atomic.write_bytes(key, data, mode=0o600)
     return key
 
 

@@ -38,14 +38,20 @@ class DiskSpec(BaseModel):
     model_config = ConfigDict(frozen=True)
     path: Path
     readonly: bool = False
+    # declared, never probed: a guest can write any header into its own disk
+    format: Literal["raw", "qcow2"] = "raw"
 
     @classmethod
     def parse(cls, text: str) -> DiskSpec:
-        """'FILE', 'FILE:ro' or 'FILE:rw' (default rw: attached disks are where writable data lives)."""
-        path, sep, mode = text.rpartition(":")
-        if sep and mode in ("ro", "rw"):
-            return cls(path=Path(path), readonly=mode == "ro")
-        return cls(path=Path(text))
+        """'FILE[:ro|:rw][:raw|:qcow2]' (default rw: attached disks are where writable data lives; default raw)."""
+        path, opts = text, {}
+        for _ in range(2):
+            head, sep, tail = path.rpartition(":")
+            key = "mode" if tail in ("ro", "rw") else "format" if tail in ("raw", "qcow2") else None
+            if not sep or key is None or key in opts:
+                break
+            path, opts[key] = head, tail
+        return cls(path=Path(path), readonly=opts.get("mode") == "ro", format=opts.get("format", "raw"))
 
 
 class RateLimit(BaseModel):

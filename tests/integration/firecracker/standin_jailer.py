@@ -4,7 +4,8 @@ It follows the documented behaviour sealbox depends on (docs/jailer.md, v1.16.1)
 flags, build <base>/<exec_name>/<id>/root, create and fill the cgroups, fork the "firecracker" child,
 write <exec_name>.pid (create_new), exit 0; the child chroots, drops to uid/gid, prints to its stdout
 (the console) and serves a minimal API on --api-sock (GET /, PUT /actions; SendCtrlAltDel exits).
-Behaviour switches come from behaviour.json next to this file.
+Behaviour switches come from behaviour.json next to this file; some make the "firecracker" child act
+as a compromised VMM would inside its jail (plant_pid, plant_log_and_die).
 """
 
 import json
@@ -75,21 +76,41 @@ def main() -> int:
         os.chown(p, uid, gid)
         os.chmod(p, 0o700)
     api_sock = fargs[fargs.index("--api-sock") + 1] if "--api-sock" in fargs else "/run/firecracker.socket"
+    for d in cg_dirs:  # like the jailer: join the cgroups first, so the child is in them from birth
+        with open(os.path.join(d, "cgroup.procs"), "w") as f:
+            f.write(str(os.getpid()))
+    planted_r, planted_w = os.pipe()
     pid = os.fork()
     if pid:
+        os.close(planted_w)
         fd = os.open(os.path.join(root, exec_name + ".pid"), os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
         os.write(fd, str(pid).encode())
         os.close(fd)
+        if behaviour.get("plant_pid"):  # let the hostile child win its race against sealbox's read
+            import select
+
+            select.select([planted_r], [], [], 5)
         return 0
-    for d in cg_dirs:
-        tasks = "cgroup.procs" if not os.path.exists(os.path.join(d, "tasks")) else "tasks"
-        with open(os.path.join(d, tasks), "w") as f:
-            f.write(str(os.getpid()))
+    os.close(planted_r)
     os.chroot(root)
     os.chdir("/")
     os.setgroups([])
     os.setgid(gid)
     os.setuid(uid)
+    if behaviour.get("plant_pid"):  # hostile: the pid file names another process
+        pid_file = "/" + exec_name + ".pid"
+        for _ in range(500):
+            if os.path.exists(pid_file):
+                break
+            time.sleep(0.01)
+        os.unlink(pid_file)  # the jail root is ours, so is any name in it
+        with open(pid_file, "w") as f:
+            f.write(str(behaviour["plant_pid"]))
+        os.write(planted_w, b"x")
+    if behaviour.get("plant_log_and_die"):  # hostile: the log sealbox reads on failure points at a host file
+        os.unlink("/firecracker.log")
+        os.symlink(behaviour["plant_log_and_die"], "/firecracker.log")
+        os._exit(1)
     print(f"stand-in console: firecracker {opts['id']} booted with {' '.join(fargs)}", flush=True)
     if behaviour.get("no_socket"):
         time.sleep(60)

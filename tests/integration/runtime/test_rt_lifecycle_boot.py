@@ -274,8 +274,8 @@ def stop_then_rm_leaves_nothing(pair: Pair) -> None:
     """Run at the pair's teardown, after every test of the module: stop, then rm, and nothing remains."""
     sb = pair.sb
     assert sb("rm", pair.a).returncode != 0  # refused while running
-    p = sb("stop", pair.a, "--timeout", "5", timeout=60)
-    assert p.returncode == 0, p.stderr
+    p = sb("stop", pair.a, "--timeout", "30", timeout=90)
+    assert p.returncode == 0 and p.stdout.strip() == f"{pair.a} stopped (poweroff)", (p.stdout, p.stderr)  # first in the chain
     assert sb.status(pair.a) == "stopped"
     assert "SEALBOX-READY" in sb("logs", pair.a, check=True).stdout  # logs survive a stop
     assert sb.exec(pair.a, "true").returncode != 0

@@ -148,9 +148,18 @@ class StandInFirecrackerApi:
         self.server.server_close()
 
 
-def running_record(tmp: Path, sock: Path, *, name: str = "fc-test", chroot_base: Path | None = None):
+def vmm_uid() -> int:
+    """The stand-in VMM's uid: the plans' unprivileged uid as root, else our own (files need an owner we can set)."""
+    import os
+
+    return 64123 if os.geteuid() == 0 else os.getuid()
+
+
+def running_record(tmp: Path, sock: Path, *, name: str = "fc-test", chroot_base: Path | None = None,
+                   disks: tuple[DiskSpec, ...] = (), staged: dict[str, str] | None = None):
     """A sandbox record as the manager would leave it after the Firecracker steps ran, pointing at a
-    live pid (this test process) and at `sock` for the API."""
+    live pid (this test process) and at `sock` for the API. `staged` is the stage step's record of how
+    each jail file was placed ('link' or 'copy'); the caller creates those files."""
     import os
     import time
 
@@ -160,9 +169,9 @@ def running_record(tmp: Path, sock: Path, *, name: str = "fc-test", chroot_base:
     from sealbox.sandbox.vmm.firecracker.settings import FirecrackerSettings
 
     backend = FirecrackerBackend(FirecrackerSettings(chroot_base=chroot_base or tmp / "jails", firecracker=tmp / "absent-fc"))
-    plan = make_plan(tmp, name=name)
+    plan = make_plan(tmp, name=name, disks=disks, uid=vmm_uid(), gid=vmm_uid())
     stage, start = backend._steps(plan, probe=False)
-    entries = [StepEntry(kind=stage.kind, params=stage.model_dump(mode="json"), state="done"),
+    entries = [StepEntry(kind=stage.kind, params=stage.model_dump(mode="json"), state="done", outputs={"staged": staged or {}}),
                StepEntry(kind=start.kind, params=start.model_dump(mode="json"), state="done",
                          outputs={"pid": os.getpid(), "start_time": process_start_time(os.getpid()), "api_sock": str(sock)})]
     record = SandboxRecord(name=name, status="running", created_at=time.time(), steps=StepLog(entries=entries),

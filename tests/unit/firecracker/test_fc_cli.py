@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from fc_testlib import StandInFirecrackerApi, running_record, spec_path
+from test_fc_snapshot import vmm_file
 
 from sealbox.cli.main import main
 from sealbox.sandbox.state import StateDir
@@ -13,12 +14,13 @@ from sealbox.sandbox.vmm.firecracker.schema import load_spec
 
 def test_pause_resume_snapshot_via_cli(tmp_path: Path, monkeypatch, capsys) -> None:
     with StandInFirecrackerApi(tmp_path / "api.sock", load_spec(str(spec_path()))) as srv:
-        _, record, lay = running_record(tmp_path, srv.sock, name="cli1")
+        _, record, lay = running_record(tmp_path, srv.sock, name="cli1", staged={"/instance.img": "copy"})
         monkeypatch.setenv("SEALBOX_FIRECRACKER", str(tmp_path / "absent-fc"))
         sd = StateDir(tmp_path / "state")
         sd.reserve(record)
         lay.host("/snapshot").mkdir(parents=True)
-        srv.hooks["PUT /snapshot/create"] = lambda body: [lay.host(body[k]).write_bytes(b"x") for k in ("snapshot_path", "mem_file_path")]
+        vmm_file(lay.host("/instance.img"), b"i" * 4096)
+        srv.hooks["PUT /snapshot/create"] = lambda body: [vmm_file(lay.host(body[k]), b"x") for k in ("snapshot_path", "mem_file_path")]
         assert main(["pause", "cli1", "--state-dir", str(sd.root)]) == 0
         assert srv.state == "Paused"
         assert main(["resume", "cli1", "--state-dir", str(sd.root)]) == 0

@@ -58,6 +58,11 @@ def test_generated_config_validates_for_many_plans(name, cpus, mem, rootfs, disk
     assert drives["instance"]["is_read_only"] is True and "rate_limiter" not in drives["instance"]
     for i, disk in enumerate(disks):
         assert drives[f"disk{i}"]["is_read_only"] is disk.readonly
+    for d in cfg["drives"]:  # a writable drive must honour the guest's flushes (Unsafe ignores them)
+        assert d["cache_type"] == ("Unsafe" if d["is_read_only"] else "Writeback"), d
+    # the instance disk's identity is its position: the first drive after the root device, before user disks
+    order = [d["drive_id"] for d in cfg["drives"]]
+    assert order == (["rootfs"] if rootfs == "disk" else []) + ["instance"] + [f"disk{i}" for i in range(len(disks))]
     (iface,) = cfg["network-interfaces"]
     assert (iface["iface_id"], iface["host_dev_name"], iface["guest_mac"]) == ("eth0", "tap0", "02:aa:bb:cc:dd:ee")
     if limits.net_rx_bytes:
@@ -114,6 +119,8 @@ def test_other_plan_errors(tmp_path: Path) -> None:
         C.boot_args(make_plan(tmp_path, cmdline="x" * 2040))
     with pytest.raises(SandboxError, match="as root"):
         C.check_plan(make_plan(tmp_path, uid=0))
+    with pytest.raises(SandboxError, match="raw disks only"):
+        C.check_plan(make_plan(tmp_path, disks=(DiskSpec.parse("/d.qcow2:ro:qcow2"),)))
     plan = make_plan(tmp_path, rootfs="disk")
     with pytest.raises(SandboxError, match="rootfs.ext4"):
         C.staged_files(plan.model_construct(**{**plan.__dict__, "rootfs": None}))

@@ -6,31 +6,43 @@ as Firecracker would; everything else (moving, copying drives, digests, manifest
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import pytest
-from fc_testlib import StandInFirecrackerApi, running_record, spec_path
+from fc_testlib import StandInFirecrackerApi, running_record, spec_path, vmm_uid
 
 from sealbox.errors import SandboxError
+from sealbox.sandbox.model import DiskSpec
 from sealbox.sandbox.vmm.firecracker import snapshot as S
 from sealbox.sandbox.vmm.firecracker.schema import load_spec
 
 
+def vmm_file(path: Path, data: bytes) -> None:
+    """A file as the VMM user would create it (owned by the VMM uid, one link)."""
+    path.write_bytes(data)
+    os.chown(path, vmm_uid(), vmm_uid())
+
+
 @pytest.fixture
 def setup(tmp_path: Path):
+    disk0 = tmp_path / "disk0.src"
+    disk0.write_bytes(b"data" * 1000)
     with StandInFirecrackerApi(tmp_path / "api.sock", load_spec(str(spec_path()))) as srv:
-        backend, record, lay = running_record(tmp_path, srv.sock)
+        backend, record, lay = running_record(tmp_path, srv.sock, disks=(DiskSpec(path=disk0),),
+                                              staged={"/vmlinux": "link", "/initrd.img": "link", "/instance.img": "copy", "/disk0.img": "link"})
         lay.host("/snapshot").mkdir(parents=True)
-        lay.host("/instance.img").write_bytes(b"SEALBOX-INSTANCE-V1\n".ljust(4096, b"\0"))
-        lay.host("/disk0.img").write_bytes(b"data" * 1000)
+        os.chown(lay.host("/snapshot"), vmm_uid(), vmm_uid())
+        vmm_file(lay.host("/instance.img"), b"SEALBOX-INSTANCE-V1\n".ljust(4096, b"\0"))
+        os.link(disk0, lay.host("/disk0.img"))  # an rw disk is the same inode as the user's file
         srv.vm_config["drives"] = [
             {"drive_id": "instance", "path_on_host": "/instance.img", "is_root_device": False, "is_read_only": True},
             {"drive_id": "disk0", "path_on_host": "/disk0.img", "is_root_device": False, "is_read_only": False},
         ]
 
         def write_snapshot(body):
-            lay.host(body["snapshot_path"]).write_bytes(b"vmstate-bytes")
-            lay.host(body["mem_file_path"]).write_bytes(b"\0" * 8192)
+            vmm_file(lay.host(body["snapshot_path"]), b"vmstate-bytes")
+            vmm_file(lay.host(body["mem_file_path"]), b"\0" * 8192)
 
         srv.hooks["PUT /snapshot/create"] = write_snapshot
         yield srv, backend, record, lay, tmp_path
@@ -126,3 +138,26 @@ def test_pause_resume_and_live_rate_limits(setup) -> None:
     ]
     insp = backend.inspect(record)
     assert insp["instance"]["state"] == "Running" and insp["vm_config"]["drives"][1]["drive_id"] == "disk0"
+
+
+def test_the_client_key_stays_in_a_0600_file_of_its_own(setup) -> None:
+    """The private key is never copied into the manifest (not even from an older record that carried it);
+    the snapshot keeps it in its own 0600 file, and a restore takes it from there."""
+    from sealbox.sandbox import lifecycle
+
+    srv, backend, record, lay, tmp = setup
+    key = tmp / "sandbox" / "id_ed25519"
+    key.parent.mkdir(exist_ok=True)
+    key.write_text("-----BEGIN OPENSSH PRIVATE KEY-----\nsecret\n-----END OPENSSH PRIVATE KEY-----\n")
+    key.chmod(0o600)
+    record.guest.update(client_key=str(key), client_key_openssh=key.read_text(), hostkeys=["ssh-ed25519 AAAA"])
+    dest = tmp / "snap"
+    m = backend.snapshot(record, dest)
+    assert "PRIVATE KEY" not in (dest / "manifest.json").read_text()
+    assert "client_key_openssh" not in m.guest
+    kept = dest / m.client_key
+    assert kept.read_text() == key.read_text() and kept.stat().st_mode & 0o777 == 0o600
+    restored = tmp / "restored"
+    restored.mkdir()
+    got = lifecycle.restore_client_key(dest, S.read_manifest(dest), restored)
+    assert got.read_text() == key.read_text() and got.stat().st_mode & 0o777 == 0o600

@@ -106,13 +106,13 @@ def test_microvm_tcg_initrd(make_plan, host) -> None:  # type: ignore[no-untyped
     d = drives(a)
     assert list(d) == ["instance"] and d["instance"]["readonly"] == "on" and d["instance"]["format"] == "raw"
     assert fdset_members(cmd, d["instance"]["file"]) == [(str(plan.instance_disk), "r")]
-    assert "virtio-blk-device,drive=instance" in values(a, "-device")
+    assert "virtio-blk-device,drive=instance,serial=sealbox-instance" in values(a, "-device")
     assert not any("pci" in v for v in values(a, "-device"))
     check_fd_table(cmd)
 
 
 def test_microvm_rootfs_disk_and_extra_disks(make_plan, host, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
-    plan = make_plan(rootfs="disk", disks=disks(tmp_path, "raw.img:rw", "data.qcow2:ro", "raw.img:ro"))
+    plan = make_plan(rootfs="disk", disks=disks(tmp_path, "raw.img:rw", "data.qcow2:ro:qcow2", "raw.img:ro"))
     cmd = build_command(plan, host)
     a = cmd.qemu_argv
     # the loader initramfs (plan.initrd in disk mode) loads virtio_blk and mounts /dev/vda
@@ -125,10 +125,10 @@ def test_microvm_rootfs_disk_and_extra_disks(make_plan, host, tmp_path: Path) ->
     for i, disk in enumerate(plan.spec.disks):
         opts = d[f"disk{i}"]
         assert opts["readonly"] == ("on" if disk.readonly else "off")
-        assert opts["format"] == ("qcow2" if disk.path.suffix == ".qcow2" else "raw")
+        assert opts["format"] == disk.format
         want = [(str(disk.path), "r")] if disk.readonly else [(str(disk.path), "rw"), (str(disk.path), "r")]
         assert fdset_members(cmd, opts["file"]) == want
-        assert f"virtio-blk-device,drive=disk{i}" in values(a, "-device")
+        assert f"virtio-blk-device,drive=disk{i},serial=sealbox-disk{i}" in values(a, "-device")
     check_fd_table(cmd)
 
 
@@ -149,7 +149,7 @@ def test_kvm_vs_tcg_jail(make_plan, host) -> None:  # type: ignore[no-untyped-de
 
 
 def test_ovmf_q35(make_plan, host, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
-    plan = make_plan(firmware="ovmf", disks=disks(tmp_path, "data.qcow2:rw", "raw.img:ro"))
+    plan = make_plan(firmware="ovmf", disks=disks(tmp_path, "data.qcow2:rw:qcow2", "raw.img:ro"))
     cmd = build_command(plan, host)
     a = cmd.qemu_argv
     assert cmd.mode == "ovmf" and one(a, "-M") == "q35"
@@ -162,9 +162,9 @@ def test_ovmf_q35(make_plan, host, tmp_path: Path) -> None:  # type: ignore[no-u
     assert "-append" not in a and "-initrd" not in a  # the UKI carries (and measures) both
     devs = values(a, "-device")
     assert f"virtio-net-pci,netdev=net0,mac={plan.net.guest_mac}" in devs
-    assert "virtio-blk-pci,drive=instance" in devs
-    assert devs.count("virtio-scsi-pci,id=scsi0") == 1 and "scsi-hd,drive=disk0,bus=scsi0.0" in devs
-    assert "virtio-blk-pci,drive=disk1" in devs and d["disk0"]["format"] == "qcow2"
+    assert "virtio-blk-pci,drive=instance,serial=sealbox-instance" in devs
+    assert devs.count("virtio-scsi-pci,id=scsi0") == 1 and "scsi-hd,drive=disk0,bus=scsi0.0,serial=sealbox-disk0" in devs
+    assert "virtio-blk-pci,drive=disk1,serial=sealbox-disk1" in devs and d["disk0"]["format"] == "qcow2"
     check_fd_table(cmd)
 
 
@@ -208,3 +208,52 @@ def test_memory_limit_covers_guest_and_tcg_cache(make_plan) -> None:  # type: ig
     tcg, kvm = memory_limit_bytes(spec, "tcg"), memory_limit_bytes(spec, "kvm")
     assert tcg - kvm == tb_size_mib(1024) * 2**20
     assert kvm > spec.memory_mib * 2**20
+
+
+def test_disk_format_is_the_declared_one_never_probed(make_plan, host, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """A guest can write the qcow2 magic (and a backing-file name) into its raw rw disk: the next run must
+    still attach it as raw. qcow2 only when the user says so."""
+    from sealbox.sandbox.vmm.qemu import QCOW2_MAGIC
+
+    (tmp_path / "guest-wrote.img").write_bytes(QCOW2_MAGIC + b"\0" * 4092)
+    plan = make_plan(disks=disks(tmp_path, "guest-wrote.img:rw", "raw.img:ro:qcow2", "data.qcow2:qcow2"))
+    d = drives(build_command(plan, host).qemu_argv)
+    assert [d[k]["format"] for k in ("instance", "disk0", "disk1", "disk2")] == ["raw", "raw", "qcow2", "qcow2"]
+    assert [(x.readonly, x.format) for x in plan.spec.disks] == [(False, "raw"), (True, "qcow2"), (False, "qcow2")]
+
+
+def test_a_guest_reboot_ends_the_vm_and_every_disk_is_labelled(make_plan, host, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    for kw in ({}, {"rootfs": "disk"}, {"firmware": "ovmf"}):
+        plan = make_plan(disks=disks(tmp_path, "raw.img:ro", "data.qcow2:qcow2"), **kw)
+        a = build_command(plan, host).qemu_argv
+        assert "-no-reboot" in a  # a reboot would come back with a new, unpinned host key
+        labels = {m.group(1): m.group(2) for v in values(a, "-device") if (m := re.search(r"drive=([^,]+).*,serial=([^,]+)", v))}
+        want = {"instance": "sealbox-instance", "disk0": "sealbox-disk0", "disk1": "sealbox-disk1"}
+        if kw.get("rootfs"):
+            want["rootfs"] = "sealbox-rootfs"
+        assert labels == want, a
+
+
+def test_disk_limits_are_clear_errors(make_plan, host, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """microvm: 23 usable virtio-mmio devices (the 24th transport's interrupt never arrives: a disk there hung the
+    boot); q35: raw disks stay within vda..vdz, so device order and name order agree."""
+    specs = [f"d{i}.img:ro" for i in range(27)]
+    for i in range(27):
+        (tmp_path / f"d{i}.img").write_bytes(b"\0" * 512)
+    build_command(make_plan(disks=disks(tmp_path, *specs[:20])), host)
+    with pytest.raises(SandboxError, match=r"microvm takes at most 20 extra disks \(21 given\)"):
+        build_command(make_plan(disks=disks(tmp_path, *specs[:21])), host)
+    with pytest.raises(SandboxError, match=r"at most 19 extra disks"):
+        build_command(make_plan(rootfs="disk", disks=disks(tmp_path, *specs[:20])), host)
+    build_command(make_plan(firmware="ovmf", disks=disks(tmp_path, *specs[:25])), host)
+    with pytest.raises(SandboxError, match=r"at most 25 raw extra disks"):
+        build_command(make_plan(firmware="ovmf", disks=disks(tmp_path, *specs[:26])), host)
+
+
+def test_the_instance_disk_is_the_first_disk_after_the_root_disk(make_plan, host, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """The guest takes the first disk in device order that carries the instance magic; the host guarantees that is
+    the instance disk by adding it before every user disk (devices are numbered in the order they are added)."""
+    for kw in ({}, {"rootfs": "disk"}, {"firmware": "ovmf"}):
+        a = build_command(make_plan(disks=disks(tmp_path, "raw.img:ro", "data.qcow2:rw"), **kw), host).qemu_argv
+        blk = [m.group(1) for v in values(a, "-device") if (m := re.match(r"virtio-blk-(?:device|pci),drive=([^,]+)", v))]
+        assert blk == (["rootfs"] if kw.get("rootfs") else []) + ["instance", "disk0", "disk1"], a

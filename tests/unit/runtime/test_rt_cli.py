@@ -145,3 +145,93 @@ def test_exec_and_rm_refuse_by_status(capsys, tmp_path: Path) -> None:  # type: 
     assert rc != 0 and "is exited, not running" in err
     rc, out, err = sealbox(capsys, "rm", "dead", "--state-dir", str(state.root))
     assert rc == 0 and not state.exists("dead")
+
+
+def test_inspect_never_shows_a_private_key(capsys, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    state = StateDir(tmp_path / "s")
+    key = "-----BEGIN OPENSSH PRIVATE KEY-----\nb3BlbnNzaC1rZXktdjEAAAAA\n-----END OPENSSH PRIVATE KEY-----\n"
+    # an older record kept the key in guest{}; any other field might carry it too (an error message, a step)
+    state.reserve(SandboxRecord(name="sec", status="stopped", created_at=time.time(), vmm={"backend": "qemu"},
+                                guest={"client_key_openssh": key, "client_key": "/x/id_ed25519"}, error=f"ssh said: {key}"))
+    rc, out, err = sealbox(capsys, "inspect", "sec", "--state-dir", str(state.root))
+    assert rc == 0, err
+    assert "PRIVATE KEY" not in out and "b3BlbnNzaC1rZXktdjEAAAAA" not in out
+    assert json.loads(out)["guest"]["client_key"] == "/x/id_ed25519"
+
+
+def test_ps_all_rm_and_inspect_on_a_corrupt_record(capsys, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    state = StateDir(tmp_path / "s")
+    state.reserve(SandboxRecord(name="good", status="stopped", created_at=time.time()))
+    state.reserve(SandboxRecord(name="bad", status="stopped", created_at=time.time()))
+    state.record_path("bad").write_text('{"version": 1, "name": "bad", "status": ')  # cut off mid-write
+    rc, out, err = sealbox(capsys, "ps", "--all", "--state-dir", str(state.root))
+    assert rc == 0 and err == ""
+    rows = {line.split()[0]: line.split()[1] for line in out.strip().splitlines()[1:]}
+    assert rows == {"bad": "corrupt", "good": "stopped"}
+    rc, out, _ = sealbox(capsys, "ps", "--all", "--json", "--state-dir", str(state.root))
+    bad = next(r for r in json.loads(out) if r["name"] == "bad")
+    assert bad["status"] == "corrupt" and "record.json is corrupt" in bad["error"]
+    rc, _, err = sealbox(capsys, "inspect", "bad", "--state-dir", str(state.root))
+    assert rc != 0 and len(err.strip().splitlines()) == 1 and "is corrupt" in err and "rm --force" in err
+    rc, _, err = sealbox(capsys, "rm", "bad", "--state-dir", str(state.root))
+    assert rc != 0 and state.exists("bad")  # not without --force
+    rc, _, err = sealbox(capsys, "rm", "--force", "bad", "--state-dir", str(state.root))
+    assert rc == 0, err
+    assert state.names() == ["good"]
+
+
+ROOT_VERBS = (["ps"], ["ps", "--all"], ["inspect", "x"], ["logs", "x"], ["stop", "x"], ["rm", "x"], ["gc"],
+              ["exec", "x", "--", "true"], ["ssh", "x"], ["ssh-config", "x"], ["pause", "x"], ["resume", "x"],
+              ["snapshot", "x"], ["run", "/nonexistent-image", "--name", "x"])
+
+
+def _as_nobody(argv: list[str], state: Path) -> tuple[int, str]:
+    """main(argv) in a forked child that dropped to uid/gid 65534 first (forked, not exec'd: the
+    interpreter may live where that uid cannot read). Returns (exit code, stderr)."""
+    import importlib
+
+    for mod in ("sealbox.cli.sandbox", "sealbox.cli.ssh", "sealbox.cli.firecracker", "sealbox.cli.proxy",
+                "sealbox.sandbox.control", "sealbox.sandbox.manager", "sealbox.sandbox.gc"):
+        importlib.import_module(mod)  # what a verb imports lazily, loaded before the uid changes
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - child
+        rc = 99
+        try:
+            import sys
+
+            os.close(r)
+            os.dup2(w, 2)
+            os.dup2(os.open(os.devnull, os.O_WRONLY), 1)
+            sys.stdout, sys.stderr = os.fdopen(1, "w"), os.fdopen(2, "w")
+            os.setgroups([])
+            os.setgid(65534)
+            os.setuid(65534)
+            os.environ["SEALBOX_STATE_DIR"] = str(state)
+            rc = main(argv)
+            sys.stderr.flush()
+        except BaseException:  # noqa: BLE001 - reported to the parent through the pipe
+            import traceback
+
+            os.write(2, ("child failed: " + traceback.format_exc()).encode())
+        finally:
+            os._exit(rc)
+    os.close(w)
+    with os.fdopen(r) as f:
+        err = f.read()
+    _, status = os.waitpid(pid, 0)
+    return os.waitstatus_to_exitcode(status), err
+
+
+def test_every_sandbox_verb_without_root_says_it_needs_root(tmp_path: Path) -> None:
+    """As an unprivileged uid against a root-owned state dir: one line naming the need for root."""
+    if os.geteuid() != 0:
+        pytest.skip("needs root to switch to an unprivileged uid")
+    state = tmp_path / "state"
+    state.mkdir(mode=0o700)
+    os.chmod(tmp_path, 0o755)
+    for verb in ROOT_VERBS:
+        rc, err = _as_nobody(verb, state)
+        lines = err.strip().splitlines()
+        assert rc != 0 and len(lines) == 1, (verb, err)
+        assert "needs root" in lines[0] and "internal error" not in lines[0], (verb, lines[0])

@@ -32,6 +32,11 @@ QEMU = "/usr/bin/qemu-system-x86_64"
 SANDBOX_OPTS = "on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny"
 FIRST_FD = 10  # fds 0-2 are stdio; leave room below for anything the runtime opens early
 QCOW2_MAGIC = b"QFI\xfb"
+# QEMU's microvm has 24 virtio-mmio transports, but the interrupt of the 24th never reaches the guest (measured
+# with QEMU 7.2 and Debian's 6.1 kernel: a disk there hangs the boot in its partition scan), so 23 are usable:
+# net, rng, the instance disk, [the root disk] and the user disks
+MICROVM_DEVICES = 23
+VD_NAMES = 26  # vda..vdz: past them names sort out of device order (vdaa < vdb), which the guest relies on
 TDX_PARAM = Path("/sys/module/kvm_intel/parameters/tdx")
 OVMF_CODE = Path("/usr/share/OVMF/OVMF_CODE_4M.fd")
 OVMF_VARS = Path("/usr/share/OVMF/OVMF_VARS_4M.fd")
@@ -87,18 +92,15 @@ def mode_of(spec: SandboxSpec) -> Mode:
     return "tdx" if spec.tdx else ("ovmf" if spec.firmware == "ovmf" or spec.boot == "disk-image" else "microvm")
 
 
-def detect_boot_format(path: Path) -> Literal["raw", "qcow2", "vpc"]:
-    """A boot disk may also be a fixed VHD, whose only marker is the footer at its end."""
-    from sealbox.formats.vhd import COOKIE, FOOTER_SIZE
+BOOT_DISK_FORMATS: dict[str, Literal["raw", "qcow2", "vpc"]] = {".raw": "raw", ".qcow2": "qcow2", ".vhd": "vpc"}
 
-    try:
-        with open(path, "rb") as f:
-            f.seek(-FOOTER_SIZE, os.SEEK_END)
-            if f.read(len(COOKIE)) == COOKIE:
-                return "vpc"
-    except OSError:
-        pass
-    return detect_format(path)
+
+def boot_disk_format(path: Path) -> Literal["raw", "qcow2", "vpc"]:
+    """The format of an image's boot disk, declared by the name the build gave it (builder/disk.py), never probed."""
+    fmt = BOOT_DISK_FORMATS.get(path.suffix)
+    if fmt is None:
+        raise SandboxError(f"boot disk {path} is not one of the image's disk formats ({', '.join(sorted(BOOT_DISK_FORMATS))})")
+    return fmt
 
 
 def tb_size_mib(memory_mib: int) -> int:
@@ -112,14 +114,6 @@ def memory_limit_bytes(spec: SandboxSpec, accel: Literal["kvm", "tcg"]) -> int:
     """The cgroup memory limit for a QEMU VM: guest RAM + TCG cache + QEMU's own needs."""
     tb = tb_size_mib(spec.memory_mib) if accel == "tcg" and not spec.tdx else 0
     return (spec.memory_mib + tb + QEMU_OVERHEAD_MIB) * 1024 * 1024
-
-
-def detect_format(path: Path) -> Literal["raw", "qcow2"]:
-    try:
-        with open(path, "rb") as f:
-            return "qcow2" if f.read(4) == QCOW2_MAGIC else "raw"
-    except OSError:
-        return "raw"  # a missing file is reported by check_host, not here
 
 
 def uki_of(plan: VmPlan) -> Path:
@@ -194,7 +188,9 @@ def build_command(plan: VmPlan, host: HostFacts) -> QemuCommand:
     qmp_fd = fds.take("qmp", str(run_dir / "qmp.sock"))
     tap_fd = fds.take("tap", plan.net.netns, ifname=plan.net.tap)
 
-    argv = [QEMU, "-name", f"sealbox-{spec.name}", "-nodefaults", "-no-user-config", "-nographic", "-sandbox", SANDBOX_OPTS]
+    # -no-reboot: a guest reboot ends the VM (ps: exited) instead of coming back with new, unpinned host keys
+    argv = [QEMU, "-name", f"sealbox-{spec.name}", "-nodefaults", "-no-user-config", "-nographic", "-no-reboot",
+            "-sandbox", SANDBOX_OPTS]
     if mode == "microvm":
         argv += ["-M", "microvm"]
     elif mode == "ovmf":
@@ -228,7 +224,7 @@ def build_command(plan: VmPlan, host: HostFacts) -> QemuCommand:
         argv += [*vars_args, "-drive", f"if=pflash,format=raw,unit=1,file={varsp}"]
         if spec.boot == "disk-image":  # the firmware finds \\EFI\\BOOT\\BOOTX64.EFI on the disk by itself
             boot_args, bootp = fds.fdset(plan.kernel, "r")
-            argv += [*boot_args, "-drive", f"if=none,id=boot,file={bootp},format={detect_boot_format(plan.kernel)},readonly=on",
+            argv += [*boot_args, "-drive", f"if=none,id=boot,file={bootp},format={boot_disk_format(plan.kernel)},readonly=on",
                      "-device", "virtio-blk-pci,drive=boot,bootindex=0"]
         else:
             argv += ["-kernel", f"/proc/self/fd/{fds.take('file', str(uki_of(plan)))}"]
@@ -252,11 +248,18 @@ def build_command(plan: VmPlan, host: HostFacts) -> QemuCommand:
         disks.append(("rootfs", DiskSpec(path=plan.rootfs, readonly=True)))
     disks.append(("instance", DiskSpec(path=plan.instance_disk, readonly=True)))
     disks += [(f"disk{i}", d) for i, d in enumerate(spec.disks)]
+    fixed = len(disks) - len(spec.disks)  # the instance disk and the root disk come first (guest-protocol.md)
+    if not pci and len(disks) + 2 > MICROVM_DEVICES:  # + net and rng
+        raise SandboxError(f"QEMU's microvm takes at most {MICROVM_DEVICES - 2 - fixed} extra disks ({len(spec.disks)} given)",
+                           hint="attach fewer --disk files (or use --firmware ovmf, whose PCI bus takes more)")
+    if pci and sum(d.format == "raw" for _i, d in disks) > VD_NAMES:
+        raise SandboxError(f"at most {VD_NAMES - fixed} raw extra disks fit vda..vdz ({len(spec.disks)} given)",
+                           hint="attach fewer raw --disk files; qcow2 disks (FILE:qcow2) go on the SCSI bus")
     scsi = False
     blk_dev = "virtio-blk-pci" if pci else "virtio-blk-device"
     lim = spec.limits
     for drive_id, disk in disks:
-        fmt = detect_format(disk.path)
+        fmt = disk.format
         set_args, path = fds.fdset(disk.path, "r" if disk.readonly else "rw")
         opts = f"if=none,id={drive_id},file={path},format={fmt},readonly={'on' if disk.readonly else 'off'}"
         opts += _throttle(lim.disk_bytes, "bps") + _throttle(lim.disk_ops, "iops")
@@ -265,9 +268,9 @@ def build_command(plan: VmPlan, host: HostFacts) -> QemuCommand:
             if not scsi:
                 argv += ["-device", "virtio-scsi-pci,id=scsi0"]
                 scsi = True
-            argv += ["-device", f"scsi-hd,drive={drive_id},bus=scsi0.0"]
-        else:
-            argv += ["-device", f"{blk_dev},drive={drive_id}"]
+            argv += ["-device", f"scsi-hd,drive={drive_id},bus=scsi0.0,serial=sealbox-{drive_id}"]
+        else:  # the serial is the guest's proof of which disk is the instance disk (docs/guest-protocol.md)
+            argv += ["-device", f"{blk_dev},drive={drive_id},serial=sealbox-{drive_id}"]
 
     spec_j = jail.JailSpec(
         uid=plan.uid, gid=plan.gid,

@@ -16,6 +16,7 @@ from typing import Any, Literal
 import httpx
 
 from sealbox.errors import SandboxError
+from sealbox.sandbox.vmm.firecracker import jailfs
 
 ActionType = Literal["InstanceStart", "SendCtrlAltDel", "FlushMetrics"]
 
@@ -30,9 +31,21 @@ class FirecrackerApiError(SandboxError):
 
 
 @contextlib.contextmanager
-def uds_path(path: Path) -> Iterator[str]:
+def uds_path(path: Path, jail_root: Path | None = None) -> Iterator[str]:
     """A connectable name for a Unix socket. The host path of a jail's socket can exceed sun_path's
-    108 bytes (a 64-char id alone gets close), so long paths go through an O_PATH fd of the directory."""
+    108 bytes (a 64-char id alone gets close), so long paths go through an O_PATH fd of the directory.
+
+    With `jail_root`, every name below it belongs to the VMM: the socket is resolved without following
+    any symlink and connected through an O_PATH fd of that checked socket, so a VMM cannot point sealbox's
+    requests at another socket (another sandbox's API, a host service)."""
+    if jail_root is not None:
+        with jailfs.open_root(jail_root) as root_fd:
+            fd = jailfs.open_socket(root_fd, "/" + str(Path(path).relative_to(jail_root)), "connect to the API socket")
+        try:
+            yield f"/proc/self/fd/{fd}"
+        finally:
+            os.close(fd)
+        return
     text = str(path)
     if len(text.encode()) < 100:
         yield text
@@ -50,15 +63,16 @@ def _one_line(text: str, limit: int = 300) -> str:
 
 
 class FirecrackerClient:
-    def __init__(self, socket_path: Path | str, timeout: float = 5.0) -> None:
+    def __init__(self, socket_path: Path | str, timeout: float = 5.0, jail_root: Path | None = None) -> None:
         self.socket_path = Path(socket_path)
         self.timeout = timeout
+        self.jail_root = jail_root  # the socket lies in a jail: resolve it without following the VMM's symlinks
 
     def _request(self, method: str, path: str, body: dict[str, Any] | None = None, timeout: float | None = None) -> Any:
         what = f"Firecracker API {method} {path}"
         limit = timeout or self.timeout
         try:
-            with uds_path(self.socket_path) as uds, httpx.Client(transport=httpx.HTTPTransport(uds=uds), base_url="http://localhost",
+            with uds_path(self.socket_path, self.jail_root) as uds, httpx.Client(transport=httpx.HTTPTransport(uds=uds), base_url="http://localhost",
                                                                  timeout=httpx.Timeout(limit)) as client:
                 resp = client.request(method, path, json=body, headers={"Accept": "application/json"})
         except FileNotFoundError:

@@ -20,7 +20,7 @@ from sealbox.sandbox.vmm.firecracker import snapshot as S
 from sealbox.sandbox.vmm.firecracker.api import FirecrackerClient
 from sealbox.sandbox.vmm.firecracker.launch import FirecrackerJailerStep, stop_vm
 from sealbox.sandbox.vmm.firecracker.settings import ENV, FirecrackerSettings
-from sealbox.sandbox.vmm.firecracker.staging import FirecrackerStageStep, StageFile, check_chroot_base, writable_stage_file
+from sealbox.sandbox.vmm.firecracker.staging import FirecrackerStageStep, StageDrive, StageFile, check_chroot_base, writable_stage_file
 from sealbox.util.digest import sha256_file
 
 ELF_MAGIC = b"\x7fELF"
@@ -85,16 +85,28 @@ class FirecrackerBackend:
                 out.append(StageFile(source=f.source, in_jail=f.in_jail, writable=f.writable))
         return out
 
+    @staticmethod
+    def _drives(plan: VmPlan, config: dict[str, Any] | None) -> tuple[StageDrive, ...]:
+        """The guest's drives as sealbox configured them: what a snapshot copies (never the VMM's account)."""
+        if config is not None:
+            return tuple(StageDrive(drive_id=d["drive_id"], in_jail=d["path_on_host"], read_only=d["is_read_only"],
+                                    is_root_device=d["is_root_device"]) for d in config["drives"])
+        assert plan.spec.from_snapshot is not None
+        m = S.read_manifest(plan.spec.from_snapshot, verify=False)
+        return tuple(StageDrive(drive_id=d.drive_id, in_jail=d.in_jail, read_only=d.read_only, is_root_device=d.is_root_device)
+                     for d in m.drives)
+
     def _steps(self, plan: VmPlan, probe: bool) -> list[Step]:
         C.check_plan(plan)
         lay = self.layout(plan)
         args = self.jailer_args(plan)
         restoring = plan.spec.from_snapshot is not None
         owner = str(plan.sandbox_dir)
+        config = self.config(plan)
         stage = FirecrackerStageStep(
             layout=lay, owner=owner, uid=plan.uid, gid=plan.gid, files=tuple(self._stage_files(plan, probe)),
-            config=self.config(plan), config_in_jail=J.CONFIG_FILE, empty_files=(J.LOG_FILE, J.METRICS_FILE),
-            empty_dirs=(J.SNAPSHOT_DIR,))
+            config=config, config_in_jail=J.CONFIG_FILE, empty_files=(J.LOG_FILE, J.METRICS_FILE),
+            empty_dirs=(J.SNAPSHOT_DIR,), drives=self._drives(plan, config))
         restore = None
         if restoring:
             restore = {"snapshot_path": S.IN_JAIL_VMSTATE, "mem_file_path": S.IN_JAIL_MEMORY,
@@ -159,13 +171,13 @@ class FirecrackerBackend:
     def stop(self, record: SandboxRecord, timeout: float) -> None:
         r = running(record)
         if r is not None:
-            stop_vm(r.api_sock, r.pid, r.start_time, timeout)
+            stop_vm(r.api_sock, r.pid, r.start_time, timeout, jail_root=r.jail_root)
 
     def inspect(self, record: SandboxRecord) -> dict[str, Any]:
         r = running(record)
         if r is None:
             return {"state": "not running"}
-        client = FirecrackerClient(r.api_sock, self.settings.api_timeout)
+        client = r.client(self.settings.api_timeout)
         return {"instance": client.describe_instance(), "vm_config": client.vm_config(), "machine_config": client.machine_config()}
 
     # extras for the CLI --------------------------------------------------------------------------
@@ -173,7 +185,7 @@ class FirecrackerBackend:
         r = running(record)
         if r is None:
             raise SandboxError(f"sandbox {record.name!r} is not running")
-        return FirecrackerClient(r.api_sock, self.settings.api_timeout)
+        return r.client(self.settings.api_timeout)
 
     def pause(self, record: SandboxRecord) -> None:
         self.client(record).pause()
@@ -185,9 +197,11 @@ class FirecrackerBackend:
         """Live rate-limit change: PATCH every rate-limited drive and the network interface."""
         client = self.client(record)
         disk = C.rate_limiter(limits.disk_bytes, limits.disk_ops, "disk")
-        for d in client.vm_config().get("drives", []):
-            if d.get("drive_id") != C.DRIVE_INSTANCE and disk:
-                client.patch_drive(d["drive_id"], rate_limiter=disk)
+        stage_entry, _ = firecracker_entries(record)
+        drives = FirecrackerStageStep.model_validate(stage_entry.params).drives if stage_entry else ()
+        for d in drives:  # the drives sealbox configured, not the VMM's account of them
+            if d.drive_id != C.DRIVE_INSTANCE and disk:
+                client.patch_drive(d.drive_id, rate_limiter=disk)
         rx = C.rate_limiter(limits.net_rx_bytes, None, "net rx")
         tx = C.rate_limiter(limits.net_tx_bytes, None, "net tx")
         if rx or tx:
@@ -197,14 +211,37 @@ class FirecrackerBackend:
         r = running(record)
         if r is None:
             raise SandboxError(f"sandbox {record.name!r} is not running; only a running sandbox can be snapshotted")
-        client = FirecrackerClient(r.api_sock, self.settings.api_timeout)
-        return S.create_snapshot(client, r.layout, dest, source=record.name, resume=resume,
+        stage_entry, _ = firecracker_entries(record)
+        if stage_entry is None:
+            raise SandboxError(f"sandbox {record.name!r} has no Firecracker staging step in its record")
+        stage = FirecrackerStageStep.model_validate(stage_entry.params)
+        methods = stage_entry.outputs.get("staged") or {}
+        sources = {f.in_jail: f.source for f in stage.files}
+        drives = []
+        for d in stage.drives:
+            if d.in_jail not in sources or methods.get(d.in_jail) not in ("link", "copy"):
+                raise SandboxError(f"sandbox {record.name!r}: the record does not say how drive {d.drive_id} was staged")
+            drives.append(S.JailDrive(drive_id=d.drive_id, in_jail=d.in_jail, read_only=d.read_only, is_root_device=d.is_root_device,
+                                      staged=methods[d.in_jail], source=sources[d.in_jail]))
+        key = record.guest.get("client_key")
+        client = r.client(self.settings.api_timeout)
+        return S.create_snapshot(client, r.layout, dest, source=record.name, uid=stage.uid, drives=drives,
+                                 client_key=Path(key) if key else None, resume=resume,
                                  network=record.network, guest=record.guest, spec=record.spec)
 
 
 class Running:
     def __init__(self, layout: J.JailLayout, api_sock: Path, pid: int, start_time: int | None) -> None:
         self.layout, self.api_sock, self.pid, self.start_time = layout, api_sock, pid, start_time
+
+    @property
+    def jail_root(self) -> Path | None:
+        """Set when the API socket lies in the jail (always, for sockets sealbox recorded): its path is
+        then resolved without following the VMM's symlinks."""
+        return self.layout.root if self.api_sock.is_relative_to(self.layout.root) else None
+
+    def client(self, timeout: float) -> FirecrackerClient:
+        return FirecrackerClient(self.api_sock, timeout, jail_root=self.jail_root)
 
 
 def firecracker_entries(record: SandboxRecord) -> tuple[Any, Any]:

@@ -115,6 +115,10 @@ def check_plan(plan: VmPlan) -> None:
         raise SandboxError(f"TAP device name {plan.net.tap!r} must be 1-15 characters")
     if plan.uid <= 0 or plan.gid <= 0:
         raise SandboxError("refusing to run Firecracker as root (uid/gid 0)", hint="every sandbox VMM runs as an unprivileged uid of its own (SEALBOX_UID_RANGE)")
+    qcow = [d.path for d in spec.disks if d.format != "raw"]
+    if qcow:
+        raise SandboxError(f"--disk {qcow[0]} is declared qcow2, but Firecracker attaches raw disks only",
+                           hint="convert it (qemu-img convert -O raw) or use --vmm qemu")
     boot_args(plan)
     limits = spec.limits
     rate_limiter(limits.disk_bytes, limits.disk_ops, "disk")
@@ -125,8 +129,10 @@ def check_plan(plan: VmPlan) -> None:
 
 
 def _drive(did: str, path: str, *, root: bool, read_only: bool, limiter: dict[str, Any] | None) -> dict[str, Any]:
+    # Writeback: Firecracker advertises flush and fsyncs on the guest's flush, so what the guest synced
+    # survives a host crash; Unsafe (the default) ignores flushes, harmless only for read-only drives
     d: dict[str, Any] = {"drive_id": did, "path_on_host": path, "is_root_device": root, "is_read_only": read_only,
-                         "cache_type": "Unsafe", "io_engine": "Sync"}
+                         "cache_type": "Unsafe" if read_only else "Writeback", "io_engine": "Sync"}
     if limiter:
         d["rate_limiter"] = limiter
     return d

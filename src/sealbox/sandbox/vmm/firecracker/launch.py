@@ -26,6 +26,7 @@ from sealbox.errors import SandboxError
 from sealbox.sandbox.state import pid_alive, process_start_time
 from sealbox.sandbox.steps import Step
 from sealbox.sandbox.vmm.firecracker import jailer as J
+from sealbox.sandbox.vmm.firecracker import jailfs
 from sealbox.sandbox.vmm.firecracker.api import FirecrackerClient, uds_path
 from sealbox.sandbox.vmm.firecracker.jailer import JailLayout
 
@@ -52,23 +53,27 @@ def _size(path: Path) -> int:
         return 0
 
 
-def remove_stale_socket(path: Path) -> bool:
-    """Remove a leftover API socket (Firecracker cannot bind over it). Refuses to remove non-sockets."""
+def remove_stale_socket(lay: JailLayout) -> bool:
+    """Remove a leftover API socket (Firecracker cannot bind over it); anything else there is refused."""
     try:
-        st = os.lstat(path)
-    except FileNotFoundError:
-        return False
-    if not stat.S_ISSOCK(st.st_mode):
-        raise SandboxError(f"{path} exists and is not a socket", hint="remove it by hand if it is stale")
-    os.unlink(path)
-    return True
+        with jailfs.open_root(lay.root) as root_fd:
+            return jailfs.unlink(root_fd, J.API_SOCK, kind=stat.S_IFSOCK)
+    except jailfs.JailRefusal:
+        if not lay.root.exists():
+            return False
+        raise
 
 
-def socket_answers(path: Path, timeout: float = 0.5) -> bool:
+def _uid(argv: tuple[str, ...]) -> int:
+    """The VMM user, as the jailer was told (--uid)."""
+    return int(argv[argv.index("--uid") + 1])
+
+
+def socket_answers(path: Path, timeout: float = 0.5, jail_root: Path | None = None) -> bool:
     s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     s.settimeout(timeout)
     try:
-        with uds_path(path) as name:
+        with uds_path(path, jail_root) as name:
             s.connect(name)
         return True
     except OSError:
@@ -77,12 +82,12 @@ def socket_answers(path: Path, timeout: float = 0.5) -> bool:
         s.close()
 
 
-def read_pid(pid_file: Path) -> int | None:
-    try:
-        text = pid_file.read_text().strip()
-    except OSError:
-        return None
-    return int(text) if text.isdigit() and int(text) > 0 else None
+def in_cgroups(pid: int, dirs: list[Path]) -> bool:
+    for d in dirs:
+        with contextlib.suppress(OSError):
+            if str(pid) in (d / "cgroup.procs").read_text().split():
+                return True
+    return False
 
 
 def wait_exit(pid: int, start_time: int | None, timeout: float) -> bool:
@@ -158,9 +163,9 @@ class FirecrackerJailerStep(Step):
             raise SandboxError(f"network namespace handle {self.netns} does not exist", hint="the sandbox's netns step must run first")
         if not Path(self.argv[0]).is_file():
             raise SandboxError(f"jailer binary {self.argv[0]} not found", hint="set SEALBOX_JAILER or install it on PATH")
-        remove_stale_socket(lay.api_sock)
-        with contextlib.suppress(FileNotFoundError):
-            lay.pid_file.unlink()  # the jailer opens it create_new
+        remove_stale_socket(lay)
+        with jailfs.open_root(lay.root) as root_fd:  # the jailer opens its pid file create_new
+            jailfs.unlink(root_fd, lay.pid_file.name, kind=stat.S_IFREG)
         self.console_log.parent.mkdir(parents=True, exist_ok=True)
         err_offset = _size(self.stderr_log)
         with open(self.console_log, "ab") as out, open(self.stderr_log, "ab") as err:
@@ -173,29 +178,67 @@ class FirecrackerJailerStep(Step):
             proc.wait(timeout=5)
             raise SandboxError(f"the jailer did not exit within {self.start_timeout:g}s: {_tail(self.stderr_log, err_offset) or 'no output'}") from None
         if rc != 0:
-            raise SandboxError(f"the jailer failed (exit {rc}): {_tail(self.stderr_log, err_offset) or 'no output'}")
-        pid = read_pid(lay.pid_file)
-        if pid is None:
-            raise SandboxError(f"the jailer exited without writing {lay.pid_file}")
+            raise SandboxError(f"the jailer failed (exit {rc}): {_tail(self.stderr_log, err_offset) or 'no output'}")  # the log goes with the sandbox: its tail is here
+        pid = self._vmm_pid(err_offset)
         start = process_start_time(pid)
         self._wait_api(pid, start, err_offset)
-        os.chmod(lay.api_sock, API_SOCK_MODE)
+        with jailfs.open_root(lay.root) as root_fd:
+            jailfs.chmod_socket(root_fd, J.API_SOCK, API_SOCK_MODE, uid=_uid(self.argv))
         if self.restore:
-            client = FirecrackerClient(lay.api_sock, self.api_timeout)
+            client = FirecrackerClient(lay.api_sock, self.api_timeout, jail_root=lay.root)
             overrides = [{"iface_id": self.restore["iface_id"], "host_dev_name": self.restore["host_dev_name"]}]
             client.load_snapshot(self.restore["snapshot_path"], self.restore["mem_file_path"], resume_vm=True,
                                  network_overrides=overrides)
         return {"pid": pid, "start_time": start, "api_sock": str(lay.api_sock)}
 
+    def _cgroups(self) -> list[Path]:
+        lay = self.layout
+        return J.jailer_cgroup_dirs(self.cgroup_version, list(self.cgroup_controllers), lay.exec_name, lay.jail_id,
+                                    parent=self.cgroup_parent)
+
+    def _vmm_pid(self, err_offset: int) -> int:
+        """Firecracker's pid from the jailer's pid file. The file lies in the jail root, where the VMM
+        (started before we read it) can replace it: trust only a root-owned regular file that names
+        a process inside this jail's cgroups, which the VMM cannot move other processes into."""
+        lay = self.layout
+        what = f"use the pid file {lay.pid_file.name}"
+        try:
+            with jailfs.open_root(lay.root) as root_fd:
+                text = jailfs.read_small(root_fd, lay.pid_file.name, what, uids=(0,)).decode(errors="replace").strip()
+        except FileNotFoundError:
+            raise SandboxError(f"the jailer exited without writing {lay.pid_file}") from None
+        if not text.isdigit() or int(text) <= 0:
+            raise jailfs.JailRefusal(f"refusing to {what}: {text[:40]!r} is not a pid", hint=jailfs.HINT)
+        pid = int(text)
+        if not pid_alive(pid):
+            raise SandboxError(f"firecracker (pid {pid}) exited during start-up: {self._failure(err_offset)}", hint=f"see {self.stderr_log}")
+        if not in_cgroups(pid, self._cgroups()):
+            raise jailfs.JailRefusal(f"refusing to {what}: pid {pid} is not in the jail's cgroups", hint=jailfs.HINT)
+        return pid
+
+    def _failure(self, err_offset: int) -> str:
+        return _tail(self.stderr_log, err_offset) or self._log_tail() or "no output"
+
+    def _log_tail(self) -> str:
+        """The last lines of Firecracker's own log, read only if it is still the VMM's regular file."""
+        try:
+            with jailfs.open_root(self.layout.root) as root_fd:
+                data = jailfs.read_tail(root_fd, J.LOG_FILE, f"read {J.LOG_FILE}", uids=(_uid(self.argv),))
+        except FileNotFoundError:
+            return ""
+        except jailfs.JailRefusal as e:
+            return f"({e.message})"
+        kept = [line.strip() for line in data.decode(errors="replace").splitlines() if line.strip()][-4:]
+        return " | ".join(kept)
+
     def _wait_api(self, pid: int, start: int | None, err_offset: int) -> None:
         deadline = time.monotonic() + self.start_timeout
         sock = self.layout.api_sock
         while True:
-            if sock.exists() and socket_answers(sock):
+            if socket_answers(sock, jail_root=self.layout.root):
                 return
             if not pid_alive(pid, start):
-                detail = _tail(self.stderr_log, err_offset) or _tail(self.layout.host(J.LOG_FILE)) or "no output"
-                raise SandboxError(f"firecracker (pid {pid}) exited during start-up: {detail}")  # its log goes with the sandbox
+                raise SandboxError(f"firecracker (pid {pid}) exited during start-up: {self._failure(err_offset)}")  # its log goes with the sandbox
             if time.monotonic() >= deadline:
                 raise SandboxError(f"firecracker's API socket {sock} did not come up within {self.start_timeout:g}s")
             time.sleep(_POLL)
@@ -205,36 +248,22 @@ class FirecrackerJailerStep(Step):
         ours = self._ours()
         if outputs.get("pid"):
             kill(int(outputs["pid"]), outputs.get("start_time"))
-        elif ours:
-            pid = read_pid(lay.pid_file)
-            if pid is not None and _is_jailed_firecracker(pid, lay):
-                kill(pid, None)
-        if ours:
-            for cg in J.jailer_cgroup_dirs(self.cgroup_version, list(self.cgroup_controllers), lay.exec_name, lay.jail_id,
-                                           parent=self.cgroup_parent):
+        if ours:  # without a recorded pid (a crash), the cgroup kill below stops the VMM: no pid file is read
+            for cg in self._cgroups():
                 remove_cgroup(cg)
-            with contextlib.suppress(FileNotFoundError, SandboxError):
-                remove_stale_socket(lay.api_sock)
+            try:
+                remove_stale_socket(lay)
+            except jailfs.JailRefusal as e:
+                log.warning("%s (%s); the jail is removed with its stage step", e.message, jailfs.HINT)
 
 
-def _is_jailed_firecracker(pid: int, lay: JailLayout) -> bool:
-    """A pid from a pid file is trusted only if that process is firecracker started with our jail id
-    (its root and exe paths are those of another mount namespace, so compare the command line)."""
-    try:
-        args = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
-    except OSError:
-        return False
-    words = [a.decode(errors="replace") for a in args]
-    return bool(words) and Path(words[0]).name == lay.exec_name and (
-        f"--id={lay.jail_id}" in words or any(a == "--id" and b == lay.jail_id for a, b in zip(words, words[1:])))
-
-
-def stop_vm(api_sock: Path, pid: int, start_time: int | None, timeout: float, api_timeout: float = 2.0) -> str:
+def stop_vm(api_sock: Path, pid: int, start_time: int | None, timeout: float, api_timeout: float = 2.0,
+            jail_root: Path | None = None) -> str:
     """SendCtrlAltDel, wait up to `timeout` for Firecracker to exit, then SIGKILL. Returns how it ended."""
     if not pid_alive(pid, start_time):
         return "not running"
     try:
-        FirecrackerClient(api_sock, min(api_timeout, max(timeout, 0.1))).send_ctrl_alt_del()
+        FirecrackerClient(api_sock, min(api_timeout, max(timeout, 0.1)), jail_root=jail_root).send_ctrl_alt_del()
     except SandboxError as e:
         log.info("SendCtrlAltDel failed, killing: %s", e)
     else:

@@ -11,7 +11,6 @@ stage step carry the same owner file.
 
 from __future__ import annotations
 
-import contextlib
 import os
 import shutil
 import stat
@@ -22,7 +21,7 @@ from pydantic import BaseModel
 from sealbox.sandbox.host import cgroups
 from sealbox.sandbox.state import StateDir
 from sealbox.sandbox.vmm.firecracker import jailer as J
-from sealbox.sandbox.vmm.firecracker.launch import _is_jailed_firecracker, kill, read_pid, remove_cgroup
+from sealbox.sandbox.vmm.firecracker.launch import remove_cgroup
 from sealbox.sandbox.vmm.firecracker.settings import FirecrackerSettings
 from sealbox.util.names import NAME_RE
 
@@ -78,20 +77,16 @@ def find(state: StateDir, keep: set[str], settings: FirecrackerSettings | None =
 
 
 def remove(item: JailLeftover) -> None:
-    """Kill the jail's firecracker, remove its jailer cgroups, then the jail dir."""
+    """Kill the jail's firecracker by its jailer cgroups (a pid file inside the jail is the VMM's to forge, so none is
+    read), remove the cgroups, then the jail dir (rmtree never follows the links a VMM may have planted in it)."""
     if not item.ours or read_owner(item.jail_dir) != item.owner:
         raise ValueError(f"refusing to remove {item.describe()}: not ours")
     if not item.jail_dir.name.startswith("."):
         lay = J.JailLayout(chroot_base=item.jail_dir.parent.parent, exec_name=item.exec_name, jail_id=item.jail_id)
-        pid = read_pid(lay.pid_file)
-        if pid is not None and _is_jailed_firecracker(pid, lay):
-            kill(pid, None)
         dirs: list[Path] = []
         for parent in (None, f"{cgroups.PARENT}/{item.state_id}" if item.state_id else None):  # the jailer's default, ours
             dirs += J.jailer_cgroup_dirs(1, V1_CONTROLLERS, lay.exec_name, lay.jail_id, parent=parent)
             dirs += J.jailer_cgroup_dirs(2, [], lay.exec_name, lay.jail_id, parent=parent)
         for cg in sorted(set(dirs)):
             remove_cgroup(cg)
-        with contextlib.suppress(OSError):
-            lay.api_sock.unlink()
     shutil.rmtree(item.jail_dir)

@@ -135,6 +135,16 @@ def _copy(src: Path, dst: Path, uid: int, gid: int, mode: int) -> None:
     os.chmod(dst, mode)
 
 
+class StageDrive(BaseModel):
+    """A drive of the guest, as sealbox configured it (what `snapshot` copies; never taken from the VMM)."""
+
+    model_config = ConfigDict(frozen=True)
+    drive_id: str
+    in_jail: str
+    read_only: bool
+    is_root_device: bool = False
+
+
 class FirecrackerStageStep(Step):
     """Create the jail dir and stage kernel/initrd/disks/config into `<base>/<exec>/<id>/root`."""
 
@@ -148,6 +158,7 @@ class FirecrackerStageStep(Step):
     config_in_jail: str = "/config.json"
     empty_files: tuple[str, ...] = ()  # log/metrics files, created empty and owned by the VMM user
     empty_dirs: tuple[str, ...] = ()
+    drives: tuple[StageDrive, ...] = ()
 
     def describe(self) -> str:
         return f"stage {len(self.files)} files into the Firecracker jail {self.layout.root}"
