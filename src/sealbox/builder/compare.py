@@ -7,7 +7,6 @@ import hashlib
 import json
 import os
 import stat
-import subprocess
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -15,6 +14,7 @@ from typing import Any
 from sealbox.formats.compress import zstd_decompress
 from sealbox.formats.cpio import read_cpio
 from sealbox.util.digest import sha256_file
+from sealbox.util.run import run
 
 MAX_LINES = 50
 
@@ -64,7 +64,7 @@ def _tree_map(root: Path, symlink_mtime: bool = True) -> dict[str, dict[str, Any
 
 def _ext4_map(image: Path, scratch: Path) -> dict[str, dict[str, Any]]:
     dest = Path(tempfile.mkdtemp(dir=scratch, prefix="rdump-"))
-    subprocess.run(["debugfs", "-R", f"rdump / {dest}", str(image)], capture_output=True, check=False)
+    run(["debugfs", "-R", f"rdump / {dest}", str(image)], check=False, timeout=600, what="debugfs rdump")
     return _tree_map(dest, symlink_mtime=False)  # debugfs cannot restore a symlink's mtime
 
 

@@ -14,7 +14,6 @@ from __future__ import annotations
 import os
 import shlex
 import shutil
-import subprocess
 import sys
 import tempfile
 import time
@@ -25,11 +24,13 @@ from typing import Any
 from sealbox.builder.builder import default_lock_path, default_output
 from sealbox.builder.compare import explain
 from sealbox.builder.manifest import read_manifest
-from sealbox.errors import BuildError
+from sealbox.errors import BuildError, SealboxError
 from sealbox.spec.load import LoadedSpec
+from sealbox.util.run import run
 
 VARIED = {"TZ": "Pacific/Chatham", "LANG": "fr_CH.UTF-8", "LC_ALL": "fr_CH.UTF-8", "HOME": "/nonexistent-sealbox-repro",
           "SEALBOX_REPRO_NOISE": "x" * 17, "USER": "reprotest", "LOGNAME": "reprotest", "COLUMNS": "43"}
+BUILD_TIMEOUT = 7200.0
 
 
 def _build_argv(spec_path: Path | None, profiles: list[str], out: Path, lock: Path, work: Path) -> list[str]:
@@ -41,12 +42,16 @@ def _build_argv(spec_path: Path | None, profiles: list[str], out: Path, lock: Pa
     return argv + ["--output", str(out), "--lock", str(lock), "--work-dir", str(work), "--json"]
 
 
+def _passed_on() -> dict[str, str]:
+    """What both builds get from the caller: where the .deb cache and sealbox itself live, nothing else."""
+    return {k: os.environ[k] for k in ("SEALBOX_CACHE_DIR", "PYTHONPATH", "VIRTUAL_ENV") if k in os.environ}
+
+
 def _run_build(argv: list[str], env: dict[str, str], label: str, log: Path) -> None:
-    with open(log, "wb") as f:
-        proc = subprocess.run(argv, stdout=f, stderr=subprocess.STDOUT, env=env, check=False, cwd="/")
-    if proc.returncode != 0:
-        tail = [line for line in log.read_text(errors="replace").splitlines() if line.strip()][-2:]
-        raise BuildError(f"{label} build failed: {' | '.join(tail)}", hint=f"full log: {log}")
+    try:
+        run(argv, env=env, cwd=Path("/"), log_file=log, timeout=BUILD_TIMEOUT, what=f"{label} build")
+    except SealboxError as e:
+        raise BuildError(e.message, hint=f"full log: {log}") from None
 
 
 def verify(loaded: LoadedSpec, spec_path: Path | None, profiles: list[str], work_dir: Path | None, keep: bool,
@@ -61,7 +66,7 @@ def verify(loaded: LoadedSpec, spec_path: Path | None, profiles: list[str], work
         out_a, out_b = base / "a" / loaded.spec.name, base / "b" / loaded.spec.name
         (base / "work-a").mkdir()
         (base / "work-b").mkdir()
-        env_a = {**os.environ}
+        env_a = _passed_on()
         t0 = time.monotonic()
         say(f"first build → {out_a}")
         _run_build(_build_argv(spec_path, profiles, out_a, lock, base / "work-a"), env_a, "first", base / "build-a.log")
@@ -70,10 +75,7 @@ def verify(loaded: LoadedSpec, spec_path: Path | None, profiles: list[str], work
         inner = " ".join(shlex.quote(a) for a in _build_argv(spec_path, profiles, out_b, lock, base / "work-b"))
         script = (f"hostname sealbox-repro-b && mount -t tmpfs -o mode=0755 tmpfs {shlex.quote(str(base / 'work-b'))} "
                   f"&& umask 0002 && exec {inner}")
-        env_b = {"PATH": os.environ.get("PATH", "/usr/sbin:/usr/bin:/sbin:/bin"), **VARIED}
-        for key in ("SEALBOX_CACHE_DIR", "PYTHONPATH", "VIRTUAL_ENV"):
-            if key in os.environ:
-                env_b[key] = os.environ[key]
+        env_b = {**_passed_on(), **VARIED}
         _run_build(["unshare", "--uts", "--mount", "--propagation", "private", "sh", "-c", script], env_b, "second",
                    base / "build-b.log")
         say(f"  done in {time.monotonic() - t1:.0f}s; comparing")
