@@ -198,8 +198,7 @@ def _build_image(loaded: LoadedSpec, opts: BuildOptions) -> BuildResult:
                 mf.file_mode_world_readable(stage)
                 names = sorted(os.listdir(stage))
                 m = {
-                    "schema": mf.SCHEMA, "name": spec.name, "build_key": key, "spec_digest": spec_digest,
-                    "profiles": loaded.profiles, "fragments": loaded.fragments, "spec": loaded.canonical(), "epoch": epoch,
+                    "schema": mf.SCHEMA, "name": spec.name, "build_key": key, **mf.spec_record(loaded, spec_digest), "epoch": epoch,
                     "inputs": {"sources": sources.lines(), "snapshot": spec.distribution.snapshot or None,
                                "lock_sha256": hashlib.sha256(final_lock.digest_input().encode()).hexdigest()},
                     "packages": as_manifest(boot.installed, "installed"),

@@ -49,6 +49,7 @@ class LoadedSpec:
     root: Path  # directory that relative file sources are resolved against
     profiles: list[str]
     fragments: list[str] = field(default_factory=list)
+    origin: str = ""  # the spec as the user named it (errors show it; the manifest records its file name instead)
 
     def resolve_source(self, label: str) -> Path:
         """Map a files[].source label back to a host path."""
@@ -293,4 +294,5 @@ def load_spec(path: str | os.PathLike[str] | None, profiles: list[str] | tuple[s
         spec = ImageSpec.model_validate(merged)
     except ValidationError as e:
         raise _format_validation(f"{origin} (merged)", e) from None
-    return LoadedSpec(spec=spec, spec_path=spec_path, root=root, profiles=list(profiles), fragments=[f.origin for f in frags])
+    return LoadedSpec(spec=spec, spec_path=spec_path, root=root, profiles=list(profiles), fragments=[f.origin for f in frags],
+                      origin=origin)
