@@ -16,7 +16,7 @@ from pathlib import Path
 from sealbox.builder.cache import DebCache
 from sealbox.builder.lock import Installed, Lock
 from sealbox.builder.sources import Sources
-from sealbox.errors import BuildError, SealboxError
+from sealbox.errors import BuildError
 from sealbox.spec.model import ImageSpec
 from sealbox.util.digest import sha256_file
 from sealbox.util.run import output, run, which
@@ -151,12 +151,7 @@ def bootstrap(spec: ImageSpec, sources: Sources, tree: Path, work: Path, cache: 
     # it starts, vanish with it, even when sealbox is SIGKILLed (run() gives unshare a parent-death signal)
     ns = [which("unshare"), "--mount", "--propagation", "private", "--pid", "--kill-child", "--mount-proc"]
     env = {"SOURCE_DATE_EPOCH": str(epoch), "HOME": "/root", "TMPDIR": str(work)}
-    try:
-        run([*ns, *argv], env=env, log_file=log_path, timeout=BOOTSTRAP_TIMEOUT, what="mmdebstrap")
-    except BuildError:
-        raise
-    except SealboxError as e:
-        raise BuildError(e.message, hint=f"log: {log_path}") from None
+    run([*ns, *argv], env=env, log_file=log_path, timeout=BOOTSTRAP_TIMEOUT, what="mmdebstrap")
     fresh = cache.ingest(debs_out)
 
     # what got installed, with the sha256 of the .deb it came from

@@ -54,6 +54,8 @@ TOOL_PACKAGES = {
 # When set (by the builder, per step), every run() appends its command line and full output here, so the log of a
 # failed step holds more than the error's tail.
 _TRANSCRIPT: contextvars.ContextVar[Path | None] = contextvars.ContextVar("sealbox_run_transcript", default=None)
+# File descriptors every tool inherits within inherited_fds() (the builder's work-dir lock: held while any tool lives).
+_INHERIT: contextvars.ContextVar[tuple[int, ...]] = contextvars.ContextVar("sealbox_run_inherit", default=())
 
 
 def which(tool: str) -> str:
@@ -81,6 +83,16 @@ def transcript(path: Path | None) -> Iterator[None]:
         yield
     finally:
         _TRANSCRIPT.reset(token)
+
+
+@contextlib.contextmanager
+def inherited_fds(fds: tuple[int, ...]) -> Iterator[None]:
+    """Within this block, every run() passes `fds` on to its tool."""
+    token = _INHERIT.set(fds)
+    try:
+        yield
+    finally:
+        _INHERIT.reset(token)
 
 
 def _tail(text: str, lines: int = 6) -> str:
@@ -140,7 +152,7 @@ def run(
     try:
         proc = subprocess.Popen(full, stdin=subprocess.PIPE if input is not None else subprocess.DEVNULL, stdout=sink,
                                 stderr=subprocess.STDOUT if logf is not None else sink, env=tool_env(env), cwd=cwd,
-                                start_new_session=True)
+                                start_new_session=True, pass_fds=_INHERIT.get())
     except OSError as e:
         if logf is not None:
             logf.close()
