@@ -41,20 +41,26 @@ def tool_versions() -> dict[str, str]:
     }
 
 
-# every package the builder imports, and the data it installs (layers below the builder only)
+# every package the builder imports, and the data it installs (layers below the builder only); the package root's
+# __init__ and errors modules too. tests/unit/builder/test_build_cache.py checks this against the import graph.
 CODE_PACKAGES = ("builder", "formats", "guest", "spec", "modules", "util")
+CODE_SUFFIXES = (".py", ".toml", ".sh", ".service", ".conf")
+
+
+def code_files() -> list[Path]:
+    """The builder's own code and data: a changed writer must not reuse an old output."""
+    root = Path(__file__).resolve().parents[1]
+    files = [root / "__init__.py", root / "errors.py"]
+    for sub in CODE_PACKAGES:
+        files += sorted((root / sub).rglob("*"))
+    return [p for p in files if p.is_file() and p.suffix in CODE_SUFFIXES]
 
 
 def _code_digest() -> str:
-    """Digest of the builder's own code and data: a changed writer must not reuse an old output."""
     root = Path(__file__).resolve().parents[1]
     h = hashlib.sha256()
-    files = [root / "errors.py"]
-    for sub in CODE_PACKAGES:
-        files += sorted((root / sub).rglob("*"))
-    for p in files:
-        if p.is_file() and p.suffix in (".py", ".toml", ".sh", ".service", ".conf"):
-            h.update(str(p.relative_to(root)).encode() + b"\0" + p.read_bytes())
+    for p in code_files():
+        h.update(str(p.relative_to(root)).encode() + b"\0" + p.read_bytes())
     return h.hexdigest()[:16]
 
 
