@@ -8,6 +8,7 @@ directory that is always removed (or swept by the next build if this one was SIG
 
 from __future__ import annotations
 
+import ctypes
 import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -25,6 +26,7 @@ from sealbox.builder.sources import resolve_sources
 from sealbox.errors import BuildError, SealboxError
 from sealbox.spec.load import LoadedSpec
 
+PER_LINUX = 0
 DEFAULT_WORK_BASE = "/var/tmp"  # noqa: S108 - a base for mkdtemp-made, flocked build directories, never a fixed name
 
 
@@ -72,8 +74,21 @@ def work_base(opts: BuildOptions) -> Path:
     return opts.work_base or Path(os.environ.get("SEALBOX_WORK_DIR") or DEFAULT_WORK_BASE)
 
 
+def reset_personality() -> None:
+    """Run the build, and every tool it starts, in the plain Linux execution domain.
+
+    A caller under `setarch --uname-2.6` (reprotest's kernel variation) or `linux32` passes its personality on to
+    every child: libc6's maintainer script then sees a 2.6 kernel and refuses to install. Personality is process
+    state the caller set, like the umask; the build fixes both.
+    """
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.personality(ctypes.c_ulong(PER_LINUX)) == -1:
+        raise BuildError(f"cannot reset the process personality: {os.strerror(ctypes.get_errno())}")
+
+
 def build_image(loaded: LoadedSpec, opts: BuildOptions) -> BuildResult:
     """Build, or find the output up to date. SIGINT/SIGTERM/SIGHUP raise interrupt.Interrupted after cleanup."""
+    reset_personality()
     # the caller's umask must not reach file modes (ours or mmdebstrap's): fix it for the whole build
     old_umask = os.umask(0o022)
     try:

@@ -115,3 +115,14 @@ def test_builder_and_formats_call_tools_only_through_run() -> None:
                     and node.attr in ("run", "Popen", "call", "check_call", "check_output", "system", "popen"):
                 offenders.append(f"{path.relative_to(SRC)}:{node.lineno} {node.value.id}.{node.attr}")
     assert not offenders, offenders
+
+
+@pytest.mark.skipif(not Path("/usr/bin/setarch").exists(), reason="setarch (util-linux) not installed")
+def test_a_callers_personality_does_not_reach_the_tools() -> None:
+    """setarch --uname-2.6 (reprotest's kernel variation) made libc6's preinst see a 2.6 kernel and refuse to install."""
+    code = ("from sealbox.builder.builder import reset_personality; reset_personality(); "
+            "from sealbox.util.run import output; print(output(['uname', '-r']))")
+    out = subprocess.run(["setarch", "x86_64", "--uname-2.6", sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True).stdout.strip()
+    assert not out.startswith("2.6."), out
+    assert out == os.uname().release
