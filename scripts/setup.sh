@@ -7,6 +7,8 @@ cd "$(dirname "$0")/.."
 APT_PACKAGES=(
   # building images
   mmdebstrap dpkg-dev e2fsprogs zstd binutils ca-certificates cpio
+  # reproducibility checks: verify-reproducible (disorderfs needs fuse3) and the test that runs reprotest itself
+  reprotest disorderfs fuse3
   # running sandboxes
   qemu-system-x86 qemu-utils ovmf nftables iproute2 bubblewrap openssh-client util-linux
   # measuring and attesting (tests compare against these reference tools)
