@@ -166,12 +166,13 @@ def test_every_input_change_invalidates_the_cached_output(small, tmp_path: Path)
 
 
 def test_verify_reproducible_explains_a_real_difference(small, tmp_path: Path) -> None:
-    """dpkg's log records wall-clock times: kept in the image, it differs between the two builds, and the report
-    says so for that file (and only there); the second build ran under the announced variations."""
+    """openssh-server's maintainer script makes random host keys; one kept in the image differs between the two
+    builds, and the report names that file (and only it); the second build ran under the announced variations."""
     project = tmp_path / "project"
-    shutil.copytree(small.project, project, ignore=shutil.ignore_patterns("build"))
+    shutil.copytree(small.project, project, ignore=shutil.ignore_patterns("build", "*.lock"))
     spec = project / "tiny.toml"
-    spec.write_text(spec.read_text() + '[strip]\nkeep = ["/var/log/dpkg.log"]\n')
+    spec.write_text(spec.read_text().replace('include = ["systemd", "kmod"]', 'include = ["systemd", "kmod", "openssh-server"]')
+                    + '[strip]\nkeep = ["/etc/ssh/ssh_host_ed25519_key"]\n')
     keep = tmp_path / "repro"
     keep.mkdir()
     proc = subprocess.run([sys.executable, "-m", "sealbox", "verify-reproducible", str(spec), "--json", "--keep",
@@ -181,8 +182,8 @@ def test_verify_reproducible_explains_a_real_difference(small, tmp_path: Path) -
     assert report["reproducible"] is False
     initrd = report["artifacts"]["initrd.cpio.zst"]
     assert not initrd["identical"]
-    assert any(d.startswith("/var/log/dpkg.log: content") for d in initrd["differences"]), initrd["differences"]
-    assert not [d for d in initrd["differences"] if not d.startswith("/var/log/")], initrd["differences"]
+    diffs = initrd["differences"]
+    assert len(diffs) == 1 and diffs[0].startswith("/etc/ssh/ssh_host_ed25519_key: content "), diffs
     assert report["artifacts"]["vmlinuz"]["identical"]
     assert any(d.startswith("artifacts.initrd.cpio.zst.sha256") for d in report["artifacts"]["manifest.json"]["differences"])
     base = Path(report["kept"])
