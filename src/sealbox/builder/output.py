@@ -7,8 +7,8 @@
   the output path always holds a complete tree, and the lock that goes with it is on disk first.
 - The work tree lives in its own directory under the work base, flocked by its build (and by every tool the
   build runs, which inherit the lock file). A build that died (even by SIGKILL) leaves its work tree,
-  staging directory or temp files unlocked; the next build sweeps them: any staging directory beside an
-  output it holds the lock for, any unlocked work directory under its work base.
+  staging directory or temp files unlocked; the next build sweeps them: the staging directories of the
+  output it holds the lock for, and any unlocked work directory under its work base.
 - A failed build keeps its log as `.<name>.failed.log` beside the output (replaced by the next build, removed
   by a successful one) and creates nothing else.
 """
@@ -180,7 +180,7 @@ class OutputTransaction:
     def sweep(self) -> None:
         """Leftovers of dead builds of this output and lock: we hold both locks, so nothing here is in use."""
         parent = self.output.parent
-        for p in parent.glob(".*.staging.*"):
+        for p in parent.glob(f".{self.output.name}.staging.*"):  # only this output's: other writers may share the dir
             remove_tree(p)
         old = sorted(parent.glob(f".{self.output.name}.old.*"))  # a two-rename swap cut short (no RENAME_EXCHANGE)
         if old and not os.path.lexists(self.output):

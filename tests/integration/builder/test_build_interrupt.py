@@ -36,12 +36,17 @@ pytestmark = pytest.mark.integration
 SRC = Path(__file__).resolve().parents[3] / "src"
 
 
-@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGKILL], ids=["SIGTERM", "SIGKILL"])
-def test_killed_at_every_step_boundary(small, tmp_path: Path, sig: int) -> None:
+@pytest.mark.parametrize("first", [
+    signal.SIGTERM, pytest.param(signal.SIGKILL, marks=pytest.mark.slow)], ids=["TERM-first", "KILL-first"])
+def test_killed_at_every_step_boundary(small, tmp_path: Path, first: int) -> None:
+    """Each boundary once, signals alternating; the two runs together SIGTERM and SIGKILL every boundary (the second
+    is in the `slow` set: each boundary after bootstrap costs a bootstrap)."""
+    other = signal.SIGKILL if first == signal.SIGTERM else signal.SIGTERM
     spec = copy_project(small.project, tmp_path / "project")  # no lock yet: the commit must write it
     lock = spec.with_suffix(".lock")
     out = tmp_path / "project/build/tiny"
-    for step in BOUNDARIES:
+    for i, step in enumerate(BOUNDARIES):
+        sig = first if i % 2 == 0 else other
         proc, err = start(spec, out, tmp_path / "logs", stop_before=step)
         wait_stopped(proc, err, step)
         if step not in ("check-cache", "end"):  # past its sweep: what the last killed build left is gone

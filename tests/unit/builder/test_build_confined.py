@@ -41,7 +41,7 @@ def chrooted(tree: Path, fn_name: str, path: str) -> str | None:
             elif fn_name == "readlink":
                 out = b"F" + os.fsencode(os.readlink(path))
             elif fn_name == "isdir":
-                out = b"F" + (b"1" if os.path.isdir(path) and not os.path.islink(path) else b"0")
+                out = b"F" + (b"1" if os.path.isdir(path) else b"0")  # a link to a directory is one, as in cp -r
             else:
                 out = b"F" + os.fsencode(os.path.realpath(path))
             os.write(w, out)
