@@ -178,7 +178,7 @@ def bootstrap(spec: ImageSpec, sources: Sources, tree: Path, work: Path, cache: 
             names.append(want)
     files = download_extras(sorted(set(names)), tree, work)
     extras = {}
-    for name, path in files.items():
+    for path in files.values():
         n, v, a = _deb_fields(path)
         extras[n] = Installed(n, v, a, sha256_file(path), path.name)
     cache.ingest(work / "extras")

@@ -103,7 +103,7 @@ def explain(name: str, a: Path, b: Path, scratch: Path) -> list[str]:
             lines = []
         if not lines:
             da, db = a.read_bytes(), b.read_bytes()
-            first = next((i for i, (x, y) in enumerate(zip(da, db)) if x != y), min(len(da), len(db)))
+            first = next((i for i, (x, y) in enumerate(zip(da, db, strict=False)) if x != y), min(len(da), len(db)))
             lines = [f"bytes differ from offset {first} (sizes {len(da)} and {len(db)})"]
         return lines
     except Exception as e:  # noqa: BLE001 - an explanation must never hide the verdict
