@@ -12,6 +12,8 @@ APT_PACKAGES=(
   dosfstools mtools gdisk
   # dm-verity hash trees for disk images with a verity root (veritysetup)
   cryptsetup-bin
+  # reproducibility checks: verify-reproducible (disorderfs needs fuse3) and the test that runs reprotest itself
+  reprotest disorderfs fuse3
   # running sandboxes
   qemu-system-x86 qemu-utils ovmf nftables iproute2 bubblewrap openssh-client util-linux
   # measuring and attesting (tests compare against these reference tools)

@@ -7,7 +7,6 @@ import hashlib
 import json
 import os
 import stat
-import subprocess
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -16,6 +15,7 @@ from sealbox.builder import disk
 from sealbox.formats.compress import zstd_decompress
 from sealbox.formats.cpio import read_cpio
 from sealbox.util.digest import sha256_file
+from sealbox.util.run import run
 
 MAX_LINES = 50
 
@@ -65,7 +65,7 @@ def _tree_map(root: Path, symlink_mtime: bool = True) -> dict[str, dict[str, Any
 
 def _ext4_map(image: Path, scratch: Path) -> dict[str, dict[str, Any]]:
     dest = Path(tempfile.mkdtemp(dir=scratch, prefix="rdump-"))
-    subprocess.run(["debugfs", "-R", f"rdump / {dest}", str(image)], capture_output=True, check=False)
+    run(["debugfs", "-R", f"rdump / {dest}", str(image)], check=False, timeout=600, what="debugfs rdump")
     return _tree_map(dest, symlink_mtime=False)  # debugfs cannot restore a symlink's mtime
 
 
@@ -106,7 +106,7 @@ def explain(name: str, a: Path, b: Path, scratch: Path) -> list[str]:
             lines = []
         if not lines:
             da, db = a.read_bytes(), b.read_bytes()
-            first = next((i for i, (x, y) in enumerate(zip(da, db)) if x != y), min(len(da), len(db)))
+            first = next((i for i, (x, y) in enumerate(zip(da, db, strict=False)) if x != y), min(len(da), len(db)))
             lines = [f"bytes differ from offset {first} (sizes {len(da)} and {len(db)})"]
         return lines
     except Exception as e:  # noqa: BLE001 - an explanation must never hide the verdict

@@ -9,6 +9,7 @@ import struct
 from collections.abc import Iterator
 from pathlib import Path
 
+from sealbox.builder.intree import Tree
 from sealbox.errors import BuildError
 from sealbox.spec.model import Strip
 
@@ -112,33 +113,35 @@ def unused_libraries(tree: Path) -> list[str]:
     Roots: every ELF with a program interpreter (executables) and every ELF in a subdirectory of the
     library dir (PAM modules, OpenSSL providers, plugins); reachability follows DT_NEEDED by soname.
     """
-    libdir = tree / LIB_DIR.lstrip("/")
-    elves: dict[Path, list[str]] = {}
-    roots: list[Path] = []
-    for path, data in elf_files(tree):
-        info = elf_needed(data)
-        elves[path] = info[0] if info else []
-        if b"/lib64/ld-linux" in data[:4096] or (path.parent != libdir and path.is_relative_to(libdir)):
-            roots.append(path)
-    soname = {p.name: p for p in libdir.iterdir()} if libdir.is_dir() else {}
-    for d in {p.parent for p in elves}:
-        for p in d.iterdir():
-            soname.setdefault(p.name, p)
-    seen: set[Path] = set()
-    todo = list(roots)
-    while todo:
-        p = todo.pop()
-        real = p.resolve()
-        if real in seen:
-            continue
-        seen.add(real)
-        todo += [soname[n] for n in elves.get(real, []) if n in soname]
-    unused = []
-    for p in sorted(libdir.iterdir()) if libdir.is_dir() else []:
-        if p.name.startswith("lib") and ".so" in p.name and not any(fnmatch.fnmatchcase(p.name, k) for k in DLOPENED):
-            if p.resolve() not in seen and (p.is_symlink() or p in elves):
-                unused.append(f"{LIB_DIR}/{p.name}")
-    return unused
+    with Tree(tree) as t:  # links are resolved as the image sees them, never on the build host
+        libdir = t.resolve(LIB_DIR)
+        if libdir is None or not libdir.is_dir():
+            return []
+        elves: dict[Path, list[str]] = {}
+        roots: list[Path] = []
+        for path, data in elf_files(tree):
+            info = elf_needed(data)
+            elves[path] = info[0] if info else []
+            if b"/lib64/ld-linux" in data[:4096] or (path.parent != libdir and path.is_relative_to(libdir)):
+                roots.append(path)
+        soname = {p.name: p for p in libdir.iterdir()}
+        for d in {p.parent for p in elves}:
+            for p in d.iterdir():
+                soname.setdefault(p.name, p)
+        seen: set[Path] = set()
+        todo = list(roots)
+        while todo:
+            real = t.resolve("/" + str(todo.pop().relative_to(tree)))
+            if real is None or real in seen:
+                continue
+            seen.add(real)
+            todo += [soname[n] for n in elves.get(real, []) if n in soname]
+        unused = []
+        for p in sorted(libdir.iterdir()):
+            if p.name.startswith("lib") and ".so" in p.name and not any(fnmatch.fnmatchcase(p.name, k) for k in DLOPENED) \
+                    and t.resolve("/" + str(p.relative_to(tree))) not in seen and (p.is_symlink() or p in elves):
+                unused.append("/" + str(p.relative_to(tree)))
+        return unused
 
 
 def path_glob(path: str, pattern: str) -> bool:

@@ -64,6 +64,7 @@ class LoadedSpec:
     profiles: list[str]
     fragments: list[str] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)  # one line each, for the CLI to show
+    origin: str = ""  # the spec as the user named it (errors show it; the manifest records its file name instead)
 
     def resolve_source(self, label: str) -> Path:
         """Map a files[].source label back to a host path."""
@@ -323,4 +324,4 @@ def load_spec(path: str | os.PathLike[str] | None, profiles: list[str] | tuple[s
     except ValidationError as e:
         raise _format_validation(f"{origin} (merged)", e) from None
     return LoadedSpec(spec=spec, spec_path=spec_path, root=root, profiles=list(profiles), fragments=[f.origin for f in frags],
-                      warnings=warnings)
+                      warnings=warnings, origin=origin)
