@@ -218,6 +218,6 @@ STEPS: list[Step] = [
     Step("rootfs", do_rootfs, lambda c: "ext4" in c.formats),
     Step("loader", do_loader, lambda c: "ext4" in c.formats),
     Step("uki", do_uki, lambda c: "uki" in c.formats),
-    Step("disk", do_disk, lambda c: disk.wanted(c.formats)),
+    Step("disk", do_disk, lambda c: bool(disk.wanted(c.formats))),
     Step("manifest", do_manifest),
 ]

@@ -168,7 +168,8 @@ class Strip(Section):
     zoneinfo: bool = setting(True, "Time zone database (the guest runs in UTC).")
     extra_tools: bool = setting(True, "Tools a sandbox does not use: user management, fdisk, tc, ssh clients, unused generators...")
     unused_libraries: bool = setting(True, "Shared libraries no program, PAM/NSS module or plugin in the image links (after the other groups).")
-    paths: list[str] = setting([], "Further glob patterns (absolute, inside the image) to remove; `*` stays within a path component, `**` spans components, a matched directory goes whole.")
+    paths: list[str] = setting([], "Further glob patterns (absolute, inside the image) to remove; `*` stays within a path "
+                                   "component, `**` spans components, a matched directory goes whole.")
     keep: list[str] = setting([], "Glob patterns (same rules) never removed, even if a group matches them; a matched directory is kept whole.")
 
     @field_validator("paths", "keep")
