@@ -109,8 +109,9 @@ def elf_files(tree: Path) -> Iterator[tuple[Path, bytes]]:
 def unused_libraries(tree: Path) -> list[str]:
     """Shared libraries in the main library dir that no program, PAM/NSS module or plugin can reach.
 
-    Roots: every ELF with a program interpreter (executables) and every ELF in a subdirectory of the
-    library dir (PAM modules, OpenSSL providers, plugins); reachability follows DT_NEEDED by soname.
+    Roots: every ELF with a program interpreter (executables) and every ELF outside the library dir itself:
+    PAM modules, OpenSSL providers and plugins in its subdirectories, and the plugins other programs load from
+    elsewhere (Xorg's modules, Python's extensions). Reachability follows DT_NEEDED by soname.
     """
     libdir = tree / LIB_DIR.lstrip("/")
     elves: dict[Path, list[str]] = {}
@@ -118,7 +119,7 @@ def unused_libraries(tree: Path) -> list[str]:
     for path, data in elf_files(tree):
         info = elf_needed(data)
         elves[path] = info[0] if info else []
-        if b"/lib64/ld-linux" in data[:4096] or (path.parent != libdir and path.is_relative_to(libdir)):
+        if b"/lib64/ld-linux" in data[:4096] or path.parent != libdir:
             roots.append(path)
     soname = {p.name: p for p in libdir.iterdir()} if libdir.is_dir() else {}
     for d in {p.parent for p in elves}:

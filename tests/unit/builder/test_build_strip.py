@@ -312,6 +312,24 @@ def test_unused_libraries_follow_dt_needed_from_programs_and_plugins(tmp_path: P
     assert all((lib / n).exists() for n in ("libA.so.1", "libB.so.1", "libD.so.1", "libgcc_s.so.1"))
 
 
+def test_plugins_outside_the_library_dir_are_roots_too(tmp_path: Path) -> None:
+    """Xorg loads its modules from /usr/lib/xorg/modules and Python its extensions from lib-dynload: what they link
+    stays (found building the gui module: libGL.so.1 went while Xorg's GLX module needs it)."""
+    from build_testlib import elf_dynamic
+
+    from sealbox.builder.strip import unused_libraries
+
+    root = tmp_path / "img"
+    lib = root / "usr/lib/x86_64-linux-gnu"
+    lib.mkdir(parents=True)
+    (root / "usr/lib/xorg/modules/extensions").mkdir(parents=True)
+    (root / "usr/lib/xorg/modules/extensions/libglx.so").write_bytes(elf_dynamic(["libGL.so.1"]))
+    (lib / "libGL.so.1").write_bytes(elf_dynamic(["libGLdispatch.so.0"]))
+    (lib / "libGLdispatch.so.0").write_bytes(elf_dynamic([]))
+    (lib / "libunused.so.1").write_bytes(elf_dynamic([]))
+    assert unused_libraries(root) == ["/usr/lib/x86_64-linux-gnu/libunused.so.1"]
+
+
 # --- a library that was never installed: the hint names the package, or the plug-in to strip -------------
 
 IPROUTE2_STATUS = """\
