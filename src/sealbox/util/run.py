@@ -31,6 +31,7 @@ TOOL_PACKAGES = {
     "pesign": "pesign",
     "dpkg-deb": "dpkg",
     "setpriv": "util-linux",
+    "openssl": "openssl",
 }
 
 
