@@ -12,8 +12,8 @@ from sealbox.spec.load import builtin_modules, builtin_profiles, modules_dir
 
 
 def test_builtin_profiles_are_devtools_and_tdx_and_not_base() -> None:
-    assert builtin_profiles() == ["devtools", "tdx"]
-    assert {"base", "default", "devtools", "tdx"} <= set(builtin_modules())
+    assert builtin_profiles() == ["devtools", "gui", "tdx"]
+    assert {"base", "default", "devtools", "gui", "tdx"} <= set(builtin_modules())
 
 
 def test_a_builtin_profile_applies_to_any_spec(tmp_path: Path) -> None:
