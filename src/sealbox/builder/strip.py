@@ -5,6 +5,7 @@ from __future__ import annotations
 import fnmatch
 import functools
 import os
+import posixpath
 import struct
 from collections.abc import Iterator
 from pathlib import Path
@@ -168,12 +169,13 @@ def _match(rel: str, patterns: list[str]) -> bool:
 
 
 def strip_tree(tree: Path, strip: Strip) -> dict[str, int]:
-    """Delete matching paths; returns bytes removed per group."""
+    """Delete matching paths, then the links left pointing at them; returns bytes removed per group."""
     patterns = {g: globs for g, globs in GROUPS.items() if getattr(strip, g)}
     patterns["always"] = ALWAYS
     patterns["paths"] = list(strip.paths)
     keep = KEEP + list(strip.keep)
     removed: dict[str, int] = {g: 0 for g in patterns}
+    gone: set[str] = set()  # image paths removed, for the links that pointed at them
     for dirpath, dirnames, filenames in os.walk(tree, topdown=True):
         base = "" if Path(dirpath) == tree else "/" + os.path.relpath(dirpath, tree)
         for name in sorted(dirnames + filenames):
@@ -186,27 +188,53 @@ def strip_tree(tree: Path, strip: Strip) -> dict[str, int]:
             if group is None:
                 continue
             path = Path(dirpath) / name
-            removed[group] += _remove(path, tree, keep)
+            removed[group] += _remove(path, tree, keep, gone)
             if name in dirnames and not path.exists():
                 dirnames.remove(name)
     if strip.unused_libraries:  # after the groups: removing programs can orphan their libraries
         libs = [tree / p.lstrip("/") for p in unused_libraries(tree) if not _match(p, keep)]
-        removed["unused_libraries"] = sum(_remove(p, tree, keep) for p in libs if p.is_symlink() or p.exists())
+        removed["unused_libraries"] = sum(_remove(p, tree, keep, gone) for p in libs if p.is_symlink() or p.exists())
+    removed["links"] = _remove_links_to(tree, gone, keep)
     return removed
 
 
-def _remove(path: Path, tree: Path, keep: list[str]) -> int:
+def _remove(path: Path, tree: Path, keep: list[str], gone: set[str]) -> int:
     if path.is_dir() and not path.is_symlink():
         size = 0
         for child in sorted(path.iterdir()):
             rel = "/" + str(child.relative_to(tree))
             if not _match(rel, keep):
-                size += _remove(child, tree, keep)
+                size += _remove(child, tree, keep, gone)
         if not any(path.iterdir()):
             path.rmdir()
+            gone.add("/" + str(path.relative_to(tree)))
         return size
     size = path.lstat().st_size
     path.unlink()
+    gone.add("/" + str(path.relative_to(tree)))
+    return size
+
+
+def _remove_links_to(tree: Path, gone: set[str], keep: list[str]) -> int:
+    """Symlinks left dangling because their target was stripped (e.g. the OpenSSL hash link of a stripped
+    certificate, named after the build host): they point at nothing and can make two builds differ. Links that
+    dangle in the image by design (/etc/resolv.conf -> /run/...) point at paths never stripped and stay."""
+    size = 0
+    for _ in range(MAX_SYMLINKS):  # a link to a removed link goes in the next pass
+        found = []
+        for dirpath, dirnames, filenames in os.walk(tree):
+            base = "/" + os.path.relpath(dirpath, tree) if Path(dirpath) != tree else "/"
+            for name in dirnames + filenames:
+                path = Path(dirpath) / name
+                if not path.is_symlink():
+                    continue
+                rel = posixpath.join(base, name)
+                target = posixpath.normpath(posixpath.join(base, os.readlink(path)))
+                if target in gone and in_image(tree, rel) is None and not _match(rel, keep):
+                    found.append(path)
+        if not found:
+            break
+        size += sum(_remove(p, tree, keep, gone) for p in found)
     return size
 
 

@@ -121,7 +121,7 @@ def test_always_list_ignores_the_switches(tmp_path: Path) -> None:
     tree = image(tmp_path)
     off = Strip(**{g: False for g in GROUPS}, unused_libraries=False)
     removed = strip_tree(tree, off)
-    assert set(removed) == {"always", "paths"}
+    assert set(removed) == {"always", "paths", "links"}
     for pat in ALWAYS:
         assert not exists(tree, concrete(pat)), pat
 
@@ -391,3 +391,21 @@ def test_soname_to_debian_package_name(soname: str, package: str) -> None:
     from sealbox.builder.missing_libs import package_candidates
 
     assert package in package_candidates(soname)
+
+
+def test_links_to_what_was_stripped_go_with_it(tmp_path: Path) -> None:
+    """Found building the gui module: ssl-cert's snakeoil certificate was stripped but its OpenSSL hash link (named
+    after the build host's name) stayed, dangling, and made two builds differ."""
+    tree = tmp_path / "img"
+    put(tree, "/etc/ssl/certs/ssl-cert-snakeoil.pem")
+    put(tree, "/etc/ssl/certs/ca.pem")
+    (tree / "etc/ssl/certs/62742064.0").symlink_to("ssl-cert-snakeoil.pem")
+    (tree / "etc/ssl/certs/0badc0de.0").symlink_to("ca.pem")  # to a file that stays
+    (tree / "etc/ssl/certs/chain.0").symlink_to("62742064.0")  # a link to the link goes too
+    (tree / "etc/ssl/abs").symlink_to("/etc/ssl/certs/ssl-cert-snakeoil.pem")
+    (tree / "etc/resolv.conf").symlink_to("/run/sealbox/resolv.conf")  # dangling in the image by design: stays
+    off = Strip(**{g: False for g in GROUPS}, unused_libraries=False, paths=["/etc/ssl/certs/ssl-cert-snakeoil.pem"])
+    removed = strip_tree(tree, off)
+    left = sorted(str(p.relative_to(tree)) for p in tree.rglob("*") if p.is_symlink())
+    assert left == ["etc/resolv.conf", "etc/ssl/certs/0badc0de.0"]
+    assert removed["links"] > 0
