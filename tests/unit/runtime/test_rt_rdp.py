@@ -176,3 +176,26 @@ def test_rdp_of_a_sandbox_that_does_not_exist_is_one_line(capsys: pytest.Capture
     rc = main(["rdp", "nosuch", "--state-dir", str(tmp_path / "s")])
     err = capsys.readouterr().err.strip().splitlines()
     assert rc != 0 and len(err) == 1 and "nosuch" in err[0] and err[0].startswith("sealbox: error:")
+
+
+@pytest.mark.parametrize(("script", "limit", "timeout", "want"), [
+    ("import sys; sys.stdout.write('x' * 100)", 1000, 20, (0, b"x" * 100)),
+    ("import sys; sys.stdout.write('x' * 5000); sys.exit(3)", 10000, 20, (3, b"x" * 5000)),
+    ("import sys, time; sys.stdout.write('x' * 200000); sys.stdout.flush(); time.sleep(30)", 1000, 20, (None, b"x" * 1000)),
+    ("import time; time.sleep(30)", 1000, 1, (None, b"")),
+])
+def test_what_the_guest_prints_is_bounded_in_size_and_time(target: SshTarget, monkeypatch: pytest.MonkeyPatch,
+                                                          script: str, limit: int, timeout: float, want: tuple[Any, bytes]) -> None:
+    """STAND-IN for ssh into a hostile guest: a local process run the way output_of_guest runs ssh (in a netns: here
+    this process's own, /proc/self/ns/net)."""
+    import time
+
+    from sealbox.sandbox import ssh
+    from sealbox.sandbox.host import netns
+
+    monkeypatch.setattr(ssh, "exec_argv", lambda *a, **k: [sys.executable, "-c", script])
+    monkeypatch.setattr(netns, "netns_path", lambda name: Path("/proc/self/ns/net"))
+    monkeypatch.setattr(netns, "_setns", lambda fd: None)
+    t0 = time.monotonic()
+    assert ssh.output_of_guest(target, ["cat", "x"], timeout, limit) == want
+    assert time.monotonic() - t0 < timeout + 5
