@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import hashlib
 import json
 import shutil
 from pathlib import Path
@@ -57,6 +58,8 @@ def test_the_step_keeps_the_password_root_only_and_sends_only_its_hash(tmp_path:
     user, h = parse(disk)["!password_hash"][0].split(" ")
     assert user == "desktop" and libc_crypt(pw, h) == h
     assert pw.encode() not in disk and h.encode() not in canonical_from_disk(disk)
+    # the TD binding the step records is what the guest and `attest quote --instance` compute from the disk
+    assert out["mrconfigid"] == hashlib.sha384(canonical_from_disk(disk)).hexdigest()
     # nothing the record keeps (step params, outputs) or `inspect` shows carries the password or its hash
     recorded = json.dumps([step.model_dump(mode="json"), out])
     assert pw not in recorded and h not in recorded
