@@ -20,6 +20,9 @@ APT_PACKAGES=(
   pesign sbsigntool systemd-boot-efi swtpm swtpm-tools
   # benchmarks: a static C toolchain for the trivial-init baseline of bench/sandbox_bench.py
   gcc libc6-dev
+  # the gui module: per-sandbox password hashes (openssl passwd); its test logs in with a real RDP client under a
+  # virtual X server and checks a screenshot (ImageMagick)
+  openssl xvfb freerdp2-x11 imagemagick
   # Python
   python3 python3-venv python3-pip
 )

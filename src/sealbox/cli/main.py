@@ -42,6 +42,7 @@ COMMANDS: dict[str, str] = {
     "exec": "sealbox.cli.ssh:exec_",
     "ssh": "sealbox.cli.ssh:ssh",
     "ssh-config": "sealbox.cli.ssh:ssh_config",
+    "rdp": "sealbox.cli.rdp:rdp",
 }
 
 

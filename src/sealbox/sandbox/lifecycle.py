@@ -107,6 +107,7 @@ class Inputs:
         self.spec = spec
         self.image = image_mod.load(spec.image_dir)
         self.users = self.image.declared_users()  # `exec -u USER` works for them with the sandbox's key
+        self.password_users = self.image.password_users()  # each gets a fresh password (the gui module's desktop)
         planning.check_disks(spec, self.image.dir)
         if state.exists(spec.name):
             raise SandboxError(f"a sandbox named {spec.name!r} already exists",
@@ -165,7 +166,7 @@ def dry_run(spec: SandboxSpec, state: StateDir) -> dict[str, Any]:
     uid, gid = lease_of(steps).uid, lease_of(steps).gid
     sandbox_dir = state.sandboxes / spec.name
     inst = InstanceFilesStep(sandbox_dir=str(sandbox_dir), hostname=spec.name, address=f"{net.guest_ip}/{net.prefixlen}",
-                             gateway=net.host_ip, dns=net.dns, users=tuple(inp.users))
+                             gateway=net.host_ip, dns=net.dns, users=tuple(inp.users), password_users=tuple(inp.password_users))
     console = _console_step(spec, state)
     plan = planning.make_plan(spec, inp.image, inp.choice, net, sandbox_dir, uid, gid, planning.cgroup_plan(spec, inp.choice, state.id))
     desc = inp.choice.backend.describe(plan)
@@ -242,7 +243,7 @@ def _create(record: SandboxRecord, save: Callable[[], None], inp: Inputs, state:
     if inp.snapshot is None:
         inst = InstanceFilesStep(sandbox_dir=str(sandbox_dir), hostname=spec.name,
                                  address=f"{net.guest_ip}/{net.prefixlen}", gateway=net.host_ip, dns=net.dns,
-                                 users=tuple(inp.users))
+                                 users=tuple(inp.users), password_users=tuple(inp.password_users))
         apply_steps([inst], record.steps, save, progress)
         key, binding = inst.key_path, record.steps.entries[-1].outputs.get("mrconfigid")
     else:

@@ -177,6 +177,13 @@ def exec_in_netns(netns: str, argv: list[str]) -> None:
 
 def run_in_guest(t: SshTarget, command: Sequence[str], timeout: float) -> int | None:
     """Run `command` over SSH from inside the sandbox's netns; its exit status, None if ssh did not finish."""
+    return output_of_guest(t, command, timeout, limit=1 << 20)[0]  # output is not used; a flood ends it
+
+
+def output_of_guest(t: SshTarget, command: Sequence[str], timeout: float, limit: int) -> tuple[int | None, bytes]:
+    """Run `command` as root over SSH from inside the sandbox's netns: (exit status, stdout). The guest is hostile:
+    at most `limit` bytes are kept (more ends the command, status None), and `timeout` bounds the whole run."""
+    import select
     import subprocess
 
     from sealbox.sandbox.host.netns import _setns, netns_path
@@ -185,15 +192,35 @@ def run_in_guest(t: SshTarget, command: Sequence[str], timeout: float) -> int | 
     try:
         fd = os.open(netns_path(t.netns), os.O_RDONLY | os.O_CLOEXEC)
     except FileNotFoundError:
-        return None
+        return None, b""
     try:
-        proc = subprocess.run(argv, stdin=subprocess.DEVNULL, capture_output=True, timeout=timeout,
-                              preexec_fn=lambda: _setns(fd))  # the child enters the netns, then execs ssh
-    except (subprocess.TimeoutExpired, OSError):
-        return None
+        proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+                                preexec_fn=lambda: _setns(fd))  # the child enters the netns, then execs ssh
+    except OSError:
+        return None, b""
     finally:
         os.close(fd)
-    return proc.returncode
+    assert proc.stdout is not None
+    out, deadline, status = b"", time.monotonic() + timeout, None
+    try:
+        while (left := deadline - time.monotonic()) > 0:
+            if select.select([proc.stdout], [], [], left)[0]:
+                chunk = os.read(proc.stdout.fileno(), 65536)
+                if chunk:
+                    out += chunk
+                    if len(out) > limit:
+                        break  # more than asked for: not an answer to trust
+                    continue
+                status = proc.wait(max(0.1, deadline - time.monotonic()))
+            break
+    except subprocess.TimeoutExpired:
+        status = None
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait()
+        proc.stdout.close()
+    return status, out[:limit]
 
 
 def probe_ssh(netns: str, host: str, port: int = 22, timeout: float = 2.0) -> str | None:

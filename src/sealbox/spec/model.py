@@ -93,6 +93,10 @@ class User(Section):
     authorized_keys: list[str] = setting(
         [], "SSH public keys baked into the image; refused unless hardening.allow_baked_keys (devtools-like profiles)."
     )
+    instance_password: bool = setting(
+        False, "A random password made per sandbox by `sealbox run` and delivered as a secret in the instance data "
+        "(for desktop logins, see the gui module; SSH stays key-only). The image itself never holds a password."
+    )
 
     @field_validator("groups")
     @classmethod

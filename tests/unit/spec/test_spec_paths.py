@@ -117,7 +117,7 @@ def test_unknown_profile_when_none_defined(tmp_path: Path) -> None:
 
 
 def test_unknown_profile_for_the_default_spec() -> None:
-    spec_error(None, ["nope"], has=["built-in default spec", "'nope'", "devtools, tdx"])
+    spec_error(None, ["nope"], has=["built-in default spec", "'nope'", "devtools, gui, tdx"])
 
 
 @pytest.mark.parametrize(("toml", "key"), [
