@@ -17,7 +17,6 @@ from sealbox.spec.load import LoadedSpec
 from sealbox.spec.model import ImageSpec
 from sealbox.util.run import run
 
-
 HOSTS = b"127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n"
 
 
