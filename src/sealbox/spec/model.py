@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import fnmatch
 import re
+from collections.abc import Collection
 from pathlib import PurePosixPath
 from typing import Literal
 from urllib.parse import urlsplit
@@ -372,7 +373,7 @@ class ImageSpec(ImageBody):
         return self
 
 
-def needs_kernel(formats: list[str] | set[str]) -> bool:
+def needs_kernel(formats: Collection[str]) -> bool:
     """Whether a build with these output formats fetches a kernel: every build but a container image's."""
     return OCI_FORMAT not in formats
 
