@@ -1,6 +1,9 @@
 """Debian's podman, rootful but confined to this test: its own storage (vfs), run and temp directories, empty config
-files, runc (crun refuses this kind of host's hybrid cgroup layout) and a cgroup parent of its own that is removed
-afterwards. Nothing touches the host's container storage; everything loaded is removed with the directory."""
+files, runc (crun refuses this kind of host's hybrid cgroup layout), a cgroup parent of its own that is removed
+afterwards, and each podman command in a mount namespace of its own where /var/lib and /run are empty tmpfs: as root,
+`podman load` writes a blob-info cache to /var/lib/containers/cache and runc keeps its state in /run/runc, with no
+option that reaches the cleanup podman runs when a container ends (conmon runs it in the same namespace). Nothing
+touches the host's container storage; everything loaded is removed with the directory."""
 
 from __future__ import annotations
 
@@ -16,6 +19,9 @@ from pathlib import Path
 import pytest
 
 TIMEOUT = 300
+# run as `sh -c PRIVATE_DIRS sh podman ARGS...` inside `unshare --mount`: the arguments never enter the script text
+PRIVATE_DIRS = ('mount -t tmpfs -o mode=0755,size=16m sealbox-test-oci /var/lib && '
+                'mount -t tmpfs -o mode=0755,size=16m sealbox-test-oci /run && exec "$@"')
 
 
 class Podman:
@@ -35,7 +41,9 @@ class Podman:
                             "--runtime", "runc", "--log-level", "error"]
 
     def __call__(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-        proc = subprocess.run(["podman", *self.global_args, *args], capture_output=True, text=True, env=self.env, timeout=TIMEOUT)
+        argv = ["unshare", "--mount", "--propagation", "private", "--", "sh", "-c", PRIVATE_DIRS, "sh",
+                "podman", *self.global_args, *args]
+        proc = subprocess.run(argv, capture_output=True, text=True, env=self.env, timeout=TIMEOUT)
         if check and proc.returncode != 0:
             pytest.fail(f"podman {' '.join(args)} failed ({proc.returncode}): {proc.stderr.strip()[-600:]}")
         return proc
