@@ -14,6 +14,9 @@ APT_PACKAGES=(
   cryptsetup-bin
   # reproducibility checks: verify-reproducible (disorderfs needs fuse3) and the test that runs reprotest itself
   reprotest disorderfs fuse3
+  # container images (output.formats = ["oci"]): the tests load and run them with podman (runc: crun refuses hybrid
+  # cgroup hosts) and read them with skopeo
+  podman runc skopeo
   # running sandboxes
   qemu-system-x86 qemu-utils ovmf nftables iproute2 bubblewrap openssh-client util-linux
   # measuring and attesting (tests compare against these reference tools)

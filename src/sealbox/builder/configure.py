@@ -17,6 +17,8 @@ from sealbox.spec.load import LoadedSpec
 from sealbox.spec.model import ImageSpec
 from sealbox.util.run import run
 
+HOSTS = b"127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n"
+
 
 def chroot_env(epoch: int) -> dict[str, str]:
     return {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "LC_ALL": "C.UTF-8", "TZ": "UTC", "HOME": "/root",
@@ -157,7 +159,7 @@ def configure(tree: Path, loaded: LoadedSpec, kernel_load: list[str], epoch: int
             t.write_bytes("/etc/modules-load.d/sealbox.conf", "".join(m + "\n" for m in kernel_load).encode(), 0o644)
         t.write_bytes("/etc/hostname", b"localhost\n", 0o644)
         # no netbase in the image: without this, "localhost" does not resolve (ssh -L 3389:localhost:3389)
-        t.write_bytes("/etc/hosts", b"127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n", 0o644)
+        t.write_bytes("/etc/hosts", HOSTS, 0o644)
         if spec.hardening.ssh:
             t.write_bytes("/etc/ssh/sshd_config.d/00-sealbox.conf", guest_files.read("sshd-sealbox.conf"), 0o644)
             t.write_bytes("/etc/systemd/system/ssh.service.d/sealbox.conf", guest_files.read("ssh-service-sealbox.conf"), 0o644)

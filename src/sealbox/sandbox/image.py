@@ -147,6 +147,10 @@ def load(image_dir: Path) -> Image:
     if not isinstance(raw, dict) or raw.get("schema") != SCHEMA:
         found = raw.get("schema") if isinstance(raw, dict) else type(raw).__name__
         raise UsageError(f"{path}: schema is {found!r}, expected {SCHEMA!r}", hint="rebuild the image with this sealbox version")
+    if raw.get("kernel") is None and isinstance(raw.get("oci"), dict):  # output.formats = ["oci"]: nothing to boot
+        file = raw["oci"].get("file")
+        raise UsageError(f"{d} is a container image (output.formats = [\"oci\"]), not a VM image: it has no kernel to boot",
+                         hint=f"load {d / str(file)} with podman load or docker load")
     try:
         manifest = Manifest.model_validate(raw)
     except ValidationError as e:

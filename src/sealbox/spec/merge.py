@@ -51,6 +51,8 @@ def merge_into(model: type[BaseModel], base: dict[str, Any], new: dict[str, Any]
                     both = isinstance(merged.get(name), dict) and isinstance(entry, dict)
                     merged[name] = merge_into(sub, merged[name], entry) if both else copy.deepcopy(entry)
                 out[key] = merged
+        elif rule == "merge" and isinstance(out[key], dict) and isinstance(value, dict):  # a table of scalars (oci.env)
+            out[key] = {**out[key], **copy.deepcopy(value)}
         else:
             out[key] = copy.deepcopy(value)
     return out
