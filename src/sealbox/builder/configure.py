@@ -46,6 +46,25 @@ def install_guest_protocol(tree: Path) -> None:
         t.symlink("/init", "/sbin/init")  # the kernel runs /init from an initramfs
 
 
+def _refuse_pre_ready_units(t: Tree, enabled: list[str]) -> None:
+    """Every unit the spec enables starts after the ready marker (guest_files.ready_order); one that orders itself
+    before it makes a cycle, and systemd would silently drop a job at boot. Fail the build naming it instead."""
+    for unit in enabled:
+        if unit in guest_files.UNITS or unit in guest_files.READY_AFTER:
+            continue
+        for d in ("/etc/systemd/system", "/usr/lib/systemd/system"):
+            try:
+                text = t.read_bytes(f"{d}/{unit}").decode(errors="replace")
+            except (BuildError, OSError):
+                continue
+            before = {w for line in text.splitlines() if line.strip().startswith("Before=") for w in line.split("=", 1)[1].split()}
+            if "sealbox-ready.service" in before:
+                raise BuildError(f"services.enable: {unit} orders itself Before=sealbox-ready.service, but every unit a spec "
+                                 "enables starts after the ready marker (an ordering cycle systemd would break at boot)",
+                                 hint=f"drop sealbox-ready.service from {unit}'s Before=")
+            break
+
+
 def firewall_conf(spec: ImageSpec) -> str:
     h = spec.hardening
     rules = ["iif lo accept", "ct state established,related accept", "ct state invalid drop",
@@ -180,6 +199,7 @@ def configure(tree: Path, loaded: LoadedSpec, kernel_load: list[str], epoch: int
     order = guest_files.ready_order(enable)
     if order:
         with Tree(tree) as t:
+            _refuse_pre_ready_units(t, enable)
             t.write_bytes(guest_files.READY_ORDER_DROPIN, order, 0o644)
     mask = [u for u in spec.services.mask if u not in enable]
     if not spec.hardening.console_getty:

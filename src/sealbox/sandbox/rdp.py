@@ -88,12 +88,20 @@ def desktop_login(sandbox_dir: Path, name: str, user: str | None) -> tuple[str, 
     return user, passwords[user]
 
 
-def guest_fingerprint(t: ssh.SshTarget, timeout: float = 30.0) -> str:
-    status, pem = ssh.output_of_guest(t, ["cat", CERT_PATH], timeout, limit=MAX_CERT)
-    if status != 0:
-        raise SandboxError(f"cannot read the RDP certificate {CERT_PATH} in sandbox {t.name!r}",
-                           hint="is the image built with the gui module? see 'sealbox logs' for sealbox-xrdp-keys")
-    return fingerprint(pem)
+def guest_fingerprint(t: ssh.SshTarget, timeout: float = 30.0, wait: float = 60.0) -> str:
+    """The SHA-256 fingerprint of the guest's TLS certificate. The guest makes it after SEALBOX-READY (the image orders
+    every unit its spec enables after the ready marker), so a sandbox that just became ready may not have it yet:
+    ask again, once a second, for up to `wait` seconds."""
+    deadline = time.monotonic() + wait
+    while True:
+        # `test -s` first: a missing file is "not yet", any other failure is reported at the deadline
+        status, pem = ssh.output_of_guest(t, ["sh", "-c", f"test -s {CERT_PATH} && cat {CERT_PATH}"], timeout, limit=MAX_CERT)
+        if status == 0:
+            return fingerprint(pem)
+        if time.monotonic() >= deadline:
+            raise SandboxError(f"cannot read the RDP certificate {CERT_PATH} in sandbox {t.name!r} within {wait:g} s",
+                               hint="is the image built with the gui module? see 'sealbox logs' for sealbox-xrdp-keys")
+        time.sleep(1.0)
 
 
 def port_free(port: int) -> bool:
