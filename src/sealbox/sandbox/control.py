@@ -15,7 +15,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from sealbox.errors import SandboxError, UsageError
+from sealbox.errors import NotFound, SandboxError, UsageError
 from sealbox.sandbox import ssh, stepkinds
 from sealbox.sandbox import status as st
 from sealbox.sandbox.model import GuestNet
@@ -192,7 +192,7 @@ def remove(state: StateDir, name: str, *, force: bool = False, progress: Callabl
     A running sandbox is refused unless `force`. Returns what was undone (for the CLI)."""
     check_sandbox_name(name)
     if not state.exists(name):
-        raise SandboxError(f"no such sandbox: {name!r}", hint="see 'sealbox ps --all'")
+        raise NotFound(f"no such sandbox: {name!r}", hint="see 'sealbox ps --all'")
     with state.lock(name):
         try:
             record = state.load(name)

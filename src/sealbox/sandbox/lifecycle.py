@@ -25,7 +25,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from sealbox.errors import SandboxError, SealboxError, UsageError
+from sealbox.errors import SandboxError, SandboxTimeout, SealboxError, UsageError
 from sealbox.guest import console as con
 from sealbox.sandbox import image as image_mod
 from sealbox.sandbox import planning, ssh, stepkinds
@@ -336,7 +336,7 @@ def wait_ready(net: GuestNet, console_log: Path, pid: int | None, start: int | N
             raise SandboxError(f"the VMM exited before the guest was ready; {own}console: {_tail(console_log)}")
         if time.monotonic() >= deadline:
             what = "SSH did not answer after SEALBOX-READY" if scan.ready or pinned else f"no {con.READY} on the console"
-            raise SandboxError(f"the guest was not ready within {timeout:g}s ({what}); console: {_tail(console_log)}",
+            raise SandboxTimeout(f"the guest was not ready within {timeout:g}s ({what}); console: {_tail(console_log)}",
                                hint="raise --timeout on slow (TCG) hosts")
         time.sleep(POLL)
 
