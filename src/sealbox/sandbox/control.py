@@ -202,7 +202,7 @@ def remove(state: StateDir, name: str, *, force: bool = False, progress: Callabl
             return _remove_unreadable(state, name)
         status = st.derive(record)
         if status in st.ACTIVE and not force:
-            what = "is running" if status == "running" else "is being created by a live sealbox process"
+            what = "is running" if status in ("running", "orphaned") else "is being created by a live sealbox process"
             raise SandboxError(f"sandbox {name!r} {what}", hint=f"stop it first ('sealbox stop {name}') or use 'sealbox rm --force {name}'")
         done = [e.kind for e in record.steps.pending_undo()]
         record.status = "removing"

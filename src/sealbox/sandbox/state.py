@@ -74,6 +74,9 @@ class SandboxRecord(BaseModel):
     steps: StepLog = StepLog()
     owner_pid: int | None = None  # the sealbox process creating it; dead + status creating => gc
     owner_start: int | None = None
+    # a process whose death ends a running sandbox (SDK pool members): then it is `orphaned` and gc removes it
+    holder_pid: int | None = None
+    holder_start: int | None = None
     error: str | None = None
 
 
