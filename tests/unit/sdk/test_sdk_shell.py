@@ -20,7 +20,8 @@ from sealbox.sdk.shell import ControlFilter, Script, check_user
 SHELLS = ["/bin/dash", "/bin/bash"]
 HOSTILE = ["", " ", "a b", "'", '"', "\\", "$(touch PWNED)", "`touch PWNED`", "$HOME", "${IFS}", "; touch PWNED", "&& touch PWNED",
            "| touch PWNED", "\n touch PWNED", "-n", "--", "-e", "*", "?", "~", "~root", "!!", "a\tb", "é ü 中", "\x1b[31m", "%s%n", "\r"]
-REPORT = [sys.executable, "-c", "import json,os,sys; print(json.dumps([sys.argv[1:], os.getcwd(), {k: v for k, v in os.environ.items() if k.startswith('SBT_')}]))"]
+REPORT = [sys.executable, "-c",
+          "import json,os,sys; print(json.dumps([sys.argv[1:], os.getcwd(), {k: v for k, v in os.environ.items() if k.startswith('SBT_')}]))"]
 
 
 def run(shell: str, line: str, cwd: Path, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[bytes]:
