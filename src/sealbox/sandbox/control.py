@@ -232,6 +232,22 @@ def _remove_unreadable(state: StateDir, name: str) -> list[str]:
     return removed + [f"mount {m}" for m in state.delete(name)]
 
 
+# ---- snapshot ---------------------------------------------------------------------------------
+
+def snapshot(state: StateDir, name: str, dest: Path | None = None, *, resume: bool = True) -> Path:
+    """A snapshot of a running sandbox by its VMM backend's own `snapshot(record, dest, resume)` into `dest`
+    (a new directory; default <state>/snapshots/NAME-<UTC time>). Restore: `run --from-snapshot DIR`."""
+    with state.lock(name):
+        record = load(state, name)
+        take = getattr(backend_for(record), "snapshot", None)
+        if take is None:
+            raise UsageError(f"sandbox {name!r} runs on {record.vmm.get('backend')}, which cannot take snapshots here",
+                             hint="snapshots need a backend that supports them (Firecracker)")
+        target = dest or state.root / "snapshots" / f"{name}-{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}"
+        take(record, target, resume=resume)
+    return target
+
+
 # ---- exec / ssh -------------------------------------------------------------------------------
 
 def ssh_target(state: StateDir, name: str, user: str | None = None) -> ssh.SshTarget:

@@ -207,6 +207,11 @@ class LocalHost:
                     gc.log.warning("could not remove %s: %s", info.name, e)
         return done
 
+    def snapshot(self, name: str, dest: Path | None = None, *, resume: bool = True) -> Path:
+        from sealbox.sandbox import control
+
+        return control.snapshot(self.state, name, dest, resume=resume)
+
     # ---- the guest ------------------------------------------------------------------------------
     def ssh_target(self, name: str, user: str | None = None) -> SshTarget:
         from sealbox.sandbox import control

@@ -180,10 +180,8 @@ class Sandbox:
         return Path(take(self.name, None if dest is None else Path(dest), resume=resume))
 
     @classmethod
-    def restore(cls, snapshot: StrPath, **kw: Any) -> Sandbox:
-        """A new sandbox from a snapshot directory (the same arguments as create(), without the image)."""
-        take_image = getattr(_host(kw.get("host"), kw.get("state_dir")), "snapshot_image", None)
-        image = take_image(Path(snapshot)) if take_image is not None else snapshot
+    def restore(cls, snapshot: StrPath, image: StrPath, **kw: Any) -> Self:
+        """A new sandbox from a snapshot directory of a sandbox of `image` (the other arguments as create()'s)."""
         return cls.create(image, from_snapshot=str(snapshot), **kw)
 
     # ---- reaching the guest as a terminal would (the CLI) --------------------------------------

@@ -87,3 +87,21 @@ def test_labels_live_in_the_spec_and_ps_shows_them(image_dir: Path) -> None:
     head, line = status.table([row], now=r.created_at).splitlines()
     assert head.split()[-1] == "LABELS" and line.split()[-1] == "run=7,team=rl"
     assert "LABELS" not in status.table([status.row(SandboxRecord(name="n", status="stopped", created_at=0.0))])
+
+
+def test_snapshot_hook_dispatches_to_the_backend(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from sealbox.sandbox.vmm.firecracker.backend import FirecrackerBackend
+    from sealbox.sdk import LocalHost, Sandbox
+
+    state = StateDir(tmp_path / "state")
+    state.reserve(SandboxRecord(name="q", status="running", created_at=time.time(), vmm={"backend": "qemu"}))
+    state.reserve(SandboxRecord(name="f", status="running", created_at=time.time(), vmm={"backend": "firecracker"}))
+    host = LocalHost(state.root)
+    with pytest.raises(UsageError, match="qemu, which cannot take snapshots"):
+        Sandbox("q", host).snapshot()
+    seen: list[tuple[str, Path, bool]] = []
+    monkeypatch.setattr(FirecrackerBackend, "snapshot", lambda self, record, dest, resume=True: seen.append((record.name, dest, resume)))
+    assert Sandbox("f", host).snapshot(tmp_path / "snap", resume=False) == tmp_path / "snap"
+    assert seen == [("f", tmp_path / "snap", False)]
+    default = Sandbox("f", host).snapshot()
+    assert default.parent == state.root / "snapshots" and default.name.startswith("f-")
