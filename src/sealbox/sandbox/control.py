@@ -19,7 +19,6 @@ from sealbox.errors import NotFound, SandboxError, UsageError
 from sealbox.sandbox import ssh, stepkinds
 from sealbox.sandbox import status as st
 from sealbox.sandbox.model import GuestNet
-from sealbox.sandbox.planning import CONSOLE_LOG
 from sealbox.sandbox.state import SandboxRecord, StateDir, pid_alive
 from sealbox.sandbox.steps import undo_steps
 from sealbox.sandbox.vmm.base import VmmBackend
@@ -106,6 +105,8 @@ def inspect(state: StateDir, name: str) -> dict[str, Any]:
 
 
 def console_path(state: StateDir, name: str) -> Path:
+    from sealbox.sandbox.planning import CONSOLE_LOG  # here: planning pulls in the image spec, which `ps` never needs
+
     return state.sandbox_dir(name) / CONSOLE_LOG
 
 

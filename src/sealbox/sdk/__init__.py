@@ -14,7 +14,8 @@ if TYPE_CHECKING:
     from sealbox.sdk.aio import AsyncCommandHandle, AsyncSandbox
     from sealbox.sdk.commands import CommandFailed, CommandHandle, CommandResult, CommandTimeout
     from sealbox.sdk.files import EntryInfo
-    from sealbox.sdk.host import CreateOptions, Host, LocalHost, SandboxInfo
+    from sealbox.sdk.host import Host, LocalHost, SandboxInfo
+    from sealbox.sdk.options import CreateOptions
     from sealbox.sdk.pool import Pool
     from sealbox.sdk.sandbox import Sandbox
 
@@ -22,7 +23,7 @@ EXPORTS = {
     "Sandbox": "sealbox.sdk.sandbox", "AsyncSandbox": "sealbox.sdk.aio", "AsyncCommandHandle": "sealbox.sdk.aio",
     "Pool": "sealbox.sdk.pool", "CommandResult": "sealbox.sdk.commands", "CommandHandle": "sealbox.sdk.commands",
     "CommandFailed": "sealbox.sdk.commands", "CommandTimeout": "sealbox.sdk.commands", "EntryInfo": "sealbox.sdk.files",
-    "CreateOptions": "sealbox.sdk.host", "Host": "sealbox.sdk.host", "LocalHost": "sealbox.sdk.host",
+    "CreateOptions": "sealbox.sdk.options", "Host": "sealbox.sdk.host", "LocalHost": "sealbox.sdk.host",
     "SandboxInfo": "sealbox.sdk.host", "SealboxError": "sealbox.errors", "SandboxError": "sealbox.errors",
     "NotFound": "sealbox.errors", "SandboxTimeout": "sealbox.errors", "ResourceExhausted": "sealbox.errors",
     "UsageError": "sealbox.errors",

@@ -16,45 +16,19 @@ import subprocess
 import threading
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal, Protocol
-
-from pydantic import BaseModel, ConfigDict, Field
+from typing import TYPE_CHECKING, Any, Protocol
 
 from sealbox.sandbox.status import PsRow
-from sealbox.sdk.process import Channel
 
 if TYPE_CHECKING:
     from sealbox.sandbox.gc import GcReport
     from sealbox.sandbox.ssh import SshTarget
     from sealbox.sandbox.state import StateDir
+    from sealbox.sdk.options import CreateOptions
+    from sealbox.sdk.process import Channel
 
 Say = Callable[[str], None]
 SandboxInfo = PsRow  # one row of `sealbox ps`: name, status, vmm, accel, address, cpus, memory, image, labels, ...
-
-
-class CreateOptions(BaseModel):
-    """Everything `Sandbox.create` takes, as data (what a remote host's agent receives)."""
-
-    model_config = ConfigDict(frozen=True, extra="forbid")
-    image: str
-    name: str
-    cpus: int = 2
-    memory_mib: int | None = None  # None: 512, or the image's minimum if that is more
-    network: Literal["isolated", "nat"] = "isolated"
-    allow_egress: tuple[str, ...] = ()
-    dns: tuple[str, ...] = ()
-    publish: tuple[str, ...] = ()
-    disks: tuple[str, ...] = ()
-    timeout_s: float = 180.0
-    labels: dict[str, str] = Field(default_factory=dict)
-    rootfs: Literal["initrd", "disk"] = "initrd"
-    vmm: Literal["auto", "qemu", "firecracker"] = "auto"
-    accel: Literal["auto", "kvm", "tcg"] = "auto"
-    firmware: Literal["direct", "ovmf"] = "direct"
-    boot: Literal["kernel", "disk-image"] = "kernel"
-    tdx: bool = False
-    console_max_mib: int = 16
-    from_snapshot: str | None = None
 
 
 class Host(Protocol):

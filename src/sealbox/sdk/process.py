@@ -13,9 +13,10 @@ import contextlib
 import logging
 import threading
 from collections.abc import Callable, Iterable
-from typing import IO, Any, Protocol
+from typing import IO, TYPE_CHECKING, Any, Protocol
 
-from sealbox.sdk.shell import ControlFilter
+if TYPE_CHECKING:
+    from sealbox.sdk.shell import ControlFilter
 
 log = logging.getLogger("sealbox.sdk")
 CHUNK = 256 * 1024

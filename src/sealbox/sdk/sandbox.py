@@ -22,12 +22,13 @@ from types import TracebackType
 from typing import TYPE_CHECKING, Any, Literal, Self
 
 from sealbox.errors import NotFound, UsageError
-from sealbox.sdk.commands import Commands
-from sealbox.sdk.files import Files
-from sealbox.sdk.host import CreateOptions, Host, LocalHost, SandboxInfo, Say
+from sealbox.sdk.host import Host, LocalHost, SandboxInfo, Say
 
 if TYPE_CHECKING:
     from sealbox.sandbox.ssh import SshTarget
+    from sealbox.sdk.commands import Commands
+    from sealbox.sdk.files import Files
+    from sealbox.sdk.options import CreateOptions
 
 StrPath = str | PathLike[str]
 
@@ -49,6 +50,8 @@ def options(image: StrPath, *, name: str | None = None, cpus: int = 2, memory_mi
     """CreateOptions from Sandbox.create's arguments (plain values; errors name the argument)."""
     from pydantic import ValidationError
 
+    from sealbox.sdk.options import CreateOptions
+
     for key, value in (("allow_egress", allow_egress), ("publish", publish), ("disks", disks), ("dns", dns)):
         if isinstance(value, str):
             raise UsageError(f"{key}= takes a list of str, not one str", hint=f"e.g. {key}=[{value!r}]")
@@ -69,11 +72,29 @@ class Sandbox:
         self.name = name
         self.host = host
         self.created = created or {}  # create()'s summary: vmm, accel, address, ready_s, run_s
-        self.commands = Commands(host, name)
-        self.files = Files(host, name)
+        self._commands: Commands | None = None
+        self._files: Files | None = None
 
     def __repr__(self) -> str:
         return f"Sandbox({self.name!r}, host={self.host!r})"
+
+    @property
+    def commands(self) -> Commands:
+        """Commands in the guest (sealbox.sdk.commands)."""
+        if self._commands is None:
+            from sealbox.sdk.commands import Commands
+
+            self._commands = Commands(self.host, self.name)
+        return self._commands
+
+    @property
+    def files(self) -> Files:
+        """Files in the guest (sealbox.sdk.files)."""
+        if self._files is None:
+            from sealbox.sdk.files import Files
+
+            self._files = Files(self.host, self.name)
+        return self._files
 
     # ---- making one -----------------------------------------------------------------------------
     @classmethod

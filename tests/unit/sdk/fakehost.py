@@ -13,7 +13,7 @@ from typing import Any
 
 from sealbox.errors import NotFound, SandboxError
 from sealbox.sandbox.status import PsRow
-from sealbox.sdk.host import CreateOptions
+from sealbox.sdk.options import CreateOptions
 
 
 class FakeHost:
