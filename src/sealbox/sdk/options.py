@@ -10,9 +10,12 @@ from pydantic import BaseModel, ConfigDict, Field
 
 
 class CreateOptions(BaseModel):
-    """Everything `Sandbox.create` takes, as data (what a remote host's agent receives)."""
+    """Everything `Sandbox.create` takes, as data (what a remote host's agent receives).
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    Fields not declared here are passed to the runtime as they are (any newer `sealbox run` flag works from
+    the SDK at once); the runtime's own check names an unknown one."""
+
+    model_config = ConfigDict(frozen=True, extra="allow")
     image: str
     name: str
     cpus: int = 2

@@ -58,14 +58,23 @@ def test_create_arguments_are_checked_before_anything_runs() -> None:
     assert Sandbox.create("img", host=host).name.startswith("sb-")  # type: ignore[arg-type]
 
 
-def test_publish_is_refused_until_the_runtime_has_it(image_dir: Path, tmp_path: Path) -> None:
+def test_publish_and_newer_run_flags_pass_through(image_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from sealbox.sandbox import planning
     from sealbox.sandbox.model import SandboxSpec
     from sealbox.sdk.host import LocalHost
 
-    if "publish" in SandboxSpec.model_fields:
-        pytest.fail("the runtime has publish now: pass it through and test it for real")  # noqa: PT016
-    with pytest.raises(UsageError, match="publish= is not supported"):
-        Sandbox.plan(image_dir, name="p", publish=["8080:80"], host=LocalHost(tmp_path / "state"))
+    host = LocalHost(tmp_path / "state")
+    with pytest.raises(UsageError, match="cpu.count=3: Extra inputs"):
+        Sandbox.plan(image_dir, name="p", cpu_count=3, host=host)  # an unknown argument: the runtime names it
+    if "publish" not in SandboxSpec.model_fields:
+        with pytest.raises(UsageError, match="publish= is not supported"):
+            Sandbox.plan(image_dir, name="p", publish=["8080:80"], host=host)
+        return
+    seen: dict[str, object] = {}
+    real = planning.make_spec
+    monkeypatch.setattr(planning, "make_spec", lambda **flags: seen.update(flags) or real(**flags))
+    Sandbox.plan(image_dir, name="p", publish=["8080:80"], host=host)
+    assert seen["publish"] == ["8080:80"]
 
 
 def test_timeout_kills_the_whole_process_group(tmp_path: Path) -> None:
