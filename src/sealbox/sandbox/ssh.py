@@ -120,10 +120,10 @@ def remote_argv(t: SshTarget, remote: str, *, user: str | None = None, tty: bool
 
 def master_argv(t: SshTarget, control: Path, *, user: str | None = None) -> list[str]:
     """A master connection (no session of its own) at `control`, killed when the thread that started it
-    ends (setpriv --pdeathsig): it never outlives the program that owns it. Shorter keepalives than a
-    session: a guest that is gone ends it within seconds."""
-    opts = [*common_options(t, control=control, master=True), "-o", "ServerAliveInterval=5", "-o", "ServerAliveCountMax=3"]
-    ssh_argv = [SSH, "-F", "/dev/null", *opts, "-N", "-p", str(t.port), "-l", user or t.user, t.guest_ip]
+    ends (setpriv --pdeathsig): it never outlives the program that owns it. Keepalives as a session's: the
+    sessions multiplexed over it end with it, so it must not give up on a guest that is only slow."""
+    ssh_argv = [SSH, "-F", "/dev/null", *common_options(t, control=control, master=True), "-N", "-p", str(t.port),
+                "-l", user or t.user, t.guest_ip]
     return [SETPRIV, "--pdeathsig", "KILL", "--", *ssh_argv]
 
 

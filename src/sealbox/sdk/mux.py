@@ -6,7 +6,8 @@ session multiplexed over an open connection about a tenth of that. A master is a
 killed when this process ends, also by SIGKILL (setpriv --pdeathsig, armed from one long-lived thread: the
 signal follows the thread that forked), and when the SDK removes or stops the sandbox. If it is not up, or
 all its sessions are taken (sshd's MaxSessions defaults to 10), a command connects by itself: masters only
-ever make things faster, never required.
+ever make things faster, never required. A sandbox removed by another process (`sealbox rm`) loses its master
+within WATCH seconds: a watcher ends masters whose sandbox directory is gone.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ from sealbox.sandbox import ssh
 
 SESSIONS = 8  # below sshd's default MaxSessions (10): one spare for `kill`
 READY_WAIT = 30.0
+WATCH = 2.0
 
 
 @dataclass
@@ -75,6 +77,7 @@ class Masters:
         self._starting: dict[tuple[str, str, str], threading.Event] = {}
         self._dir: Path | None = None
         self._spawner: _Spawner | None = None
+        self._watcher: threading.Thread | None = None
 
     def _socket_dir(self) -> Path:
         if self._dir is None:
@@ -107,6 +110,7 @@ class Masters:
                 with self._lock:
                     if master is not None:
                         self._masters[key] = master
+                        self._watch()
                     self._starting.pop(key).set()
             if master is None:
                 return None
@@ -132,6 +136,19 @@ class Masters:
         if started is None:
             _stop(proc)
         return started
+
+    def _watch(self) -> None:
+        """Start the watcher (caller holds the lock)."""
+        if self._watcher is None:
+            self._watcher = threading.Thread(target=self._watch_loop, daemon=True, name="sealbox-ssh-watch")
+            self._watcher.start()
+
+    def _watch_loop(self) -> None:
+        while True:
+            time.sleep(WATCH)
+            with self._lock:
+                for key in [k for k in self._masters if not (Path(k[0]) / "sandboxes" / k[1]).is_dir()]:
+                    self._drop(key)  # removed behind our back: do not hold its namespace any longer
 
     def _drop(self, key: tuple[str, str, str]) -> None:
         m = self._masters.pop(key, None)

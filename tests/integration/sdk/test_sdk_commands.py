@@ -8,9 +8,9 @@ import hashlib
 import io
 import threading
 import time
-from pathlib import Path
 
 import pytest
+from sdk_integ import ssh_masters
 
 from sealbox.errors import SandboxError, SandboxTimeout, UsageError
 from sealbox.sdk import CommandFailed, CommandTimeout, Sandbox
@@ -139,26 +139,12 @@ def test_more_concurrent_commands_than_master_sessions(box: Sandbox) -> None:
     assert not errors and sorted(results) == sorted(f"{i}\n" for i in range(12))
 
 
-def _masters(state_dir: Path) -> list[int]:
-    """Our ssh master processes (ssh -M for a sandbox of this state dir)."""
-    found = []
-    for d in Path("/proc").iterdir():
-        if d.name.isdigit():
-            try:
-                argv = (d / "cmdline").read_bytes().split(b"\0")
-            except OSError:
-                continue
-            if argv and argv[0].endswith(b"ssh") and b"ControlMaster=yes" in argv and any(str(state_dir).encode() in a for a in argv):
-                found.append(int(d.name))
-    return found
-
-
 def test_master_connection_serves_commands_and_ends_with_close(box: Sandbox, sdk_env) -> None:  # type: ignore[no-untyped-def]
     box.commands.run(["true"])
-    before = _masters(sdk_env.state_dir)
+    before = ssh_masters(sdk_env.state_dir)
     assert before, "no master connection after a command"
     box.commands.run(["true"])
-    assert _masters(sdk_env.state_dir) == before  # reused, not a new one per command
+    assert ssh_masters(sdk_env.state_dir) == before  # reused, not a new one per command
     box.close()
-    assert not _masters(sdk_env.state_dir)
+    assert not ssh_masters(sdk_env.state_dir)
     assert box.commands.run(["echo", "again"]).stdout == "again\n"  # a new one on demand

@@ -13,6 +13,7 @@ import sys
 import time
 
 import pytest
+from sdk_integ import ssh_masters
 
 from sealbox.errors import NotFound, SandboxTimeout, UsageError
 from sealbox.sdk import AsyncSandbox, Sandbox
@@ -57,10 +58,16 @@ def test_with_block_removes_the_sandbox_on_ctrl_c(sdk_env) -> None:  # type: ign
         assert p.stdout is not None
         line = p.stdout.readline()
         assert line == "ready up\n", p.stderr.read() if p.stderr else ""
-        assert Sandbox.connect(name, state_dir=sdk_env.state_dir).status == "running"
+        mine = Sandbox.connect(name, state_dir=sdk_env.state_dir)
+        assert mine.status == "running" and mine.commands.run(["true"]).exit_code == 0
+        assert ssh_masters(sdk_env.state_dir, name)  # this process's master connection to the child's sandbox
         p.send_signal(signal.SIGINT)
         err = p.communicate(timeout=120)[1]
         assert p.returncode != 0 and "KeyboardInterrupt" in err
+        deadline = time.monotonic() + 15
+        while ssh_masters(sdk_env.state_dir, name) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert not ssh_masters(sdk_env.state_dir, name)  # removed by another process: ours let go of it
     finally:
         if p.poll() is None:
             p.kill()
