@@ -13,7 +13,6 @@ from __future__ import annotations
 import builtins
 import os
 import subprocess
-import threading
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
@@ -63,13 +62,12 @@ def _matches(info: SandboxInfo, labels: Mapping[str, str] | None) -> bool:
 class LocalHost:
     """This machine's sandboxes, in one state directory (default: $SEALBOX_STATE_DIR or /var/lib/sealbox)."""
 
-    def __init__(self, state_dir: str | os.PathLike[str] | None = None, *, command: str = "the sealbox SDK") -> None:
+    def __init__(self, state_dir: str | os.PathLike[str] | None = None, *, command: str | None = None) -> None:
         from sealbox.sandbox.state import state_root
 
         self.root = state_root(state_dir)
-        self.command = command
+        self.command = command  # the CLI's command path, for its "needs root" message
         self._state: StateDir | None = None
-        self._lock = threading.Lock()
 
     def __repr__(self) -> str:
         return f"LocalHost({str(self.root)!r})"
@@ -78,10 +76,16 @@ class LocalHost:
     def state(self) -> StateDir:
         """The state directory, once its access check passed (sandbox verbs run as root)."""
         if self._state is None:
+            from sealbox.errors import UsageError
             from sealbox.sandbox.control import check_access
             from sealbox.sandbox.state import StateDir
 
-            check_access(self.root, self.command)
+            try:
+                check_access(self.root, self.command or "sealbox.Sandbox")
+            except UsageError as e:
+                if self.command:
+                    raise
+                raise UsageError(e.message, hint="run the program as root, or use state_dir= of a directory you own (plan() only)") from None
             self._state = StateDir(self.root)
         return self._state
 
@@ -127,11 +131,6 @@ class LocalHost:
             raise
         except SandboxError as e:
             return status.corrupt_row(name, e.message)
-
-    def exists(self, name: str) -> bool:
-        from sealbox.util.names import check_sandbox_name
-
-        return self.state.exists(check_sandbox_name(name))
 
     def list(self, *, all_: bool = False, labels: Mapping[str, str] | None = None) -> list[SandboxInfo]:
         from sealbox.sandbox import control
