@@ -31,7 +31,10 @@ SandboxInfo = PsRow  # one row of `sealbox ps`: name, status, vmm, accel, addres
 
 
 class Host(Protocol):
-    """The operations the SDK needs from the machine that runs a sandbox."""
+    """The operations the SDK needs from the machine that runs a sandbox.
+
+    Optional extras, used when a host has them: `reap(labels)` (a Pool's recovery), `snapshot(name, dest,
+    resume=)`, and for a sandbox on this machine `ssh_target`, `exec_replace`, `interactive` (the CLI's exec/ssh)."""
 
     def create(self, opts: CreateOptions, *, warn: Say | None = None, progress: Say | None = None,
                holder: int | None = None, cancel: Callable[[], bool] | None = None) -> dict[str, Any]: ...
