@@ -5,6 +5,9 @@
         sb.commands.run(["make", "test"])
         pool.release(sb)             # killed; the pool boots a replacement in the background
 
+A member is handed out only after it ran a command (`true`): it answers, and its SSH master connection is up,
+so the first command after acquire() costs a session, not a handshake.
+
 Members carry the label `sealbox.pool=<pool name>` and this process as their holder: if the process dies
 (even by SIGKILL) they become `orphaned`, which `sealbox gc` removes — and so does the next Pool of the same
 name when it starts. A member whose boot was under way is `abandoned` and removed the same way.
@@ -27,6 +30,7 @@ from sealbox.util.names import check_sandbox_name
 log = logging.getLogger("sealbox.pool")
 POOL_LABEL = "sealbox.pool"
 MAX_BACKOFF = 30.0
+HEALTH_TIMEOUT = 120.0
 FAILURES_TO_GIVE_UP = 3  # consecutive failed boots with nothing ready: acquire() raises instead of waiting
 
 
@@ -100,7 +104,11 @@ class Pool:
             sb = PooledSandbox.create(self.image, name=f"{self.name}-{os.urandom(3).hex()}", labels=self.labels,
                                       host=self.host, holder=os.getpid(), cancel=self._cancel.is_set, **self._kw)
             sb._pool = self
+            sb.commands.run(["true"], timeout=HEALTH_TIMEOUT, check=True)  # it answers; the connection is warm
         except Exception as e:  # noqa: BLE001 - kept for acquire(); the next boot retries after a backoff
+            if sb is not None:
+                sb.kill()  # booted but does not answer: never handed out
+                sb = None
             if not self._cancel.is_set():
                 log.warning("pool %s: a boot failed: %s", self.name, e)
                 with self._cond:

@@ -17,9 +17,11 @@ from sealbox.sdk.options import CreateOptions
 
 
 class FakeHost:
-    def __init__(self, *, boot_s: float = 0.0, fail: int = 0, home: str | None = None) -> None:
+    def __init__(self, *, boot_s: float = 0.0, fail: int = 0, home: str | None = None, mute: int = 0) -> None:
         self.boxes: dict[str, dict[str, Any]] = {}
         self.boot_s, self.fail, self.home = boot_s, fail, home
+        self.mute = mute  # the first `mute` sandboxes booted never answer a command (their commands exit 255 unstarted)
+        self.muted: set[str] = set()
         self.created: list[str] = []
         self.removed: list[str] = []
         self.lock = threading.Lock()
@@ -41,6 +43,9 @@ class FakeHost:
         with self.lock:
             self.boxes[opts.name]["status"] = "running"
             self.created.append(opts.name)
+            if self.mute:
+                self.mute -= 1
+                self.muted.add(opts.name)
         return {"name": opts.name, "status": "running", "vmm": "fake", "accel": "none", "address": "10.0.0.2", "ready_s": 0.0, "run_s": 0.0}
 
     def plan(self, opts: CreateOptions) -> dict[str, Any]:
@@ -77,6 +82,8 @@ class FakeHost:
 
     def spawn(self, name: str, remote: str, *, user: str | None, stdin: bool) -> tuple[Any, Callable[[], None]]:
         self.info(name)
+        if name in self.muted:
+            remote = "echo 'ssh: connect to host 10.0.0.2 port 22: Connection refused' >&2; exit 255"
         proc = subprocess.Popen(["/bin/bash", "-c", remote], stdin=subprocess.PIPE if stdin else subprocess.DEVNULL,
                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True, cwd=self.home,
                                 env={"PATH": os.environ["PATH"], "SHELL": "/bin/bash", "HOME": self.home or "/"})

@@ -170,6 +170,15 @@ def test_pool_hands_out_ready_members_destroys_on_release_and_refills() -> None:
     assert len(set(host.created)) == len(host.created)  # never reused
 
 
+def test_pool_never_hands_out_a_member_that_does_not_answer() -> None:
+    host = FakeHost(mute=1)
+    with Pool("img", size=1, name="p6", host=host) as pool:  # type: ignore[arg-type]
+        sb = pool.acquire(timeout=30)
+        [muted] = host.muted
+        assert sb.name != muted and muted in host.removed
+        assert sb.commands.run(["echo", "ok"]).stdout == "ok\n"
+
+
 def test_pool_reports_boot_failures_instead_of_waiting_for_ever() -> None:
     host = FakeHost(fail=100)
     with Pool("img", size=1, name="p2", host=host) as pool, pytest.raises(SandboxError, match="stand-in boot failure"):  # type: ignore[arg-type]
