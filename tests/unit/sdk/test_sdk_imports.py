@@ -21,9 +21,8 @@ def loaded(code: str, cwd: Path) -> set[str]:
 
 
 def test_import_sealbox_is_light(tmp_path: Path) -> None:
-    mods = loaded("import sealbox", tmp_path)
-    assert {m for m in mods if m.startswith("sealbox")} == {"sealbox"}
-    assert "pydantic" not in mods and "typing" not in mods
+    bare = loaded("pass", tmp_path)  # what the interpreter itself (site, .pth files) loads
+    assert loaded("import sealbox", tmp_path) - bare == {"sealbox"}
     mods = loaded("import sealbox; sealbox.Sandbox", tmp_path)
     assert "sealbox.sdk.sandbox" in mods and not {m for m in mods if m.startswith(HEAVY)}
 
