@@ -6,8 +6,10 @@ session multiplexed over an open connection about a tenth of that. A master is a
 killed when this process ends, also by SIGKILL (setpriv --pdeathsig, armed from one long-lived thread: the
 signal follows the thread that forked), and when the SDK removes or stops the sandbox. If it is not up, or
 all its sessions are taken (sshd's MaxSessions defaults to 10), a command connects by itself: masters only
-ever make things faster, never required. A sandbox removed by another process (`sealbox rm`) loses its master
-within WATCH seconds: a watcher ends masters whose sandbox directory is gone.
+ever make things faster, never required. The socket directory is named after its process (pid and start
+time); one left by a process that was killed is removed by the next one that makes its own. A sandbox removed
+by another process (`sealbox rm`) loses its master within WATCH seconds: a watcher ends masters whose sandbox
+directory is gone.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import hashlib
 import os
 import queue
 import shutil
+import stat
 import subprocess
 import tempfile
 import threading
@@ -28,7 +31,9 @@ from pathlib import Path
 from typing import Any
 
 from sealbox.sandbox import ssh
+from sealbox.sandbox.state import pid_alive, process_start_time
 
+DIR_PREFIX = "sealbox-ssh-"
 SESSIONS = 8  # below sshd's default MaxSessions (10): one spare for `kill`
 READY_WAIT = 30.0
 WATCH = 2.0
@@ -81,7 +86,10 @@ class Masters:
 
     def _socket_dir(self) -> Path:
         if self._dir is None:
-            self._dir = Path(tempfile.mkdtemp(prefix="sealbox-ssh-"))  # 0700: the socket is a root login to the guest
+            sweep(Path(tempfile.gettempdir()))
+            pid = os.getpid()
+            # 0700: a socket in it is a root login to the guest
+            self._dir = Path(tempfile.mkdtemp(prefix=f"{DIR_PREFIX}{pid}-{process_start_time(pid)}-"))
             atexit.register(self.close_all)
         return self._dir
 
@@ -171,6 +179,25 @@ class Masters:
                 shutil.rmtree(self._dir, ignore_errors=True)
 
     _owner_pid = os.getpid()
+
+
+def sweep(parent: Path) -> list[Path]:
+    """Remove the socket directories under `parent` of this user's processes that are gone (killed before their
+    exit handler ran); returns them. Only directories named by this module, owned by us, not symlinks."""
+    removed = []
+    for d in parent.glob(f"{DIR_PREFIX}*"):
+        pid, _, rest = d.name[len(DIR_PREFIX) :].partition("-")
+        start = rest.partition("-")[0]
+        try:
+            st = d.lstat()
+        except OSError:
+            continue
+        if not (pid.isdigit() and start.isdigit() and stat.S_ISDIR(st.st_mode) and st.st_uid == os.geteuid()):
+            continue
+        if not pid_alive(int(pid), int(start)):
+            shutil.rmtree(d, ignore_errors=True)
+            removed.append(d)
+    return removed
 
 
 def _stop(proc: subprocess.Popen[bytes]) -> None:

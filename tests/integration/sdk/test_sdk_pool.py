@@ -8,12 +8,14 @@ import json
 import signal
 import subprocess
 import sys
+import tempfile
 import time
+from pathlib import Path
 
 import pytest
 
 from sealbox.errors import NotFound
-from sealbox.sdk import Pool, Sandbox
+from sealbox.sdk import Pool, Sandbox, mux
 
 pytestmark = [pytest.mark.integration, pytest.mark.boot]
 
@@ -53,6 +55,10 @@ def test_acquire_release_refill_and_a_crashed_owner_leaks_nothing(sdk_env) -> No
         members.add(member.name)
         p.send_signal(signal.SIGKILL)  # the owner crashes
         p.wait(30)
+        tmp = Path(tempfile.gettempdir())
+        assert list(tmp.glob(f"sealbox-ssh-{p.pid}-*"))  # its master's socket dir (the member's health check made it)
+        mux.sweep(tmp)
+        assert not list(tmp.glob(f"sealbox-ssh-{p.pid}-*"))  # the next SDK process's first master sweeps it
         assert Sandbox.connect(member.name, state_dir=sdk_env.state_dir).status == "orphaned"
         gc = subprocess.run([sys.executable, "-m", "sealbox", "gc", "--json"], env=sdk_env.env(), capture_output=True, text=True, timeout=180)
         assert gc.returncode == 0, gc.stderr

@@ -243,3 +243,25 @@ def test_async_with_and_commands(tmp_path: Path) -> None:
 
     asyncio.run(asyncio.wait_for(main(), 30))
     assert not host.boxes and threading.active_count() < 50
+
+
+def test_socket_dirs_of_killed_processes_are_swept(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    from sealbox.sandbox.state import process_start_time
+    from sealbox.sdk import mux
+
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    start = process_start_time(dead.pid)
+    dead.wait()
+    me = os.getpid()
+    stale = tmp_path / f"sealbox-ssh-{dead.pid}-{start}-abc"
+    live = tmp_path / f"sealbox-ssh-{me}-{process_start_time(me)}-def"
+    other = tmp_path / "sealbox-ssh-q_ol4pcz"  # not ours to judge
+    for d in (stale, live, other):
+        d.mkdir()
+        (d / "x.sock").touch()
+    (tmp_path / f"sealbox-ssh-{dead.pid}-{start}-lnk").symlink_to(live)
+    assert mux.sweep(tmp_path) == [stale]
+    assert live.is_dir() and other.is_dir() and not stale.exists()
