@@ -166,6 +166,14 @@ def _copy_entry(t: Tree, what: str, src: Path, dest: str, uid: int, gid: int, mo
             t.mkdir(d, 0o755, uid, gid, what=what)
         else:
             t.copy_file(d, s, mode if mode is not None else (0o755 if os.access(s, os.X_OK) else 0o644), uid, gid, what=what)
+    # a final link is replaced, never followed: when that link was also on the way to it (dest /l/l with l -> /),
+    # the written entry is no longer at `dest` as the guest will see it; a chroot's `cp` would have failed too
+    if src.is_symlink():
+        return  # the link itself is the entry (where it points is the guest's business)
+    got = t.resolve(dest)
+    if got is None or got.is_dir() != src.is_dir():
+        raise BuildError(f"{what}: writing {dest!r} replaced a link on its own path, so the entry is not at {dest!r} in the image",
+                         hint="name the destination by its real path inside the image")
 
 
 def configure(tree: Path, loaded: LoadedSpec, kernel_load: list[str], epoch: int) -> None:
