@@ -173,8 +173,13 @@ def configure(tree: Path, loaded: LoadedSpec, kernel_load: list[str], epoch: int
     create_users(tree, spec, epoch)
     lock_accounts(tree, spec, epoch)
     copy_files(tree, loaded)
+    features, feature_files = guest_files.feature_files(spec.persistent.disk if spec.persistent.enable else [], spec.cloud.providers)
+    for dest, (data, mode) in feature_files.items():
+        _write(tree, dest, data, mode)
+    if spec.persistent.enable:  # the mount point: / is read-only at run time
+        (tree / guest_files.PERSISTENT_MOUNT.lstrip("/")).mkdir(mode=0o755, exist_ok=True)
 
-    enable = list(guest_files.UNITS)
+    enable = list(guest_files.UNITS) + features
     if spec.hardening.ssh:
         enable.append("ssh.service")
     if spec.hardening.firewall:

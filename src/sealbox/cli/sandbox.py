@@ -43,6 +43,8 @@ def _dump(obj: Any) -> None:
 @click.option("--disk", "disks", multiple=True, metavar="FILE[:ro|rw][:raw|qcow2][,serial=NAME]",
               help="Attach a disk (repeatable; default rw, raw: the format is declared, never probed; serial: the guest's "
                    "name for it, e.g. serial=persistent for the persistent module). A rw disk is held by one sandbox at a time.")
+@click.option("--publish", "-p", "publish", multiple=True, metavar="[HOST_IP:][HOST_PORT:]GUEST_PORT[/tcp|udp]",
+              help="Forward a host port to the guest (repeatable; host address default 127.0.0.1; no host port: any free one).")
 @click.option("--net-rate", metavar="RATE[:BURST]", default=None, help="Network rate limit, each direction, e.g. 10MiB/s or 10MiB/s:20MiB.")
 @click.option("--disk-rate", metavar="RATE[:BURST]", default=None, help="Bytes per second per attached disk, e.g. 50MB/s.")
 @click.option("--disk-iops", metavar="OPS[:BURST]", default=None, help="Operations per second per attached disk, e.g. 500.")
@@ -65,6 +67,7 @@ def run(image_dir: Path, state_dir: Path | None, dry_run: bool, as_json: bool, *
     from sealbox.sandbox import manager
 
     flags["disks"] = list(flags["disks"])
+    flags["publish"] = list(flags["publish"])
     flags["allow_egress"] = list(flags["allow_egress"])
     flags["dns"] = list(flags["dns"])
     state = _state(state_dir)  # first: without root nothing else can be answered

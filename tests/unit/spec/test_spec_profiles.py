@@ -12,7 +12,7 @@ from sealbox.spec.load import builtin_modules, builtin_profiles, modules_dir
 
 
 def test_builtin_profiles_are_devtools_and_tdx_and_not_base() -> None:
-    assert builtin_profiles() == ["devtools", "tdx"]
+    assert builtin_profiles() == ["azure", "devtools", "gcp", "persistent", "tdx"]
     assert {"base", "default", "devtools", "tdx"} <= set(builtin_modules())
 
 
@@ -69,7 +69,7 @@ def test_a_shadowing_profile_that_is_not_selected_warns_nothing(tmp_path: Path) 
 
 def test_base_is_not_a_profile(tmp_path: Path) -> None:
     spec = write(tmp_path, "s.toml", 'include = ["base"]\n[profiles.dev]\n')
-    spec_error(spec, ["base"], has=["unknown profile 'base'", "profiles defined: dev", "built-in profiles: devtools, tdx"])
+    spec_error(spec, ["base"], has=["unknown profile 'base'", "profiles defined: dev", "built-in profiles: azure, devtools, gcp, persistent, tdx"])
 
 
 def test_only_builtin_modules_may_be_marked_as_profiles(tmp_path: Path) -> None:
@@ -101,4 +101,4 @@ def test_settings_lists_include_and_profiles_with_their_rules(capsys: pytest.Cap
     rows = {line.split()[0]: line for line in capsys.readouterr().out.splitlines()}
     assert "include" in rows and "profiles.<name>" in rows
     assert "depth first" in rows["include"]
-    assert "devtools, tdx" in rows["profiles.<name>"] and "includes" in rows["profiles.<name>"]
+    assert "azure, devtools, gcp, persistent, tdx" in rows["profiles.<name>"] and "includes" in rows["profiles.<name>"]
