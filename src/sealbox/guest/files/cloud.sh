@@ -3,7 +3,7 @@
 # configured it: the host name and who may log in with which SSH key; on Azure also the "provisioning complete"
 # report to the wire server (without it Azure restarts the VM). The cloud is recognised by its DMI data, as
 # cloud-init does; the image lists which clouds it trusts (cloud.conf). Nothing per-instance is in the image.
-# Every answer is input: at most 64 KiB within 15 s per request, every value checked against what it must be (a host
+# Every answer is input: at most 64 KiB within 10 s per request, every value checked against what it must be (a host
 # name label, a user name, one OpenSSH public key line, an id of a fixed alphabet); anything else is skipped with a
 # line on the console. Keys of a user the image does not have go to root (the image's users are fixed at build).
 # Writes only /proc/sys/kernel/hostname and /run/sealbox/authorized_keys/<user> (sshd's AuthorizedKeysFile).
@@ -17,7 +17,8 @@ mkdir -p "$tmp/keys"
 fetch() {  # URL OUT [wget options...] -> 0 if OUT holds the whole body; the response headers go to OUT.hdr
 	url=$1 out=$2
 	shift 2
-	( ulimit -f 128; exec timeout 15 busybox wget -q -S -T 5 -Y off -O "$out" "$@" "$url" ) 2> "$out.hdr"
+	# the time limit is timeout's: Debian's busybox 1.35 wget crashes with its own -T
+	( ulimit -f 128; exec timeout 10 busybox wget -q -S -Y off -O "$out" "$@" "$url" ) 2> "$out.hdr"
 }
 dmi() { head -c 128 "/sys/class/dmi/id/$1" 2>/dev/null | tr -cd 'A-Za-z0-9 ._-'; }
 valid_host() { case $1 in ''|-*|*-|*[!A-Za-z0-9-]*) return 1 ;; esac; [ ${#1} -le 63 ]; }
