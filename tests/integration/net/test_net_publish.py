@@ -192,3 +192,28 @@ def published_ports(box: Box) -> list[str]:
     from sealbox.sandbox.state import SandboxRecord
 
     return published(SandboxRecord(name=box.spec.name, created_at=0.0, steps=box.log))
+
+
+def test_helpers_in_the_sandbox_namespace_reach_only_the_guest(world: World) -> None:
+    """The forwarder's uid (nobody) may open connections in a nat sandbox's namespace towards the guest only: its
+    packets towards the uplink (whose egress policy covers forwarded guest traffic, not local sockets) are dropped by
+    the sandbox table's output chain (its counter is the oracle), root's and those towards the guest are not."""
+    import ipaddress
+    import subprocess
+
+    from sealbox.sandbox.host import nft
+
+    box = next((b for b in world.boxes if b.spec.net == NetMode.nat), None) or world.start("nat", ["8080"], net=NetMode.nat)
+    uplink = next(e for e in box.log.entries if e.kind == "net.host-nat").params["uplink"]
+    target = str(next(ipaddress.IPv4Network(uplink).hosts()))  # the uplink's root side, in the stand-in host
+
+    def dropped(*who: str, dest: str = target, port: int = 9) -> int:
+        before = nft.counters("sealbox", box.net.netns).get("helpers reach only the guest", 0)
+        subprocess.run(["ip", "netns", "exec", box.net.netns, *who, "timeout", "1.5", "bash", "-c", f"exec 3<>/dev/tcp/{dest}/{port}"],
+                       capture_output=True, text=True, timeout=20)
+        return nft.counters("sealbox", box.net.netns).get("helpers reach only the guest", 0) - before
+
+    nobody = ("setpriv", "--reuid", "65534", "--regid", "65534", "--clear-groups")
+    assert dropped(*nobody) >= 1
+    assert dropped() == 0  # root in the namespace: not this rule's business (the host table drops it further on)
+    assert dropped(*nobody, dest=str(box.net.guest_ip), port=8080) == 0  # the guest: allowed

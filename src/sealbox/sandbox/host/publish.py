@@ -30,14 +30,14 @@ import sys
 from typing import Any
 
 from sealbox.errors import SandboxError
-from sealbox.sandbox.host import procmark
+from sealbox.sandbox.host import nft, procmark
 from sealbox.sandbox.host.netns import netns_path
 from sealbox.sandbox.model import PortMap
 from sealbox.sandbox.state import process_start_time
 from sealbox.sandbox.steps import Step, StepRefused
 
 MODULE = "sealbox.sandbox.host.portfwd"
-NOBODY = 65534
+NOBODY = nft.HELPER_UID  # the sandbox table lets this uid reach the guest's link only
 BACKLOG = 128
 
 
