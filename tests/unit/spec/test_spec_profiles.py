@@ -27,7 +27,7 @@ def test_a_builtin_profile_applies_to_any_spec(tmp_path: Path) -> None:
     assert "uki" in tdx.output.formats
 
 
-def test_the_readme_example_azure_then_devtools(tmp_path: Path) -> None:
+def test_the_readme_example_edge_azure_then_devtools(tmp_path: Path) -> None:
     write(tmp_path, "files/app", "#!/bin/sh\n")
     spec = write(tmp_path, "bob.toml", """\
         include = ["base"]
@@ -39,14 +39,14 @@ def test_the_readme_example_azure_then_devtools(tmp_path: Path) -> None:
         dest = "/opt/app"
         [hardening]
         firewall_allow_tcp = [8080]
-        [profiles.azure]
+        [profiles.edge]
         kernel.package = "linux-image-6.12-cloud-amd64"
         """)
-    loaded = load(spec, ["azure", "devtools"])
-    assert loaded.profiles == ["azure", "devtools"]
+    loaded = load(spec, ["edge", "azure", "devtools"])
+    assert loaded.profiles == ["edge", "azure", "devtools"] and loaded.warnings == []  # no profile shadows a built-in
     assert loaded.spec.kernel.package == "linux-image-6.12-cloud-amd64"
-    assert "dev" in loaded.spec.users
-    assert loaded.fragments[-2:] == [f"{spec} (profile azure)", "built-in profile devtools"]
+    assert "dev" in loaded.spec.users and "hv_netvsc" in loaded.spec.kernel.modules
+    assert loaded.fragments[-3:] == [f"{spec} (profile edge)", "built-in profile azure", "built-in profile devtools"]
 
 
 def test_the_spec_wins_then_its_includes_then_the_builtins(tmp_path: Path) -> None:
