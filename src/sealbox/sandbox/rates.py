@@ -62,10 +62,3 @@ def parse_iops(text: str, flag: str = "--disk-iops") -> RateLimit:
     if not 1 <= ops <= MAX_OPS or (burst is not None and not 1 <= burst <= MAX_OPS * 60):
         raise UsageError(f"{flag} {text!r} is out of range", hint=f"between 1 and {MAX_OPS} operations per second")
     return _bucket(ops, burst, flag, text, "operations")
-
-
-def describe(limit: RateLimit | None, unit: str = "B") -> str | None:
-    """'10485760 B/s (bucket 20971520 B)' for ps/inspect; None without a limit."""
-    if limit is None:
-        return None
-    return f"{limit.size * 1000 // limit.refill_ms} {unit}/s (bucket {limit.size} {unit})"
