@@ -206,15 +206,18 @@ def test_b_rates_settle_at_the_set_rate(sb: Sealbox) -> None:
     time.sleep(2.5)
     t_big = _upload(port, 7 * MIB)
     rx = 5 * MIB / (t_big - t_small)
-    # disk: the guest's dd on the rate disk (found by its serial), O_DIRECT: every byte is a request QEMU throttles;
-    # small requests, so that the one QEMU lets through before it throttles is a small part of the whole
+    # disk: the guest's dd on the rate disk (found by its serial), O_DIRECT: every request reaches QEMU's throttle.
+    # Two sizes each, the difference counted: what QEMU lets through before it throttles (a request, the bucket's
+    # tenth of a second) is the same in both and cancels
     dd = ("dev=$(grep -l '^ratedisk$' /sys/block/vd*/serial); dev=/dev/$(basename $(dirname $dev)); "
-          "dd if=$dev of=/dev/null bs=128k count=64 iflag=direct 2>&1 | tail -n 1; "
-          "dd if=$dev of=/dev/null bs=4k count=300 skip=4096 iflag=direct 2>&1 | tail -n 1")
+          "for n in 32 64; do dd if=$dev of=/dev/null bs=128k count=$n iflag=direct 2>&1 | tail -n 1; done; "
+          "for n in 100 400; do dd if=$dev of=/dev/null bs=4k count=$n skip=8192 iflag=direct 2>&1 | tail -n 1; done")
     p = sb.exec(name, "sh", "-c", dd, timeout=120)
     assert p.returncode == 0, p.stderr
-    (b1, s1), (b2, s2) = [(int(m.group(1)), float(m.group(2))) for m in re.finditer(r"^(\d+) bytes .* copied, ([\d.]+) s", p.stdout, re.M)]
-    disk_bps, disk_iops = b1 / s1, (b2 / 4096) / s2
+    runs = [(int(m.group(1)), float(m.group(2))) for m in re.finditer(r"^(\d+) bytes .* copied, ([\d.]+) s", p.stdout, re.M)]
+    assert len(runs) == 4, p.stdout
+    (b1, s1), (b2, s2), (o1, t1), (o2, t2) = runs
+    disk_bps, disk_iops = (b2 - b1) / (s2 - s1), ((o2 - o1) / 4096) / (t2 - t1)
     print(f"measured: net tx {tx / MIB:.2f} MiB/s, net rx {rx / MIB:.2f} MiB/s (set {NET_RATE / MIB:.0f} MiB/s); "
           f"disk {disk_bps / MIB:.2f} MiB/s (set {DISK_RATE / MIB:.0f}), {disk_iops:.0f} IOPS (set {DISK_IOPS})")
     for what, got, want in (("net tx", tx, NET_RATE), ("net rx", rx, NET_RATE), ("disk", disk_bps, DISK_RATE), ("iops", disk_iops, DISK_IOPS)):
