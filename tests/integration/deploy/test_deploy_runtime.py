@@ -105,6 +105,13 @@ def _host_address() -> str | None:
 def test_a_isolated_foreign_data_is_left_alone_and_ports_are_published(sb: Sealbox, disks: dict[str, Path]) -> None:
     name = f"{sb.prefix}-a"
     before = {k: _sha(disks[k]) for k in ("foreign", "bystander")}
+    with socket.socket() as taken:  # a host port in use: refused in one line, before any VM, nothing left
+        taken.bind(("127.0.0.1", 0))
+        taken.listen(1)
+        port = taken.getsockname()[1]
+        p = sb(*sb.run_args(name, "--publish", f"{port}:8080"), timeout=120)
+    assert p.returncode != 0 and p.stderr.count("\n") == 1, p.stderr
+    assert f"host port 127.0.0.1:{port}/tcp is already in use" in p.stderr and leftovers(sb.state_dir, name) == []
     _run(sb, name, "--disk", f"{disks['foreign']}:rw,serial=persistent", "--disk", f"{disks['bystander']}:rw",
          "--publish", "8080", "--publish", "9000/udp")
     mounted = sb.exec(name, "findmnt", "/persistent")
