@@ -19,6 +19,8 @@ APT_PACKAGES=(
   podman runc skopeo
   # running sandboxes
   qemu-system-x86 qemu-utils ovmf nftables iproute2 bubblewrap openssh-client util-linux
+  # cloud-profile tests: a real DHCP server (dnsmasq, no DNS service) stands in for Azure's and GCP's on a test link
+  dnsmasq-base
   # measuring and attesting (tests compare against these reference tools)
   pesign sbsigntool systemd-boot-efi swtpm swtpm-tools
   # benchmarks: a static C toolchain for the trivial-init baseline of bench/sandbox_bench.py

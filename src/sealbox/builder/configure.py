@@ -50,8 +50,8 @@ def _refuse_pre_ready_units(t: Tree, enabled: list[str]) -> None:
     """Every unit the spec enables starts after the ready marker (guest_files.ready_order); one that orders itself
     before it makes a cycle, and systemd would silently drop a job at boot. Fail the build naming it instead."""
     for unit in enabled:
-        if unit in guest_files.UNITS or unit in guest_files.READY_AFTER:
-            continue
+        if unit in guest_files.UNITS or unit in guest_files.FEATURE_UNITS or unit in guest_files.READY_AFTER:
+            continue  # the guest protocol's own units (sealbox's, not the spec's) may come first
         for d in ("/etc/systemd/system", "/usr/lib/systemd/system"):
             try:
                 text = t.read_bytes(f"{d}/{unit}").decode(errors="replace")
@@ -195,8 +195,14 @@ def configure(tree: Path, loaded: LoadedSpec, kernel_load: list[str], epoch: int
     create_users(tree, spec, epoch)
     lock_accounts(tree, spec, epoch)
     copy_files(tree, loaded)
+    features, feature_files = guest_files.feature_files(spec.persistent.disk if spec.persistent.enable else [], spec.cloud.providers)
+    with Tree(tree) as t:
+        for dest, (data, mode) in feature_files.items():
+            t.write_bytes(dest, data, mode)
+        if spec.persistent.enable:  # the mount point: / is read-only at run time
+            t.mkdir(guest_files.PERSISTENT_MOUNT, 0o755)
 
-    enable = list(guest_files.UNITS)
+    enable = list(guest_files.UNITS) + features
     if spec.hardening.ssh:
         enable.append("ssh.service")
     if spec.hardening.firewall:

@@ -58,8 +58,14 @@ def _dump(obj: Any) -> None:
 @click.option("--net", type=click.Choice(["isolated", "nat"]), default="isolated", show_default=True)
 @click.option("--allow-egress", multiple=True, metavar="CIDR[:PORT]", help="nat only: allowed destinations (repeatable).")
 @click.option("--dns", multiple=True, metavar="IP", help="nat only: the guest's resolver (repeatable); default: a forwarder on its link.")
-@click.option("--disk", "disks", multiple=True, metavar="FILE[:ro|rw][:raw|qcow2]",
-              help="Attach a disk (repeatable; default rw, raw: the format is declared, never probed).")
+@click.option("--disk", "disks", multiple=True, metavar="FILE[:ro|rw][:raw|qcow2][,serial=NAME]",
+              help="Attach a disk (repeatable; default rw, raw: the format is declared, never probed; serial: the guest's "
+                   "name for it, e.g. serial=persistent for the persistent module). A rw disk is held by one sandbox at a time.")
+@click.option("--publish", "-p", "publish", multiple=True, metavar="[HOST_IP:][HOST_PORT:]GUEST_PORT[/tcp|udp]",
+              help="Forward a host port to the guest (repeatable; host address default 127.0.0.1; no host port: any free one).")
+@click.option("--net-rate", metavar="RATE[:BURST]", default=None, help="Network rate limit, each direction, e.g. 10MiB/s or 10MiB/s:20MiB.")
+@click.option("--disk-rate", metavar="RATE[:BURST]", default=None, help="Bytes per second per attached disk, e.g. 50MB/s.")
+@click.option("--disk-iops", metavar="OPS[:BURST]", default=None, help="Operations per second per attached disk, e.g. 500.")
 @click.option("--rootfs", type=click.Choice(["initrd", "disk"]), default="initrd", show_default=True)
 @click.option("--vmm", type=click.Choice(["auto", "qemu", "firecracker"]), default="auto", show_default=True)
 @click.option("--accel", type=click.Choice(["auto", "kvm", "tcg"]), default="auto", show_default=True)

@@ -33,7 +33,8 @@ from sealbox.sandbox.steps import undo_steps
 log = logging.getLogger("sealbox.gc")
 LOCK_WAIT = 0.5  # a sandbox whose lock is held this long is busy: skip it, never wait for a `run`
 # removal order of leftovers: what runs first, then what it used, the registry lease last
-ORDER = ("firecracker-jail", "cgroup", "dns-forwarder", "veth", "nft-table", "netns", "netns-placeholder", "ip-forward-user", "lease", "uid")
+ORDER = ("firecracker-jail", "cgroup", "port-forwarder", "dns-forwarder", "veth", "nft-table", "netns", "netns-placeholder",
+         "ip-forward-user", "lease", "uid", "disk-claim")
 
 Action = Literal["remove", "keep"]
 

@@ -154,6 +154,12 @@ def _console_step(spec: SandboxSpec, state: StateDir) -> Step:
                          mark=state.mark(spec.name))
 
 
+def _disk_claims(spec: SandboxSpec, state: StateDir) -> list[Step]:
+    from sealbox.sandbox.host.disklock import claim_steps
+
+    return claim_steps(spec.disks, state.mark(spec.name), str(state.root), spec.name)
+
+
 def _step_entry(step: Step) -> dict[str, Any]:
     return {"kind": step.kind, "describe": step.describe(), "params": step.model_dump(mode="json")}
 
@@ -182,7 +188,7 @@ def dry_run(spec: SandboxSpec, state: StateDir) -> dict[str, Any]:
         "warnings": inp.choice.warnings + ([tdx_note] if spec.tdx else []),
         "image": {"dir": str(inp.image.dir), "name": inp.image.name, "kernel_version": inp.image.kernel_version},
         "network": net.model_dump(mode="json"), "cmdline": plan.cmdline,
-        "steps": [_step_entry(s) for s in [*steps, console, inst]] + backend_steps,
+        "steps": [_step_entry(s) for s in [*_disk_claims(spec, state), *steps, console, inst]] + backend_steps,
     }
     out.update({k: v for k, v in desc.items() if k not in ("steps", "backend", "accel")})
     return out
@@ -240,6 +246,7 @@ def _create(record: SandboxRecord, save: Callable[[], None], inp: Inputs, state:
     sandbox_dir = state.sandbox_dir(spec.name)
     if inp.snapshot is None:
         prestart_client_key(sandbox_dir / KEY_NAME, f"sealbox-{spec.name}")  # overlaps with the network setup
+    apply_steps(_disk_claims(spec, state), record.steps, save, progress)  # a disk in use: refused before anything else
     net, steps = network_steps(state, spec, link=inp.fixed_link())
     uid, gid = lease_of(steps).uid, lease_of(steps).gid  # the sandbox's own VMM identity
     record.network = net.model_dump(mode="json")

@@ -87,6 +87,7 @@ class PsRow(BaseModel):
     error: str | None = None
     labels: dict[str, str] = {}
     reason: str | None = None  # why an exited sandbox exited, if the host can tell (exit_reason)
+    ports: list[str] = []  # published ports as bound ('127.0.0.1:8080->80/tcp'; host/publish.py)
 
     def created(self, now: float | None = None) -> str:
         if not self.created_at:
@@ -98,6 +99,14 @@ class PsRow(BaseModel):
         return f"{int(age)}s ago"
 
 
+def published(record: SandboxRecord) -> list[str]:
+    """The published ports of a record with the host ports the kernel gave (the net.publish step's outputs)."""
+    for e in record.steps.entries:
+        if e.kind == "net.publish" and e.state == "done":
+            return [str(x) for x in e.outputs.get("published", [])]
+    return []
+
+
 def row(record: SandboxRecord, alive: Alive = pid_alive) -> PsRow:
     spec: dict[str, Any] = record.spec or {}
     net = record.network or {}
@@ -106,7 +115,7 @@ def row(record: SandboxRecord, alive: Alive = pid_alive) -> PsRow:
         name=record.name, status=status, reason=exit_reason(record) if status == "exited" else None, vmm=str(record.vmm.get("backend", "-")),
         accel=str(record.vmm.get("accel", "-")), address=str(net.get("guest_ip", "-")),
         cpus=spec.get("cpus"), memory_mib=spec.get("memory_mib"), image=str(record.image.get("name", "-")),
-        created_at=record.created_at, error=record.error, labels=_labels(spec),
+        created_at=record.created_at, error=record.error, labels=_labels(spec), ports=published(record),
     )
 
 
@@ -120,10 +129,10 @@ def corrupt_row(name: str, error: str) -> PsRow:
 
 
 def table(rows: list[PsRow], now: float | None = None) -> str:
-    head: tuple[str, ...] = ("NAME", "STATUS", "VMM", "ACCEL", "ADDRESS", "CPUS", "MEM", "IMAGE", "CREATED")
+    head: tuple[str, ...] = ("NAME", "STATUS", "VMM", "ACCEL", "ADDRESS", "CPUS", "MEM", "IMAGE", "CREATED", "PORTS")
     body: list[tuple[str, ...]] = [
         (r.name, f"{r.status} ({r.reason.split(':')[0]})" if r.reason else r.status, r.vmm, r.accel, r.address, str(r.cpus or "-"),
-         f"{r.memory_mib}M" if r.memory_mib else "-", r.image, r.created(now))
+         f"{r.memory_mib}M" if r.memory_mib else "-", r.image, r.created(now), ", ".join(r.ports))
         for r in rows
     ]
     if any(r.labels for r in rows):  # the column only when someone uses labels

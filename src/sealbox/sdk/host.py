@@ -94,20 +94,14 @@ class LocalHost:
 
     # ---- lifecycle --------------------------------------------------------------------------
     def _spec(self, opts: CreateOptions) -> Any:
-        from sealbox.errors import UsageError
         from sealbox.sandbox import planning
-        from sealbox.sandbox.model import SandboxSpec
 
         flags: dict[str, Any] = opts.model_dump(exclude={"image", "network", "timeout_s", "publish", "from_snapshot"})
         flags.update(image_dir=Path(opts.image), net=opts.network, timeout=opts.timeout_s,
                      from_snapshot=Path(opts.from_snapshot) if opts.from_snapshot else None)
         for key in ("allow_egress", "dns", "disks"):
             flags[key] = list(flags[key])
-        if opts.publish:
-            if "publish" not in SandboxSpec.model_fields:
-                raise UsageError("publish= is not supported by this sealbox's sandbox runtime yet",
-                                 hint="leave publish out (reach the guest with sb.commands / ssh-config -L forwards)")
-            flags["publish"] = list(opts.publish)
+        flags["publish"] = list(opts.publish)
         return planning.make_spec(**flags)
 
     def create(self, opts: CreateOptions, *, warn: Say | None = None, progress: Say | None = None,

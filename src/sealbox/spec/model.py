@@ -26,6 +26,7 @@ OCI_USER_RE = re.compile(r"^([a-z_][a-z0-9_-]{0,31}|[0-9]{1,10})(:([a-z_][a-z0-9
 OCI_TAG_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$")  # a tag as docker and podman accept it
 OCI_REPO_RE = re.compile(r"^[a-z0-9]+((\.|_|__|-+)[a-z0-9]+)*$")  # one path component of an image reference
 DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+CONSOLE_RE = re.compile(r"^console=([A-Za-z]+[0-9]+)(,.*)?$")  # a tty port: ttyS0, hvc0, tty1
 
 
 def _check_all(values: list[str], rx: re.Pattern[str], what: str, allowed: str) -> list[str]:
@@ -194,7 +195,8 @@ class Strip(Section):
 
 class Kernel(Section):
     package: str = setting("linux-image-cloud-amd64", "Debian kernel package (a metapackage is resolved to its image).")
-    cmdline: list[str] = setting([], "Kernel command line arguments baked into the image (UKI .cmdline).")
+    cmdline: list[str] = setting([], "Kernel command line arguments baked into the image (UKI .cmdline). A later console= for a "
+                                     "port replaces an earlier one for the same port (the kernel itself would keep the first's options).")
     modules: list[str] = setting([], "Kernel modules to keep in the image (their dependencies are added).")
     load: list[str] = setting([], "Modules loaded at boot (there is no udev to autoload them).")
 
@@ -206,7 +208,12 @@ class Kernel(Section):
     @field_validator("cmdline")
     @classmethod
     def _cmdline(cls, v: list[str]) -> list[str]:
-        return _check_all(v, CMDLINE_RE, "kernel argument", "printable ASCII without spaces")
+        _check_all(v, CMDLINE_RE, "kernel argument", "printable ASCII without spaces")
+        # console=ttyS0,115200n8 after base's console=ttyS0 must win: Linux keeps the options of a port's first
+        # console= and ignores the later one's (measured: stty speed stays 9600)
+        port = {i: m.group(1) for i, a in enumerate(v) if (m := CONSOLE_RE.match(a))}
+        last = {p: i for i, p in port.items()}
+        return [a for i, a in enumerate(v) if i not in port or last[port[i]] == i]
 
     @field_validator("modules", "load")
     @classmethod
@@ -292,6 +299,29 @@ class Oci(Section):
         return _check_all([v], OCI_TAG_RE, "image tag", "letters, digits, '_', '.', '-'; at most 128, not '.' or '-' first")[0]
 
 
+# one identity of the persistent disk: a serial the host (or cloud) sets, or an Azure data disk LUN (0-63)
+PERSIST_ID_RE = re.compile(r"^(serial=[A-Za-z0-9][A-Za-z0-9._-]{0,19}|azure-lun=([0-9]|[1-5][0-9]|6[0-3]))$")
+PERSIST_TOOLS = ("/usr/sbin/mke2fs", "/usr/sbin/e2fsck")  # what builder's strip.extra_tools would remove
+
+
+class Persistent(Section):
+    enable: bool = setting(False, "At boot, mount the one data disk named by `disk` at /persistent (nosuid,nodev): an ext4 filesystem "
+                                  "is made on a blank disk, an existing one is checked; anything else is left alone (docs/deploy.md).")
+    disk: list[str] = setting([], "The disk's identities, any of which names it: serial=NAME (`sealbox run --disk FILE:rw,serial=NAME`, "
+                                  "a virtio-blk, SCSI or NVMe serial, GCP's device name) or azure-lun=N (an Azure data disk's LUN).")
+
+    @field_validator("disk")
+    @classmethod
+    def _ids(cls, v: list[str]) -> list[str]:
+        return _check_all(v, PERSIST_ID_RE, "disk identity", "serial=NAME (1-20 letters, digits, '.', '_', '-') or azure-lun=0..63")
+
+
+class Cloud(Section):
+    providers: list[Literal["azure", "gcp"]] = setting(
+        [], "Clouds the guest provisions itself on when it boots without a sealbox instance disk: DHCP on eth0, host name and SSH "
+            "keys from the cloud's metadata service, Azure's ready report to its wire server (docs/deploy.md).")
+
+
 class ImageBody(Section):
     """Everything a fragment (module, spec file or profile) may set."""
 
@@ -307,6 +337,8 @@ class ImageBody(Section):
     kernel: Kernel = setting(Kernel(), "Kernel package, command line and modules.")
     output: Output = setting(Output(), "Artifact formats.")
     oci: Oci = setting(Oci(), "Container image settings (used when output.formats is [\"oci\"]).")
+    persistent: Persistent = setting(Persistent(), "A persistent data disk mounted at /persistent (module persistent).")
+    cloud: Cloud = setting(Cloud(), "Self-provisioning on clouds (profiles azure, gcp).")
 
     @field_validator("name")
     @classmethod
@@ -377,6 +409,21 @@ class ImageSpec(ImageBody):
                              "digits, separated by '.', '_', '__' or '-'")
         return self
 
+    @model_validator(mode="after")
+    def _guest_features_have_their_tools(self) -> ImageSpec:
+        pkgs = {p.split("=")[0] for p in self.packages.include}
+        if self.persistent.enable:
+            if not self.persistent.disk:
+                raise ValueError("persistent.enable: persistent.disk names no disk (e.g. \"serial=persistent\")")
+            if "e2fsprogs" not in pkgs:
+                raise ValueError('persistent.enable: the guest makes and checks ext4 with e2fsprogs: add "e2fsprogs" to packages.include')
+            lost = [t for t in PERSIST_TOOLS if self.strip.extra_tools and not any(fnmatch.fnmatchcase(t, k) for k in self.strip.keep)]
+            if lost:
+                raise ValueError(f"persistent.enable: strip.extra_tools removes {lost[0]}: add {', '.join(map(repr, lost))} to strip.keep")
+        if self.cloud.providers and "busybox" not in pkgs:
+            raise ValueError('cloud.providers: the guest uses busybox\'s udhcpc and wget: add "busybox" to packages.include')
+        return self
+
 
 def needs_kernel(formats: Collection[str]) -> bool:
     """Whether a build with these output formats fetches a kernel: every build but a container image's."""
@@ -391,7 +438,11 @@ def vm_only_settings(spec: ImageBody) -> list[str]:
     out += [f"kernel.{n}" for n in ("package", "cmdline", "modules", "load")
             if n in k.model_fields_set and getattr(k, n) != Kernel.model_fields[n].get_default(call_default_factory=True)]
     out += [f"services.{n}" for n in ("enable", "mask") if getattr(spec.services, n)]
+    out += ["persistent.enable"] if spec.persistent.enable else []
+    out += ["cloud.providers"] if spec.cloud.providers else []
     return out
+
+
 
 
 # Keys a fragment may have besides the body's settings.

@@ -30,10 +30,10 @@ def test_a_spec_unit_before_the_ready_marker_fails_the_build(tmp_path: Path) -> 
 
 
 def test_the_guest_protocol_units_may_precede_it(tmp_path: Path) -> None:
-    for unit in guest_files.UNITS:
+    for unit in (*guest_files.UNITS, *guest_files.FEATURE_UNITS):
         _unit(tmp_path, "/usr/lib/systemd/system", unit, "[Unit]\nBefore=sealbox-ready.service\n")
     with Tree(tmp_path) as t:
-        _refuse_pre_ready_units(t, list(guest_files.UNITS))
+        _refuse_pre_ready_units(t, [*guest_files.UNITS, *guest_files.FEATURE_UNITS])
 
 
 def test_the_gui_module_does_not_make_the_cycle() -> None:
