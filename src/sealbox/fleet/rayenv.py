@@ -1,0 +1,175 @@
+"""Ray, kept on this machine's side: the environment and flags sealbox uses whenever it starts or joins Ray,
+and Ray nodes started and stopped by process id.
+
+Ray would otherwise report usage statistics to its vendor and start a dashboard (a web server). sealbox
+turns both off for every node it starts (`ray start` flags and environment) and for every process that
+connects to a fleet (`connect`), and binds each node to the address it is given (`--node-ip-address`).
+Ray's GCS and raylet listen on every address of the network namespace they run in (Ray has no option to
+bind them to one): run fleet nodes on a private network or in a namespace of their own (the tests do).
+
+A node is stopped by its own process id (SIGTERM to `ray start --block`, which stops its children; then
+SIGKILL to whatever of its process tree is left), never by `ray stop`, which finds Ray processes by name
+and would stop every other Ray on the machine.
+
+This module imports Ray only inside `connect`; the CLI can build `ray start` command lines without it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from sealbox.errors import SandboxError, UsageError
+
+NAMESPACE = "sealbox"  # Ray namespace of the agents and KV records
+RES_VCPUS = "sealbox_vcpus"  # a host's sandbox capacity, as Ray custom resources
+RES_MEMORY = "sealbox_memory_mib"
+LABEL_PREFIX = "sealbox."  # node labels sealbox sets: sealbox.host, sealbox.kvm, sealbox.tdx, and the user's own
+
+# Set in every Ray process sealbox starts, and in this process before it connects.
+SAFE_ENV = {
+    "RAY_USAGE_STATS_ENABLED": "0",  # no usage statistics sent anywhere
+    "RAY_USAGE_STATS_PROMPT_ENABLED": "0",
+    "RAY_DISABLE_DOCKER_CPU_WARNING": "1",
+    "RAY_AUTH_MODE": os.environ.get("RAY_AUTH_MODE", "disabled"),
+}
+
+
+def safe_environ(base: Mapping[str, str] | None = None) -> dict[str, str]:
+    """`base` (default: os.environ) with sealbox's Ray settings forced on."""
+    env = dict(os.environ if base is None else base)
+    env.update(SAFE_ENV)
+    env["RAY_USAGE_STATS_ENABLED"] = "0"  # whatever the caller had
+    return env
+
+
+def apply_safe_env() -> None:
+    """Force the settings in this process (before Ray is imported or connected)."""
+    os.environ.update(SAFE_ENV)
+    os.environ["RAY_USAGE_STATS_ENABLED"] = "0"
+
+
+def ray_argv(*args: str) -> list[str]:
+    """`ray ARGS` with this interpreter (the venv's Ray, whatever is on PATH)."""
+    return [sys.executable, "-m", "ray.scripts.scripts", *args]
+
+
+def _check_ip(ip: str) -> str:
+    import ipaddress
+
+    try:
+        return str(ipaddress.ip_address(ip))
+    except ValueError:
+        raise UsageError(f"--node-ip {ip!r} is not an IP address", hint="the address this node is reached at, e.g. 10.0.0.5") from None
+
+
+def start_argv(*, node_ip: str, temp_dir: Path, head: bool = False, address: str | None = None, port: int | None = None,
+               resources: Mapping[str, float] | None = None, labels: Mapping[str, str] | None = None,
+               num_cpus: int = 1) -> list[str]:
+    """`ray start --block` for a head (head=True) or a worker joining `address`, with the safe flags."""
+    argv = ray_argv("start", "--block", "--node-ip-address", _check_ip(node_ip), "--temp-dir", str(temp_dir),
+                    "--disable-usage-stats", "--include-dashboard", "false", "--num-cpus", str(num_cpus),
+                    "--include-log-monitor", "false")
+    if head:
+        argv += ["--head", "--port", str(port or 6380), "--dashboard-host", "127.0.0.1"]
+    else:
+        if not address:
+            raise UsageError("joining a fleet needs its address (HEAD_IP:PORT)")
+        argv += ["--address", address]
+    if resources:
+        argv += ["--resources", json.dumps(dict(resources), sort_keys=True)]
+    if labels:
+        # Ray 2.60's own form (its JSON form is deprecated); Ray checks the keys and values (Kubernetes syntax)
+        argv += ["--labels", ",".join(f"{k}={v}" for k, v in sorted(labels.items()))]
+    return argv
+
+
+@dataclass
+class RayNode:
+    """A `ray start --block` process this process started, and how to stop exactly it."""
+
+    proc: subprocess.Popen[bytes]
+    temp_dir: Path
+    log: Path
+    pids: set[int] = field(default_factory=set)
+
+    @classmethod
+    def start(cls, argv: list[str], temp_dir: Path, *, env: Mapping[str, str] | None = None, timeout: float = 90.0,
+              prefix: list[str] | None = None) -> RayNode:
+        """Start the node (`prefix`: e.g. an `ip netns exec NS` in tests) and wait until Ray says it runs."""
+        temp_dir.mkdir(parents=True, exist_ok=True)
+        log = temp_dir / "ray-start.log"
+        with open(log, "wb") as out:
+            proc = subprocess.Popen([*(prefix or []), *argv], stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                    env=safe_environ(env), start_new_session=True)
+        node = cls(proc, temp_dir, log)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            text = log.read_bytes().decode(errors="replace")
+            if "Ray runtime started" in text:
+                node.pids = node.tree()
+                return node
+            if proc.poll() is not None:
+                break
+            time.sleep(0.2)
+        tail = " | ".join(log.read_bytes().decode(errors="replace").strip().splitlines()[-3:])
+        node.stop()
+        raise SandboxError(f"ray start did not come up within {timeout:g}s: {tail[-400:]}", hint=f"see {log}")
+
+    def tree(self) -> set[int]:
+        """The node's processes: `ray start` and its descendants (ppid links, read from /proc)."""
+        children: dict[int, list[int]] = {}
+        for d in Path("/proc").iterdir():
+            if d.name.isdigit():
+                try:
+                    ppid = int((d / "stat").read_text().rsplit(")", 1)[1].split()[1])
+                except (OSError, ValueError, IndexError):
+                    continue
+                children.setdefault(ppid, []).append(int(d.name))
+        out, todo = set(), [self.proc.pid]
+        while todo:
+            pid = todo.pop()
+            if pid not in out:
+                out.add(pid)
+                todo += children.get(pid, [])
+        return out
+
+    def stop(self, timeout: float = 20.0) -> None:
+        """SIGTERM to `ray start` (it stops its node), then SIGKILL to what is left of the tree it had."""
+        known = self.pids | self.tree()
+        with contextlib.suppress(ProcessLookupError):
+            self.proc.send_signal(signal.SIGTERM)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            self.proc.wait(timeout)
+        for pid in known | self.tree():
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.kill(pid, signal.SIGKILL)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            self.proc.wait(5)
+
+
+def connect(address: str | None, *, namespace: str = NAMESPACE) -> Any:
+    """Join the Ray cluster at `address` as a driver (no-op if this process already is one); returns `ray`."""
+    apply_safe_env()
+    try:
+        import ray
+    except ImportError:
+        raise UsageError("fleet mode needs Ray", hint="install the extra: pip install 'sealbox[fleet]'") from None
+    if not ray.is_initialized():
+        try:
+            ray.init(address=address or "auto", namespace=namespace, include_dashboard=False, log_to_driver=False,
+                     logging_level=logging.ERROR, configure_logging=True)
+        except (ConnectionError, RuntimeError, ValueError) as e:
+            raise SandboxError(f"cannot join the fleet at {address or 'auto'}: {' '.join(str(e).split())[:300]}",
+                               hint="is a head running there (sealbox fleet head), and does this machine run a fleet node?") from None
+    return ray
