@@ -1,7 +1,7 @@
 """sealbox: build, measure, run and attest minimal reproducible Linux microVM images.
 
 `import sealbox` stays light (the CLI starts from here): the SDK's names (sealbox.Sandbox, AsyncSandbox, Pool,
-the exceptions) are loaded from sealbox.sdk on first use.
+the exceptions) are loaded from sealbox.sdk on first use, sealbox.Fleet from sealbox.fleet.
 """
 
 __version__ = "0.1.0"
@@ -11,6 +11,10 @@ SDK_NAMES = frozenset({"Sandbox", "AsyncSandbox", "AsyncCommandHandle", "Pool", 
 
 
 def __getattr__(name: str) -> object:
+    if name == "Fleet":  # fleet mode (sealbox[fleet]): Ray is imported only when a Fleet is made
+        import importlib
+
+        return importlib.import_module("sealbox.fleet.client").Fleet
     if name in SDK_NAMES:
         # by name: only a user of the SDK gets here, so the builder's static import graph (its build key) rightly
         # does not include the SDK and the sandbox layer below it

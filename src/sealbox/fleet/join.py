@@ -1,0 +1,93 @@
+"""A host joining (or heading) a fleet: `sealbox fleet join` / `sealbox fleet head`.
+
+join: `doctor` decides the labels the host can honestly declare (sealbox.kvm, sealbox.tdx; the user adds
+more), then a Ray worker node starts with the host's sandbox capacity as resources (sealbox_vcpus,
+sealbox_memory_mib) and those labels, then this process, as a short-lived driver on that node, starts the
+host agent (agent.start) and lets go. The process stays in the foreground as the host's membership: SIGTERM
+or Ctrl-C stops the Ray node by its process id (the agent with it); the sandboxes stay on the host, and the
+fleet lists them as lost until the host joins again and its agent re-adopts them.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import threading
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from types import FrameType
+
+from sealbox.errors import UsageError
+from sealbox.fleet import rayenv
+from sealbox.fleet.rayenv import LABEL_PREFIX, RES_MEMORY, RES_VCPUS, RayNode
+
+
+def default_capacity() -> tuple[int, int]:
+    """All CPUs, and 80 % of the RAM, as sandbox capacity."""
+    mem_kib = next(int(line.split()[1]) for line in Path("/proc/meminfo").read_text().splitlines() if line.startswith("MemTotal:"))
+    return os.cpu_count() or 1, int(mem_kib / 1024 * 0.8)
+
+
+def host_labels(state_dir: Path | None, name: str, extra: Mapping[str, str], *, probe: bool = True) -> dict[str, str]:
+    """sealbox.host=NAME, sealbox.kvm/tdx as doctor finds them, and the user's own (prefixed sealbox.)."""
+    labels = {LABEL_PREFIX + "host": name}
+    if probe:
+        from sealbox import doctor
+        from sealbox.sandbox.state import state_root
+
+        checks = {c.name: c.status for c in doctor.run_checks(state_root(state_dir))}
+        labels[LABEL_PREFIX + "kvm"] = "true" if checks.get("kvm") == "ok" else "false"
+        labels[LABEL_PREFIX + "tdx"] = "true" if checks.get("tdx") == "ok" else "false"
+    for k, v in extra.items():
+        labels[k if "." in k or "/" in k else LABEL_PREFIX + k] = v
+    return labels
+
+
+def _hold(node: RayNode, on_ready: Callable[[], None] | None) -> int:
+    """Stay until the node ends or a signal asks us to leave; then stop the node by its pid."""
+    leave = threading.Event()
+
+    def on_signal(signum: int, frame: FrameType | None) -> None:
+        leave.set()
+
+    old = {s: signal.signal(s, on_signal) for s in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)}
+    try:
+        if on_ready:
+            on_ready()
+        while not leave.wait(0.5):
+            if node.proc.poll() is not None:
+                return 1
+        return 0
+    finally:
+        node.stop()
+        for s, h in old.items():
+            signal.signal(s, h)
+
+
+def head(*, node_ip: str, port: int, temp_dir: Path, on_ready: Callable[[], None] | None = None) -> int:
+    node = RayNode.start(rayenv.start_argv(node_ip=node_ip, temp_dir=temp_dir, head=True, port=port), temp_dir)
+    return _hold(node, on_ready)
+
+
+def join(address: str, *, node_ip: str, temp_dir: Path, cpus: int | None = None, memory_mib: int | None = None,
+         labels: Mapping[str, str] | None = None, name: str | None = None, state_dir: Path | None = None,
+         host_factory: str | None = None, probe: bool = True, on_ready: Callable[[], None] | None = None) -> int:
+    dc, dm = default_capacity()
+    cpus, memory_mib = cpus or dc, memory_mib or dm
+    if cpus < 1 or memory_mib < 64:
+        raise UsageError(f"capacity {cpus} vCPUs / {memory_mib} MiB is too small", hint="--cpus 1 or more, --memory 64 or more")
+    resources = {RES_VCPUS: float(cpus), RES_MEMORY: float(memory_mib)}
+    node_labels = host_labels(state_dir, name or socket.gethostname(), labels or {}, probe=probe)
+    node = RayNode.start(rayenv.start_argv(node_ip=node_ip, temp_dir=temp_dir, address=address, resources=resources,
+                                           labels=node_labels), temp_dir)
+    try:
+        from sealbox.fleet import agent
+
+        ray = rayenv.connect(address)
+        agent.start(ray.get_runtime_context().get_node_id(), host_factory=host_factory)
+        ray.shutdown()
+    except BaseException:
+        node.stop()
+        raise
+    return _hold(node, on_ready)
