@@ -84,7 +84,7 @@ def join(address: str, *, node_ip: str, temp_dir: Path, cpus: int | None = None,
     try:
         from sealbox.fleet import agent
 
-        ray = rayenv.connect(address)
+        ray = rayenv.connect(address, node_ip=node_ip)
         agent.start(ray.get_runtime_context().get_node_id(), host_factory=host_factory)
         ray.shutdown()
     except BaseException:

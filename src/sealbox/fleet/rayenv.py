@@ -78,10 +78,9 @@ def start_argv(*, node_ip: str, temp_dir: Path, head: bool = False, address: str
                num_cpus: int = 1) -> list[str]:
     """`ray start --block` for a head (head=True) or a worker joining `address`, with the safe flags."""
     argv = ray_argv("start", "--block", "--node-ip-address", _check_ip(node_ip), "--temp-dir", str(temp_dir),
-                    "--disable-usage-stats", "--include-dashboard", "false", "--num-cpus", str(num_cpus),
-                    "--include-log-monitor", "false")
-    if head:
-        argv += ["--head", "--port", str(port or 6380), "--dashboard-host", "127.0.0.1"]
+                    "--disable-usage-stats", "--num-cpus", str(num_cpus), "--include-log-monitor", "false")
+    if head:  # only a head runs a dashboard (ray start refuses the flag on a worker)
+        argv += ["--head", "--port", str(port or 6380), "--include-dashboard", "false", "--dashboard-host", "127.0.0.1"]
     else:
         if not address:
             raise UsageError("joining a fleet needs its address (HEAD_IP:PORT)")
@@ -158,8 +157,12 @@ class RayNode:
             self.proc.wait(5)
 
 
-def connect(address: str | None, *, namespace: str = NAMESPACE) -> Any:
-    """Join the Ray cluster at `address` as a driver (no-op if this process already is one); returns `ray`."""
+def connect(address: str | None, *, namespace: str = NAMESPACE, node_ip: str | None = None) -> Any:
+    """Join the Ray cluster at `address` as a driver (no-op if this process already is one); returns `ray`.
+
+    node_ip: the node this driver attaches to (its raylet). Ray otherwise picks the node by its own guess
+    of this machine's address, which picked another node's raylet when nodes share a filesystem (the
+    head's sockets are reachable as files from a host in another network namespace)."""
     apply_safe_env()
     try:
         import ray
@@ -167,8 +170,9 @@ def connect(address: str | None, *, namespace: str = NAMESPACE) -> Any:
         raise UsageError("fleet mode needs Ray", hint="install the extra: pip install 'sealbox[fleet]'") from None
     if not ray.is_initialized():
         try:
+            extra = {"_node_ip_address": _check_ip(node_ip)} if node_ip else {}
             ray.init(address=address or "auto", namespace=namespace, include_dashboard=False, log_to_driver=False,
-                     logging_level=logging.ERROR, configure_logging=True)
+                     logging_level=logging.ERROR, configure_logging=True, **extra)
         except (ConnectionError, RuntimeError, ValueError) as e:
             raise SandboxError(f"cannot join the fleet at {address or 'auto'}: {' '.join(str(e).split())[:300]}",
                                hint="is a head running there (sealbox fleet head), and does this machine run a fleet node?") from None
