@@ -10,6 +10,8 @@ import subprocess
 import threading
 from typing import IO, Any
 
+from sealbox.errors import SealboxError
+from sealbox.fleet import wire
 from sealbox.fleet.execs import CHUNK
 
 AGENT_GONE = 255  # as ssh's own failure: the SDK says the command could not be run
@@ -44,16 +46,17 @@ class RemoteChannel:
         code = AGENT_GONE
         try:
             while True:
-                res = ray.get(self.agent.pump.remote(self.xid, 2.0))
-                if "error" in res:
-                    _write_all(self._w_err, f"sealbox fleet: {res['message']}\n".encode())
+                try:
+                    res = wire.pump(ray.get(self.agent.pump.remote(self.xid, 2.0)))
+                except SealboxError as e:  # the agent refused, or answered garbage: the command is lost
+                    _write_all(self._w_err, f"sealbox fleet: {e.message}\n".encode())
                     break
-                if res["out"]:
-                    _write_all(self._w_out, res["out"])
-                if res["err"]:
-                    _write_all(self._w_err, res["err"])
-                if res["exit"] is not None:
-                    code = int(res["exit"])
+                if res.out:
+                    _write_all(self._w_out, res.out)
+                if res.err:
+                    _write_all(self._w_err, res.err)
+                if res.exit is not None:
+                    code = res.exit
                     break
         except Exception as e:  # noqa: BLE001 - the agent died (its host left): the command is lost
             with contextlib.suppress(OSError):

@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from sealbox.errors import NotFound, ResourceExhausted, SandboxError, SandboxTimeout, SealboxError, UsageError
-from sealbox.fleet import cluster, rayenv, records
+from sealbox.fleet import cluster, rayenv, records, wire
 from sealbox.fleet.records import Record
 from sealbox.sandbox.status import PsRow
 from sealbox.sdk.host import Say
@@ -34,15 +34,6 @@ from sealbox.sdk.options import CreateOptions
 
 DEFAULT_MEMORY_MIB = 512
 CALL_MARGIN_S = 120.0  # beyond a create's own timeout, for the host's setup and teardown
-ERRORS: dict[str, type[SealboxError]] = {c.__name__: c for c in (SealboxError, SandboxError, NotFound, SandboxTimeout,
-                                                                  ResourceExhausted, UsageError)}
-
-
-def _raise(res: Any) -> Any:
-    """An agent's answer, or the error it carries raised as the same sealbox exception."""
-    if isinstance(res, dict) and "error" in res:
-        raise ERRORS.get(res["error"], SandboxError)(res["message"], hint=res.get("hint"))
-    return res
 
 
 def _memory(opts: CreateOptions) -> int:
@@ -180,7 +171,10 @@ class Fleet:
                 if time.monotonic() > deadline:
                     cluster.remove_pg(cluster.pg_name(opts.name))
                     raise SandboxTimeout(f"sandbox {opts.name}: its host did not finish the create in time")
-            return dict(_raise(self.ray.get(ref)))
+            res = wire.check(self.ray.get(ref))
+            if not isinstance(res, dict):
+                raise SandboxError(f"sandbox {opts.name}: its host answered the create with something else")
+            return res
         except KeyboardInterrupt:
             cluster.remove_pg(cluster.pg_name(opts.name))
             with contextlib.suppress(Exception):  # undone or failed: either way nothing stays
@@ -213,7 +207,7 @@ class Fleet:
     def _call(self, name: str, method: str, *args: Any, timeout: float | None = 120.0) -> Any:
         rec, agent = self._owner(name)
         try:
-            return _raise(self.ray.get(getattr(agent, method).remote(*args), timeout=timeout))
+            return wire.check(self.ray.get(getattr(agent, method).remote(*args), timeout=timeout))
         except SealboxError:
             raise
         except Exception as e:  # noqa: BLE001 - actor died / timed out: said in one line
@@ -226,7 +220,11 @@ class Fleet:
         if rec.state in ("placing", "creating"):
             return PsRow(name=name, status="creating", cpus=rec.cpus, memory_mib=rec.memory_mib, labels=rec.labels,
                          created_at=rec.created_at)
-        return PsRow.model_validate(self._call(name, "info", name)["row"])
+        res = self._call(name, "info", name)
+        row = wire.row(res.get("row") if isinstance(res, dict) else None, rec.host or str(rec.node))
+        if row.name != name:
+            raise SandboxError(f"host {rec.host or rec.node} answered for {row.name} when asked for {name}")
+        return row
 
     def list(self, *, all_: bool = False, labels: Mapping[str, str] | None = None) -> builtins.list[PsRow]:
         """Every fleet sandbox on every live host, and the lost ones (their host left), sorted by name."""
@@ -243,8 +241,7 @@ class Fleet:
         rows: dict[str, PsRow] = {}
         for node, ref in refs.items():
             try:
-                for r in self.ray.get(ref, timeout=60):
-                    row = PsRow.model_validate(r)
+                for row in wire.rows(self.ray.get(ref, timeout=60), node[:12]):
                     row.labels.pop(FLEET_LABEL, None)
                     rows[row.name] = row
             except Exception:  # noqa: BLE001 - that host is going away: its records say lost below
@@ -272,10 +269,10 @@ class Fleet:
         self._call(name, "remove", name, force)
 
     def stop(self, name: str, timeout: float) -> str:
-        return str(self._call(name, "stop", name, timeout, timeout=timeout + 60)["how"])
+        return wire.text(wire.field(self._call(name, "stop", name, timeout, timeout=timeout + 60), "how", str), 200)
 
     def inspect(self, name: str) -> dict[str, Any]:
-        out = dict(self._call(name, "inspect", name)["record"])
+        out = dict(wire.field(self._call(name, "inspect", name), "record", dict))
         rec = self._record(name)
         out["fleet"] = rec.model_dump()
         return out
@@ -283,13 +280,13 @@ class Fleet:
     def logs(self, name: str, *, follow: bool = False, max_seconds: float | None = None) -> Iterator[bytes]:
         offset, deadline = 0, None if max_seconds is None else time.monotonic() + max_seconds
         while True:
-            res = self._call(name, "logs", name, offset)
-            if res["data"]:
-                offset += len(res["data"])
-                yield res["data"]
-            if offset < res["size"]:
+            res = wire.logs(self._call(name, "logs", name, offset))
+            if res.data:
+                offset += len(res.data)
+                yield res.data
+            if offset < res.size:
                 continue
-            if not follow or res["status"] not in ("running", "creating") or (deadline and time.monotonic() > deadline):
+            if not follow or res.status not in ("running", "creating") or (deadline and time.monotonic() > deadline):
                 return
             time.sleep(0.5)
 
@@ -306,14 +303,14 @@ class Fleet:
         return done
 
     def snapshot(self, name: str, dest: Path | None = None, *, resume: bool = True) -> Path:
-        return Path(self._call(name, "snapshot", name, None if dest is None else str(dest), resume)["path"])
+        return Path(wire.field(self._call(name, "snapshot", name, None if dest is None else str(dest), resume), "path", str))
 
     # ---- Host: the guest -----------------------------------------------------------------------
     def spawn(self, name: str, remote: str, *, user: str | None, stdin: bool) -> tuple[Any, Callable[[], None]]:
         from sealbox.fleet.channel import RemoteChannel
 
         _rec, agent = self._owner(name)
-        xid = self._call(name, "spawn", name, remote, user, stdin)["id"]
+        xid = wire.field(self._call(name, "spawn", name, remote, user, stdin), "id", int)
         return RemoteChannel(agent, xid, stdin=stdin), _nothing
 
     def disconnect(self, name: str) -> None:

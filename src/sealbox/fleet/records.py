@@ -20,28 +20,31 @@ import json
 import time
 from typing import Any, Literal
 
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 
 from sealbox.fleet.rayenv import NAMESPACE
+from sealbox.util.names import NAME_RE
 
 PREFIX = b"sandbox/"
+MAX_RECORD = 64 * 1024  # bytes: a record is a few hundred; anything bigger is not one of ours
 State = Literal["placing", "creating", "running", "lost"]
+_ID = r"^[A-Za-z0-9_.:/=-]{0,256}$"  # Ray ids, host names, placement group names: no spaces, no control characters
 
 
 class Record(BaseModel):
-    name: str
+    name: str = Field(pattern=NAME_RE.pattern)
     state: State = "placing"
-    caller: str = ""  # Ray job id (hex) of the creating process
+    caller: str = Field("", pattern=_ID)  # Ray job id (hex) of the creating process
     held: bool = False  # removed when the caller's job ends (pool members)
-    node: str | None = None  # Ray node id of the host
-    host: str | None = None  # the host's name (its sealbox.host label)
-    pg: str | None = None  # name of the placement group holding its capacity
-    cpus: int = 0
-    memory_mib: int = 0
-    labels: dict[str, str] = {}
+    node: str | None = Field(None, pattern=_ID)  # Ray node id of the host
+    host: str | None = Field(None, pattern=_ID)  # the host's name (its sealbox.host label)
+    pg: str | None = Field(None, pattern=_ID)  # name of the placement group holding its capacity
+    cpus: int = Field(0, ge=0, le=1 << 16)
+    memory_mib: int = Field(0, ge=0, le=1 << 40)
+    labels: dict[str, str] = Field(default_factory=dict, max_length=256)
     created_at: float = 0.0
     lost_at: float | None = None
-    reason: str | None = None
+    reason: str | None = Field(None, max_length=1000)
 
 
 def _kv() -> Any:
@@ -66,8 +69,7 @@ def put(rec: Record) -> None:
 
 
 def get(name: str) -> Record | None:
-    raw = _kv()._internal_kv_get(key(name), namespace=NAMESPACE)
-    return _parse(raw)
+    return parse(key(name), _kv()._internal_kv_get(key(name), namespace=NAMESPACE))
 
 
 def delete(name: str) -> None:
@@ -78,16 +80,19 @@ def all_records() -> dict[str, Record]:
     kv = _kv()
     out: dict[str, Record] = {}
     for k in kv._internal_kv_list(PREFIX, namespace=NAMESPACE):
-        rec = _parse(kv._internal_kv_get(k, namespace=NAMESPACE))
+        rec = parse(k, kv._internal_kv_get(k, namespace=NAMESPACE))
         if rec is not None:
             out[rec.name] = rec
     return out
 
 
-def _parse(raw: bytes | None) -> Record | None:
-    if raw is None:
+def parse(k: bytes, raw: bytes | None) -> Record | None:
+    """The record stored at key `k`, or None if it is not a well-formed record of that name (any member of
+    the fleet can write here: a listing skips what it cannot trust instead of crashing or showing it)."""
+    if raw is None or len(raw) > MAX_RECORD or not k.startswith(PREFIX):
         return None
     try:
-        return Record.model_validate(json.loads(raw))
-    except ValueError:
-        return None  # not ours to interpret; never crash a listing on it
+        rec = Record.model_validate(json.loads(raw), strict=False)
+    except (ValueError, RecursionError):  # JSON, UTF-8 and validation errors are ValueErrors
+        return None
+    return rec if key(rec.name) == k else None

@@ -5,7 +5,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from sealbox.fleet import cluster, records
+from sealbox.errors import SealboxError
+from sealbox.fleet import cluster, records, wire
 from sealbox.fleet.rayenv import LABEL_PREFIX, RES_MEMORY, RES_VCPUS
 
 if TYPE_CHECKING:
@@ -31,9 +32,10 @@ def fleet_status(fleet: Fleet) -> dict[str, Any]:
         agent: dict[str, Any] = {"state": "none"}
         if node in hellos:
             try:
-                hello = fleet.ray.get(hellos[node], timeout=30)
-                fails = [c["name"] for c in hello["doctor"] if c.get("status") == "fail"]
-                agent = {"state": "up", "pid": hello["pid"], "doctor_failures": fails, "adopted": hello["adopted"]}
+                hello = wire.hello(fleet.ray.get(hellos[node], timeout=30))
+                agent = {"state": "up", "pid": hello.pid, "doctor_failures": hello.doctor_failures(), "adopted": hello.adopted}
+            except SealboxError as e:
+                agent = {"state": f"answering garbage ({e.message})"}
             except Exception as e:  # noqa: BLE001 - restarting or gone: said as such
                 agent = {"state": f"not answering ({type(e).__name__})"}
         mine = sorted(r.name for r in recs.values() if r.node == node and r.state != "lost")
