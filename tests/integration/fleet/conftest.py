@@ -5,182 +5,27 @@ at the end no process may be left in any of the namespaces, and the namespaces a
 
 from __future__ import annotations
 
-import contextlib
-import ipaddress
-import os
-import secrets
-import shutil
-import signal
-import subprocess
 import sys
-import tempfile
-import time
 from collections.abc import Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
 
+sys.path.insert(0, str(Path(__file__).parent))
+
+import fleet_integ  # noqa: E402
+
 HERE = Path(__file__).parent
-PORT = 6380
-
-
-def _missing() -> str | None:
-    if os.geteuid() != 0:
-        return "fleet integration tests need root (network namespaces)"
-    if shutil.which("ip") is None:
-        return "fleet integration tests need ip (iproute2)"
-    try:
-        import ray  # noqa: F401
-    except ImportError:
-        return "fleet integration tests need Ray (pip install -e '.[fleet]')"
-    return None
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    why = _missing()
+    why = fleet_integ.missing()
     if why:
         for item in items:
             if str(HERE) in str(item.fspath):
                 item.add_marker(pytest.mark.skip(reason=why))
 
 
-def ip(*args: str) -> None:
-    subprocess.run(["ip", *args], check=True, capture_output=True, timeout=30)
-
-
-def netns_inode(name: str) -> int | None:
-    try:
-        return os.stat(f"/run/netns/{name}").st_ino
-    except OSError:
-        return None
-
-
-def procs_in(inodes: set[int]) -> dict[int, str]:
-    """pid -> command line of every process whose network namespace is one of `inodes`."""
-    found = {}
-    for d in Path("/proc").iterdir():
-        if not d.name.isdigit():
-            continue
-        try:
-            ino = os.stat(d / "ns" / "net").st_ino
-            if ino in inodes:
-                found[int(d.name)] = (d / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")[:200]
-        except OSError:
-            continue
-    return found
-
-
-@dataclass
-class Fleet:
-    tag: str
-    head_ns: str
-    head_ip: str
-    tmp: Path
-    hosts: dict[str, dict[str, str]] = field(default_factory=dict)  # name -> {ns, ip, zone, state}
-    joins: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
-
-    @property
-    def address(self) -> str:
-        return f"{self.head_ip}:{PORT}"
-
-    def env(self, **extra: str) -> dict[str, str]:
-        from sealbox.fleet.rayenv import safe_environ
-
-        path = os.pathsep.join([str(HERE), os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep)
-        return {**safe_environ(), "PYTHONPATH": path, "PYTHONUNBUFFERED": "1", "TMPDIR": str(self.tmp), **extra}
-
-    def in_head(self, argv: list[str], timeout: float) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(["ip", "netns", "exec", self.head_ns, *argv], capture_output=True, text=True, timeout=timeout,
-                              env=self.env(SEALBOX_STATE_DIR=str(self.tmp / "caller")))
-
-    def namespaces(self) -> list[str]:
-        return [self.head_ns, *(h["ns"] for h in self.hosts.values())]
-
-
-def _link(f: Fleet, name: str, i: int, net: ipaddress.IPv4Network, zone: str) -> None:
-    ns = f"{f.tag}-{name}"
-    ip("netns", "add", ns)
-    f.hosts[name] = {"ns": ns, "ip": str(net[10 + i]), "zone": zone, "state": str(f.tmp / name)}
-    ip("-n", f.head_ns, "link", "add", f"v{i}", "type", "veth", "peer", "name", "eth0", "netns", ns)
-    ip("-n", f.head_ns, "link", "set", f"v{i}", "master", "br0", "up")
-    ip("-n", ns, "addr", "add", f"{net[10 + i]}/{net.prefixlen}", "dev", "eth0")
-    ip("-n", ns, "link", "set", "eth0", "up")
-    ip("-n", ns, "link", "set", "lo", "up")
-
-
-def _join(f: Fleet, name: str, timeout: float = 120.0) -> None:
-    h = f.hosts[name]
-    argv = ["ip", "netns", "exec", h["ns"], sys.executable, str(HERE / "fleet_join.py"), f.address, h["ip"],
-            str(f.tmp / f"ray-{name}"), name, h["zone"]]
-    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=open(f.tmp / f"join-{name}.log", "wb"),  # noqa: SIM115
-                            env=f.env(SEALBOX_STATE_DIR=h["state"]))
-    f.joins[name] = proc
-    assert proc.stdout is not None
-    os.set_blocking(proc.stdout.fileno(), False)
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        line = proc.stdout.readline()
-        if line.strip() == b"joined":
-            return
-        if proc.poll() is not None:
-            break
-        time.sleep(0.2)
-    raise AssertionError(f"host {name} did not join: {(f.tmp / f'join-{name}.log').read_text()[-2000:]}")
-
-
-def _teardown(f: Fleet, head: object | None) -> list[str]:
-    """Leave (SIGTERM to each membership process), stop the head by pid; what was left in the namespaces."""
-    for proc in f.joins.values():
-        with contextlib.suppress(ProcessLookupError):
-            proc.send_signal(signal.SIGTERM)
-    for proc in f.joins.values():
-        try:
-            proc.wait(60)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-    if head is not None:
-        head.stop()  # type: ignore[attr-defined]
-    inodes = {i for i in (netns_inode(ns) for ns in f.namespaces()) if i is not None}
-    deadline = time.monotonic() + 20
-    while (left := procs_in(inodes)) and time.monotonic() < deadline:
-        time.sleep(0.5)
-    for pid in left:  # in our own namespaces only: ours
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, signal.SIGKILL)
-    for ns in f.namespaces():
-        if netns_inode(ns) is not None:
-            subprocess.run(["ip", "netns", "del", ns], capture_output=True, timeout=30)
-    return [f"pid {pid}: {cmd}" for pid, cmd in left.items()]
-
-
 @pytest.fixture(scope="module")
-def ray_fleet() -> Iterator[Fleet]:
-    from sealbox.fleet.rayenv import RayNode, start_argv
-
-    pool = ipaddress.ip_network(os.environ.get("SEALBOX_SUBNET_POOL", "10.200.0.0/16"))
-    net = list(pool.subnets(new_prefix=24))[-1]  # the last /24 of the pool: the simulated hosts' link
-    base = Path(os.environ.get("TMPDIR", "/var/tmp"))
-    tmp = Path(tempfile.mkdtemp(prefix="rf", dir=base))  # short: Ray's unix socket paths live under it
-    tag = "sbf" + secrets.token_hex(3)
-    f = Fleet(tag=tag, head_ns=f"{tag}-head", head_ip=str(net[1]), tmp=tmp)
-    head = None
-    try:
-        ip("netns", "add", f.head_ns)
-        ip("-n", f.head_ns, "link", "add", "br0", "type", "bridge")
-        ip("-n", f.head_ns, "addr", "add", f"{net[1]}/{net.prefixlen}", "dev", "br0")
-        ip("-n", f.head_ns, "link", "set", "br0", "up")
-        ip("-n", f.head_ns, "link", "set", "lo", "up")
-        for i, (name, zone) in enumerate((("host0", "a"), ("host1", "b"))):
-            _link(f, name, i, net, zone)
-        head = RayNode.start(start_argv(node_ip=f.head_ip, temp_dir=tmp / "ray-head", head=True, port=PORT), tmp / "ray-head",
-                             prefix=["ip", "netns", "exec", f.head_ns], env=f.env())
-        for name in f.hosts:
-            _join(f, name)
-        yield f
-    finally:
-        left = _teardown(f, head)
-        leaked = [ns for ns in f.namespaces() if netns_inode(ns) is not None]
-        shutil.rmtree(tmp, ignore_errors=True)
-        assert not left, f"processes left in the fleet's namespaces (now killed): {left}"
-        assert not leaked, f"namespaces left: {leaked}"
+def ray_fleet() -> Iterator[fleet_integ.Fleet]:
+    yield from fleet_integ.ray_fleet()

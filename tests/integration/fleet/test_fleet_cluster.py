@@ -8,18 +8,18 @@ the placement groups, the KV records, the host agents and the routing of calls a
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 
 import pytest
-
-from conftest import HERE, Fleet, netns_inode, procs_in
+from fleet_integ import HERE, Fleet, netns_inode, procs_in
 
 pytestmark = pytest.mark.integration
 
 
 def test_place_exec_status_remove(ray_fleet: Fleet) -> None:
     f = ray_fleet
-    proc = f.in_head([__import__("sys").executable, str(HERE / "fleet_driver.py"), f.address, f.tag], timeout=240)
+    proc = f.in_head([sys.executable, str(HERE / "fleet_driver.py"), f.address, f.tag], timeout=240)
     assert proc.returncode == 0, proc.stderr[-3000:]
     out = json.loads(proc.stdout.strip().splitlines()[-1])
     names = [f"{f.tag}-b", *(f"{f.tag}-{i}" for i in range(3))]
