@@ -43,6 +43,7 @@ COMMANDS: dict[str, str] = {
     "ssh": "sealbox.cli.ssh:ssh",
     "ssh-config": "sealbox.cli.ssh:ssh_config",
     "rdp": "sealbox.cli.rdp:rdp",
+    "fleet": "sealbox.cli.fleet:fleet",
 }
 
 

@@ -11,16 +11,34 @@ fleet lists them as lost until the host joins again and its agent re-adopts them
 from __future__ import annotations
 
 import os
+import re
 import signal
 import socket
 import threading
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from types import FrameType
 
 from sealbox.errors import UsageError
 from sealbox.fleet import rayenv
 from sealbox.fleet.rayenv import LABEL_PREFIX, RES_MEMORY, RES_VCPUS, RayNode
+
+# Ray's node label syntax (Kubernetes'): an optional DNS prefix and '/', then a name; values alike or empty
+_LABEL_NAME = r"[A-Za-z0-9]([A-Za-z0-9._-]{0,61}[A-Za-z0-9])?"
+LABEL_KEY = re.compile(rf"^([a-z0-9]([a-z0-9.-]{{0,251}}[a-z0-9])?/)?{_LABEL_NAME}$")
+LABEL_VALUE = re.compile(rf"^({_LABEL_NAME})?$")
+
+
+def parse_labels(items: Sequence[str]) -> dict[str, str]:
+    """--label KEY=VALUE items as a host's labels (Ray's syntax: letters, digits, '-', '_', '.'; 63 at most)."""
+    out = {}
+    for item in items:
+        key, eq, value = item.partition("=")
+        if not eq or not LABEL_KEY.fullmatch(key) or not LABEL_VALUE.fullmatch(value):
+            raise UsageError(f"host label {item!r} is not KEY=VALUE in Ray's label syntax",
+                             hint="letters, digits, '-', '_', '.', up to 63 each, starting and ending alphanumeric; e.g. zone=b")
+        out[key] = value
+    return out
 
 
 def default_capacity() -> tuple[int, int]:
@@ -39,7 +57,7 @@ def host_labels(state_dir: Path | None, name: str, extra: Mapping[str, str], *, 
         checks = {c.name: c.status for c in doctor.run_checks(state_root(state_dir))}
         labels[LABEL_PREFIX + "kvm"] = "true" if checks.get("kvm") == "ok" else "false"
         labels[LABEL_PREFIX + "tdx"] = "true" if checks.get("tdx") == "ok" else "false"
-    for k, v in extra.items():
+    for k, v in parse_labels([f"{k}={v}" for k, v in extra.items()]).items():
         labels[k if "." in k or "/" in k else LABEL_PREFIX + k] = v
     return labels
 
@@ -66,6 +84,7 @@ def _hold(node: RayNode, on_ready: Callable[[], None] | None) -> int:
 
 
 def head(*, node_ip: str, port: int, temp_dir: Path, on_ready: Callable[[], None] | None = None) -> int:
+    rayenv.require_ray()
     node = RayNode.start(rayenv.start_argv(node_ip=node_ip, temp_dir=temp_dir, head=True, port=port), temp_dir)
     return _hold(node, on_ready)
 
@@ -73,6 +92,8 @@ def head(*, node_ip: str, port: int, temp_dir: Path, on_ready: Callable[[], None
 def join(address: str, *, node_ip: str, temp_dir: Path, cpus: int | None = None, memory_mib: int | None = None,
          labels: Mapping[str, str] | None = None, name: str | None = None, state_dir: Path | None = None,
          host_factory: str | None = None, probe: bool = True, on_ready: Callable[[], None] | None = None) -> int:
+    rayenv.require_ray()
+    rayenv.start_argv(node_ip=node_ip, temp_dir=temp_dir, address=address)  # its checks, before anything runs
     dc, dm = default_capacity()
     cpus, memory_mib = cpus or dc, memory_mib or dm
     if cpus < 1 or memory_mib < 64:

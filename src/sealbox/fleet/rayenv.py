@@ -59,6 +59,14 @@ def apply_safe_env() -> None:
     os.environ["RAY_USAGE_STATS_ENABLED"] = "0"
 
 
+def require_ray() -> None:
+    """A one-line UsageError if Ray is not installed (before anything is started)."""
+    import importlib.util
+
+    if importlib.util.find_spec("ray") is None:
+        raise UsageError("fleet mode needs Ray", hint="install the extra: pip install 'sealbox[fleet]'")
+
+
 def ray_argv(*args: str) -> list[str]:
     """`ray ARGS` with this interpreter (the venv's Ray, whatever is on PATH)."""
     return [sys.executable, "-m", "ray.scripts.scripts", *args]

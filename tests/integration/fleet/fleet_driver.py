@@ -5,6 +5,7 @@ sealbox.Sandbox) and prints what it saw as one JSON object on stdout. Not produc
 from __future__ import annotations
 
 import json
+import subprocess
 import sys
 import time
 from typing import Any
@@ -44,6 +45,9 @@ def main(address: str, prefix: str) -> dict[str, Any]:
     out["exec"] = {"exit": res.exit_code, "stdout": res.stdout, "stderr": res.stderr}
     out["listed"] = sorted((r.name, r.status) for r in Sandbox.list(host=fleet, labels={"run": prefix}))
     status = fleet.status()
+    cli = subprocess.run([sys.executable, "-m", "sealbox", "fleet", "status", "--address", address], capture_output=True, text=True,
+                         timeout=120)
+    out["cli_status"] = {"code": cli.returncode, "stdout": cli.stdout, "stderr": cli.stderr[-2000:]}
     out["status"] = status
     out["table"] = table(status)
     out["killed"] = [b.kill() for b in boxes]

@@ -44,7 +44,13 @@ def test_place_exec_status_remove(ray_fleet: Fleet) -> None:
         assert (h["vcpus"], h["used_vcpus"], h["memory_mib"], h["used_memory_mib"]) == (2, 2, 1024, 512)
         assert h["sandboxes"] == sorted(n for n, at in out["placed"].items() if at == name)
         assert h["labels"]["sealbox.zone"] == f.hosts[name]["zone"]
-    assert "host0" in out["table"] and "host1" in out["table"]
+    # `sealbox fleet status`: a line per host with its capacity, what is used and how many sandboxes
+    assert out["cli_status"]["code"] == 0, out["cli_status"]
+    lines = out["cli_status"]["stdout"].splitlines()
+    assert lines[0].split()[:5] == ["HOST", "STATE", "ADDRESS", "VCPUS", "USED"]
+    for name in ("host0", "host1"):
+        assert [ln.split()[:8] for ln in lines if ln.startswith(name + " ")] == [
+            [name, "up", f.hosts[name]["ip"], "2", "2", "1024M", "512M", "2"]]
 
     # removal: through the owning agents, reservations released, nothing left on the hosts
     assert out["killed"] == [True] * 4
