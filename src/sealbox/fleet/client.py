@@ -247,7 +247,7 @@ class Fleet:
             except Exception:  # noqa: BLE001 - that host is going away: its records say lost below
                 recs_of = [r for r in recs.values() if r.node == node]
                 for rec in recs_of:
-                    rows.setdefault(rec.name, _lost_row(rec, "its host did not answer"))
+                    rows.setdefault(rec.name, _lost_row(rec, f"its host {rec.host or node[:12]} did not answer"))
         for rec in recs.values():
             if rec.name in rows or not all(rec.labels.get(k) == v for k, v in (labels or {}).items()):
                 continue

@@ -23,10 +23,14 @@ def pg_name(sandbox: str) -> str:
 
 
 def hosts(*, alive_only: bool = True) -> list[dict[str, Any]]:
-    """Ray nodes that offer sandbox capacity (the sealbox_vcpus resource)."""
+    """Ray nodes that offer sandbox capacity (the sealbox_vcpus resource), and with alive_only=False those that
+    did and left (Ray keeps a dead node's labels, not its resources)."""
     import ray
 
-    return [n for n in ray.nodes() if RES_VCPUS in n.get("Resources", {}) and (n.get("Alive") or not alive_only)]
+    def ours(n: dict[str, Any]) -> bool:
+        return RES_VCPUS in (n.get("Resources") or {}) or LABEL_PREFIX + "host" in (n.get("Labels") or {})
+
+    return [n for n in ray.nodes() if ours(n) and (n.get("Alive") or not alive_only)]
 
 
 def alive_nodes() -> set[str]:

@@ -63,5 +63,26 @@ def main(address: str, prefix: str) -> dict[str, Any]:
     return out
 
 
+def step(address: str, what: str, *args: str) -> Any:
+    """One call through the public API, for tests that act on the fleet between calls (each run is a new
+    Ray job: a sandbox outlives the job that made it)."""
+    fleet = Fleet(address)
+    if what == "create":  # NAME ZONE
+        sb = Sandbox.create(IMAGE, name=args[0], cpus=1, memory_mib=256, host=fleet.requiring(zone=args[1]))
+        return fleet.host_of(sb.name)
+    if what == "list":
+        return sorted((r.name, r.status, r.reason) for r in Sandbox.list(host=fleet, all=True))
+    if what == "status":
+        return fleet.status()
+    if what == "where":
+        return where(Sandbox(args[0], fleet))
+    if what == "kill":
+        return Sandbox(args[0], fleet).kill()
+    raise SystemExit(f"unknown step {what}")
+
+
 if __name__ == "__main__":
-    print(json.dumps(main(sys.argv[1], sys.argv[2])))
+    if sys.argv[2] == "scenario":
+        print(json.dumps(main(sys.argv[1], sys.argv[3])))
+    else:
+        print(json.dumps(step(sys.argv[1], *sys.argv[2:])))

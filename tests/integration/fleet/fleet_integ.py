@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import ipaddress
+import json
 import os
 import secrets
 import shutil
@@ -15,6 +16,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 HERE = Path(__file__).parent
 PORT = 6380
@@ -80,6 +82,12 @@ class Fleet:
     def in_head(self, argv: list[str], timeout: float) -> subprocess.CompletedProcess[str]:
         return subprocess.run(["ip", "netns", "exec", self.head_ns, *argv], capture_output=True, text=True, timeout=timeout,
                               env=self.env(SEALBOX_STATE_DIR=str(self.tmp / "caller")))
+
+    def step(self, *args: str, timeout: float = 120) -> Any:
+        """One fleet_driver.py step in the head's namespace; its JSON result."""
+        proc = self.in_head([sys.executable, str(HERE / "fleet_driver.py"), self.address, *args], timeout=timeout)
+        assert proc.returncode == 0, f"step {args}: {proc.stderr[-3000:]}"
+        return json.loads(proc.stdout.strip().splitlines()[-1])
 
     def namespaces(self) -> list[str]:
         return [self.head_ns, *(h["ns"] for h in self.hosts.values())]

@@ -19,7 +19,7 @@ pytestmark = pytest.mark.integration
 
 def test_place_exec_status_remove(ray_fleet: Fleet) -> None:
     f = ray_fleet
-    proc = f.in_head([sys.executable, str(HERE / "fleet_driver.py"), f.address, f.tag], timeout=240)
+    proc = f.in_head([sys.executable, str(HERE / "fleet_driver.py"), f.address, "scenario", f.tag], timeout=240)
     assert proc.returncode == 0, proc.stderr[-3000:]
     out = json.loads(proc.stdout.strip().splitlines()[-1])
     names = [f"{f.tag}-b", *(f"{f.tag}-{i}" for i in range(3))]
