@@ -51,3 +51,12 @@ def test_ray_is_started_local_and_quiet(tmp_path: Path) -> None:
     assert "--include-dashboard" not in worker  # ray start refuses it on a worker
     assert worker[worker.index("--labels") + 1] == "sealbox.host=h,sealbox.zone=b"
     assert rayenv.safe_environ({"RAY_USAGE_STATS_ENABLED": "1"})["RAY_USAGE_STATS_ENABLED"] == "0"
+
+
+def test_single_host_use_never_imports_ray() -> None:
+    code = ("import sys, sealbox; sealbox.Sandbox; sealbox.Pool; import sealbox.cli.main, sealbox.cli.fleet, sealbox.fleet.wire;"
+            "assert sealbox.Fleet.__name__ == 'Fleet';"
+            "print(sorted(m for m in sys.modules if m == 'ray' or m.startswith('ray.')))")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "[]"
