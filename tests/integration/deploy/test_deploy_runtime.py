@@ -229,7 +229,8 @@ def test_b_rates_settle_at_the_set_rate(sb: Sealbox) -> None:
     assert len(runs) == 4, p.stdout
     (b1, s1), (b2, s2), (o1, t1), (o2, t2) = runs
     disk_bps, disk_iops = (b2 - b1) / (s2 - s1), ((o2 - o1) / 4096) / (t2 - t1)
-    print(f"measured: net tx {tx / MIB:.2f} MiB/s, net rx {rx / MIB:.2f} MiB/s of {[round(r / MIB, 2) for r in pairs]} (set {NET_RATE / MIB:.0f} MiB/s); "
+    print(f"measured: net tx {tx / MIB:.2f} MiB/s, net rx {rx / MIB:.2f} MiB/s of {[round(r / MIB, 2) for r in pairs]} "
+          f"(set {NET_RATE / MIB:.0f} MiB/s); "
           f"disk {disk_bps / MIB:.2f} MiB/s (set {DISK_RATE / MIB:.0f}), {disk_iops:.0f} IOPS (set {DISK_IOPS})")
     for what, got, want in (("net tx", tx, NET_RATE), ("net rx", rx, NET_RATE), ("disk", disk_bps, DISK_RATE), ("iops", disk_iops, DISK_IOPS)):
         assert 0.8 * want <= got <= 1.2 * want, f"{what}: {got:.0f} is not within 20 % of {want}"
