@@ -104,12 +104,12 @@ def _link(f: Fleet, name: str, i: int, net: ipaddress.IPv4Network, zone: str) ->
     ip("-n", ns, "link", "set", "lo", "up")
 
 
-def _join(f: Fleet, name: str, timeout: float = 120.0) -> None:
+def _join(f: Fleet, name: str, runtime: str, timeout: float = 120.0) -> None:
     h = f.hosts[name]
     argv = ["ip", "netns", "exec", h["ns"], sys.executable, str(HERE / "fleet_join.py"), f.address, h["ip"],
-            str(f.tmp / f"ray-{name}"), name, h["zone"]]
+            str(f.tmp / f"ray-{name}"), name, h["zone"], runtime]
     proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=open(f.tmp / f"join-{name}.log", "wb"),  # noqa: SIM115
-                            env=f.env(SEALBOX_STATE_DIR=h["state"]))
+                            env=f.env(SEALBOX_STATE_DIR=h["state"], SEALBOX_RUN_DIR=h["state"] + "-run", SEALBOX_SUBNET_POOL=h["pool"]))
     f.joins[name] = proc
     assert proc.stdout is not None
     os.set_blocking(proc.stdout.fileno(), False)
@@ -149,7 +149,7 @@ def _teardown(f: Fleet, head: object | None) -> list[str]:
     return [f"pid {pid}: {cmd}" for pid, cmd in left.items()]
 
 
-def ray_fleet() -> Iterator[Fleet]:
+def ray_fleet(hosts: tuple[tuple[str, str], ...] = (("host0", "a"), ("host1", "b")), runtime: str = "standin") -> Iterator[Fleet]:
     """Bring the fleet up; after the yield, take it down and fail on anything left behind."""
     from sealbox.fleet.rayenv import RayNode, start_argv
 
@@ -166,12 +166,13 @@ def ray_fleet() -> Iterator[Fleet]:
         ip("-n", f.head_ns, "addr", "add", f"{net[1]}/{net.prefixlen}", "dev", "br0")
         ip("-n", f.head_ns, "link", "set", "br0", "up")
         ip("-n", f.head_ns, "link", "set", "lo", "up")
-        for i, (name, zone) in enumerate((("host0", "a"), ("host1", "b"))):
+        for i, (name, zone) in enumerate(hosts):
             _link(f, name, i, net, zone)
+            f.hosts[name]["pool"] = str(list(pool.subnets(new_prefix=20))[i])  # its sandboxes' addresses: its own
         head = RayNode.start(start_argv(node_ip=f.head_ip, temp_dir=tmp / "ray-head", head=True, port=PORT), tmp / "ray-head",
                              prefix=["ip", "netns", "exec", f.head_ns], env=f.env())
         for name in f.hosts:
-            _join(f, name)
+            _join(f, name, runtime)
         yield f
     finally:
         left = _teardown(f, head)
