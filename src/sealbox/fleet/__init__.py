@@ -4,7 +4,9 @@
     records.py  each sandbox's record in Ray's key-value store (which host, its reservation, its state)
     cluster.py  hosts, agents, callers' jobs and placement groups as Ray sees them
     agent.py    the host agent: a Ray actor per host owning its sandboxes through the local manager
+    localproc.py  the agent's local manager, its creates (and doctor) in a child process (the runtime forks)
     execs.py    a command's pipes on the agent's side; channel.py the caller's side
+    wire.py     what agents and fleet members report, parsed as hostile input
     client.py   Fleet: the SDK's Host for the whole fleet (placement, lookup, routing)
     join.py     `sealbox fleet head|join`; status.py `sealbox fleet status`
 

@@ -37,10 +37,10 @@ GRACE_S = 5.0  # a placing record younger than this is left to its caller
 
 def load_factory(spec: str | None) -> Any:
     """`module:callable` returning a Host; default: this machine's LocalHost (its $SEALBOX_STATE_DIR)."""
-    if not spec:
-        from sealbox.sdk.host import LocalHost
+    if not spec:  # this machine's runtime, its forking operations out of the (multi-threaded) Ray worker
+        from sealbox.fleet.localproc import ProcessLocalHost
 
-        return LocalHost
+        return ProcessLocalHost
     module, _, attr = spec.partition(":")
     return getattr(importlib.import_module(module), attr)
 
@@ -77,9 +77,9 @@ class HostAgent:
         root = getattr(self.host, "root", None)
         if root is None:
             return [{"name": "doctor", "status": "skip", "detail": f"{type(self.host).__name__} is not this machine's runtime"}]
-        from sealbox import doctor
+        from sealbox.fleet.localproc import doctor_checks
 
-        return [c.model_dump() for c in doctor.run_checks(root)]
+        return doctor_checks(str(root))
 
     def _gc(self) -> dict[str, Any]:
         gc = getattr(self.host, "gc", None)

@@ -183,7 +183,8 @@ class Fleet:
         except SealboxError:
             raise
         except Exception as e:  # noqa: BLE001 - the agent died mid-create (its host went away, or it was killed)
-            raise SandboxError(f"sandbox {opts.name}: the host agent failed during the create: {type(e).__name__}",
+            last = str(e).strip().splitlines()[-1:] or [""]  # a RayTaskError ends with the agent's own exception
+            raise SandboxError(f"sandbox {opts.name}: the host agent failed during the create: {type(e).__name__}: {wire.text(last[0], 300)}",
                                hint="its restart removes what was half made ('sealbox fleet status')") from None
 
     def plan(self, opts: CreateOptions) -> dict[str, Any]:
