@@ -70,6 +70,13 @@ def step(address: str, what: str, *args: str) -> Any:
     if what == "create":  # NAME ZONE
         sb = Sandbox.create(IMAGE, name=args[0], cpus=1, memory_mib=256, host=fleet.requiring(zone=args[1]))
         return fleet.host_of(sb.name)
+    if what == "boot":  # IMAGE NAME: a real guest on whichever host Ray picks; a command in it; removed
+        t0 = time.monotonic()
+        with Sandbox.create(args[0], name=args[1], cpus=1, memory_mib=1024, timeout_s=600, host=fleet) as sb:
+            booted_s = time.monotonic() - t0
+            res = sb.commands.run(["uname", "-r"], timeout=120)
+            return {"host": fleet.host_of(sb.name), "booted_s": booted_s, "exit": res.exit_code, "stdout": res.stdout,
+                    "status": sb.status, "listed": [r.name for r in Sandbox.list(host=fleet)]}
     if what == "list":
         return sorted((r.name, r.status, r.reason) for r in Sandbox.list(host=fleet, all=True))
     if what == "status":

@@ -38,6 +38,12 @@ def ip(*args: str) -> None:
     subprocess.run(["ip", *args], check=True, capture_output=True, timeout=30)
 
 
+def in_ns(ns: str) -> list[str]:
+    """Run in network namespace `ns` only (not `ip netns exec`: its private /sys hides the host's cgroup mounts,
+    which the sandbox runtime of a simulated host needs)."""
+    return ["nsenter", f"--net=/run/netns/{ns}", "--"]
+
+
 def netns_inode(name: str) -> int | None:
     try:
         return os.stat(f"/run/netns/{name}").st_ino
@@ -80,7 +86,7 @@ class Fleet:
         return {**safe_environ(), "PYTHONPATH": path, "PYTHONUNBUFFERED": "1", "TMPDIR": str(self.tmp), **extra}
 
     def in_head(self, argv: list[str], timeout: float) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(["ip", "netns", "exec", self.head_ns, *argv], capture_output=True, text=True, timeout=timeout,
+        return subprocess.run([*in_ns(self.head_ns), *argv], capture_output=True, text=True, timeout=timeout,
                               env=self.env(SEALBOX_STATE_DIR=str(self.tmp / "caller")))
 
     def step(self, *args: str, timeout: float = 120) -> Any:
@@ -106,7 +112,7 @@ def _link(f: Fleet, name: str, i: int, net: ipaddress.IPv4Network, zone: str) ->
 
 def _join(f: Fleet, name: str, runtime: str, timeout: float = 120.0) -> None:
     h = f.hosts[name]
-    argv = ["ip", "netns", "exec", h["ns"], sys.executable, str(HERE / "fleet_join.py"), f.address, h["ip"],
+    argv = [*in_ns(h["ns"]), sys.executable, str(HERE / "fleet_join.py"), f.address, h["ip"],
             str(f.tmp / f"ray-{name}"), name, h["zone"], runtime]
     proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=open(f.tmp / f"join-{name}.log", "wb"),  # noqa: SIM115
                             env=f.env(SEALBOX_STATE_DIR=h["state"], SEALBOX_RUN_DIR=h["state"] + "-run", SEALBOX_SUBNET_POOL=h["pool"]))
@@ -170,7 +176,7 @@ def ray_fleet(hosts: tuple[tuple[str, str], ...] = (("host0", "a"), ("host1", "b
             _link(f, name, i, net, zone)
             f.hosts[name]["pool"] = str(list(pool.subnets(new_prefix=20))[i])  # its sandboxes' addresses: its own
         head = RayNode.start(start_argv(node_ip=f.head_ip, temp_dir=tmp / "ray-head", head=True, port=PORT), tmp / "ray-head",
-                             prefix=["ip", "netns", "exec", f.head_ns], env=f.env())
+                             prefix=in_ns(f.head_ns), env=f.env())
         for name in f.hosts:
             _join(f, name, runtime)
         yield f
