@@ -47,7 +47,9 @@ def fleet_status(fleet: Fleet) -> dict[str, Any]:
             "used_memory_mib": mem - free.get(RES_MEMORY, 0) if n.get("Alive") else 0,
             "sandboxes": mine, "agent": agent,
         })
-    lost = sorted(r.name for r in recs.values() if r.state == "lost")
+    # as Fleet.list says it: lost once its host is gone, whether or not an agent's sweep marked the record yet
+    alive = cluster.alive_nodes()
+    lost = sorted(r.name for r in recs.values() if r.state == "lost" or (r.node and r.node not in alive))
     return {"hosts": sorted(hosts, key=lambda h: (not h["alive"], h["host"])), "lost": lost, "records": len(recs)}
 
 
