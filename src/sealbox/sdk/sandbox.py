@@ -132,7 +132,7 @@ class Sandbox:
         return cls(name, h)
 
     @classmethod
-    def list(cls, *, labels: Mapping[str, str] | None = None, all: bool = False, state_dir: StrPath | None = None,  # noqa: A002
+    def list(cls, *, labels: Mapping[str, str] | None = None, all: bool = False, state_dir: StrPath | None = None,  # noqa: A002 - public SDK keyword (like ps --all)
              host: Host | None = None) -> builtins.list[SandboxInfo]:
         """Sandboxes with all of `labels` (running and creating ones; all=True: also stopped, exited, failed)."""
         return _host(host, state_dir).list(all_=all, labels=labels)
