@@ -20,10 +20,7 @@ from __future__ import annotations
 import ipaddress
 import logging
 import os
-import select
 import socket
-import subprocess
-import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -33,7 +30,6 @@ from sealbox.sandbox.host import procmark
 from sealbox.sandbox.host.egress import BlockedNet, openings
 from sealbox.sandbox.host.netns import socket_in_netns
 from sealbox.sandbox.model import EgressRule
-from sealbox.sandbox.state import process_start_time
 from sealbox.sandbox.steps import Step
 
 log = logging.getLogger("sealbox.dns")
@@ -155,33 +151,15 @@ class DnsForwarderStep(Step):
 
     def do(self) -> dict[str, Any]:
         udp, tcp = self._sockets()
-        ready_r, ready_w = os.pipe()
-        argv = [sys.executable, "-I", "-m", MODULE, "--udp-fd", str(udp.fileno()), "--tcp-fd", str(tcp.fileno()),
-                "--ready-fd", str(ready_w), "--client", str(self.client), "--owner", self.owner,
-                "--uid", str(self.uid), "--gid", str(self.gid)]
+        args = ["--udp-fd", str(udp.fileno()), "--tcp-fd", str(tcp.fileno()), "--client", str(self.client),
+                "--owner", self.owner, "--uid", str(self.uid), "--gid", str(self.gid)]
         for up in self.upstreams:
-            argv += ["--upstream", str(up)]
+            args += ["--upstream", str(up)]
         try:
-            proc = subprocess.Popen(argv, pass_fds=(udp.fileno(), tcp.fileno(), ready_w), stdin=subprocess.DEVNULL,
-                                    stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True, cwd="/",
-                                    env={"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "LC_ALL": "C.UTF-8"})
+            return procmark.spawn(MODULE, args, (udp.fileno(), tcp.fileno()), "DNS forwarder")
         finally:
-            for fd in (udp, tcp):
-                fd.close()
-            os.close(ready_w)
-        try:
-            ready, _, _ = select.select([ready_r], [], [], 15.0)
-            ok = bool(ready) and os.read(ready_r, 16) == b"ready\n"
-        finally:
-            os.close(ready_r)
-        if not ok:
-            proc.kill()
-            _out, err = proc.communicate(timeout=10)
-            why = (err or b"").decode(errors="replace").strip().splitlines()[-1:] or ["no output"]
-            raise SandboxError(f"the DNS forwarder did not start: {why[0]}")
-        assert proc.stderr is not None
-        proc.stderr.close()
-        return {"pid": proc.pid, "start_time": process_start_time(proc.pid)}
+            for s in (udp, tcp):
+                s.close()  # the forwarder holds its own copies
 
     def undo(self, outputs: dict[str, Any]) -> None:
         left = stop_forwarders(self.owner, outputs.get("pid"), outputs.get("start_time"))

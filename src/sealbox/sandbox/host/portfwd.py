@@ -26,18 +26,18 @@ import ctypes
 import encodings.idna  # noqa: F401 - every address tuple goes through the idna codec: loaded while files are readable
 import os
 import select
-import signal
 import socket
 import sys
 import threading
 import time
 from collections.abc import Sequence
 
+from sealbox.sandbox.host.helperlib import drop_privileges, serve_when_ready
+
 MAX_TCP, MAX_UDP = 256, 256
 CONNECT_S, UDP_IDLE_S = 5.0, 60.0
 CHUNK = 65536
 CLONE_NEWNET = 0x40000000
-PR_SET_DUMPABLE, PR_SET_NO_NEW_PRIVS = 4, 38
 
 
 def enter_netns(path: str) -> None:
@@ -49,16 +49,6 @@ def enter_netns(path: str) -> None:
             raise OSError(ctypes.get_errno(), f"setns into {path} failed")
     finally:
         os.close(fd)
-
-
-def drop_privileges(uid: int, gid: int) -> None:
-    os.setgroups([])
-    os.setresgid(gid, gid, gid)
-    os.setresuid(uid, uid, uid)
-    libc = ctypes.CDLL(None, use_errno=True)
-    for option, value in ((PR_SET_NO_NEW_PRIVS, 1), (PR_SET_DUMPABLE, 0)):
-        if libc.prctl(option, value, 0, 0, 0) != 0:
-            raise OSError(ctypes.get_errno(), f"prctl({option}) failed")
 
 
 def pump(a: socket.socket, b: socket.socket) -> None:
@@ -184,13 +174,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     enter_netns(a.netns)  # before any thread exists: setns applies to the calling thread only
     drop_privileges(a.uid, a.gid)
     fwd = Forwarder(a.target, tcp, udp)
-    signal.signal(signal.SIGTERM, lambda *_: fwd.stop.set())
-    os.write(a.ready_fd, b"ready\n")
-    os.close(a.ready_fd)
-    devnull = os.open(os.devnull, os.O_RDWR)
-    os.dup2(devnull, 2)  # nobody reads stderr any more: never block on a full pipe
-    fwd.serve()
-    return 0
+    return serve_when_ready(a.ready_fd, fwd.serve, fwd.stop.set)
 
 
 if __name__ == "__main__":

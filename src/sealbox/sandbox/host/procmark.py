@@ -1,15 +1,51 @@
-"""Helper processes sealbox starts for a sandbox (the DNS forwarder, the port forwarder): found and stopped by their
-module name and the `--owner MARK` on their command line, so undo and gc stop exactly their own (host/owner.py)."""
+"""Helper processes sealbox starts for a sandbox (the DNS forwarder, the port forwarder): started the same way (spawn;
+their own side is host/helperlib.py), found and stopped by their module name and the `--owner MARK` on their command
+line, so undo and gc stop exactly their own (host/owner.py)."""
 
 from __future__ import annotations
 
 import contextlib
 import os
+import select
 import signal
+import subprocess
+import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
-from sealbox.sandbox.state import pid_alive
+from sealbox.errors import SandboxError
+from sealbox.sandbox.host.helperlib import READY
+from sealbox.sandbox.state import pid_alive, process_start_time
+
+START_TIMEOUT = 15.0
+
+
+def spawn(module: str, args: Sequence[str], fds: Sequence[int], what: str) -> dict[str, int | None]:
+    """Start `python -I -m module ARGS --ready-fd N` detached (own session, minimal environment, cwd /), handing it
+    `fds`, and wait until it writes READY on the pipe. Returns the pid and start time for the step's outputs; a helper
+    that does not get ready is killed and its last stderr line reported."""
+    ready_r, ready_w = os.pipe()
+    argv = [sys.executable, "-I", "-m", module, *args, "--ready-fd", str(ready_w)]
+    try:
+        proc = subprocess.Popen(argv, pass_fds=(*fds, ready_w), stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                                stderr=subprocess.PIPE, start_new_session=True, cwd="/",
+                                env={"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "LC_ALL": "C.UTF-8"})
+    finally:
+        os.close(ready_w)
+    try:
+        ready, _, _ = select.select([ready_r], [], [], START_TIMEOUT)
+        ok = bool(ready) and os.read(ready_r, 16) == READY
+    finally:
+        os.close(ready_r)
+    if not ok:
+        proc.kill()
+        _out, err = proc.communicate(timeout=10)
+        why = (err or b"").decode(errors="replace").strip().splitlines()[-1:] or ["no output"]
+        raise SandboxError(f"the {what} did not start: {why[0]}")
+    assert proc.stderr is not None
+    proc.stderr.close()
+    return {"pid": proc.pid, "start_time": process_start_time(proc.pid)}
 
 
 def _cmdline(pid: int) -> list[str]:

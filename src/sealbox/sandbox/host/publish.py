@@ -22,18 +22,13 @@ from __future__ import annotations
 
 import errno
 import ipaddress
-import os
-import select
 import socket
-import subprocess
-import sys
 from typing import Any
 
 from sealbox.errors import SandboxError
 from sealbox.sandbox.host import nft, procmark
 from sealbox.sandbox.host.netns import netns_path
 from sealbox.sandbox.model import PortMap
-from sealbox.sandbox.state import process_start_time
 from sealbox.sandbox.steps import Step, StepRefused
 
 MODULE = "sealbox.sandbox.host.portfwd"
@@ -96,31 +91,12 @@ class PublishStep(Step):
                 s.close()  # the forwarder holds its own copies
 
     def _start(self, socks: list[socket.socket]) -> dict[str, Any]:
-        ready_r, ready_w = os.pipe()
-        argv = [sys.executable, "-I", "-m", MODULE, "--netns", str(netns_path(self.netns)), "--target", str(self.guest_ip),
-                "--ready-fd", str(ready_w), "--owner", self.owner, "--uid", str(self.uid), "--gid", str(self.gid)]
+        args = ["--netns", str(netns_path(self.netns)), "--target", str(self.guest_ip), "--owner", self.owner,
+                "--uid", str(self.uid), "--gid", str(self.gid)]
         for p, s in zip(self.ports, socks, strict=True):
-            argv += ["--map", f"{s.fileno()}:{p.proto}:{p.guest_port}"]
-        try:
-            proc = subprocess.Popen(argv, pass_fds=(*[s.fileno() for s in socks], ready_w), stdin=subprocess.DEVNULL,
-                                    stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True, cwd="/",
-                                    env={"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "LC_ALL": "C.UTF-8"})
-        finally:
-            os.close(ready_w)
-        try:
-            ready, _, _ = select.select([ready_r], [], [], 15.0)
-            ok = bool(ready) and os.read(ready_r, 16) == b"ready\n"
-        finally:
-            os.close(ready_r)
-        if not ok:
-            proc.kill()
-            _out, err = proc.communicate(timeout=10)
-            why = (err or b"").decode(errors="replace").strip().splitlines()[-1:] or ["no output"]
-            raise SandboxError(f"the port forwarder did not start: {why[0]}")
-        assert proc.stderr is not None
-        proc.stderr.close()
-        return {"pid": proc.pid, "start_time": process_start_time(proc.pid),
-                "published": [str(bound(p, s)) for p, s in zip(self.ports, socks, strict=True)]}
+            args += ["--map", f"{s.fileno()}:{p.proto}:{p.guest_port}"]
+        started = procmark.spawn(MODULE, args, [s.fileno() for s in socks], "port forwarder")
+        return {**started, "published": [str(bound(p, s)) for p, s in zip(self.ports, socks, strict=True)]}
 
     def undo(self, outputs: dict[str, Any]) -> None:
         left = procmark.stop(MODULE, self.owner, outputs.get("pid"), outputs.get("start_time"))
