@@ -23,7 +23,15 @@ from sealbox.util import mounts
 from sealbox.util.run import TOOL_PACKAGES
 
 TOOLS = ("qemu-system-x86_64", "bwrap", "setpriv", "nft", "ip", "mmdebstrap", "mkfs.ext4")
-EXTRA_PACKAGES = {"useradd": "passwd"}
+EXTRA_PACKAGES = {"useradd": "passwd", "sbsign": "sbsigntool", "veritysetup": "cryptsetup-bin"}
+# Tools only some commands need: missing, they break that command (a warning), not sandboxes in general.
+COMMAND_TOOLS = (
+    ("ssh", "sealbox exec/ssh/rdp"), ("ssh-keygen", "sealbox run (host key pinning)"),
+    ("openssl", "sealbox run --password"), ("sbsign", "sealbox sign"),
+    ("qemu-img", "qcow2/vhd/gcp outputs and sealbox disk"), ("mkfs.fat", "disk image outputs (ESP)"),
+    ("mcopy", "disk image outputs (ESP)"), ("veritysetup", "dm-verity root (verity = true)"),
+    ("zstd", "builds (initrd compression)"), ("debugfs", "builds (ext4 root)"),
+)
 
 
 def check_kvm(state_dir: Path, refresh: bool = False) -> Check:
@@ -67,6 +75,16 @@ def check_tool(tool: str) -> Check:
         return Check(name=f"tool:{tool}", status="ok", detail=path)
     pkg = TOOL_PACKAGES.get(tool) or EXTRA_PACKAGES.get(tool)
     return Check(name=f"tool:{tool}", status="fail", detail=f"{tool} not found", fix=f"apt-get install {pkg}" if pkg else f"install {tool}")
+
+
+def command_tool_checks() -> list[Check]:
+    out = []
+    for tool, needed_by in COMMAND_TOOLS:
+        c = check_tool(tool)
+        if c.status == "fail":
+            c = c.model_copy(update={"status": "warn", "detail": f"{tool} not found: {needed_by} will fail"})
+        out.append(c)
+    return out
 
 
 def check_userns() -> Check:
@@ -161,6 +179,7 @@ def run_checks(state_dir: Path, *, refresh_kvm: bool = False) -> list[Check]:
     checks += _safe("tun", check_tun)
     for tool in TOOLS:
         checks += _safe(f"tool:{tool}", lambda t=tool: check_tool(t))  # type: ignore[misc]
+    checks += _safe("tools", command_tool_checks)
     checks += _safe("userns", check_userns)
     checks += _safe("vmm-user", check_vmm_user)
     checks += _safe("jail", check_jail)

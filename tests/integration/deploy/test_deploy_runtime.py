@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 from rt_integ import Sealbox, leftovers, scrub
 
-pytestmark = [pytest.mark.integration, pytest.mark.boot]
+pytestmark = [pytest.mark.integration, pytest.mark.boot, pytest.mark.in_order]  # B is removed before C reuses its disk
 MIB = 1 << 20
 NET_RATE, DISK_RATE, DISK_IOPS = MIB, 2 * MIB, 100
 

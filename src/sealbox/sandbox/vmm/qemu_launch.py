@@ -30,6 +30,7 @@ from sealbox.sandbox.vmm.qmp import QmpClient, QmpError
 from sealbox.util import atomic
 from sealbox.util.pipes import read_until_eof
 from sealbox.util.run import which
+from sealbox.util.unixpath import short_path
 
 TUNSETIFF = 0x400454CA
 IFF_TAP, IFF_NO_PI, IFF_VNET_HDR = 0x0002, 0x1000, 0x4000
@@ -234,7 +235,8 @@ def _open_fd(f: FdFile) -> int:
         s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
         old = os.umask(0o177)
         try:
-            s.bind(f.path)
+            with short_path(f.path) as name:
+                s.bind(name)
         finally:
             os.umask(old)
         s.listen(8)

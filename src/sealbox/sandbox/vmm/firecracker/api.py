@@ -17,6 +17,7 @@ import httpx
 
 from sealbox.errors import SandboxError
 from sealbox.sandbox.vmm.firecracker import jailfs
+from sealbox.util.unixpath import short_path
 
 ActionType = Literal["InstanceStart", "SendCtrlAltDel", "FlushMetrics"]
 
@@ -46,15 +47,8 @@ def uds_path(path: Path, jail_root: Path | None = None) -> Iterator[str]:
         finally:
             os.close(fd)
         return
-    text = str(path)
-    if len(text.encode()) < 100:
-        yield text
-        return
-    fd = os.open(path.parent, os.O_PATH | os.O_DIRECTORY)
-    try:
-        yield f"/proc/self/fd/{fd}/{path.name}"
-    finally:
-        os.close(fd)
+    with short_path(path) as name:
+        yield name
 
 
 def _one_line(text: str, limit: int = 300) -> str:
