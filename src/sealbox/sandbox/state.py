@@ -1,8 +1,9 @@
 """The sandbox state directory: one atomically written record per sandbox, and per-sandbox locks.
 
-The layout (paths, the access check) is layout.py's, readable without pydantic; a record is written only through
+The layout (paths, the access check) is layout.py's, usable without pydantic; a record is written only through
 SandboxRecord, its one schema, and read back by this model or — for ps, inspect and logs — by recordview.py, which
-accepts only what this model accepts. Default root /var/lib/sealbox (override: --state-dir, SEALBOX_STATE_DIR).
+reads only a record in exactly the shape this model writes and leaves any other to the model. Default root
+/var/lib/sealbox (override: --state-dir, SEALBOX_STATE_DIR).
 
 Host-wide resources (names, addresses, uids) are leased from the host registry, not from here
 (host/registry.py); every host object a sandbox gets carries the mark `owner.mark(root, name)`.
@@ -26,8 +27,8 @@ from sealbox.util import atomic, flock
 from sealbox.util.names import check_sandbox_name
 from sealbox.util.procs import pid_alive, process_start_time
 
-__all__ = ["DEFAULT_STATE_DIR", "RECORD_VERSION", "UMOUNT", "SandboxRecord", "StateDir", "mounts_under", "pid_alive", "process_start_time",
-           "state_root"]
+__all__ = ["DEFAULT_STATE_DIR", "RECORD_VERSION", "UMOUNT", "SandboxRecord", "StateDir", "mounts_under",
+           "pid_alive", "process_start_time", "state_root"]  # the first and last three: re-exported, their homes moved
 UMOUNT = "/usr/bin/umount"
 RECORD_VERSION = 1
 

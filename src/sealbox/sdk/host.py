@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import builtins
 import os
-import subprocess
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
@@ -202,6 +201,8 @@ class LocalHost:
     def spawn(self, name: str, remote: str, *, user: str | None, stdin: bool) -> tuple[Channel, Callable[[], None]]:
         """ssh running `remote` in the guest, its pipes ours; and a function to call once it ended (frees
         its session slot on the master connection)."""
+        import subprocess
+
         from sealbox.sandbox import ssh
         from sealbox.sdk.mux import MASTERS
 

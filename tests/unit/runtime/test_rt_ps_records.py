@@ -20,7 +20,8 @@ ODD: dict[str, dict[str, Any]] = {
     "cpus-bool": {"spec": {"cpus": True, "memory_mib": False}},
     "mem-list": {"spec": {"memory_mib": [512]}},
     "ports-number": {"steps": [StepEntry(kind="net.publish", params={}, state="done", outputs={"published": 5})]},
-    "dirs-number": {"status": "running", "vmm": {"pid": 2**22 + 1}, "steps": [StepEntry(kind="cgroup", params={}, state="done", outputs={"dirs": 7})]},
+    "dirs-number": {"status": "running", "vmm": {"pid": 2**22 + 1},
+                    "steps": [StepEntry(kind="cgroup", params={}, state="done", outputs={"dirs": 7})]},
     "pid-self": {"status": "running", "vmm": {"pid": "self"}},
     "pid-list": {"status": "running", "vmm": {"pid": [1], "start_time": {}}},
 }
