@@ -13,7 +13,6 @@ import os
 from pathlib import Path
 
 from sealbox.errors import UsageError
-from sealbox.sandbox.host import owner
 from sealbox.util.names import NAME_RE, check_sandbox_name
 
 DEFAULT_STATE_DIR = Path("/var/lib/sealbox")
@@ -53,10 +52,14 @@ class StateLayout:
     @property
     def id(self) -> str:
         """The state dir's part of every ownership mark (host/owner.py)."""
+        from sealbox.sandbox.host import owner  # here: it imports hashlib (OpenSSL), which the read verbs never need
+
         return owner.state_id(self.root)
 
     def mark(self, name: str) -> str:
         """The ownership mark of sandbox `name` of this state dir on host objects."""
+        from sealbox.sandbox.host import owner
+
         return owner.mark(self.root, check_sandbox_name(name))
 
     @property
