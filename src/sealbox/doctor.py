@@ -53,7 +53,10 @@ def check_cgroups() -> Check:
     where = str(layout.unified) if layout.version == 2 else ", ".join(f"{c}={p}" for c, p in sorted(layout.mounts().items()))
     detail = f"{layout.mode} (limits via v{layout.version}): {where}"
     if missing:
-        fix = ("enable them: echo '+" + " +".join(missing) + f"' > {layout.unified}/cgroup.subtree_control") if layout.version == 2 else f"mount the v1 {', '.join(missing)} controller hierarchies"
+        if layout.version == 2:
+            fix = "enable them: echo '+" + " +".join(missing) + f"' > {layout.unified}/cgroup.subtree_control"
+        else:
+            fix = f"mount the v1 {', '.join(missing)} controller hierarchies"
         return Check(name="cgroups", status="fail", detail=f"{detail}; missing controllers: {', '.join(missing)}", fix=fix)
     return Check(name="cgroups", status="ok", detail=detail)
 
@@ -94,7 +97,8 @@ def check_userns() -> Check:
         n = -1
     clone = Path("/proc/sys/kernel/unprivileged_userns_clone")
     if n == 0 or (clone.exists() and clone.read_text().strip() == "0"):
-        return Check(name="userns", status="fail", detail="unprivileged user namespaces are disabled (bubblewrap needs them for the VMM jail)", fix="sysctl -w user.max_user_namespaces=10000 kernel.unprivileged_userns_clone=1")
+        return Check(name="userns", status="fail", detail="unprivileged user namespaces are disabled (bubblewrap needs them for the VMM jail)",
+                     fix="sysctl -w user.max_user_namespaces=10000 kernel.unprivileged_userns_clone=1")
     return Check(name="userns", status="ok", detail=f"unprivileged user namespaces allowed (max {n})")
 
 
@@ -129,7 +133,8 @@ def check_jail() -> Check:
         return Check(name="jail", status="fail", detail=f"setpriv/bwrap could not run: {e}", fix="apt-get install bubblewrap util-linux")
     if proc.returncode != 0:
         tail = " ".join(proc.stderr.split())[-200:]
-        return Check(name="jail", status="fail", detail=f"setpriv -> bwrap failed: {tail}", fix="check unprivileged user namespaces (AppArmor/sysctl) and bubblewrap >= 0.8")
+        return Check(name="jail", status="fail", detail=f"setpriv -> bwrap failed: {tail}",
+                     fix="check unprivileged user namespaces (AppArmor/sysctl) and bubblewrap >= 0.8")
     return Check(name="jail", status="ok", detail=f"setpriv -> bwrap jail works as uid {uid}")
 
 
@@ -146,7 +151,8 @@ def check_state_dir(root: Path) -> Check:
     mnt, opts = _mount_options(root)
     bad = sorted(opts & {"nodev", "noexec", "ro"})
     if bad:
-        return Check(name="state-dir", status="fail", detail=f"{root} is on {mnt} mounted {','.join(bad)}", fix="use --state-dir / SEALBOX_STATE_DIR on a dev,exec,rw filesystem")
+        return Check(name="state-dir", status="fail", detail=f"{root} is on {mnt} mounted {','.join(bad)}",
+                     fix="use --state-dir / SEALBOX_STATE_DIR on a dev,exec,rw filesystem")
     return Check(name="state-dir", status="ok", detail=f"{root} on {mnt} ({'exists' if root.exists() else 'created on first use'})")
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import ipaddress
 import re
-from enum import Enum
+from enum import StrEnum
 from pathlib import Path
 from typing import Literal
 
@@ -23,7 +23,7 @@ from sealbox.sandbox.labels import parse_labels as parse_labels
 from sealbox.util.names import NAME_RE
 
 
-class NetMode(str, Enum):  # noqa: UP042 - a StrEnum would change str(member)
+class NetMode(StrEnum):
     isolated = "isolated"  # the guest reaches only the host side of its own link
     nat = "nat"  # plus masqueraded egress, optionally limited by allow_egress
 

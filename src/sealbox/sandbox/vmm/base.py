@@ -32,7 +32,7 @@ class VmmBackend(Protocol):
         """For --dry-run/inspect: argv, config files, and anything else the backend would do."""
 
     def stop(self, record: SandboxRecord, timeout: float) -> str | None:
-        """Ask the guest to shut down, wait up to `timeout`, then kill the VMM; say how it ended, if it can."""
+        """Ask the guest to shut down, wait up to `timeout`, then kill the VMM; how it ended, if the backend says."""
 
     def inspect(self, record: SandboxRecord) -> dict[str, Any]:
         """The VMM's own view of the running VM (QMP query / Firecracker GET /vm/config)."""

@@ -87,17 +87,24 @@ class FirecrackerClient:
         except json.JSONDecodeError:
             raise SandboxError(f"{what}: answer is not JSON: {_one_line(resp.text, 120)}") from None
 
+    def _get_object(self, path: str) -> dict[str, Any]:
+        """A GET whose answer must be a JSON object: the VMM is not trusted to send one."""
+        answer = self._request("GET", path)
+        if not isinstance(answer, dict):
+            raise SandboxError(f"Firecracker API GET {path}: answer is not a JSON object: {_one_line(json.dumps(answer), 120)}")
+        return answer
+
     # reads -------------------------------------------------------------------------------------
     def describe_instance(self) -> dict[str, Any]:
         """GET / — id, state (Not started/Running/Paused), vmm_version, app_name."""
-        return self._request("GET", "/")
+        return self._get_object("/")
 
     def vm_config(self) -> dict[str, Any]:
         """GET /vm/config — the full configuration as Firecracker holds it."""
-        return self._request("GET", "/vm/config")
+        return self._get_object("/vm/config")
 
     def machine_config(self) -> dict[str, Any]:
-        return self._request("GET", "/machine-config")
+        return self._get_object("/machine-config")
 
     def version(self) -> str:
         return str(self._request("GET", "/version")["firecracker_version"])
