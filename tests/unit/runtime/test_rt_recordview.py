@@ -173,3 +173,12 @@ def test_inspect_and_logs_output_is_the_models(capsys: pytest.CaptureFixture[str
     assert got["derived_status"] == status.derive(model) and "PRIVATE KEY" not in json.dumps(got)
     assert main(["logs", name, "--state-dir", str(state.root)]) == 0
     assert capsys.readouterr().out == ("hello\x1b[31m red\n" if name == "off" else "")
+
+
+def test_a_row_from_another_host_is_type_checked() -> None:
+    """PsRow is plain data now; model_validate (a fleet client reads rows from another host) still checks each field."""
+    row = status.PsRow(name="a", status="running", cpus=2, labels={"k": "v"}, ports=["127.0.0.1:1->2/tcp"])
+    assert status.PsRow.model_validate(row.model_dump()) == row
+    for bad in ({"name": "a"}, {**row.model_dump(), "cpus": "many"}, {**row.model_dump(), "labels": {"k": 1}}, ["a"]):
+        with pytest.raises(ValidationError):
+            status.PsRow.model_validate(bad)
