@@ -12,6 +12,7 @@ What is checked here is what an honest agent may still relay from a hostile gues
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from typing import Any
 
@@ -83,13 +84,15 @@ def pump(res: Any) -> Pump:
 def row(obj: Any, host: str) -> PsRow:
     """One sandbox as a host lists it; names must be sandbox names, the text fields lose their control characters."""
     try:
-        r = PsRow.model_validate(obj, strict=True)
+        r = PsRow.model_validate(obj)  # every field type-checked (pydantic)
     except ValidationError as e:
         raise SandboxError(f"host {host} listed a malformed sandbox: {text(str(e.errors()[0]['loc']), 100)}") from None
     if not NAME_RE.fullmatch(r.name) or not _WORD.fullmatch(r.status):
         raise SandboxError(f"host {host} listed a sandbox with a malformed name or status: {text(repr(r.name), 80)}")
-    return r.model_copy(update={k: text(v) for k in ("vmm", "accel", "address", "image", "error", "reason")
-                                if isinstance(v := getattr(r, k), str)})
+    clean = dataclasses.replace(r, vmm=text(r.vmm), accel=text(r.accel), address=text(r.address), image=text(r.image))
+    clean.error = None if r.error is None else text(r.error)
+    clean.reason = None if r.reason is None else text(r.reason)
+    return clean
 
 
 def rows(obj: Any, host: str) -> list[PsRow]:
