@@ -55,6 +55,7 @@ SUMMARIES: dict[str, str] = {
     "disk": "Persistent data disks (attach with `sealbox run --disk FILE:rw`).",
     "doctor": "Check host prerequisites (KVM, cgroups, TAP, tools, jail, firmware, TDX, Firecracker).",
     "exec": "Run COMMAND in the guest: output streamed, exit status propagated, stdin passed through.",
+    "fleet": "Fleet mode: sandboxes over many hosts, placed by Ray (needs the extra sealbox[fleet]).",
     "gc": "Remove dead or half-created sandboxes and sealbox host objects no sandbox owns.",
     "inspect": "Show a sandbox's record, host steps, pids and the VMM's own view (JSON).",
     "logs": "Print a sandbox's serial console log: on a terminal every control character is shown escaped, colours kept unless "
