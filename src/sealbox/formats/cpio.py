@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 import stat
-from collections.abc import Iterator
+from collections.abc import Generator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
@@ -132,8 +132,23 @@ class Entry:
 
 
 def read_cpio(data: bytes) -> Iterator[Entry]:
-    """Parse a newc archive (for diffing artifacts). Hard links get the data of their first entry."""
-    pos, first_data = 0, {}
+    """Parse a newc archive, or several one after the other as the kernel unpacks an initramfs (zero padding
+    between them, each starting 4-byte aligned, a hard link table per archive). Hard links get the data of
+    their first entry; a later archive's entry for a path overrides an earlier one, as in the kernel."""
+    pos = 0
+    while True:
+        pos = yield from _read_one(data, pos)
+        while pos < len(data) and data[pos] == 0:  # padding between archives (and after the last)
+            pos += 1
+        if pos >= len(data):
+            return
+        if pos % 4:
+            raise BuildError(f"cpio archive at offset {pos} does not start on a 4-byte boundary")
+
+
+def _read_one(data: bytes, pos: int) -> Generator[Entry, None, int]:
+    """One archive from `pos` to its trailer; returns the offset after the trailer."""
+    first_data: dict[int, bytes] = {}
     while True:
         if data[pos:pos + 6] != MAGIC or pos + HEADER > len(data):
             raise BuildError(f"not a newc cpio archive at offset {pos}" if data[pos:pos + 6] != MAGIC
@@ -153,7 +168,7 @@ def read_cpio(data: bytes) -> Iterator[Entry]:
         body = data[body_start:body_start + size]
         pos = body_start + size + (-size % 4)
         if name == TRAILER:
-            return
+            return pos
         if stat.S_ISREG(mode) and nlink > 1:
             body = first_data.setdefault(ino, body)  # later links have size 0
         yield Entry(name, mode, uid, gid, mtime, ino, nlink, (rmaj, rmin), body)
