@@ -216,18 +216,24 @@ class LayerCache:
             if not tmp.taken:
                 tmp.path.unlink(missing_ok=True)
 
-    def store(self, kind: str, key: str, blobs: dict[str, TempBlob | bytes], meta: dict[str, Any]) -> None:
-        """Publish an entry: its blobs by content, then its key file, atomically. A disabled cache stores nothing."""
+    def store(self, kind: str, key: str, blobs: dict[str, TempBlob | bytes | Path], meta: dict[str, Any]) -> None:
+        """Publish an entry: its blobs (bytes, a file copied in, or a written temp blob) by content, then its key
+        file, atomically. A disabled cache stores nothing."""
         if not self.enabled:
             return
         t0 = time.monotonic()
         with contextlib.ExitStack() as stack:
             temps: dict[str, TempBlob] = {}
             for name, blob in blobs.items():
-                if isinstance(blob, bytes):
+                if not isinstance(blob, TempBlob):
                     tmp = stack.enter_context(self.new_blob())
                     with os.fdopen(os.dup(tmp.fd), "wb") as f:
-                        f.write(blob)
+                        if isinstance(blob, bytes):
+                            f.write(blob)
+                        else:
+                            with open(blob, "rb") as src:
+                                while chunk := src.read(CHUNK):
+                                    f.write(chunk)
                     blob = tmp
                 temps[name] = blob
             hashed = {name: _hash_fd(tmp.fd) for name, tmp in temps.items()}

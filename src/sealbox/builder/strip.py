@@ -197,6 +197,27 @@ def strip_tree(tree: Path, strip: Strip) -> dict[str, int]:
     return removed
 
 
+# What the bootstrap leaves only for its own downloads: removed as soon as it is done (builder/steps.py), so the
+# bootstrap layer of the build cache does not carry it; the strip step would remove exactly the same (ALWAYS).
+APT_STATE = ["/var/lib/apt/lists/*", "/var/cache/apt/*"]
+
+
+def remove_early(tree: Path, patterns: list[str], strip: Strip) -> int:
+    """Remove what `patterns` (each "<directory>/*", a subset of ALWAYS) match now, honouring the same keep rules
+    as strip_tree; returns the bytes removed."""
+    keep = KEEP + list(strip.keep)
+    removed = 0
+    for pattern in patterns:
+        parent = tree / pattern.removesuffix("/*").lstrip("/")
+        if parent.is_symlink() or not parent.is_dir():
+            continue
+        for child in sorted(parent.iterdir()):
+            rel = "/" + child.relative_to(tree).as_posix()
+            if path_glob(rel, pattern) and not _match(rel, keep):
+                removed += _remove(child, tree, keep)
+    return removed
+
+
 def _remove(path: Path, tree: Path, keep: list[str]) -> int:
     if path.is_dir() and not path.is_symlink():
         size = 0

@@ -24,7 +24,7 @@ import stat
 from pathlib import Path
 from typing import Any
 
-from sealbox.builder.layers import Entry, LayerCache
+from sealbox.builder.layers import Entry, LayerCache, TempBlob
 from sealbox.errors import BuildError, ToolError
 from sealbox.formats.cpio import walk_sorted
 from sealbox.util.run import inherited_fds, run
@@ -56,8 +56,10 @@ def listing(root: Path) -> tuple[str, list[str]]:
     return h.hexdigest(), unstorable
 
 
-def store_tree(cache: LayerCache, kind: str, key: str, root: Path, meta: dict[str, Any]) -> bool:
-    """Store `root` as the `kind` entry for `key`; False if it cannot be stored faithfully (a socket in it)."""
+def store_tree(cache: LayerCache, kind: str, key: str, root: Path, meta: dict[str, Any],
+               extra: dict[str, TempBlob | bytes | Path] | None = None) -> bool:
+    """Store `root` (and `extra` blobs) as the `kind` entry for `key`; False if the tree cannot be stored
+    faithfully (a socket in it)."""
     if not cache.enabled:
         return False
     digest, unstorable = listing(root)
@@ -67,7 +69,7 @@ def store_tree(cache: LayerCache, kind: str, key: str, root: Path, meta: dict[st
     with cache.new_blob() as tmp, inherited_fds((tmp.fd,)):
         run(["tar", "--create", f"--file={tmp.proc_path}", f"--directory={root}", "--format=posix", *COMMON, "--sparse",
              "--one-file-system", "--pax-option=delete=atime,delete=ctime", "."], timeout=TAR_TIMEOUT, what=f"tar (storing the {kind} layer)")
-        cache.store(kind, key, {BLOB: tmp}, {**meta, "listing": digest})
+        cache.store(kind, key, {**(extra or {}), BLOB: tmp}, {**meta, "listing": digest})
     return True
 
 

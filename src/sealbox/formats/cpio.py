@@ -62,8 +62,7 @@ def archive_order(tree: Path, paths: list[str], stats: dict[str, os.stat_result]
             return (0, b"", b"", os.fsencode(p))
         if not stat.S_ISREG(mode):
             return (1, b"", b"", os.fsencode(p))
-        with open(tree / p, "rb") as f:
-            elf = f.read(4) == b"\x7fELF"
+        elf = is_elf(tree / p)
         name = os.path.basename(p)
         ext = name.rsplit(".", 1)[1] if "." in name else ""
         return (2 if elf else 3, os.fsencode(ext), os.fsencode(name), os.fsencode(p))
@@ -72,13 +71,32 @@ def archive_order(tree: Path, paths: list[str], stats: dict[str, os.stat_result]
     return head + sorted((p for p in paths if p != "."), key=key)
 
 
-def write_cpio(tree: Path, out: BinaryIO, epoch: int) -> int:
-    """Write `tree` as a newc archive to `out`; returns the number of entries."""
+def is_elf(path: Path) -> bool:
+    with open(path, "rb") as f:
+        return f.read(4) == b"\x7fELF"
+
+
+def plan_cpio(tree: Path) -> tuple[list[str], dict[str, os.stat_result]]:
+    """Every path of `tree` in archive order, and its lstat."""
     paths = walk_sorted(tree)
     stats = {p: os.lstat(tree / p) for p in paths}
-    paths = archive_order(tree, paths, stats)
+    return archive_order(tree, paths, stats), stats
+
+
+def write_cpio(tree: Path, out: BinaryIO, epoch: int) -> int:
+    """Write `tree` as a newc archive to `out`; returns the number of entries."""
+    paths, stats = plan_cpio(tree)
+    return write_entries(tree, paths, stats, out, epoch)
+
+
+def write_entries(tree: Path, paths: list[str], stats: dict[str, os.stat_result], out: BinaryIO, epoch: int) -> int:
+    """Write `paths` of `tree` (in this order) as one newc archive, inode numbers from 1; returns the entry count.
+
+    Hard links are grouped among `paths` only: a caller splitting a tree into several archives keeps each
+    group in one of them (the kernel forgets links at each trailer)."""
     links: dict[tuple[int, int], list[str]] = {}
-    for p, st in stats.items():
+    for p in paths:
+        st = stats[p]
         if stat.S_ISREG(st.st_mode) and st.st_nlink > 1:
             links.setdefault((st.st_dev, st.st_ino), []).append(p)
     inode_of: dict[tuple[int, int], int] = {}
