@@ -160,6 +160,8 @@ class LayerCache:
             raise BuildError(f"build cache {self.root} is not a directory owned by uid {os.geteuid()} and writable only by it",
                              hint="fix its owner and mode (chmod 700), pass --layer-cache DIR, or build with --no-cache")
         self._checked = True
+        with self._locked():  # what builds killed while storing left behind
+            self._sweep()
 
     def note(self, kind: str, action: str, t0: float, **more: Any) -> None:
         self.log.append({"kind": kind, "action": action, "seconds": round(time.monotonic() - t0, 3), **more})
@@ -265,19 +267,24 @@ class LayerCache:
             old.unlink(missing_ok=True)
         named: set[str] = set()
         for k in KINDS:
-            d = self.root / "keys" / k
-            for stale in d.glob(".*.tmp"):  # only a writer holding this lock makes them: these are dead
-                stale.unlink(missing_ok=True)
-            for p in d.glob("*.json"):
+            for p in (self.root / "keys" / k).glob("*.json"):
                 try:
                     named.update(b["sha256"] for b in json.loads(p.read_text())["blobs"].values())
                 except (OSError, ValueError, KeyError, TypeError):
                     p.unlink(missing_ok=True)
         for blob in (self.root / "blobs").iterdir():
-            if blob.name.startswith(TMP_PREFIX):
-                self._sweep_temp(blob)
-            elif blob.name not in named:
+            if not blob.name.startswith(TMP_PREFIX) and blob.name not in named:
                 blob.unlink(missing_ok=True)
+        self._sweep()
+
+    def _sweep(self) -> None:
+        """Under the lock: temp files of writers that died (a key file's temp is only made under this lock, so any
+        found now is dead; a blob's temp is flocked by its live writer)."""
+        for k in KINDS:
+            for stale in (self.root / "keys" / k).glob(".*.tmp"):
+                stale.unlink(missing_ok=True)
+        for blob in (self.root / "blobs").glob(TMP_PREFIX + "*"):
+            self._sweep_temp(blob)
 
     @staticmethod
     def _sweep_temp(path: Path) -> None:

@@ -141,5 +141,13 @@ def verify_reproducible(spec: Path | None, profiles: tuple[str, ...], work_dir: 
             click.echo(f"  {name:<20} {'identical' if res['identical'] else 'DIFFERS'}")
             for d in res.get("differences", [])[:20]:
                 click.echo(f"      {d}")
+        layered = report["layered"]
+        differ = {n: r for n, r in layered["artifacts"].items() if not r["identical"]}
+        click.echo(f"  layered rebuild (reused {', '.join(layered['reused'])}; configured the restored bootstrap tree again): "
+                   + ("every artifact identical to the first build" if not differ else f"{len(differ)} artifacts DIFFER"))
+        for name, res in sorted(differ.items()):
+            click.echo(f"  {name:<20} DIFFERS (layered)")
+            for d in res.get("differences", [])[:20]:
+                click.echo(f"      {d}")
         click.echo("reproducible" if report["reproducible"] else "NOT reproducible")
     return 0 if report["reproducible"] else 1

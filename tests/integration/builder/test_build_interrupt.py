@@ -113,11 +113,12 @@ def test_two_builds_of_one_spec_at_once(small, tmp_path: Path) -> None:
 
 
 def _misses(spec: Path, out: Path, logs: Path, env: dict[str, str] | None = None) -> bool:
-    """True if a build of `spec` into `out` would rebuild (it reaches bootstrap, where the hook stops it)."""
-    proc, err = start(spec, out, logs, stop_before="bootstrap", env=env)
+    """True if a build of `spec` into `out` would rebuild (it reaches restore, its first step after check-cache with
+    a lock, where the hook stops it)."""
+    proc, err = start(spec, out, logs, stop_before="restore", env=env)
     deadline = time.monotonic() + 120
     while proc.poll() is None and time.monotonic() < deadline:
-        if "stopped before bootstrap " in err.read_text():
+        if "stopped before restore " in err.read_text():
             assert signal_stopped(proc, signal.SIGTERM) == 143
             return True
         time.sleep(0.1)
