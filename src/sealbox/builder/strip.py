@@ -165,16 +165,34 @@ def _glob_parts(parts: tuple[str, ...], pat: tuple[str, ...]) -> bool:
     return any(_glob_parts(rest[k:], tail) for k in range(len(rest) + 1))
 
 
-def _match(rel: str, patterns: list[str]) -> bool:
-    return any(path_glob(rel, p) for p in patterns)
+@functools.lru_cache(maxsize=256)
+def _index(patterns: tuple[str, ...]) -> tuple[dict[int, list[tuple[str, ...]]], list[tuple[str, ...]]]:
+    """Patterns by depth (one without `**` matches only paths of its own depth: most need not be tried) and the
+    patterns with `**`."""
+    by_depth: dict[int, list[tuple[str, ...]]] = {}
+    deep: list[tuple[str, ...]] = []
+    for pattern in patterns:
+        parts = _split(pattern)
+        if "**" in parts:
+            deep.append(parts)
+        else:
+            by_depth.setdefault(len(parts), []).append(parts)
+    return by_depth, deep
+
+
+def _match(rel: str, patterns: list[str] | tuple[str, ...]) -> bool:
+    """path_glob(rel, p) for any p in patterns."""
+    by_depth, deep = _index(tuple(patterns))
+    parts = tuple(rel.split("/"))
+    return any(_glob_parts(parts, p) for p in by_depth.get(len(parts), ())) or any(_glob_parts(parts, p) for p in deep)
 
 
 def strip_tree(tree: Path, strip: Strip) -> dict[str, int]:
     """Delete matching paths; returns bytes removed per group."""
-    patterns = {g: globs for g, globs in GROUPS.items() if getattr(strip, g)}
-    patterns["always"] = ALWAYS
-    patterns["paths"] = list(strip.paths)
-    keep = KEEP + list(strip.keep)
+    patterns = {g: tuple(globs) for g, globs in GROUPS.items() if getattr(strip, g)}
+    patterns["always"] = tuple(ALWAYS)
+    patterns["paths"] = tuple(strip.paths)
+    keep = tuple(KEEP + list(strip.keep))
     removed: dict[str, int] = {g: 0 for g in patterns}
     for dirpath, dirnames, filenames in os.walk(tree, topdown=True):
         base = "" if Path(dirpath) == tree else "/" + os.path.relpath(dirpath, tree)
@@ -218,7 +236,7 @@ def remove_early(tree: Path, patterns: list[str], strip: Strip) -> int:
     return removed
 
 
-def _remove(path: Path, tree: Path, keep: list[str]) -> int:
+def _remove(path: Path, tree: Path, keep: list[str] | tuple[str, ...]) -> int:
     if path.is_dir() and not path.is_symlink():
         size = 0
         for child in sorted(path.iterdir()):
