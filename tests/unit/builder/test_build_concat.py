@@ -106,4 +106,5 @@ def test_compare_explains_a_difference_in_a_later_archive(tmp_path: Path) -> Non
     lines = explain("initrd.cpio.zst", tmp_path / "x.cpio.zst", tmp_path / "y.cpio.zst", tmp_path)
     assert any(line.startswith("/etc/app.conf: content ") for line in lines), lines
     assert not any(line.startswith("/usr/bin/") for line in lines), lines
+    assert lines[-1].startswith("zstd frames (initrd segments") and ": 2 of 2 and 2" in lines[-1], lines
     assert all(stat.S_ISREG(e.mode) or stat.S_ISDIR(e.mode) for e in read_cpio(a))
