@@ -46,7 +46,7 @@ EDITS = {
     "files": lambda p: (p / "files/app.conf").write_text("setting = 2\n"),
     "cmdline": lambda p: _append(p, '\n[kernel]\ncmdline = ["console=ttyS0", "quiet", "panic=-1", "loglevel=4"]\n'),
     "user": lambda p: _append(p, "\n[users.benchuser]\nuid = 1600\n"),
-    "package": lambda p: _append(p, '\n[packages]\ninclude = ["procps"]\n'),
+    "package": lambda p: _append(p, '\n[packages]\ninclude = ["curl"]\n'),  # not in the default image, with libraries
 }
 
 

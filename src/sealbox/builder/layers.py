@@ -6,6 +6,8 @@ Layers (builder/steps.py says which step looks up and stores which):
   tree       the configured, stripped tree   key: the bootstrap key + the spec without its writer-only settings
                                                   (name, output.*, kernel.cmdline) + the content of files[]
   kernel     vmlinuz, vmlinux, the kernel package unpacked    key: the kernel .deb's sha256, builder modules
+  modules    the kernel modules the spec needs, and the kernel's module lists   key: the kernel .deb, the module
+                                                  list (kernel.modules + kernel.load), builder modules
   loader     loader.cpio.zst                 key: busybox and kernel .debs, compression level, builder modules
   segment    one compressed initrd segment   key: the sha256 of its uncompressed archive, level, zstd, modules
 
@@ -40,8 +42,8 @@ from typing import Any
 from sealbox.errors import BuildError
 from sealbox.util import atomic
 
-KINDS = ("bootstrap", "tree", "kernel", "loader", "segment")
-LIMITS = {"bootstrap": 3, "tree": 4, "kernel": 2, "loader": 4, "segment": 64}
+KINDS = ("bootstrap", "tree", "kernel", "modules", "loader", "segment")
+LIMITS = {"bootstrap": 3, "tree": 4, "kernel": 2, "modules": 4, "loader": 4, "segment": 64}
 SCHEMA = 1
 CHUNK = 1 << 20
 TMP_PREFIX = ".tmp-"

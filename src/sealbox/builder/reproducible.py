@@ -14,7 +14,7 @@ cache (inputs, verified by hash); neither reuses an output, and each has a build
 empty, so both are cold. The second build's first log line states the conditions it actually ran under.
 
 Then the layered path: a third build from the first build's cache restores its bootstrap layer and reuses its
-kernel, loader and initrd segments, but configures, strips and writes the tree again (the tree layer is not
+kernel, modules, loader and initrd segments, but configures, strips and writes the tree again (the tree layer is not
 reused), as a rebuild after an edit does; its artifacts must equal the first build's too.
 """
 
@@ -62,7 +62,7 @@ exit $rc
 """
 
 
-LAYERED_REUSE = "bootstrap,kernel,loader,segment"  # everything but the configured tree
+LAYERED_REUSE = "bootstrap,kernel,modules,loader,segment"  # everything but the configured tree
 
 
 def _build_argv(spec: Path | None, profiles: list[str], out: Path, lock: Path, work: Path, layers: Path, *more: str) -> list[str]:
@@ -132,7 +132,7 @@ def _verify(loaded: LoadedSpec, spec_path: Path | None, profiles: list[str], wor
         env_b = {**_passed_on(), **VARIED, "PATH": f"{os.environ.get('PATH', '')}:{EXTRA_PATH}"}
         _run_build(_second_build(spec_path, profiles, base, lock), env_b, "second", base / "build-b.log")
         t2 = time.monotonic()
-        say(f"  done in {t2 - t1:.0f}s; layered rebuild from the first build's cache (bootstrap layer, kernel, loader, segments)")
+        say(f"  done in {t2 - t1:.0f}s; layered rebuild from the first build's cache (bootstrap layer, kernel, modules, loader, segments)")
         layered = _layered_build(spec_a, profiles, base, lock)
         say(f"  done in {time.monotonic() - t2:.0f}s; comparing")
         report = _compare(out_a, out_b, base)

@@ -11,7 +11,9 @@ Keys: the bootstrap layer's is every input of mmdebstrap and the downloads (lock
 sources it resolved to, packages, the dpkg path filters the strip switches set, the epoch, mmdebstrap's
 version) plus every builder module; the tree layer's is that key plus the spec without its writer-only
 settings (WRITER_ONLY) and the content of its files[]. Kernel and loader artifacts are keyed by the .debs
-they come from.
+they come from; the kernel modules an image needs (the closure of kernel.modules and kernel.load, with the
+kernel's module lists) by the kernel .deb and that list, so a rebuild installs them without unpacking the
+whole kernel package.
 """
 
 from __future__ import annotations
@@ -21,7 +23,14 @@ from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any, Protocol
 
 from sealbox.builder.bootstrap import DPKG_EXCLUDES, BootstrapResult
-from sealbox.builder.kernel import KernelFiles, extract_kernel_deb, extract_vmlinux, kernel_files_in
+from sealbox.builder.kernel import (
+    KernelFiles,
+    extract_kernel_deb,
+    extract_vmlinux,
+    install_modules,
+    kernel_files_in,
+    module_closure,
+)
 from sealbox.builder.layers import layer_key
 from sealbox.builder.loader import build_loader
 from sealbox.builder.lock import Installed, Lock, LockedPackage
@@ -160,6 +169,39 @@ def kernel_files(ctx: BuildContext) -> KernelFiles:
             ctx.layers.discard("kernel", ctx.kernel_entry.key)
     ctx.kfiles = extract_kernel_deb(boot.extra_files[boot.kernel_package], dest)
     return ctx.kfiles
+
+
+META_FILES = ("modules.order", "modules.builtin", "modules.builtin.modinfo")  # what install_modules copies besides modules
+
+
+def modules(ctx: BuildContext) -> list[str]:
+    """Install the modules the spec needs into the tree (kernel.install_modules), from the cached subset of the
+    kernel's modules when there is one: the same files, so the same tree and the same depmod output."""
+    spec = ctx.loaded.spec
+    boot = ctx.need()
+    wanted = sorted(set(spec.kernel.modules) | set(spec.kernel.load))
+    key = layer_key("modules", {**ctx.code(), "deb": boot.extras[boot.kernel_package].sha256, "wanted": wanted})
+    entry = ctx.layers.lookup("modules", key)
+    if entry is not None:
+        try:
+            restore_tree(entry, ctx.work / "modules")
+            subset = KernelFiles(str(entry.meta["version"]), ctx.stage / "vmlinuz", None, ctx.work / "modules")
+            return install_modules(subset, wanted, ctx.tree)
+        except (BuildError, KeyError) as e:
+            ctx.layers.log.append({"kind": "modules", "action": "rejected", "why": str(e), "seconds": 0.0})
+            ctx.layers.discard("modules", key)
+    kf = kernel_files(ctx)
+    names = install_modules(kf, wanted, ctx.tree)
+    if ctx.layers.enabled:  # the closure and the module lists: all install_modules reads of the kernel
+        copy = ctx.work / "modules-subset"
+        for src in [*module_closure(wanted, kf.modules_root), *(kf.modules_root / m for m in META_FILES)]:
+            if src.exists():
+                dest = copy / src.relative_to(kf.modules_root)
+                dest.parent.mkdir(parents=True, exist_ok=True)
+                shutil.copyfile(src, dest)
+        copy.mkdir(exist_ok=True)
+        store_tree(ctx.layers, "modules", key, copy, {"version": kf.version})
+    return names
 
 
 def loader(ctx: BuildContext) -> None:

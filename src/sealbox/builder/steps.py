@@ -29,7 +29,7 @@ from sealbox.builder import manifest as mf
 from sealbox.builder.bootstrap import BootstrapResult, bootstrap
 from sealbox.builder.cache import DebCache
 from sealbox.builder.configure import configure
-from sealbox.builder.kernel import KernelFiles, install_modules
+from sealbox.builder.kernel import KernelFiles
 from sealbox.builder.layers import Entry, LayerCache
 from sealbox.builder.lock import Lock, as_manifest, check_against_lock, lock_from, selection_of
 from sealbox.builder.reuse import LOADER_PACKAGE
@@ -131,10 +131,9 @@ def do_save_bootstrap(ctx: BuildContext) -> None:
 
 def do_kernel(ctx: BuildContext) -> None:
     """vmlinuz and vmlinux into the stage; the modules the spec needs into the tree (unless it was restored)."""
-    spec = ctx.loaded.spec
     reuse.kernel_artifacts(ctx)
     if ctx.tree_needed:
-        ctx.modules = install_modules(reuse.kernel_files(ctx), sorted(set(spec.kernel.modules) | set(spec.kernel.load)), ctx.tree)
+        ctx.modules = reuse.modules(ctx)
     ctx.boot_files = {"vmlinuz": "vmlinuz", "vmlinux": "vmlinux"}
 
 

@@ -44,7 +44,7 @@ def _progress(json_mode: bool) -> Progress | None:
 @click.option("--layer-cache", type=click.Path(file_okay=False, path_type=Path),
               help="Build cache of layers, kernels and initrd segments [$SEALBOX_CACHE_DIR/layers].")
 @click.option("--reuse", default="all", show_default=True, metavar="KINDS",
-              help="Build-cache kinds this build may reuse: all, none, or a list of bootstrap,tree,kernel,loader,segment.")
+              help="Build-cache kinds this build may reuse: all, none, or a list of bootstrap,tree,kernel,modules,loader,segment.")
 @click.option("--print-spec", is_flag=True, help="Print the fully merged spec and exit.")
 @click.option("--work-dir", type=click.Path(file_okay=False, path_type=Path), help="Where the temporary work tree goes [/var/tmp].")
 @click.option("--keep-work", is_flag=True, help="Keep the work tree (for debugging).")

@@ -179,7 +179,7 @@ def test_failed_bootstrap_leaves_only_its_log(tmp_path: Path, capsys) -> None:
 @pytest.mark.slow
 def test_verify_reproducible_default(built_image: Path) -> None:
     """Two full builds of the default image under varied conditions are bit-for-bit identical, and so is a third,
-    layered rebuild from the first one's build cache (its bootstrap layer, kernel, loader and initrd segments)."""
+    layered rebuild from the first one's build cache (its bootstrap layer, kernel, modules, loader and initrd segments)."""
     proc = subprocess.run([sys.executable, "-m", "sealbox", "verify-reproducible", "--json"], capture_output=True,
                           text=True, timeout=2400)
     report = json.loads(proc.stdout)
@@ -188,5 +188,5 @@ def test_verify_reproducible_default(built_image: Path) -> None:
     assert proc.returncode == 0 and report["reproducible"], (bad, bad_layered)
     assert {"initrd.cpio.zst", "rootfs.ext4", "default.efi", "manifest.json"} <= set(report["artifacts"])
     assert set(report["layered"]["artifacts"]) == set(report["artifacts"])
-    assert {"bootstrap", "kernel", "loader", "segment"} <= set(report["layered"]["reused"])
+    assert {"bootstrap", "kernel", "modules", "loader", "segment"} <= set(report["layered"]["reused"])
     assert report["layered"]["recompressed_segments"] == []  # the same tree: every segment came from the cache

@@ -276,3 +276,37 @@ def test_a_broken_key_file_is_a_miss_and_is_dropped(tmp_path: Path, cache: Layer
     path.write_text(json.dumps(doc))
     assert cache.lookup("kernel", "k") is None
     assert not path.exists()
+
+
+def test_a_store_interrupted_by_sigterm_leaves_nothing(tmp_path: Path) -> None:
+    """SIGTERM while tar is writing a layer: the build's handler unwinds, tar's group is stopped, the temp blob is
+    removed and no key file appears. (tar is replaced by a STAND-IN that writes a little and then hangs, so the
+    signal lands mid-write every time.)"""
+    fake = tmp_path / "bin"
+    fake.mkdir()
+    (fake / "tar").write_text('#!/bin/sh\nfor a in "$@"; do case $a in --file=*) f=${a#--file=} ;; esac; done\n'
+                              'head -c 65536 /dev/zero > "$f"\nexec sleep 60\n')
+    (fake / "tar").chmod(0o755)
+    tree = tmp_path / "tree"
+    tree.mkdir()
+    (tree / "f").write_text("x\n")
+    root = tmp_path / "cache"
+    code = ("import sys; from pathlib import Path\n"
+            "from sealbox.builder.interrupt import Interrupted, signals_raise\n"
+            "from sealbox.builder.layers import LayerCache\nfrom sealbox.builder.treearchive import store_tree\n"
+            "try:\n    with signals_raise():\n        store_tree(LayerCache(Path(sys.argv[1])), 'tree', 'k', Path(sys.argv[2]), {})\n"
+            "except Interrupted as e:\n    sys.exit(e.exit_code)\n")
+    env = {**os.environ, "PATH": f"{fake}:{os.environ.get('PATH', '')}"}
+    proc = subprocess.Popen([os.sys.executable, "-c", code, str(root), str(tree)], env=env)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        temps = list((root / "blobs").glob(".tmp-*")) if (root / "blobs").is_dir() else []
+        if temps and temps[0].stat().st_size == 65536:
+            break
+        time.sleep(0.05)
+    else:
+        proc.kill()
+        pytest.fail("the stand-in tar never wrote its temp blob")
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(30) == 143
+    assert list((root / "blobs").iterdir()) == [] and list((root / "keys/tree").iterdir()) == []

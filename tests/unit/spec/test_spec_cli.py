@@ -128,5 +128,5 @@ def test_settings_lists_every_setting(capsys: pytest.CaptureFixture[str]) -> Non
 def test_unknown_reuse_kind_is_one_clear_line(value: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     before = _snapshot(tmp_path)
     rc, out, err = _run(["build", "--reuse", value, "--output", str(tmp_path / "out")], capsys)
-    _assert_one_error_line(rc, out, err, "--reuse", "bootstrap, tree, kernel, loader, segment")
+    _assert_one_error_line(rc, out, err, "--reuse", "bootstrap, tree, kernel, modules, loader, segment")
     assert _snapshot(tmp_path) == before
