@@ -178,7 +178,7 @@ def bootstrap(spec: ImageSpec, sources: Sources, tree: Path, work: Path, cache: 
             names += [want] if kernel_real == want else [want, kernel_real]
         else:
             names.append(want)
-    files = download_extras(sorted(set(names)), tree, work)
+    files = download_extras(sorted(set(names)), tree, work) if names else {}  # a container image downloads nothing
     extras = {}
     for path in files.values():
         n, v, a = _deb_fields(path)

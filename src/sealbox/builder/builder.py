@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from sealbox.builder import disk, steps
+from sealbox.builder import disk, oci, steps
 from sealbox.builder import manifest as mf
 from sealbox.builder.cache import DEFAULT_CACHE, DebCache
 from sealbox.builder.interrupt import signals_raise
@@ -112,7 +112,7 @@ def _build(loaded: LoadedSpec, opts: BuildOptions) -> BuildResult:
         lock_file = read_lock_file(lock_path) or LockFile()
         section = None if opts.update_lock else lock_file.section_for(loaded, lock_path)
         sources = resolve_sources(spec.distribution)
-        tools = {**mf.tool_versions(), **disk.tool_versions(spec.output.formats)}
+        tools = {**mf.tool_versions(), **disk.tool_versions(spec.output.formats), **oci.tool_versions(spec.output.formats)}
         spec_digest = loaded.digest()
         # warm rebuild: same spec, lock and tools -> the existing output is the result
         if section is not None and not opts.no_cache:

@@ -17,6 +17,8 @@ from sealbox.spec.load import LoadedSpec
 from sealbox.spec.model import ImageSpec
 from sealbox.util.run import run
 
+HOSTS = b"127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n"
+
 
 def chroot_env(epoch: int) -> dict[str, str]:
     return {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "LC_ALL": "C.UTF-8", "TZ": "UTC", "HOME": "/root",
@@ -42,6 +44,25 @@ def install_guest_protocol(tree: Path) -> None:
         for link, target in guest_files.SYMLINKS.items():  # replaces whatever the bootstrap left (e.g. the host's resolv.conf)
             t.symlink(link, target)
         t.symlink("/init", "/sbin/init")  # the kernel runs /init from an initramfs
+
+
+def _refuse_pre_ready_units(t: Tree, enabled: list[str]) -> None:
+    """Every unit the spec enables starts after the ready marker (guest_files.ready_order); one that orders itself
+    before it makes a cycle, and systemd would silently drop a job at boot. Fail the build naming it instead."""
+    for unit in enabled:
+        if unit in guest_files.UNITS or unit in guest_files.FEATURE_UNITS or unit in guest_files.READY_AFTER:
+            continue  # the guest protocol's own units (sealbox's, not the spec's) may come first
+        for d in ("/etc/systemd/system", "/usr/lib/systemd/system"):
+            try:
+                text = t.read_bytes(f"{d}/{unit}").decode(errors="replace")
+            except (BuildError, OSError):
+                continue
+            before = {w for line in text.splitlines() if line.strip().startswith("Before=") for w in line.split("=", 1)[1].split()}
+            if "sealbox-ready.service" in before:
+                raise BuildError(f"services.enable: {unit} orders itself Before=sealbox-ready.service, but every unit a spec "
+                                 "enables starts after the ready marker (an ordering cycle systemd would break at boot)",
+                                 hint=f"drop sealbox-ready.service from {unit}'s Before=")
+            break
 
 
 def firewall_conf(spec: ImageSpec) -> str:
@@ -145,6 +166,14 @@ def _copy_entry(t: Tree, what: str, src: Path, dest: str, uid: int, gid: int, mo
             t.mkdir(d, 0o755, uid, gid, what=what)
         else:
             t.copy_file(d, s, mode if mode is not None else (0o755 if os.access(s, os.X_OK) else 0o644), uid, gid, what=what)
+    # a final link is replaced, never followed: when that link was also on the way to it (dest /l/l with l -> /),
+    # the written entry is no longer at `dest` as the guest will see it; a chroot's `cp` would have failed too
+    if src.is_symlink():
+        return  # the link itself is the entry (where it points is the guest's business)
+    got = t.resolve(dest)
+    if got is None or got.is_dir() != src.is_dir():
+        raise BuildError(f"{what}: writing {dest!r} replaced a link on its own path, so the entry is not at {dest!r} in the image",
+                         hint="name the destination by its real path inside the image")
 
 
 def configure(tree: Path, loaded: LoadedSpec, kernel_load: list[str], epoch: int) -> None:
@@ -157,7 +186,7 @@ def configure(tree: Path, loaded: LoadedSpec, kernel_load: list[str], epoch: int
             t.write_bytes("/etc/modules-load.d/sealbox.conf", "".join(m + "\n" for m in kernel_load).encode(), 0o644)
         t.write_bytes("/etc/hostname", b"localhost\n", 0o644)
         # no netbase in the image: without this, "localhost" does not resolve (ssh -L 3389:localhost:3389)
-        t.write_bytes("/etc/hosts", b"127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n", 0o644)
+        t.write_bytes("/etc/hosts", HOSTS, 0o644)
         if spec.hardening.ssh:
             t.write_bytes("/etc/ssh/sshd_config.d/00-sealbox.conf", guest_files.read("sshd-sealbox.conf"), 0o644)
             t.write_bytes("/etc/systemd/system/ssh.service.d/sealbox.conf", guest_files.read("ssh-service-sealbox.conf"), 0o644)
@@ -166,8 +195,14 @@ def configure(tree: Path, loaded: LoadedSpec, kernel_load: list[str], epoch: int
     create_users(tree, spec, epoch)
     lock_accounts(tree, spec, epoch)
     copy_files(tree, loaded)
+    features, feature_files = guest_files.feature_files(spec.persistent.disk if spec.persistent.enable else [], spec.cloud.providers)
+    with Tree(tree) as t:
+        for dest, (data, mode) in feature_files.items():
+            t.write_bytes(dest, data, mode)
+        if spec.persistent.enable:  # the mount point: / is read-only at run time
+            t.mkdir(guest_files.PERSISTENT_MOUNT, 0o755)
 
-    enable = list(guest_files.UNITS)
+    enable = list(guest_files.UNITS) + features
     if spec.hardening.ssh:
         enable.append("ssh.service")
     if spec.hardening.firewall:
@@ -178,6 +213,7 @@ def configure(tree: Path, loaded: LoadedSpec, kernel_load: list[str], epoch: int
     order = guest_files.ready_order(enable)
     if order:
         with Tree(tree) as t:
+            _refuse_pre_ready_units(t, enable)
             t.write_bytes(guest_files.READY_ORDER_DROPIN, order, 0o644)
     mask = [u for u in spec.services.mask if u not in enable]
     if not spec.hardening.console_getty:

@@ -176,6 +176,12 @@ class Tree:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
 
+    def remove(self, dest: str, what: str | None = None) -> None:
+        """Remove the file or link at `dest` (never followed), if there is one; a directory there is an error."""
+        what = what or dest
+        with self.parent(dest, what, create=False) as (pfd, name):
+            self._clear(pfd, name, dest, what)
+
     def symlink(self, dest: str, target: str, uid: int = 0, gid: int = 0, what: str | None = None) -> None:
         what = what or dest
         with self.parent(dest, what) as (pfd, name):

@@ -5,6 +5,7 @@ Layers (builder/steps.py says which step looks up and stores which):
                                                   excludes, epoch, downloads, mmdebstrap, every builder module
   tree       the configured, stripped tree   key: the bootstrap key + the spec without its writer-only settings
                                                   (name, output.*, kernel.cmdline) + the content of files[]
+                                                  + container (oci alone) or VM tree
   kernel     vmlinuz, vmlinux, the kernel package unpacked    key: the kernel .deb's sha256, builder modules
   modules    the kernel modules the spec needs, and the kernel's module lists   key: the kernel .deb, the module
                                                   list (kernel.modules + kernel.load), builder modules

@@ -104,9 +104,10 @@ def _label(profiles: list[str]) -> str:
 
 def selection_of(loaded: LoadedSpec) -> Selection:
     from sealbox.builder.steps import LOADER_PACKAGE, STUB_PACKAGE
+    from sealbox.spec.model import needs_kernel
 
     spec = loaded.spec
-    downloads = [spec.kernel.package]
+    downloads = [spec.kernel.package] if needs_kernel(spec.output.formats) else []  # a container image has none
     downloads += [STUB_PACKAGE] if "uki" in spec.output.formats else []
     downloads += [LOADER_PACKAGE] if "ext4" in spec.output.formats else []
     return Selection(packages=sorted(set(spec.packages.include)), downloads=sorted(set(downloads)))

@@ -10,10 +10,10 @@ restored exactly is dropped from the cache and the build carries on from the lay
 Keys: the bootstrap layer's is every input of mmdebstrap and the downloads (lock pins, distribution and the
 sources it resolved to, packages, the dpkg path filters the strip switches set, the epoch, mmdebstrap's
 version) plus every builder module; the tree layer's is that key plus the spec without its writer-only
-settings (WRITER_ONLY) and the content of its files[]. Kernel and loader artifacts are keyed by the .debs
-they come from; the kernel modules an image needs (the closure of kernel.modules and kernel.load, with the
-kernel's module lists) by the kernel .deb and that list, so a rebuild installs them without unpacking the
-whole kernel package.
+settings (WRITER_ONLY), the content of its files[] and whether it is a container's tree. Kernel and loader
+artifacts are keyed by the .debs they come from; the kernel modules an image needs (the closure of
+kernel.modules and kernel.load, with the kernel's module lists) by the kernel .deb and that list, so a
+rebuild installs them without unpacking the whole kernel package.
 """
 
 from __future__ import annotations
@@ -36,6 +36,7 @@ from sealbox.builder.loader import build_loader
 from sealbox.builder.lock import Installed, Lock, LockedPackage
 from sealbox.builder.treearchive import restore_tree, store_tree
 from sealbox.errors import BuildError
+from sealbox.spec.model import needs_kernel
 
 if TYPE_CHECKING:
     from sealbox.builder.steps import BuildContext
@@ -67,7 +68,10 @@ def bootstrap_key(ctx: BuildContext, pinned: dict[str, Any]) -> str:
 
 
 def tree_key(ctx: BuildContext, bootstrap: str) -> str:
-    return layer_key("tree", {"bootstrap": bootstrap, "spec": ctx.loaded.digest(omit=WRITER_ONLY)})
+    # output.formats is writer-only but for one bit: a container image (oci alone) gets a container's tree
+    # (builder/container.py), every VM format the same VM tree
+    return layer_key("tree", {"bootstrap": bootstrap, "spec": ctx.loaded.digest(omit=WRITER_ONLY),
+                              "container": not needs_kernel(ctx.formats)})
 
 
 def _installed(locked: Mapping[str, LockedPackage]) -> dict[str, Installed]:

@@ -1,7 +1,9 @@
 """The build as a list of named steps, each a small function of the shared BuildContext.
 
 restore → bootstrap → lock → save-bootstrap → kernel → configure → strip → link-check → normalise → save-tree
-→ initrd → rootfs → loader → uki → disk → manifest.
+→ initrd → rootfs → loader → uki → disk → oci → manifest. A container image (output.formats = ["oci"]) skips the
+kernel and gets a container's tree (builder/container.py); the steps that need a kernel are the VM formats', which
+it cannot have.
 Every step writes only into the work tree or the staging directory; builder.py runs them (pipeline.py times
 them, names the one that failed, and offers the test hook that stops the build at a step boundary) and commits
 the staging directory and the lock in one transaction (output.py) only when all succeeded. A step runs only if
@@ -26,6 +28,7 @@ from typing import Any
 
 from sealbox.builder import bootmem, disk, reuse, segments
 from sealbox.builder import manifest as mf
+from sealbox.builder import oci as oci_step
 from sealbox.builder.bootstrap import BootstrapResult, bootstrap
 from sealbox.builder.cache import DebCache
 from sealbox.builder.configure import configure
@@ -38,6 +41,7 @@ from sealbox.builder.strip import APT_STATE, link_check, remove_early, strip_tre
 from sealbox.errors import BuildError
 from sealbox.formats.ext4 import make_ext4
 from sealbox.spec.load import LoadedSpec
+from sealbox.spec.model import needs_kernel
 from sealbox.util import atomic
 from sealbox.util.run import run
 
@@ -74,6 +78,7 @@ class BuildContext:
     stripped: dict[str, int] = field(default_factory=dict)
     boot_files: dict[str, str] = field(default_factory=dict)
     manifest: dict[str, Any] = field(default_factory=dict)
+    oci: dict[str, Any] = field(default_factory=dict)  # what the manifest records about <name>.oci.tar
 
     @property
     def tree(self) -> Path:
@@ -138,6 +143,11 @@ def do_kernel(ctx: BuildContext) -> None:
 
 
 def do_configure(ctx: BuildContext) -> None:
+    if not needs_kernel(ctx.formats):  # a container image: no guest protocol, no units (builder/container.py)
+        from sealbox.builder.container import configure_container
+
+        configure_container(ctx.tree, ctx.loaded, ctx.loaded.spec.epoch)
+        return
     configure(ctx.tree, ctx.loaded, ctx.loaded.spec.kernel.load, ctx.loaded.spec.epoch)
 
 
@@ -211,6 +221,11 @@ def do_disk(ctx: BuildContext) -> None:
     ctx.boot_files.update(disk.build_step(ctx.stage, ctx.work, spec, ctx.tree, kfiles, boot.extra_files))
 
 
+def do_oci(ctx: BuildContext) -> None:
+    """The container image archive (builder/oci.py): <name>.oci.tar."""
+    ctx.oci = oci_step.build_step(ctx.stage, ctx.work, ctx.loaded.spec, ctx.tree)
+
+
 def do_manifest(ctx: BuildContext) -> None:
     boot = ctx.need()
     assert ctx.final_lock is not None
@@ -224,9 +239,10 @@ def do_manifest(ctx: BuildContext) -> None:
         "packages": as_manifest(boot.installed, "installed"),
         "downloads": as_manifest(boot.extras, "downloaded"),
         "kernel": {"package": boot.kernel_package, "version": ctx.kernel_version, "cmdline": list(spec.kernel.cmdline),
-                   "modules": ctx.modules, "load": list(spec.kernel.load)},
+                   "modules": ctx.modules, "load": list(spec.kernel.load)} if needs_kernel(ctx.formats) else None,
         "boot": ctx.boot_files, "tools": ctx.tools, "min_memory_mib": bootmem.min_memory_mib(ctx.stage, ctx.boot_files),
         "artifacts": mf.artifact_entries(ctx.stage, sorted(os.listdir(ctx.stage))),
+        **({"oci": ctx.oci} if ctx.oci else {}),
     }
     if ctx.segments:
         m["initrd_segments"] = ctx.segments
@@ -250,7 +266,7 @@ STEPS: list[Step] = [
     Step("bootstrap", do_bootstrap, lambda c: c.restored is None),
     Step("lock", do_lock),
     Step("save-bootstrap", do_save_bootstrap, lambda c: c.layers.enabled and c.restored is None),
-    Step("kernel", do_kernel),
+    Step("kernel", do_kernel, lambda c: needs_kernel(c.formats)),
     Step("configure", do_configure, _tree_needed),
     Step("strip", do_strip, _tree_needed),
     Step("link-check", do_link_check, _tree_needed),
@@ -261,5 +277,6 @@ STEPS: list[Step] = [
     Step("loader", do_loader, lambda c: "ext4" in c.formats),
     Step("uki", do_uki, lambda c: "uki" in c.formats),
     Step("disk", do_disk, lambda c: bool(disk.wanted(c.formats))),
+    Step("oci", do_oci, lambda c: "oci" in c.formats),
     Step("manifest", do_manifest),
 ]

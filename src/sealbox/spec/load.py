@@ -253,7 +253,8 @@ class _Loader:
             profiles.setdefault(pname, []).extend(pfrags)
         return out, profiles
 
-    def body_fragments(self, data: dict[str, Any], base: Path, origin: str, stack: tuple[Path, ...], prefix: str):
+    def body_fragments(self, data: dict[str, Any], base: Path, origin: str, stack: tuple[Path, ...],
+                       prefix: str) -> tuple[list[Fragment], dict[str, list[Fragment]]]:
         includes = data.get("include", [])
         if not isinstance(includes, list):
             raise SpecError(f"{origin}: {prefix}include: expected a list of module names or paths (got {includes!r})")

@@ -52,6 +52,7 @@ TOOL_PACKAGES = {
     "unshare": "util-linux",
     "disorderfs": "disorderfs",
     "fusermount3": "fuse3",
+    "openssl": "openssl",
 }
 
 # When set (by the builder, per step), every run() appends its command line and full output here, so the log of a

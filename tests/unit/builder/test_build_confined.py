@@ -19,7 +19,7 @@ from hypothesis import strategies as st
 from sealbox.builder.configure import copy_files, lock_accounts, write_in_tree
 from sealbox.builder.kernel import KernelFiles, install_modules
 from sealbox.builder.strip import link_check, strip_tree, unused_libraries
-from sealbox.errors import SealboxError
+from sealbox.errors import BuildError, SealboxError
 from sealbox.spec import load_spec
 from sealbox.spec.model import Strip
 
@@ -320,3 +320,17 @@ def test_fuzz_files_entries_never_leave_the_tree(tmp_path_factory: pytest.TempPa
                 assert chrooted(tree, "readlink", dest + "/ln") == target(t)
         for p, snap in outside.items():
             assert snapshot(p) == snap, f"entry {i} ({kind} -> {dest}) changed {p} outside the tree"
+
+
+def test_a_destination_through_the_link_it_replaces_is_refused(tmp_path: Path) -> None:
+    """Found by the fuzz test: with /l -> /, files[].dest /l/l resolves its parent through l and then replaces l
+    itself, so nothing is at /l/l afterwards (a chroot's cp fails there). Refused, naming the entry."""
+    tree, spec_dir = tmp_path / "tree", tmp_path / "spec"
+    (tree / "etc").mkdir(parents=True)
+    (tree / "etc/passwd").write_text("root:x:0:0:root:/root:/bin/sh\n")
+    (tree / "etc/group").write_text("root:x:0:\n")
+    spec_dir.mkdir()
+    (tree / "l").symlink_to("/")
+    (spec_dir / "f").write_text("content\n")
+    with pytest.raises(BuildError, match=r"files\[0\]\.dest.*replaced a link on its own path"):
+        copy_files(tree, _spec(spec_dir, [("f", "/l/l")]))
