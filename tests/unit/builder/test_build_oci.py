@@ -47,8 +47,9 @@ def _spec(tmp_path: Path, body: str = "") -> Path:
 
 
 def test_an_oci_build_runs_no_kernel_step(tmp_path: Path) -> None:
-    def wanted(formats: list[str]) -> list[str]:
-        ctx = SimpleNamespace(formats=set(formats))
+    def wanted(formats: list[str]) -> list[str]:  # a cold build without the build cache (--no-cache)
+        ctx = SimpleNamespace(formats=set(formats), layers=SimpleNamespace(enabled=False), lock=None, restored=None,
+                              tree_needed=True)
         return [s.name for s in STEPS if s.wanted(ctx)]  # type: ignore[arg-type]
 
     assert wanted(["oci"]) == ["bootstrap", "lock", "configure", "strip", "link-check", "normalise", "oci", "manifest"]
