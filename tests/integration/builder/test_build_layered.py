@@ -1,12 +1,13 @@
 """Edit → rebuild from the build cache gives the same bytes as a cold `--no-cache` build of the edited spec.
 
-One small real image (systemd, kmod, passwd; initrd, ext4 and UKI at zstd level 1) is built once into a private
+One small real image (systemd, kmod, passwd; initrd, ext4, UKI and a GPT disk at zstd level 1) is built once into a private
 build cache. Each test edits a copy of its project one way, rebuilds it from that cache, builds the same edited
 project cold with `--no-cache` (nothing cached: every .deb downloaded again, every layer made again, every
 segment compressed), and compares every artifact, the manifest included, byte for byte. It also checks which
 layers the rebuild reused: an edit to files[], a user, a service or a hardening switch never reruns the
 bootstrap; a kernel command line edit reuses the configured tree; an added package reruns the bootstrap, and the
-initrd segments it does not touch keep their compressed bytes.
+initrd segments it does not touch keep their compressed bytes. No writer's output is served stale: the UKI and
+the disk image carrying it change with every edit (and equal the cold build's).
 
 CI runs three kinds of edit (file content, user, kernel command line); the others are in the `slow` set.
 """
@@ -39,7 +40,7 @@ cmdline = ["console=ttyS0"]
 ssh = false
 firewall = false
 [output]
-formats = ["initrd", "ext4", "uki"]
+formats = ["initrd", "ext4", "uki", "disk"]
 compression_level = 1
 [[files]]
 source = "files/app"
@@ -56,6 +57,7 @@ class Base:
     project: Path
     layers: Path
     manifest: dict
+    digests: dict[str, str]
 
 
 def _build(spec: Path, out: Path, *args: str) -> dict:
@@ -80,7 +82,7 @@ def base(tmp_path_factory: pytest.TempPathFactory) -> Base:
     layers = root / "layers"  # private: what these tests reuse is exactly what this module's builds stored
     result = _build(project / "edit.toml", project / "build/edit", "--layer-cache", str(layers))
     assert result["lock_written"] and not result["up_to_date"]
-    return Base(project, layers, json.loads((project / "build/edit/manifest.json").read_text()))
+    return Base(project, layers, json.loads((project / "build/edit/manifest.json").read_text()), digests(project / "build/edit"))
 
 
 def _set_spec(old: str, new: str) -> Callable[[Path], None]:
@@ -143,7 +145,10 @@ def test_edit_then_rebuild_is_byte_identical_to_a_cold_build(base: Base, tmp_pat
 
     cold = _build(spec, tmp_path / "cold/edit", "--no-cache")
     assert all(e["action"] not in ("hit", "stored") for e in cold["cache"]), cold["cache"]
-    assert digests(project / "build/edit") == digests(tmp_path / "cold/edit"), f"{kind}: the rebuild differs from a cold build"
+    got = digests(project / "build/edit")
+    assert got == digests(tmp_path / "cold/edit"), f"{kind}: the rebuild differs from a cold build"
+    stale = [n for n in ("edit.efi", "disk.raw") if got[n] == base.digests[n]]
+    assert not stale, f"{kind}: {stale} kept the bytes of the build before the edit"
 
     manifest = json.loads((project / "build/edit/manifest.json").read_text())
     before = {s["name"]: s["sha256"] for s in base.manifest["initrd_segments"]}

@@ -148,3 +148,22 @@ def test_run_refuses_a_container_image_with_what_to_do(tmp_path: Path) -> None:
         image.load(d)
     text = str(e.value)
     assert "is a container image" in text and "no kernel to boot" in text and f"{d}/app.oci.tar" in text and "podman load" in text
+
+
+def test_the_build_cache_keeps_container_and_vm_trees_apart(tmp_path: Path) -> None:
+    """output.* is writer-only for the tree layer's key, but a container's tree is made differently (no guest
+    protocol, no kernel modules): the same spec and bootstrap as oci and as a VM must not share a configured tree."""
+    from sealbox.builder.reuse import tree_key
+
+    def key(formats: str) -> str:
+        d = tmp_path / formats.replace('"', "").replace(",", "-")
+        d.mkdir()
+        spec = d / "app.toml"
+        spec.write_text(f"name = 'app'\noutput.formats = [{formats}]\n")
+        loaded = load_spec(spec)
+        ctx = SimpleNamespace(loaded=loaded, formats=set(loaded.spec.output.formats))
+        return tree_key(ctx, "same-bootstrap")  # type: ignore[arg-type]
+
+    vm = key('"initrd"')
+    assert key('"initrd", "ext4"') == vm  # only the writers differ: the configured tree is reused
+    assert key('"oci"') != vm
