@@ -132,7 +132,11 @@ def test_edit_then_rebuild_is_byte_identical_to_a_cold_build(base: Base, tmp_pat
     EDITS[kind](project)
     spec = project / "edit.toml"
     extra = ("--update-lock",) if kind == "added-package" else ()
-    layered = _build(spec, project / "build/edit", "--layer-cache", str(base.layers), *extra)
+    # a private copy of the base cache (hard links: entries are immutable, replaced by rename): what one test stores
+    # or evicts (at most LIMITS["tree"] trees are kept) never changes what another, in any order, finds
+    layers = tmp_path / "layers"
+    shutil.copytree(base.layers, layers, copy_function=os.link)
+    layered = _build(spec, project / "build/edit", "--layer-cache", str(layers), *extra)
     assert not layered["up_to_date"]
     if kind == "added-package":
         assert _state(layered, "bootstrap") == "done", "a new package set must be bootstrapped"
