@@ -55,7 +55,8 @@ def mmdebstrap_argv(spec: ImageSpec, sources: Sources, tree: Path, debs_in: Path
         "--variant=essential",
         "--format=directory",
         f"--architectures={spec.distribution.architecture}",
-        f"--include={','.join(sorted(set(spec.packages.include)))}",
+        # mmdebstrap refuses an empty --include= (a container image may install nothing beyond the essential set)
+        *([f"--include={','.join(sorted(set(spec.packages.include)))}"] if spec.packages.include else []),
         f"--hook-dir={HOOKS / 'merged-usr'}",
         "--skip=download/empty",
         "--skip=essential/unlink",

@@ -167,3 +167,18 @@ def test_the_build_cache_keeps_container_and_vm_trees_apart(tmp_path: Path) -> N
     vm = key('"initrd"')
     assert key('"initrd", "ext4"') == vm  # only the writers differ: the configured tree is reused
     assert key('"oci"') != vm
+
+
+def test_a_spec_without_packages_gives_mmdebstrap_no_empty_include(tmp_path: Path) -> None:
+    """A container image may install nothing beyond Debian's essential set: mmdebstrap refuses an empty --include=
+    ("Option include requires an argument", its usage and exit 2: seen building such an oci spec)."""
+    from sealbox.builder.bootstrap import mmdebstrap_argv
+    from sealbox.builder.sources import Sources
+
+    sources = Sources("http://mirror.invalid/debian", None, "bookworm", ("main",))
+    loaded = load_spec(_spec(tmp_path))
+    assert loaded.spec.packages.include == []
+    argv = mmdebstrap_argv(loaded.spec, sources, tmp_path / "tree", tmp_path / "in", tmp_path / "out", None)
+    assert not [a for a in argv if a.startswith("--include")], argv
+    with_pkgs = load_spec(_spec(tmp_path / "p", '[packages]\ninclude = ["passwd", "busybox"]\n')).spec
+    assert "--include=busybox,passwd" in mmdebstrap_argv(with_pkgs, sources, tmp_path / "tree", tmp_path / "in", tmp_path / "out", None)
