@@ -46,7 +46,8 @@ EDITS = {
     "files": lambda p: (p / "files/app.conf").write_text("setting = 2\n"),
     "cmdline": lambda p: _append(p, '\n[kernel]\ncmdline = ["console=ttyS0", "quiet", "panic=-1", "loglevel=4"]\n'),
     "user": lambda p: _append(p, "\n[users.benchuser]\nuid = 1600\n"),
-    "package": lambda p: _append(p, '\n[packages]\ninclude = ["curl"]\n'),  # not in the default image, with libraries
+    # not in the default image, with libraries (curl is not: libsasl2's plugin needs libdb-5.3, which [strip] removes)
+    "package": lambda p: _append(p, '\n[packages]\ninclude = ["jq"]\n'),
 }
 
 
@@ -128,8 +129,9 @@ def main() -> int:
         (project / "files").mkdir(exist_ok=True)
         (project / "files/app.conf").write_text("setting = 1\n")
         old_src = baseline_src(a.baseline_rev, work / "baseline-src")
+        # this sealbox is the bench's own checkout (REPO/src), not whatever the interpreter has installed
         env = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "SEALBOX_CACHE_DIR": str(work / "cache"),
-               "SEALBOX_WORK_DIR": str(work / "tmp"), "HOME": "/root"}
+               "SEALBOX_WORK_DIR": str(work / "tmp"), "HOME": "/root", "PYTHONPATH": str(REPO / "src")}
         print(f"warm-up build (fills the .deb cache, writes the lock; untimed) in {work}", flush=True)
         build([sys.executable, "-m", "sealbox", "build", str(project / "bench.toml"), "--output", str(work / "warm"),
                "--layer-cache", str(work / "warm-layers")], env)
