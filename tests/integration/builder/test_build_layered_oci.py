@@ -17,6 +17,8 @@ pytestmark = pytest.mark.integration
 
 SPEC = """\
 name = "ocilayer"
+[packages]
+include = ["passwd"]  # /etc/shadow, which the configure step's account locking reads
 [oci]
 cmd = ["/bin/cat", "/opt/app/hello"]
 compression_level = 1
