@@ -22,6 +22,7 @@ import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 from smallbuild import digests
@@ -56,15 +57,16 @@ mode = 0o644
 class Base:
     project: Path
     layers: Path
-    manifest: dict
+    manifest: dict[str, Any]
     digests: dict[str, str]
 
 
-def _build(spec: Path, out: Path, *args: str) -> dict:
+def _build(spec: Path, out: Path, *args: str) -> dict[str, Any]:
     proc = subprocess.run([sys.executable, "-m", "sealbox", "build", str(spec), "--output", str(out), "--json", *args],
                           capture_output=True, text=True, timeout=2400, cwd=spec.parent)
     assert proc.returncode == 0, proc.stderr[-1500:]
-    return json.loads(proc.stdout)
+    summary: dict[str, Any] = json.loads(proc.stdout)
+    return summary
 
 
 @pytest.fixture(scope="module")
@@ -100,7 +102,7 @@ def _append(text: str) -> Callable[[Path], None]:
     return edit
 
 
-EDITS: dict[str, Callable[[Path], None]] = {
+EDITS: dict[str, Callable[[Path], object]] = {
     "file-content": lambda p: (p / "files/app/hello").write_text("changed\n"),
     "file-mode": _set_spec("mode = 0o644", "mode = 0o600"),
     "new-file": lambda p: (p / "files/app/new.txt").write_text("a new file\n"),
@@ -114,15 +116,15 @@ EDITS: dict[str, Callable[[Path], None]] = {
 IN_CI = ("file-content", "user", "kernel-cmdline")
 
 
-def _restored(result: dict) -> str | None:
+def _restored(result: dict[str, Any]) -> str | None:
     for e in result["cache"]:
         if e["kind"] in ("tree", "bootstrap") and e["action"] == "hit":
-            return e["kind"]
+            return str(e["kind"])
     return None
 
 
-def _state(result: dict, step: str) -> str:
-    return next(s["state"] for s in result["steps"] if s["step"] == step)
+def _state(result: dict[str, Any], step: str) -> str:
+    return str(next(s["state"] for s in result["steps"] if s["step"] == step))
 
 
 @pytest.mark.parametrize("kind", [k if k in IN_CI else pytest.param(k, marks=pytest.mark.slow) for k in EDITS])

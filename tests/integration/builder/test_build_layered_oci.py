@@ -9,6 +9,7 @@ import shutil
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 from smallbuild import digests
@@ -31,15 +32,16 @@ dest = "/opt/app/hello"
 ARCHIVE = "ocilayer.oci.tar"
 
 
-def _build(spec: Path, out: Path, *args: str) -> dict:
+def _build(spec: Path, out: Path, *args: str) -> dict[str, Any]:
     proc = subprocess.run([sys.executable, "-m", "sealbox", "build", str(spec), "--output", str(out), "--json", *args],
                           capture_output=True, text=True, timeout=2400, cwd=spec.parent)
     assert proc.returncode == 0, proc.stderr[-1500:]
-    return json.loads(proc.stdout)
+    summary: dict[str, Any] = json.loads(proc.stdout)
+    return summary
 
 
-def _state(result: dict, step: str) -> str:
-    return next(s["state"] for s in result["steps"] if s["step"] == step)
+def _state(result: dict[str, Any], step: str) -> str:
+    return str(next(s["state"] for s in result["steps"] if s["step"] == step))
 
 
 @pytest.mark.slow
