@@ -20,12 +20,12 @@ from sealbox.errors import SandboxError, UsageError
 from sealbox.sandbox import image as image_mod
 from sealbox.sandbox.host import cgroups
 from sealbox.sandbox.instance import DISK_NAME
+from sealbox.sandbox.layout import CONSOLE_DIR as CONSOLE_DIR  # re-exported (lifecycle, tests)
+from sealbox.sandbox.layout import CONSOLE_LOG as CONSOLE_LOG
 from sealbox.sandbox.model import CgroupPlan, DiskSpec, EgressRule, GuestNet, Limits, NetMode, PortMap, SandboxSpec, VmPlan
 from sealbox.sandbox.vmm.base import VmmBackend
 from sealbox.util.names import check_sandbox_name
 
-CONSOLE_DIR = "console"  # a size-capped tmpfs (host/consolefs.py)
-CONSOLE_LOG = f"{CONSOLE_DIR}/console.log"
 DEFAULT_MEMORY_MIB = 512  # unless the image needs more (its manifest's min_memory_mib)
 FIRECRACKER_OVERHEAD_MIB = 128  # Firecracker's own RSS beyond guest RAM is small; room for page tables + buffers
 
@@ -134,7 +134,8 @@ def check_disks(spec: SandboxSpec, image_dir: Path) -> None:
             raise UsageError(f"--disk {p} is attached twice", hint="attach each disk once")
         seen.add(real)
         if not d.readonly and image_dir.resolve() in real.parents:
-            raise UsageError(f"--disk {p}:rw is inside the image directory {image_dir}", hint="keep writable data outside the image (copy the file elsewhere)")
+            raise UsageError(f"--disk {p}:rw is inside the image directory {image_dir}",
+                             hint="keep writable data outside the image (copy the file elsewhere)")
 
 
 @dataclass
@@ -266,4 +267,5 @@ def make_plan(spec: SandboxSpec, img: image_mod.Image, choice: Choice, net: Gues
 
 def require_root() -> None:
     if os.geteuid() != 0:
-        raise SandboxError("sealbox run must be started as root (it creates namespaces, TAPs and cgroups)", hint="use sudo, or --dry-run to see what would happen")
+        raise SandboxError("sealbox run must be started as root (it creates namespaces, TAPs and cgroups)",
+                           hint="use sudo, or --dry-run to see what would happen")

@@ -24,7 +24,7 @@ from typing import Any
 
 from sealbox.errors import SandboxError, SandboxTimeout, UsageError
 from sealbox.sdk.host import Host
-from sealbox.sdk.sandbox import Sandbox, StrPath, _host, new_name
+from sealbox.sdk.sandbox import Sandbox, StrPath, new_name, resolve_host
 from sealbox.util.names import check_sandbox_name
 
 log = logging.getLogger("sealbox.pool")
@@ -60,7 +60,7 @@ class Pool:
         if "name" in create_kwargs or "holder" in create_kwargs or "cancel" in create_kwargs:
             raise UsageError("a Pool names its members and holds them itself: drop name=/holder=/cancel=")
         self.image, self.size, self.parallel = image, size, parallel
-        self.host = _host(host, state_dir)
+        self.host = resolve_host(host, state_dir)
         self.labels = {**(labels or {}), POOL_LABEL: self.name}
         self._kw = create_kwargs
         self._cond = threading.Condition()

@@ -29,11 +29,11 @@ from typing import Any, TypeVar
 
 from sealbox.errors import SandboxError
 from sealbox.sandbox.host import rtnl
+from sealbox.sandbox.host.nsenter import CLONE_NEWNET, enter_net
 from sealbox.sandbox.steps import Step, StepRefused
 
 log = logging.getLogger("sealbox.netns")
 
-CLONE_NEWNET = 0x40000000
 MS_BIND, MS_REC, MS_SHARED = 0x1000, 0x4000, 1 << 20
 MNT_DETACH = 2
 LO_INDEX = 1  # loopback is the first device of every network namespace
@@ -51,10 +51,6 @@ def _libc_call(fn: str, *args: Any) -> None:
     if getattr(_libc, fn)(*args) != 0:
         err = ctypes.get_errno()
         raise OSError(err, f"{fn}: {os.strerror(err)}")
-
-
-def _setns(fd: int) -> None:
-    _libc_call("setns", fd, CLONE_NEWNET)
 
 
 def netns_path(netns: str) -> Path:
@@ -93,14 +89,15 @@ def run_in_netns(netns: str | None, fn: Callable[[], T], *, timeout: float = 30.
         fd = os.open(netns_path(netns), os.O_RDONLY | os.O_CLOEXEC)
     except FileNotFoundError:
         raise SandboxError(f"network namespace {netns!r} does not exist", hint="is the sandbox running? see 'sealbox ps'") from None
-    box: dict[str, Any] = {}
+    value: list[T] = []
+    error: list[BaseException] = []
 
     def target() -> None:
         try:
-            _setns(fd)
-            box["value"] = fn()
+            enter_net(fd)
+            value.append(fn())
         except BaseException as e:  # noqa: BLE001 - handed to the caller's thread
-            box["error"] = e
+            error.append(e)
 
     try:
         worker = threading.Thread(target=target, name=f"netns:{netns}", daemon=True)
@@ -110,9 +107,9 @@ def run_in_netns(netns: str | None, fn: Callable[[], T], *, timeout: float = 30.
         os.close(fd)
     if worker.is_alive():
         raise SandboxError(f"operation in network namespace {netns!r} did not finish within {timeout:g}s")
-    if "error" in box:
-        raise box["error"]
-    return box["value"]  # type: ignore[no-any-return]
+    if error:
+        raise error[0]
+    return value[0]
 
 
 def socket_in_netns(netns: str, family: int = socket.AF_INET, type: int = socket.SOCK_STREAM) -> socket.socket:

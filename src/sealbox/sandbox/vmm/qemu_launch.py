@@ -9,7 +9,7 @@ start time identify it later; the cgroup is what reliably kills it and anything 
 
 from __future__ import annotations
 
-import ctypes
+import contextlib
 import fcntl
 import os
 import signal
@@ -22,6 +22,7 @@ from typing import Any, Literal
 
 from sealbox.errors import SandboxError
 from sealbox.sandbox.host import cgroups, jail
+from sealbox.sandbox.host.nsenter import enter_net
 from sealbox.sandbox.model import VmPlan
 from sealbox.sandbox.state import SandboxRecord, pid_alive, process_start_time
 from sealbox.sandbox.steps import Step
@@ -30,10 +31,10 @@ from sealbox.sandbox.vmm.qmp import QmpClient, QmpError
 from sealbox.util import atomic
 from sealbox.util.pipes import read_until_eof
 from sealbox.util.run import which
+from sealbox.util.unixpath import short_path
 
 TUNSETIFF = 0x400454CA
 IFF_TAP, IFF_NO_PI, IFF_VNET_HDR = 0x0002, 0x1000, 0x4000
-CLONE_NEWNET = 0x40000000
 NETNS_DIR = Path("/var/run/netns")
 QEMU_COMM = "qemu-system-x86"  # /proc/PID/comm is cut at 15 characters
 
@@ -107,14 +108,10 @@ class RunDirStep(Step):
     def undo(self, outputs: dict[str, Any]) -> None:
         for p in (self.qmp_socket, self.vars_copy):
             if p:
-                try:
+                with contextlib.suppress(FileNotFoundError):
                     os.unlink(p)
-                except FileNotFoundError:
-                    pass
-        try:
+        with contextlib.suppress(OSError):
             Path(self.run_dir).rmdir()  # kept if logs remain: they are for `sealbox logs` until `rm`
-        except OSError:
-            pass
 
 
 class QemuStartStep(Step):
@@ -162,10 +159,8 @@ class QemuStartStep(Step):
         left = cgroups.kill_all(self.cgroup_dirs())
         if left:
             raise SandboxError(f"QEMU processes {left} survived SIGKILL", hint="retry with 'sealbox gc'")
-        try:
+        with contextlib.suppress(FileNotFoundError):
             os.unlink(self.qmp_socket)
-        except FileNotFoundError:
-            pass
 
 
 def steps(plan: VmPlan, cmd: QemuCommand) -> list[Step]:
@@ -194,15 +189,16 @@ def open_tap(netns: str, ifname: str) -> int:
     result: dict[str, Any] = {}
 
     def worker() -> None:
-        libc = ctypes.CDLL(None, use_errno=True)
         try:
             nsfd = os.open(NETNS_DIR / netns, os.O_RDONLY | os.O_CLOEXEC)
         except OSError as e:
             result["error"] = f"network namespace {netns!r} not found ({e.strerror})"
             return
         try:
-            if libc.setns(nsfd, CLONE_NEWNET) != 0:
-                result["error"] = f"setns into {netns!r} failed: {os.strerror(ctypes.get_errno())}"
+            try:
+                enter_net(nsfd)
+            except OSError as e:
+                result["error"] = f"setns into {netns!r} failed: {e.strerror}"
                 return
             fd = os.open("/dev/net/tun", os.O_RDWR | os.O_CLOEXEC)
             try:
@@ -227,14 +223,13 @@ def open_tap(netns: str, ifname: str) -> int:
 
 def _open_fd(f: FdFile) -> int:
     if f.kind == "qmp":
-        try:
+        with contextlib.suppress(FileNotFoundError):
             os.unlink(f.path)
-        except FileNotFoundError:
-            pass
         s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
         old = os.umask(0o177)
         try:
-            s.bind(f.path)
+            with short_path(f.path) as name:
+                s.bind(name)
         finally:
             os.umask(old)
         s.listen(8)
@@ -308,10 +303,8 @@ def _exec_vmm(step: QemuStartStep, fds: list[tuple[int, int]], log_fd: int, err_
         keep = {0, 1, 2, *(t for t, _s in fds)}
         for name in os.listdir("/proc/self/fd"):  # nothing inherited by sealbox leaks into the VMM
             if int(name) not in keep:
-                try:
+                with contextlib.suppress(OSError):
                     os.set_inheritable(int(name), False)
-                except OSError:
-                    pass
         argv = [*step.launcher, *step.argv]
         os.execv(argv[0], argv)
     except BaseException as e:  # noqa: BLE001 - report anything to the parent, then die
