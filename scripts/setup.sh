@@ -16,6 +16,8 @@ APT_PACKAGES=(
   qemu-system-x86 qemu-utils ovmf nftables iproute2 bubblewrap openssh-client util-linux
   # measuring and attesting (tests compare against these reference tools)
   pesign sbsigntool systemd-boot-efi swtpm swtpm-tools
+  # the guest's reseed program is checked against strace's decoding of its ioctls (binutils reassembles it)
+  strace
   # benchmarks: a static C toolchain for the trivial-init baseline of bench/sandbox_bench.py
   gcc libc6-dev
   # Python

@@ -3,9 +3,13 @@
 # from the instance disk, else the kernel command line's ip= argument. Nothing per-instance is ever in the image.
 # In a TD nothing is applied unless the data hashes to the MRCONFIGID the TD was started with; sshd requires this
 # unit, so it does not start either. Shell builtins where possible: under emulation every exec costs ~10 ms.
+# SEALBOX_RESTORE=1 (the restore agent, after a restore from a snapshot): the command line is the snapshot's, so only
+# the instance disk counts, read past the page cache (its device now holds another sandbox's data), and the keys,
+# addresses and routes it replaces are removed first.
 set -eu
 run=/run/sealbox
 addr= gw= host= dns=
+restore=${SEALBOX_RESTORE:-}
 say() { echo "sealbox-instance: $*" >&2; }
 mask2prefix() {  # dotted netmask -> prefix length
 	n=0 old=$IFS
@@ -46,7 +50,8 @@ td_mrconfigid() {  # this TD's MRCONFIGID as 96 hex digits, or nothing
 	dd if="$run/instance.quote" bs=1 skip=$off count=48 2>/dev/null | od -An -v -tx1 | tr -d ' \n'
 }
 
-read -r cmdline < /proc/cmdline
+cmdline=
+[ -n "$restore" ] || read -r cmdline < /proc/cmdline
 for arg in $cmdline; do
 	case $arg in
 	ip=*)
@@ -67,6 +72,12 @@ done
 disk=
 for dev in /sys/block/vd*; do
 	[ -e "$dev" ] || continue
+	if [ -n "$restore" ]; then  # a restore is QEMU's: the host labels the instance disk, and its cache is stale
+		serial=
+		read -r serial < "$dev/serial" 2>/dev/null || true
+		[ "$serial" = sealbox-instance ] || continue
+		blockdev --flushbufs "/dev/${dev##*/}"
+	fi
 	first=
 	read -r first < "/dev/${dev##*/}" 2>/dev/null || true
 	if [ "$first" = "@SEALBOX_INSTANCE_MAGIC@" ]; then disk=/dev/${dev##*/}; break; fi
@@ -102,6 +113,7 @@ if [ -n "$disk" ]; then
 	digest=$(sha384sum "$stage/canonical")
 	digest=${digest%% *}
 fi
+[ -n "$disk" ] || [ -z "$restore" ] || { say "restore: no instance disk labelled sealbox-instance"; exit 1; }
 if is_td; then
 	[ -n "$disk" ] || { say "refusing to start: this TD has no instance disk"; exit 1; }
 	want=$(td_mrconfigid)
@@ -121,6 +133,7 @@ fi
 [ -n "$host" ] && echo "$host" > /proc/sys/kernel/hostname
 if [ -n "$disk" ]; then
 	mv "$stage/canonical" "$run/instance"
+	[ -z "$restore" ] || rm -rf "$run/authorized_keys"  # the snapshot's client keys are not this sandbox's
 	[ -e "$run/authorized_keys" ] || mv "$stage/keys" "$run/authorized_keys"
 fi
 {
@@ -132,6 +145,7 @@ rm -rf "$stage"
 	echo "link set lo up"
 	if [ -n "$addr" ] && [ -e /sys/class/net/eth0 ]; then
 		echo "link set eth0 up"
+		[ -z "$restore" ] || { echo "route flush dev eth0"; echo "addr flush dev eth0"; }
 		echo "addr replace $addr dev eth0"
 		[ -n "$gw" ] && echo "route replace default via $gw dev eth0"
 	fi

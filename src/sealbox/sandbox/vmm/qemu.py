@@ -24,6 +24,7 @@ from pydantic import BaseModel
 
 from sealbox.errors import SandboxError
 from sealbox.guest.instance import mrconfigid_base64
+from sealbox.guest.protocol import AGENT_PORT
 from sealbox.sandbox.host import jail
 from sealbox.sandbox.model import DiskSpec, RateLimit, SandboxSpec, VmPlan
 from sealbox.sandbox.steps import Step
@@ -34,8 +35,9 @@ FIRST_FD = 10  # fds 0-2 are stdio; leave room below for anything the runtime op
 QCOW2_MAGIC = b"QFI\xfb"
 # QEMU's microvm has 24 virtio-mmio transports, but the interrupt of the 24th never reaches the guest (measured
 # with QEMU 7.2 and Debian's 6.1 kernel: a disk there hangs the boot in its partition scan), so 23 are usable:
-# net, rng, the instance disk, [the root disk] and the user disks
+# net, rng, the restore agent's serial port, the instance disk, [the root disk] and the user disks
 MICROVM_DEVICES = 23
+MICROVM_FIXED = ("net", "rng", "agent")  # the devices before the disks
 VD_NAMES = 26  # vda..vdz: past them names sort out of device order (vdaa < vdb), which the guest relies on
 TDX_PARAM = Path("/sys/module/kvm_intel/parameters/tdx")
 OVMF_CODE = Path("/usr/share/OVMF/OVMF_CODE_4M.fd")
@@ -52,8 +54,8 @@ class FdFile(BaseModel):
     """One descriptor the launcher opens (as root) and places at number `fd` in the VMM."""
 
     fd: int
-    kind: Literal["qmp", "console", "tap", "file"]
-    path: str = ""  # host path (qmp socket, console log, file); netns name for kind=tap
+    kind: Literal["qmp", "agent", "console", "tap", "file"]
+    path: str = ""  # host path (qmp/agent socket, console log, file); netns name for kind=tap
     ifname: str = ""  # TAP name inside the netns (kind=tap)
     access: Literal["r", "w", "rw"] = "r"  # QEMU matches an fdset member by access mode
 
@@ -143,7 +145,8 @@ class _Fds:
     next_fd: int = FIRST_FD
     next_set: int = 1
 
-    def take(self, kind: Literal["qmp", "console", "tap", "file"], path: str, *, access: Literal["r", "w", "rw"] = "r", ifname: str = "") -> int:
+    def take(self, kind: Literal["qmp", "agent", "console", "tap", "file"], path: str, *,
+             access: Literal["r", "w", "rw"] = "r", ifname: str = "") -> int:
         fd = self.next_fd
         self.next_fd += 1
         self.files.append(FdFile(fd=fd, kind=kind, path=path, access=access, ifname=ifname))
@@ -169,6 +172,7 @@ class QemuCommand(BaseModel):
     run_dir: str
     qmp_socket: str
     vmm_log: str
+    agent_socket: str | None = None  # the restore agent's port (microvm), a listening socket like QMP's
     vars_copy: str | None = None  # per-sandbox OVMF VARS file created by RunDirStep ...
     vars_template: str | None = None  # ... from this template
 
@@ -240,6 +244,13 @@ def build_command(plan: VmPlan, host: HostFacts) -> QemuCommand:
     # everything that needs getrandom() (ssh-keygen for the host key, sshd) waits for it
     rng_dev = "virtio-rng-pci" if pci else "virtio-rng-device"
     argv += ["-object", "rng-random,id=rng0,filename=/dev/urandom", "-device", f"{rng_dev},rng=rng0"]
+    agent = None
+    if mode == "microvm":  # the restore agent's port: a snapshot's guest renews its secrets through it
+        agent = run_dir / "agent.sock"
+        agent_fd = fds.take("agent", str(agent))
+        argv += ["-device", "virtio-serial-device,id=agent0,max_ports=1",
+                 "-chardev", f"socket,id=agent,fd={agent_fd},server=on,wait=off",
+                 "-device", f"virtserialport,bus=agent0.0,chardev=agent,name={AGENT_PORT}"]
 
     disks: list[tuple[str, DiskSpec]] = []
     if spec.rootfs == "disk":
@@ -249,8 +260,8 @@ def build_command(plan: VmPlan, host: HostFacts) -> QemuCommand:
     disks.append(("instance", DiskSpec(path=plan.instance_disk, readonly=True)))
     disks += [(f"disk{i}", d) for i, d in enumerate(spec.disks)]
     fixed = len(disks) - len(spec.disks)  # the instance disk and the root disk come first (guest-protocol.md)
-    if not pci and len(disks) + 2 > MICROVM_DEVICES:  # + net and rng
-        raise SandboxError(f"QEMU's microvm takes at most {MICROVM_DEVICES - 2 - fixed} extra disks ({len(spec.disks)} given)",
+    if not pci and len(disks) + len(MICROVM_FIXED) > MICROVM_DEVICES:
+        raise SandboxError(f"QEMU's microvm takes at most {MICROVM_DEVICES - len(MICROVM_FIXED) - fixed} extra disks ({len(spec.disks)} given)",
                            hint="attach fewer --disk files (or use --firmware ovmf, whose PCI bus takes more)")
     if pci and sum(d.format == "raw" for _i, d in disks) > VD_NAMES:
         raise SandboxError(f"at most {VD_NAMES - fixed} raw extra disks fit vda..vdz ({len(spec.disks)} given)",
@@ -271,6 +282,8 @@ def build_command(plan: VmPlan, host: HostFacts) -> QemuCommand:
             argv += ["-device", f"scsi-hd,drive={drive_id},bus=scsi0.0,serial=sealbox-{drive_id}"]
         else:  # the serial is the guest's proof of which disk is the instance disk (docs/guest-protocol.md)
             argv += ["-device", f"{blk_dev},drive={drive_id},serial=sealbox-{drive_id}"]
+    if plan.incoming is not None:  # a restore: QEMU loads the snapshot's state from this fd and stays paused
+        argv += ["-incoming", f"fd:{fds.take('file', str(plan.incoming))}"]
 
     spec_j = jail.JailSpec(
         uid=plan.uid, gid=plan.gid,
@@ -281,6 +294,7 @@ def build_command(plan: VmPlan, host: HostFacts) -> QemuCommand:
     return QemuCommand(
         mode=mode, qemu_argv=argv, argv=jail.jail_argv(spec_j, argv), fds=sorted(fds.files, key=lambda f: f.fd),
         run_dir=str(run_dir), qmp_socket=str(run_dir / "qmp.sock"), vmm_log=str(run_dir / VMM_LOG),
+        agent_socket=str(agent) if agent else None,
         vars_copy=str(vars_copy) if vars_copy else None,
         vars_template=str(host.ovmf_vars) if vars_copy else None,
     )

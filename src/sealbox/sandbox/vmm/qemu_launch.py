@@ -89,6 +89,7 @@ class RunDirStep(Step):
     run_dir: str
     console_log: str
     qmp_socket: str
+    agent_socket: str | None = None
     vars_template: str | None = None
     vars_copy: str | None = None
 
@@ -105,7 +106,7 @@ class RunDirStep(Step):
         return {}
 
     def undo(self, outputs: dict[str, Any]) -> None:
-        for p in (self.qmp_socket, self.vars_copy):
+        for p in (self.qmp_socket, self.agent_socket, self.vars_copy):
             if p:
                 try:
                     os.unlink(p)
@@ -171,7 +172,7 @@ class QemuStartStep(Step):
 def steps(plan: VmPlan, cmd: QemuCommand) -> list[Step]:
     cg = cgroups.CgroupStep.from_plan(plan.cgroup, cgroups.detect())
     rundir = RunDirStep(
-        run_dir=cmd.run_dir, console_log=str(plan.console_log), qmp_socket=cmd.qmp_socket,
+        run_dir=cmd.run_dir, console_log=str(plan.console_log), qmp_socket=cmd.qmp_socket, agent_socket=cmd.agent_socket,
         vars_template=cmd.vars_template, vars_copy=cmd.vars_copy,
     )
     limits = [(res, soft, hard) for res, (soft, hard) in jail.rlimits(plan.spec.limits).items()]
@@ -226,7 +227,7 @@ def open_tap(netns: str, ifname: str) -> int:
 
 
 def _open_fd(f: FdFile) -> int:
-    if f.kind == "qmp":
+    if f.kind in ("qmp", "agent"):
         try:
             os.unlink(f.path)
         except FileNotFoundError:

@@ -1,0 +1,72 @@
+#!/bin/sh
+# sealbox guest: the restore agent (docs/guest-protocol.md). After a restore from a snapshot the host connects to its
+# virtio-serial port and sends a nonce, fresh entropy and the time; the agent credits the entropy and reseeds the
+# kernel's CRNG, ends the snapshot's SSH sessions, re-applies the (new) instance data, replaces the SSH host key and
+# answers with the key and a signature over the nonce made with it. It opens the port before its unit counts as
+# started (Type=forking; the ready marker waits for it), so nothing the image's spec enables can take the port first.
+# The hello line blocks in write() until a host is connected: no polling, no cost while nothing happens.
+set -u
+port=
+for p in /sys/class/virtio-ports/*; do
+	name=
+	read -r name < "$p/name" 2>/dev/null || continue
+	[ "$name" = "@SEALBOX_AGENT_PORT@" ] && port=/dev/${p##*/} && break
+done
+[ -n "$port" ] || exit 0  # no agent port on this machine (Firecracker, q35): nothing to do
+exec 3<>"$port"
+nonce= entropy= now=
+
+fail() { printf '@SEALBOX_RESTORE_FAILED@ %s %s\n' "$nonce" "$1" >&3; }
+
+end_sessions() {  # sshd's sessions (and what they started) stay in its cgroup after a stop (KillMode=process)
+	for cg in /sys/fs/cgroup/system.slice/ssh.service /sys/fs/cgroup/unified/system.slice/ssh.service; do
+		[ -e "$cg/cgroup.kill" ] && echo 1 > "$cg/cgroup.kill"
+	done
+	return 0
+}
+
+restore() {
+	case $entropy in ''|*[!A-Za-z0-9+/=]*) fail request; return ;; esac
+	case $now in ''|*[!0-9.]*) fail request; return ;; esac
+	# first: everything after this draws on the reseeded CRNG, not on the one the snapshot's siblings share
+	printf '%s' "$entropy" | base64 -d | /usr/lib/sealbox/reseed || { fail reseed; return; }
+	date -u -s "@$now" > /dev/null || { fail clock; return; }
+	systemctl stop ssh.service || { fail sshd-stop; return; }
+	end_sessions
+	SEALBOX_RESTORE=1 /usr/lib/sealbox/instance || { fail instance; return; }
+	rm -f /run/sealbox/ssh/ssh_host_*
+	/usr/lib/sealbox/sshd-keys || { fail hostkey; return; }
+	systemctl start ssh.service || { fail sshd-start; return; }
+	read -r host < /proc/sys/kernel/hostname
+	msg="@SEALBOX_RESTORED@ $nonce $host"
+	for k in /run/sealbox/ssh/*.pub; do
+		read -r type key _comment < "$k"
+		msg="$msg
+@SEALBOX_HOSTKEY@ $type $key"
+	done
+	sig=$(printf '%s\n' "$msg" | ssh-keygen -Y sign -q -f /run/sealbox/ssh/ssh_host_ed25519_key -n @SEALBOX_RESTORE_SIG_NAMESPACE@) ||
+		{ fail sign; return; }
+	printf '%s\n%s\n@SEALBOX_RESTORE_END@ %s\n' "$msg" "$sig" "$nonce" >&3
+}
+
+serve() {
+	while :; do
+		printf '@SEALBOX_AGENT_HELLO@\n' >&3 || exit 1  # blocks until the host is connected
+		IFS= read -r line <&3 || continue  # end of file: the host went away; wait for the next one
+		case $line in "@SEALBOX_RESTORE_REQUEST@ "*) ;; *) continue ;; esac
+		nonce=${line#* } entropy= now= n=0
+		case $nonce in *[!0-9a-f]*) continue ;; esac
+		[ ${#nonce} -eq 64 ] || continue
+		while [ $n -lt 8 ] && IFS= read -r line <&3; do
+			n=$((n+1))
+			case $line in
+			entropy=*) entropy=${line#*=} ;;
+			time=*) now=${line#*=} ;;
+			@SEALBOX_INSTANCE_END@) break ;;
+			esac
+		done
+		restore
+	done
+}
+serve < /dev/null > /dev/null 2>&1 &
+exit 0
