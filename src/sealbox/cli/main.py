@@ -25,7 +25,7 @@ COMMANDS: dict[str, str] = {
     "settings": "sealbox.cli.build:settings",
     "pause": "sealbox.cli.firecracker:pause",
     "resume": "sealbox.cli.firecracker:resume",
-    "snapshot": "sealbox.cli.firecracker:snapshot",
+    "snapshot": "sealbox.cli.snapshot:snapshot",
     "_proxy": "sealbox.cli.proxy:proxy_cmd",
     "doctor": "sealbox.cli.doctor:doctor",
     "measure": "sealbox.cli.measure:measure",

@@ -16,7 +16,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from sealbox.errors import SandboxError, UsageError
-from sealbox.sandbox import ssh, stepkinds
+from sealbox.sandbox import snapshot, ssh, stepkinds
 from sealbox.sandbox import status as st
 from sealbox.sandbox.model import GuestNet
 from sealbox.sandbox.planning import CONSOLE_LOG
@@ -189,7 +189,7 @@ def stop(state: StateDir, name: str, timeout: float = 30.0) -> str:
 def remove(state: StateDir, name: str, *, force: bool = False, progress: Callable[[str], None] | None = None) -> list[str]:
     """Undo every recorded step (the VMM first: it is the last step) and delete the state dir.
 
-    A running sandbox is refused unless `force`. Returns what was undone (for the CLI)."""
+    A running sandbox is refused unless `force`. Its snapshots stay (remove_snapshots). Returns what was undone."""
     check_sandbox_name(name)
     if not state.exists(name):
         raise SandboxError(f"no such sandbox: {name!r}", hint="see 'sealbox ps --all'")
@@ -222,6 +222,16 @@ def remove(state: StateDir, name: str, *, force: bool = False, progress: Callabl
             for kind in done:
                 progress(f"undid {kind}")
         return done
+
+
+def remove_snapshots(state: StateDir, name: str) -> list[Path]:
+    """Delete the snapshots sandbox `name` of this state dir left in its snapshot directory (it may be gone)."""
+    check_sandbox_name(name)
+    with state.lock(name):
+        paths = snapshot.owned(state, name)
+        for p in paths:
+            snapshot.remove(p)
+    return paths
 
 
 def _remove_unreadable(state: StateDir, name: str) -> list[str]:

@@ -84,6 +84,7 @@ class InstanceFilesStep(Step):
     ssh_user: str = "root"
     users: tuple[str, ...] = ()  # more users who get the sandbox's key (the image's declared users)
     dns: tuple[ipaddress.IPv4Address, ...] = ()  # resolvers the guest writes to its resolv.conf
+    disk_size: int | None = None  # a restore: the size of the snapshot's instance disk (its guest knows no other)
 
     @property
     def key_path(self) -> Path:
@@ -103,7 +104,7 @@ class InstanceFilesStep(Step):
         pub = generate_client_key(self.key_path, f"sealbox-{self.hostname}")
         data = self.data(pub)
         # root-only: QEMU receives it as an fd; Firecracker's staging gives the jail its own copy/link
-        atomic.write_bytes(self.disk_path, render(data), mode=0o600)
+        atomic.write_bytes(self.disk_path, render(data, size=self.disk_size), mode=0o600)
         # the TDX launch binds the TD to this instance data (MRCONFIGID); `attest quote --instance` checks it
         return {"public_key": pub, "mrconfigid": mrconfigid(data).hex()}
 

@@ -380,3 +380,17 @@ class QemuBackend:
         from sealbox.sandbox.vmm.qemu_launch import inspect
 
         return inspect(record)
+
+
+def qemu_version(qemu: str | None = None) -> str:
+    """The host's QEMU as `--version` names it (e.g. `7.2.22 (Debian 1:7.2+dfsg-7+deb12u18+b3)`): a snapshot records
+    it and restores only under the same. Asked of the binary, not of a running VMM (whose answers are untrusted)."""
+    try:
+        out = subprocess.run([qemu or QEMU, "--version"], capture_output=True, text=True, timeout=20).stdout
+    except (OSError, subprocess.TimeoutExpired) as e:
+        raise SandboxError(f"cannot run {qemu or QEMU} --version: {e}", hint="install qemu-system-x86") from None
+    first = out.splitlines()[0] if out.strip() else ""
+    prefix = "QEMU emulator version "
+    if not first.startswith(prefix):
+        raise SandboxError(f"{qemu or QEMU} --version printed {first[:80]!r}, not a QEMU version")
+    return first[len(prefix):].strip()
