@@ -273,7 +273,6 @@ def _create(record: SandboxRecord, save: Callable[[], None], inp: Inputs, state:
         save()
     backend = inp.choice.backend
     backend.check_host(plan)
-    state_hash = _hash_state(inp)  # checked while QEMU loads the state, before the guest runs
     t_backend = time.monotonic()
     apply_steps(backend.steps(plan), record.steps, save, progress)
     t_vmm = time.monotonic()
@@ -281,8 +280,8 @@ def _create(record: SandboxRecord, save: Callable[[], None], inp: Inputs, state:
     record.vmm.update(pid=last.get("pid"), start_time=last.get("start_time"))
     save()
     known = sandbox_dir / ssh.KNOWN_HOSTS
-    if inp.qsnap is not None and state_hash is not None:
-        ready = _finish_restore(inp.qsnap, record, state_hash, net, known, t0 + spec.timeout)
+    if inp.qsnap is not None:
+        ready = _finish_restore(inp.qsnap, record, net, known, t0 + spec.timeout)
     else:
         ready = wait_ready(net, plan.console_log, record.vmm.get("pid"), record.vmm.get("start_time"),
                            known_hosts=known, alias=ssh.host_alias(spec.name), deadline=t0 + spec.timeout,
@@ -319,29 +318,13 @@ def _incoming(inp: Inputs) -> Path | None:
     return None if inp.qsnap is None or inp.spec.from_snapshot is None else inp.spec.from_snapshot / snapshot_mod.STATE_FILE
 
 
-def _hash_state(inp: Inputs) -> Any:
-    """The state file's sha256, computed in a thread while QEMU starts and loads it (a Future), for QEMU restores."""
-    path = _incoming(inp)
-    if path is None:
-        return None
-    from concurrent.futures import ThreadPoolExecutor
-
-    from sealbox.util.digest import sha256_file
-
-    pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sealbox-hash")
-    try:
-        return pool.submit(sha256_file, path)
-    finally:
-        pool.shutdown(wait=False)
-
-
-def _finish_restore(m: snapshot_mod.SnapshotManifest, record: SandboxRecord, state_hash: Any, net: GuestNet,
-                    known: Path, deadline: float) -> dict[str, Any]:
+def _finish_restore(m: snapshot_mod.SnapshotManifest, record: SandboxRecord, net: GuestNet, known: Path,
+                    deadline: float) -> dict[str, Any]:
     from sealbox.sandbox import restore
 
     rundir = next(e.params for e in record.steps.entries if e.kind == "qemu-rundir")
     start = next(e.params for e in record.steps.entries if e.kind == "qemu-start")
-    return restore.finish(m, state_hash=state_hash, qmp_socket=start["qmp_socket"], agent_socket=rundir["agent_socket"],
+    return restore.finish(m, qmp_socket=start["qmp_socket"], agent_socket=rundir["agent_socket"],
                           net=net, known_hosts=known, alias=ssh.host_alias(record.name), deadline=deadline)
 
 

@@ -259,3 +259,24 @@ def test_the_instance_disk_is_the_first_disk_after_the_root_disk(make_plan, host
         a = build_command(make_plan(disks=disks(tmp_path, "raw.img:ro", "data.qcow2:rw"), **kw), host).qemu_argv
         blk = [m.group(1) for v in values(a, "-device") if (m := re.match(r"virtio-blk-(?:device|pci),drive=([^,]+)", v))]
         assert blk == (["rootfs"] if kw.get("rootfs") else []) + ["instance", "disk0", "disk1"], a
+
+
+def test_microvm_has_the_restore_agents_port_and_a_restore_loads_its_state_from_an_fd(make_plan, host, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """Every microvm sandbox can be snapshotted: its agent port is a virtio-serial port on a listening socket root made
+    (an fd, like QMP). A restore adds -incoming fd:N, N being root's read-only descriptor of the state file."""
+    plan = make_plan()
+    cmd = build_command(plan, host)
+    dev = values(cmd.qemu_argv, "-device")
+    assert "virtio-serial-device,id=agent0" in dev
+    assert "virtserialport,bus=agent0.0,chardev=agent,name=org.sealbox.agent.0" in dev
+    agent = next(f for f in cmd.fds if f.kind == "agent")
+    assert f"socket,id=agent,fd={agent.fd},server=on,wait=off" in values(cmd.qemu_argv, "-chardev")
+    assert agent.path == cmd.agent_socket and cmd.agent_socket.startswith(str(plan.sandbox_dir / "vmm"))
+    assert "-incoming" not in cmd.qemu_argv
+    state = tmp_path / "vmstate"
+    restoring = build_command(plan.model_copy(update={"incoming": state}), host)
+    (incoming,) = values(restoring.qemu_argv, "-incoming")
+    fd = next(f for f in restoring.fds if f.path == str(state))
+    assert incoming == f"fd:{fd.fd}" and fd.kind == "file" and fd.access == "r"
+    for kw in ({"firmware": "ovmf"},):  # firmware machines (q35) have no agent port
+        assert not any("virtserialport" in v for v in values(build_command(make_plan(**kw), host).qemu_argv, "-device"))

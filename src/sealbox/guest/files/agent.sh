@@ -1,8 +1,8 @@
 #!/bin/sh
 # sealbox guest: the restore agent (docs/guest-protocol.md). After a restore from a snapshot the host connects to its
 # virtio-serial port and sends a nonce, fresh entropy and the time; the agent credits the entropy and reseeds the
-# kernel's CRNG, ends the snapshot's SSH sessions, re-applies the (new) instance data, replaces the SSH host key and
-# answers with the key and a signature over the nonce made with it. It opens the port before its unit counts as
+# kernel's CRNG, re-applies the (new) instance data, replaces the SSH host key, ends the snapshot's SSH sessions, has
+# sshd re-execute with the new key, and answers with it and a signature over the nonce made with it. It opens the port before its unit counts as
 # started (Type=forking; the ready marker waits for it), so nothing the image's spec enables can take the port first.
 # The hello line blocks in write() until a host is connected: no polling, no cost while nothing happens.
 set -u
@@ -18,11 +18,19 @@ nonce= entropy= now=
 
 fail() { printf '@SEALBOX_RESTORE_FAILED@ %s %s\n' "$nonce" "$1" >&3; }
 
-end_sessions() {  # sshd's sessions (and what they started) stay in its cgroup after a stop (KillMode=process)
-	for cg in /sys/fs/cgroup/system.slice/ssh.service /sys/fs/cgroup/unified/system.slice/ssh.service; do
-		[ -e "$cg/cgroup.kill" ] && echo 1 > "$cg/cgroup.kill"
+renew_sshd() {  # end the snapshot's SSH sessions (all of sshd's cgroup but its listener), then the listener re-executes
+	cg=/sys/fs/cgroup/system.slice/ssh.service listener= round=0
+	[ -r "$cg/cgroup.procs" ] || cg=/sys/fs/cgroup/unified/system.slice/ssh.service
+	while [ $round -lt 5 ]; do  # again while anything forked meanwhile
+		others=0 round=$((round+1))
+		while read -r pid; do
+			read -r _ comm _ ppid _ < "/proc/$pid/stat" 2>/dev/null || continue
+			if [ "$ppid" = 1 ] && [ "$comm" = "(sshd)" ]; then listener=$pid; else kill -KILL "$pid" 2>/dev/null; others=1; fi
+		done < "$cg/cgroup.procs"
+		[ $others = 0 ] && break
 	done
-	return 0
+	[ -n "$listener" ] || return 1
+	kill -HUP "$listener"  # sshd re-executes itself: new host key, new address; refused meanwhile, never the old key
 }
 
 restore() {
@@ -31,12 +39,10 @@ restore() {
 	# first: everything after this draws on the reseeded CRNG, not on the one the snapshot's siblings share
 	printf '%s' "$entropy" | base64 -d | /usr/lib/sealbox/reseed || { fail reseed; return; }
 	date -u -s "@$now" > /dev/null || { fail clock; return; }
-	systemctl stop ssh.service || { fail sshd-stop; return; }
-	end_sessions
 	SEALBOX_RESTORE=1 /usr/lib/sealbox/instance || { fail instance; return; }
 	rm -f /run/sealbox/ssh/ssh_host_*
 	/usr/lib/sealbox/sshd-keys || { fail hostkey; return; }
-	systemctl start ssh.service || { fail sshd-start; return; }
+	renew_sshd || { fail sshd; return; }
 	read -r host < /proc/sys/kernel/hostname
 	msg="@SEALBOX_RESTORED@ $nonce $host"
 	for k in /run/sealbox/ssh/*.pub; do

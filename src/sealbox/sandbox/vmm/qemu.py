@@ -248,7 +248,7 @@ def build_command(plan: VmPlan, host: HostFacts) -> QemuCommand:
     if mode == "microvm":  # the restore agent's port: a snapshot's guest renews its secrets through it
         agent = run_dir / "agent.sock"
         agent_fd = fds.take("agent", str(agent))
-        argv += ["-device", "virtio-serial-device,id=agent0,max_ports=1",
+        argv += ["-device", "virtio-serial-device,id=agent0",
                  "-chardev", f"socket,id=agent,fd={agent_fd},server=on,wait=off",
                  "-device", f"virtserialport,bus=agent0.0,chardev=agent,name={AGENT_PORT}"]
 
