@@ -1,10 +1,10 @@
 """The restore agent's exchange, host side (guest/files/agent.sh is the guest side; docs/guest-protocol.md the prose).
 
     host -> guest   SEALBOX-RESTORE-V1 <nonce: 64 hex>
-                    entropy=<base64 of 64 random bytes>
                     time=<seconds since the epoch>
                     END
-    guest -> host   SEALBOX-RESTORED <nonce> <hostname>
+                    <512 random bytes: read by /usr/lib/sealbox/reseed straight from the port, no shell sees them>
+    guest -> host   SEALBOX-RESTORED <nonce>
                     SEALBOX-HOSTKEY <type> <base64>          exactly one: the key the agent just generated
                     -----BEGIN SSH SIGNATURE----- ... -----END SSH SIGNATURE-----
                     SEALBOX-RESTORE-END <nonce>
@@ -21,17 +21,15 @@ the answer's first lines must be made with the reported key: the host checks it 
 
 from __future__ import annotations
 
-import base64
 import re
 import secrets
 from dataclasses import dataclass, field
 
 from sealbox.errors import SandboxError
 from sealbox.guest.console import HostKey, parse_hostkey
-from sealbox.guest.instance import HOSTNAME_RE
 from sealbox.guest.protocol import HOSTKEY, INSTANCE_END, RESTORE_END, RESTORE_FAILED, RESTORE_REQUEST, RESTORED
 
-ENTROPY_BYTES = 64
+ENTROPY_BYTES = 512  # exactly what the reseed program reads (guest/reseed.py): it stops there, not at an end of file
 MAX_ANSWER = 64 * 1024  # everything the host reads from the port for one restore
 MAX_SIGNATURE_LINES = 32  # an ed25519 SSHSIG armours into 6
 SIG_BEGIN, SIG_END = "-----BEGIN SSH SIGNATURE-----", "-----END SSH SIGNATURE-----"
@@ -49,15 +47,14 @@ def new_nonce() -> str:
 
 
 def request(nonce: str, entropy: bytes, now: float) -> bytes:
-    if not _NONCE_RE.fullmatch(nonce) or len(entropy) < 32:
-        raise ValueError("a restore request needs a 64-hex nonce and at least 32 bytes of entropy")
-    lines = [f"{RESTORE_REQUEST} {nonce}", f"entropy={base64.b64encode(entropy).decode()}", f"time={now:.6f}", INSTANCE_END]
-    return ("\n".join(lines) + "\n").encode("ascii")
+    if not _NONCE_RE.fullmatch(nonce) or len(entropy) != ENTROPY_BYTES:
+        raise ValueError(f"a restore request needs a 64-hex nonce and {ENTROPY_BYTES} bytes of entropy")
+    lines = [f"{RESTORE_REQUEST} {nonce}", f"time={now:.6f}", INSTANCE_END]
+    return ("\n".join(lines) + "\n").encode("ascii") + entropy
 
 
 @dataclass
 class Answer:
-    hostname: str
     hostkey: HostKey
     message: bytes  # what the signature covers: the RESTORED line and the HOSTKEY line, each ending in a newline
     signature: str  # the armoured SSHSIG
@@ -69,7 +66,6 @@ class AnswerParser:
 
     nonce: str
     state: str = "before"  # before -> keys -> signature -> end -> done
-    hostname: str = ""
     keys: list[HostKey] = field(default_factory=list)
     sig: list[str] = field(default_factory=list)
     seen: int = 0
@@ -118,10 +114,10 @@ class AnswerParser:
         nonce, _, tail = rest.partition(" ")
         if nonce != self.nonce:
             return
-        if head == RESTORED:
-            if not HOSTNAME_RE.fullmatch(tail):
-                raise AgentError(f"the restored guest reports an invalid hostname: {_shown(tail)}")
-            self.hostname, self.state = tail, "keys"
+        if head == RESTORED and not tail:
+            self.state = "keys"
+        elif head == RESTORED:
+            raise AgentError(f"the restored guest's answer begins with an unexpected line: {_shown(line)}")
         elif head == RESTORE_FAILED:
             step = tail if _STEP_RE.fullmatch(tail) else "unknown"
             raise AgentError(f"the restored guest's agent failed at step {step!r}",
@@ -129,9 +125,9 @@ class AnswerParser:
 
     def answer(self) -> Answer:
         key = self.keys[0]
-        message = f"{RESTORED} {self.nonce} {self.hostname}\n{HOSTKEY} {key.line()}\n".encode("ascii")
+        message = f"{RESTORED} {self.nonce}\n{HOSTKEY} {key.line()}\n".encode("ascii")
         signature = "\n".join([SIG_BEGIN, *self.sig, SIG_END]) + "\n"
-        return Answer(hostname=self.hostname, hostkey=key, message=message, signature=signature)
+        return Answer(hostkey=key, message=message, signature=signature)
 
 
 def _shown(text: str) -> str:

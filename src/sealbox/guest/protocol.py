@@ -10,8 +10,8 @@ INSTANCE_END = "END"  # last line of the instance disk's text block
 # The restore agent (files/agent.sh) on a virtio-serial port; docs/guest-protocol.md describes the exchange.
 AGENT_PORT = "org.sealbox.agent.0"  # the port's name, as the guest finds it in /sys/class/virtio-ports/*/name
 AGENT_HELLO = "SEALBOX-AGENT-V1"  # the agent's first line once the host is connected
-RESTORE_REQUEST = "SEALBOX-RESTORE-V1"  # host -> guest: `<magic> <nonce>`, entropy=, time=, END
-RESTORED = "SEALBOX-RESTORED"  # guest -> host: `<marker> <nonce> <hostname>`, host keys, signature, RESTORE_END
+RESTORE_REQUEST = "SEALBOX-RESTORE-V1"  # host -> guest: `<magic> <nonce>`, time=, END, then the entropy's bytes
+RESTORED = "SEALBOX-RESTORED"  # guest -> host: `<marker> <nonce>`, the host key, its signature, RESTORE_END
 RESTORE_END = "SEALBOX-RESTORE-END"
 RESTORE_FAILED = "SEALBOX-RESTORE-FAILED"  # guest -> host: `<marker> <nonce> <step>`
 RESTORE_SIG_NAMESPACE = "restore@sealbox"  # SSHSIG namespace of the agent's signature with the new host key

@@ -1,8 +1,9 @@
 """`/usr/lib/sealbox/reseed`: a 359-byte static x86-64 program that credits entropy to the guest kernel and reseeds it.
 
 A guest restored from a snapshot starts with its siblings' random state: the kernel's CRNG keys are in the snapshot's
-memory, and Linux 6.1 only reseeds them on a timer (up to 60 s) — so two restored guests would generate the same SSH
-host keys. The restore agent (files/agent.sh) therefore pipes the host's fresh entropy into this program, which makes
+memory, and Linux 6.1 only reseeds them on a timer (up to 60 s) — so two restored guests could generate the same SSH
+host keys. The restore agent (files/agent.sh) therefore runs this program with its port as standard input: it reads
+the host's fresh entropy (up to 512 bytes; the host sends exactly 512, so it never waits for an end of file) and makes
 the two ioctls no tool of the image can make from a shell: RNDADDENTROPY (mix the bytes into the input pool and credit
 them, 8 bits a byte) and RNDRESEEDCRNG (reseed the CRNG from that pool now).
 

@@ -294,7 +294,7 @@ def _create(record: SandboxRecord, save: Callable[[], None], inp: Inputs, state:
         "setup_s": round(t_backend - t0, 3), "vmm_start_s": round(t_vmm - t_backend, 3),
     }
     if inp.qsnap is not None:
-        record.guest.update(restored_from=str(spec.from_snapshot), renewed_s=ready["renewed_s"])
+        record.guest.update(restored_from=str(spec.from_snapshot), renewed_s=ready["renewed_s"], ssh_s=ready["ssh_s"])
     record.status = "running"
     record.owner_pid = record.owner_start = None
     save()

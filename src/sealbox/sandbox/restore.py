@@ -3,7 +3,7 @@
 After the backend's steps started QEMU with `-incoming` (it loads the snapshot's state and stays paused):
 1. QEMU has loaded everything (the guest has not run a single instruction of the restore yet);
 2. the host connects to the agent's port, then `cont`;
-3. the request goes out: a fresh nonce, 64 bytes of entropy, the host's time (guest/agent.py). The agent credits the
+3. the request goes out: a fresh nonce, the host's time, 512 bytes of entropy (guest/agent.py). The agent credits the
    entropy and reseeds the CRNG, ends the snapshot's SSH sessions, applies this sandbox's instance disk (its client
    key, hostname, addresses), generates a new host key and signs its answer with it;
 4. the answer must carry this nonce, its signature must verify with the key it reports (`ssh-keygen -Y verify`, an
@@ -100,9 +100,9 @@ def finish(manifest: SnapshotManifest, *, qmp_socket: str, agent_socket: str, ne
     renewed_s = time.monotonic() - t_cont
     while True:
         banner = ssh.probe_ssh(net.netns, str(net.guest_ip), 22, timeout=max(0.2, min(2.0, deadline - time.monotonic())))
-        if banner:
-            return {"boot_id": None, "hostkeys": [answer.hostkey.line()], "banner": banner, "hostname": answer.hostname,
-                    "renewed_s": round(renewed_s, 3)}
+        if banner:  # renewed: cont -> the answer checked and pinned; ssh: then -> sshd's banner on the new address
+            return {"boot_id": None, "hostkeys": [answer.hostkey.line()], "banner": banner,
+                    "renewed_s": round(renewed_s, 3), "ssh_s": round(time.monotonic() - t_cont - renewed_s, 3)}
         if time.monotonic() >= deadline:
             raise SandboxError("SSH did not answer on the restored guest's new address in time")
         time.sleep(0.05)

@@ -1,6 +1,6 @@
 #!/bin/sh
 # sealbox guest: the restore agent (docs/guest-protocol.md). After a restore from a snapshot the host connects to its
-# virtio-serial port and sends a nonce, fresh entropy and the time; the agent credits the entropy and reseeds the
+# virtio-serial port and sends a nonce, the time and fresh entropy; the agent credits the entropy and reseeds the
 # kernel's CRNG, re-applies the (new) instance data, replaces the SSH host key, ends the snapshot's SSH sessions, has
 # sshd re-execute with the new key, and answers with it and a signature over the nonce made with it. It opens the port before its unit counts as
 # started (Type=forking; the ready marker waits for it), so nothing the image's spec enables can take the port first.
@@ -14,7 +14,7 @@ for p in /sys/class/virtio-ports/*; do
 done
 [ -n "$port" ] || exit 0  # no agent port on this machine (Firecracker, q35): nothing to do
 exec 3<>"$port"
-nonce= entropy= now=
+nonce= now=
 
 fail() { printf '@SEALBOX_RESTORE_FAILED@ %s %s\n' "$nonce" "$1" >&3; }
 
@@ -33,27 +33,29 @@ renew_sshd() {  # end the snapshot's SSH sessions (all of sshd's cgroup but its 
 	kill -HUP "$listener"  # sshd re-executes itself: new host key, new address; refused meanwhile, never the old key
 }
 
+sign() {  # the answer's first lines, signed with the new host key (SSHSIG): the host checks both against the nonce
+	read -r type key _comment < /run/sealbox/ssh/ssh_host_ed25519_key.pub
+	printf '@SEALBOX_RESTORED@ %s\n@SEALBOX_HOSTKEY@ %s %s\n' "$nonce" "$type" "$key" > /run/sealbox/restore.msg
+	ssh-keygen -Y sign -q -f /run/sealbox/ssh/ssh_host_ed25519_key -n @SEALBOX_RESTORE_SIG_NAMESPACE@ \
+		< /run/sealbox/restore.msg > /run/sealbox/restore.sig
+}
+
 restore() {
-	case $entropy in ''|*[!A-Za-z0-9+/=]*) fail request; return ;; esac
 	case $now in ''|*[!0-9.]*) fail request; return ;; esac
-	# first: everything after this draws on the reseeded CRNG, not on the one the snapshot's siblings share
-	printf '%s' "$entropy" | base64 -d | /usr/lib/sealbox/reseed || { fail reseed; return; }
-	date -u -s "@$now" > /dev/null || { fail clock; return; }
-	rm -f /run/sealbox/ssh/ssh_host_*
-	/usr/lib/sealbox/sshd-keys & keys=$!  # on the other vCPU meanwhile (under emulation each costs ~0.2 s)
-	SEALBOX_RESTORE=1 /usr/lib/sealbox/instance || { wait $keys; fail instance; return; }
-	wait $keys || { fail hostkey; return; }
+	# first: the entropy after the request goes from the port straight into the kernel, then the CRNG is reseeded;
+	# everything after this draws on it, not on the state the snapshot's siblings share
+	/usr/lib/sealbox/reseed <&3 || { fail reseed; return; }
+	date -u -s "@$now" > /dev/null & clock=$!
+	{ rm -f /run/sealbox/ssh/ssh_host_* && /usr/lib/sealbox/sshd-keys && sign; } & keys=$!  # on the other vCPU
+	SEALBOX_RESTORE=1 /usr/lib/sealbox/instance || { wait $keys $clock; fail instance; return; }
+	wait $keys || { wait $clock; fail hostkey; return; }
+	wait $clock || { fail clock; return; }
 	renew_sshd || { fail sshd; return; }
-	read -r host < /proc/sys/kernel/hostname
-	msg="@SEALBOX_RESTORED@ $nonce $host"
-	for k in /run/sealbox/ssh/*.pub; do
-		read -r type key _comment < "$k"
-		msg="$msg
-@SEALBOX_HOSTKEY@ $type $key"
-	done
-	sig=$(printf '%s\n' "$msg" | ssh-keygen -Y sign -q -f /run/sealbox/ssh/ssh_host_ed25519_key -n @SEALBOX_RESTORE_SIG_NAMESPACE@) ||
-		{ fail sign; return; }
-	printf '%s\n%s\n@SEALBOX_RESTORE_END@ %s\n' "$msg" "$sig" "$nonce" >&3
+	{
+		while IFS= read -r line; do printf '%s\n' "$line"; done < /run/sealbox/restore.msg
+		while IFS= read -r line; do printf '%s\n' "$line"; done < /run/sealbox/restore.sig
+		printf '@SEALBOX_RESTORE_END@ %s\n' "$nonce"
+	} >&3
 }
 
 serve() {
@@ -61,18 +63,17 @@ serve() {
 		printf '@SEALBOX_AGENT_HELLO@\n' >&3 || exit 1  # blocks until the host is connected
 		IFS= read -r line <&3 || continue  # end of file: the host went away; wait for the next one
 		case $line in "@SEALBOX_RESTORE_REQUEST@ "*) ;; *) continue ;; esac
-		nonce=${line#* } entropy= now= n=0
+		nonce=${line#* } now= n=0 ended=
 		case $nonce in *[!0-9a-f]*) continue ;; esac
 		[ ${#nonce} -eq 64 ] || continue
-		while [ $n -lt 8 ] && IFS= read -r line <&3; do
+		while [ $n -lt 8 ] && IFS= read -r line <&3; do  # dash reads a byte at a time: the entropy stays unread
 			n=$((n+1))
 			case $line in
-			entropy=*) entropy=${line#*=} ;;
 			time=*) now=${line#*=} ;;
-			@SEALBOX_INSTANCE_END@) break ;;
+			@SEALBOX_INSTANCE_END@) ended=1; break ;;
 			esac
 		done
-		restore
+		[ -n "$ended" ] && restore
 	done
 }
 serve < /dev/null > /dev/null 2>&1 &

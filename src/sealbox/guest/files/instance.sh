@@ -84,9 +84,9 @@ for dev in /sys/block/vd*; do
 done
 
 umask 022
-mkdir -p "$run"
+[ -d "$run" ] || mkdir -p "$run"
 stage=$run/instance.d  # nothing leaves here before the binding check
-rm -rf "$stage"
+[ ! -e "$stage" ] || rm -rf "$stage"
 mkdir -p "$stage/keys"
 if [ -n "$disk" ]; then
 	ended=
