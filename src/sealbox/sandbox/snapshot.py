@@ -22,6 +22,7 @@ import fcntl
 import json
 import os
 import shutil
+import socket
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -201,8 +202,8 @@ def take(state: StateDir, name: str, dest: Path | None = None, *, resume: bool =
         return _take_qemu(state, record, target, resume=resume, timeout=timeout)
 
 
-def _qemu_source(state: StateDir, record: SandboxRecord) -> tuple[str, Machine, Any]:
-    """The running QEMU sandbox's QMP socket and machine shape; refuses what cannot be restored."""
+def _qemu_source(state: StateDir, record: SandboxRecord) -> tuple[str, str, Machine, Any]:
+    """The running QEMU sandbox's QMP and agent sockets and machine shape; refuses what cannot be restored."""
     from sealbox.sandbox import status as st
     from sealbox.sandbox.model import SandboxSpec
 
@@ -222,7 +223,30 @@ def _qemu_source(state: StateDir, record: SandboxRecord) -> tuple[str, Machine, 
                          hint="start it again with this sealbox version, then snapshot it")
     size = (state.sandbox_dir(record.name) / "instance.img").stat().st_size
     shape = shape_of(spec, record.vmm.get("accel", "tcg"), guest_mac=str(record.network.get("guest_mac")), instance_disk_size=size)
-    return str(start["qmp_socket"]), shape, spec
+    return str(start["qmp_socket"]), str(rundir["agent_socket"]), shape, spec
+
+
+def _agent_answers(path: str, timeout: float = 15.0) -> None:
+    """A snapshot whose guest has no restore agent waiting could never be restored: ask for its hello line first
+    (then hang up: the agent waits for the next host, which is what the snapshot will hold)."""
+    from sealbox.guest.protocol import AGENT_HELLO
+
+    deadline = time.monotonic() + timeout
+    data = b""
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC) as sock:
+        try:
+            sock.connect(path)
+            while AGENT_HELLO.encode() not in data and len(data) < 65536 and time.monotonic() < deadline:
+                sock.settimeout(max(0.05, deadline - time.monotonic()))
+                chunk = sock.recv(4096)
+                if not chunk:
+                    break
+                data += chunk
+        except OSError:
+            pass
+    if AGENT_HELLO.encode() not in data:
+        raise SandboxError("the guest's restore agent does not answer on its port, so no restore of this snapshot could "
+                           "renew its secrets", hint="wait until the sandbox is ready; see 'sealbox logs' (sealbox-agent.service)")
 
 
 @contextlib.contextmanager
@@ -243,7 +267,8 @@ def _take_qemu(state: StateDir, record: SandboxRecord, target: Path, *, resume: 
     from sealbox.sandbox.vmm.qemu import qemu_version
     from sealbox.sandbox.vmm.qemu_snapshot import save
 
-    qmp, shape, spec = _qemu_source(state, record)
+    qmp, agent_socket, shape, spec = _qemu_source(state, record)
+    _agent_answers(agent_socket)
     version = qemu_version()
     image_dir = Path(record.image.get("dir", spec.image_dir))
     digest = image_digest(image_dir)

@@ -52,7 +52,7 @@ def snap(sealbox: Sealbox, tmp_path_factory: pytest.TempPathFactory) -> Iterator
     names = [src]
     try:
         sb(*sb.run_args(src, "--memory", MEMORY), timeout=400, check=True)
-        session = sb.spawn("exec", src, "--", "sh", "-c", f"exec -a {MARK} sleep 600")  # a session the snapshot catches
+        session = sb.spawn("exec", src, "--", "sh", "-c", f"sleep 600; : {MARK}")  # a session the snapshot catches
         wait_for(lambda: MARK in sb.exec(src, "ps", "-eo", "args").stdout, 60, "the session in the source")
         out = sb("snapshot", src, "--dest", str(dest), timeout=120, check=True).stdout
         assert f"snapshot of {src} written to {dest}" in out
