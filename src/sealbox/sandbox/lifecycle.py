@@ -129,9 +129,9 @@ class Inputs:
         # the boot files must exist for the chosen backend/mode (raises a one-line UsageError)
         self.image.boot_files(vmm=self.choice.vmm, rootfs=spec.rootfs, firmware=spec.firmware, tdx=spec.tdx, boot=spec.boot)
         if self.qsnap is not None:
-            self._check_qemu_snapshot(self.qsnap)
+            self._check_qemu_snapshot(self.qsnap, state)
 
-    def _check_qemu_snapshot(self, m: snapshot_mod.SnapshotManifest) -> None:
+    def _check_qemu_snapshot(self, m: snapshot_mod.SnapshotManifest, state: StateDir) -> None:
         """Another image, QEMU version or machine shape: refused before anything is created."""
         from sealbox.sandbox.vmm.qemu import mode_of, qemu_version
 
@@ -141,7 +141,8 @@ class Inputs:
             raise UsageError("--from-snapshot restores microvm sandboxes", hint="drop --firmware/--tdx/--boot")
         shape = snapshot_mod.shape_of(spec, self.choice.accel, guest_mac=m.machine.guest_mac,
                                       instance_disk_size=m.machine.instance_disk_size)
-        snapshot_mod.check(m, spec.from_snapshot, image_dir=self.image.dir, shape=shape, vmm_version=qemu_version())
+        cache = state.root / "cache" if state.root.is_dir() else None  # a dry run creates nothing
+        snapshot_mod.check(m, spec.from_snapshot, image_dir=self.image.dir, shape=shape, vmm_version=qemu_version(cache_dir=cache))
 
     def fixed_link(self) -> Any:
         """A restored guest keeps the address in its memory: reuse the snapshot's link."""

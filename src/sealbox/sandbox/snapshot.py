@@ -269,7 +269,7 @@ def _take_qemu(state: StateDir, record: SandboxRecord, target: Path, *, resume: 
 
     qmp, agent_socket, shape, spec = _qemu_source(state, record)
     _agent_answers(agent_socket)
-    version = qemu_version()
+    version = qemu_version(cache_dir=state.root / "cache")
     image_dir = Path(record.image.get("dir", spec.image_dir))
     digest = image_digest(image_dir)
     with _staging(target) as stage:

@@ -125,3 +125,21 @@ def test_gc_finds_unfinished_snapshots_but_not_one_being_written(tmp_path: Path,
         assert snap.stale_staging(state) == [crashed]
     finally:
         os.close(fd)
+
+
+def test_the_qemu_version_is_the_binarys_and_cached_while_it_stays(tmp_path: Path) -> None:
+    from sealbox.sandbox.vmm.qemu import qemu_version
+
+    calls = tmp_path / "calls"
+    fake = tmp_path / "qemu"
+    fake.write_text(f"#!/bin/sh\necho x >> {calls}\necho 'QEMU emulator version 7.2.22 (Debian 1:7.2+dfsg-7)'\n")
+    fake.chmod(0o755)
+    cache = tmp_path / "cache"
+    assert qemu_version(str(fake), cache_dir=cache) == "7.2.22 (Debian 1:7.2+dfsg-7)"
+    assert qemu_version(str(fake), cache_dir=cache) == "7.2.22 (Debian 1:7.2+dfsg-7)"
+    assert calls.read_text().count("x") == 1
+    fake.write_text(fake.read_text().replace("7.2.22", "8.2.2"))  # an upgrade: another size and mtime
+    assert qemu_version(str(fake), cache_dir=cache).startswith("8.2.2")
+    fake.write_text("#!/bin/sh\necho 'something else'\n")
+    with pytest.raises(Exception, match="not a QEMU version"):
+        qemu_version(str(fake))

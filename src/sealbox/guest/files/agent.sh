@@ -40,17 +40,30 @@ sign() {  # the answer's first lines, signed with the new host key (SSHSIG): the
 		< /run/sealbox/restore.msg > /run/sealbox/restore.sig
 }
 
+renew_keys() {  # a new host key, sshd serving it (before the address changes), the signature
+	rm -f /run/sealbox/ssh/ssh_host_*
+	(. /usr/lib/sealbox/sshd-keys)
+	[ $? -eq 0 ] && [ -s /run/sealbox/ssh/ssh_host_ed25519_key.pub ] || return 1
+	renew_sshd || return 1
+	sign
+}
+
 restore() {
 	case $now in ''|*[!0-9.]*) fail request; return ;; esac
 	# first: the entropy after the request goes from the port straight into the kernel, then the CRNG is reseeded;
 	# everything after this draws on it, not on the state the snapshot's siblings share
 	/usr/lib/sealbox/reseed <&3 || { fail reseed; return; }
 	date -u -s "@$now" > /dev/null & clock=$!
-	{ rm -f /run/sealbox/ssh/ssh_host_* && /usr/lib/sealbox/sshd-keys && sign; } & keys=$!  # on the other vCPU
-	SEALBOX_RESTORE=1 /usr/lib/sealbox/instance || { wait $keys $clock; fail instance; return; }
-	wait $keys || { wait $clock; fail hostkey; return; }
+	renew_keys & keys=$!  # on the other vCPU meanwhile
+	# the guest scripts run in subshells, not new shells: under emulation every exec costs ~0.1 s. Not in an
+	# and-or list, where `set -e` would be ignored inside them
+	(SEALBOX_RESTORE=1; . /usr/lib/sealbox/instance) 2> /dev/console  # why it refused: in `sealbox logs`
+	applied=$?
+	wait $keys
+	keyed=$?
 	wait $clock || { fail clock; return; }
-	renew_sshd || { fail sshd; return; }
+	[ $applied -eq 0 ] || { fail instance; return; }
+	[ $keyed -eq 0 ] || { fail hostkey; return; }
 	{
 		while IFS= read -r line; do printf '%s\n' "$line"; done < /run/sealbox/restore.msg
 		while IFS= read -r line; do printf '%s\n' "$line"; done < /run/sealbox/restore.sig

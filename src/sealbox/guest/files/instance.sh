@@ -86,7 +86,11 @@ done
 umask 022
 [ -d "$run" ] || mkdir -p "$run"
 stage=$run/instance.d  # nothing leaves here before the binding check
-[ ! -e "$stage" ] || rm -rf "$stage"
+if [ -n "$restore" ]; then  # the snapshot's client keys are not this sandbox's (one exec: each costs under emulation)
+	rm -rf "$stage" "$run/authorized_keys"
+elif [ -e "$stage" ]; then
+	rm -rf "$stage"
+fi
 mkdir -p "$stage/keys"
 if [ -n "$disk" ]; then
 	ended=
@@ -114,7 +118,7 @@ if [ -n "$disk" ]; then
 	digest=${digest%% *}
 fi
 [ -n "$disk" ] || [ -z "$restore" ] || { say "restore: no instance disk labelled sealbox-instance"; exit 1; }
-if is_td; then
+if [ -z "$restore" ] && is_td; then  # TD memory is never snapshotted: a restore is not in a TD
 	[ -n "$disk" ] || { say "refusing to start: this TD has no instance disk"; exit 1; }
 	want=$(td_mrconfigid)
 	if [ -z "$want" ]; then
@@ -133,7 +137,6 @@ fi
 [ -n "$host" ] && echo "$host" > /proc/sys/kernel/hostname
 if [ -n "$disk" ]; then
 	mv "$stage/canonical" "$run/instance"
-	[ -z "$restore" ] || rm -rf "$run/authorized_keys"  # the snapshot's client keys are not this sandbox's
 	[ -e "$run/authorized_keys" ] || mv "$stage/keys" "$run/authorized_keys"
 fi
 {

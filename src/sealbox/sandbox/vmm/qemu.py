@@ -14,6 +14,7 @@ command line and the launcher only has to place each fd at its number.
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 from dataclasses import dataclass, field
@@ -28,6 +29,7 @@ from sealbox.guest.protocol import AGENT_PORT
 from sealbox.sandbox.host import jail
 from sealbox.sandbox.model import DiskSpec, RateLimit, SandboxSpec, VmPlan
 from sealbox.sandbox.steps import Step
+from sealbox.util import atomic
 
 QEMU = "/usr/bin/qemu-system-x86_64"
 SANDBOX_OPTS = "on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny"
@@ -382,15 +384,41 @@ class QemuBackend:
         return inspect(record)
 
 
-def qemu_version(qemu: str | None = None) -> str:
+QEMU_VERSION_CACHE = "qemu-version.json"
+
+
+def qemu_version(qemu: str | None = None, cache_dir: Path | None = None) -> str:
     """The host's QEMU as `--version` names it (e.g. `7.2.22 (Debian 1:7.2+dfsg-7+deb12u18+b3)`): a snapshot records
-    it and restores only under the same. Asked of the binary, not of a running VMM (whose answers are untrusted)."""
+    it and restores only under the same. Asked of the binary, not of a running VMM (whose answers are untrusted);
+    with `cache_dir` (root's state dir), remembered for as long as the binary's inode, size and mtime stay."""
+    binary = Path(qemu or QEMU)
     try:
-        out = subprocess.run([qemu or QEMU, "--version"], capture_output=True, text=True, timeout=20).stdout
+        st = binary.stat()
+        key = f"{binary}:{st.st_dev}:{st.st_ino}:{st.st_size}:{st.st_mtime_ns}"
+    except OSError:
+        key = None
+    cache = cache_dir / QEMU_VERSION_CACHE if cache_dir is not None and key else None
+    if cache is not None:
+        try:
+            saved = json.loads(cache.read_text())
+            if saved.get("key") == key and isinstance(saved.get("version"), str):
+                return str(saved["version"])
+        except (OSError, ValueError, AttributeError):
+            pass
+    version = _ask_version(str(binary))
+    if cache is not None:
+        cache.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        atomic.write_text(cache, json.dumps({"key": key, "version": version}), mode=0o600)
+    return version
+
+
+def _ask_version(qemu: str) -> str:
+    try:
+        out = subprocess.run([qemu, "--version"], capture_output=True, text=True, timeout=20).stdout
     except (OSError, subprocess.TimeoutExpired) as e:
-        raise SandboxError(f"cannot run {qemu or QEMU} --version: {e}", hint="install qemu-system-x86") from None
+        raise SandboxError(f"cannot run {qemu} --version: {e}", hint="install qemu-system-x86") from None
     first = out.splitlines()[0] if out.strip() else ""
     prefix = "QEMU emulator version "
     if not first.startswith(prefix):
-        raise SandboxError(f"{qemu or QEMU} --version printed {first[:80]!r}, not a QEMU version")
+        raise SandboxError(f"{qemu} --version printed {first[:80]!r}, not a QEMU version")
     return first[len(prefix):].strip()
