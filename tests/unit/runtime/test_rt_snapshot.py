@@ -143,3 +143,38 @@ def test_the_qemu_version_is_the_binarys_and_cached_while_it_stays(tmp_path: Pat
     fake.write_text("#!/bin/sh\necho 'something else'\n")
     with pytest.raises(Exception, match="not a QEMU version"):
         qemu_version(str(fake))
+
+
+def _qemu_record(state: StateDir, image: Path, name: str, *, agent: bool = True, status: str = "running", **spec: object) -> None:
+    from sealbox.sandbox.state import SandboxRecord, process_start_time
+    from sealbox.sandbox.steps import StepEntry
+
+    me = os.getpid()
+    steps = [StepEntry(kind="qemu-rundir", state="done", params={"agent_socket": "/nonexistent/agent.sock"} if agent else {}),
+             StepEntry(kind="qemu-start", state="done", params={"qmp_socket": "/nonexistent/qmp.sock"})]
+    rec = SandboxRecord(name=name, created_at=time.time(), status=status, spec={"name": name, "image_dir": str(image), **spec},
+                        vmm={"backend": "qemu", "accel": "tcg", "pid": me, "start_time": process_start_time(me)},
+                        network={"guest_mac": "02:00:00:00:00:01"})
+    rec.steps.entries = steps
+    state.reserve(rec)
+    (state.sandbox_dir(name) / "instance.img").write_bytes(bytes(4096))
+
+
+def test_what_cannot_be_restored_is_not_snapshotted(tmp_path: Path, image_dir: Path, state: StateDir) -> None:
+    """Refused before QEMU is asked for anything (the QMP sockets here do not exist)."""
+    from sealbox.errors import SealboxError
+
+    cases = [
+        ({"firmware": "ovmf"}, "runs under firmware"),
+        ({"tdx": True}, "runs under firmware"),
+        ({"disks": [{"path": str(tmp_path / "d.img")}]}, "has --disk files"),
+        ({"agent": False}, "without the restore agent's port"),
+        ({"status": "stopped"}, "is stopped; only a running sandbox"),
+        ({}, "restore agent does not answer"),  # its guest's agent (here: no socket at all) never says hello
+    ]
+    for i, (kw, msg) in enumerate(cases):
+        name = f"q{i}"
+        _qemu_record(state, image_dir, name, **kw)  # type: ignore[arg-type]
+        with pytest.raises(SealboxError, match=msg):
+            snap.take(state, name, tmp_path / f"s{i}")
+        assert not (tmp_path / f"s{i}").exists() and not list((tmp_path).glob(f".s{i}.staging*"))
