@@ -246,13 +246,9 @@ def build_command(plan: VmPlan, host: HostFacts) -> QemuCommand:
     # everything that needs getrandom() (ssh-keygen for the host key, sshd) waits for it
     rng_dev = "virtio-rng-pci" if pci else "virtio-rng-device"
     argv += ["-object", "rng-random,id=rng0,filename=/dev/urandom", "-device", f"{rng_dev},rng=rng0"]
-    agent = None
-    if mode == "microvm":  # the restore agent's port: a snapshot's guest renews its secrets through it
-        agent = run_dir / "agent.sock"
-        agent_fd = fds.take("agent", str(agent))
-        argv += ["-device", "virtio-serial-device,id=agent0",
-                 "-chardev", f"socket,id=agent,fd={agent_fd},server=on,wait=off",
-                 "-device", f"virtserialport,bus=agent0.0,chardev=agent,name={AGENT_PORT}"]
+    agent = run_dir / "agent.sock" if mode == "microvm" else None
+    if agent is not None:
+        argv += agent_args(fds.take("agent", str(agent)))
 
     disks: list[tuple[str, DiskSpec]] = []
     if spec.rootfs == "disk":
@@ -300,6 +296,13 @@ def build_command(plan: VmPlan, host: HostFacts) -> QemuCommand:
         vars_copy=str(vars_copy) if vars_copy else None,
         vars_template=str(host.ovmf_vars) if vars_copy else None,
     )
+
+
+def agent_args(fd: int) -> list[str]:
+    """The restore agent's port (microvm): a guest restored from a snapshot renews its secrets through it
+    (docs/guest-protocol.md). Its host end is a listening socket root made, passed as `fd` like QMP's."""
+    return ["-device", "virtio-serial-device,id=agent0", "-chardev", f"socket,id=agent,fd={fd},server=on,wait=off",
+            "-device", f"virtserialport,bus=agent0.0,chardev=agent,name={AGENT_PORT}"]
 
 
 def tdx_object(plan: VmPlan) -> str:
