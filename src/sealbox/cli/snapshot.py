@@ -11,7 +11,8 @@ import click
 @click.argument("name")
 @click.option("--dest", type=click.Path(path_type=Path), default=None,
               help="New directory for the snapshot (default: <state-dir>/snapshots/NAME-<UTC time>).")
-@click.option("--leave-paused", is_flag=True, help="Do not resume the sandbox afterwards.")
+@click.option("--leave-paused", is_flag=True,
+              help="Do not resume the sandbox afterwards (QEMU: it stays paused until stop/rm; for a template about to go).")
 @click.option("--state-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="State directory (default: $SEALBOX_STATE_DIR or /var/lib/sealbox).")
 def snapshot(name: str, dest: Path | None, leave_paused: bool, state_dir: Path | None) -> None:
