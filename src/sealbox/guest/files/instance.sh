@@ -85,14 +85,16 @@ done
 
 umask 022
 [ -d "$run" ] || mkdir -p "$run"
-stage=$run/instance.d  # nothing leaves here before the binding check
-if [ -n "$restore" ]; then  # the snapshot's client keys are not this sandbox's (one exec: each costs under emulation)
-	rm -rf "$stage" "$run/authorized_keys"
-elif [ -e "$stage" ]; then
-	rm -rf "$stage"
+# nothing is applied before the binding check: the keys wait in $stage (which then becomes authorized_keys), the
+# canonical text in $canon (then moved to instance). Few programs: under emulation each costs ~0.1 s
+stage=$run/instance.d canon=$run/instance.new
+if [ -n "$restore" ]; then  # the snapshot's client keys are not this sandbox's
+	rm -rf "$stage" "$canon" "$run/authorized_keys"
+elif [ -e "$stage" ] || [ -e "$canon" ]; then
+	rm -rf "$stage" "$canon"
 fi
-mkdir -p "$stage/keys"
 if [ -n "$disk" ]; then
+	mkdir -p "$stage"
 	ended=
 	# every line up to END goes into the canonical text exactly as it is applied (secrets as their digest)
 	while IFS= read -r line; do
@@ -108,13 +110,13 @@ if [ -n "$disk" ]; then
 		authorized_key=*)
 			v=${line#*=}; u=${v%% *}
 			case $u in ''|*[!a-z0-9_-]*|[!a-z_]*) say "instance data names an invalid user '$u'"; exit 1 ;; esac
-			printf '%s\n' "${v#* }" >> "$stage/keys/$u"
+			printf '%s\n' "${v#* }" >> "$stage/$u"
 			;;
 		@SEALBOX_INSTANCE_END@) ended=1; break ;;
 		esac
-	done < "$disk" > "$stage/canonical"
+	done < "$disk" > "$canon"
 	[ -n "$ended" ] || { say "instance disk $disk has no @SEALBOX_INSTANCE_END@ line"; exit 1; }
-	digest=$(sha384sum "$stage/canonical")
+	digest=$(sha384sum "$canon")
 	digest=${digest%% *}
 fi
 [ -n "$disk" ] || [ -z "$restore" ] || { say "restore: no instance disk labelled sealbox-instance"; exit 1; }
@@ -136,14 +138,13 @@ fi
 
 [ -n "$host" ] && echo "$host" > /proc/sys/kernel/hostname
 if [ -n "$disk" ]; then
-	mv "$stage/canonical" "$run/instance"
-	[ -e "$run/authorized_keys" ] || mv "$stage/keys" "$run/authorized_keys"
+	mv "$canon" "$run/instance"
+	if [ -e "$run/authorized_keys" ]; then rm -rf "$stage"; else mv "$stage" "$run/authorized_keys"; fi
 fi
 {
 	echo "# sealbox: resolvers from the instance data"
 	for ip in $dns; do echo "nameserver $ip"; done
 } > "$run/resolv.conf"
-rm -rf "$stage"
 {
 	echo "link set lo up"
 	if [ -n "$addr" ] && [ -e /sys/class/net/eth0 ]; then
