@@ -12,14 +12,24 @@ APT_PACKAGES=(
   dosfstools mtools gdisk
   # dm-verity hash trees for disk images with a verity root (veritysetup)
   cryptsetup-bin
+  # reproducibility checks: verify-reproducible (disorderfs needs fuse3) and the test that runs reprotest itself
+  reprotest disorderfs fuse3
+  # container images (output.formats = ["oci"]): the tests load and run them with podman (runc: crun refuses hybrid
+  # cgroup hosts) and read them with skopeo
+  podman runc skopeo
   # running sandboxes
   qemu-system-x86 qemu-utils ovmf nftables iproute2 bubblewrap openssh-client util-linux
+  # cloud-profile tests: a real DHCP server (dnsmasq, no DNS service) stands in for Azure's and GCP's on a test link
+  dnsmasq-base
   # measuring and attesting (tests compare against these reference tools)
   pesign sbsigntool systemd-boot-efi swtpm swtpm-tools
   # the guest's reseed program is checked against strace's decoding of its ioctls (binutils reassembles it)
   strace
   # benchmarks: a static C toolchain for the trivial-init baseline of bench/sandbox_bench.py
   gcc libc6-dev
+  # the gui module: per-sandbox password hashes (openssl passwd); its test logs in with a real RDP client under a
+  # virtual X server and checks a screenshot (ImageMagick)
+  openssl xvfb freerdp2-x11 imagemagick
   # Python
   python3 python3-venv python3-pip
 )

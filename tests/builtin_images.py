@@ -13,7 +13,7 @@ from imagecache import default_image, spec_image
 
 FAST = "\n[output]\ncompression_level = 3\n"
 
-# the README's own example (README.md "Image specs"), built as `sealbox build bob.toml --profile azure,devtools`
+# the README's own example (README.md "Image specs"), built as `sealbox build bob.toml --profile edge,azure,devtools`
 README_BOB = """\
 include = ["base"]
 name = "bob"
@@ -28,7 +28,7 @@ dest = "/opt/app"
 [hardening]
 firewall_allow_tcp = [8080]
 
-[profiles.azure]
+[profiles.edge]
 kernel.package = "linux-image-6.12-cloud-amd64"
 """
 
@@ -36,7 +36,7 @@ kernel.package = "linux-image-6.12-cloud-amd64"
 CASES: dict[str, tuple[str, list[str], dict[str, str]]] = {
     "profile-devtools": ('include = ["default"]\nname = "p-devtools"\n' + FAST, ["devtools"], {}),
     "profile-tdx": ('include = ["default"]\nname = "p-tdx"\n' + FAST, ["tdx"], {}),
-    "readme-azure-devtools": (README_BOB.replace("[hardening]", FAST.strip() + "\n\n[hardening]"), ["azure", "devtools"],
+    "readme-azure-devtools": (README_BOB.replace("[hardening]", FAST.strip() + "\n\n[hardening]"), ["edge", "azure", "devtools"],
                               {"files/app": "#!/bin/sh\necho app\n"}),
 }
 

@@ -46,6 +46,18 @@ class SandboxError(SealboxError):
     """A sandbox command failed (state, host setup, VMM, guest)."""
 
 
+class NotFound(SandboxError):
+    """No such sandbox (or, from the SDK, no such path in the guest)."""
+
+
+class SandboxTimeout(SandboxError, TimeoutError):
+    """A bounded wait ran out: a guest not ready in time, a command past its timeout."""
+
+
+class ResourceExhausted(SandboxError):
+    """The host has no room for another sandbox (addresses, uids, ...): remove some or widen the range."""
+
+
 class AttestError(SealboxError):
     """A quote, event log or policy could not be parsed or did not verify."""
 

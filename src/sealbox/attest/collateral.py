@@ -28,11 +28,11 @@ from sealbox.attest.qeidentity import check_qe_identity
 from sealbox.attest.quote import Quote
 from sealbox.attest.revocation import check_revocation, load_crl
 from sealbox.attest.verify import Check, RootAnchor, ecdsa_ok
+from sealbox.util.optional import require
 
 # What only the collateral can check, in report order; without it each is "NOT checked".
 COLLATERAL_CHECKS = ("tcb_status", "qe_identity", "revocation")
 CHECK_NAMES = {"tcb_status": "TCB status", "qe_identity": "QE identity", "revocation": "revocation"}
-from sealbox.util.optional import require
 
 REQUIRED_KEYS = (
     "pck_crl_issuer_chain", "root_ca_crl", "pck_crl", "tcb_info_issuer_chain", "tcb_info",

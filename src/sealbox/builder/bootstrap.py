@@ -8,9 +8,7 @@ the result is compared against the lock afterwards (lock.check_against_lock).
 
 from __future__ import annotations
 
-import os
 import shutil
-import subprocess
 import urllib.parse
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,6 +22,8 @@ from sealbox.util.digest import sha256_file
 from sealbox.util.run import output, run, which
 
 HOOKS = Path("/usr/share/mmdebstrap/hooks")
+BOOTSTRAP_TIMEOUT = 3600.0  # a cold bootstrap over a slow mirror; anything longer is stuck
+APT_TIMEOUT = 1200.0
 
 # dpkg path filters for the strip groups that can be applied while unpacking (faster than deleting later)
 DPKG_EXCLUDES = {
@@ -80,27 +80,45 @@ def mmdebstrap_argv(spec: ImageSpec, sources: Sources, tree: Path, debs_in: Path
 
 
 def _apt_env(tree: Path, work: Path) -> dict[str, str]:
-    """An apt configuration rooted at the bootstrapped tree (its sources, lists and pins)."""
+    """An apt configuration rooted at the bootstrapped tree (its sources, lists and pins); nothing from the caller."""
     conf = work / "apt.conf"
     conf.write_text(
         f'Dir "{tree}/";\nDir::State::status "{tree}/var/lib/dpkg/status";\n'
         'APT::Architecture "amd64";\nAPT::Architectures "amd64";\nDebug::NoLocking "true";\n'
         'APT::Sandbox::User "root";\nAcquire::Retries "3";\n'
     )
-    return {**os.environ, "APT_CONFIG": str(conf), "LC_ALL": "C.UTF-8"}
+    return {"APT_CONFIG": str(conf), "HOME": str(work), "TMPDIR": str(work)}
 
 
-def resolve_kernel_package(name: str, env: dict[str, str]) -> str:
-    """A metapackage such as linux-image-cloud-amd64 resolves to the linux-image-<abi>-<flavour> it depends on."""
-    show = run(["apt-cache", "show", "--no-all-versions", name], env=env, check=False)
-    if show.returncode != 0 or not show.stdout.strip():
+def _control_field(stanza: str, field: str) -> str:
+    """One field of a deb822 stanza (continuation lines joined); field names are never translated."""
+    value: list[str] = []
+    inside = False
+    for line in stanza.splitlines():
+        if line[:1] in (" ", "\t") and inside:
+            value.append(line.strip())
+            continue
+        key, sep, rest = line.partition(":")
+        inside = bool(sep) and key.strip().lower() == field.lower()
+        if inside:
+            value.append(rest.strip())
+    return " ".join(value)
+
+
+def resolve_kernel_package(name: str, tree: Path, work: Path) -> str:
+    """A metapackage such as linux-image-cloud-amd64 resolves to the linux-image-<abi>-<flavour> it depends on.
+
+    Read from the candidate's control record (`apt-cache show`), never from `apt-cache depends`, whose
+    labels are translated ("Dépend:" under LANGUAGE=fr).
+    """
+    show = run(["apt-cache", "show", "--no-all-versions", name], env=_apt_env(tree, work), check=False, timeout=APT_TIMEOUT)
+    stanza = show.stdout.decode(errors="replace")
+    if show.returncode != 0 or not stanza.strip():
         raise BuildError(f"kernel.package {name!r} is not available from the configured archive", hint="check kernel.package and the suite")
-    deps = output(["apt-cache", "depends", "--no-recommends", "--no-suggests", "--no-conflicts", "--no-breaks",
-                   "--no-replaces", "--no-enhances", name], env=env)
-    for line in deps.splitlines():
-        line = line.strip()
-        if line.startswith("Depends:") and line.split()[1].startswith("linux-image-"):
-            return line.split()[1]
+    for alternatives in _control_field(stanza, "Depends").split(","):
+        first = alternatives.split("|")[0].split("(")[0].strip()
+        if first.startswith("linux-image-"):
+            return first
     return name
 
 
@@ -108,7 +126,7 @@ def download_extras(names: list[str], tree: Path, work: Path) -> dict[str, Path]
     env = _apt_env(tree, work)
     dest = work / "extras"
     dest.mkdir(exist_ok=True)
-    run(["apt-get", "download", *names], env=env, cwd=dest, what="apt-get download " + " ".join(names))
+    run(["apt-get", "download", *names], env=env, cwd=dest, timeout=APT_TIMEOUT, what="apt-get download " + " ".join(names))
     found = {}
     for deb in dest.glob("*.deb"):
         found[_deb_fields(deb)[0]] = deb
@@ -129,13 +147,11 @@ def bootstrap(spec: ImageSpec, sources: Sources, tree: Path, work: Path, cache: 
         prefs.write_text(lock.pins() + "".join(
             f"Package: {n}\nPin: version {p.version}\nPin-Priority: 1001\n\n" for n, p in sorted(lock.extras.items())))
     argv = mmdebstrap_argv(spec, sources, tree, debs_in, debs_out, prefs)
-    env = {"PATH": os.environ.get("PATH", "/usr/sbin:/usr/bin:/sbin:/bin"), "SOURCE_DATE_EPOCH": str(epoch),
-           "LC_ALL": "C.UTF-8", "TZ": "UTC", "HOME": "/root", "TMPDIR": str(work)}
-    with open(log_path, "wb") as logf:
-        proc = subprocess.run(argv, stdout=logf, stderr=subprocess.STDOUT, env=env, check=False)
-    if proc.returncode != 0:
-        tail = [line for line in log_path.read_text(errors="replace").splitlines() if line.strip()][-4:]
-        raise BuildError(f"mmdebstrap failed (exit {proc.returncode}): {' | '.join(tail)}", hint=f"full log: {log_path}")
+    # own mount and PID namespaces: the /dev, /proc and /sys mounts mmdebstrap makes in the tree, and every process
+    # it starts, vanish with it, even when sealbox is SIGKILLed (run() gives unshare a parent-death signal)
+    ns = [which("unshare"), "--mount", "--propagation", "private", "--pid", "--kill-child", "--mount-proc"]
+    env = {"SOURCE_DATE_EPOCH": str(epoch), "HOME": "/root", "TMPDIR": str(work)}
+    run([*ns, *argv], env=env, log_file=log_path, timeout=BOOTSTRAP_TIMEOUT, what="mmdebstrap")
     fresh = cache.ingest(debs_out)
 
     # what got installed, with the sha256 of the .deb it came from
@@ -152,18 +168,17 @@ def bootstrap(spec: ImageSpec, sources: Sources, tree: Path, work: Path, cache: 
         installed[name] = Installed(name, version, arch, fresh[fname], fname)
 
     # kernel, EFI stub, loader busybox: downloaded from the same archive state, never installed
-    env_apt = _apt_env(tree, work)
     names = []
     kernel_real = ""
     for want in extras_wanted:
         if want.startswith("linux-image-"):
-            kernel_real = resolve_kernel_package(want, env_apt)
+            kernel_real = resolve_kernel_package(want, tree, work)
             names += [want] if kernel_real == want else [want, kernel_real]
         else:
             names.append(want)
-    files = download_extras(sorted(set(names)), tree, work)
+    files = download_extras(sorted(set(names)), tree, work) if names else {}  # a container image downloads nothing
     extras = {}
-    for name, path in files.items():
+    for path in files.values():
         n, v, a = _deb_fields(path)
         extras[n] = Installed(n, v, a, sha256_file(path), path.name)
     cache.ingest(work / "extras")

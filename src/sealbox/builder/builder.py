@@ -1,53 +1,46 @@
-"""`sealbox build`: spec → bootstrap → lock → kernel → configure → strip → normalise → artifacts → manifest.
+"""`sealbox build`: spec → the named steps of steps.py → one commit of output and lock.
 
-All artifacts are written into a staging directory beside the output and swapped in only when every
-step succeeded (util.atomic.staged_dir), so a failed or interrupted build never leaves a partial or
-stale artifact at the output path. The work tree lives in a temporary directory that is always removed.
+All artifacts are written into a staging directory beside the output and swapped in, together with the
+lock, only when every step succeeded (output.OutputTransaction), so a failed, interrupted or killed build
+never leaves a partial or stale artifact at the output path. The work tree lives in its own locked
+directory that is always removed (or swept by the next build if this one was SIGKILLed).
 """
 
 from __future__ import annotations
 
-import hashlib
+import ctypes
 import os
-import shutil
-import tempfile
-import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from sealbox.builder import bootmem, disk
+from sealbox.builder import disk, oci, steps
 from sealbox.builder import manifest as mf
-from sealbox.builder.bootstrap import bootstrap
 from sealbox.builder.cache import DEFAULT_CACHE, DebCache
-from sealbox.builder.configure import configure
-from sealbox.builder.kernel import extract_kernel_deb, extract_vmlinux, install_modules
-from sealbox.builder.loader import build_loader
-from sealbox.builder.lock import Lock, as_manifest, check_against_lock, lock_from, read_lock, write_lock
-from sealbox.builder.pipeline import Pipeline, Progress
+from sealbox.builder.interrupt import signals_raise
+from sealbox.builder.lock import LockFile, lock_file_path, read_lock_file, write_lock_file
+from sealbox.builder.output import OutputTransaction, WorkDir, held_by_tools, sweep_work_dirs
+from sealbox.builder.pipeline import Pipeline, Progress, boundary
 from sealbox.builder.sources import resolve_sources
-from sealbox.builder.strip import link_check, strip_tree
-from sealbox.errors import BuildError
-from sealbox.formats.compress import zstd_writer
-from sealbox.formats.cpio import write_cpio
-from sealbox.formats.ext4 import make_ext4
+from sealbox.errors import BuildError, SealboxError
 from sealbox.spec.load import LoadedSpec
-from sealbox.util import atomic
 
-STUB_PACKAGE = "systemd-boot-efi"
-LOADER_PACKAGE = "busybox-static"
+PER_LINUX = 0
+DEFAULT_WORK_BASE = "/var/tmp"  # noqa: S108 - a base for mkdtemp-made, flocked build directories, never a fixed name
 
 
 @dataclass
 class BuildOptions:
     output: Path | None = None  # default: ./build/<name>
-    lock_path: Path | None = None  # default: beside the spec (<spec-dir>/sealbox.lock) or build/<name>.sealbox.lock
+    lock_path: Path | None = None  # default: <spec>.lock beside the spec, or build/<name>.lock for the built-in default
     update_lock: bool = False
     no_cache: bool = False
     cache_dir: Path = DEFAULT_CACHE
     work_base: Path | None = None
     keep_work: bool = False
     progress: Progress | None = None
+    notice: Callable[[str], None] | None = None  # one-line notes for the user (waiting for another build ...)
 
 
 @dataclass
@@ -74,154 +67,81 @@ def default_output(loaded: LoadedSpec) -> Path:
 
 
 def default_lock_path(loaded: LoadedSpec, output: Path) -> Path:
-    if loaded.spec_path is not None:
-        return loaded.spec_path.resolve().parent / "sealbox.lock"
-    return output.resolve().parent / f"{loaded.spec.name}.sealbox.lock"
+    return lock_file_path(loaded.spec_path, loaded.spec.name, output)
 
 
-def _clamp_mtimes(tree: Path, epoch: int) -> None:
-    for dirpath, dirnames, filenames in os.walk(tree):
-        for name in dirnames + filenames:
-            p = os.path.join(dirpath, name)
-            if os.lstat(p).st_mtime > epoch:
-                os.utime(p, (epoch, epoch), follow_symlinks=False)
-    os.utime(tree, (epoch, epoch))
+def work_base(opts: BuildOptions) -> Path:
+    return opts.work_base or Path(os.environ.get("SEALBOX_WORK_DIR") or DEFAULT_WORK_BASE)
+
+
+def reset_personality() -> None:
+    """Run the build, and every tool it starts, in the plain Linux execution domain.
+
+    A caller under `setarch --uname-2.6` (reprotest's kernel variation) or `linux32` passes its personality on to
+    every child: libc6's maintainer script then sees a 2.6 kernel and refuses to install. Personality is process
+    state the caller set, like the umask; the build fixes both.
+    """
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.personality(ctypes.c_ulong(PER_LINUX)) == -1:
+        raise BuildError(f"cannot reset the process personality: {os.strerror(ctypes.get_errno())}")
 
 
 def build_image(loaded: LoadedSpec, opts: BuildOptions) -> BuildResult:
+    """Build, or find the output up to date. SIGINT/SIGTERM/SIGHUP raise interrupt.Interrupted after cleanup."""
+    reset_personality()
     # the caller's umask must not reach file modes (ours or mmdebstrap's): fix it for the whole build
     old_umask = os.umask(0o022)
     try:
-        return _build_image(loaded, opts)
+        with signals_raise():
+            return _build(loaded, opts)
     finally:
         os.umask(old_umask)
 
 
-def _build_image(loaded: LoadedSpec, opts: BuildOptions) -> BuildResult:
+def _build(loaded: LoadedSpec, opts: BuildOptions) -> BuildResult:
     spec = loaded.spec
-    epoch = spec.epoch
     output = (opts.output or default_output(loaded)).absolute()
     lock_path = (opts.lock_path or default_lock_path(loaded, output)).absolute()
     pipe = Pipeline(progress=opts.progress)
-    lock = None if opts.update_lock else read_lock(lock_path)
-    if lock is not None and lock.suite != spec.distribution.suite:
-        raise BuildError(f"{lock_path}: lock is for suite {lock.suite!r} but the spec asks for {spec.distribution.suite!r}",
-                         hint="rebuild with --update-lock")
-    sources = resolve_sources(spec.distribution)
-    tools = {**mf.tool_versions(), **disk.tool_versions(spec.output.formats)}
-    spec_digest = loaded.digest()
-
-    # warm rebuild: same spec, lock and tools -> the existing output is the result
-    if lock is not None and not opts.no_cache:
-        key = mf.build_key(spec_digest, lock.digest_input(), loaded.profiles, tools)
-        existing = pipe.step("check-cache", lambda: mf.up_to_date(output, key))
-        if existing is not None:
-            return BuildResult(output, existing, True, lock_path, False, pipe.summary())
-
-    if os.geteuid() != 0:
-        raise BuildError("building an image needs root (mmdebstrap --mode=root, chroot, device nodes)", hint="run as root")
-    work_base = opts.work_base or Path(os.environ.get("SEALBOX_WORK_DIR", "/var/tmp"))
-    work_base.mkdir(parents=True, exist_ok=True)
-    work = Path(tempfile.mkdtemp(prefix="sealbox-build-", dir=work_base))
-    tree = work / "tree"
-    cache = DebCache(opts.cache_dir, enabled=not opts.no_cache)
-    wanted_formats = set(spec.output.formats)
-    extras_wanted = [spec.kernel.package]
-    if "uki" in wanted_formats:
-        extras_wanted.append(STUB_PACKAGE)
-    if "ext4" in wanted_formats:
-        extras_wanted.append(LOADER_PACKAGE)
-    try:
-        with atomic.staged_dir(output) as stage:
-            boot = pipe.step("bootstrap", lambda: bootstrap(spec, sources, tree, work, cache, lock, extras_wanted,
-                                                          epoch, work / "mmdebstrap.log"))
-
-            def do_lock() -> tuple[Lock, bool]:
-                if lock is not None:
-                    check_against_lock(lock, boot.installed, boot.extras, lock_path)
-                    return lock, False
-                return lock_from(spec.distribution.suite, boot.installed, boot.extras), True  # written on success
-
-            final_lock, lock_written = pipe.step("lock", do_lock)
-            key = mf.build_key(spec_digest, final_lock.digest_input(), loaded.profiles, tools)
-
-            def do_kernel():
-                kfiles = extract_kernel_deb(boot.extra_files[boot.kernel_package], work / "kernel")
-                shutil.copyfile(kfiles.vmlinuz, stage / "vmlinuz")
-                (stage / "vmlinux").write_bytes(extract_vmlinux(kfiles.vmlinuz.read_bytes()))
-                mods = install_modules(kfiles, sorted(set(spec.kernel.modules) | set(spec.kernel.load)), tree)
-                return kfiles, mods
-
-            kfiles, modules = pipe.step("kernel", do_kernel)
-            pipe.step("configure", lambda: configure(tree, loaded, spec.kernel.load, epoch))
-            stripped = pipe.step("strip", lambda: strip_tree(tree, spec.strip))
-            pipe.step("link-check", lambda: link_check(tree))
-            pipe.step("normalise", lambda: _clamp_mtimes(tree, epoch))
-            level = spec.output.compression_level
-
-            def do_initrd() -> None:
-                with zstd_writer(stage / "initrd.cpio.zst", level) as w:
-                    write_cpio(tree, w, epoch)
-
-            boot_files = {"vmlinuz": "vmlinuz", "vmlinux": "vmlinux"}
-            pipe.step("initrd", do_initrd, skip="initrd" not in wanted_formats and "uki" not in wanted_formats)
-            if "initrd" in wanted_formats or "uki" in wanted_formats:
-                boot_files["initrd"] = "initrd.cpio.zst"
-            fs_uuid = uuid.uuid5(uuid.NAMESPACE_URL, f"sealbox:{spec.name}:{spec_digest}")
-            pipe.step("rootfs", lambda: make_ext4(tree, stage / "rootfs.ext4", fs_uuid, epoch, spec.output.ext4_extra_mib),
-                      skip="ext4" not in wanted_formats)
-            pipe.step("loader", lambda: build_loader(boot.extra_files[LOADER_PACKAGE], kfiles, work, stage / "loader.cpio.zst",
-                                                     epoch, level), skip="ext4" not in wanted_formats)
-            if "ext4" in wanted_formats:
-                boot_files.update(rootfs="rootfs.ext4", loader="loader.cpio.zst")
-            cmdline = " ".join(spec.kernel.cmdline)
-
-            def do_uki() -> dict[str, Any]:
-                from sealbox.formats.uki import build_uki
-
-                stub_dir = work / "stub"
-                from sealbox.util.run import run
-
-                run(["dpkg-deb", "-x", boot.extra_files[STUB_PACKAGE], stub_dir])
-                stub = next(stub_dir.rglob("linuxx64.efi.stub"), None)
-                if stub is None:
-                    raise BuildError(f"{STUB_PACKAGE} has no linuxx64.efi.stub")
-                osrel = (tree / "usr/lib/os-release").read_bytes()
-                return build_uki(stub, stage / "vmlinuz", stage / "initrd.cpio.zst", cmdline, osrel, kfiles.version,
-                                 stage / f"{spec.name}.efi")
-
-            pipe.step("uki", do_uki, skip="uki" not in wanted_formats)
-            if "uki" in wanted_formats:
-                boot_files["uki"] = f"{spec.name}.efi"
-                tools = {**tools, STUB_PACKAGE: boot.extras[STUB_PACKAGE].version}
-            # bootable disk images carrying the UKI (builder/disk.py): disk, qcow2, vhd, gcp
-            pipe.step("disk", lambda: boot_files.update(disk.build_step(stage, work, spec, tree, kfiles, boot.extra_files)),
-                      skip=not disk.wanted(wanted_formats))
-
-            def do_manifest() -> dict[str, Any]:
-                mf.file_mode_world_readable(stage)
-                names = sorted(os.listdir(stage))
-                m = {
-                    "schema": mf.SCHEMA, "name": spec.name, "build_key": key, "spec_digest": spec_digest,
-                    "profiles": loaded.profiles, "fragments": loaded.fragments, "spec": loaded.canonical(), "epoch": epoch,
-                    "inputs": {"sources": sources.lines(), "snapshot": spec.distribution.snapshot or None,
-                               "lock_sha256": hashlib.sha256(final_lock.digest_input().encode()).hexdigest()},
-                    "packages": as_manifest(boot.installed, "installed"),
-                    "downloads": as_manifest(boot.extras, "downloaded"),
-                    "kernel": {"package": boot.kernel_package, "version": kfiles.version, "cmdline": list(spec.kernel.cmdline),
-                               "modules": modules, "load": list(spec.kernel.load)},
-                    "boot": boot_files, "tools": tools, "min_memory_mib": bootmem.min_memory_mib(stage, boot_files),
-                    "artifacts": mf.artifact_entries(stage, names),
-                }
-                atomic.write_json(stage / mf.MANIFEST, m)
-                return m
-
-            manifest = pipe.step("manifest", do_manifest)
-        if lock_written:
-            write_lock(lock_path, final_lock)
-    finally:
-        if not opts.keep_work:
-            shutil.rmtree(work, ignore_errors=True)
-    result = BuildResult(output, manifest, False, lock_path, lock_written, pipe.summary(), work if opts.keep_work else None)
-    result.stripped = stripped  # host-dependent (logs, caches): reported, not recorded in the manifest
+    boundary("check-cache")
+    with OutputTransaction(output, lock_path, opts.notice) as txn:
+        lock_file = read_lock_file(lock_path) or LockFile()
+        section = None if opts.update_lock else lock_file.section_for(loaded, lock_path)
+        sources = resolve_sources(spec.distribution)
+        tools = {**mf.tool_versions(), **disk.tool_versions(spec.output.formats), **oci.tool_versions(spec.output.formats)}
+        spec_digest = loaded.digest()
+        # warm rebuild: same spec, lock and tools -> the existing output is the result
+        if section is not None and not opts.no_cache:
+            key = mf.build_key(spec_digest, section.digest_input(), loaded.profiles, tools)
+            existing = pipe.step("check-cache", lambda: mf.up_to_date(output, key))
+            if existing is not None:
+                return BuildResult(output, existing, True, lock_path, False, pipe.summary())
+        if os.geteuid() != 0:
+            raise BuildError("building an image needs root (mmdebstrap --mode=root, chroot, device nodes)", hint="run as root")
+        txn.sweep()
+        sweep_work_dirs(work_base(opts))
+        work = WorkDir(work_base(opts))
+        pipe.log = work.path / "build.log"
+        ctx = steps.BuildContext(loaded=loaded, sources=sources, tools=tools, spec_digest=spec_digest, lock=section,
+                                 lock_path=lock_path, work=work.path, stage=txn.make_stage(),
+                                 cache=DebCache(opts.cache_dir, enabled=not opts.no_cache), log=pipe.log)
+        try:
+            with held_by_tools(work.lock_fd):
+                try:
+                    for step in steps.STEPS:
+                        pipe.step(step.name, lambda s=step: s.run(ctx), skip=not step.wanted(ctx))  # type: ignore[misc]
+                except SealboxError as e:
+                    failed = txn.keep_failed_log(pipe.log, str(e))
+                    hint = f"{e.hint}; full log: {failed}" if e.hint else f"full log: {failed}"
+                    raise BuildError(e.message, hint=hint) from None
+            final_lock = ctx.final_lock
+            assert final_lock is not None
+            boundary("commit")
+            txn.commit((lambda: write_lock_file(lock_path, lock_file.with_section(final_lock))) if ctx.lock_written else None)
+        finally:
+            work.close(keep=opts.keep_work)
+    boundary("end")
+    result = BuildResult(output, ctx.manifest, False, lock_path, ctx.lock_written, pipe.summary(),
+                         work.path if opts.keep_work else None)
+    result.stripped = ctx.stripped  # host-dependent (logs, caches): reported, not recorded in the manifest
     return result

@@ -4,13 +4,22 @@ Blobs live at <cache>/debs/<sha256>.deb; index.json maps apt's file name (name_v
 the sha256. To feed mmdebstrap we hard-link the blobs under their apt names into a directory that a
 setup hook syncs into the chroot's apt archive dir; apt verifies each file against the archive's
 index hashes before using it, so a corrupt cache entry is re-downloaded, never installed.
+
+Several builds may share the cache: blobs are written under unique temp names and renamed into place
+(content-addressed, so two writers of one blob agree), and the index is read, merged and replaced under
+a flock on the cache directory, so no build loses another's entries. Temp files of a build that died
+while holding the lock are removed by the next holder.
 """
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
 import os
 import shutil
+import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
 from sealbox.util import atomic
@@ -50,6 +59,17 @@ class DebCache:
             n += 1
         return n
 
+    @contextlib.contextmanager
+    def _locked(self) -> Iterator[None]:
+        fd = os.open(self.debs, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)  # held for one ingest: copying a build's new .debs, seconds at most
+            for stale in self.debs.glob(".*.tmp"):  # only a writer holding this lock makes them: these are dead
+                stale.unlink(missing_ok=True)
+            yield
+        finally:
+            os.close(fd)
+
     def ingest(self, src: Path) -> dict[str, str]:
         """Add every .deb in `src` to the cache (when enabled); return {file name: sha256} for all of them."""
         found: dict[str, str] = {}
@@ -57,13 +77,16 @@ class DebCache:
             found[deb.name] = sha256_file(deb)
         if self.enabled and found:
             self.debs.mkdir(parents=True, exist_ok=True)
-            for name, digest in found.items():
-                blob = self.debs / f"{digest}.deb"
-                if not blob.exists():
-                    tmp = self.debs / f".{digest}.tmp"
-                    shutil.copy2(src / name, tmp)
-                    os.replace(tmp, blob)
-            index = self._index()
-            index.update(found)
-            atomic.write_json(self.index_path, index)
+            with self._locked():
+                for name, digest in found.items():
+                    blob = self.debs / f"{digest}.deb"
+                    if not blob.exists():
+                        fd, tmp = tempfile.mkstemp(dir=self.debs, prefix=f".{digest}.", suffix=".tmp")
+                        os.close(fd)
+                        shutil.copyfile(src / name, tmp)
+                        os.chmod(tmp, 0o644)
+                        os.replace(tmp, blob)
+                index = self._index()
+                index.update(found)
+                atomic.write_json(self.index_path, index)
         return found

@@ -7,15 +7,16 @@ import hashlib
 import json
 import os
 import stat
-import subprocess
 import tempfile
 from pathlib import Path
 from typing import Any
 
 from sealbox.builder import disk
+from sealbox.formats import oci
 from sealbox.formats.compress import zstd_decompress
 from sealbox.formats.cpio import read_cpio
 from sealbox.util.digest import sha256_file
+from sealbox.util.run import run
 
 MAX_LINES = 50
 
@@ -65,7 +66,7 @@ def _tree_map(root: Path, symlink_mtime: bool = True) -> dict[str, dict[str, Any
 
 def _ext4_map(image: Path, scratch: Path) -> dict[str, dict[str, Any]]:
     dest = Path(tempfile.mkdtemp(dir=scratch, prefix="rdump-"))
-    subprocess.run(["debugfs", "-R", f"rdump / {dest}", str(image)], capture_output=True, check=False)
+    run(["debugfs", "-R", f"rdump / {dest}", str(image)], check=False, timeout=600, what="debugfs rdump")
     return _tree_map(dest, symlink_mtime=False)  # debugfs cannot restore a symlink's mtime
 
 
@@ -87,6 +88,27 @@ def _json_diff(a: Any, b: Any, where: str = "") -> list[str]:
     return [] if a == b else [f"{where}: {json.dumps(a)[:80]} != {json.dumps(b)[:80]}"]
 
 
+def _layer_map(arc: Any) -> dict[str, dict[str, Any]]:
+    out = {}
+    for e in oci.layer_entries(arc):
+        kind = {b"5": "directory", b"2": f"-> {e.linkname}", b"1": f"hard link to /{e.linkname}"}.get(e.type)
+        content = kind or (f"{e.sha256[:16]} ({e.size} bytes)" if e.type in (b"0", b"\0") else f"tar type {e.type!r}")
+        out[e.name] = {"mode": oct(e.mode), "owner": f"{e.uid}:{e.gid}", "mtime": e.mtime, "content": content}
+    return out
+
+
+def _oci_explain(a: Path, b: Path) -> list[str]:
+    """Per file inside the layer first (the cause), then the documents whose digests follow from it."""
+    x, y = oci.read_archive(a), oci.read_archive(b)
+    lines = [f"layer {line}" for line in _diff_maps(_layer_map(x), _layer_map(y))]
+    for label, da, db in (("config", x.config, y.config), ("manifest", x.manifest, y.manifest), ("index.json", x.index, y.index),
+                          ("manifest.json", x.docker, y.docker), ("oci-layout", x.layout, y.layout)):
+        lines += [f"{label}: {line}" for line in _json_diff(da, db)]
+    if not lines:
+        lines = ["same layer entries and documents: the difference is in the compressed layer or the archive's tar headers"]
+    return lines[:MAX_LINES + 1]
+
+
 def explain(name: str, a: Path, b: Path, scratch: Path) -> list[str]:
     """Human-readable differences between two versions of artifact `name`."""
     try:
@@ -98,6 +120,8 @@ def explain(name: str, a: Path, b: Path, scratch: Path) -> list[str]:
                 lines = ["same files, modes, owners and mtimes: the difference is in filesystem metadata"]
         elif name.endswith(".efi"):
             lines = [f"PE section {line}" for line in _diff_maps(_pe_sections(a), _pe_sections(b))]
+        elif name.endswith(".oci.tar"):
+            lines = _oci_explain(a, b)
         elif name in disk.FILES.values():
             lines = disk.explain(name, a, b, scratch)
         elif name.endswith(".json"):
@@ -106,7 +130,7 @@ def explain(name: str, a: Path, b: Path, scratch: Path) -> list[str]:
             lines = []
         if not lines:
             da, db = a.read_bytes(), b.read_bytes()
-            first = next((i for i, (x, y) in enumerate(zip(da, db)) if x != y), min(len(da), len(db)))
+            first = next((i for i, (x, y) in enumerate(zip(da, db, strict=False)) if x != y), min(len(da), len(db)))
             lines = [f"bytes differ from offset {first} (sizes {len(da)} and {len(db)})"]
         return lines
     except Exception as e:  # noqa: BLE001 - an explanation must never hide the verdict

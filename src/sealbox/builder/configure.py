@@ -1,20 +1,23 @@
 """Turn the bootstrapped tree into a sealbox guest: users, files, services, hardening, guest protocol units.
 
-Everything here writes into the tree only; commands that must run "inside" (systemctl, useradd) run
-with chroot and a scrubbed environment so the host cannot leak into the image.
+Everything here writes into the tree only, through builder.intree (paths resolved as if the tree were /, so
+no symlink in the image can redirect a write to the host); commands that must run "inside" (systemctl,
+useradd) run with chroot and a scrubbed environment so the host cannot leak into the image.
 """
 
 from __future__ import annotations
 
 import os
-import shutil
 from pathlib import Path
 
+from sealbox.builder.intree import Tree
 from sealbox.errors import BuildError
 from sealbox.guest import files as guest_files
 from sealbox.spec.load import LoadedSpec
 from sealbox.spec.model import ImageSpec
 from sealbox.util.run import run
+
+HOSTS = b"127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n"
 
 
 def chroot_env(epoch: int) -> dict[str, str]:
@@ -26,29 +29,40 @@ def in_tree(tree: Path, *argv: str, epoch: int, what: str | None = None) -> None
     run(["chroot", str(tree), *argv], env=chroot_env(epoch), what=what or f"{argv[0]} in the image")
 
 
-def _write(tree: Path, dest: str, data: bytes, mode: int) -> None:
-    path = tree / dest.lstrip("/")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    if path.is_symlink() or path.exists():
-        path.unlink()
-    path.write_bytes(data)
-    os.chmod(path, mode)
+def write_in_tree(tree: Path, dest: str, data: bytes, mode: int) -> None:
+    """Create `dest` in the image afresh (whatever stood there, a symlink included, is replaced), root-owned."""
+    with Tree(tree) as t:
+        t.write_bytes(dest, data, mode)
 
 
 def install_guest_protocol(tree: Path) -> None:
-    for src, dest in guest_files.SCRIPTS.items():
-        _write(tree, f"/usr/lib/sealbox/{dest}", guest_files.read(src), 0o755)
-    for unit in guest_files.UNITS:
-        _write(tree, f"/usr/lib/systemd/system/{unit}", guest_files.read(unit), 0o644)
-    for link, target in guest_files.SYMLINKS.items():  # replaces whatever the bootstrap left (e.g. the host's resolv.conf)
-        path = tree / link.lstrip("/")
-        if path.is_symlink() or path.exists():
-            path.unlink()
-        path.symlink_to(target)
-    init = tree / "init"  # the kernel runs /init from an initramfs
-    if init.is_symlink() or init.exists():
-        init.unlink()
-    init.symlink_to("/sbin/init")
+    with Tree(tree) as t:
+        for src, dest in guest_files.SCRIPTS.items():
+            t.write_bytes(f"/usr/lib/sealbox/{dest}", guest_files.read(src), 0o755)
+        for unit in guest_files.UNITS:
+            t.write_bytes(f"/usr/lib/systemd/system/{unit}", guest_files.read(unit), 0o644)
+        for link, target in guest_files.SYMLINKS.items():  # replaces whatever the bootstrap left (e.g. the host's resolv.conf)
+            t.symlink(link, target)
+        t.symlink("/init", "/sbin/init")  # the kernel runs /init from an initramfs
+
+
+def _refuse_pre_ready_units(t: Tree, enabled: list[str]) -> None:
+    """Every unit the spec enables starts after the ready marker (guest_files.ready_order); one that orders itself
+    before it makes a cycle, and systemd would silently drop a job at boot. Fail the build naming it instead."""
+    for unit in enabled:
+        if unit in guest_files.UNITS or unit in guest_files.FEATURE_UNITS or unit in guest_files.READY_AFTER:
+            continue  # the guest protocol's own units (sealbox's, not the spec's) may come first
+        for d in ("/etc/systemd/system", "/usr/lib/systemd/system"):
+            try:
+                text = t.read_bytes(f"{d}/{unit}").decode(errors="replace")
+            except (BuildError, OSError):
+                continue
+            before = {w for line in text.splitlines() if line.strip().startswith("Before=") for w in line.split("=", 1)[1].split()}
+            if "sealbox-ready.service" in before:
+                raise BuildError(f"services.enable: {unit} orders itself Before=sealbox-ready.service, but every unit a spec "
+                                 "enables starts after the ready marker (an ordering cycle systemd would break at boot)",
+                                 hint=f"drop sealbox-ready.service from {unit}'s Before=")
+            break
 
 
 def firewall_conf(spec: ImageSpec) -> str:
@@ -71,7 +85,9 @@ def firewall_conf(spec: ImageSpec) -> str:
 
 def _passwd_ids(tree: Path, file: str) -> dict[str, int]:
     out = {}
-    for line in (tree / "etc" / file).read_text().splitlines():
+    with Tree(tree) as t:
+        text = t.read_bytes(f"/etc/{file}").decode(errors="replace")
+    for line in text.splitlines():
         parts = line.split(":")
         if len(parts) > 2 and parts[2].isdigit():
             out[parts[0]] = int(parts[2])
@@ -101,80 +117,92 @@ def create_users(tree: Path, spec: ImageSpec, epoch: int) -> None:
             argv += ["--groups", ",".join(user.groups)]
         in_tree(tree, *argv, name, epoch=epoch, what=f"useradd {name}")
         if user.authorized_keys:
-            ids, gids = _passwd_ids(tree, "passwd"), _passwd_ids(tree, "group")
-            ssh_dir = tree / "home" / name / ".ssh"
-            ssh_dir.mkdir(mode=0o700, exist_ok=True)
-            (ssh_dir / "authorized_keys").write_text("".join(k + "\n" for k in user.authorized_keys))
-            os.chmod(ssh_dir / "authorized_keys", 0o600)
-            for p in (ssh_dir, ssh_dir / "authorized_keys"):
-                os.chown(p, ids[name], gids[name])
+            uid, gid = _passwd_ids(tree, "passwd")[name], _passwd_ids(tree, "group")[name]
+            keys = "".join(k + "\n" for k in user.authorized_keys).encode()
+            with Tree(tree) as t:
+                t.mkdir(f"/home/{name}/.ssh", 0o700, uid, gid, what=f"users.{name}.authorized_keys")
+                t.write_bytes(f"/home/{name}/.ssh/authorized_keys", keys, 0o600, uid, gid, what=f"users.{name}.authorized_keys")
 
 
 def lock_accounts(tree: Path, spec: ImageSpec, epoch: int) -> None:
     """Root locked (if asked), every password field unusable, last-change dates fixed to the epoch."""
     days = str(epoch // 86400)
-    shadow = tree / "etc/shadow"
     lines = []
-    for line in shadow.read_text().splitlines():
-        f = line.split(":")
-        if len(f) >= 3:
-            if f[0] == "root" and spec.hardening.lock_root:
-                f[1] = "!*"
-            elif not f[1].startswith(("!", "*")):
-                f[1] = "!" + f[1]  # no password logins, ever
-            if f[2]:
-                f[2] = days
-        lines.append(":".join(f))
-    shadow.write_text("\n".join(lines) + "\n")
+    with Tree(tree) as t:
+        text = t.read_bytes("/etc/shadow").decode()
+        for line in text.splitlines():
+            f = line.split(":")
+            if len(f) >= 3:
+                if f[0] == "root" and spec.hardening.lock_root:
+                    f[1] = "!*"
+                elif not f[1].startswith(("!", "*")):
+                    f[1] = "!" + f[1]  # no password logins, ever
+                if f[2]:
+                    f[2] = days
+            lines.append(":".join(f))
+        t.rewrite("/etc/shadow", ("\n".join(lines) + "\n").encode())
 
 
 def copy_files(tree: Path, loaded: LoadedSpec) -> None:
     users, groups = _passwd_ids(tree, "passwd"), _passwd_ids(tree, "group")
-    for i, entry in enumerate(loaded.spec.files):
-        if entry.owner not in users or entry.group not in groups:
-            raise BuildError(f"files[{i}]: owner {entry.owner}:{entry.group} does not exist in the image")
-        src, dest = loaded.resolve_source(entry.source), tree / entry.dest.lstrip("/")
-        uid, gid = users[entry.owner], groups[entry.group]
-        items = [(src, dest)]
-        if src.is_dir():
-            items = [(p, dest / p.relative_to(src)) for p in sorted(src.rglob("*"))]
-            dest.mkdir(parents=True, exist_ok=True)
-            os.chown(dest, uid, gid)
-        for s, d in items:
-            d.parent.mkdir(parents=True, exist_ok=True)
-            if d.is_symlink() or (d.exists() and not d.is_dir()):
-                d.unlink()
-            if s.is_symlink():
-                d.symlink_to(os.readlink(s))
-            elif s.is_dir():
-                d.mkdir(exist_ok=True)
-                os.chmod(d, 0o755)
-            else:
-                shutil.copyfile(s, d)
-                os.chmod(d, entry.mode if entry.mode is not None else (0o755 if os.access(s, os.X_OK) else 0o644))
-            os.chown(d, uid, gid, follow_symlinks=False)
+    with Tree(tree) as t:
+        for i, entry in enumerate(loaded.spec.files):
+            if entry.owner not in users or entry.group not in groups:
+                raise BuildError(f"files[{i}]: owner {entry.owner}:{entry.group} does not exist in the image")
+            _copy_entry(t, f"files[{i}].dest", loaded.resolve_source(entry.source), entry.dest.rstrip("/") or "/",
+                        users[entry.owner], groups[entry.group], entry.mode)
+
+
+def _copy_entry(t: Tree, what: str, src: Path, dest: str, uid: int, gid: int, mode: int | None) -> None:
+    """One files[] entry: a file, or a directory copied item by item (its symlinks copied as links, never followed)."""
+    items = [(src, dest)]
+    if src.is_dir() and not src.is_symlink():
+        t.mkdir(dest, None, uid, gid, what=what)
+        items = [(p, f"{dest}/{p.relative_to(src).as_posix()}") for p in sorted(src.rglob("*"))]
+    for s, d in items:
+        if s.is_symlink():
+            t.symlink(d, os.readlink(s), uid, gid, what=what)
+        elif s.is_dir():
+            t.mkdir(d, 0o755, uid, gid, what=what)
+        else:
+            t.copy_file(d, s, mode if mode is not None else (0o755 if os.access(s, os.X_OK) else 0o644), uid, gid, what=what)
+    # a final link is replaced, never followed: when that link was also on the way to it (dest /l/l with l -> /),
+    # the written entry is no longer at `dest` as the guest will see it; a chroot's `cp` would have failed too
+    if src.is_symlink():
+        return  # the link itself is the entry (where it points is the guest's business)
+    got = t.resolve(dest)
+    if got is None or got.is_dir() != src.is_dir():
+        raise BuildError(f"{what}: writing {dest!r} replaced a link on its own path, so the entry is not at {dest!r} in the image",
+                         hint="name the destination by its real path inside the image")
 
 
 def configure(tree: Path, loaded: LoadedSpec, kernel_load: list[str], epoch: int) -> None:
     spec = loaded.spec
     install_guest_protocol(tree)
-    (tree / "etc/fstab").write_text("# sealbox: / is the read-only image; see /usr/lib/sealbox/early\n")
-    (tree / "etc/machine-id").write_text("")  # empty: systemd makes a transient one at boot
-    if kernel_load:
-        _write(tree, "/etc/modules-load.d/sealbox.conf", "".join(m + "\n" for m in kernel_load).encode(), 0o644)
-    _write(tree, "/etc/hostname", b"localhost\n", 0o644)
-    # no netbase in the image: without this, "localhost" does not resolve (ssh -L 3389:localhost:3389)
-    _write(tree, "/etc/hosts", b"127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n", 0o644)
-    if spec.hardening.ssh:
-        _write(tree, "/etc/ssh/sshd_config.d/00-sealbox.conf", guest_files.read("sshd-sealbox.conf"), 0o644)
-        _write(tree, "/etc/systemd/system/ssh.service.d/sealbox.conf", guest_files.read("ssh-service-sealbox.conf"), 0o644)
-    if spec.hardening.firewall:
-        _write(tree, "/etc/nftables.conf", firewall_conf(spec).encode(), 0o755)
+    with Tree(tree) as t:
+        t.rewrite("/etc/fstab", b"# sealbox: / is the read-only image; see /usr/lib/sealbox/early\n")
+        t.rewrite("/etc/machine-id", b"")  # empty: systemd makes a transient one at boot
+        if kernel_load:
+            t.write_bytes("/etc/modules-load.d/sealbox.conf", "".join(m + "\n" for m in kernel_load).encode(), 0o644)
+        t.write_bytes("/etc/hostname", b"localhost\n", 0o644)
+        # no netbase in the image: without this, "localhost" does not resolve (ssh -L 3389:localhost:3389)
+        t.write_bytes("/etc/hosts", HOSTS, 0o644)
+        if spec.hardening.ssh:
+            t.write_bytes("/etc/ssh/sshd_config.d/00-sealbox.conf", guest_files.read("sshd-sealbox.conf"), 0o644)
+            t.write_bytes("/etc/systemd/system/ssh.service.d/sealbox.conf", guest_files.read("ssh-service-sealbox.conf"), 0o644)
+        if spec.hardening.firewall:
+            t.write_bytes("/etc/nftables.conf", firewall_conf(spec).encode(), 0o755)
     create_users(tree, spec, epoch)
     lock_accounts(tree, spec, epoch)
     copy_files(tree, loaded)
+    features, feature_files = guest_files.feature_files(spec.persistent.disk if spec.persistent.enable else [], spec.cloud.providers)
+    with Tree(tree) as t:
+        for dest, (data, mode) in feature_files.items():
+            t.write_bytes(dest, data, mode)
+        if spec.persistent.enable:  # the mount point: / is read-only at run time
+            t.mkdir(guest_files.PERSISTENT_MOUNT, 0o755)
 
-    enable = list(guest_files.UNITS)
+    enable = list(guest_files.UNITS) + features
     if spec.hardening.ssh:
         enable.append("ssh.service")
     if spec.hardening.firewall:
@@ -184,7 +212,9 @@ def configure(tree: Path, loaded: LoadedSpec, kernel_load: list[str], epoch: int
     enable += [u for u in spec.services.enable if u not in enable]
     order = guest_files.ready_order(enable)
     if order:
-        _write(tree, guest_files.READY_ORDER_DROPIN, order, 0o644)
+        with Tree(tree) as t:
+            _refuse_pre_ready_units(t, enable)
+            t.write_bytes(guest_files.READY_ORDER_DROPIN, order, 0o644)
     mask = [u for u in spec.services.mask if u not in enable]
     if not spec.hardening.console_getty:
         mask += ["getty@tty1.service", "serial-getty@ttyS0.service", "console-getty.service", "getty.target"]

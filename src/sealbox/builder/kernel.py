@@ -8,11 +8,11 @@ from __future__ import annotations
 
 import gzip
 import lzma
-import shutil
 import struct
 from dataclasses import dataclass
 from pathlib import Path
 
+from sealbox.builder.intree import Tree
 from sealbox.errors import BuildError
 from sealbox.util.run import run
 
@@ -181,16 +181,14 @@ def module_closure(wanted: list[str], modules_root: Path) -> list[Path]:
 
 def install_modules(kernel: KernelFiles, wanted: list[str], tree: Path) -> list[str]:
     """Copy the closure of `wanted` into the tree and run the tree's depmod. Returns the module names."""
-    dest_root = tree / "usr/lib/modules" / kernel.version
+    dest_root = f"/usr/lib/modules/{kernel.version}"
     files = module_closure(wanted, kernel.modules_root)
-    for src in files:
-        dest = dest_root / src.relative_to(kernel.modules_root)
-        dest.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(src, dest)
-    for meta in ("modules.order", "modules.builtin", "modules.builtin.modinfo"):
-        if (kernel.modules_root / meta).exists():
-            dest_root.mkdir(parents=True, exist_ok=True)
-            shutil.copyfile(kernel.modules_root / meta, dest_root / meta)
+    with Tree(tree) as t:  # /usr/lib/modules may be a link in the image: resolved inside it, never on the host
+        for src in files:
+            t.copy_file(f"{dest_root}/{src.relative_to(kernel.modules_root).as_posix()}", src, 0o644)
+        for meta in ("modules.order", "modules.builtin", "modules.builtin.modinfo"):
+            if (kernel.modules_root / meta).exists():
+                t.copy_file(f"{dest_root}/{meta}", kernel.modules_root / meta, 0o644)
     if files:
         run(["chroot", tree, "/usr/sbin/depmod", "-a", kernel.version], what="depmod in the image")
     return sorted(_norm(p.name.split(".ko")[0]) for p in files)

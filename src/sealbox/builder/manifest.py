@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from sealbox import __version__
+from sealbox.spec.load import LoadedSpec
 from sealbox.util.digest import sha256_file
 from sealbox.util.run import output
 
@@ -40,21 +41,39 @@ def tool_versions() -> dict[str, str]:
     }
 
 
-# every package the builder imports, and the data it installs (layers below the builder only)
+# every package the builder imports, and the data it installs (layers below the builder only); the package root's
+# __init__ and errors modules too. tests/unit/builder/test_build_cache.py checks this against the import graph.
 CODE_PACKAGES = ("builder", "formats", "guest", "spec", "modules", "util")
+CODE_SUFFIXES = (".py", ".toml", ".sh", ".service", ".conf")
+
+
+def code_files() -> list[Path]:
+    """The builder's own code and data: a changed writer must not reuse an old output."""
+    root = Path(__file__).resolve().parents[1]
+    files = [root / "__init__.py", root / "errors.py"]
+    for sub in CODE_PACKAGES:
+        files += sorted((root / sub).rglob("*"))
+    return [p for p in files if p.is_file() and p.suffix in CODE_SUFFIXES]
 
 
 def _code_digest() -> str:
-    """Digest of the builder's own code and data: a changed writer must not reuse an old output."""
     root = Path(__file__).resolve().parents[1]
     h = hashlib.sha256()
-    files = [root / "errors.py"]
-    for sub in CODE_PACKAGES:
-        files += sorted((root / sub).rglob("*"))
-    for p in files:
-        if p.is_file() and p.suffix in (".py", ".toml", ".sh", ".service", ".conf"):
-            h.update(str(p.relative_to(root)).encode() + b"\0" + p.read_bytes())
+    for p in code_files():
+        h.update(str(p.relative_to(root)).encode() + b"\0" + p.read_bytes())
     return h.hexdigest()[:16]
+
+
+def spec_record(loaded: LoadedSpec, spec_digest: str) -> dict[str, Any]:
+    """What the manifest says about the spec: digest, profiles, fragments and the merged spec — no host paths.
+
+    The spec file is named by its file name (the path typed on the command line is a host fact: the same spec built
+    from another directory must give the same manifest); includes are already relative to it.
+    """
+    typed = loaded.origin
+    own = loaded.spec_path.name if loaded.spec_path is not None else typed
+    frags = [own + f[len(typed):] if typed and (f == typed or f.startswith(typed + " (")) else f for f in loaded.fragments]
+    return {"spec_digest": spec_digest, "profiles": list(loaded.profiles), "fragments": frags, "spec": loaded.canonical()}
 
 
 def artifact_entries(out: Path, names: list[str]) -> dict[str, dict[str, Any]]:

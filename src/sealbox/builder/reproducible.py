@@ -1,103 +1,154 @@
 """`sealbox verify-reproducible`: build twice, the second time under varied conditions, compare every artifact.
 
-The second build varies what reprotest varies, so that only declared inputs can reach the output:
-build path and work dir (separate temp dirs), file-system ordering (its work tree is on a tmpfs, whose
-readdir order differs from ext4's), umask (0002 vs the caller's), timezone, locale, hostname (own UTS
-namespace), user environment (a scrubbed environment with unrelated variables and another HOME), and
-wall clock (it runs later; a time-shifting preload is not used because apt rejects Release files whose
-dates do not fit the clock). Both builds use the same lock (a temporary one if the spec has none yet)
-and the same content-addressed .deb cache (inputs, verified by hash); neither reuses an output.
+The second build varies at least what reprotest varies, so that only declared inputs can reach the output:
+- build path: the spec's directory is seen through disorderfs at another path, which also shuffles the order
+  in which directory entries are listed (reprotest's fileordering); the work tree is on a tmpfs, whose
+  readdir order differs from the first build's file system;
+- umask 0002; one CPU (taskset, like reprotest's num_cpus); hostname (own UTS namespace);
+- environment: time zone, LANG/LC_ALL/LANGUAGE (fr_CH, as reprotest's locales: apt honours LANGUAGE),
+  HOME, USER, an extra PATH entry and unrelated variables;
+- wall clock: it runs later (a time-shifting preload is not used: apt rejects Release files whose dates do
+  not fit the clock).
+Both builds use the same lock (a temporary one if the spec has none yet) and the same content-addressed .deb
+cache (inputs, verified by hash); neither reuses an output. The second build's first log line states the
+conditions it actually ran under.
 """
 
 from __future__ import annotations
 
 import os
-import shlex
 import shutil
-import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from sealbox.builder.builder import default_lock_path, default_output
+from sealbox.builder.builder import BuildOptions, default_lock_path, default_output, work_base
 from sealbox.builder.compare import explain
+from sealbox.builder.interrupt import signals_raise
 from sealbox.builder.manifest import read_manifest
-from sealbox.errors import BuildError
+from sealbox.builder.output import WorkDir, sweep_work_dirs
+from sealbox.errors import BuildError, SealboxError
 from sealbox.spec.load import LoadedSpec
+from sealbox.util.run import run, which
 
-VARIED = {"TZ": "Pacific/Chatham", "LANG": "fr_CH.UTF-8", "LC_ALL": "fr_CH.UTF-8", "HOME": "/nonexistent-sealbox-repro",
-          "SEALBOX_REPRO_NOISE": "x" * 17, "USER": "reprotest", "LOGNAME": "reprotest", "COLUMNS": "43"}
+VARIED = {"TZ": "Pacific/Chatham", "LANG": "fr_CH.UTF-8", "LC_ALL": "fr_CH.UTF-8", "LANGUAGE": "fr_CH:fr",
+          "HOME": "/nonexistent-sealbox-repro", "SEALBOX_REPRO_NOISE": "x" * 17, "USER": "reprotest", "LOGNAME": "reprotest",
+          "COLUMNS": "43", "CAPTURE_ENVIRONMENT": "i_capture_the_environment"}
+EXTRA_PATH = "/nonexistent-sealbox-repro/bin"
+BUILD_TIMEOUT = 7200.0
+
+# Run by `sh` inside new UTS, mount and PID namespaces; paths come in as arguments, never inside the text:
+# $1 work dir (gets a tmpfs), $2 where the spec's directory appears, $3 the spec's directory, $4 the one CPU,
+# then the build's argv. When sh ends, the PID namespace ends, and disorderfs and the mounts with it.
+SECOND_BUILD = """
+hostname sealbox-repro-b || exit 1
+mount -t tmpfs -o mode=0755 tmpfs "$1" || exit 1
+mkdir -p "$2" && disorderfs -q --shuffle-dirents=yes --multi-user=yes "$3" "$2" || exit 1
+umask 0002
+echo "conditions: umask=$(umask) cpus=$(taskset -c "$4" nproc) LANGUAGE=$LANGUAGE LC_ALL=$LC_ALL TZ=$TZ HOME=$HOME" \
+  "PATH=$PATH hostname=$(hostname) spec=$2 (disorderfs, shuffled readdir) work=$1 (tmpfs)"
+cpu=$4
+shift 4
+taskset -c "$cpu" "$@"
+rc=$?
+fusermount3 -u "${0%/}" 2>/dev/null
+exit $rc
+"""
 
 
-def _build_argv(spec_path: Path | None, profiles: list[str], out: Path, lock: Path, work: Path) -> list[str]:
+def _build_argv(spec: Path | None, profiles: list[str], out: Path, lock: Path, work: Path) -> list[str]:
     argv = [sys.executable, "-m", "sealbox", "build"]
-    if spec_path is not None:
-        argv.append(str(spec_path.resolve()))
+    if spec is not None:
+        argv.append(str(spec))
     if profiles:
         argv += ["--profile", ",".join(profiles)]
     return argv + ["--output", str(out), "--lock", str(lock), "--work-dir", str(work), "--json"]
 
 
+def _passed_on() -> dict[str, str]:
+    """What both builds get from the caller: where the .deb cache and sealbox itself live, nothing else."""
+    return {k: os.environ[k] for k in ("SEALBOX_CACHE_DIR", "PYTHONPATH", "VIRTUAL_ENV") if k in os.environ}
+
+
 def _run_build(argv: list[str], env: dict[str, str], label: str, log: Path) -> None:
-    with open(log, "wb") as f:
-        proc = subprocess.run(argv, stdout=f, stderr=subprocess.STDOUT, env=env, check=False, cwd="/")
-    if proc.returncode != 0:
-        tail = [line for line in log.read_text(errors="replace").splitlines() if line.strip()][-2:]
-        raise BuildError(f"{label} build failed: {' | '.join(tail)}", hint=f"full log: {log}")
+    try:
+        run(argv, env=env, cwd=Path("/"), log_file=log, timeout=BUILD_TIMEOUT, what=f"{label} build")
+    except SealboxError as e:
+        raise BuildError(e.message, hint=f"full log: {log}") from None
+
+
+def _second_build(spec: Path | None, profiles: list[str], base: Path, lock: Path) -> list[str]:
+    """argv of the second build, wrapped in the namespaces and conditions that vary it."""
+    cpu = str(min(os.sched_getaffinity(0)))
+    spec_b = None
+    if spec is not None:
+        spec_b = base / "src-b" / spec.name
+    inner = _build_argv(spec_b, profiles, base / "b" / "out", lock, base / "work-b")
+    src = spec.resolve().parent if spec is not None else base / "no-spec-dir"
+    src.mkdir(exist_ok=True)
+    which("disorderfs")
+    which("taskset")
+    return [which("unshare"), "--uts", "--mount", "--propagation", "private", "--pid", "--kill-child", "--mount-proc",
+            "sh", "-c", SECOND_BUILD, str(base / "src-b"), str(base / "work-b"), str(base / "src-b"), str(src), cpu, *inner]
 
 
 def verify(loaded: LoadedSpec, spec_path: Path | None, profiles: list[str], work_dir: Path | None, keep: bool,
            progress: Callable[[str], None] | None = None) -> dict[str, Any]:
-    say = progress or (lambda _m: None)
-    base = Path(tempfile.mkdtemp(prefix="sealbox-repro-", dir=work_dir or os.environ.get("SEALBOX_WORK_DIR", "/var/tmp")))
+    with signals_raise():
+        return _verify(loaded, spec_path, profiles, work_dir, keep, progress or (lambda _m: None))
+
+
+def _verify(loaded: LoadedSpec, spec_path: Path | None, profiles: list[str], work_dir: Path | None, keep: bool,
+            say: Callable[[str], None]) -> dict[str, Any]:
+    base_dir = work_dir or work_base(BuildOptions())
+    sweep_work_dirs(base_dir)
+    wd = WorkDir(base_dir, prefix="sealbox-repro-")
+    base = wd.path
     try:
         user_lock = default_lock_path(loaded, default_output(loaded))
-        lock = base / "sealbox.lock"
+        lock = base / "repro.lock"
         if user_lock.is_file():
             shutil.copyfile(user_lock, lock)
-        out_a, out_b = base / "a" / loaded.spec.name, base / "b" / loaded.spec.name
-        (base / "work-a").mkdir()
-        (base / "work-b").mkdir()
-        env_a = {**os.environ}
+        for d in ("a", "b", "work-a", "work-b"):
+            (base / d).mkdir()
+        out_a, out_b = base / "a" / "out", base / "b" / "out"
+        spec_a = spec_path.resolve() if spec_path is not None else None
         t0 = time.monotonic()
         say(f"first build → {out_a}")
-        _run_build(_build_argv(spec_path, profiles, out_a, lock, base / "work-a"), env_a, "first", base / "build-a.log")
+        _run_build(_build_argv(spec_a, profiles, out_a, lock, base / "work-a"), _passed_on(), "first", base / "build-a.log")
         t1 = time.monotonic()
-        say(f"  done in {t1 - t0:.0f}s; second build (varied: path, fs order, umask, TZ, locale, hostname, env, time)")
-        inner = " ".join(shlex.quote(a) for a in _build_argv(spec_path, profiles, out_b, lock, base / "work-b"))
-        script = (f"hostname sealbox-repro-b && mount -t tmpfs -o mode=0755 tmpfs {shlex.quote(str(base / 'work-b'))} "
-                  f"&& umask 0002 && exec {inner}")
-        env_b = {"PATH": os.environ.get("PATH", "/usr/sbin:/usr/bin:/sbin:/bin"), **VARIED}
-        for key in ("SEALBOX_CACHE_DIR", "PYTHONPATH", "VIRTUAL_ENV"):
-            if key in os.environ:
-                env_b[key] = os.environ[key]
-        _run_build(["unshare", "--uts", "--mount", "--propagation", "private", "sh", "-c", script], env_b, "second",
-                   base / "build-b.log")
+        say(f"  done in {t1 - t0:.0f}s; second build (varied: path, readdir order, umask, CPUs, TZ, locale, LANGUAGE, "
+            "hostname, env, time)")
+        env_b = {**_passed_on(), **VARIED, "PATH": f"{os.environ.get('PATH', '')}:{EXTRA_PATH}"}
+        _run_build(_second_build(spec_path, profiles, base, lock), env_b, "second", base / "build-b.log")
         say(f"  done in {time.monotonic() - t1:.0f}s; comparing")
-        ma, mb = read_manifest(out_a), read_manifest(out_b)
-        if ma is None or mb is None:
-            raise BuildError("a build finished without a manifest", hint=str(base))
-        names = sorted(set(os.listdir(out_a)) | set(os.listdir(out_b)))
-        artifacts: dict[str, Any] = {}
-        for name in names:
-            a, b = out_a / name, out_b / name
-            if not a.exists() or not b.exists():
-                artifacts[name] = {"identical": False, "differences": [f"only in the {'first' if a.exists() else 'second'} build"]}
-                continue
-            same = a.read_bytes() == b.read_bytes()
-            artifacts[name] = {"identical": same}
-            if not same:
-                artifacts[name]["differences"] = explain(name, a, b, base)
-        report = {"reproducible": all(v["identical"] for v in artifacts.values()), "artifacts": artifacts,
-                  "varied": {"env": VARIED, "umask": "0002", "hostname": "sealbox-repro-b", "fs": "tmpfs work dir",
-                             "path": [str(out_a), str(out_b)]},
-                  "seconds": {"first": round(t1 - t0, 1), "second": round(time.monotonic() - t1, 1)}}
+        report = _compare(out_a, out_b, base)
+        report["varied"] = {"env": VARIED, "path_extra": EXTRA_PATH, "umask": "0002", "hostname": "sealbox-repro-b",
+                            "cpus": 1, "fs": "spec directory through disorderfs (shuffled readdir), work tree on tmpfs",
+                            "spec_dir": [str(spec_a.parent) if spec_a else None, str(base / "src-b")],
+                            "output": [str(out_a), str(out_b)]}
+        report["seconds"] = {"first": round(t1 - t0, 1), "second": round(time.monotonic() - t1, 1)}
         if keep:
             report["kept"] = str(base)
         return report
     finally:
-        if not keep:
-            shutil.rmtree(base, ignore_errors=True)
+        wd.close(keep=keep)
+
+
+def _compare(out_a: Path, out_b: Path, base: Path) -> dict[str, Any]:
+    ma, mb = read_manifest(out_a), read_manifest(out_b)
+    if ma is None or mb is None:
+        raise BuildError("a build finished without a manifest", hint=str(base))
+    artifacts: dict[str, Any] = {}
+    for name in sorted(set(os.listdir(out_a)) | set(os.listdir(out_b))):
+        a, b = out_a / name, out_b / name
+        if not a.exists() or not b.exists():
+            artifacts[name] = {"identical": False, "differences": [f"only in the {'first' if a.exists() else 'second'} build"]}
+            continue
+        same = a.read_bytes() == b.read_bytes()
+        artifacts[name] = {"identical": same}
+        if not same:
+            artifacts[name]["differences"] = explain(name, a, b, base)
+    return {"reproducible": all(v["identical"] for v in artifacts.values()), "artifacts": artifacts}

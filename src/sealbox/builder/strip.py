@@ -5,10 +5,12 @@ from __future__ import annotations
 import fnmatch
 import functools
 import os
+import posixpath
 import struct
 from collections.abc import Iterator
 from pathlib import Path
 
+from sealbox.builder.intree import Tree
 from sealbox.errors import BuildError
 from sealbox.spec.model import Strip
 
@@ -109,36 +111,39 @@ def elf_files(tree: Path) -> Iterator[tuple[Path, bytes]]:
 def unused_libraries(tree: Path) -> list[str]:
     """Shared libraries in the main library dir that no program, PAM/NSS module or plugin can reach.
 
-    Roots: every ELF with a program interpreter (executables) and every ELF in a subdirectory of the
-    library dir (PAM modules, OpenSSL providers, plugins); reachability follows DT_NEEDED by soname.
+    Roots: every ELF with a program interpreter (executables) and every ELF outside the library dir itself:
+    PAM modules, OpenSSL providers and plugins in its subdirectories, and the plugins other programs load from
+    elsewhere (Xorg's modules, Python's extensions). Reachability follows DT_NEEDED by soname.
     """
-    libdir = tree / LIB_DIR.lstrip("/")
-    elves: dict[Path, list[str]] = {}
-    roots: list[Path] = []
-    for path, data in elf_files(tree):
-        info = elf_needed(data)
-        elves[path] = info[0] if info else []
-        if b"/lib64/ld-linux" in data[:4096] or (path.parent != libdir and path.is_relative_to(libdir)):
-            roots.append(path)
-    soname = {p.name: p for p in libdir.iterdir()} if libdir.is_dir() else {}
-    for d in {p.parent for p in elves}:
-        for p in d.iterdir():
-            soname.setdefault(p.name, p)
-    seen: set[Path] = set()
-    todo = list(roots)
-    while todo:
-        p = todo.pop()
-        real = p.resolve()
-        if real in seen:
-            continue
-        seen.add(real)
-        todo += [soname[n] for n in elves.get(real, []) if n in soname]
-    unused = []
-    for p in sorted(libdir.iterdir()) if libdir.is_dir() else []:
-        if p.name.startswith("lib") and ".so" in p.name and not any(fnmatch.fnmatchcase(p.name, k) for k in DLOPENED):
-            if p.resolve() not in seen and (p.is_symlink() or p in elves):
-                unused.append(f"{LIB_DIR}/{p.name}")
-    return unused
+    with Tree(tree) as t:  # links are resolved as the image sees them, never on the build host
+        libdir = t.resolve(LIB_DIR)
+        if libdir is None or not libdir.is_dir():
+            return []
+        elves: dict[Path, list[str]] = {}
+        roots: list[Path] = []
+        for path, data in elf_files(tree):
+            info = elf_needed(data)
+            elves[path] = info[0] if info else []
+            if b"/lib64/ld-linux" in data[:4096] or path.parent != libdir:
+                roots.append(path)
+        soname = {p.name: p for p in libdir.iterdir()}
+        for d in {p.parent for p in elves}:
+            for p in d.iterdir():
+                soname.setdefault(p.name, p)
+        seen: set[Path] = set()
+        todo = list(roots)
+        while todo:
+            real = t.resolve("/" + str(todo.pop().relative_to(tree)))
+            if real is None or real in seen:
+                continue
+            seen.add(real)
+            todo += [soname[n] for n in elves.get(real, []) if n in soname]
+        unused = []
+        for p in sorted(libdir.iterdir()):
+            if p.name.startswith("lib") and ".so" in p.name and not any(fnmatch.fnmatchcase(p.name, k) for k in DLOPENED) \
+                    and t.resolve("/" + str(p.relative_to(tree))) not in seen and (p.is_symlink() or p in elves):
+                unused.append("/" + str(p.relative_to(tree)))
+        return unused
 
 
 def path_glob(path: str, pattern: str) -> bool:
@@ -167,12 +172,13 @@ def _match(rel: str, patterns: list[str]) -> bool:
 
 
 def strip_tree(tree: Path, strip: Strip) -> dict[str, int]:
-    """Delete matching paths; returns bytes removed per group."""
+    """Delete matching paths, then the links left pointing at them; returns bytes removed per group."""
     patterns = {g: globs for g, globs in GROUPS.items() if getattr(strip, g)}
     patterns["always"] = ALWAYS
     patterns["paths"] = list(strip.paths)
     keep = KEEP + list(strip.keep)
     removed: dict[str, int] = {g: 0 for g in patterns}
+    gone: set[str] = set()  # image paths removed, for the links that pointed at them
     for dirpath, dirnames, filenames in os.walk(tree, topdown=True):
         base = "" if Path(dirpath) == tree else "/" + os.path.relpath(dirpath, tree)
         for name in sorted(dirnames + filenames):
@@ -185,27 +191,53 @@ def strip_tree(tree: Path, strip: Strip) -> dict[str, int]:
             if group is None:
                 continue
             path = Path(dirpath) / name
-            removed[group] += _remove(path, tree, keep)
+            removed[group] += _remove(path, tree, keep, gone)
             if name in dirnames and not path.exists():
                 dirnames.remove(name)
     if strip.unused_libraries:  # after the groups: removing programs can orphan their libraries
         libs = [tree / p.lstrip("/") for p in unused_libraries(tree) if not _match(p, keep)]
-        removed["unused_libraries"] = sum(_remove(p, tree, keep) for p in libs if p.is_symlink() or p.exists())
+        removed["unused_libraries"] = sum(_remove(p, tree, keep, gone) for p in libs if p.is_symlink() or p.exists())
+    removed["links"] = _remove_links_to(tree, gone, keep)
     return removed
 
 
-def _remove(path: Path, tree: Path, keep: list[str]) -> int:
+def _remove(path: Path, tree: Path, keep: list[str], gone: set[str]) -> int:
     if path.is_dir() and not path.is_symlink():
         size = 0
         for child in sorted(path.iterdir()):
             rel = "/" + str(child.relative_to(tree))
             if not _match(rel, keep):
-                size += _remove(child, tree, keep)
+                size += _remove(child, tree, keep, gone)
         if not any(path.iterdir()):
             path.rmdir()
+            gone.add("/" + str(path.relative_to(tree)))
         return size
     size = path.lstat().st_size
     path.unlink()
+    gone.add("/" + str(path.relative_to(tree)))
+    return size
+
+
+def _remove_links_to(tree: Path, gone: set[str], keep: list[str]) -> int:
+    """Symlinks left dangling because their target was stripped (e.g. the OpenSSL hash link of a stripped
+    certificate, named after the build host): they point at nothing and can make two builds differ. Links that
+    dangle in the image by design (/etc/resolv.conf -> /run/...) point at paths never stripped and stay."""
+    size = 0
+    for _ in range(MAX_SYMLINKS):  # a link to a removed link goes in the next pass
+        found = []
+        for dirpath, dirnames, filenames in os.walk(tree):
+            base = "/" + os.path.relpath(dirpath, tree) if Path(dirpath) != tree else "/"
+            for name in dirnames + filenames:
+                path = Path(dirpath) / name
+                if not path.is_symlink():
+                    continue
+                rel = posixpath.join(base, name)
+                target = posixpath.normpath(posixpath.join(base, os.readlink(path)))
+                if target in gone and in_image(tree, rel) is None and not _match(rel, keep):
+                    found.append(path)
+        if not found:
+            break
+        size += sum(_remove(p, tree, keep, gone) for p in found)
     return size
 
 

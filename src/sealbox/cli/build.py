@@ -3,17 +3,21 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 
 from sealbox.cli.common import emit_json, load_spec_warned, split_profiles
+
+if TYPE_CHECKING:
+    from sealbox.builder.pipeline import Progress
 
 # no dir_okay=False: the spec loader reports a directory as one "sealbox: error:" line like every spec error
 SPEC_ARG = click.argument("spec", required=False, type=click.Path(path_type=Path))
 PROFILE_OPT = click.option("--profile", "-p", "profiles", multiple=True, help="Profiles to apply, in order (a,b or repeated).")
 
 
-def _progress(json_mode: bool):
+def _progress(json_mode: bool) -> Progress | None:
     if json_mode:
         return None
 
@@ -45,6 +49,7 @@ def build(spec: Path | None, profiles: tuple[str, ...], output: Path | None, loc
           no_cache: bool, print_spec: bool, work_dir: Path | None, keep_work: bool, json_mode: bool) -> None:
     """Build an image from SPEC (default: the built-in default image)."""
     from sealbox.builder.builder import BuildOptions, build_image
+    from sealbox.builder.interrupt import Interrupted
 
     loaded = load_spec_warned(spec, split_profiles(profiles))
     if print_spec:
@@ -52,8 +57,13 @@ def build(spec: Path | None, profiles: tuple[str, ...], output: Path | None, loc
         return
     if not json_mode:
         click.echo(f"building {loaded.spec.name} ({', '.join(loaded.fragments)})", err=True)
-    result = build_image(loaded, BuildOptions(output=output, lock_path=lock_path, update_lock=update_lock, no_cache=no_cache,
-                                              work_base=work_dir, keep_work=keep_work, progress=_progress(json_mode)))
+    opts = BuildOptions(output=output, lock_path=lock_path, update_lock=update_lock, no_cache=no_cache, work_base=work_dir,
+                        keep_work=keep_work, progress=_progress(json_mode), notice=lambda msg: click.echo(f"  {msg}", err=True))
+    try:
+        result = build_image(loaded, opts)
+    except Interrupted as e:  # everything is cleaned up by now; the shell's convention for the exit status
+        click.echo(f"sealbox: build {e}; its work files were removed", err=True)
+        raise click.exceptions.Exit(e.exit_code) from None
     if json_mode:
         emit_json(result.summary())
         return

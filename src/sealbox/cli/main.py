@@ -42,6 +42,7 @@ COMMANDS: dict[str, str] = {
     "exec": "sealbox.cli.ssh:exec_",
     "ssh": "sealbox.cli.ssh:ssh",
     "ssh-config": "sealbox.cli.ssh:ssh_config",
+    "rdp": "sealbox.cli.rdp:rdp",
 }
 
 
@@ -54,7 +55,8 @@ class LazyGroup(click.Group):
         if target is None:
             return None
         module, attr = target.split(":")
-        return getattr(importlib.import_module(module), attr)
+        command: click.Command = getattr(importlib.import_module(module), attr)
+        return command
 
 
 @click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})

@@ -1,4 +1,5 @@
-"""`sealbox run|ps|inspect|logs|stop|rm|gc`: thin wrappers over sealbox.sandbox (manager, control, gc)."""
+"""`sealbox run|ps|inspect|logs|stop|rm|gc`: thin wrappers over the SDK (sealbox.sdk: Sandbox on a LocalHost),
+the same calls a Python program makes; imported inside each command so start-up stays small."""
 
 from __future__ import annotations
 
@@ -6,21 +7,38 @@ import json
 import shlex
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
+
+if TYPE_CHECKING:
+    from sealbox.sdk.host import LocalHost
+    from sealbox.sdk.sandbox import Sandbox
 
 state_opt = click.option("--state-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
                          help="State directory (default: $SEALBOX_STATE_DIR or /var/lib/sealbox).")
 
 
-def _state(state_dir: Path | None):  # type: ignore[no-untyped-def]
-    from sealbox.sandbox.control import check_access
-    from sealbox.sandbox.state import StateDir, state_root
+def _host(state_dir: Path | None) -> LocalHost:
+    """This machine's sandboxes in the chosen state dir, its access checked first (one line if not root)."""
+    from sealbox.sdk.host import LocalHost
 
-    root = state_root(state_dir)
-    check_access(root, click.get_current_context().command_path)
-    return StateDir(root)
+    host = LocalHost(state_dir, command=click.get_current_context().command_path)
+    host.state  # noqa: B018 - the access check: without root nothing else can be answered
+    return host
+
+
+def _sandbox(name: str, state_dir: Path | None) -> Sandbox:
+    """A handle without a look-up of its own: each verb reads the record once and says if there is none."""
+    from sealbox.sdk.sandbox import Sandbox
+
+    return Sandbox(name, _host(state_dir))
+
+
+def _labels(items: tuple[str, ...]) -> dict[str, str]:
+    from sealbox.sandbox.model import parse_labels
+
+    return parse_labels(items)
 
 
 def _warn(msg: str) -> None:
@@ -40,8 +58,14 @@ def _dump(obj: Any) -> None:
 @click.option("--net", type=click.Choice(["isolated", "nat"]), default="isolated", show_default=True)
 @click.option("--allow-egress", multiple=True, metavar="CIDR[:PORT]", help="nat only: allowed destinations (repeatable).")
 @click.option("--dns", multiple=True, metavar="IP", help="nat only: the guest's resolver (repeatable); default: a forwarder on its link.")
-@click.option("--disk", "disks", multiple=True, metavar="FILE[:ro|rw][:raw|qcow2]",
-              help="Attach a disk (repeatable; default rw, raw: the format is declared, never probed).")
+@click.option("--disk", "disks", multiple=True, metavar="FILE[:ro|rw][:raw|qcow2][,serial=NAME]",
+              help="Attach a disk (repeatable; default rw, raw: the format is declared, never probed; serial: the guest's "
+                   "name for it, e.g. serial=persistent for the persistent module). A rw disk is held by one sandbox at a time.")
+@click.option("--publish", "-p", "publish", multiple=True, metavar="[HOST_IP:][HOST_PORT:]GUEST_PORT[/tcp|udp]",
+              help="Forward a host port to the guest (repeatable; host address default 127.0.0.1; no host port: any free one).")
+@click.option("--net-rate", metavar="RATE[:BURST]", default=None, help="Network rate limit, each direction, e.g. 10MiB/s or 10MiB/s:20MiB.")
+@click.option("--disk-rate", metavar="RATE[:BURST]", default=None, help="Bytes per second per attached disk, e.g. 50MB/s.")
+@click.option("--disk-iops", metavar="OPS[:BURST]", default=None, help="Operations per second per attached disk, e.g. 500.")
 @click.option("--rootfs", type=click.Choice(["initrd", "disk"]), default=None, help="[default: initrd, or the snapshot's]")
 @click.option("--vmm", type=click.Choice(["auto", "qemu", "firecracker"]), default="auto", show_default=True)
 @click.option("--accel", type=click.Choice(["auto", "kvm", "tcg"]), default="auto", show_default=True)
@@ -54,20 +78,26 @@ def _dump(obj: Any) -> None:
 @click.option("--timeout", type=float, default=180.0, show_default=True, help="Seconds until the guest must be ready.")
 @click.option("--console-max", "console_max_mib", type=int, default=16, show_default=True,
               help="MiB of console log kept (a capped tmpfs); later output is dropped.")
+@click.option("--label", "labels", multiple=True, metavar="KEY=VALUE",
+              help="Keep this label with the sandbox (repeatable; ps shows and filters them).")
 @click.option("--dry-run", is_flag=True, help="Print every host step and the VMM command/config; change nothing.")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 @state_opt
 def run(image_dir: Path, state_dir: Path | None, dry_run: bool, as_json: bool, **flags: Any) -> None:
     """Start a sandbox from IMAGE_DIR and return once its guest is ready."""
-    from sealbox.sandbox import manager
+    from sealbox.sdk.sandbox import Sandbox
 
-    flags["disks"] = list(flags["disks"])
-    flags["allow_egress"] = list(flags["allow_egress"])
-    flags["dns"] = list(flags["dns"])
-    state = _state(state_dir)  # first: without root nothing else can be answered
-    spec = manager.make_spec(image_dir=image_dir, **flags)
+    host = _host(state_dir)  # first: without root nothing else can be answered
+    renamed = {"network": flags.pop("net"), "timeout_s": flags.pop("timeout"), "labels": _labels(flags.pop("labels"))}
+    kw = {**flags, **renamed, "from_snapshot": str(flags["from_snapshot"]) if flags["from_snapshot"] else None}
+    kw = {k: v for k, v in kw.items() if not (k in ("cpus", "rootfs") and v is None)}  # not given: the default or the snapshot's
+    if kw["from_snapshot"]:
+        from sealbox.sdk.sandbox import restore_defaults
+
+        kw = restore_defaults(kw["from_snapshot"], kw)
+    kw = {"cpus": 2, "rootfs": "initrd", **kw}
     if dry_run:
-        out = manager.dry_run(spec, state)
+        out = Sandbox.plan(image_dir, host=host, **kw)
         for w in out["warnings"]:
             _warn(w)
         if as_json:
@@ -76,7 +106,7 @@ def run(image_dir: Path, state_dir: Path | None, dry_run: bool, as_json: bool, *
             _print_plan(out)
         return
     progress = None if as_json else (lambda line: click.echo(f"  {line}", err=True)) if _verbose() else None
-    result = manager.run(spec, state, warn=_warn, progress=progress)
+    result = Sandbox.create(image_dir, host=host, on_warning=_warn, on_progress=progress, **kw).created
     if as_json:
         _dump(result)
     else:
@@ -112,13 +142,15 @@ def _print_plan(out: dict[str, Any]) -> None:
 
 @click.command()
 @click.option("-a", "--all", "all_", is_flag=True, help="Also show stopped, exited and failed sandboxes.")
+@click.option("--label", "labels", multiple=True, metavar="KEY=VALUE", help="Only sandboxes with this label (repeatable: all must match).")
 @click.option("--json", "as_json", is_flag=True)
 @state_opt
-def ps(all_: bool, as_json: bool, state_dir: Path | None) -> None:
+def ps(all_: bool, labels: tuple[str, ...], as_json: bool, state_dir: Path | None) -> None:
     """List sandboxes (status checked against the live VMM processes)."""
-    from sealbox.sandbox import control, status  # not manager: `ps` should not import run/network code
+    from sealbox.sandbox import status
+    from sealbox.sdk.sandbox import Sandbox
 
-    rows = control.ps(_state(state_dir), all_=all_)
+    rows = Sandbox.list(host=_host(state_dir), all=all_, labels=_labels(labels))
     if as_json:
         _dump([r.model_dump() for r in rows])
     else:
@@ -130,9 +162,7 @@ def ps(all_: bool, as_json: bool, state_dir: Path | None) -> None:
 @state_opt
 def inspect(name: str, state_dir: Path | None) -> None:
     """Show a sandbox's record, host steps, pids and the VMM's own view (JSON)."""
-    from sealbox.sandbox import control
-
-    _dump(control.inspect(_state(state_dir), name))
+    _dump(_sandbox(name, state_dir).inspect())
 
 
 @click.command()
@@ -144,13 +174,12 @@ def logs(name: str, follow: bool, raw: bool, state_dir: Path | None) -> None:
     """Print a sandbox's serial console log: on a terminal every control character is shown escaped, colours kept
     unless NO_COLOR; raw bytes with --raw or into a pipe."""
     from sealbox.cli.common import colour_allowed
-    from sealbox.sandbox import control
     from sealbox.sandbox.termsafe import TerminalEscaper
 
     out = sys.stdout.buffer
     esc = None if raw or not sys.stdout.isatty() else TerminalEscaper(colour=colour_allowed(sys.stdout))
     try:
-        for chunk in control.follow_logs(_state(state_dir), name, follow=follow):
+        for chunk in _sandbox(name, state_dir).logs_stream(follow=follow):
             out.write(esc.feed(chunk) if esc else chunk)
             out.flush()
     except KeyboardInterrupt:
@@ -167,9 +196,7 @@ def logs(name: str, follow: bool, raw: bool, state_dir: Path | None) -> None:
 @state_opt
 def stop(name: str, timeout: float, state_dir: Path | None) -> None:
     """Shut a sandbox's guest down (graceful, then killed after --timeout)."""
-    from sealbox.sandbox import control
-
-    how = control.stop(_state(state_dir), name, timeout)
+    how = _sandbox(name, state_dir).stop(timeout)
     click.echo(f"{name} stopped ({how})")
 
 
@@ -180,14 +207,15 @@ def stop(name: str, timeout: float, state_dir: Path | None) -> None:
 @state_opt
 def rm(names: tuple[str, ...], force: bool, snapshots: bool, state_dir: Path | None) -> None:
     """Remove sandboxes: undo every host step of their records and delete their state."""
-    from sealbox.sandbox import control
+    from sealbox.sdk.sandbox import Sandbox
 
-    state = _state(state_dir)
+    host = _host(state_dir)
     for name in names:
-        if state.exists(name) or not snapshots:
-            control.remove(state, name, force=force)
+        sb = Sandbox(name, host)
+        if not snapshots or host.state.exists(name):  # --snapshots: also once the sandbox is gone
+            sb.remove(force=force)
             click.echo(f"removed {name}")
-        for path in control.remove_snapshots(state, name) if snapshots else []:
+        for path in sb.remove_snapshots() if snapshots else []:
             click.echo(f"removed snapshot {path}")
 
 
@@ -197,9 +225,7 @@ def rm(names: tuple[str, ...], force: bool, snapshots: bool, state_dir: Path | N
 @state_opt
 def gc(dry_run: bool, as_json: bool, state_dir: Path | None) -> None:
     """Remove dead or half-created sandboxes and sealbox host objects no sandbox owns."""
-    from sealbox.sandbox import gc as gc_mod
-
-    report = gc_mod.collect(_state(state_dir), dry_run=dry_run)
+    report = _host(state_dir).gc(dry_run=dry_run)
     if as_json:
         _dump(report.model_dump())
     else:

@@ -1,4 +1,5 @@
-"""`sealbox exec|ssh|ssh-config`: reach a running sandbox's guest with the system OpenSSH client."""
+"""`sealbox exec|ssh|ssh-config`: reach a running sandbox's guest with the system OpenSSH client (through the SDK:
+the command line is built by the same code as sb.commands.run's)."""
 
 from __future__ import annotations
 
@@ -6,22 +7,29 @@ from pathlib import Path
 
 import click
 
-from sealbox.cli.sandbox import _state, state_opt
+from sealbox.cli.sandbox import _sandbox, state_opt
 
 
 @click.command("exec", context_settings={"ignore_unknown_options": True})
 @click.argument("name")
 @click.option("-u", "--user", default=None, help="Guest user (default: root).")
 @click.option("-t", "--tty", is_flag=True, help="Allocate a pseudo-terminal.")
+@click.option("-e", "--env", "env", multiple=True, metavar="KEY=VALUE", help="Set an environment variable for COMMAND (repeatable).")
+@click.option("-w", "--workdir", default=None, metavar="DIR", help="Run COMMAND in this guest directory.")
 @state_opt
 @click.argument("command", nargs=-1, required=True, type=click.UNPROCESSED)
-def exec_(name: str, user: str | None, tty: bool, state_dir: Path | None, command: tuple[str, ...]) -> None:
+def exec_(name: str, user: str | None, tty: bool, env: tuple[str, ...], workdir: str | None, state_dir: Path | None,
+          command: tuple[str, ...]) -> None:
     """Run COMMAND in the guest: output streamed, exit status propagated, stdin passed through.
 
-    Usage: sealbox exec NAME [--user U] [-t] -- CMD [ARGS...]"""
-    from sealbox.sandbox import control
-
-    control.exec_command(_state(state_dir), name, list(command), user=user, tty=tty)  # does not return
+    Usage: sealbox exec NAME [--user U] [-t] [-e K=V] [-w DIR] -- CMD [ARGS...]"""
+    environ = {}
+    for item in env:
+        key, eq, value = item.partition("=")
+        if not eq:
+            raise click.UsageError(f"--env {item!r} is not KEY=VALUE")
+        environ[key] = value
+    _sandbox(name, state_dir).commands.exec(list(command), env=environ, cwd=workdir, user=user, tty=tty)  # does not return
 
 
 # ssh(1) options that take an argument (from its synopsis): their value is never the start of the command
@@ -70,10 +78,8 @@ def ssh(name: str, user: str | None, state_dir: Path | None, ssh_args: tuple[str
     """Open an SSH session in the guest, or run a command as ssh does.
 
     Usage: sealbox ssh [-u USER] NAME [SSH-OPTIONS] [COMMAND...]  (e.g. -L 8080:localhost:80, or uname -a)"""
-    from sealbox.sandbox import control
-
     own_user, own_state, extra = split_own_options(list(ssh_args))
-    control.interactive(_state(own_state or state_dir), name, user=own_user or user, extra=extra)
+    _sandbox(name, own_state or state_dir).ssh(user=own_user or user, extra=extra)
 
 
 @click.command("ssh-config")
@@ -82,7 +88,4 @@ def ssh(name: str, user: str | None, state_dir: Path | None, ssh_args: tuple[str
 @state_opt
 def ssh_config(name: str, alias: str | None, state_dir: Path | None) -> None:
     """Print an ssh_config stanza so ssh, scp, rsync and -L forwards work unchanged."""
-    from sealbox.sandbox import control
-    from sealbox.sandbox.ssh import config_stanza
-
-    click.echo(config_stanza(control.ssh_target(_state(state_dir), name), alias), nl=False)
+    click.echo(_sandbox(name, state_dir).ssh_config(alias), nl=False)

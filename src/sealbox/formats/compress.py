@@ -19,7 +19,7 @@ def zstd_writer(path: Path, level: int) -> Iterator[BinaryIO]:
 
     cctx = zstandard.ZstdCompressor(level=level, threads=max(WORKERS, os.cpu_count() or 1), write_checksum=True)
     with open(path, "wb") as raw, cctx.stream_writer(raw, closefd=False) as w:
-        yield w  # type: ignore[misc]
+        yield w
 
 
 def zstd_decompress(path: Path) -> bytes:

@@ -133,7 +133,7 @@ class Entry:
 
 def read_cpio(data: bytes) -> Iterator[Entry]:
     """Parse a newc archive (for diffing artifacts). Hard links get the data of their first entry."""
-    pos, first_data = 0, {}
+    pos, first_data = 0, dict[int, bytes]()
     while True:
         if data[pos:pos + 6] != MAGIC or pos + HEADER > len(data):
             raise BuildError(f"not a newc cpio archive at offset {pos}" if data[pos:pos + 6] != MAGIC

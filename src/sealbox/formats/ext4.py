@@ -112,7 +112,7 @@ def _pread(f, offset: int, size: int) -> bytes:  # type: ignore[no-untyped-def]
     data = f.read(size)
     if len(data) != size:
         raise BuildError(f"ext4 image truncated at offset {offset}")
-    return data
+    return bytes(data)
 
 
 def fix_inode_times(image: Path, epoch: int) -> None:

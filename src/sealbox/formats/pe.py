@@ -79,11 +79,11 @@ class PEImage:
 
 
 def _u16(data: bytes, off: int) -> int:
-    return struct.unpack_from("<H", data, off)[0]
+    return int(struct.unpack_from("<H", data, off)[0])
 
 
 def _u32(data: bytes, off: int) -> int:
-    return struct.unpack_from("<I", data, off)[0]
+    return int(struct.unpack_from("<I", data, off)[0])
 
 
 def parse_pe(data: bytes, what: str = "input") -> PEImage:

@@ -18,6 +18,7 @@ from __future__ import annotations
 import hashlib
 import struct
 from pathlib import Path
+from typing import Any
 
 from sealbox.errors import BuildError, MeasureError
 from sealbox.formats.pe import SECTION_HEADER_SIZE, PEImage, parse_pe
@@ -68,7 +69,7 @@ def _section_header(name: str, vsize: int, vaddr: int, rawsize: int, rawptr: int
     return struct.pack("<8sIIIIIIHHI", name.encode(), vsize, vaddr, rawsize, rawptr, 0, 0, 0, 0, flags)
 
 
-def layout_uki(stub_data: bytes, payloads: list[tuple[str, bytes]], stub_name: str = "stub") -> tuple[bytes, list[dict]]:
+def layout_uki(stub_data: bytes, payloads: list[tuple[str, bytes]], stub_name: str = "stub") -> tuple[bytes, list[dict[str, Any]]]:
     """Return the UKI bytes and one fact dict per section (stub sections first)."""
     pe = _stub_image(Path(stub_name), stub_data)
     n_old = len(pe.sections)
@@ -109,7 +110,7 @@ def layout_uki(stub_data: bytes, payloads: list[tuple[str, bytes]], stub_name: s
     return bytes(out), facts
 
 
-def _fact(name: str, va: int, vsize: int, rawptr: int, rawsize: int, content: bytes, origin: str) -> dict:
+def _fact(name: str, va: int, vsize: int, rawptr: int, rawsize: int, content: bytes, origin: str) -> dict[str, Any]:
     return {
         "name": name,
         "origin": origin,
@@ -128,7 +129,7 @@ def _read(path: Path, what: str) -> bytes:
         raise BuildError(f"cannot read UKI {what} {path}: {e.strerror}") from None
 
 
-def build_uki(stub: Path, linux: Path, initrd: Path, cmdline: str, osrel: bytes, uname: str, out: Path) -> dict:
+def build_uki(stub: Path, linux: Path, initrd: Path, cmdline: str, osrel: bytes, uname: str, out: Path) -> dict[str, Any]:
     """Write a UKI to `out` atomically; return {"path", "size", "sha256", "sections": [...]}.
 
     Deterministic: identical inputs give identical bytes (no timestamps, fixed section order).

@@ -102,13 +102,13 @@ class ConsoleParser:
         if len(self._partial) > MAX_LINE:
             self._partial = b""
         for raw in lines:
-            self._line(raw.decode("ascii", errors="replace").strip("\r").strip())
-            if self.scan.ready:
-                self._partial = b""
+            if self._line(raw.decode("ascii", errors="replace").strip("\r").strip()):
+                self._partial = b""  # READY: nothing after it is read
                 break
         return self.scan
 
-    def _line(self, line: str) -> None:
+    def _line(self, line: str) -> bool:
+        """Take one console line; True once it was the READY marker."""
         fatal = _FATAL_RE.search(line)
         if fatal and len(self.scan.fatal) < MAX_FATAL:
             text = "".join(c for c in fatal.group(1) if c.isprintable())[:MAX_FATAL_LEN].strip()
@@ -124,8 +124,9 @@ class ConsoleParser:
             m = _READY_RE.match(line)
             if m:
                 self.scan.boot_id = m.group(1)
-            else:
-                self.scan.ignored += 1
+                return True
+            self.scan.ignored += 1
+        return False
 
 
 def scan_text(data: bytes) -> ConsoleScan:

@@ -11,14 +11,21 @@ guest side, docs/guest-protocol.md the prose):
     dns=<ip>                                 0-3 lines, in resolver order: /etc/resolv.conf (-> /run/sealbox/resolv.conf)
     authorized_key=<user> <key line>         0+ lines: root first, then the other users by name, each user's keys
                                              in the given order -> /run/sealbox/authorized_keys/<user>
+    !password_hash=<user> <crypt(3) hash>    0+ lines, SECRET, users by name (never root): the user's password in a
+                                             runtime copy of /etc/shadow that the guest binds over the image's
     END
 
 The instance disk carries exactly these bytes, then NUL padding to a multiple of 4 KiB. The canonical encoding is
 the same text from the magic line to `END\n` inclusive, except that a secret field is written as
 `!<key>#sha384=<hex of SHA-384(value)>`: a secret is never hashed in clear (on the disk it is `!<key>=<value>`).
-No field of V2 is secret. MRCONFIGID (TDX) = SHA-384(canonical encoding): the host starts a TD with it, the guest
-recomputes it from the disk before it applies anything, and `sealbox attest quote --instance` checks a quote's
-MRCONFIGID against it. Nothing per-instance is ever in the image.
+MRCONFIGID (TDX) = SHA-384(canonical encoding): the host starts a TD with it, the guest recomputes it from the disk
+before it applies anything, and `sealbox attest quote --instance` checks a quote's MRCONFIGID against it. Nothing
+per-instance is ever in the image.
+
+`password_hash` was added to V2 without a new version on purpose: an older V2 guest hashes every line (it takes the
+`!` form generically) and applies only the keys it knows, so it stays bound to the same MRCONFIGID and simply gives
+nobody a password; the host sends the field only to images that declare `users.<name>.instance_password`. A change
+an older guest would misapply needs a new version.
 """
 
 from __future__ import annotations
@@ -42,6 +49,8 @@ MAX_DNS = 3  # resolv.conf uses at most three nameservers (MAXNS)
 HOSTNAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9-]{0,62}$")
 # a user name becomes a file name in the guest (/run/sealbox/authorized_keys/<user>): Debian's NAME_REGEX, 32 max
 USER_RE = re.compile(r"^[a-z_][a-z0-9_-]{0,31}$")
+# a crypt(3) hash as /etc/shadow holds it ($id$[params$]salt$hash): the guest writes it into a shadow line
+CRYPT_RE = re.compile(r"^\$[0-9a-z]{1,8}\$[A-Za-z0-9./$=,]{8,500}$")
 
 
 @dataclass(frozen=True)
@@ -59,13 +68,15 @@ FIELDS = (
     Field("gateway", "gateway", False, False, "default route (the host side of the sandbox's link)"),
     Field("dns", "dns", True, False, "a resolver address, in order; written to /run/sealbox/resolv.conf"),
     Field("authorized_key", "authorized_keys", True, False, "'<user> <OpenSSH public key line>', root first, users by name"),
+    Field("password_hash", "password_hashes", True, True, "'<user> <crypt(3) hash>', users by name, never root (secret)"),
 )
 
 
-def _printable(key: str, value: str) -> str:
+def _printable(key: str, value: str, *, secret: bool = False) -> str:
     # The guest parses with `IFS= read -r line`: one line, printable ASCII, no NUL/CR/LF.
     if not value or any(not (0x20 <= ord(c) < 0x7F) for c in value):
-        raise SandboxError(f"instance data {key}={value!r} must be a non-empty single line of printable ASCII")
+        shown = "<secret>" if secret else repr(value)
+        raise SandboxError(f"instance data {key}={shown} must be a non-empty single line of printable ASCII")
     return value
 
 
@@ -78,6 +89,7 @@ class InstanceData(BaseModel):
     gateway: ipaddress.IPv4Address
     dns: tuple[ipaddress.IPv4Address, ...] = ()
     authorized_keys: dict[str, tuple[str, ...]] = {}  # user -> public key lines (root and the image's users)
+    password_hashes: dict[str, str] = {}  # user -> crypt(3) hash of the password made for this sandbox (secret)
 
     @field_validator("dns")
     @classmethod
@@ -105,13 +117,19 @@ def _entries(data: InstanceData) -> Iterator[tuple[Field, str]]:
             raise SandboxError(f"instance data user {user!r} is not a valid user name ([a-z_][a-z0-9_-]*, at most 32)")
         for key in data.authorized_keys[user]:
             yield by_key["authorized_key"], f"{user} {_printable('authorized_key', key.strip())}"
+    for user in sorted(data.password_hashes):
+        if not USER_RE.fullmatch(user) or user == "root":
+            raise SandboxError(f"instance data password for {user!r}: only a non-root user name can get a password")
+        if not CRYPT_RE.fullmatch(data.password_hashes[user]):  # the value itself is secret: never in an error
+            raise SandboxError(f"instance data password for {user!r} is not a crypt(3) hash ($id$salt$hash)")
+        yield by_key["password_hash"], f"{user} {data.password_hashes[user]}"
 
 
 def encode_lines(entries: list[tuple[Field, str]], *, canonical: bool) -> bytes:
     """The text block for these entries: the disk's (secrets in clear) or the canonical one (secrets digested)."""
     lines = [MAGIC]
     for f, value in entries:
-        _printable(f.key, value)
+        _printable(f.key, value, secret=f.secret)
         if not f.secret:
             lines.append(f"{f.key}={value}")
         elif canonical:

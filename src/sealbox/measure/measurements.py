@@ -57,7 +57,7 @@ def measure_pe(path: Path) -> dict[str, Any]:
     """Authenticode and per-section digests of one PE/COFF file."""
     data = _read_small(path, "PE file")
     pe = parse_pe(data, str(path))
-    sections = {}
+    sections: dict[str, Any] = {}
     for s in pe.sections:
         content = pe.content(data, s)
         sections.setdefault(s.name, {
@@ -109,12 +109,13 @@ def _artifact_digests(build: Path, name: str, artifacts: dict[str, Any]) -> dict
             raise MeasureError(f"build directory {build} is missing {fname}", hint="rebuild the image with `sealbox build`")
         facts = file_digests(path)
         recorded = artifacts.get(fname)
-        if recorded is not None:
-            if recorded.get("sha256") not in (None, facts["sha256"]) or recorded.get("size") not in (None, facts["size"]):
-                raise MeasureError(
-                    f"{path} does not match manifest.json (sha256/size changed since the build)",
-                    hint="rebuild the image; measurements must describe the files the build produced",
-                )
+        changed = recorded is not None and (recorded.get("sha256") not in (None, facts["sha256"])
+                                            or recorded.get("size") not in (None, facts["size"]))
+        if changed:
+            raise MeasureError(
+                f"{path} does not match manifest.json (sha256/size changed since the build)",
+                hint="rebuild the image; measurements must describe the files the build produced",
+            )
         out[fname] = facts
     return out
 
@@ -220,7 +221,7 @@ def measure_build(build: Path, *, firmware: Path | None = None, memory: int = 10
 
 def _same(content: bytes, facts: dict[str, Any] | None) -> bool:
     """Whether a UKI section is byte-identical to a build artifact (a cheap consistency check)."""
-    return bool(facts) and hashlib.sha256(content).hexdigest() == facts["sha256"]
+    return facts is not None and bool(facts) and hashlib.sha256(content).hexdigest() == facts["sha256"]
 
 
 def measure(target: Path, **kw: Any) -> dict[str, Any]:

@@ -15,11 +15,10 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from sealbox.errors import SandboxError, UsageError
-from sealbox.sandbox import snapshot, ssh, stepkinds
+from sealbox.errors import NotFound, SandboxError, UsageError
+from sealbox.sandbox import ssh, stepkinds
 from sealbox.sandbox import status as st
 from sealbox.sandbox.model import GuestNet
-from sealbox.sandbox.planning import CONSOLE_LOG
 from sealbox.sandbox.state import SandboxRecord, StateDir, pid_alive
 from sealbox.sandbox.steps import undo_steps
 from sealbox.sandbox.vmm.base import VmmBackend
@@ -106,6 +105,8 @@ def inspect(state: StateDir, name: str) -> dict[str, Any]:
 
 
 def console_path(state: StateDir, name: str) -> Path:
+    from sealbox.sandbox.planning import CONSOLE_LOG  # here: planning pulls in the image spec, which `ps` never needs
+
     return state.sandbox_dir(name) / CONSOLE_LOG
 
 
@@ -192,7 +193,7 @@ def remove(state: StateDir, name: str, *, force: bool = False, progress: Callabl
     A running sandbox is refused unless `force`. Its snapshots stay (remove_snapshots). Returns what was undone."""
     check_sandbox_name(name)
     if not state.exists(name):
-        raise SandboxError(f"no such sandbox: {name!r}", hint="see 'sealbox ps --all'")
+        raise NotFound(f"no such sandbox: {name!r}", hint="see 'sealbox ps --all'")
     with state.lock(name):
         try:
             record = state.load(name)
@@ -202,7 +203,7 @@ def remove(state: StateDir, name: str, *, force: bool = False, progress: Callabl
             return _remove_unreadable(state, name)
         status = st.derive(record)
         if status in st.ACTIVE and not force:
-            what = "is running" if status == "running" else "is being created by a live sealbox process"
+            what = "is running" if status in ("running", "orphaned") else "is being created by a live sealbox process"
             raise SandboxError(f"sandbox {name!r} {what}", hint=f"stop it first ('sealbox stop {name}') or use 'sealbox rm --force {name}'")
         done = [e.kind for e in record.steps.pending_undo()]
         record.status = "removing"
@@ -226,11 +227,13 @@ def remove(state: StateDir, name: str, *, force: bool = False, progress: Callabl
 
 def remove_snapshots(state: StateDir, name: str) -> list[Path]:
     """Delete the snapshots sandbox `name` of this state dir left in its snapshot directory (it may be gone)."""
+    from sealbox.sandbox import snapshot as snap
+
     check_sandbox_name(name)
     with state.lock(name):
-        paths = snapshot.owned(state, name)
+        paths = snap.owned(state, name)
         for p in paths:
-            snapshot.remove(p)
+            snap.remove(p)
     return paths
 
 
@@ -240,6 +243,16 @@ def _remove_unreadable(state: StateDir, name: str) -> list[str]:
 
     removed = gc.remove_by_name(state, name)
     return removed + [f"mount {m}" for m in state.delete(name)]
+
+
+# ---- snapshot ---------------------------------------------------------------------------------
+
+def snapshot(state: StateDir, name: str, dest: Path | None = None, *, resume: bool = True) -> Path:
+    """A snapshot of a running sandbox (QEMU microvm or Firecracker) into `dest` (a new directory; default
+    <state>/snapshots/NAME-<UTC time>), by sandbox/snapshot.py. Restore: `run --from-snapshot DIR`."""
+    from sealbox.sandbox import snapshot as snap
+
+    return snap.take(state, name, dest, resume=resume).path
 
 
 # ---- exec / ssh -------------------------------------------------------------------------------

@@ -1,6 +1,7 @@
 """`sealbox gc`: remove what dead sandboxes left behind.
 
-1. Records: every sandbox whose VMM died while running (`exited`), whose creating `sealbox run` died
+1. Records: every sandbox whose VMM died while running (`exited`), whose holder died (`orphaned`: an SDK
+   pool's members after a crash of the pool's owner), whose creating `sealbox run` died
    (`abandoned`: status creating, owner pid/start time gone), whose creation failed or whose `rm` did
    not finish has its recorded steps undone in reverse (undo works from the record alone) and its
    state dir deleted. Running, stopped and in-creation sandboxes are kept; a sandbox whose lock is
@@ -32,7 +33,8 @@ from sealbox.sandbox.steps import undo_steps
 log = logging.getLogger("sealbox.gc")
 LOCK_WAIT = 0.5  # a sandbox whose lock is held this long is busy: skip it, never wait for a `run`
 # removal order of leftovers: what runs first, then what it used, the registry lease last
-ORDER = ("firecracker-jail", "cgroup", "dns-forwarder", "veth", "nft-table", "netns", "netns-placeholder", "ip-forward-user", "lease", "uid")
+ORDER = ("firecracker-jail", "cgroup", "port-forwarder", "dns-forwarder", "veth", "nft-table", "netns", "netns-placeholder",
+         "ip-forward-user", "lease", "uid", "disk-claim")
 
 Action = Literal["remove", "keep"]
 
@@ -44,6 +46,8 @@ def decide(record: SandboxRecord, alive: st.Alive = pid_alive) -> tuple[Action, 
         return "remove", f"the sealbox process creating it (pid {record.owner_pid}) died"
     if status == "exited":
         return "remove", f"its VMM (pid {record.vmm.get('pid')}) is gone"
+    if status == "orphaned":
+        return "remove", f"the process holding it (pid {record.holder_pid}) died"
     if status == "failed":
         return "remove", f"its creation failed ({record.error or 'no record'})"
     if status == "removing":

@@ -73,8 +73,7 @@ class Image(BaseModel):
         """The least RAM (MiB) this image boots in with its root in the initramfs or on disk (0: not recorded)."""
         return self.manifest.min_memory_mib.get(rootfs, 0)
 
-    def declared_users(self) -> list[str]:
-        """The non-root users the image's spec declares (manifest `spec.users`): they get the sandbox's key too."""
+    def _users(self) -> dict[str, Any]:
         spec = (self.manifest.model_extra or {}).get("spec")
         users = spec.get("users", {}) if isinstance(spec, dict) else {}
         if not isinstance(users, dict):
@@ -82,7 +81,15 @@ class Image(BaseModel):
         for name in users:
             if not USER_RE.fullmatch(name) or name == "root":
                 raise UsageError(f"{self.dir}/manifest.json: spec.users has {name!r}, which is not a user name", hint="rebuild the image")
-        return sorted(users)
+        return users
+
+    def declared_users(self) -> list[str]:
+        """The non-root users the image's spec declares (manifest `spec.users`): they get the sandbox's key too."""
+        return sorted(self._users())
+
+    def password_users(self) -> list[str]:
+        """The users whose spec sets `instance_password`: each sandbox makes them a password (e.g. gui's `desktop`)."""
+        return sorted(n for n, u in self._users().items() if isinstance(u, dict) and u.get("instance_password") is True)
 
     def boot_file(self, key: str) -> str | None:
         value = self.manifest.boot.get(key)
@@ -140,6 +147,10 @@ def load(image_dir: Path) -> Image:
     if not isinstance(raw, dict) or raw.get("schema") != SCHEMA:
         found = raw.get("schema") if isinstance(raw, dict) else type(raw).__name__
         raise UsageError(f"{path}: schema is {found!r}, expected {SCHEMA!r}", hint="rebuild the image with this sealbox version")
+    if raw.get("kernel") is None and isinstance(raw.get("oci"), dict):  # output.formats = ["oci"]: nothing to boot
+        file = raw["oci"].get("file")
+        raise UsageError(f"{d} is a container image (output.formats = [\"oci\"]), not a VM image: it has no kernel to boot",
+                         hint=f"load {d / str(file)} with podman load or docker load")
     try:
         manifest = Manifest.model_validate(raw)
     except ValidationError as e:

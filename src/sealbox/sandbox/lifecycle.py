@@ -25,7 +25,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from sealbox.errors import SandboxError, SealboxError, UsageError
+from sealbox.errors import SandboxError, SandboxTimeout, SealboxError, UsageError
 from sealbox.guest import console as con
 from sealbox.sandbox import image as image_mod
 from sealbox.sandbox import planning, ssh, stepkinds
@@ -108,6 +108,7 @@ class Inputs:
         self.spec = spec
         self.image = image_mod.load(spec.image_dir)
         self.users = self.image.declared_users()  # `exec -u USER` works for them with the sandbox's key
+        self.password_users = self.image.password_users()  # each gets a fresh password (the gui module's desktop)
         planning.check_disks(spec, self.image.dir)
         if state.exists(spec.name):
             raise SandboxError(f"a sandbox named {spec.name!r} already exists",
@@ -154,13 +155,14 @@ class Inputs:
             raise UsageError(f"snapshot {self.spec.from_snapshot} records no usable network", hint="take the snapshot with this sealbox version") from None
 
 
-def _record(spec: SandboxSpec, inp: Inputs) -> SandboxRecord:
+def _record(spec: SandboxSpec, inp: Inputs, holder: int | None = None) -> SandboxRecord:
     pid = os.getpid()
     return SandboxRecord(
         name=spec.name, status="creating", created_at=time.time(), spec=spec.model_dump(mode="json"),
         image={"dir": str(inp.image.dir), "name": inp.image.name, "kernel_version": inp.image.kernel_version},
         vmm={"backend": inp.choice.vmm, "accel": inp.choice.accel},
         owner_pid=pid, owner_start=process_start_time(pid),
+        holder_pid=holder, holder_start=process_start_time(holder) if holder else None,
     )
 
 
@@ -169,6 +171,12 @@ def _console_step(spec: SandboxSpec, state: StateDir) -> Step:
 
     return ConsoleFsStep(path=str(state.sandboxes / spec.name / planning.CONSOLE_DIR), size_mib=spec.console_max_mib,
                          mark=state.mark(spec.name))
+
+
+def _disk_claims(spec: SandboxSpec, state: StateDir) -> list[Step]:
+    from sealbox.sandbox.host.disklock import claim_steps
+
+    return claim_steps(spec.disks, state.mark(spec.name), str(state.root), spec.name)
 
 
 def _step_entry(step: Step) -> dict[str, Any]:
@@ -200,7 +208,7 @@ def dry_run(spec: SandboxSpec, state: StateDir) -> dict[str, Any]:
         "warnings": inp.choice.warnings + ([tdx_note] if spec.tdx else []),
         "image": {"dir": str(inp.image.dir), "name": inp.image.name, "kernel_version": inp.image.kernel_version},
         "network": net.model_dump(mode="json"), "cmdline": plan.cmdline,
-        "steps": [_step_entry(s) for s in [*steps, console, inst]] + backend_steps,
+        "steps": [_step_entry(s) for s in [*_disk_claims(spec, state), *steps, console, inst]] + backend_steps,
     }
     out.update({k: v for k, v in desc.items() if k not in ("steps", "backend", "accel")})
     return out
@@ -208,8 +216,12 @@ def dry_run(spec: SandboxSpec, state: StateDir) -> dict[str, Any]:
 
 # ---- run --------------------------------------------------------------------------------------
 
-def run(spec: SandboxSpec, state: StateDir, *, warn: Say | None = None, progress: Say | None = None) -> dict[str, Any]:
-    """Create the sandbox; return a summary once the guest is ready. Raises SealboxError otherwise."""
+def run(spec: SandboxSpec, state: StateDir, *, warn: Say | None = None, progress: Say | None = None,
+        holder: int | None = None, cancel: Callable[[], bool] | None = None) -> dict[str, Any]:
+    """Create the sandbox; return a summary once the guest is ready. Raises SealboxError otherwise.
+
+    `holder`: a pid whose death orphans the running sandbox (gc then removes it). `cancel`: polled while
+    waiting for the guest; once true, the run is undone as after Ctrl-C (raises Interrupted)."""
     t0 = time.monotonic()
     inp = Inputs(spec, state, dry_run=False, before_probe=planning.require_root)  # the probe caches its result in the state dir
     for w in inp.choice.warnings:
@@ -217,7 +229,7 @@ def run(spec: SandboxSpec, state: StateDir, *, warn: Say | None = None, progress
     _check_host_name(state, spec.name)
     cgroup = planning.cgroup_plan(spec, inp.choice, state.id)
     with state.lock(spec.name, timeout=10.0):
-        record = _record(spec, inp)
+        record = _record(spec, inp, holder)
         state.reserve(record)  # atomic: a concurrent run of the same name fails here
 
         def save() -> None:
@@ -225,7 +237,7 @@ def run(spec: SandboxSpec, state: StateDir, *, warn: Say | None = None, progress
 
         try:
             with signals_as_errors():
-                result = _create(record, save, inp, state, cgroup, t0, progress)
+                result = _create(record, save, inp, state, cgroup, t0, progress, cancel)
         except BaseException as e:
             _undo_failed(record, state, save, e)
             raise
@@ -249,11 +261,12 @@ def _check_host_name(state: StateDir, name: str) -> None:
 
 
 def _create(record: SandboxRecord, save: Callable[[], None], inp: Inputs, state: StateDir,
-            cgroup: Any, t0: float, progress: Say | None) -> dict[str, Any]:
+            cgroup: Any, t0: float, progress: Say | None, cancel: Callable[[], bool] | None = None) -> dict[str, Any]:
     spec = inp.spec
     sandbox_dir = state.sandbox_dir(spec.name)
     if inp.snapshot is None:
         prestart_client_key(sandbox_dir / KEY_NAME, f"sealbox-{spec.name}")  # overlaps with the network setup
+    apply_steps(_disk_claims(spec, state), record.steps, save, progress)  # a disk in use: refused before anything else
     net, steps = network_steps(state, spec, link=inp.fixed_link())
     net = _restored_net(inp, net)
     uid, gid = lease_of(steps).uid, lease_of(steps).gid  # the sandbox's own VMM identity
@@ -286,7 +299,7 @@ def _create(record: SandboxRecord, save: Callable[[], None], inp: Inputs, state:
     else:
         ready = wait_ready(net, plan.console_log, record.vmm.get("pid"), record.vmm.get("start_time"),
                            known_hosts=known, alias=ssh.host_alias(spec.name), deadline=t0 + spec.timeout,
-                           timeout=spec.timeout, pinned=_snapshot_hostkeys(inp), vmm_log=backend.log_path(plan))
+                           timeout=spec.timeout, pinned=_snapshot_hostkeys(inp), vmm_log=backend.log_path(plan), cancel=cancel)
     record.guest = {
         "boot_id": ready["boot_id"], "hostkeys": ready["hostkeys"], "ssh_banner": ready["banner"],
         "known_hosts": str(known), "client_key": str(key), "user": "root",
@@ -311,7 +324,7 @@ def _restored_net(inp: Inputs, net: GuestNet) -> GuestNet:
 def _instance_step(inp: Inputs, sandbox_dir: Path, net: GuestNet) -> InstanceFilesStep:
     """This sandbox's client key and instance disk; a restore's disk keeps the size the guest's kernel knows."""
     return InstanceFilesStep(sandbox_dir=str(sandbox_dir), hostname=inp.spec.name, address=f"{net.guest_ip}/{net.prefixlen}",
-                             gateway=net.host_ip, dns=net.dns, users=tuple(inp.users),
+                             gateway=net.host_ip, dns=net.dns, users=tuple(inp.users), password_users=tuple(inp.password_users),
                              disk_size=inp.qsnap.machine.instance_disk_size if inp.qsnap else None)
 
 
@@ -359,7 +372,7 @@ def _snapshot_hostkeys(inp: Inputs) -> list[con.HostKey] | None:
 
 def wait_ready(net: GuestNet, console_log: Path, pid: int | None, start: int | None, *, known_hosts: Path, alias: str,
                deadline: float, timeout: float, pinned: list[con.HostKey] | None = None,
-               vmm_log: Path | None = None) -> dict[str, Any]:
+               vmm_log: Path | None = None, cancel: Callable[[], bool] | None = None) -> dict[str, Any]:
     """Bounded wait for SEALBOX-READY (host keys before it are pinned) and then an SSH banner in the netns.
 
     `pinned` (snapshot restore): the guest booted long ago and prints nothing; pin these instead."""
@@ -384,9 +397,11 @@ def wait_ready(net: GuestNet, console_log: Path, pid: int | None, start: int | N
         if pid is not None and not pid_alive(pid, start):
             own = f"its log: {_tail(vmm_log, 5)}; " if vmm_log is not None else ""  # the log goes with the failed sandbox
             raise SandboxError(f"the VMM exited before the guest was ready; {own}console: {_tail(console_log)}")
+        if cancel is not None and cancel():
+            raise Interrupted("cancelled while waiting for the guest; the sandbox was removed")
         if time.monotonic() >= deadline:
             what = "SSH did not answer after SEALBOX-READY" if scan.ready or pinned else f"no {con.READY} on the console"
-            raise SandboxError(f"the guest was not ready within {timeout:g}s ({what}); console: {_tail(console_log)}",
+            raise SandboxTimeout(f"the guest was not ready within {timeout:g}s ({what}); console: {_tail(console_log)}",
                                hint="raise --timeout on slow (TCG) hosts")
         time.sleep(POLL)
 

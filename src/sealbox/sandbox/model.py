@@ -8,13 +8,44 @@ the per-instance data; backends turn a VmPlan into host steps and a command line
 from __future__ import annotations
 
 import ipaddress
+import re
 from enum import Enum
 from pathlib import Path
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from sealbox.errors import UsageError
 from sealbox.util.names import NAME_RE
+
+# labels: free-form metadata kept in the record (ps/inspect show them, `Sandbox.list(labels=)` filters);
+# keys are plain words (sealbox itself uses the `sealbox.` prefix, e.g. sealbox.pool), values printable text
+LABEL_KEY_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._/-]{0,62}$")
+LABEL_VALUE_MAX = 256
+LABELS_MAX = 64
+
+
+def check_labels(labels: dict[str, str]) -> dict[str, str]:
+    """Labels as given, or a one-line UsageError naming the bad key/value."""
+    if len(labels) > LABELS_MAX:
+        raise UsageError(f"{len(labels)} labels given; at most {LABELS_MAX} are kept", hint="drop some labels")
+    for key, value in labels.items():
+        if not isinstance(key, str) or not LABEL_KEY_RE.fullmatch(key):
+            raise UsageError(f"label key {key!r} is invalid", hint="use 1-63 letters, digits, '.', '_', '/', '-', starting with a letter or digit")
+        if not isinstance(value, str) or len(value) > LABEL_VALUE_MAX or not value.isprintable():
+            raise UsageError(f"label {key}={value!r} is invalid", hint=f"values are printable text of at most {LABEL_VALUE_MAX} characters")
+    return dict(labels)
+
+
+def parse_labels(items: list[str] | tuple[str, ...]) -> dict[str, str]:
+    """['k=v', ...] (the CLI's --label) -> {k: v}; a later key wins."""
+    out: dict[str, str] = {}
+    for item in items:
+        key, eq, value = item.partition("=")
+        if not eq:
+            raise UsageError(f"label {item!r} is not KEY=VALUE", hint="e.g. --label team=rl")
+        out[key] = value
+    return check_labels(out)
 
 
 class NetMode(str, Enum):
@@ -34,24 +65,103 @@ class EgressRule(BaseModel):
         return cls(cidr=ipaddress.IPv4Network(cidr, strict=False), port=int(port) if port else None)
 
 
+DISK_SERIAL_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,19}$")  # virtio-blk IDs hold 20 bytes
+HOST_SERIAL_PREFIX = "sealbox-"  # serials only the host sets (sealbox-instance, sealbox-disk0...)
+_DISK_WORDS = {"ro": ("mode", "ro"), "rw": ("mode", "rw"), "raw": ("format", "raw"), "qcow2": ("format", "qcow2")}
+
+
+def _disk_opts(tail: str) -> dict[str, str] | None:
+    """The options of one ':' group of --disk (comma-separated), or None if the group is not options (a path part)."""
+    found: dict[str, str] = {}
+    for item in tail.split(","):
+        key, sep, value = item.partition("=")
+        if not sep and item in _DISK_WORDS:
+            key, value = _DISK_WORDS[item]
+        elif key != "serial" or not sep:
+            return None
+        if key in found:
+            raise ValueError(f"{key} is given twice")
+        found[key] = value
+    return found
+
+
 class DiskSpec(BaseModel):
     model_config = ConfigDict(frozen=True)
     path: Path
     readonly: bool = False
     # declared, never probed: a guest can write any header into its own disk
     format: Literal["raw", "qcow2"] = "raw"
+    # the guest's stable name for the disk (QEMU: the drive's serial); None: the host's own label sealbox-diskN
+    serial: str | None = None
+
+    @field_validator("serial")
+    @classmethod
+    def _serial(cls, v: str | None) -> str | None:
+        if v is not None and (not DISK_SERIAL_RE.fullmatch(v) or v.startswith(HOST_SERIAL_PREFIX)):
+            raise ValueError(f"serial {v!r} must be 1-20 letters, digits, '.', '_', '-' and not start with {HOST_SERIAL_PREFIX!r}")
+        return v
 
     @classmethod
     def parse(cls, text: str) -> DiskSpec:
-        """'FILE[:ro|:rw][:raw|:qcow2]' (default rw: attached disks are where writable data lives; default raw)."""
-        path, opts = text, {}
-        for _ in range(2):
+        """'FILE[:OPTS]...' with OPTS a comma-separated list of ro|rw, raw|qcow2, serial=NAME, e.g. 'd.qcow2:rw,serial=db:qcow2'
+        (default rw: attached disks are where writable data lives; default raw). Raises ValueError on a bad option."""
+        path, opts = text, dict[str, str]()
+        for _ in range(3):
             head, sep, tail = path.rpartition(":")
-            key = "mode" if tail in ("ro", "rw") else "format" if tail in ("raw", "qcow2") else None
-            if not sep or key is None or key in opts:
+            group = _disk_opts(tail) if sep and tail else None
+            if group is None:
                 break
-            path, opts[key] = head, tail
-        return cls(path=Path(path), readonly=opts.get("mode") == "ro", format=opts.get("format", "raw"))
+            if set(group) & set(opts):
+                raise ValueError(f"{sorted(set(group) & set(opts))[0]} is given twice")
+            path, opts = head, {**opts, **group}
+        if not path:
+            raise ValueError("no file name")
+        return cls(path=Path(path), readonly=opts.get("mode") == "ro", format=opts.get("format", "raw"),
+                   serial=opts.get("serial"))
+
+
+class PortMap(BaseModel):
+    """One `--publish [HOST_IP:][HOST_PORT:]GUEST_PORT[/tcp|udp]` (docker's syntax); host port 0: the kernel picks one."""
+
+    model_config = ConfigDict(frozen=True)
+    host_ip: ipaddress.IPv4Address = ipaddress.IPv4Address("127.0.0.1")
+    host_port: int = Field(default=0, ge=0, le=65535)
+    guest_port: int = Field(ge=1, le=65535)
+    proto: Literal["tcp", "udp"] = "tcp"
+
+    @field_validator("host_ip")
+    @classmethod
+    def _unicast(cls, v: ipaddress.IPv4Address) -> ipaddress.IPv4Address:
+        if v.is_multicast or v == ipaddress.IPv4Address("255.255.255.255"):
+            raise ValueError(f"host address {v} is not a unicast address")
+        return v
+
+    @classmethod
+    def parse(cls, text: str) -> PortMap:
+        """Raises ValueError (with the reason) on anything but the documented forms."""
+        body, _, proto = text.partition("/")
+        if proto not in ("", "tcp", "udp"):
+            raise ValueError(f"protocol {proto!r} is not tcp or udp")
+        parts = body.split(":")
+        if len(parts) > 3:
+            raise ValueError("expected [HOST_IP:][HOST_PORT:]GUEST_PORT[/tcp|udp]")
+        ip = parts[0] if len(parts) == 3 else None
+        host = parts[-2] if len(parts) >= 2 else ""
+        guest = parts[-1]
+        for what, value in (("host port", host), ("guest port", guest)):
+            if value and not value.isdigit():
+                raise ValueError(f"{what} {value!r} is not a number")
+        if not guest:
+            raise ValueError("the guest port is missing")
+        kw: dict[str, object] = {"guest_port": int(guest), "host_port": int(host or 0), "proto": proto or "tcp"}
+        if ip is not None:
+            if not ip:
+                raise ValueError("the host address is empty (leave it out for 127.0.0.1)")
+            kw["host_ip"] = ipaddress.IPv4Address(ip)
+        return cls.model_validate(kw)
+
+    def __str__(self) -> str:
+        return f"{self.host_ip}:{self.host_port or '*'}->{self.guest_port}/{self.proto}"
 
 
 class RateLimit(BaseModel):
@@ -85,6 +195,7 @@ class SandboxSpec(BaseModel):
     allow_egress: tuple[EgressRule, ...] = ()
     dns: tuple[ipaddress.IPv4Address, ...] = ()  # resolvers the guest uses directly (nat); empty: sealbox's forwarder
     disks: tuple[DiskSpec, ...] = ()
+    publish: tuple[PortMap, ...] = ()  # host ports forwarded to the guest (host/publish.py)
     rootfs: Literal["initrd", "disk"] = "initrd"
     vmm: Literal["auto", "qemu", "firecracker"] = "auto"
     accel: Literal["auto", "kvm", "tcg"] = "auto"
@@ -95,6 +206,12 @@ class SandboxSpec(BaseModel):
     console_max_mib: int = Field(default=16, ge=1, le=1024)  # the console log's tmpfs (host/consolefs.py)
     limits: Limits = Limits()
     from_snapshot: Path | None = None
+    labels: dict[str, str] = Field(default_factory=dict)  # metadata only: never reaches the guest or a host object
+
+    @field_validator("labels")
+    @classmethod
+    def _labels(cls, v: dict[str, str]) -> dict[str, str]:
+        return check_labels(v)
 
     @field_validator("allow_egress")
     @classmethod

@@ -9,6 +9,7 @@ from __future__ import annotations
 import ipaddress
 import os
 import stat as st_mod
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -19,7 +20,7 @@ from sealbox.errors import SandboxError, UsageError
 from sealbox.sandbox import image as image_mod
 from sealbox.sandbox.host import cgroups
 from sealbox.sandbox.instance import DISK_NAME
-from sealbox.sandbox.model import CgroupPlan, DiskSpec, EgressRule, GuestNet, NetMode, SandboxSpec, VmPlan
+from sealbox.sandbox.model import CgroupPlan, DiskSpec, EgressRule, GuestNet, Limits, NetMode, PortMap, SandboxSpec, VmPlan
 from sealbox.sandbox.vmm.base import VmmBackend
 from sealbox.util.names import check_sandbox_name
 
@@ -38,7 +39,11 @@ def make_spec(**flags: Any) -> SandboxSpec:
             egress.append(EgressRule.parse(text))
         except (ValueError, ValidationError):
             raise UsageError(f"--allow-egress {text!r} is not CIDR or CIDR:PORT", hint="e.g. 10.0.0.0/8 or 192.0.2.10/32:443") from None
-    disks = tuple(DiskSpec.parse(t) for t in flags.pop("disks", ()) or ())
+    disks = tuple(_parsed(DiskSpec.parse, "--disk", t, "FILE[:ro|rw][:raw|qcow2][,serial=NAME]") for t in flags.pop("disks", ()) or ())
+    publish = tuple(_parsed(PortMap.parse, "--publish", t, "[HOST_IP:][HOST_PORT:]GUEST_PORT[/tcp|udp], e.g. 8080:80")
+                    for t in flags.pop("publish", ()) or ())
+    _check_publish(publish)
+    limits = _limits(flags.pop("net_rate", None), flags.pop("disk_rate", None), flags.pop("disk_iops", None))
     dns = []
     for text in flags.pop("dns", ()) or ():
         try:
@@ -52,7 +57,7 @@ def make_spec(**flags: Any) -> SandboxSpec:
         if flags.get(key) is None:
             flags.pop(key, None)
     try:
-        spec = SandboxSpec(allow_egress=tuple(egress), disks=disks, dns=tuple(dns),
+        spec = SandboxSpec(allow_egress=tuple(egress), disks=disks, publish=publish, limits=limits, dns=tuple(dns),
                            memory_mib=DEFAULT_MEMORY_MIB if memory is None else memory, **flags)
     except ValidationError as e:
         err = e.errors()[0]
@@ -78,6 +83,37 @@ def snapshot_shape(flags: dict[str, Any], memory: int | None) -> int | None:
     if flags.get("accel", "auto") == "auto":
         flags["accel"] = shape.accel
     return shape.memory_mib if memory is None else memory
+def _parsed(parse: Callable[[str], Any], flag: str, text: str, form: str) -> Any:
+    try:
+        return parse(text)
+    except ValidationError as e:
+        err = e.errors()[0]
+        where = ".".join(str(p) for p in err["loc"])
+        msg = err["msg"].removeprefix("Value error, ")
+        raise UsageError(f"{flag} {text!r}: {where + ': ' if where else ''}{msg}", hint=f"expected {form}") from None
+    except ValueError as e:
+        raise UsageError(f"{flag} {text!r}: {e}", hint=f"expected {form}") from None
+
+
+def _check_publish(ports: tuple[PortMap, ...]) -> None:
+    """One listener per host address, port and protocol (a port given twice could never be bound twice)."""
+    seen: set[tuple[str, int, str]] = set()
+    for p in ports:
+        if p.host_port == 0:
+            continue
+        key = (str(p.host_ip), p.host_port, p.proto)
+        wild = [k for k in seen if k[1:] == key[1:] and "0.0.0.0" in (k[0], key[0])]
+        if key in seen or wild:
+            raise UsageError(f"--publish {p}: host port {p.host_port}/{p.proto} is published twice", hint="publish each host port once")
+        seen.add(key)
+
+
+def _limits(net: str | None, disk: str | None, iops: str | None) -> Limits:
+    from sealbox.sandbox import rates
+
+    net_rl = rates.parse_rate(net, "--net-rate") if net else None
+    return Limits(net_rx_bytes=net_rl, net_tx_bytes=net_rl, disk_bytes=rates.parse_rate(disk, "--disk-rate") if disk else None,
+                  disk_ops=rates.parse_iops(iops) if iops else None)
 
 
 def with_memory(spec: SandboxSpec, memory: int | None) -> SandboxSpec:
@@ -97,12 +133,18 @@ def check_disks(spec: SandboxSpec, image_dir: Path) -> None:
     """Every --disk exists, is a regular file or block device, is attached once, and no writable disk
     lives in the image directory (the image is shared and measured; writes belong elsewhere)."""
     seen: set[Path] = set()
+    serials = [d.serial for d in spec.disks if d.serial]
+    if len(serials) != len(set(serials)):
+        dup = next(x for x in serials if serials.count(x) > 1)
+        raise UsageError(f"--disk ...,serial={dup} is given to two disks", hint="each serial names one disk")
     for d in spec.disks:
         p = d.path
         try:
             st = p.stat()
         except FileNotFoundError:
-            raise UsageError(f"--disk {p}: no such file", hint="create it first, e.g. truncate -s 1G FILE (or qemu-img create)") from None
+            hint = ("options follow a ':', e.g. FILE:rw,serial=NAME" if ",serial=" in str(p) or str(p).endswith((",ro", ",rw"))
+                    else "create it first, e.g. sealbox disk create FILE --size 10G (or truncate -s 1G FILE)")
+            raise UsageError(f"--disk {p}: no such file", hint=hint) from None
         except OSError as e:
             raise UsageError(f"--disk {p}: {e.strerror}") from None
         if not (st_mod.S_ISREG(st.st_mode) or st_mod.S_ISBLK(st.st_mode)):

@@ -25,6 +25,8 @@ from sealbox.guest.console import HostKey
 from sealbox.util import atomic
 
 SSH = "ssh"
+NSENTER = "nsenter"
+SETPRIV = "setpriv"
 KNOWN_HOSTS = "known_hosts"
 BANNER = b"SSH-"
 
@@ -61,8 +63,11 @@ def write_known_hosts(path: Path, alias: str, keys: Sequence[HostKey]) -> None:
     atomic.write_text(path, known_hosts_text(alias, keys), mode=0o600)
 
 
-def common_options(t: SshTarget) -> list[str]:
-    """Options shared by exec/ssh: only our key, only our pinned host keys, never prompt."""
+def common_options(t: SshTarget, *, control: Path | None = None, master: bool = False) -> list[str]:
+    """Options shared by exec/ssh: only our key, only our pinned host keys, never prompt.
+
+    `control`: the socket of a master connection (sessions are multiplexed over it, no new handshake;
+    if it is gone, ssh connects by itself); with `master`, this ssh is that master."""
     opts = {
         "IdentityFile": str(t.key),
         "IdentitiesOnly": "yes",
@@ -76,8 +81,8 @@ def common_options(t: SshTarget) -> list[str]:
         "BatchMode": "yes",
         "PasswordAuthentication": "no",
         "KbdInteractiveAuthentication": "no",
-        "ControlMaster": "no",
-        "ControlPath": "none",
+        "ControlMaster": "yes" if master else "no",
+        "ControlPath": str(control) if control else "none",
         "ConnectTimeout": "15",
         "ServerAliveInterval": "15",  # a dead VM ends the session within a minute instead of never
         "ServerAliveCountMax": "4",
@@ -97,14 +102,37 @@ def exec_argv(t: SshTarget, command: Sequence[str], *, user: str | None = None, 
     that never reads stdin cannot block on the user's terminal)."""
     if not command:
         raise SandboxError("no command given", hint="usage: sealbox exec NAME -- CMD [ARGS...]")
-    argv = [SSH, "-F", "/dev/null", *common_options(t), "-p", str(t.port), "-l", user or t.user]
+    return remote_argv(t, shlex.join(command), user=user, tty=tty, stdin_is_tty=stdin_is_tty)
+
+
+def remote_argv(t: SshTarget, remote: str, *, user: str | None = None, tty: bool = False, stdin_is_tty: bool = False,
+                control: Path | None = None) -> list[str]:
+    """`ssh` argv that hands `remote` to the guest user's shell as it is (the caller quoted it)."""
+    argv = [SSH, "-F", "/dev/null", *common_options(t, control=control), "-p", str(t.port), "-l", user or t.user]
     if tty:
         argv.append("-t" if stdin_is_tty else "-tt")
     else:
         argv.append("-T")
         if stdin_is_tty:
             argv.append("-n")
-    return [*argv, t.guest_ip, "--", shlex.join(command)]
+    return [*argv, t.guest_ip, "--", remote]
+
+
+def master_argv(t: SshTarget, control: Path, *, user: str | None = None) -> list[str]:
+    """A master connection (no session of its own) at `control`, killed when the thread that started it
+    ends (setpriv --pdeathsig): it never outlives the program that owns it. Keepalives as a session's: the
+    sessions multiplexed over it end with it, so it must not give up on a guest that is only slow."""
+    ssh_argv = [SSH, "-F", "/dev/null", *common_options(t, control=control, master=True), "-N", "-p", str(t.port),
+                "-l", user or t.user, t.guest_ip]
+    return [SETPRIV, "--pdeathsig", "KILL", "--", *ssh_argv]
+
+
+def in_netns_argv(netns: str, argv: Sequence[str]) -> list[str]:
+    """`argv` run inside network namespace `netns` by nsenter: a plain exec, safe from any thread
+    (unlike setns in a preexec hook)."""
+    from sealbox.sandbox.host.netns import netns_path
+
+    return [NSENTER, f"--net={netns_path(netns)}", "--", *argv]
 
 
 def shell_argv(t: SshTarget, *, user: str | None = None, extra: Sequence[str] = ()) -> list[str]:
@@ -177,6 +205,13 @@ def exec_in_netns(netns: str, argv: list[str]) -> None:
 
 def run_in_guest(t: SshTarget, command: Sequence[str], timeout: float) -> int | None:
     """Run `command` over SSH from inside the sandbox's netns; its exit status, None if ssh did not finish."""
+    return output_of_guest(t, command, timeout, limit=1 << 20)[0]  # output is not used; a flood ends it
+
+
+def output_of_guest(t: SshTarget, command: Sequence[str], timeout: float, limit: int) -> tuple[int | None, bytes]:
+    """Run `command` as root over SSH from inside the sandbox's netns: (exit status, stdout). The guest is hostile:
+    at most `limit` bytes are kept (more ends the command, status None), and `timeout` bounds the whole run."""
+    import select
     import subprocess
 
     from sealbox.sandbox.host.netns import _setns, netns_path
@@ -185,15 +220,35 @@ def run_in_guest(t: SshTarget, command: Sequence[str], timeout: float) -> int | 
     try:
         fd = os.open(netns_path(t.netns), os.O_RDONLY | os.O_CLOEXEC)
     except FileNotFoundError:
-        return None
+        return None, b""
     try:
-        proc = subprocess.run(argv, stdin=subprocess.DEVNULL, capture_output=True, timeout=timeout,
-                              preexec_fn=lambda: _setns(fd))  # the child enters the netns, then execs ssh
-    except (subprocess.TimeoutExpired, OSError):
-        return None
+        proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+                                preexec_fn=lambda: _setns(fd))  # the child enters the netns, then execs ssh
+    except OSError:
+        return None, b""
     finally:
         os.close(fd)
-    return proc.returncode
+    assert proc.stdout is not None
+    out, deadline, status = b"", time.monotonic() + timeout, None
+    try:
+        while (left := deadline - time.monotonic()) > 0:
+            if select.select([proc.stdout], [], [], left)[0]:
+                chunk = os.read(proc.stdout.fileno(), 65536)
+                if chunk:
+                    out += chunk
+                    if len(out) > limit:
+                        break  # more than asked for: not an answer to trust
+                    continue
+                status = proc.wait(max(0.1, deadline - time.monotonic()))
+            break
+    except subprocess.TimeoutExpired:
+        status = None
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait()
+        proc.stdout.close()
+    return status, out[:limit]
 
 
 def probe_ssh(netns: str, host: str, port: int = 22, timeout: float = 2.0) -> str | None:

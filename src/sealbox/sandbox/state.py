@@ -20,7 +20,7 @@ from typing import Any
 
 from pydantic import BaseModel, ValidationError
 
-from sealbox.errors import SandboxError
+from sealbox.errors import NotFound, SandboxError
 from sealbox.sandbox.host import owner
 from sealbox.sandbox.steps import StepLog
 from sealbox.util import atomic, flock
@@ -74,6 +74,9 @@ class SandboxRecord(BaseModel):
     steps: StepLog = StepLog()
     owner_pid: int | None = None  # the sealbox process creating it; dead + status creating => gc
     owner_start: int | None = None
+    # a process whose death ends a running sandbox (SDK pool members): then it is `orphaned` and gc removes it
+    holder_pid: int | None = None
+    holder_start: int | None = None
     error: str | None = None
 
 
@@ -143,7 +146,7 @@ class StateDir:
             if self.sandbox_dir(name).is_dir():
                 # reserved but never written: treat as a failed create that gc can remove
                 return SandboxRecord(name=name, status="failed", created_at=0.0, error="record missing")
-            raise SandboxError(f"no such sandbox: {name!r}", hint="see 'sealbox ps --all'") from None
+            raise NotFound(f"no such sandbox: {name!r}", hint="see 'sealbox ps --all'") from None
         except (ValidationError, ValueError) as e:
             raise SandboxError(f"sandbox record {path} is corrupt: {str(e).splitlines()[0]}", hint="'sealbox rm --force' removes it") from None
 

@@ -4,7 +4,8 @@ The record says what sealbox last did; processes can die since (kill -9, OOM, gu
 `ps`, `rm` and `gc` derive the status from the record *and* the liveness of two processes, each
 identified by pid + start time (a reused pid never counts as alive):
   - the VMM (record.vmm pid/start_time, written once the VMM started);
-  - the sealbox process creating the sandbox (record.owner_pid/owner_start).
+  - the sealbox process creating the sandbox (record.owner_pid/owner_start);
+  - for a running one, the process holding it, if any (record.holder_pid/holder_start: an SDK pool's owner).
 """
 
 from __future__ import annotations
@@ -19,9 +20,9 @@ from pydantic import BaseModel
 from sealbox.errors import SealboxError
 from sealbox.sandbox.state import SandboxRecord, pid_alive
 
-Status = Literal["creating", "running", "exited", "stopped", "failed", "removing", "abandoned", "corrupt"]
+Status = Literal["creating", "running", "orphaned", "exited", "stopped", "failed", "removing", "abandoned", "corrupt"]
 # statuses that hold a running (or starting) VM: `ps` shows them without --all, `rm` refuses them
-ACTIVE: frozenset[str] = frozenset({"creating", "running"})
+ACTIVE: frozenset[str] = frozenset({"creating", "running", "orphaned"})
 
 Alive = Callable[[int | None, int | None], bool]
 
@@ -63,7 +64,11 @@ def derive(record: SandboxRecord, alive: Alive = pid_alive) -> Status:
         # a creator that died (kill -9, power loss) leaves a half-made sandbox only gc may remove
         return "creating" if alive(record.owner_pid, record.owner_start) else "abandoned"
     if s == "running":
-        return "running" if alive(*vmm_pid(record)) else "exited"
+        if not alive(*vmm_pid(record)):
+            return "exited"
+        if record.holder_pid is not None and not alive(record.holder_pid, record.holder_start):
+            return "orphaned"  # the process it was created for (a pool's owner) died: nobody will remove it
+        return "running"
     if s in ("stopped", "failed", "removing"):
         return s  # type: ignore[return-value]
     return "failed"  # unknown status written by someone else: treat as broken
@@ -80,7 +85,9 @@ class PsRow(BaseModel):
     image: str = "-"
     created_at: float = 0.0
     error: str | None = None
+    labels: dict[str, str] = {}
     reason: str | None = None  # why an exited sandbox exited, if the host can tell (exit_reason)
+    ports: list[str] = []  # published ports as bound ('127.0.0.1:8080->80/tcp'; host/publish.py)
 
     def created(self, now: float | None = None) -> str:
         if not self.created_at:
@@ -92,6 +99,14 @@ class PsRow(BaseModel):
         return f"{int(age)}s ago"
 
 
+def published(record: SandboxRecord) -> list[str]:
+    """The published ports of a record with the host ports the kernel gave (the net.publish step's outputs)."""
+    for e in record.steps.entries:
+        if e.kind == "net.publish" and e.state == "done":
+            return [str(x) for x in e.outputs.get("published", [])]
+    return []
+
+
 def row(record: SandboxRecord, alive: Alive = pid_alive) -> PsRow:
     spec: dict[str, Any] = record.spec or {}
     net = record.network or {}
@@ -100,8 +115,13 @@ def row(record: SandboxRecord, alive: Alive = pid_alive) -> PsRow:
         name=record.name, status=status, reason=exit_reason(record) if status == "exited" else None, vmm=str(record.vmm.get("backend", "-")),
         accel=str(record.vmm.get("accel", "-")), address=str(net.get("guest_ip", "-")),
         cpus=spec.get("cpus"), memory_mib=spec.get("memory_mib"), image=str(record.image.get("name", "-")),
-        created_at=record.created_at, error=record.error,
+        created_at=record.created_at, error=record.error, labels=_labels(spec), ports=published(record),
     )
+
+
+def _labels(spec: dict[str, Any]) -> dict[str, str]:
+    labels = spec.get("labels")
+    return {str(k): str(v) for k, v in labels.items()} if isinstance(labels, dict) else {}
 
 
 def corrupt_row(name: str, error: str) -> PsRow:
@@ -109,11 +129,14 @@ def corrupt_row(name: str, error: str) -> PsRow:
 
 
 def table(rows: list[PsRow], now: float | None = None) -> str:
-    head = ("NAME", "STATUS", "VMM", "ACCEL", "ADDRESS", "CPUS", "MEM", "IMAGE", "CREATED")
-    body = [
+    head: tuple[str, ...] = ("NAME", "STATUS", "VMM", "ACCEL", "ADDRESS", "CPUS", "MEM", "IMAGE", "CREATED", "PORTS")
+    body: list[tuple[str, ...]] = [
         (r.name, f"{r.status} ({r.reason.split(':')[0]})" if r.reason else r.status, r.vmm, r.accel, r.address, str(r.cpus or "-"),
-         f"{r.memory_mib}M" if r.memory_mib else "-", r.image, r.created(now))
+         f"{r.memory_mib}M" if r.memory_mib else "-", r.image, r.created(now), ", ".join(r.ports))
         for r in rows
     ]
+    if any(r.labels for r in rows):  # the column only when someone uses labels
+        head += ("LABELS",)
+        body = [(*line, ",".join(f"{k}={v}" for k, v in sorted(r.labels.items())) or "-") for line, r in zip(body, rows, strict=True)]
     widths = [max(len(x) for x in col) for col in zip(head, *body)]
     return "\n".join("  ".join(c.ljust(w) for c, w in zip(line, widths)).rstrip() for line in (head, *body))

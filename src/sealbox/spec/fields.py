@@ -19,7 +19,7 @@ Merge = Literal["override", "append", "merge"]
 
 
 def setting(default: Any, doc: str, *, merge: Merge | None = None, **kw: Any) -> Any:
-    extra = {"doc": doc}
+    extra: dict[str, Any] = {"doc": doc}
     if merge:
         extra["merge"] = merge
     if isinstance(default, (list, dict)):

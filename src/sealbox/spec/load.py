@@ -64,6 +64,7 @@ class LoadedSpec:
     profiles: list[str]
     fragments: list[str] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)  # one line each, for the CLI to show
+    origin: str = ""  # the spec as the user named it (errors show it; the manifest records its file name instead)
 
     def resolve_source(self, label: str) -> Path:
         """Map a files[].source label back to a host path."""
@@ -244,7 +245,8 @@ class _Loader:
             profiles.setdefault(pname, []).extend(pfrags)
         return out, profiles
 
-    def body_fragments(self, data: dict[str, Any], base: Path, origin: str, stack: tuple[Path, ...], prefix: str):
+    def body_fragments(self, data: dict[str, Any], base: Path, origin: str, stack: tuple[Path, ...],
+                       prefix: str) -> tuple[list[Fragment], dict[str, list[Fragment]]]:
         includes = data.get("include", [])
         if not isinstance(includes, list):
             raise SpecError(f"{origin}: {prefix}include: expected a list of module names or paths (got {includes!r})")
@@ -323,4 +325,4 @@ def load_spec(path: str | os.PathLike[str] | None, profiles: list[str] | tuple[s
     except ValidationError as e:
         raise _format_validation(f"{origin} (merged)", e) from None
     return LoadedSpec(spec=spec, spec_path=spec_path, root=root, profiles=list(profiles), fragments=[f.origin for f in frags],
-                      warnings=warnings)
+                      warnings=warnings, origin=origin)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import typing
 from typing import Any
 
 from pydantic import BaseModel
@@ -14,9 +15,10 @@ def _submodel(model: type[BaseModel], key: str) -> type[BaseModel] | None:
     ann = model.model_fields[key].annotation
     if isinstance(ann, type) and issubclass(ann, BaseModel):
         return ann
-    args = getattr(ann, "__args__", ())
-    if getattr(ann, "__origin__", None) is dict and len(args) == 2 and isinstance(args[1], type) and issubclass(args[1], BaseModel):
-        return args[1]
+    args: tuple[Any, ...] = typing.get_args(ann)
+    value = args[1] if typing.get_origin(ann) is dict and len(args) == 2 else None
+    if isinstance(value, type) and issubclass(value, BaseModel):
+        return value
     return None
 
 
@@ -40,7 +42,8 @@ def merge_into(model: type[BaseModel], base: dict[str, Any], new: dict[str, Any]
         if rule == "append" and isinstance(out[key], list) and isinstance(value, list):
             out[key] = _dedupe(out[key] + copy.deepcopy(value))
         elif rule == "merge" and isinstance(out[key], dict) and isinstance(value, dict) and sub is not None:
-            if model.model_fields[key].annotation is sub:  # a section: merge its settings
+            is_section = model.model_fields[key].annotation == sub  # `==`: `is` would narrow `sub` to the annotation's type
+            if is_section:  # a section: merge its settings
                 out[key] = merge_into(sub, out[key], value)
             else:  # a table of sections by name (users): merge entry by entry
                 merged = dict(out[key])
@@ -48,6 +51,8 @@ def merge_into(model: type[BaseModel], base: dict[str, Any], new: dict[str, Any]
                     both = isinstance(merged.get(name), dict) and isinstance(entry, dict)
                     merged[name] = merge_into(sub, merged[name], entry) if both else copy.deepcopy(entry)
                 out[key] = merged
+        elif rule == "merge" and isinstance(out[key], dict) and isinstance(value, dict):  # a table of scalars (oci.env)
+            out[key] = {**out[key], **copy.deepcopy(value)}
         else:
             out[key] = copy.deepcopy(value)
     return out

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import fnmatch
 import re
+from collections.abc import Collection
 from pathlib import PurePosixPath
 from typing import Literal
 from urllib.parse import urlsplit
@@ -19,6 +20,13 @@ KMOD_RE = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 IMAGE_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 SUITE_RE = re.compile(r"^[a-z0-9][a-z0-9.-]{0,31}$")
 CMDLINE_RE = re.compile(r"^[\x21-\x7e]+$")
+ENV_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+# a user as a container runtime takes it: name or uid, optionally ":group" (name or gid)
+OCI_USER_RE = re.compile(r"^([a-z_][a-z0-9_-]{0,31}|[0-9]{1,10})(:([a-z_][a-z0-9_-]{0,31}|[0-9]{1,10}))?$")
+OCI_TAG_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$")  # a tag as docker and podman accept it
+OCI_REPO_RE = re.compile(r"^[a-z0-9]+((\.|_|__|-+)[a-z0-9]+)*$")  # one path component of an image reference
+DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+CONSOLE_RE = re.compile(r"^console=([A-Za-z]+[0-9]+)(,.*)?$")  # a tty port: ttyS0, hvc0, tty1
 
 
 def _check_all(values: list[str], rx: re.Pattern[str], what: str, allowed: str) -> list[str]:
@@ -92,6 +100,10 @@ class User(Section):
     shell: str = setting("/bin/bash", "Login shell.")
     authorized_keys: list[str] = setting(
         [], "SSH public keys baked into the image; refused unless hardening.allow_baked_keys (devtools-like profiles)."
+    )
+    instance_password: bool = setting(
+        False, "A random password made per sandbox by `sealbox run` and delivered as a secret in the instance data "
+        "(for desktop logins, see the gui module; SSH stays key-only). The image itself never holds a password."
     )
 
     @field_validator("groups")
@@ -168,7 +180,8 @@ class Strip(Section):
     zoneinfo: bool = setting(True, "Time zone database (the guest runs in UTC).")
     extra_tools: bool = setting(True, "Tools a sandbox does not use: user management, fdisk, tc, ssh clients, unused generators...")
     unused_libraries: bool = setting(True, "Shared libraries no program, PAM/NSS module or plugin in the image links (after the other groups).")
-    paths: list[str] = setting([], "Further glob patterns (absolute, inside the image) to remove; `*` stays within a path component, `**` spans components, a matched directory goes whole.")
+    paths: list[str] = setting([], "Further glob patterns (absolute, inside the image) to remove; `*` stays within a path "
+                                   "component, `**` spans components, a matched directory goes whole.")
     keep: list[str] = setting([], "Glob patterns (same rules) never removed, even if a group matches them; a matched directory is kept whole.")
 
     @field_validator("paths", "keep")
@@ -182,7 +195,8 @@ class Strip(Section):
 
 class Kernel(Section):
     package: str = setting("linux-image-cloud-amd64", "Debian kernel package (a metapackage is resolved to its image).")
-    cmdline: list[str] = setting([], "Kernel command line arguments baked into the image (UKI .cmdline).")
+    cmdline: list[str] = setting([], "Kernel command line arguments baked into the image (UKI .cmdline). A later console= for a "
+                                     "port replaces an earlier one for the same port (the kernel itself would keep the first's options).")
     modules: list[str] = setting([], "Kernel modules to keep in the image (their dependencies are added).")
     load: list[str] = setting([], "Modules loaded at boot (there is no udev to autoload them).")
 
@@ -194,7 +208,12 @@ class Kernel(Section):
     @field_validator("cmdline")
     @classmethod
     def _cmdline(cls, v: list[str]) -> list[str]:
-        return _check_all(v, CMDLINE_RE, "kernel argument", "printable ASCII without spaces")
+        _check_all(v, CMDLINE_RE, "kernel argument", "printable ASCII without spaces")
+        # console=ttyS0,115200n8 after base's console=ttyS0 must win: Linux keeps the options of a port's first
+        # console= and ignores the later one's (measured: stty speed stays 9600)
+        port = {i: m.group(1) for i, a in enumerate(v) if (m := CONSOLE_RE.match(a))}
+        last = {p: i for i, p in port.items()}
+        return [a for i, a in enumerate(v) if i not in port or last[port[i]] == i]
 
     @field_validator("modules", "load")
     @classmethod
@@ -203,14 +222,16 @@ class Kernel(Section):
 
 
 DISK_FORMATS = ("disk", "qcow2", "vhd", "gcp")  # bootable GPT disk images carrying the UKI (builder/disk.py)
+OCI_FORMAT = "oci"  # a container image (builder/oci.py): built from its own spec, with no kernel
 VERITY_DMSETUP = "/usr/sbin/dmsetup"  # what the verity root's initramfs runs (builder/verity.py)
 
 
 class Output(Section):
-    formats: list[Literal["initrd", "ext4", "uki", "disk", "qcow2", "vhd", "gcp"]] = setting(
+    formats: list[Literal["initrd", "ext4", "uki", "disk", "qcow2", "vhd", "gcp", "oci"]] = setting(
         ["initrd", "ext4"],
         "Artifacts to write besides vmlinuz/vmlinux/manifest: initrd, ext4, uki, and bootable GPT disks carrying the UKI: "
-        "disk (disk.raw), qcow2 (disk.qcow2), vhd (disk.vhd, fixed, for Azure), gcp (disk.gcp.tar.gz, for GCP).",
+        "disk (disk.raw), qcow2 (disk.qcow2), vhd (disk.vhd, fixed, for Azure), gcp (disk.gcp.tar.gz, for GCP); or, alone, "
+        "oci (<name>.oci.tar: a container image for podman/docker load, configured by [oci]; no kernel, no vmlinuz).",
         merge="override",
     )
     compression_level: int = setting(19, "zstd level of initrd.cpio.zst (higher = smaller, slower).", ge=1, le=19)
@@ -229,6 +250,78 @@ class Output(Section):
         return self
 
 
+class Oci(Section):
+    """The container image's runtime settings (output.formats = ["oci"]); they are in the image: never a secret."""
+
+    entrypoint: list[str] = setting([], "Entrypoint of the container (argv; empty: the runtime runs cmd alone).", merge="override")
+    cmd: list[str] = setting([], "Command of the container, or the arguments to entrypoint (argv).", merge="override")
+    env: dict[str, str] = setting({}, f"Environment of the container, merged name by name; PATH is {DEFAULT_PATH} unless "
+                                  "set here. Baked into the image: never a secret.")
+    user: str = setting("nobody", "User the container runs as: a name or uid, optionally :group; names must exist in the "
+                        "image (default: an unprivileged account every Debian image has).")
+    workdir: str = setting("/", "Working directory of the container (must be a directory in the image).")
+    tag: str = setting("latest", "Tag of the image: podman/docker load name it localhost/<name>:<tag>.")
+    compression_level: int = setting(6, "gzip level of the layer (1 fastest ... 9 smallest).", ge=1, le=9)
+
+    @field_validator("entrypoint", "cmd")
+    @classmethod
+    def _argv(cls, v: list[str]) -> list[str]:
+        for arg in v:
+            if "\x00" in arg:
+                raise ValueError(f"{arg!r} contains a NUL byte")
+        if v and not v[0]:
+            raise ValueError("the program (the first element) is empty")
+        return v
+
+    @field_validator("env")
+    @classmethod
+    def _env(cls, v: dict[str, str]) -> dict[str, str]:
+        for name, value in v.items():
+            if not ENV_NAME_RE.fullmatch(name):
+                raise ValueError(f"{name!r} is not an environment variable name (letters, digits, '_'; not a digit first)")
+            if "\x00" in value:
+                raise ValueError(f"the value of {name} contains a NUL byte")
+        return v
+
+    @field_validator("user")
+    @classmethod
+    def _user(cls, v: str) -> str:
+        return _check_all([v], OCI_USER_RE, "container user", "name or uid, optionally ':group' (name or gid)")[0]
+
+    @field_validator("workdir")
+    @classmethod
+    def _workdir(cls, v: str) -> str:
+        return _abs_posix(v, "workdir") if v != "/" else v
+
+    @field_validator("tag")
+    @classmethod
+    def _tag(cls, v: str) -> str:
+        return _check_all([v], OCI_TAG_RE, "image tag", "letters, digits, '_', '.', '-'; at most 128, not '.' or '-' first")[0]
+
+
+# one identity of the persistent disk: a serial the host (or cloud) sets, or an Azure data disk LUN (0-63)
+PERSIST_ID_RE = re.compile(r"^(serial=[A-Za-z0-9][A-Za-z0-9._-]{0,19}|azure-lun=([0-9]|[1-5][0-9]|6[0-3]))$")
+PERSIST_TOOLS = ("/usr/sbin/mke2fs", "/usr/sbin/e2fsck")  # what builder's strip.extra_tools would remove
+
+
+class Persistent(Section):
+    enable: bool = setting(False, "At boot, mount the one data disk named by `disk` at /persistent (nosuid,nodev): an ext4 filesystem "
+                                  "is made on a blank disk, an existing one is checked; anything else is left alone (docs/deploy.md).")
+    disk: list[str] = setting([], "The disk's identities, any of which names it: serial=NAME (`sealbox run --disk FILE:rw,serial=NAME`, "
+                                  "a virtio-blk, SCSI or NVMe serial, GCP's device name) or azure-lun=N (an Azure data disk's LUN).")
+
+    @field_validator("disk")
+    @classmethod
+    def _ids(cls, v: list[str]) -> list[str]:
+        return _check_all(v, PERSIST_ID_RE, "disk identity", "serial=NAME (1-20 letters, digits, '.', '_', '-') or azure-lun=0..63")
+
+
+class Cloud(Section):
+    providers: list[Literal["azure", "gcp"]] = setting(
+        [], "Clouds the guest provisions itself on when it boots without a sealbox instance disk: DHCP on eth0, host name and SSH "
+            "keys from the cloud's metadata service, Azure's ready report to its wire server (docs/deploy.md).")
+
+
 class ImageBody(Section):
     """Everything a fragment (module, spec file or profile) may set."""
 
@@ -243,6 +336,9 @@ class ImageBody(Section):
     strip: Strip = setting(Strip(), "What is removed from the image.")
     kernel: Kernel = setting(Kernel(), "Kernel package, command line and modules.")
     output: Output = setting(Output(), "Artifact formats.")
+    oci: Oci = setting(Oci(), "Container image settings (used when output.formats is [\"oci\"]).")
+    persistent: Persistent = setting(Persistent(), "A persistent data disk mounted at /persistent (module persistent).")
+    cloud: Cloud = setting(Cloud(), "Self-provisioning on clouds (profiles azure, gcp).")
 
     @field_validator("name")
     @classmethod
@@ -295,6 +391,58 @@ class ImageSpec(ImageBody):
         if not any(fnmatch.fnmatchcase(VERITY_DMSETUP, k) for k in self.strip.keep):
             raise ValueError(f'output.disk_root = "verity": strip.extra_tools removes {VERITY_DMSETUP}: add "{VERITY_DMSETUP}" to strip.keep')
         return self
+
+    @model_validator(mode="after")
+    def _oci_is_a_container(self) -> ImageSpec:
+        if OCI_FORMAT not in self.output.formats:
+            return self
+        others = [f for f in self.output.formats if f != OCI_FORMAT]
+        if others:
+            raise ValueError(f'output.formats: "oci" is a container image and cannot be built with the VM formats {others} '
+                             "from one spec: build those from another spec (both may include a fragment they share)")
+        vm = vm_only_settings(self)
+        if vm:
+            raise ValueError(f'output.formats = ["oci"]: {", ".join(vm)} configure a VM (its kernel, boot and units), which a '
+                             'container image does not have: remove them (the VM module "base" sets them)')
+        if not OCI_REPO_RE.fullmatch(self.name):
+            raise ValueError(f"name {self.name!r} cannot name a container image (localhost/<name>): lowercase letters and "
+                             "digits, separated by '.', '_', '__' or '-'")
+        return self
+
+    @model_validator(mode="after")
+    def _guest_features_have_their_tools(self) -> ImageSpec:
+        pkgs = {p.split("=")[0] for p in self.packages.include}
+        if self.persistent.enable:
+            if not self.persistent.disk:
+                raise ValueError("persistent.enable: persistent.disk names no disk (e.g. \"serial=persistent\")")
+            if "e2fsprogs" not in pkgs:
+                raise ValueError('persistent.enable: the guest makes and checks ext4 with e2fsprogs: add "e2fsprogs" to packages.include')
+            lost = [t for t in PERSIST_TOOLS if self.strip.extra_tools and not any(fnmatch.fnmatchcase(t, k) for k in self.strip.keep)]
+            if lost:
+                raise ValueError(f"persistent.enable: strip.extra_tools removes {lost[0]}: add {', '.join(map(repr, lost))} to strip.keep")
+        if self.cloud.providers and "busybox" not in pkgs:
+            raise ValueError('cloud.providers: the guest uses busybox\'s udhcpc and wget: add "busybox" to packages.include')
+        return self
+
+
+def needs_kernel(formats: Collection[str]) -> bool:
+    """Whether a build with these output formats fetches a kernel: every build but a container image's."""
+    return OCI_FORMAT not in formats
+
+
+def vm_only_settings(spec: ImageBody) -> list[str]:
+    """The settings a fragment set that only mean something in a VM image (their defaults do not count)."""
+    h, k = spec.hardening, spec.kernel
+    out = [f"hardening.{n}" for n in ("ssh", "firewall", "console_getty", "firewall_allow_tcp", "firewall_allow_udp")
+           if n in h.model_fields_set and getattr(h, n)]
+    out += [f"kernel.{n}" for n in ("package", "cmdline", "modules", "load")
+            if n in k.model_fields_set and getattr(k, n) != Kernel.model_fields[n].get_default(call_default_factory=True)]
+    out += [f"services.{n}" for n in ("enable", "mask") if getattr(spec.services, n)]
+    out += ["persistent.enable"] if spec.persistent.enable else []
+    out += ["cloud.providers"] if spec.cloud.providers else []
+    return out
+
+
 
 
 # Keys a fragment may have besides the body's settings.

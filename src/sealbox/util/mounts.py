@@ -46,7 +46,7 @@ def mount_of(path: Path, mounts: list[Mount]) -> Mount | None:
     """The mount holding `path` (already resolved by the caller): the deepest, latest mount point above it."""
     best: Mount | None = None
     for m in mounts:
-        if path == m.mount_point or m.mount_point in path.parents:
-            if best is None or len(m.mount_point.parts) >= len(best.mount_point.parts):
-                best = m
+        above = path == m.mount_point or m.mount_point in path.parents
+        if above and (best is None or len(m.mount_point.parts) >= len(best.mount_point.parts)):
+            best = m
     return best

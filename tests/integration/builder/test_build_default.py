@@ -142,28 +142,38 @@ def _spec(tmp_path: Path, body: str) -> Path:
 def test_lock_mismatch_is_refused_and_nothing_is_written(built_image: Path, tmp_path: Path, capsys) -> None:
     if os.environ.get("SEALBOX_TEST_IMAGE"):
         pytest.skip("image given from outside; its lock is not known here")
-    lock = json.loads((built_image.parent / "default.sealbox.lock").read_text())
-    lock["packages"]["openssh-server"]["sha256"] = "0" * 64
-    (tmp_path / "sealbox.lock").write_text(json.dumps(lock))
+    from sealbox.builder.lock import read_lock_file, write_lock
+
+    section = read_lock_file(built_image.parent / "default.sealbox.lock").sections[0]
+    section.packages["openssh-server"].sha256 = "0" * 64
     spec = _spec(tmp_path, "")
+    write_lock(tmp_path / "img.lock", section.model_copy(update={"profiles": [], "selection": None}))
+    before = (tmp_path / "img.lock").read_bytes()
     out = tmp_path / "out"
     rc = main(["build", str(spec), "--output", str(out)])
     err = capsys.readouterr().err.strip().splitlines()
     assert rc != 0
-    assert len(err[-1:]) == 1 and "openssh-server" in err[-1] and "lock" in err[-1], err
-    assert not out.exists() and not [p for p in tmp_path.iterdir() if p.name.startswith(".out.")]
+    assert len(err[-1:]) == 1 and "openssh-server" in err[-1] and "archive no longer matches the lock" in err[-1], err
+    assert not out.exists() and (tmp_path / "img.lock").read_bytes() == before
+    # a failed build keeps its log beside the output, points at it, and leaves nothing else
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".")) == [".out.failed.log"]
+    assert str(tmp_path / ".out.failed.log") in err[-1]
 
 
-def test_failed_bootstrap_leaves_nothing(tmp_path: Path, capsys) -> None:
+def test_failed_bootstrap_leaves_only_its_log(tmp_path: Path, capsys) -> None:
     spec = _spec(tmp_path, '[packages]\ninclude = ["no-such-package-sealbox"]\n')
-    out = tmp_path / "out"
-    before = set(os.listdir("/var/tmp"))
+    out = tmp_path / "build" / "img"
+    work = Path(os.environ.get("SEALBOX_WORK_DIR") or "/var/tmp")  # noqa: S108 - the builder's own default
+    before = set(os.listdir(work))
     rc = main(["build", str(spec), "--output", str(out)])
     err = capsys.readouterr().err.strip().splitlines()
-    assert rc != 0 and "bootstrap" in err[-1]
-    assert not out.exists() and not (tmp_path / "sealbox.lock").exists()
-    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".out.")]
-    assert not [n for n in set(os.listdir("/var/tmp")) - before if n.startswith("sealbox-build-")]
+    assert rc != 0 and "bootstrap" in err[-1] and "no-such-package-sealbox" in err[-1]
+    log = tmp_path / "build" / ".img.failed.log"
+    assert f"full log: {log}" in err[-1]
+    assert os.listdir(tmp_path / "build") == [".img.failed.log"]  # the log, and nothing else
+    assert "Unable to locate package no-such-package-sealbox" in log.read_text()
+    assert not (tmp_path / "img.lock").exists()
+    assert not [n for n in set(os.listdir(work)) - before if n.startswith("sealbox-build-")]
 
 
 @pytest.mark.slow

@@ -71,5 +71,6 @@ def test_profiles_did_what_they_say() -> None:
     assert tdx["kernel"]["version"].startswith("6.12") and "tdx_guest" in tdx["kernel"]["modules"]
     assert "p-tdx.efi" in tdx["artifacts"]
     bob = json.loads((image("readme-azure-devtools") / "manifest.json").read_text())
-    assert bob["profiles"] == ["azure", "devtools"] and bob["kernel"]["version"].startswith("6.12")
+    assert bob["profiles"] == ["edge", "azure", "devtools"] and bob["kernel"]["version"].startswith("6.12")
+    assert {"hv_netvsc", "hv_storvsc"} <= set(bob["kernel"]["modules"]) and bob["spec"]["cloud"]["providers"] == ["azure"]
     assert "dev" in bob["spec"]["users"] and 8080 in bob["spec"]["hardening"]["firewall_allow_tcp"]

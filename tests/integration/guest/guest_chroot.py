@@ -41,6 +41,10 @@ class Result:
     addresses: list[str]  # eth0's IPv4 addresses (cidr)
     routes: list[str]
     resolv_link: str  # readlink /etc/resolv.conf in the image
+    shadow: str  # /etc/shadow as the guest sees it after the script (a runtime copy bound over the image's, or that)
+    shadow_bound: bool  # something is mounted over /etc/shadow
+    image_shadow: str  # the image's own /etc/shadow (under any bind mount)
+    shadow_modes: tuple[str, str]  # `stat -c '%a %u:%g'` of what the guest sees and of the image's file
 
 
 def _stand_in(work: Path, g: Guest) -> None:
@@ -92,6 +96,11 @@ echo $rc > {q(str(work))}/rc
 ip -4 -o addr show dev eth0 > {q(str(work))}/addr
 ip -4 route show > {q(str(work))}/route
 readlink {q(str(root))}/etc/resolv.conf > {q(str(work))}/resolv_link || true
+cat {q(str(root))}/etc/shadow > {q(str(work))}/shadow
+stat -c '%a %u:%g' {q(str(root))}/etc/shadow > {q(str(work))}/shadow_modes
+if umount {q(str(root))}/etc/shadow 2>/dev/null; then echo yes > {q(str(work))}/shadow_bound; fi
+cat {q(str(root))}/etc/shadow > {q(str(work))}/image_shadow
+stat -c '%a %u:%g' {q(str(root))}/etc/shadow >> {q(str(work))}/shadow_modes
 [ ! -d {q(str(root))}/run/sealbox ] || cp -a {q(str(root))}/run/sealbox {q(str(work))}/run-sealbox
 """
     proc = subprocess.run(["unshare", "--mount", "--net", "--fork", "sh", "-c", inner], timeout=120, capture_output=True, text=True)
@@ -107,4 +116,8 @@ readlink {q(str(root))}/etc/resolv.conf > {q(str(work))}/resolv_link || true
         addresses=[line.split()[3] for line in (work / "addr").read_text().splitlines() if " inet " in line],
         routes=[line.strip() for line in (work / "route").read_text().splitlines()],
         resolv_link=(work / "resolv_link").read_text().strip(),
+        shadow=(work / "shadow").read_text(),
+        shadow_bound=(work / "shadow_bound").exists(),
+        image_shadow=(work / "image_shadow").read_text(),
+        shadow_modes=tuple((work / "shadow_modes").read_text().split("\n")[:2]),  # type: ignore[arg-type]
     )

@@ -115,3 +115,62 @@ def test_invalid_user_name_on_a_forged_disk_is_refused(image: Path, tmp_path: Pa
     forged = render(data()).replace(b"authorized_key=alice ", b"authorized_key=../x  ")
     r = run_instance_sh(image, tmp_path, Guest(disk=forged))
     assert r.rc == 1 and "instance data names an invalid user '../x'" in r.stderr
+
+
+# a SHA-512 crypt(3) hash as /etc/shadow holds it (any well-formed hash: nothing here logs in with it)
+HASH = "$6$sealboxsalt12345$uG7hOzmHGc3f4vD6Aw0cO1tNLHfXz0w6wQ4eW6y5v8xQ1zJ5o3N2b1c0d9e8f7g6h5i4j3k2l1m0n9o8p7q6r5s"
+USER = "nobody"  # a non-root account the default image has (the gui image's `desktop` is tested booted)
+
+
+def _field(shadow: str, user: str) -> list[str]:
+    return next(line.split(":") for line in shadow.splitlines() if line.startswith(f"{user}:"))
+
+
+def test_a_password_goes_into_a_runtime_shadow_bound_over_the_image(image: Path, tmp_path: Path) -> None:
+    d = data(password_hashes={USER: HASH})
+    r = run_instance_sh(image, tmp_path, Guest(disk=render(d)))
+    assert (r.rc, r.stderr) == (0, "")
+    assert r.shadow_bound and _field(r.shadow, USER)[1] == HASH
+    assert _field(r.image_shadow, USER)[1] != HASH and HASH not in r.image_shadow  # the image is untouched
+    # every other line and every other field is the image's, byte for byte
+    img = r.image_shadow.splitlines()
+    assert [x for x in r.shadow.splitlines() if not x.startswith(f"{USER}:")] == [x for x in img if not x.startswith(f"{USER}:")]
+    assert _field(r.shadow, USER)[2:] == _field(r.image_shadow, USER)[2:] and len(r.shadow.splitlines()) == len(img)
+    assert r.shadow_modes[0] == r.shadow_modes[1]  # same mode and owner as the image's (root:shadow 0640)
+    # the canonical text the guest hashed carries the secret only as its digest, like the host's
+    assert r.files["instance"].encode() == canonical(d) and HASH not in r.files["instance"]
+    assert r.files["instance.binding"] == f"not-a-td sha384={mrconfigid(d).hex()}\n"
+    assert r.addresses == ["10.213.0.2/30"] and r.files["authorized_keys/root"] == KEY_ROOT + "\n"
+
+
+def test_a_password_for_a_user_the_image_lacks_stops_the_instance(image: Path, tmp_path: Path) -> None:
+    r = run_instance_sh(image, tmp_path, Guest(disk=render(data(password_hashes={"ghost": HASH}))))
+    assert r.rc == 1 and "sets a password for 'ghost', who is not a user of this image" in r.stderr
+    assert not r.shadow_bound and r.shadow == r.image_shadow
+    assert not any(k.startswith("authorized_keys") for k in r.files) and r.addresses == []  # nothing else applied
+
+
+@pytest.mark.parametrize(
+    ("line", "message"),
+    [
+        (f"!password_hash=root {HASH}", "sets a password for an invalid user 'root'"),
+        (f"!password_hash=../x {HASH}", "sets a password for an invalid user '../x'"),
+        ("!password_hash=nobody plain-text", "password for 'nobody' is not a crypt(3) hash"),
+        (f"!password_hash=nobody {HASH}:0:99999:7:::\nroot::0", "password for 'nobody' is not a crypt(3) hash"),
+        ("!password_hash=nobody $6$salt$x\\y", "password for 'nobody' is not a crypt(3) hash"),
+    ],
+)
+def test_a_forged_password_line_is_refused(image: Path, tmp_path: Path, line: str, message: str) -> None:
+    """The host's encoder refuses these (unit tests); a forged disk must not get them into the guest's shadow."""
+    forged = render(data()).replace(b"\nEND\n", f"\n{line}\nEND\n".encode())
+    r = run_instance_sh(image, tmp_path, Guest(disk=forged))
+    assert r.rc == 1 and message in r.stderr
+    assert not r.shadow_bound and r.shadow == r.image_shadow
+
+
+def test_a_td_applies_no_password_from_data_it_is_not_bound_to(image: Path, tmp_path: Path) -> None:
+    d = data(password_hashes={USER: HASH})
+    quote = build_quote(Pki(), mrconfigid=mrconfigid(data()))  # the TD was started for the data without a password
+    r = run_instance_sh(image, tmp_path, Guest(disk=render(d), td=True, tsm_outblob=quote))
+    assert r.rc == 1 and "is not this TD's MRCONFIGID" in r.stderr
+    assert not r.shadow_bound and HASH not in r.shadow

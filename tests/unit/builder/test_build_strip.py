@@ -121,7 +121,7 @@ def test_always_list_ignores_the_switches(tmp_path: Path) -> None:
     tree = image(tmp_path)
     off = Strip(**{g: False for g in GROUPS}, unused_libraries=False)
     removed = strip_tree(tree, off)
-    assert set(removed) == {"always", "paths"}
+    assert set(removed) == {"always", "paths", "links"}
     for pat in ALWAYS:
         assert not exists(tree, concrete(pat)), pat
 
@@ -312,6 +312,24 @@ def test_unused_libraries_follow_dt_needed_from_programs_and_plugins(tmp_path: P
     assert all((lib / n).exists() for n in ("libA.so.1", "libB.so.1", "libD.so.1", "libgcc_s.so.1"))
 
 
+def test_plugins_outside_the_library_dir_are_roots_too(tmp_path: Path) -> None:
+    """Xorg loads its modules from /usr/lib/xorg/modules and Python its extensions from lib-dynload: what they link
+    stays (found building the gui module: libGL.so.1 went while Xorg's GLX module needs it)."""
+    from build_testlib import elf_dynamic
+
+    from sealbox.builder.strip import unused_libraries
+
+    root = tmp_path / "img"
+    lib = root / "usr/lib/x86_64-linux-gnu"
+    lib.mkdir(parents=True)
+    (root / "usr/lib/xorg/modules/extensions").mkdir(parents=True)
+    (root / "usr/lib/xorg/modules/extensions/libglx.so").write_bytes(elf_dynamic(["libGL.so.1"]))
+    (lib / "libGL.so.1").write_bytes(elf_dynamic(["libGLdispatch.so.0"]))
+    (lib / "libGLdispatch.so.0").write_bytes(elf_dynamic([]))
+    (lib / "libunused.so.1").write_bytes(elf_dynamic([]))
+    assert unused_libraries(root) == ["/usr/lib/x86_64-linux-gnu/libunused.so.1"]
+
+
 # --- a library that was never installed: the hint names the package, or the plug-in to strip -------------
 
 IPROUTE2_STATUS = """\
@@ -373,3 +391,21 @@ def test_soname_to_debian_package_name(soname: str, package: str) -> None:
     from sealbox.builder.missing_libs import package_candidates
 
     assert package in package_candidates(soname)
+
+
+def test_links_to_what_was_stripped_go_with_it(tmp_path: Path) -> None:
+    """Found building the gui module: ssl-cert's snakeoil certificate was stripped but its OpenSSL hash link (named
+    after the build host's name) stayed, dangling, and made two builds differ."""
+    tree = tmp_path / "img"
+    put(tree, "/etc/ssl/certs/ssl-cert-snakeoil.pem")
+    put(tree, "/etc/ssl/certs/ca.pem")
+    (tree / "etc/ssl/certs/62742064.0").symlink_to("ssl-cert-snakeoil.pem")
+    (tree / "etc/ssl/certs/0badc0de.0").symlink_to("ca.pem")  # to a file that stays
+    (tree / "etc/ssl/certs/chain.0").symlink_to("62742064.0")  # a link to the link goes too
+    (tree / "etc/ssl/abs").symlink_to("/etc/ssl/certs/ssl-cert-snakeoil.pem")
+    (tree / "etc/resolv.conf").symlink_to("/run/sealbox/resolv.conf")  # dangling in the image by design: stays
+    off = Strip(**{g: False for g in GROUPS}, unused_libraries=False, paths=["/etc/ssl/certs/ssl-cert-snakeoil.pem"])
+    removed = strip_tree(tree, off)
+    left = sorted(str(p.relative_to(tree)) for p in tree.rglob("*") if p.is_symlink())
+    assert left == ["etc/resolv.conf", "etc/ssl/certs/0badc0de.0"]
+    assert removed["links"] > 0

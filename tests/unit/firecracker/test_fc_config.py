@@ -136,3 +136,20 @@ def test_runtime_validation_catches_a_broken_config(tmp_path: Path) -> None:
     cfg["machine-config"]["vcpu_count"] = 64
     with pytest.raises(SandboxError, match=r"generated Firecracker config .*vcpu_count"):
         C.validate_config(cfg, spec_path())
+
+
+def test_cli_limits_reach_the_rate_limiters_and_serials_are_refused() -> None:
+    """--disk-rate/--disk-iops/--net-rate become the drives' and the interface's token buckets as they are; a disk
+    serial cannot be set on Firecracker (its virtio-blk ID comes from the host file's inode): a clear refusal."""
+    from sealbox.sandbox.rates import parse_iops, parse_rate
+
+    mib = 1 << 20
+    lim = Limits(disk_bytes=parse_rate("1MiB/s:4MiB", "--disk-rate"), disk_ops=parse_iops("100"),
+                 net_rx_bytes=parse_rate("2MiB/s", "--net-rate"), net_tx_bytes=parse_rate("2MiB/s", "--net-rate"))
+    cfg = C.build_config(make_plan(TMP, disks=(DiskSpec(path=Path("/data/d.img")),), limits=lim))
+    assert cfg["drives"][-1]["rate_limiter"] == {"bandwidth": {"size": 4 * mib, "refill_time": 4000}, "ops": {"size": 100, "refill_time": 1000}}
+    iface = cfg["network-interfaces"][0]
+    assert iface["rx_rate_limiter"] == iface["tx_rate_limiter"] == {"bandwidth": {"size": 2 * mib, "refill_time": 1000}}
+    load_spec(str(spec_path())).validate("FullVmConfiguration", cfg, what="config")
+    with pytest.raises(SandboxError, match=r"Firecracker cannot give a disk a serial \(serial=db\)"):
+        C.build_config(make_plan(TMP, disks=(DiskSpec(path=Path("/data/d.img"), serial="db"),)))

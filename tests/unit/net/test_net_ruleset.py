@@ -78,8 +78,10 @@ def test_document_starts_with_atomic_table_replace() -> None:
 def test_isolated_denies_by_default_and_never_forwards() -> None:
     doc = sandbox()
     ch = chains(doc)
-    assert set(ch) == {"input", "forward"}
+    assert set(ch) == {"input", "forward", "output"}
     assert ch["input"]["policy"] == "drop" and ch["forward"]["policy"] == "drop"
+    (helpers,) = rules(doc, "output")  # sealbox's helpers in this namespace (uid 65534) reach only the guest's link
+    assert (matches(helpers, "skuid"), matches(helpers, "oifname"), verdict(helpers)) == ([("==", 65534)], [("!=", "tap0")], "drop")
     fwd = rules(doc, "forward")
     assert [verdict(r) for r in fwd] == ["drop"] * 5 + ["accept"]  # pool, 4 metadata ranges, established
     assert matches(fwd[0], "daddr") == [("==", {"prefix": {"addr": "10.213.0.0", "len": 16}})]
@@ -91,7 +93,7 @@ def test_isolated_denies_by_default_and_never_forwards() -> None:
     inp = [r for r in rules(doc, "input") if matches(r, "iifname") == [("==", "tap0")]]
     assert len(inp) == 1
     assert matches(inp[0], "saddr") == [("==", "10.213.0.2")] and matches(inp[0], "daddr") == [("==", "10.213.0.1")]
-    assert not any(matches(r, "oifname") for r in cmds(doc, "rule"))
+    assert not any(matches(r, "oifname") for r in cmds(doc, "rule") if r["chain"] != "output")
 
 
 def test_nat_without_allow_list_allows_any_egress_after_drops_and_masquerades() -> None:

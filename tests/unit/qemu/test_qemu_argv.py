@@ -280,3 +280,17 @@ def test_microvm_has_the_restore_agents_port_and_a_restore_loads_its_state_from_
     assert incoming == f"fd:{fd.fd}" and fd.kind == "file" and fd.access == "r"
     for kw in ({"firmware": "ovmf"},):  # firmware machines (q35) have no agent port
         assert not any("virtserialport" in v for v in values(build_command(make_plan(**kw), host).qemu_argv, "-device"))
+def test_user_serials_and_burst_buckets_reach_qemu(make_plan, host, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """--disk ...,serial=NAME is the drive's serial (virtio-blk and SCSI); a burst (a bucket larger than one second's
+    worth, sandbox/rates.py) becomes QEMU's -max over a 1 s burst length."""
+    from sealbox.sandbox.rates import parse_iops, parse_rate
+
+    lim = Limits(disk_bytes=parse_rate("2MiB/s:8MiB", "--disk-rate"), disk_ops=parse_iops("100"))
+    for kw in ({}, {"firmware": "ovmf"}):
+        plan = make_plan(limits=lim, disks=disks(tmp_path, "raw.img:rw,serial=persistent", "data.qcow2:qcow2,serial=db", "raw.img:ro"), **kw)
+        a = build_command(plan, host).qemu_argv
+        labels = {m.group(1): m.group(2) for v in values(a, "-device") if (m := re.search(r"drive=([^,]+).*,serial=([^,]+)", v))}
+        assert (labels["disk0"], labels["disk1"], labels["disk2"], labels["instance"]) == ("persistent", "db", "sealbox-disk2", "sealbox-instance")
+        d = drives(a)["disk0"]
+        assert (d["throttling.bps-total"], d["throttling.bps-total-max"], d["throttling.bps-total-max-length"]) == (str(2 << 20), str(8 << 20), "1")
+        assert d["throttling.iops-total"] == "100" and "throttling.iops-total-max" not in d

@@ -78,6 +78,47 @@ def test_a_secret_is_never_hashed_in_clear() -> None:
     assert canonical_from_disk(disk) == canon
 
 
+# a SHA-512 crypt(3) hash (of "correct horse", salt "sealboxsalt12345"), as /etc/shadow holds it
+HASH = "$6$sealboxsalt12345$uG7hOzmHGc3f4vD6Aw0cO1tNLHfXz0w6wQ4eW6y5v8xQ1zJ5o3N2b1c0d9e8f7g6h5i4j3k2l1m0n9o8p7q6r5s"
+
+
+def test_a_password_hash_is_a_secret_line_after_the_keys() -> None:
+    d = data(authorized_keys={"root": (KEY,), "desktop": (KEY,)}, password_hashes={"desktop": HASH})
+    disk, canon = render(d), canonical(d)
+    tail = f"authorized_key=desktop {KEY}\n!password_hash=desktop {HASH}\nEND\n"
+    assert tail.encode() in disk  # on the disk in clear, last before END
+    digest = hashlib.sha384(f"desktop {HASH}".encode()).hexdigest()
+    assert canon.endswith(f"authorized_key=desktop {KEY}\n!password_hash#sha384={digest}\nEND\n".encode())
+    assert HASH.encode() not in canon and HASH[20:40].encode() not in canon  # never hashed (or shown) in clear
+    assert canonical_from_disk(disk) == canon  # what the guest recomputes
+    assert parse(disk)["!password_hash"] == [f"desktop {HASH}"]
+    other = data(authorized_keys={"root": (KEY,), "desktop": (KEY,)}, password_hashes={"desktop": HASH.replace("5s", "5t")})
+    assert mrconfigid(other) != mrconfigid(d)  # a TD is bound to the password it was given
+
+
+@pytest.mark.parametrize(
+    ("hashes", "message"),
+    [
+        ({"root": HASH}, "only a non-root user name"),
+        ({"../x": HASH}, "only a non-root user name"),
+        ({"desktop": "plain-text-password"}, "not a crypt"),
+        ({"desktop": HASH + ":0:99999"}, "not a crypt"),  # would add fields to the guest's shadow line
+        ({"desktop": HASH + "\nroot::0"}, "not a crypt"),
+    ],
+)
+def test_password_hashes_the_guest_could_misapply_are_refused(hashes: dict[str, str], message: str) -> None:
+    with pytest.raises(SandboxError, match=message) as err:
+        render(data(password_hashes=hashes))
+    assert "plain-text-password" not in str(err.value) and HASH not in str(err.value)  # a secret is never echoed
+
+
+def test_a_secret_that_is_not_printable_is_not_echoed() -> None:
+    token = Field("token", "token", False, True, "a hypothetical secret field")
+    with pytest.raises(SandboxError, match="token=<secret> must be") as err:
+        encode_lines([(token, "s3cret\nvalue")], canonical=False)
+    assert "s3cret" not in str(err.value)
+
+
 @pytest.mark.parametrize(
     ("kw", "message"),
     [

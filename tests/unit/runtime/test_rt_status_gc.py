@@ -84,7 +84,7 @@ def test_ps_rows_and_table() -> None:
     assert (row.status, row.vmm, row.accel, row.address, row.cpus, row.memory_mib) == ("running", "qemu", "tcg", "10.213.0.6", 2, 384)
     text = status.table([row], now=r.created_at + 90)
     head, line = text.splitlines()
-    assert head.split() == ["NAME", "STATUS", "VMM", "ACCEL", "ADDRESS", "CPUS", "MEM", "IMAGE", "CREATED"]
+    assert head.split() == ["NAME", "STATUS", "VMM", "ACCEL", "ADDRESS", "CPUS", "MEM", "IMAGE", "CREATED", "PORTS"]
     assert line.split() == ["box", "running", "qemu", "tcg", "10.213.0.6", "2", "384M", "default", "1m", "ago"]
 
 

@@ -18,7 +18,7 @@ def _leaf_keys(model: type[BaseModel], prefix: str = "") -> set[str]:
         ann = field.annotation
         if isinstance(ann, type) and issubclass(ann, BaseModel):
             out |= _leaf_keys(ann, f"{prefix}{key}.")
-        elif getattr(ann, "__origin__", None) is dict:
+        elif getattr(ann, "__origin__", None) is dict and issubclass(ann.__args__[1], BaseModel):
             out |= {f"{prefix}{key}.<name>"} | _leaf_keys(ann.__args__[1], f"{prefix}{key}.<name>.")
         else:
             out.add(f"{prefix}{key}")

@@ -117,7 +117,7 @@ def test_bad_value_in_an_include_names_the_included_file(tmp_path: Path) -> None
     ("foo = 1", "'foo'", ["distribution", "epoch", "include", "profiles"]),
     ("[kernel]\nfoo = 1", "'kernel.foo'", ["cmdline, load, modules, package"]),
     ("[hardening]\nfirewal = true", "'hardening.firewal'", ["firewall"]),
-    ("[users.bob]\nshel = '/bin/sh'", "'users.bob.shel'", ["authorized_keys, groups, shell, uid"]),
+    ("[users.bob]\nshel = '/bin/sh'", "'users.bob.shel'", ["authorized_keys, groups, instance_password, shell, uid"]),
     ("[[files]]\nsource = 's.toml'\ndest = '/x'\nmod = 1", "'files[0].mod'", ["dest, group, mode, owner, source"]),
     ("[a.b.c]\nd = 1", "'a'", ["distribution"]),
 ])
@@ -129,7 +129,7 @@ def test_unknown_key_names_it_and_lists_what_is_allowed_there(tmp_path: Path, to
 @pytest.mark.parametrize(("toml", "key", "allowed"), [
     ("[profiles.dev]\nfoo = 1", "'profiles.dev.foo'", ["distribution", "include"]),
     ("[profiles.dev.kernel]\nfoo = 1", "'profiles.dev.kernel.foo'", ["cmdline, load, modules, package"]),
-    ("[profiles.dev.users.bob]\nfoo = 1", "'profiles.dev.users.bob.foo'", ["authorized_keys, groups, shell, uid"]),
+    ("[profiles.dev.users.bob]\nfoo = 1", "'profiles.dev.users.bob.foo'", ["authorized_keys, groups, instance_password, shell, uid"]),
 ])
 def test_unknown_key_in_a_profile(tmp_path: Path, toml: str, key: str, allowed: list[str]) -> None:
     spec = write(tmp_path, "s.toml", toml + "\n")

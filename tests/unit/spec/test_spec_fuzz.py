@@ -61,8 +61,10 @@ def _for(ann: Any) -> st.SearchStrategy[Any]:
         right = st.sampled_from(args) | TEXT
     elif origin is list:
         right = st.lists(_for(args[0]), max_size=4)
-    elif origin is dict:
+    elif origin is dict and isinstance(args[1], type) and issubclass(args[1], BaseModel):
         right = st.dictionaries(NAMES, _section(args[1]), max_size=2)
+    elif origin is dict:  # a table of scalars (oci.env)
+        right = st.dictionaries(TEXT, _for(args[1]), max_size=3)
     elif isinstance(ann, type) and issubclass(ann, BaseModel):
         right = _section(ann)
     else:

@@ -12,8 +12,8 @@ from sealbox.spec.load import builtin_modules, builtin_profiles, modules_dir
 
 
 def test_builtin_profiles_are_devtools_and_tdx_and_not_base() -> None:
-    assert builtin_profiles() == ["devtools", "tdx"]
-    assert {"base", "default", "devtools", "tdx"} <= set(builtin_modules())
+    assert builtin_profiles() == ["azure", "devtools", "gcp", "gui", "persistent", "tdx"]
+    assert {"base", "default", "devtools", "gui", "tdx"} <= set(builtin_modules())
 
 
 def test_a_builtin_profile_applies_to_any_spec(tmp_path: Path) -> None:
@@ -27,7 +27,7 @@ def test_a_builtin_profile_applies_to_any_spec(tmp_path: Path) -> None:
     assert "uki" in tdx.output.formats
 
 
-def test_the_readme_example_azure_then_devtools(tmp_path: Path) -> None:
+def test_the_readme_example_edge_azure_then_devtools(tmp_path: Path) -> None:
     write(tmp_path, "files/app", "#!/bin/sh\n")
     spec = write(tmp_path, "bob.toml", """\
         include = ["base"]
@@ -39,14 +39,14 @@ def test_the_readme_example_azure_then_devtools(tmp_path: Path) -> None:
         dest = "/opt/app"
         [hardening]
         firewall_allow_tcp = [8080]
-        [profiles.azure]
+        [profiles.edge]
         kernel.package = "linux-image-6.12-cloud-amd64"
         """)
-    loaded = load(spec, ["azure", "devtools"])
-    assert loaded.profiles == ["azure", "devtools"]
+    loaded = load(spec, ["edge", "azure", "devtools"])
+    assert loaded.profiles == ["edge", "azure", "devtools"] and loaded.warnings == []  # no profile shadows a built-in
     assert loaded.spec.kernel.package == "linux-image-6.12-cloud-amd64"
-    assert "dev" in loaded.spec.users
-    assert loaded.fragments[-2:] == [f"{spec} (profile azure)", "built-in profile devtools"]
+    assert "dev" in loaded.spec.users and "hv_netvsc" in loaded.spec.kernel.modules
+    assert loaded.fragments[-3:] == [f"{spec} (profile edge)", "built-in profile azure", "built-in profile devtools"]
 
 
 def test_the_spec_wins_then_its_includes_then_the_builtins(tmp_path: Path) -> None:
@@ -69,7 +69,7 @@ def test_a_shadowing_profile_that_is_not_selected_warns_nothing(tmp_path: Path) 
 
 def test_base_is_not_a_profile(tmp_path: Path) -> None:
     spec = write(tmp_path, "s.toml", 'include = ["base"]\n[profiles.dev]\n')
-    spec_error(spec, ["base"], has=["unknown profile 'base'", "profiles defined: dev", "built-in profiles: devtools, tdx"])
+    spec_error(spec, ["base"], has=["unknown profile 'base'", "profiles defined: dev", "built-in profiles: azure, devtools, gcp, gui, persistent, tdx"])
 
 
 def test_only_builtin_modules_may_be_marked_as_profiles(tmp_path: Path) -> None:
@@ -101,4 +101,4 @@ def test_settings_lists_include_and_profiles_with_their_rules(capsys: pytest.Cap
     rows = {line.split()[0]: line for line in capsys.readouterr().out.splitlines()}
     assert "include" in rows and "profiles.<name>" in rows
     assert "depth first" in rows["include"]
-    assert "devtools, tdx" in rows["profiles.<name>"] and "includes" in rows["profiles.<name>"]
+    assert "azure, devtools, gcp, gui, persistent, tdx" in rows["profiles.<name>"] and "includes" in rows["profiles.<name>"]

@@ -49,6 +49,21 @@ td_mrconfigid() {  # this TD's MRCONFIGID as 96 hex digits, or nothing
 	case $(od -An -tu2 -N2 "$run/instance.quote" | tr -d ' ') in 4) off=232 ;; 5) off=238 ;; *) return 0 ;; esac
 	dd if="$run/instance.quote" bs=1 skip=$off count=48 2>/dev/null | od -An -v -tx1 | tr -d ' \n'
 }
+apply_passwords() {  # the image's /etc/shadow with the given users' hashes, bound over it (the image stays read-only)
+	cp -p /etc/shadow "$run/shadow.new"  # its owner, group and mode (root:shadow 0640), then its new content
+	set --
+	while IFS=: read -r name pw rest; do
+		while IFS=: read -r u h; do
+			[ "$u" = "$name" ] && pw=$h && set -- "$@" "$u"
+		done < "$stage/passwords"
+		printf '%s:%s:%s\n' "$name" "$pw" "$rest"
+	done < /etc/shadow > "$run/shadow.new"
+	while IFS=: read -r u _h; do
+		case " $* " in *" $u "*) ;; *) say "instance data sets a password for '$u', who is not a user of this image"; rm -f "$run/shadow.new"; exit 1 ;; esac
+	done < "$stage/passwords"
+	mv "$run/shadow.new" "$run/shadow"
+	mount --bind "$run/shadow" /etc/shadow
+}
 
 cmdline=
 [ -n "$restore" ] || read -r cmdline < /proc/cmdline
@@ -112,6 +127,13 @@ if [ -n "$disk" ]; then
 			case $u in ''|*[!a-z0-9_-]*|[!a-z_]*) say "instance data names an invalid user '$u'"; exit 1 ;; esac
 			printf '%s\n' "${v#* }" >> "$stage/$u"
 			;;
+		'!password_hash='*)
+			v=${line#*=}; u=${v%% *}; h=${v#* }
+			case $u in ''|root|*[!a-z0-9_-]*|[!a-z_]*) say "instance data sets a password for an invalid user '$u'"; exit 1 ;; esac
+			case $h in '$'*) ;; *) say "instance data's password for '$u' is not a crypt(3) hash"; exit 1 ;; esac
+			case $h in *[!A-Za-z0-9./\$=,]*) say "instance data's password for '$u' is not a crypt(3) hash"; exit 1 ;; esac
+			(umask 077; printf '%s:%s\n' "$u" "$h" >> "$stage/passwords")
+			;;
 		@SEALBOX_INSTANCE_END@) ended=1; break ;;
 		esac
 	done < "$disk" > "$canon"
@@ -136,6 +158,8 @@ elif [ -n "$disk" ]; then
 	echo "not-a-td sha384=$digest" > "$run/instance.binding"
 fi
 
+# a second run (the unit restarted) keeps what the first applied, as for the keys
+if [ -s "$stage/passwords" ] && [ ! -e "$run/shadow" ]; then apply_passwords; fi
 [ -n "$host" ] && echo "$host" > /proc/sys/kernel/hostname
 if [ -n "$disk" ]; then
 	mv "$canon" "$run/instance"

@@ -17,25 +17,19 @@ it; it carries the sandbox's owner key on its command line, the mark undo and gc
 
 from __future__ import annotations
 
-import contextlib
 import ipaddress
 import logging
 import os
-import select
-import signal
 import socket
-import subprocess
-import sys
-import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from sealbox.errors import SandboxError, UsageError
+from sealbox.sandbox.host import procmark
 from sealbox.sandbox.host.egress import BlockedNet, openings
 from sealbox.sandbox.host.netns import socket_in_netns
 from sealbox.sandbox.model import EgressRule
-from sealbox.sandbox.state import pid_alive, process_start_time
 from sealbox.sandbox.steps import Step
 
 log = logging.getLogger("sealbox.dns")
@@ -113,59 +107,15 @@ def _check_direct(ip: ipaddress.IPv4Address, egress: Sequence[EgressRule], block
 
 
 # --- the forwarder process -----------------------------------------------------------------------
-def _cmdline(pid: int) -> list[str]:
-    try:
-        return Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace").split("\0")
-    except OSError:
-        return []
-
-
 def find_forwarders() -> list[tuple[int, str]]:
     """(pid, owner key) of every running forwarder (found by its module name and --owner mark)."""
-    out = []
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        argv = _cmdline(int(entry))
-        if MODULE in argv and "--owner" in argv:
-            i = argv.index("--owner")
-            if i + 1 < len(argv):
-                out.append((int(entry), argv[i + 1]))
-    return out
+    return procmark.find(MODULE)
 
 
 def stop_forwarders(owner: str, pid: int | None = None, start: int | None = None, timeout: float = 5.0) -> list[int]:
     """Stop the forwarder(s) carrying `owner` (and the recorded pid, if still the same process).
     Returns the pids that survived SIGKILL (normally none)."""
-    pids = {p for p, o in find_forwarders() if o == owner}
-    if pid is not None and pid_alive(pid, start):
-        pids.add(pid)
-    for p in pids:
-        _signal(p, signal.SIGTERM)
-    deadline = time.monotonic() + timeout
-    left = set(pids)
-    while left and time.monotonic() < deadline:
-        left = {p for p in left if _gone(p) is False}
-        if left:
-            time.sleep(0.05)
-    for p in left:
-        _signal(p, signal.SIGKILL)
-    time.sleep(0.05 if left else 0)
-    return sorted(p for p in left if _gone(p) is False)
-
-
-def _signal(pid: int, sig: int) -> None:
-    with contextlib.suppress(ProcessLookupError):
-        os.kill(pid, sig)
-
-
-def _gone(pid: int) -> bool:
-    try:  # our own child (tests, or `run` still alive): reap it so it does not linger as a zombie
-        if os.waitpid(pid, os.WNOHANG)[0] == pid:
-            return True
-    except ChildProcessError:
-        pass
-    return not pid_alive(pid)
+    return procmark.stop(MODULE, owner, pid, start, timeout)
 
 
 class DnsForwarderStep(Step):
@@ -201,33 +151,15 @@ class DnsForwarderStep(Step):
 
     def do(self) -> dict[str, Any]:
         udp, tcp = self._sockets()
-        ready_r, ready_w = os.pipe()
-        argv = [sys.executable, "-I", "-m", MODULE, "--udp-fd", str(udp.fileno()), "--tcp-fd", str(tcp.fileno()),
-                "--ready-fd", str(ready_w), "--client", str(self.client), "--owner", self.owner,
-                "--uid", str(self.uid), "--gid", str(self.gid)]
+        args = ["--udp-fd", str(udp.fileno()), "--tcp-fd", str(tcp.fileno()), "--client", str(self.client),
+                "--owner", self.owner, "--uid", str(self.uid), "--gid", str(self.gid)]
         for up in self.upstreams:
-            argv += ["--upstream", str(up)]
+            args += ["--upstream", str(up)]
         try:
-            proc = subprocess.Popen(argv, pass_fds=(udp.fileno(), tcp.fileno(), ready_w), stdin=subprocess.DEVNULL,
-                                    stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True, cwd="/",
-                                    env={"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "LC_ALL": "C.UTF-8"})
+            return procmark.spawn(MODULE, args, (udp.fileno(), tcp.fileno()), "DNS forwarder")
         finally:
-            for fd in (udp, tcp):
-                fd.close()
-            os.close(ready_w)
-        try:
-            ready, _, _ = select.select([ready_r], [], [], 15.0)
-            ok = bool(ready) and os.read(ready_r, 16) == b"ready\n"
-        finally:
-            os.close(ready_r)
-        if not ok:
-            proc.kill()
-            _out, err = proc.communicate(timeout=10)
-            why = (err or b"").decode(errors="replace").strip().splitlines()[-1:] or ["no output"]
-            raise SandboxError(f"the DNS forwarder did not start: {why[0]}")
-        assert proc.stderr is not None
-        proc.stderr.close()
-        return {"pid": proc.pid, "start_time": process_start_time(proc.pid)}
+            for s in (udp, tcp):
+                s.close()  # the forwarder holds its own copies
 
     def undo(self, outputs: dict[str, Any]) -> None:
         left = stop_forwarders(self.owner, outputs.get("pid"), outputs.get("start_time"))

@@ -24,21 +24,19 @@ Standard library only (it must start fast and small, and it must not import seal
 from __future__ import annotations
 
 import argparse
-import ctypes
 import encodings.idna  # noqa: F401 - getaddrinfo needs it: loaded before privileges are dropped
-import os
 import select
-import signal
 import socket
 import struct
 import sys
 import threading
 from collections.abc import Sequence
 
+from sealbox.sandbox.host.helperlib import drop_privileges, serve_when_ready
+
 MAX_UDP, MAX_TCP = 64, 16
 TRY_S, TCP_S = 2.0, 10.0
 UDP_MAX, TCP_MAX = 4096, 16384  # largest query accepted (a real query is < 300 bytes)
-PR_SET_DUMPABLE, PR_SET_NO_NEW_PRIVS = 4, 38
 
 
 def is_query(msg: bytes, limit: int) -> bool:
@@ -155,16 +153,6 @@ class Forwarder:
                     conn.close()
 
 
-def drop_privileges(uid: int, gid: int) -> None:
-    os.setgroups([])
-    os.setresgid(gid, gid, gid)
-    os.setresuid(uid, uid, uid)
-    libc = ctypes.CDLL(None, use_errno=True)
-    for option, value in ((PR_SET_NO_NEW_PRIVS, 1), (PR_SET_DUMPABLE, 0)):
-        if libc.prctl(option, value, 0, 0, 0) != 0:
-            raise OSError(ctypes.get_errno(), f"prctl({option}) failed")
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="sealbox-dnsfwd")
     p.add_argument("--udp-fd", type=int, required=True)
@@ -180,13 +168,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     tcp = socket.socket(fileno=a.tcp_fd)
     drop_privileges(a.uid, a.gid)
     fwd = Forwarder(udp, tcp, a.client, a.upstream)
-    signal.signal(signal.SIGTERM, lambda *_: fwd.stop.set())
-    os.write(a.ready_fd, b"ready\n")
-    os.close(a.ready_fd)
-    devnull = os.open(os.devnull, os.O_RDWR)
-    os.dup2(devnull, 2)  # nobody reads stderr any more: never block on a full pipe
-    fwd.serve()
-    return 0
+    return serve_when_ready(a.ready_fd, fwd.serve, fwd.stop.set)
 
 
 if __name__ == "__main__":

@@ -11,7 +11,7 @@ from __future__ import annotations
 import ipaddress
 import os
 
-from sealbox.errors import SandboxError, UsageError
+from sealbox.errors import ResourceExhausted, SandboxError, UsageError
 
 DEFAULT_POOL = "10.213.0.0/16"
 POOL_ENV = "SEALBOX_SUBNET_POOL"
@@ -61,11 +61,11 @@ def plan(pool: Net, holders: dict[Net, str], *, nat: bool, link: Net | None = No
             raise SandboxError(f"link {link} is held by sandbox {owner!r}", hint=f"remove {owner!r} first (a restored guest keeps its old address)")
         rest = _pick(pool, used | {int(link.network_address)}, 1) if nat else []
         if rest is None:
-            raise SandboxError(f"address pool {pool} is exhausted", hint=f"remove sandboxes, or set {POOL_ENV} to a larger range")
+            raise ResourceExhausted(f"address pool {pool} is exhausted", hint=f"remove sandboxes, or set {POOL_ENV} to a larger range")
         return link, (rest[0] if nat else None)
     picked = _pick(pool, used, 2 if nat else 1)
     if picked is None:
-        raise SandboxError(
+        raise ResourceExhausted(
             f"address pool {pool} is exhausted ({len(set(holders.values()))} sandboxes hold /30s of this host)",
             hint=f"remove sandboxes, or set {POOL_ENV} to a larger range",
         )

@@ -21,7 +21,8 @@ from typing import Literal
 from pydantic import BaseModel
 
 from sealbox.errors import SandboxError
-from sealbox.sandbox.host import cgroups, dns, forward, netnames, nft, owner
+from sealbox.sandbox.host import cgroups, dns, forward, netnames, nft, owner, procmark, publish
+from sealbox.sandbox.host.disklock import DiskTable
 from sealbox.sandbox.host.netlink import delete_marked_link, list_links_marked
 from sealbox.sandbox.host.netns import list_netns, netns_mark, placeholder_temps, remove_netns
 from sealbox.sandbox.host.registry import Registry
@@ -30,7 +31,7 @@ from sealbox.util.names import NAME_RE
 
 log = logging.getLogger("sealbox.leftovers")
 Kind = Literal["netns", "netns-placeholder", "veth", "nft-table", "lease", "uid", "ip-forward-user", "cgroup",
-               "dns-forwarder"]
+               "dns-forwarder", "port-forwarder", "disk-claim"]
 
 
 class Leftover(BaseModel):
@@ -93,6 +94,12 @@ class _Finder:
     def dns_forwarders(self) -> None:
         for pid, mark in dns.find_forwarders():
             self.judge("dns-forwarder", str(pid), mark)
+        for pid, mark in procmark.find(publish.MODULE):
+            self.judge("port-forwarder", str(pid), mark)
+
+    def disk_claims(self) -> None:
+        for key, holder in DiskTable(self.reg.root).holds():
+            self.judge("disk-claim", f"{key} ({holder.path})", holder.owner)
 
     def cgroups(self) -> None:
         for mount in sorted(set(cgroups.detect().mounts().values())):
@@ -115,7 +122,8 @@ def find(state: StateDir, keep: Collection[str], *, run_dir: Path | None = None,
     f = _Finder(state, keep, Registry(run_dir))
     finders: list[tuple[str, Callable[[], None]]] = [
         ("network namespaces", f.netns), ("veths", f.veths), ("nft tables", f.tables),
-        ("the host registry", f.registry), ("DNS forwarders", f.dns_forwarders), ("cgroups", f.cgroups)]
+        ("the host registry", f.registry), ("DNS and port forwarders", f.dns_forwarders), ("the disk table", f.disk_claims),
+        ("cgroups", f.cgroups)]
     for what, run in finders:
         try:
             run()
@@ -154,6 +162,12 @@ def remove(item: Leftover, *, run_dir: Path | None = None) -> None:
         left = dns.stop_forwarders(item.mark, int(item.ident))
         if left:
             raise SandboxError(f"DNS forwarder {left} survived SIGKILL", hint="retry with 'sealbox gc'")
+    elif item.kind == "port-forwarder":
+        left = procmark.stop(publish.MODULE, item.mark, int(item.ident))
+        if left:
+            raise SandboxError(f"port forwarder {left} survived SIGKILL", hint="retry with 'sealbox gc'")
+    elif item.kind == "disk-claim":
+        DiskTable(reg.root).release(item.ident.split()[0], item.mark)
     log.info("removed leftover %s", item.describe())
 
 

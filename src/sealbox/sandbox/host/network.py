@@ -7,6 +7,7 @@ The manager calls `network_steps` after `StateDir.reserve` and hands the steps t
 
 Step order (undo runs in reverse):
     HostLeaseStep -> NetnsStep -> SandboxFirewallStep -> TapStep [-> HostNatStep -> VethStep -> DnsForwarderStep]
+    [-> PublishStep (--publish: the host ports are bound here, before any VM exists)]
 The firewall comes before any interface (its rules match names), and the root-namespace table
 before the veth, so no interface ever exists without its rules. Every step carries the sandbox's
 ownership mark (host/owner.py) and its undo acts only on objects that carry it.
@@ -27,6 +28,7 @@ from sealbox.sandbox.host import dns, egress, ipam, netnames
 from sealbox.sandbox.host.firewall import HostNatStep, SandboxFirewallStep
 from sealbox.sandbox.host.netlink import TapStep, VethStep
 from sealbox.sandbox.host.netns import NetnsStep
+from sealbox.sandbox.host.publish import PublishStep
 from sealbox.sandbox.host.registry import HostLeaseStep, Lease, Registry
 from sealbox.sandbox.model import GuestNet, NetMode, SandboxSpec
 from sealbox.sandbox.state import StateDir
@@ -107,6 +109,8 @@ def network_steps(
     if upstreams:
         steps.append(dns.DnsForwarderStep(netns=ns, listen=host_ip, client=guest_ip, upstreams=tuple(upstreams),
                                           owner=mark))
+    if spec.publish:
+        steps.append(PublishStep(netns=ns, guest_ip=guest_ip, ports=spec.publish, owner=mark))
     return guest, steps
 
 

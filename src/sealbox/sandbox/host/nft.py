@@ -45,6 +45,7 @@ FAMILY = "inet"
 # root namespace, family ip; an underscore is not allowed in sandbox names, so never `sealbox-<name>`
 FORWARD_GUARD_TABLE = "sealbox_forward"
 GSO_MAX_BYTES = 65536
+HELPER_UID = 65534  # the uid sealbox's helper processes drop to (nobody): host/dns.py, host/publish.py
 PRIO_FILTER, PRIO_MANGLE, PRIO_SRCNAT = 0, -150, 100
 
 Expr = dict[str, Any]
@@ -170,6 +171,12 @@ def sandbox_ruleset(
     t.rule("input", _iif("lo"), ACCEPT)
     t.rule("input", _iif(tap), _match(_ip("saddr"), str(guest_ip)), _match(_ip("daddr"), str(host_ip)), ACCEPT,
            comment="guest to host side of its link")
+
+    # output: sealbox's helper processes that live in this namespace and open sockets there after dropping to
+    # HELPER_UID (the port forwarder, host/portfwd.py) reach the guest's link and nothing else: a compromised one
+    # cannot use a nat sandbox's uplink, whose egress policy applies to forwarded (guest) traffic only
+    t.chain("output", "filter", "output", PRIO_FILTER, "accept")
+    t.rule("output", _match(_meta("skuid"), HELPER_UID), _oif(tap, "!="), COUNTER, DROP, comment="helpers reach only the guest")
 
     # forward: other sandboxes, then the blocked ranges (metadata, the host) first, before conntrack, so
     # not even a related packet passes; own link traffic is never forwarded (it is input), so dropping

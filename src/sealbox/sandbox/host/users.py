@@ -23,7 +23,7 @@ import pwd
 from collections.abc import Iterable
 from pathlib import Path
 
-from sealbox.errors import SandboxError, UsageError
+from sealbox.errors import ResourceExhausted, UsageError
 
 KVM_GROUP = "kvm"
 RANGE_ENV = "SEALBOX_UID_RANGE"
@@ -115,5 +115,5 @@ def free_uid(taken: Iterable[int] = (), rng: tuple[int, int] | None = None,
         if uid not in busy and not _named(uid):
             return uid
         uid += 1
-    raise SandboxError(f"no free sandbox uid left in {lo}-{hi}",
+    raise ResourceExhausted(f"no free sandbox uid left in {lo}-{hi}",
                        hint=f"remove sandboxes ('sealbox gc'), or set {RANGE_ENV} to a larger range")

@@ -134,9 +134,15 @@ def uki_of(plan: VmPlan) -> Path:
 
 
 def _throttle(limit: RateLimit | None, what: str) -> str:
+    """QEMU's leaky bucket for one RateLimit: the average `what`-total; a bucket larger than one second's worth
+    (a burst, sandbox/rates.py) becomes `what`-total-max = size over a 1 s burst length, i.e. a bucket of `size`."""
     if limit is None:
         return ""
-    return f",throttling.{what}-total={limit.size * 1000 // limit.refill_ms}"
+    avg = max(1, limit.size * 1000 // limit.refill_ms)
+    out = f",throttling.{what}-total={avg}"
+    if limit.size > avg:
+        out += f",throttling.{what}-total-max={limit.size},throttling.{what}-total-max-length=1"
+    return out
 
 
 @dataclass
@@ -277,9 +283,9 @@ def build_command(plan: VmPlan, host: HostFacts) -> QemuCommand:
             if not scsi:
                 argv += ["-device", "virtio-scsi-pci,id=scsi0"]
                 scsi = True
-            argv += ["-device", f"scsi-hd,drive={drive_id},bus=scsi0.0,serial=sealbox-{drive_id}"]
+            argv += ["-device", f"scsi-hd,drive={drive_id},bus=scsi0.0,serial={disk.serial or 'sealbox-' + drive_id}"]
         else:  # the serial is the guest's proof of which disk is the instance disk (docs/guest-protocol.md)
-            argv += ["-device", f"{blk_dev},drive={drive_id},serial=sealbox-{drive_id}"]
+            argv += ["-device", f"{blk_dev},drive={drive_id},serial={disk.serial or 'sealbox-' + drive_id}"]
     if plan.incoming is not None:  # a restore: QEMU loads the snapshot's state from this fd and stays paused
         argv += ["-incoming", f"fd:{fds.take('file', str(plan.incoming))}"]
 

@@ -119,6 +119,10 @@ def check_plan(plan: VmPlan) -> None:
     if qcow:
         raise SandboxError(f"--disk {qcow[0]} is declared qcow2, but Firecracker attaches raw disks only",
                            hint="convert it (qemu-img convert -O raw) or use --vmm qemu")
+    named = [d for d in spec.disks if d.serial]
+    if named:  # its virtio-blk ID is derived from the host file's device and inode; nothing else can be set
+        raise SandboxError(f"--disk {named[0].path}: Firecracker cannot give a disk a serial (serial={named[0].serial})",
+                           hint="use --vmm qemu for disks the guest finds by name (the persistent module)")
     boot_args(plan)
     limits = spec.limits
     rate_limiter(limits.disk_bytes, limits.disk_ops, "disk")
