@@ -141,6 +141,9 @@ def test_a_password_goes_into_a_runtime_shadow_bound_over_the_image(image: Path,
     assert r.files["instance"].encode() == canonical(d) and HASH not in r.files["instance"]
     assert r.files["instance.binding"] == f"not-a-td sha384={mrconfigid(d).hex()}\n"
     assert r.addresses == ["10.213.0.2/30"] and r.files["authorized_keys/root"] == KEY_ROOT + "\n"
+    # the hashes were staged beside the keys: nothing of them is left, least of all among sshd's authorized keys
+    assert "authorized_keys/passwords" not in r.files
+    assert not [k for k, v in r.files.items() if HASH in v and k != "shadow"], sorted(r.files)
 
 
 def test_a_password_for_a_user_the_image_lacks_stops_the_instance(image: Path, tmp_path: Path) -> None:

@@ -55,12 +55,12 @@ apply_passwords() {  # the image's /etc/shadow with the given users' hashes, bou
 	while IFS=: read -r name pw rest; do
 		while IFS=: read -r u h; do
 			[ "$u" = "$name" ] && pw=$h && set -- "$@" "$u"
-		done < "$stage/passwords"
+		done < "$pwfile"
 		printf '%s:%s:%s\n' "$name" "$pw" "$rest"
 	done < /etc/shadow > "$run/shadow.new"
 	while IFS=: read -r u _h; do
 		case " $* " in *" $u "*) ;; *) say "instance data sets a password for '$u', who is not a user of this image"; rm -f "$run/shadow.new"; exit 1 ;; esac
-	done < "$stage/passwords"
+	done < "$pwfile"
 	mv "$run/shadow.new" "$run/shadow"
 	mount --bind "$run/shadow" /etc/shadow
 }
@@ -102,11 +102,11 @@ umask 022
 [ -d "$run" ] || mkdir -p "$run"
 # nothing is applied before the binding check: the keys wait in $stage (which then becomes authorized_keys), the
 # canonical text in $canon (then moved to instance). Few programs: under emulation each costs ~0.1 s
-stage=$run/instance.d canon=$run/instance.new
+stage=$run/instance.d canon=$run/instance.new pwfile=$run/instance.pw  # hashes wait apart: $stage becomes authorized_keys
 if [ -n "$restore" ]; then  # the snapshot's client keys are not this sandbox's
-	rm -rf "$stage" "$canon" "$run/authorized_keys"
-elif [ -e "$stage" ] || [ -e "$canon" ]; then
-	rm -rf "$stage" "$canon"
+	rm -rf "$stage" "$canon" "$pwfile" "$run/authorized_keys"
+elif [ -e "$stage" ] || [ -e "$canon" ] || [ -e "$pwfile" ]; then
+	rm -rf "$stage" "$canon" "$pwfile"
 fi
 if [ -n "$disk" ]; then
 	mkdir -p "$stage"
@@ -132,7 +132,7 @@ if [ -n "$disk" ]; then
 			case $u in ''|root|*[!a-z0-9_-]*|[!a-z_]*) say "instance data sets a password for an invalid user '$u'"; exit 1 ;; esac
 			case $h in '$'*) ;; *) say "instance data's password for '$u' is not a crypt(3) hash"; exit 1 ;; esac
 			case $h in *[!A-Za-z0-9./\$=,]*) say "instance data's password for '$u' is not a crypt(3) hash"; exit 1 ;; esac
-			(umask 077; printf '%s:%s\n' "$u" "$h" >> "$stage/passwords")
+			(umask 077; printf '%s:%s\n' "$u" "$h" >> "$pwfile")
 			;;
 		@SEALBOX_INSTANCE_END@) ended=1; break ;;
 		esac
@@ -159,7 +159,12 @@ elif [ -n "$disk" ]; then
 fi
 
 # a second run (the unit restarted) keeps what the first applied, as for the keys
-if [ -s "$stage/passwords" ] && [ ! -e "$run/shadow" ]; then apply_passwords; fi
+if [ -n "$restore" ] && [ -e "$run/shadow" ]; then  # the snapshot's passwords are its source's: never a sibling's
+	umount /etc/shadow
+	rm -f "$run/shadow"
+fi
+if [ -s "$pwfile" ] && [ ! -e "$run/shadow" ]; then apply_passwords; fi
+rm -f "$pwfile"
 [ -n "$host" ] && echo "$host" > /proc/sys/kernel/hostname
 if [ -n "$disk" ]; then
 	mv "$canon" "$run/instance"
