@@ -159,3 +159,48 @@ def test_a_restored_sandbox_snapshots_again_and_rm_keeps_its_snapshots_unless_as
     finally:
         sb("rm", "--force", r3, timeout=120)
         assert leftovers(sb.state_dir, r3) == []
+
+
+def test_the_sdk_restores_with_the_snapshots_shape(snap: Snap) -> None:
+    """Sandbox.restore: the machine shape not given (vCPUs, memory, accelerator) is the snapshot's, not create()'s defaults."""
+    from sealbox.sdk import Sandbox
+
+    sb, name = snap.sb, f"{snap.sb.prefix}-snapsdk"
+    try:
+        with Sandbox.restore(snap.path, sb.image, name=name, state_dir=sb.state_dir, timeout_s=180) as r:
+            assert r.commands.run(["hostname"], check=True).stdout.strip() == name
+            rec = snap.rec(name)
+            assert rec["guest"]["restored_from"] == str(snap.path)
+            assert (rec["spec"]["memory_mib"], rec["spec"]["accel"]) == (int(MEMORY), "tcg")
+            assert rec["guest"]["hostkeys"] != snap.rec(snap.source)["guest"]["hostkeys"]
+    finally:
+        sb("rm", "--force", name, timeout=120)
+        assert leftovers(sb.state_dir, name) == []
+
+
+@pytest.mark.slow
+def test_a_snapshot_pool_fills_and_refills_by_restoring_its_template(sealbox: Sealbox) -> None:
+    """Pool(snapshot=True): one cold boot (the template), members restored from its snapshot, refills too; close()
+    deletes the snapshot and leaves nothing behind."""
+    from sealbox.sdk import Pool, Sandbox
+
+    sb, pool_name = sealbox, f"{sealbox.prefix}-snappool"
+    seen: list[str] = []
+    try:
+        with Pool(sb.image, size=1, name=pool_name, snapshot=True, state_dir=sb.state_dir, accel="tcg",
+                  memory_mib=int(MEMORY), timeout_s=300) as pool:
+            first = pool.acquire(timeout=600)
+            seen.append(first.name)
+            snap_path = first.inspect()["guest"]["restored_from"]
+            assert Path(snap_path).parent == sb.state_dir / "snapshots" and Path(snap_path).name.startswith(f"{pool_name}-template-")
+            pool.release(first)
+            wait_for(lambda: pool.ready == 1, 300, "the pool's refill")
+            [member] = Sandbox.list(labels={"sealbox.pool": pool_name}, state_dir=sb.state_dir)
+            seen.append(member.name)
+            assert member.name != first.name
+            assert Sandbox.connect(member.name, state_dir=sb.state_dir).inspect()["guest"]["restored_from"] == snap_path
+        assert not Path(snap_path).exists(), "close() left the pool's snapshot"
+    finally:
+        for name in [*seen, f"{pool_name}-template"]:
+            sb("rm", "--force", "--snapshots", name, timeout=120)
+            assert leftovers(sb.state_dir, name) == []
