@@ -89,7 +89,7 @@ for dev in /sys/block/vd*; do
 	[ -e "$dev" ] || continue
 	if [ -n "$restore" ]; then  # a restore is QEMU's: the host labels the instance disk, and its cache is stale
 		serial=
-		read -r serial < "$dev/serial" 2>/dev/null || true
+		read -r serial 2>/dev/null < "$dev/serial" || true  # (stderr first: a disk without a serial is not ours)
 		[ "$serial" = sealbox-instance ] || continue
 		blockdev --flushbufs "/dev/${dev##*/}"
 	fi
