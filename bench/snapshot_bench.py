@@ -1,7 +1,7 @@
 """Bench: a sandbox restored from a QEMU snapshot against a cold boot, both to ready, measured in the same run (root).
 
-  cold     `run` of the image, wall time until ready (SEALBOX-READY, host key pinned, SSH answers), --cold times
-  restore  one more cold boot is snapshotted (save time and size reported), then `run --from-snapshot` --count times,
+  cold     Sandbox.create (what `sealbox run` calls) of the image, wall time until ready (SEALBOX-READY, host key pinned, SSH answers), --cold times
+  restore  one more cold boot is snapshotted (save time and size reported), then Sandbox.restore --count times,
            wall time until ready (the agent renewed the guest's secrets, its signed answer checked, SSH answers)
 Target: median restore <= 0.25 x median cold boot, same accelerator (TCG here), memory and image. Also reported: the
 part of each that is sealbox's own host setup (the same steps for both), and how long the agent's renewal took.
@@ -26,31 +26,30 @@ from typing import Any
 from sealbox.sandbox import manager
 from sealbox.sandbox import snapshot as snap
 from sealbox.sandbox.state import StateDir
+from sealbox.sdk import LocalHost, Sandbox
 
 PREFIX = "sbsnap"
 
 
-def _timed_run(state: StateDir, **flags: Any) -> dict[str, Any]:
+def _timed_run(state: StateDir, image: Path, snapshot: Path | None = None, **kw: Any) -> dict[str, Any]:
+    host = LocalHost(state.root)
     t0 = time.perf_counter()
-    if flags.get("from_snapshot") is not None:
-        manager_result = snap.restore(state, flags.pop("from_snapshot"), flags.pop("name"), **flags)
-    else:
-        manager_result = manager.run(manager.make_spec(**flags), state)
+    sb = Sandbox.restore(snapshot, image, host=host, **kw) if snapshot is not None else Sandbox.create(image, host=host, **kw)
     wall = time.perf_counter() - t0
-    guest = state.load(manager_result["name"]).guest
+    guest = state.load(sb.name).guest
     return {"wall_s": wall, "setup_s": guest.get("setup_s"), "vmm_start_s": guest.get("vmm_start_s"),
             "ready_s": guest.get("ready_s"), "renewed_s": guest.get("renewed_s")}
 
 
 def bench(image: Path, state: StateDir, cold: int, count: int, memory: int) -> dict[str, Any]:
-    common = {"image_dir": image, "accel": "tcg", "memory_mib": memory, "timeout": 600.0}
+    common: dict[str, Any] = {"accel": "tcg", "memory_mib": memory, "timeout_s": 600.0}
     colds = []
     for i in range(cold):
         name = f"{PREFIX}-cold{i}"
-        colds.append(_timed_run(state, name=name, **common))
+        colds.append(_timed_run(state, image, name=name, **common))
         manager.remove(state, name, force=True)
     src = f"{PREFIX}-src"
-    _timed_run(state, name=src, **common)
+    _timed_run(state, image, name=src, **common)
     t0 = time.perf_counter()
     taken = snap.take(state, src, state.root / "snapshots" / "bench")
     take_s = time.perf_counter() - t0
@@ -58,7 +57,7 @@ def bench(image: Path, state: StateDir, cold: int, count: int, memory: int) -> d
     restores = []
     for i in range(count):
         name = f"{PREFIX}-r{i}"
-        restores.append(_timed_run(state, name=name, from_snapshot=taken.path, timeout=600.0))
+        restores.append(_timed_run(state, image, taken.path, name=name, timeout_s=600.0))
         manager.remove(state, name, force=True)
     cold_med = statistics.median(r["wall_s"] for r in colds)
     rest_med = statistics.median(r["wall_s"] for r in restores)
