@@ -52,7 +52,8 @@ def skip_reason(longrepr: object) -> str:
 
 def shuffle(items: list[pytest.Item], seed: int) -> list[pytest.Item]:
     """A random order that keeps each module's tests together (module fixtures are set up once), shuffling
-    the modules and the tests inside each module with one seeded generator."""
+    the modules and the tests inside each module with one seeded generator. A module marked `in_order` (its tests are
+    one story told in steps, e.g. a disk that outlives the sandbox that wrote it) keeps its file order."""
     rng = random.Random(seed)
     by_module: dict[str, list[pytest.Item]] = defaultdict(list)
     for item in items:
@@ -62,7 +63,8 @@ def shuffle(items: list[pytest.Item], seed: int) -> list[pytest.Item]:
     out: list[pytest.Item] = []
     for m in modules:
         tests = by_module[m]
-        rng.shuffle(tests)
+        if not tests[0].get_closest_marker("in_order"):
+            rng.shuffle(tests)
         out.extend(tests)
     return out
 

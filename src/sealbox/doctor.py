@@ -23,7 +23,15 @@ from sealbox.util import mounts
 from sealbox.util.run import TOOL_PACKAGES
 
 TOOLS = ("qemu-system-x86_64", "bwrap", "setpriv", "nft", "ip", "mmdebstrap", "mkfs.ext4")
-EXTRA_PACKAGES = {"useradd": "passwd"}
+EXTRA_PACKAGES = {"useradd": "passwd", "sbsign": "sbsigntool", "veritysetup": "cryptsetup-bin"}
+# Tools only some commands need: missing, they break that command (a warning), not sandboxes in general.
+COMMAND_TOOLS = (
+    ("ssh", "sealbox exec/ssh/rdp"), ("ssh-keygen", "sealbox run (host key pinning)"),
+    ("openssl", "sealbox run --password"), ("sbsign", "sealbox sign"),
+    ("qemu-img", "qcow2/vhd/gcp outputs and sealbox disk"), ("mkfs.fat", "disk image outputs (ESP)"),
+    ("mcopy", "disk image outputs (ESP)"), ("veritysetup", "dm-verity root (verity = true)"),
+    ("zstd", "builds (initrd compression)"), ("debugfs", "builds (ext4 root)"),
+)
 
 
 def check_kvm(state_dir: Path, refresh: bool = False) -> Check:
@@ -45,7 +53,10 @@ def check_cgroups() -> Check:
     where = str(layout.unified) if layout.version == 2 else ", ".join(f"{c}={p}" for c, p in sorted(layout.mounts().items()))
     detail = f"{layout.mode} (limits via v{layout.version}): {where}"
     if missing:
-        fix = ("enable them: echo '+" + " +".join(missing) + f"' > {layout.unified}/cgroup.subtree_control") if layout.version == 2 else f"mount the v1 {', '.join(missing)} controller hierarchies"
+        if layout.version == 2:
+            fix = "enable them: echo '+" + " +".join(missing) + f"' > {layout.unified}/cgroup.subtree_control"
+        else:
+            fix = f"mount the v1 {', '.join(missing)} controller hierarchies"
         return Check(name="cgroups", status="fail", detail=f"{detail}; missing controllers: {', '.join(missing)}", fix=fix)
     return Check(name="cgroups", status="ok", detail=detail)
 
@@ -69,6 +80,16 @@ def check_tool(tool: str) -> Check:
     return Check(name=f"tool:{tool}", status="fail", detail=f"{tool} not found", fix=f"apt-get install {pkg}" if pkg else f"install {tool}")
 
 
+def command_tool_checks() -> list[Check]:
+    out = []
+    for tool, needed_by in COMMAND_TOOLS:
+        c = check_tool(tool)
+        if c.status == "fail":
+            c = c.model_copy(update={"status": "warn", "detail": f"{tool} not found: {needed_by} will fail"})
+        out.append(c)
+    return out
+
+
 def check_userns() -> Check:
     try:
         n = int(Path("/proc/sys/user/max_user_namespaces").read_text())
@@ -76,7 +97,8 @@ def check_userns() -> Check:
         n = -1
     clone = Path("/proc/sys/kernel/unprivileged_userns_clone")
     if n == 0 or (clone.exists() and clone.read_text().strip() == "0"):
-        return Check(name="userns", status="fail", detail="unprivileged user namespaces are disabled (bubblewrap needs them for the VMM jail)", fix="sysctl -w user.max_user_namespaces=10000 kernel.unprivileged_userns_clone=1")
+        return Check(name="userns", status="fail", detail="unprivileged user namespaces are disabled (bubblewrap needs them for the VMM jail)",
+                     fix="sysctl -w user.max_user_namespaces=10000 kernel.unprivileged_userns_clone=1")
     return Check(name="userns", status="ok", detail=f"unprivileged user namespaces allowed (max {n})")
 
 
@@ -111,7 +133,8 @@ def check_jail() -> Check:
         return Check(name="jail", status="fail", detail=f"setpriv/bwrap could not run: {e}", fix="apt-get install bubblewrap util-linux")
     if proc.returncode != 0:
         tail = " ".join(proc.stderr.split())[-200:]
-        return Check(name="jail", status="fail", detail=f"setpriv -> bwrap failed: {tail}", fix="check unprivileged user namespaces (AppArmor/sysctl) and bubblewrap >= 0.8")
+        return Check(name="jail", status="fail", detail=f"setpriv -> bwrap failed: {tail}",
+                     fix="check unprivileged user namespaces (AppArmor/sysctl) and bubblewrap >= 0.8")
     return Check(name="jail", status="ok", detail=f"setpriv -> bwrap jail works as uid {uid}")
 
 
@@ -128,7 +151,8 @@ def check_state_dir(root: Path) -> Check:
     mnt, opts = _mount_options(root)
     bad = sorted(opts & {"nodev", "noexec", "ro"})
     if bad:
-        return Check(name="state-dir", status="fail", detail=f"{root} is on {mnt} mounted {','.join(bad)}", fix="use --state-dir / SEALBOX_STATE_DIR on a dev,exec,rw filesystem")
+        return Check(name="state-dir", status="fail", detail=f"{root} is on {mnt} mounted {','.join(bad)}",
+                     fix="use --state-dir / SEALBOX_STATE_DIR on a dev,exec,rw filesystem")
     return Check(name="state-dir", status="ok", detail=f"{root} on {mnt} ({'exists' if root.exists() else 'created on first use'})")
 
 
@@ -161,6 +185,7 @@ def run_checks(state_dir: Path, *, refresh_kvm: bool = False) -> list[Check]:
     checks += _safe("tun", check_tun)
     for tool in TOOLS:
         checks += _safe(f"tool:{tool}", lambda t=tool: check_tool(t))  # type: ignore[misc]
+    checks += _safe("tools", command_tool_checks)
     checks += _safe("userns", check_userns)
     checks += _safe("vmm-user", check_vmm_user)
     checks += _safe("jail", check_jail)

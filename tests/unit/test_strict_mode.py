@@ -127,3 +127,16 @@ def test_dishonest_markers_stop_the_run(tmp_path: Path) -> None:
     assert p.returncode == 4, p.stdout + p.stderr
     assert "integration/test_x.py::test_unmarked: under integration/ but not marked integration" in p.stderr
     assert "unit/test_y.py::test_claims_boot: a unit test marked ['boot']" in p.stderr
+
+
+def test_a_module_marked_in_order_keeps_its_order_under_shuffle(tmp_path: Path) -> None:
+    (tmp_path / "test_m0.py").write_text("import pytest\n\npytestmark = pytest.mark.in_order\n\n"
+                                         + "".join(f"def test_{j}():\n    pass\n" for j in range(8)))
+    (tmp_path / "test_m1.py").write_text("".join(f"def test_{j}():\n    pass\n" for j in range(8)))
+    (tmp_path / "pytest.ini").write_text("[pytest]\nmarkers =\n    in_order: x\n")
+    out = run(tmp_path, "--collect-only", "-q", "-k", "test_m", "--shuffle-seed", "7", strict=False).stdout
+    ids = [ln for ln in out.splitlines() if ln.startswith("test_m")]
+    kept = [i for i in ids if i.startswith("test_m0")]
+    mixed = [i for i in ids if i.startswith("test_m1")]
+    assert kept == [f"test_m0.py::test_{j}" for j in range(8)]
+    assert len(mixed) == 8 and mixed != sorted(mixed, key=lambda i: int(i.rsplit("_", 1)[1]))  # the other one is shuffled

@@ -27,7 +27,7 @@ class Interrupted(BaseException):  # noqa: N818 - not an Exception: no `except E
 
 @contextlib.contextmanager
 def signals_raise() -> Iterator[None]:
-    """Within this block the first of SIGNALS raises Interrupted; the caller's handlers come back afterwards."""
+    """Within this block the first of SIGNALS not ignored raises Interrupted; the caller's handlers come back afterwards."""
     if threading.current_thread() is not threading.main_thread():
         yield  # handlers can only be set in the main thread; a caller there owns signal handling
         return
@@ -37,7 +37,8 @@ def signals_raise() -> Iterator[None]:
             signal.signal(s, signal.SIG_IGN)
         raise Interrupted(signum)
 
-    old = {s: signal.signal(s, handler) for s in SIGNALS}
+    # a signal the caller ignores stays ignored: `nohup` (SIGHUP) and a shell's background job (SIGINT) chose that
+    old = {s: signal.signal(s, handler) for s in SIGNALS if signal.getsignal(s) != signal.SIG_IGN}
     try:
         yield
     finally:

@@ -83,7 +83,7 @@ LIB_DIR = "/usr/lib/x86_64-linux-gnu"
 
 # Always removed: caches, logs, per-host and per-boot state, anything secret or random.
 ALWAYS = [
-    "/var/lib/apt/lists/*", "/var/cache/apt/*", "/var/cache/ldconfig/aux-cache", "/var/log/*", "/var/tmp/*", "/tmp/*",
+    "/var/lib/apt/lists/*", "/var/cache/apt/*", "/var/cache/ldconfig/aux-cache", "/var/log/*", "/var/tmp/*", "/tmp/*",  # noqa: S108 globs inside the image
     "/etc/ssh/ssh_host_*", "/var/lib/systemd/random-seed", "/var/lib/dbus/machine-id", "/etc/*-", "/etc/.pwd.lock",
     "/var/lib/systemd/catalog/database", "/usr/lib/udev/hwdb.bin", "/etc/udev/hwdb.bin",
     "/root/.bash_history", "/var/lib/systemd/deb-systemd-*", "/var/lib/systemd/timers", "/var/cache/private",
@@ -158,10 +158,10 @@ def _split(pattern: str) -> tuple[str, ...]:
 
 def _glob_parts(parts: tuple[str, ...], pat: tuple[str, ...]) -> bool:
     if "**" not in pat:  # the common case: same depth, component by component
-        return len(parts) == len(pat) and all(fnmatch.fnmatchcase(a, b) for a, b in zip(parts, pat))
+        return len(parts) == len(pat) and all(fnmatch.fnmatchcase(a, b) for a, b in zip(parts, pat, strict=True))
     i = pat.index("**")
     head, tail = pat[:i], pat[i + 1:]
-    if len(parts) < len(head) or not all(fnmatch.fnmatchcase(a, b) for a, b in zip(parts, head)):
+    if len(parts) < len(head) or not all(fnmatch.fnmatchcase(a, b) for a, b in zip(parts, head, strict=False)):
         return False
     rest = parts[len(head):]
     return any(_glob_parts(rest[k:], tail) for k in range(len(rest) + 1))
@@ -266,7 +266,8 @@ def _elf_needed(data: bytes) -> tuple[list[str], list[str]] | None:
     phentsize, phnum = struct.unpack_from("<HH", data, 0x36)
     if phentsize < 56:
         return None
-    loads, dynamic = [], None
+    loads: list[tuple[int, int, int]] = []
+    dynamic = None
     for i in range(phnum):
         p_type, _flags, p_offset, p_vaddr, _paddr, p_filesz = struct.unpack_from("<IIQQQQ", data, phoff + i * phentsize)
         if p_type == 1:

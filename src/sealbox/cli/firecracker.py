@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 
 from sealbox.sandbox.state import StateDir, state_root
+
+if TYPE_CHECKING:  # imported when a verb runs, not at CLI start-up
+    from sealbox.sandbox.vmm.firecracker.backend import FirecrackerBackend
 
 _state_opt = click.option("--state-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
                           help="State directory (default: $SEALBOX_STATE_DIR or /var/lib/sealbox).")
@@ -20,7 +24,7 @@ def _state(state_dir: Path | None) -> StateDir:
     return StateDir(root)
 
 
-def _backend():
+def _backend() -> FirecrackerBackend:
     from sealbox.sandbox.vmm.firecracker.backend import FirecrackerBackend
 
     return FirecrackerBackend()

@@ -72,7 +72,9 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point: run the CLI, turning every error into one line and an exit code."""
     debug = os.environ.get("SEALBOX_DEBUG") == "1"
     try:
-        rv = cli.main(args=argv, prog_name="sealbox", standalone_mode=False)
+        # not cli.main(): on Ctrl-C it prints an empty line before re-raising, so the error would not be one line
+        with cli.make_context("sealbox", list(sys.argv[1:] if argv is None else argv)) as ctx:
+            rv = cli.invoke(ctx)
     except SealboxError as e:
         if debug:
             raise
@@ -81,6 +83,9 @@ def main(argv: list[str] | None = None) -> int:
     except click.exceptions.Abort:
         click.echo("sealbox: aborted", err=True)
         return 130
+    except click.exceptions.NoArgsIsHelpError as e:  # bare `sealbox` (or a bare group): the help, as written
+        click.echo(e.ctx.get_help() if e.ctx else "see 'sealbox --help'", err=True)
+        return e.exit_code
     except click.UsageError as e:
         # one line, like every other error: what is wrong, and where to look
         cmd = e.ctx.command_path if e.ctx else "sealbox"
@@ -91,8 +96,8 @@ def main(argv: list[str] | None = None) -> int:
         return e.exit_code
     except click.exceptions.Exit as e:
         return e.exit_code
-    except KeyboardInterrupt:
-        click.echo("sealbox: interrupted", err=True)
+    except (KeyboardInterrupt, EOFError):
+        click.echo("sealbox: aborted", err=True)
         return 130
     except BrokenPipeError:
         return 141

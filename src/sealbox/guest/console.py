@@ -22,7 +22,8 @@ from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict
 
-from sealbox.guest.protocol import HOSTKEY, READY
+from sealbox.guest.protocol import HOSTKEY as HOSTKEY  # re-exported: sandbox/lifecycle names the markers in its errors
+from sealbox.guest.protocol import READY as READY
 
 KEY_TYPES = frozenset({
     "ssh-ed25519", "ecdsa-sha2-nistp256", "ecdsa-sha2-nistp384", "ecdsa-sha2-nistp521", "ssh-rsa",

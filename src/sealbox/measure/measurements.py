@@ -164,6 +164,11 @@ def measure_build(build: Path, *, firmware: Path | None = None, memory: int = 10
     if memory <= 0 or cpus <= 0:
         raise MeasureError(f"--memory {memory} / --cpus {cpus} must be positive")
     name, manifest, artifacts = _load_manifest(build)
+    oci = manifest.get("oci")
+    if isinstance(oci, dict) and not manifest.get("boot"):
+        raise MeasureError(f"{build} is an OCI-only build: no kernel, initrd or UKI, so no boot measurements exist; "
+                           f"its identity is the OCI manifest digest {str(oci.get('manifest_digest'))[:80]} "
+                           f"(manifest.json, key oci)", hint="add a boot format to output.formats to measure a VM image")
     digests = _artifact_digests(build, name, artifacts)
     uki_path = build / f"{name}.efi"
     info = read_uki(_read_small(uki_path, "UKI"), str(uki_path))

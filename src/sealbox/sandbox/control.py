@@ -178,7 +178,7 @@ def stop(state: StateDir, name: str, timeout: float = 30.0) -> str:
             raise SandboxError(f"sandbox {name!r} is {status}, not running", hint="remove it with 'sealbox rm' (or 'sealbox gc')")
         deadline = time.monotonic() + timeout
         if _guest_poweroff(state, record, deadline):
-            how = "poweroff"
+            how: str | None = "poweroff"
             backend_for(record).stop(record, 0.5)  # reap/clean the VMM's own leftovers, if any
         else:
             how = backend_for(record).stop(record, max(0.5, deadline - time.monotonic()))

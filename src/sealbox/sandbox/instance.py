@@ -7,6 +7,7 @@ cannot find (the sandbox dir itself is removed with the record anyway).
 
 from __future__ import annotations
 
+import contextlib
 import ipaddress
 import json
 import os
@@ -70,11 +71,9 @@ def prestart_client_key(path: Path, comment: str) -> None:
     for p in (path, path.with_name(path.name + ".pub")):
         p.unlink(missing_ok=True)  # ssh-keygen would prompt before overwriting
     argv = _keygen_argv(path, comment)
-    try:
+    with contextlib.suppress(OSError):  # the step runs ssh-keygen itself and reports the problem
         _PENDING[str(path)] = subprocess.Popen([which(argv[0]), *argv[1:]], stdin=subprocess.DEVNULL,
                                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    except OSError:
-        pass  # the step runs ssh-keygen itself and reports the problem
 
 
 def discard_prestarted(sandbox_dir: Path) -> None:

@@ -95,8 +95,8 @@ def deferred_signals() -> Iterator[None]:
     finally:
         for s, h in old.items():
             signal.signal(s, h)
-        for s in dict.fromkeys(pending):
-            os.kill(me, s)
+        for signum in dict.fromkeys(pending):
+            os.kill(me, signum)
 
 
 # ---- inputs -----------------------------------------------------------------------------------
@@ -152,7 +152,8 @@ class Inputs:
         try:
             return GuestNet.model_validate(self.snapshot.network).subnet
         except ValidationError:
-            raise UsageError(f"snapshot {self.spec.from_snapshot} records no usable network", hint="take the snapshot with this sealbox version") from None
+            raise UsageError(f"snapshot {self.spec.from_snapshot} records no usable network",
+                             hint="take the snapshot with this sealbox version") from None
 
 
 def _record(spec: SandboxSpec, inp: Inputs, holder: int | None = None) -> SandboxRecord:
@@ -424,10 +425,8 @@ def _undo_failed(record: SandboxRecord, state: StateDir, save: Callable[[], None
     """Undo everything recorded; delete the sandbox if that worked, else keep it (status failed) for gc."""
     record.error = str(err) or type(err).__name__
     record.status = "failed"
-    try:
+    with contextlib.suppress(OSError):
         save()
-    except OSError:
-        pass
     stepkinds.load_all()
     with deferred_signals():  # a second Ctrl-C must not strand half of the cleanup
         problems = undo_steps(record.steps, save)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import ipaddress
 import re
-from enum import Enum
+from enum import StrEnum
 from pathlib import Path
 from typing import Literal
 
@@ -48,7 +48,7 @@ def parse_labels(items: list[str] | tuple[str, ...]) -> dict[str, str]:
     return check_labels(out)
 
 
-class NetMode(str, Enum):
+class NetMode(StrEnum):
     isolated = "isolated"  # the guest reaches only the host side of its own link
     nat = "nat"  # plus masqueraded egress, optionally limited by allow_egress
 

@@ -154,7 +154,8 @@ def check_disks(spec: SandboxSpec, image_dir: Path) -> None:
             raise UsageError(f"--disk {p} is attached twice", hint="attach each disk once")
         seen.add(real)
         if not d.readonly and image_dir.resolve() in real.parents:
-            raise UsageError(f"--disk {p}:rw is inside the image directory {image_dir}", hint="keep writable data outside the image (copy the file elsewhere)")
+            raise UsageError(f"--disk {p}:rw is inside the image directory {image_dir}",
+                             hint="keep writable data outside the image (copy the file elsewhere)")
 
 
 @dataclass
@@ -293,4 +294,5 @@ def make_plan(spec: SandboxSpec, img: image_mod.Image, choice: Choice, net: Gues
 
 def require_root() -> None:
     if os.geteuid() != 0:
-        raise SandboxError("sealbox run must be started as root (it creates namespaces, TAPs and cgroups)", hint="use sudo, or --dry-run to see what would happen")
+        raise SandboxError("sealbox run must be started as root (it creates namespaces, TAPs and cgroups)",
+                           hint="use sudo, or --dry-run to see what would happen")

@@ -138,5 +138,5 @@ def table(rows: list[PsRow], now: float | None = None) -> str:
     if any(r.labels for r in rows):  # the column only when someone uses labels
         head += ("LABELS",)
         body = [(*line, ",".join(f"{k}={v}" for k, v in sorted(r.labels.items())) or "-") for line, r in zip(body, rows, strict=True)]
-    widths = [max(len(x) for x in col) for col in zip(head, *body)]
-    return "\n".join("  ".join(c.ljust(w) for c, w in zip(line, widths)).rstrip() for line in (head, *body))
+    widths = [max(len(x) for x in col) for col in zip(head, *body, strict=True)]
+    return "\n".join("  ".join(c.ljust(w) for c, w in zip(line, widths, strict=True)).rstrip() for line in (head, *body))

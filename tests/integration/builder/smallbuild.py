@@ -50,6 +50,13 @@ def write_spec(d: Path, extra: str = "") -> Path:
     return spec
 
 
+# sealbox keeps an inherited SIGINT/SIGHUP ignore (a background job's, nohup's): the build under test starts with the
+# default dispositions whatever the runner of the tests inherited, so the tests can interrupt it with either
+_DEFAULT_SIGNALS = ("import os, signal, sys\n"
+                    "for s in (signal.SIGINT, signal.SIGHUP): signal.signal(s, signal.SIG_DFL)\n"
+                    "os.execv(sys.executable, [sys.executable, '-m', 'sealbox', *sys.argv[1:]])")
+
+
 def start(spec: Path, out: Path, logdir: Path, stop_before: str | None = None, env: dict[str, str] | None = None,
           args: tuple[str, ...] = ()) -> tuple[subprocess.Popen[bytes], Path]:
     logdir.mkdir(parents=True, exist_ok=True)
@@ -59,7 +66,7 @@ def start(spec: Path, out: Path, logdir: Path, stop_before: str | None = None, e
     if stop_before:
         full_env["SEALBOX_TEST_STOP_BEFORE"] = stop_before
     with open(err, "wb") as e, open(err.with_suffix(".out"), "wb") as o:
-        proc = subprocess.Popen([sys.executable, "-m", "sealbox", "build", str(spec), "--output", str(out), "--json", *args],
+        proc = subprocess.Popen([sys.executable, "-c", _DEFAULT_SIGNALS, "build", str(spec), "--output", str(out), "--json", *args],
                                 stdout=o, stderr=e, env=full_env, cwd=spec.parent)
     return proc, err
 

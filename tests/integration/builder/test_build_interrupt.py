@@ -39,28 +39,33 @@ SRC = Path(__file__).resolve().parents[3] / "src"
 @pytest.mark.parametrize("first", [
     signal.SIGTERM, pytest.param(signal.SIGKILL, marks=pytest.mark.slow)], ids=["TERM-first", "KILL-first"])
 def test_killed_at_every_step_boundary(small, tmp_path: Path, first: int) -> None:
-    """Each boundary once, signals alternating; the two runs together SIGTERM and SIGKILL every boundary (the second
-    is in the `slow` set: each boundary after bootstrap costs a bootstrap)."""
-    other = signal.SIGKILL if first == signal.SIGTERM else signal.SIGTERM
+    """Each boundary once, SIGKILL alternating with a graceful signal (SIGTERM, SIGINT, SIGHUP in turn, each expecting
+    exit 128+N and a clean tree); the two runs together cover every boundary both ways (the second is in the `slow`
+    set: each boundary after bootstrap costs a bootstrap)."""
+    graceful = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)  # rotated over the boundaries they are sent at
     spec = copy_project(small.project, tmp_path / "project")  # no lock yet: the commit must write it
     lock = spec.with_suffix(".lock")
     out = tmp_path / "project/build/tiny"
     for i, step in enumerate(BOUNDARIES):
-        sig = first if i % 2 == 0 else other
+        if (i % 2 == 0) == (first == signal.SIGKILL):
+            sig = signal.SIGKILL
+        else:
+            sig = graceful[(i // 2) % len(graceful)]
         proc, err = start(spec, out, tmp_path / "logs", stop_before=step)
         wait_stopped(proc, err, step)
         if step not in ("check-cache", "end"):  # past its sweep: what the last killed build left is gone
             assert len(list(work_base().glob("sealbox-build-*"))) == 1, leftovers(out, lock)
             assert len(list(out.parent.glob(".tiny.staging.*"))) == 1, leftovers(out, lock)
         rc = signal_stopped(proc, sig)
-        assert rc == (-signal.SIGKILL if sig == signal.SIGKILL else 143), err.read_text()[-500:]
+        assert rc == (-signal.SIGKILL if sig == signal.SIGKILL else 128 + sig), err.read_text()[-500:]
         if step == "end":  # committed before the signal: the output and its lock are complete
             assert digests(out) == small.artifacts and lock.read_text() == small.lock
         else:
             assert not out.exists() and not lock.exists(), f"output or lock written by a build killed before {step}"
-        if sig == signal.SIGTERM:
-            assert leftovers(out, lock) == [], f"SIGTERM before {step} left {leftovers(out, lock)}"
-            assert "interrupted by SIGTERM" in err.read_text()
+        if sig != signal.SIGKILL:
+            name = signal.Signals(sig).name
+            assert leftovers(out, lock) == [], f"{name} before {step} left {leftovers(out, lock)}"
+            assert f"interrupted by {name}" in err.read_text()
     # after the walk (the last build committed): the next build is up to date, and nothing is left anywhere
     proc, err = start(spec, out, tmp_path / "logs")
     assert proc.wait(600) == 0, err.read_text()[-500:]

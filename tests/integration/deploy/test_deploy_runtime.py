@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 from rt_integ import Sealbox, leftovers, scrub
 
-pytestmark = [pytest.mark.integration, pytest.mark.boot]
+pytestmark = [pytest.mark.integration, pytest.mark.boot, pytest.mark.in_order]  # B is removed before C reuses its disk
 MIB = 1 << 20
 NET_RATE, DISK_RATE, DISK_IOPS = MIB, 2 * MIB, 100
 
@@ -206,13 +206,17 @@ def test_b_rates_settle_at_the_set_rate(sb: Sealbox) -> None:
     port = _ports(sb, name)["8080/tcp"]
     # guest tx (the host downloads): rate after the first 2 s (the bucket's burst) from the receiving side
     tx = _download_rate(port)
-    # guest rx (the host uploads): two sizes, the difference cancels the burst and the fixed costs
+    # guest rx (the host uploads): two sizes, the difference cancels the burst and the fixed costs; the median of three
+    # pairs, as a policer's drops make single TCP transfers stall on retransmission timeouts now and then
     _serve(sb, name, "sink")
-    time.sleep(2.5)  # the bucket refills
-    t_small = _upload(port, 2 * MIB)
-    time.sleep(2.5)
-    t_big = _upload(port, 7 * MIB)
-    rx = 5 * MIB / (t_big - t_small)
+    pairs = []
+    for _ in range(3):
+        time.sleep(2.5)  # the bucket refills
+        t_small = _upload(port, 2 * MIB)
+        time.sleep(2.5)
+        t_big = _upload(port, 7 * MIB)
+        pairs.append(5 * MIB / (t_big - t_small))
+    rx = sorted(pairs)[1]
     # disk: the guest's dd on the rate disk (found by its serial), O_DIRECT: every request reaches QEMU's throttle.
     # Two sizes each, the difference counted: what QEMU lets through before it throttles (a request, the bucket's
     # tenth of a second) is the same in both and cancels
@@ -225,7 +229,8 @@ def test_b_rates_settle_at_the_set_rate(sb: Sealbox) -> None:
     assert len(runs) == 4, p.stdout
     (b1, s1), (b2, s2), (o1, t1), (o2, t2) = runs
     disk_bps, disk_iops = (b2 - b1) / (s2 - s1), ((o2 - o1) / 4096) / (t2 - t1)
-    print(f"measured: net tx {tx / MIB:.2f} MiB/s, net rx {rx / MIB:.2f} MiB/s (set {NET_RATE / MIB:.0f} MiB/s); "
+    print(f"measured: net tx {tx / MIB:.2f} MiB/s, net rx {rx / MIB:.2f} MiB/s of {[round(r / MIB, 2) for r in pairs]} "
+          f"(set {NET_RATE / MIB:.0f} MiB/s); "
           f"disk {disk_bps / MIB:.2f} MiB/s (set {DISK_RATE / MIB:.0f}), {disk_iops:.0f} IOPS (set {DISK_IOPS})")
     for what, got, want in (("net tx", tx, NET_RATE), ("net rx", rx, NET_RATE), ("disk", disk_bps, DISK_RATE), ("iops", disk_iops, DISK_IOPS)):
         assert 0.8 * want <= got <= 1.2 * want, f"{what}: {got:.0f} is not within 20 % of {want}"

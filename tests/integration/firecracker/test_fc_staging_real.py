@@ -96,6 +96,21 @@ def test_missing_source_fails_and_undo_cleans_up(tmp_path: Path) -> None:
     assert not s.layout.jail_dir.exists() and not list((tmp_path / "jails" / "firecracker").iterdir())
 
 
+def test_a_crash_before_the_staging_marker_leaves_nothing_after_undo(tmp_path: Path) -> None:
+    """Killed between creating the temporary jail dir and writing its marker: the dir is empty, holds nothing of
+    anyone, and undo (run by rm/gc) removes it; another's marked staging dir and a non-empty unmarked one stay."""
+    s = step(tmp_path, ())
+    parent = s.layout.jail_dir.parent
+    parent.mkdir(parents=True)
+    crashed = parent / f".{s.layout.jail_id}.staging-4242"
+    crashed.mkdir()
+    other = parent / f".{s.layout.jail_id}.staging-4343"
+    other.mkdir()
+    (other / s.layout.marker.name).write_text("sandbox-B\n")
+    s.undo({})
+    assert not crashed.exists() and other.is_dir()
+
+
 def test_rw_disk_on_another_filesystem_is_refused(tmp_path: Path) -> None:
     with mounted(tmp_path / "other", "-t", "tmpfs", "-o", "size=4m", "tmpfs") as other:
         disk = other / "d.img"

@@ -140,7 +140,7 @@ def test_published_ports_answer_and_nothing_else_of_the_guest_does(world: World,
 
 
 def test_the_forwarder_lives_in_the_sandbox_and_owns_nothing(world: World) -> None:
-    box = world.boxes[0] if world.boxes else world.start("iso", ["8080"])
+    box = world.start("fwd", ["8080"])  # its own box: tests run in any order (CI shuffles them)
     (pid,) = [p for p, o in procmark.find(publish.MODULE) if o == world.state.mark(box.spec.name)]
     status = Path(f"/proc/{pid}/status").read_text()
     assert "\nUid:\t65534\t65534\t65534\t65534\n" in status and "\nGroups:\t \n" in status
@@ -203,7 +203,7 @@ def test_helpers_in_the_sandbox_namespace_reach_only_the_guest(world: World) -> 
 
     from sealbox.sandbox.host import nft
 
-    box = next((b for b in world.boxes if b.spec.net == NetMode.nat), None) or world.start("nat", ["8080"], net=NetMode.nat)
+    box = world.start("hlp", ["8080"], net=NetMode.nat)
     uplink = next(e for e in box.log.entries if e.kind == "net.host-nat").params["uplink"]
     target = str(next(ipaddress.IPv4Network(uplink).hosts()))  # the uplink's root side, in the stand-in host
 

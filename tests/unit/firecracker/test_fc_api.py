@@ -111,3 +111,25 @@ def test_bad_device_ids_never_reach_the_wire(client: FirecrackerClient, server: 
         with pytest.raises(SandboxError, match="invalid Firecracker device id"):
             client.patch_drive(bad)
     assert server.requests == []
+
+
+def test_an_answer_that_is_not_a_json_object_is_a_clear_error(tmp_path: Path) -> None:
+    """The VMM is hostile: a GET that must describe an object and gets a list is refused, not handed on."""
+    path = tmp_path / "odd.sock"
+    srv = socket.socket(socket.AF_UNIX)
+    srv.bind(str(path))
+    srv.listen(1)
+
+    def answer() -> None:
+        conn = srv.accept()[0]
+        with conn:
+            conn.settimeout(2)
+            conn.recv(65536)
+            conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 6\r\nConnection: close\r\n\r\n[1, 2]")
+
+    t = threading.Thread(target=answer, daemon=True)
+    t.start()
+    with pytest.raises(SandboxError, match=r"^Firecracker API GET /: answer is not a JSON object: \[1, 2\]$"):
+        FirecrackerClient(path, timeout=2).describe_instance()
+    t.join(3)
+    srv.close()

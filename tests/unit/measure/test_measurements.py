@@ -145,3 +145,21 @@ def test_text_output_says_why_a_register_is_zero(tmp_path: Path, capsys: pytest.
     notes = lines[i + 1 : i + 3]
     assert all(n.startswith("         note: ") for n in notes), notes
     assert "kernel 6.1 predates CC measurement in the Linux EFI stub (6.9): RTMR2 stays zero" in notes[1]
+
+
+def test_an_oci_only_build_is_named_as_such(tmp_path: Path) -> None:
+    """`formats = ["oci"]` builds no boot chain: measure says so and where the image's identity is, rather than
+    claiming the build is broken."""
+    import json as _json
+
+    from sealbox.errors import MeasureError
+    from sealbox.measure.measurements import measure_build
+
+    (tmp_path / "app.oci.tar").write_bytes(b"x")
+    (tmp_path / "manifest.json").write_text(_json.dumps({
+        "name": "app", "boot": {}, "artifacts": {"app.oci.tar": {"sha256": "0" * 64, "size": 1}},
+        "oci": {"file": "app.oci.tar", "manifest_digest": "sha256:" + "1" * 64}}))
+    with pytest.raises(MeasureError) as e:
+        measure_build(tmp_path, write=False)
+    text = str(e.value)
+    assert "OCI-only build" in text and "sha256:" + "1" * 64 in text and "missing" not in text

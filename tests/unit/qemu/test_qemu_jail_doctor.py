@@ -202,3 +202,14 @@ def test_kvm_device_must_be_usable_by_the_vmm_user(make_plan, host, tmp_path: Pa
     qemu_launch._check_kvm_access(qemu.build_command(make_plan(accel="kvm"), qemu.HostFacts(**{**host.__dict__, "kvm_gid": None})), dev)
     with pytest.raises(SandboxError, match="does not exist"):
         qemu_launch._check_kvm_access(cmd, tmp_path / "absent")
+
+
+def test_doctor_names_the_command_a_missing_optional_tool_would_break(monkeypatch: pytest.MonkeyPatch) -> None:
+    """exec/ssh need OpenSSH's client, sign needs sbsign, disk formats need qemu-img and mtools...: not needed to run
+    a sandbox, so a warning (not a failure) that says which command would fail and which package to install."""
+    seen = {t for t, _ in host_doctor.COMMAND_TOOLS}
+    assert {"ssh", "ssh-keygen", "sbsign", "qemu-img", "veritysetup", "mkfs.fat", "openssl"} <= seen
+    monkeypatch.setattr(host_doctor.shutil, "which", lambda tool, path=None: None if tool == "sbsign" else f"/usr/bin/{tool}")
+    (c,) = [c for c in host_doctor.command_tool_checks() if c.name == "tool:sbsign"]
+    assert c.status == "warn" and "sealbox sign" in c.detail and c.fix == "apt-get install sbsigntool"
+    assert all(c.status == "ok" for c in host_doctor.command_tool_checks() if c.name != "tool:sbsign")

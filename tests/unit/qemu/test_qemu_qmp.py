@@ -72,3 +72,33 @@ def test_silent_server_times_out(tmp_path: Path) -> None:
 def test_no_socket(tmp_path: Path) -> None:
     with pytest.raises(QmpError, match="cannot connect"):
         QmpClient(tmp_path / "absent.sock", timeout=1).connect()
+
+
+def test_a_qmp_socket_beyond_sun_path_is_bound_and_reached(tmp_path: Path) -> None:
+    """A state dir deep enough that run_dir/qmp.sock exceeds sun_path's 108 bytes: the launcher binds the socket and
+    the client connects to it all the same (both through an O_PATH fd of the directory)."""
+    from sealbox.sandbox.vmm.qemu import FdFile
+    from sealbox.sandbox.vmm.qemu_launch import _open_fd
+
+    deep = tmp_path / ("d" * 60) / ("e" * 60)
+    deep.mkdir(parents=True)
+    sock = deep / "qmp.sock"
+    assert len(str(sock).encode()) > 108
+    fd = _open_fd(FdFile(fd=3, kind="qmp", path=str(sock)))
+    srv = socket.socket(fileno=fd)
+    try:
+        assert sock.is_socket() and (sock.stat().st_mode & 0o777) == 0o600
+
+        def serve() -> None:
+            conn, _ = srv.accept()
+            with conn:
+                conn.sendall(b'{"QMP": {"version": {}, "capabilities": []}}\n')
+                conn.recv(1000)
+                conn.sendall(b'{"return": {}}\n')
+                conn.recv(1000)
+
+        threading.Thread(target=serve, daemon=True).start()
+        with QmpClient(sock, timeout=5) as q:
+            assert "QMP" in q.greeting
+    finally:
+        srv.close()

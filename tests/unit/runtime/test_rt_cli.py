@@ -235,3 +235,23 @@ def test_every_sandbox_verb_without_root_says_it_needs_root(tmp_path: Path) -> N
         lines = err.strip().splitlines()
         assert rc != 0 and len(lines) == 1, (verb, err)
         assert "needs root" in lines[0] and "internal error" not in lines[0], (verb, lines[0])
+
+
+def test_ctrl_c_is_one_line_and_no_blank_line(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    """Click answers Ctrl-C inside its own main() by printing an empty line first; sealbox's is one line only."""
+    from sealbox.cli import main as main_mod
+
+    def interrupted(*_a: object, **_k: object) -> None:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(main_mod.cli, "invoke", interrupted)
+    assert main_mod.main(["ps"]) == 130
+    assert capsys.readouterr().err == "sealbox: aborted\n"
+
+
+def test_bare_sealbox_shows_the_help_as_written(capsys: pytest.CaptureFixture[str]) -> None:
+    from sealbox.cli.main import main
+
+    assert main([]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("Usage: sealbox") and "\nCommands:\n" in err and "sealbox: error" not in err

@@ -69,7 +69,8 @@ def test_a_shadowing_profile_that_is_not_selected_warns_nothing(tmp_path: Path) 
 
 def test_base_is_not_a_profile(tmp_path: Path) -> None:
     spec = write(tmp_path, "s.toml", 'include = ["base"]\n[profiles.dev]\n')
-    spec_error(spec, ["base"], has=["unknown profile 'base'", "profiles defined: dev", "built-in profiles: azure, devtools, gcp, gui, persistent, tdx"])
+    spec_error(spec, ["base"],
+               has=["unknown profile 'base'", "profiles defined: dev", "built-in profiles: azure, devtools, gcp, gui, persistent, tdx"])
 
 
 def test_only_builtin_modules_may_be_marked_as_profiles(tmp_path: Path) -> None:

@@ -68,7 +68,7 @@ def bwrap_argv(spec: JailSpec) -> list[str]:
     argv += ["--dev", "/dev"]
     for dev in spec.devices:
         argv += ["--dev-bind", dev, dev]
-    argv += ["--proc", "/proc", "--tmpfs", "/tmp"]
+    argv += ["--proc", "/proc", "--tmpfs", "/tmp"]  # noqa: S108 a fresh private tmpfs inside the jail, not the host's /tmp
     for src, dest in spec.ro_binds:
         argv += ["--ro-bind", src, dest]
     argv += ["--chdir", "/", "--"]

@@ -11,6 +11,7 @@ The answer is cached per boot (boot_id + whether /dev/kvm exists), because the p
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import errno
 import fcntl
@@ -98,9 +99,12 @@ class KvmStatus(BaseModel):
 
 
 def _ioctl(fd: int, req: int, arg: int | bytes | bytearray = 0) -> int:
-    if isinstance(arg, bytearray):
-        return fcntl.ioctl(fd, req, arg, True)  # type: ignore[call-overload]
-    return fcntl.ioctl(fd, req, arg)  # type: ignore[call-overload]
+    if isinstance(arg, bytearray):  # filled in place; the result is the ioctl's own return value
+        return int(fcntl.ioctl(fd, req, arg, True))
+    if isinstance(arg, bytes):  # the kernel only reads it; Python hands back a copy, not a status (failure raises)
+        fcntl.ioctl(fd, req, arg)
+        return 0
+    return fcntl.ioctl(fd, req, arg)
 
 
 def _seg(selector: int, type_: int, long: int, db: int) -> bytes:
@@ -209,7 +213,8 @@ def _run_probe(dev: Path, timeout: float) -> KvmStatus:
     rate = next((RATE_LOOPS / max(s["took"], 1e-9) for s in stages if s["stage"] == "rate"), None)
     rate_txt = f"; guest loop rate {rate / 1e6:.1f}M iterations/s" if rate else ""
     if [s["stage"] for s in stages] == ["real", "long", "rate", "speed"]:
-        return KvmStatus(present=True, functional=True, api_version=api, elapsed_s=elapsed, detail=f"vCPUs ran real- and 64-bit-mode guest code{rate_txt}")
+        return KvmStatus(present=True, functional=True, api_version=api, elapsed_s=elapsed,
+                         detail=f"vCPUs ran real- and 64-bit-mode guest code{rate_txt}")
     ran = [s["stage"] for s in stages]
     if "long" in ran:
         what = f"vCPUs run but far too slowly: a {SPEED_LOOPS // 1_000_000}M-iteration guest loop did not finish in {timeout:g}s{rate_txt}"
@@ -220,10 +225,8 @@ def _run_probe(dev: Path, timeout: float) -> KvmStatus:
 
 def _reap(pid: int) -> None:
     """Kill the probe child (harmless if it already exited) and reap it, bounded in time."""
-    try:
+    with contextlib.suppress(ProcessLookupError):
         os.kill(pid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
     for _ in range(200):  # a vCPU thread leaves KVM_RUN on a fatal signal quickly; bound it anyway
         try:
             done, _status = os.waitpid(pid, os.WNOHANG)

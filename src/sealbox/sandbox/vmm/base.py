@@ -31,8 +31,8 @@ class VmmBackend(Protocol):
     def describe(self, plan: VmPlan) -> dict[str, Any]:
         """For --dry-run/inspect: argv, config files, and anything else the backend would do."""
 
-    def stop(self, record: SandboxRecord, timeout: float) -> None:
-        """Ask the guest to shut down, wait up to `timeout`, then kill the VMM."""
+    def stop(self, record: SandboxRecord, timeout: float) -> str | None:
+        """Ask the guest to shut down, wait up to `timeout`, then kill the VMM; how it ended, if the backend says."""
 
     def inspect(self, record: SandboxRecord) -> dict[str, Any]:
         """The VMM's own view of the running VM (QMP query / Firecracker GET /vm/config)."""

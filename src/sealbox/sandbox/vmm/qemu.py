@@ -77,7 +77,8 @@ class HostFacts:
     def detect(cls) -> HostFacts:
         from sealbox.sandbox.host.users import kvm_gid
 
-        tdvf = Path(os.environ["SEALBOX_TDVF"]) if os.environ.get("SEALBOX_TDVF") else next((p for p in TDVF_CANDIDATES if p.exists()), TDVF_CANDIDATES[0])
+        tdvf = (Path(os.environ["SEALBOX_TDVF"]) if os.environ.get("SEALBOX_TDVF")
+                else next((p for p in TDVF_CANDIDATES if p.exists()), TDVF_CANDIDATES[0]))
         return cls(tsc_khz=host_tsc_khz(), tdvf=tdvf, kvm_gid=kvm_gid(), root_links=jail.host_root_links())
 
 

@@ -9,6 +9,7 @@ start time identify it later; the cgroup is what reliably kills it and anything 
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import fcntl
 import os
@@ -30,6 +31,7 @@ from sealbox.sandbox.vmm.qmp import QmpClient, QmpError
 from sealbox.util import atomic
 from sealbox.util.pipes import read_until_eof
 from sealbox.util.run import which
+from sealbox.util.unixpath import short_path
 
 TUNSETIFF = 0x400454CA
 IFF_TAP, IFF_NO_PI, IFF_VNET_HDR = 0x0002, 0x1000, 0x4000
@@ -108,14 +110,10 @@ class RunDirStep(Step):
     def undo(self, outputs: dict[str, Any]) -> None:
         for p in (self.qmp_socket, self.agent_socket, self.vars_copy):
             if p:
-                try:
+                with contextlib.suppress(FileNotFoundError):
                     os.unlink(p)
-                except FileNotFoundError:
-                    pass
-        try:
+        with contextlib.suppress(OSError):
             Path(self.run_dir).rmdir()  # kept if logs remain: they are for `sealbox logs` until `rm`
-        except OSError:
-            pass
 
 
 class QemuStartStep(Step):
@@ -163,10 +161,8 @@ class QemuStartStep(Step):
         left = cgroups.kill_all(self.cgroup_dirs())
         if left:
             raise SandboxError(f"QEMU processes {left} survived SIGKILL", hint="retry with 'sealbox gc'")
-        try:
+        with contextlib.suppress(FileNotFoundError):
             os.unlink(self.qmp_socket)
-        except FileNotFoundError:
-            pass
 
 
 def steps(plan: VmPlan, cmd: QemuCommand) -> list[Step]:
@@ -228,14 +224,13 @@ def open_tap(netns: str, ifname: str) -> int:
 
 def _open_fd(f: FdFile) -> int:
     if f.kind in ("qmp", "agent"):
-        try:
+        with contextlib.suppress(FileNotFoundError):
             os.unlink(f.path)
-        except FileNotFoundError:
-            pass
         s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
         old = os.umask(0o177)
         try:
-            s.bind(f.path)
+            with short_path(f.path) as name:
+                s.bind(name)
         finally:
             os.umask(old)
         s.listen(8)
@@ -309,10 +304,8 @@ def _exec_vmm(step: QemuStartStep, fds: list[tuple[int, int]], log_fd: int, err_
         keep = {0, 1, 2, *(t for t, _s in fds)}
         for name in os.listdir("/proc/self/fd"):  # nothing inherited by sealbox leaks into the VMM
             if int(name) not in keep:
-                try:
+                with contextlib.suppress(OSError):
                     os.set_inheritable(int(name), False)
-                except OSError:
-                    pass
         argv = [*step.launcher, *step.argv]
         os.execv(argv[0], argv)
     except BaseException as e:  # noqa: BLE001 - report anything to the parent, then die

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from sealbox.errors import SandboxError
+from sealbox.util.unixpath import short_path
 
 
 class QmpError(SandboxError):
@@ -39,7 +40,8 @@ class QmpClient:
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
         sock.settimeout(self.timeout)
         try:
-            sock.connect(self.path)
+            with short_path(self.path) as name:
+                sock.connect(name)
         except OSError as e:
             sock.close()
             raise QmpError(f"cannot connect to QMP socket {self.path}: {e.strerror or e}", hint="is the VM running?") from None

@@ -17,6 +17,7 @@ import httpx
 
 from sealbox.errors import SandboxError
 from sealbox.sandbox.vmm.firecracker import jailfs
+from sealbox.util.unixpath import short_path
 
 ActionType = Literal["InstanceStart", "SendCtrlAltDel", "FlushMetrics"]
 
@@ -46,15 +47,8 @@ def uds_path(path: Path, jail_root: Path | None = None) -> Iterator[str]:
         finally:
             os.close(fd)
         return
-    text = str(path)
-    if len(text.encode()) < 100:
-        yield text
-        return
-    fd = os.open(path.parent, os.O_PATH | os.O_DIRECTORY)
-    try:
-        yield f"/proc/self/fd/{fd}/{path.name}"
-    finally:
-        os.close(fd)
+    with short_path(path) as name:
+        yield name
 
 
 def _one_line(text: str, limit: int = 300) -> str:
@@ -93,17 +87,24 @@ class FirecrackerClient:
         except json.JSONDecodeError:
             raise SandboxError(f"{what}: answer is not JSON: {_one_line(resp.text, 120)}") from None
 
+    def _get_object(self, path: str) -> dict[str, Any]:
+        """A GET whose answer must be a JSON object: the VMM is not trusted to send one."""
+        answer = self._request("GET", path)
+        if not isinstance(answer, dict):
+            raise SandboxError(f"Firecracker API GET {path}: answer is not a JSON object: {_one_line(json.dumps(answer), 120)}")
+        return answer
+
     # reads -------------------------------------------------------------------------------------
     def describe_instance(self) -> dict[str, Any]:
         """GET / — id, state (Not started/Running/Paused), vmm_version, app_name."""
-        return self._request("GET", "/")
+        return self._get_object("/")
 
     def vm_config(self) -> dict[str, Any]:
         """GET /vm/config — the full configuration as Firecracker holds it."""
-        return self._request("GET", "/vm/config")
+        return self._get_object("/vm/config")
 
     def machine_config(self) -> dict[str, Any]:
-        return self._request("GET", "/machine-config")
+        return self._get_object("/machine-config")
 
     def version(self) -> str:
         return str(self._request("GET", "/version")["firecracker_version"])

@@ -130,9 +130,11 @@ class FirecrackerBackend:
         ):
             if path is None:
                 where = f"{var}={explicit} does not exist" if explicit else "it is not on PATH"
-                raise SandboxError(f"--vmm firecracker needs the {name} binary, but {where}", hint=f"install Firecracker v1.16 and set {var}, or use --vmm qemu")
+                raise SandboxError(f"--vmm firecracker needs the {name} binary, but {where}",
+                                   hint=f"install Firecracker v1.16 and set {var}, or use --vmm qemu")
             if pinned is not None and sha256_file(path) != pinned:
-                raise SandboxError(f"{name} at {path} does not match {sha_var}", hint="reinstall the pinned release or update the pin after verifying it")
+                raise SandboxError(f"{name} at {path} does not match {sha_var}",
+                                   hint="reinstall the pinned release or update the pin after verifying it")
         if plan.accel != "kvm":
             raise SandboxError("Firecracker needs KVM, but this sandbox was planned for TCG", hint="use --vmm qemu on hosts without working KVM")
         if not Path("/dev/kvm").exists():
@@ -145,7 +147,8 @@ class FirecrackerBackend:
             except OSError as e:
                 raise SandboxError(f"kernel {plan.kernel}: {e.strerror}") from None
             if magic != ELF_MAGIC:
-                raise SandboxError(f"kernel {plan.kernel} is not an ELF vmlinux", hint="Firecracker on x86_64 boots the uncompressed vmlinux of the image build")
+                raise SandboxError(f"kernel {plan.kernel} is not an ELF vmlinux",
+                                   hint="Firecracker on x86_64 boots the uncompressed vmlinux of the image build")
         else:
             S.read_manifest(plan.spec.from_snapshot, verify=False)
 
@@ -254,7 +257,8 @@ def running(record: SandboxRecord) -> Running | None:
     """The live Firecracker of a record, or None; a record without Firecracker steps is a usage error."""
     stage, start = firecracker_entries(record)
     if start is None:
-        raise UsageError(f"sandbox {record.name!r} does not run under Firecracker", hint="pause/resume/snapshot need a sandbox started with --vmm firecracker")
+        raise UsageError(f"sandbox {record.name!r} does not run under Firecracker",
+                         hint="pause/resume/snapshot need a sandbox started with --vmm firecracker")
     if start.state != "done" or not start.outputs.get("pid"):
         return None
     pid, st = int(start.outputs["pid"]), start.outputs.get("start_time")

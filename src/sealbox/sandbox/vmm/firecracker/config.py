@@ -114,7 +114,8 @@ def check_plan(plan: VmPlan) -> None:
     if not 1 <= len(plan.net.tap) <= 15:
         raise SandboxError(f"TAP device name {plan.net.tap!r} must be 1-15 characters")
     if plan.uid <= 0 or plan.gid <= 0:
-        raise SandboxError("refusing to run Firecracker as root (uid/gid 0)", hint="every sandbox VMM runs as an unprivileged uid of its own (SEALBOX_UID_RANGE)")
+        raise SandboxError("refusing to run Firecracker as root (uid/gid 0)",
+                           hint="every sandbox VMM runs as an unprivileged uid of its own (SEALBOX_UID_RANGE)")
     qcow = [d.path for d in spec.disks if d.format != "raw"]
     if qcow:
         raise SandboxError(f"--disk {qcow[0]} is declared qcow2, but Firecracker attaches raw disks only",

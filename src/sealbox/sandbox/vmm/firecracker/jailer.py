@@ -136,7 +136,8 @@ def jailer_argv(a: JailerArgs) -> list[str]:
     """The argv in the order of the jailer's documented usage line (docs/jailer.md, "Jailer Usage")."""
     check_jail_id(a.jail_id)
     if a.uid == 0 or a.gid == 0:
-        raise SandboxError("refusing to run Firecracker as root (uid/gid 0)", hint="every sandbox VMM runs as an unprivileged uid of its own (SEALBOX_UID_RANGE)")
+        raise SandboxError("refusing to run Firecracker as root (uid/gid 0)",
+                           hint="every sandbox VMM runs as an unprivileged uid of its own (SEALBOX_UID_RANGE)")
     argv = [str(a.jailer), "--id", a.jail_id, "--exec-file", str(a.exec_file),
             "--uid", str(a.uid), "--gid", str(a.gid), "--cgroup-version", str(a.cgroup_version)]
     for file, value in a.cgroups:

@@ -176,9 +176,11 @@ class FirecrackerJailerStep(Step):
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait(timeout=5)
-            raise SandboxError(f"the jailer did not exit within {self.start_timeout:g}s: {_tail(self.stderr_log, err_offset) or 'no output'}") from None
+            raise SandboxError(f"the jailer did not exit within {self.start_timeout:g}s: "
+                               f"{_tail(self.stderr_log, err_offset) or 'no output'}") from None
         if rc != 0:
-            raise SandboxError(f"the jailer failed (exit {rc}): {_tail(self.stderr_log, err_offset) or 'no output'}")  # the log goes with the sandbox: its tail is here
+            raise SandboxError(f"the jailer failed (exit {rc}): "
+                               f"{_tail(self.stderr_log, err_offset) or 'no output'}")  # the log goes with the sandbox: its tail is here
         pid = self._vmm_pid(err_offset)
         start = process_start_time(pid)
         self._wait_api(pid, start, err_offset)

@@ -128,7 +128,8 @@ class FirecrackerSpec:
 
     @property
     def definitions(self) -> dict[str, Any]:
-        return self.root["definitions"]
+        definitions: dict[str, Any] = self.root["definitions"]  # swagger_to_jsonschema put the converted dict there
+        return definitions
 
     def _validator(self, schema: dict[str, Any]) -> jsonschema.Draft7Validator:
         validator: jsonschema.Draft7Validator = _jsonschema().Draft7Validator({**schema, "definitions": self.definitions})

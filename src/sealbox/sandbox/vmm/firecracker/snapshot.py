@@ -181,7 +181,8 @@ def read_manifest(snapshot_dir: Path, verify: bool = True) -> SnapshotManifest:
     try:
         m = SnapshotManifest.model_validate_json(path.read_bytes())
     except FileNotFoundError:
-        raise SandboxError(f"{snapshot_dir} is not a sealbox Firecracker snapshot (no manifest.json)", hint="create one with 'sealbox snapshot NAME'") from None
+        raise SandboxError(f"{snapshot_dir} is not a sealbox Firecracker snapshot (no manifest.json)",
+                           hint="create one with 'sealbox snapshot NAME'") from None
     except (ValidationError, ValueError) as e:
         raise SandboxError(f"snapshot manifest {path} is invalid: {str(e).splitlines()[0]}") from None
     if m.format != FORMAT:

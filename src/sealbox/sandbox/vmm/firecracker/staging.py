@@ -42,7 +42,7 @@ class MountInfo(BaseModel):
 
 def mount_of(path: Path, mountinfo: str | None = None) -> MountInfo:
     """The mount holding `path` (or its nearest existing ancestor), from /proc/self/mountinfo."""
-    probe, tail = Path(path).absolute(), []
+    probe, tail = Path(path).absolute(), list[str]()
     while not probe.exists() and probe != probe.parent:  # resolve symlinks of the part that exists
         tail.insert(0, probe.name)
         probe = probe.parent
@@ -61,9 +61,11 @@ def check_chroot_base(base: Path, mountinfo: str | None = None) -> MountInfo:
     if m.fstype in _REFUSED_FS:
         raise SandboxError(f"jailer chroot base {base} is on {m.fstype} ({m.mount_point}): {_REFUSED_FS[m.fstype]}", hint=fix)
     if "nodev" in m.options:
-        raise SandboxError(f"jailer chroot base {base} is on a nodev mount ({m.mount_point}): the jailer's /dev/kvm and /dev/net/tun nodes would not open", hint=fix)
+        raise SandboxError(f"jailer chroot base {base} is on a nodev mount ({m.mount_point}): "
+                           "the jailer's /dev/kvm and /dev/net/tun nodes would not open", hint=fix)
     if "noexec" in m.options:
-        raise SandboxError(f"jailer chroot base {base} is on a noexec mount ({m.mount_point}): the jailer execs its copy of firecracker from there", hint=fix)
+        raise SandboxError(f"jailer chroot base {base} is on a noexec mount ({m.mount_point}): "
+                           "the jailer execs its copy of firecracker from there", hint=fix)
     if "ro" in m.options:
         raise SandboxError(f"jailer chroot base {base} is on a read-only mount ({m.mount_point})", hint=fix)
     return m
@@ -210,6 +212,9 @@ class FirecrackerStageStep(Step):
             with contextlib.suppress(OSError):
                 if (tmp / lay.marker.name).read_text().strip() == self.owner:
                     shutil.rmtree(tmp)
+                    continue
+            with contextlib.suppress(OSError):  # a crash before the marker: empty, nobody's; rmdir refuses anything else
+                tmp.rmdir()
         if not lay.jail_dir.exists():
             return
         if not self.owned():
