@@ -30,6 +30,7 @@ from sealbox.sandbox.model import GuestNet
 from sealbox.sandbox.snapshot import SnapshotManifest
 from sealbox.sandbox.vmm import qemu_snapshot
 from sealbox.util.run import which
+from sealbox.util.unixpath import short_path
 
 SIGNER = "sealbox-guest"  # the principal of the one-line allowed_signers file the signature is checked against
 
@@ -40,7 +41,8 @@ def connect(path: str, deadline: float) -> socket.socket:
     while time.monotonic() < deadline:
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
         try:
-            sock.connect(path)
+            with short_path(path) as name:  # a deep state dir's run dir is beyond sun_path
+                sock.connect(name)
             return sock
         except OSError as e:
             sock.close()

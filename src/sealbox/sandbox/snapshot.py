@@ -34,6 +34,7 @@ from sealbox.errors import SandboxError, UsageError
 from sealbox.sandbox.state import SandboxRecord, StateDir
 from sealbox.util import atomic
 from sealbox.util.digest import sha256_file
+from sealbox.util.unixpath import short_path
 
 FORMAT = "sealbox-qemu-snapshot/1"
 STATE_FILE = "vmstate"
@@ -235,7 +236,8 @@ def _agent_answers(path: str, timeout: float = 15.0) -> None:
     data = b""
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC) as sock:
         try:
-            sock.connect(path)
+            with short_path(path) as name:  # a deep state dir's run dir is beyond sun_path
+                sock.connect(name)
             while AGENT_HELLO.encode() not in data and len(data) < 65536 and time.monotonic() < deadline:
                 sock.settimeout(max(0.05, deadline - time.monotonic()))
                 chunk = sock.recv(4096)

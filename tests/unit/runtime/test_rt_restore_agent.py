@@ -5,13 +5,14 @@ Signatures are made and checked by the real ssh-keygen (-Y sign / -Y verify), as
 from __future__ import annotations
 
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
 
 from sealbox.guest import agent
 from sealbox.guest.agent import AgentError, AnswerParser
-from sealbox.guest.protocol import RESTORE_SIG_NAMESPACE
+from sealbox.guest.protocol import AGENT_HELLO, RESTORE_SIG_NAMESPACE
 from sealbox.sandbox.restore import verify
 
 NONCE = "ab" * 32
@@ -104,3 +105,35 @@ def test_an_endless_answer_is_cut_off() -> None:
     with pytest.raises(AgentError, match="more than"):
         for _ in range(100):
             p.feed(b"x" * 1024)
+
+
+def test_the_agents_socket_is_reached_under_a_deep_state_dir(tmp_path: Path) -> None:
+    """The run dir of a deep state dir puts the agent's socket beyond sun_path's 108 bytes (QMP's is reached through
+    util/unixpath.py already): the restore and the snapshot's hello check reach it all the same."""
+    import socket
+    import threading
+
+    from sealbox.sandbox import restore as restore_mod
+    from sealbox.sandbox import snapshot as snap_mod
+    from sealbox.util.unixpath import short_path
+
+    deep = tmp_path / ("d" * 60) / ("e" * 60)
+    deep.mkdir(parents=True)
+    path = str(deep / "agent.sock")
+    assert len(path) > 108
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as server:
+        with short_path(path) as name:
+            server.bind(name)
+        server.listen(2)
+
+        def hello() -> None:
+            for _ in range(2):
+                conn, _addr = server.accept()
+                with conn:
+                    conn.sendall(AGENT_HELLO.encode() + b"\n")
+
+        t = threading.Thread(target=hello, daemon=True)
+        t.start()
+        restore_mod.connect(path, time.monotonic() + 2).close()
+        snap_mod._agent_answers(path, timeout=5)
+        t.join(5)
