@@ -14,6 +14,7 @@ from pathlib import Path
 
 from sealbox.builder.intree import Tree
 from sealbox.errors import BuildError
+from sealbox.formats import elf
 from sealbox.util.run import run
 
 LZ4_LEGACY_MAGIC = 0x184C2102
@@ -120,27 +121,18 @@ def read_module(path: Path) -> bytes:
 def modinfo(path: Path) -> dict[str, list[str]]:
     """key -> values from the .modinfo section of an ELF64 little-endian kernel module (plain or compressed)."""
     data = read_module(path)
-    if len(data) < 64 or data[:4] != b"\x7fELF" or data[4] != 2 or data[5] != 1:
+    if not elf.is_elf64_le(data):
         raise BuildError(f"{path.name} is not an ELF64 little-endian module")
     try:
-        shoff, = struct.unpack_from("<Q", data, 0x28)
-        shentsize, shnum, shstrndx = struct.unpack_from("<HHH", data, 0x3A)
-        sections = [struct.unpack_from("<IIQQQQ", data, shoff + i * shentsize) for i in range(shnum)]
-        strtab = sections[shstrndx]
-        names = data[strtab[4]:strtab[4] + strtab[5]]
-        for name_off, _type, _flags, _addr, off, size in sections:
-            if names[name_off:names.index(b"\0", name_off)] == b".modinfo":
-                if off + size > len(data):
-                    raise ValueError(".modinfo runs past the end of the file")
-                info: dict[str, list[str]] = {}
-                for item in data[off:off + size].split(b"\0"):
-                    key, sep, value = item.decode(errors="replace").partition("=")
-                    if sep:
-                        info.setdefault(key, []).append(value)
-                return info
+        raw = elf.section(data, b".modinfo")
     except (struct.error, ValueError, IndexError, OverflowError) as e:
         raise BuildError(f"kernel module {path.name} is truncated or malformed ({e})") from None
-    return {}
+    info: dict[str, list[str]] = {}
+    for item in (raw or b"").split(b"\0"):
+        key, sep, value = item.decode(errors="replace").partition("=")
+        if sep:
+            info.setdefault(key, []).append(value)
+    return info
 
 
 def _norm(name: str) -> str:

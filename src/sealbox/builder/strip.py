@@ -12,6 +12,7 @@ from pathlib import Path
 
 from sealbox.builder.intree import Tree
 from sealbox.errors import BuildError
+from sealbox.formats import elf
 from sealbox.spec.model import Strip
 
 # Each group is a switch in [strip]; paths are globs inside the image (usr-merged layout, `path_glob` rules): a
@@ -260,22 +261,14 @@ def elf_needed(data: bytes) -> tuple[list[str], list[str]] | None:
 
 
 def _elf_needed(data: bytes) -> tuple[list[str], list[str]] | None:
-    if len(data) < 64 or data[:4] != b"\x7fELF" or data[4] != 2 or data[5] != 1:
+    if not elf.is_elf64_le(data):
         return None
-    phoff, = struct.unpack_from("<Q", data, 0x20)
-    phentsize, phnum = struct.unpack_from("<HH", data, 0x36)
-    if phentsize < 56:
+    segs = elf.segments(data)
+    loads = [(s.vaddr, s.offset, s.filesz) for s in segs if s.type == elf.PT_LOAD]
+    dynamics = [(s.offset, s.filesz) for s in segs if s.type == elf.PT_DYNAMIC]
+    if not dynamics:
         return None
-    loads: list[tuple[int, int, int]] = []
-    dynamic = None
-    for i in range(phnum):
-        p_type, _flags, p_offset, p_vaddr, _paddr, p_filesz = struct.unpack_from("<IIQQQQ", data, phoff + i * phentsize)
-        if p_type == 1:
-            loads.append((p_vaddr, p_offset, p_filesz))
-        elif p_type == 2:
-            dynamic = (p_offset, p_filesz)
-    if dynamic is None:
-        return None
+    dynamic = dynamics[-1]  # the last one, as ld.so reads them
 
     def v2o(vaddr: int) -> int | None:
         for va, off, size in loads:

@@ -24,7 +24,7 @@ def _host(state_dir: Path | None) -> LocalHost:
     from sealbox.sdk.host import LocalHost
 
     host = LocalHost(state_dir, command=click.get_current_context().command_path)
-    host.state  # noqa: B018 - the access check: without root nothing else can be answered
+    host.layout  # noqa: B018 - the access check: without root nothing else can be answered
     return host
 
 
@@ -36,7 +36,7 @@ def _sandbox(name: str, state_dir: Path | None) -> Sandbox:
 
 
 def _labels(items: tuple[str, ...]) -> dict[str, str]:
-    from sealbox.sandbox.model import parse_labels
+    from sealbox.sandbox.labels import parse_labels
 
     return parse_labels(items)
 

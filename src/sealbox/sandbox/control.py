@@ -1,4 +1,5 @@
-"""Commands on existing sandboxes: ps, inspect, logs, stop, rm, and the SSH target of exec/ssh.
+"""Commands on existing sandboxes: stop, rm, snapshot, and the SSH target of exec/ssh (ps, inspect and logs are
+query.py's, re-exported here: they must start without this module's imports).
 
 Mutating commands (stop, rm) hold the sandbox's lock; read-only ones (ps, inspect, logs, exec)
 never wait for it, so they keep working while a long `run` holds it.
@@ -9,42 +10,26 @@ from __future__ import annotations
 import logging
 import os
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 from pydantic import ValidationError
 
 from sealbox.errors import NotFound, SandboxError, UsageError
 from sealbox.sandbox import ssh, stepkinds
 from sealbox.sandbox import status as st
+from sealbox.sandbox.layout import check_access as check_access  # re-exported: its home was here
 from sealbox.sandbox.model import GuestNet
+from sealbox.sandbox.query import console_path as console_path  # ps, inspect and logs: re-exported from query.py
+from sealbox.sandbox.query import follow_logs as follow_logs
+from sealbox.sandbox.query import inspect as inspect
+from sealbox.sandbox.query import ps as ps
 from sealbox.sandbox.state import SandboxRecord, StateDir, pid_alive
 from sealbox.sandbox.steps import undo_steps
 from sealbox.sandbox.vmm.base import VmmBackend
 from sealbox.util.names import check_sandbox_name
 
 log = logging.getLogger("sealbox.control")
-SECRET_KEYS = ("client_key_openssh",)  # never printed by inspect
-
-
-def check_access(root: Path, command: str) -> None:
-    """Sandbox verbs run as root; say so in one line instead of failing deep inside on a root-only file.
-
-    A state directory the caller owns (tests, `--dry-run` with `--state-dir`) is usable without root."""
-    if os.geteuid() == 0:
-        return
-    probe = Path(root).absolute()
-    try:
-        while not probe.exists() and probe != probe.parent:
-            probe = probe.parent
-        owner: int | None = probe.stat().st_uid
-    except OSError:
-        owner = None  # not even visible to this user
-    if owner != os.geteuid():
-        whose = f"belongs to uid {owner}" if owner is not None else f"is not accessible to uid {os.geteuid()}"
-        raise UsageError(f"{command} needs root: the sandbox state directory {root} {whose}",
-                         hint=f"run it as root, e.g. sudo {command}")
 
 
 def backend_for(record: SandboxRecord) -> VmmBackend:
@@ -63,85 +48,6 @@ def backend_for(record: SandboxRecord) -> VmmBackend:
 def load(state: StateDir, name: str) -> SandboxRecord:
     check_sandbox_name(name)
     return state.load(name)
-
-
-# ---- ps / inspect / logs ------------------------------------------------------------------------
-
-def ps(state: StateDir, *, all_: bool = False) -> list[st.PsRow]:
-    rows = []
-    for name in state.names():
-        try:
-            rows.append(st.row(state.load(name)))
-        except SandboxError as e:
-            rows.append(st.corrupt_row(name, e.message))
-    return rows if all_ else [r for r in rows if r.status in st.ACTIVE]
-
-
-def _redact(obj: Any) -> Any:
-    """Secrets never leave through inspect: the keys older records carried, and any private key text."""
-    if isinstance(obj, dict):
-        return {k: ("<redacted>" if k in SECRET_KEYS else _redact(v)) for k, v in obj.items()}
-    if isinstance(obj, list):
-        return [_redact(v) for v in obj]
-    if isinstance(obj, str) and "PRIVATE KEY" in obj:
-        return "<redacted>"
-    return obj
-
-
-def inspect(state: StateDir, name: str) -> dict[str, Any]:
-    record = load(state, name)
-    status = st.derive(record)
-    out: dict[str, Any] = _redact(record.model_dump(mode="json"))
-    out["derived_status"] = status
-    if status == "exited":
-        out["exit_reason"] = st.exit_reason(record)
-    out["sandbox_dir"] = str(state.sandbox_dir(name))
-    if status == "running":
-        try:
-            out["vmm_view"] = _redact(backend_for(record).inspect(record))
-        except Exception as e:  # noqa: BLE001 - the VMM's own view is best effort
-            out["vmm_view"] = {"error": " ".join(str(e).split()) or type(e).__name__}
-    return out
-
-
-def console_path(state: StateDir, name: str) -> Path:
-    from sealbox.sandbox.planning import CONSOLE_LOG  # here: planning pulls in the image spec, which `ps` never needs
-
-    return state.sandbox_dir(name) / CONSOLE_LOG
-
-
-def follow_logs(state: StateDir, name: str, *, follow: bool, poll: float = 0.25,
-                max_seconds: float | None = None) -> Iterator[bytes]:
-    """Console log chunks; with `follow`, keep going until the VMM exits (then drain), Ctrl-C, the
-    sandbox is removed, or `max_seconds` (tests) passes. Each wait is one bounded sleep."""
-    record = load(state, name)
-    path = console_path(state, name)
-    if not path.exists() and not follow:
-        return
-    offset = 0
-    deadline = None if max_seconds is None else time.monotonic() + max_seconds
-    while True:
-        try:
-            with open(path, "rb") as f:
-                f.seek(offset)
-                while chunk := f.read(64 * 1024):
-                    offset += len(chunk)
-                    yield chunk
-        except FileNotFoundError:
-            if not follow or not state.exists(name):
-                return
-        if not follow:
-            return
-        try:
-            record = state.load(name)
-        except SandboxError:
-            return  # removed meanwhile
-        if st.derive(record) not in st.ACTIVE:
-            follow = False  # one more pass drains what the VMM wrote before it exited
-            continue
-        if deadline is not None and time.monotonic() >= deadline:
-            return
-        time.sleep(poll)
 
 
 # ---- stop / rm --------------------------------------------------------------------------------

@@ -20,12 +20,12 @@ from sealbox.errors import SandboxError, UsageError
 from sealbox.sandbox import image as image_mod
 from sealbox.sandbox.host import cgroups
 from sealbox.sandbox.instance import DISK_NAME
+from sealbox.sandbox.layout import CONSOLE_DIR as CONSOLE_DIR  # re-exported (lifecycle, tests)
+from sealbox.sandbox.layout import CONSOLE_LOG as CONSOLE_LOG
 from sealbox.sandbox.model import CgroupPlan, DiskSpec, EgressRule, GuestNet, Limits, NetMode, PortMap, SandboxSpec, VmPlan
 from sealbox.sandbox.vmm.base import VmmBackend
 from sealbox.util.names import check_sandbox_name
 
-CONSOLE_DIR = "console"  # a size-capped tmpfs (host/consolefs.py)
-CONSOLE_LOG = f"{CONSOLE_DIR}/console.log"
 DEFAULT_MEMORY_MIB = 512  # unless the image needs more (its manifest's min_memory_mib)
 FIRECRACKER_OVERHEAD_MIB = 128  # Firecracker's own RSS beyond guest RAM is small; room for page tables + buffers
 

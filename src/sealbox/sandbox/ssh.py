@@ -183,7 +183,8 @@ def exec_in_netns(netns: str, argv: list[str]) -> None:
     """Replace this process by `argv` running inside network namespace `netns` (never returns).
 
     setns() only moves the calling thread; exec right after makes that the whole new process."""
-    from sealbox.sandbox.host.netns import _setns, netns_path
+    from sealbox.sandbox.host.netns import netns_path
+    from sealbox.sandbox.host.nsenter import enter_net
     from sealbox.util.run import which
 
     path = netns_path(netns)
@@ -192,7 +193,7 @@ def exec_in_netns(netns: str, argv: list[str]) -> None:
     except FileNotFoundError:
         raise SandboxError(f"network namespace {netns!r} does not exist", hint="is the sandbox running? see 'sealbox ps'") from None
     try:
-        _setns(fd)
+        enter_net(fd)
     except OSError as e:
         raise SandboxError(f"cannot enter network namespace {netns!r}: {e.strerror}", hint="sealbox exec must run as root") from None
     finally:
@@ -214,7 +215,8 @@ def output_of_guest(t: SshTarget, command: Sequence[str], timeout: float, limit:
     import select
     import subprocess
 
-    from sealbox.sandbox.host.netns import _setns, netns_path
+    from sealbox.sandbox.host.netns import netns_path
+    from sealbox.sandbox.host.nsenter import enter_net
 
     argv = exec_argv(t, command, user="root")
     try:
@@ -223,7 +225,7 @@ def output_of_guest(t: SshTarget, command: Sequence[str], timeout: float, limit:
         return None, b""
     try:
         proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
-                                preexec_fn=lambda: _setns(fd))  # the child enters the netns, then execs ssh
+                                preexec_fn=lambda: enter_net(fd))  # the child enters the netns, then execs ssh
     except OSError:
         return None, b""
     finally:

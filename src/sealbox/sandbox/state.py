@@ -1,9 +1,9 @@
 """The sandbox state directory: one atomically written record per sandbox, and per-sandbox locks.
 
-Layout (default root /var/lib/sealbox, override with --state-dir or SEALBOX_STATE_DIR):
-    sandboxes/<name>/record.json   the SandboxRecord (spec, status, host steps, pids)
-    sandboxes/<name>/...           per-sandbox files (console log, keys, sockets, instance disk)
-    locks/<name>.lock              flock target; kept outside the sandbox dir so `rm` can delete that dir
+The layout (paths, the access check) is layout.py's, usable without pydantic; a record is written only through
+SandboxRecord, its one schema, and read back by this model or — for ps, inspect and logs — by recordview.py, which
+reads only a record in exactly the shape this model writes and leaves any other to the model. Default root
+/var/lib/sealbox (override: --state-dir, SEALBOX_STATE_DIR).
 
 Host-wide resources (names, addresses, uids) are leased from the host registry, not from here
 (host/registry.py); every host object a sandbox gets carries the mark `owner.mark(root, name)`.
@@ -21,42 +21,16 @@ from typing import Any
 from pydantic import BaseModel, ValidationError
 
 from sealbox.errors import NotFound, SandboxError
-from sealbox.sandbox.host import owner
+from sealbox.sandbox.layout import DEFAULT_STATE_DIR, StateLayout, state_root
 from sealbox.sandbox.steps import StepLog
 from sealbox.util import atomic, flock
 from sealbox.util.names import check_sandbox_name
+from sealbox.util.procs import pid_alive, process_start_time
 
-DEFAULT_STATE_DIR = Path("/var/lib/sealbox")
+__all__ = ["DEFAULT_STATE_DIR", "RECORD_VERSION", "UMOUNT", "SandboxRecord", "StateDir", "mounts_under",
+           "pid_alive", "process_start_time", "state_root"]  # the first and last three: re-exported, their homes moved
 UMOUNT = "/usr/bin/umount"
 RECORD_VERSION = 1
-
-
-def state_root(explicit: str | os.PathLike[str] | None = None) -> Path:
-    return Path(explicit or os.environ.get("SEALBOX_STATE_DIR") or DEFAULT_STATE_DIR)
-
-
-def process_start_time(pid: int) -> int | None:
-    """Start time of `pid` in clock ticks (field 22 of /proc/PID/stat): tells a live pid from a reused one."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return None
-    return int(stat.rsplit(")", 1)[1].split()[19])
-
-
-def pid_alive(pid: int | None, start_time: int | None = None) -> bool:
-    if not pid:
-        return False
-    now = process_start_time(pid)
-    if now is None:
-        return False
-    if start_time is not None and now != start_time:
-        return False  # the pid was reused by another process
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except OSError:
-        return False
-    return state != "Z"
 
 
 class SandboxRecord(BaseModel):
@@ -80,29 +54,8 @@ class SandboxRecord(BaseModel):
     error: str | None = None
 
 
-class StateDir:
-    def __init__(self, root: Path) -> None:
-        self.root = Path(root).absolute()  # marks and Firecracker's jail owner files name it
-
-    @property
-    def id(self) -> str:
-        """The state dir's part of every ownership mark (host/owner.py)."""
-        return owner.state_id(self.root)
-
-    def mark(self, name: str) -> str:
-        """The ownership mark of sandbox `name` of this state dir on host objects."""
-        return owner.mark(self.root, check_sandbox_name(name))
-
-    # paths -------------------------------------------------------------------------------------
-    @property
-    def sandboxes(self) -> Path:
-        return self.root / "sandboxes"
-
-    def sandbox_dir(self, name: str) -> Path:
-        return self.sandboxes / check_sandbox_name(name)
-
-    def record_path(self, name: str) -> Path:
-        return self.sandbox_dir(name) / "record.json"
+class StateDir(StateLayout):
+    """The layout, with per-sandbox locks and the record's writer and (validating) reader."""
 
     def ensure(self) -> None:
         for d in (self.root, self.sandboxes, self.root / "locks"):
@@ -135,9 +88,6 @@ class StateDir:
     def save(self, record: SandboxRecord) -> None:
         atomic.write_text(self.record_path(record.name), record.model_dump_json(indent=2) + "\n", mode=0o600)
 
-    def exists(self, name: str) -> bool:
-        return self.sandbox_dir(name).is_dir()
-
     def load(self, name: str) -> SandboxRecord:
         path = self.record_path(name)
         try:
@@ -149,11 +99,6 @@ class StateDir:
             raise NotFound(f"no such sandbox: {name!r}", hint="see 'sealbox ps --all'") from None
         except (ValidationError, ValueError) as e:
             raise SandboxError(f"sandbox record {path} is corrupt: {str(e).splitlines()[0]}", hint="'sealbox rm --force' removes it") from None
-
-    def names(self) -> list[str]:
-        if not self.sandboxes.is_dir():
-            return []
-        return sorted(p.name for p in self.sandboxes.iterdir() if p.is_dir() and not p.name.startswith("."))
 
     def delete(self, name: str) -> list[str]:
         """Remove a sandbox's dir; mounts left under it (its console tmpfs, after a crash or an

@@ -6,19 +6,28 @@ identified by pid + start time (a reused pid never counts as alive):
   - the VMM (record.vmm pid/start_time, written once the VMM started);
   - the sealbox process creating the sandbox (record.owner_pid/owner_start);
   - for a running one, the process holding it, if any (record.holder_pid/holder_start: an SDK pool's owner).
+
+No pydantic here (`sealbox ps` imports this module): a record's free-form fields (spec, vmm, step outputs) may hold
+any JSON, so each value is taken only if it has the type sealbox writes there, and is shown as unknown otherwise.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
-
-from pydantic import BaseModel
+from typing import TYPE_CHECKING, Any, Literal, Self
 
 from sealbox.errors import SealboxError
-from sealbox.sandbox.state import SandboxRecord, pid_alive
+from sealbox.util.procs import pid_alive
+
+if TYPE_CHECKING:
+    from sealbox.sandbox.recordview import RecordView
+    from sealbox.sandbox.state import SandboxRecord
+
+    Record = SandboxRecord | RecordView  # the model, or the same record read without pydantic (recordview.py)
 
 Status = Literal["creating", "running", "orphaned", "exited", "stopped", "failed", "removing", "abandoned", "corrupt"]
 # statuses that hold a running (or starting) VM: `ps` shows them without --all, `rm` refuses them
@@ -27,16 +36,21 @@ ACTIVE: frozenset[str] = frozenset({"creating", "running", "orphaned"})
 Alive = Callable[[int | None, int | None], bool]
 
 
-def vmm_pid(record: SandboxRecord) -> tuple[int | None, int | None]:
-    return record.vmm.get("pid"), record.vmm.get("start_time")
+def _int(value: Any) -> int | None:
+    return value if type(value) is int else None  # not a bool, not "12", not [12]: no pid, no size
 
 
-def _cgroup_dirs(record: SandboxRecord) -> list[Path]:
+def vmm_pid(record: Record) -> tuple[int | None, int | None]:
+    return _int(record.vmm.get("pid")), _int(record.vmm.get("start_time"))
+
+
+def _cgroup_dirs(record: Record) -> list[Path]:
     """The VMM's cgroup directories, from the record alone (they stay until `rm`)."""
     dirs: list[Path] = []
     for e in record.steps.entries:
         if e.kind == "cgroup" and e.state == "done":
-            dirs += [Path(d) for d in e.outputs.get("dirs", [])]
+            found = e.outputs.get("dirs", [])
+            dirs += [Path(d) for d in found if isinstance(d, str)] if isinstance(found, list) else []
         elif e.kind == "firecracker-jailer" and e.state == "done":
             from sealbox.sandbox.vmm.firecracker import jailer as J
 
@@ -49,15 +63,31 @@ def _cgroup_dirs(record: SandboxRecord) -> list[Path]:
     return dirs
 
 
-def exit_reason(record: SandboxRecord) -> str | None:
-    """Why an exited VMM is gone, when the host can tell: the cgroup's OOM kill count."""
-    from sealbox.sandbox.host.cgroups import oom_kills
+def oom_kills(dirs: list[Path]) -> int | None:
+    """Processes the kernel's OOM killer killed in these cgroups because of their memory limit: the
+    `oom_kill` count of memory.events (v2, includes descendants) or memory.oom_control (v1, kernel >=
+    4.13). None if no directory has one (gone, or no memory controller)."""
+    found: int | None = None
+    for d in dirs:
+        for name in ("memory.events", "memory.oom_control"):
+            try:
+                text = (d / name).read_text()
+            except OSError:
+                continue
+            for line in text.splitlines():
+                key, _, value = line.partition(" ")
+                if key == "oom_kill" and value.strip().isdigit():
+                    found = (found or 0) + int(value)
+    return found
 
+
+def exit_reason(record: Record) -> str | None:
+    """Why an exited VMM is gone, when the host can tell: the cgroup's OOM kill count."""
     kills = oom_kills(_cgroup_dirs(record))
     return "oom-killed: the cgroup memory limit was reached" if kills else None
 
 
-def derive(record: SandboxRecord, alive: Alive = pid_alive) -> Status:
+def derive(record: Record, alive: Alive = pid_alive) -> Status:
     """The real status; pure given `alive` (tests pass a fake)."""
     s = record.status
     if s == "creating":
@@ -74,7 +104,10 @@ def derive(record: SandboxRecord, alive: Alive = pid_alive) -> Status:
     return "failed"  # unknown status written by someone else: treat as broken
 
 
-class PsRow(BaseModel):
+@dataclass
+class PsRow:
+    """One row of `sealbox ps` (the SDK's SandboxInfo): plain data, as `model_dump()` gives it to JSON."""
+
     name: str
     status: str
     vmm: str = "-"
@@ -85,9 +118,21 @@ class PsRow(BaseModel):
     image: str = "-"
     created_at: float = 0.0
     error: str | None = None
-    labels: dict[str, str] = {}
+    labels: dict[str, str] = field(default_factory=dict)
     reason: str | None = None  # why an exited sandbox exited, if the host can tell (exit_reason)
-    ports: list[str] = []  # published ports as bound ('127.0.0.1:8080->80/tcp'; host/publish.py)
+    ports: list[str] = field(default_factory=list)  # published ports as bound ('127.0.0.1:8080->80/tcp'; host/publish.py)
+
+    def model_dump(self) -> dict[str, Any]:
+        """The fields as a dict (the name pydantic models use: a row was one, and callers keep calling it so)."""
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def model_validate(cls, data: Any) -> Self:
+        """A row from untrusted data (another host's answer), every field type-checked; ValidationError if not."""
+        from pydantic import TypeAdapter
+
+        row: Self = TypeAdapter(cls).validate_python(data)
+        return row
 
     def created(self, now: float | None = None) -> str:
         if not self.created_at:
@@ -99,22 +144,23 @@ class PsRow(BaseModel):
         return f"{int(age)}s ago"
 
 
-def published(record: SandboxRecord) -> list[str]:
+def published(record: Record) -> list[str]:
     """The published ports of a record with the host ports the kernel gave (the net.publish step's outputs)."""
     for e in record.steps.entries:
         if e.kind == "net.publish" and e.state == "done":
-            return [str(x) for x in e.outputs.get("published", [])]
+            ports = e.outputs.get("published", [])
+            return [str(x) for x in ports] if isinstance(ports, list) else []
     return []
 
 
-def row(record: SandboxRecord, alive: Alive = pid_alive) -> PsRow:
+def row(record: Record, alive: Alive = pid_alive) -> PsRow:
     spec: dict[str, Any] = record.spec or {}
     net = record.network or {}
     status = derive(record, alive)
     return PsRow(
         name=record.name, status=status, reason=exit_reason(record) if status == "exited" else None, vmm=str(record.vmm.get("backend", "-")),
         accel=str(record.vmm.get("accel", "-")), address=str(net.get("guest_ip", "-")),
-        cpus=spec.get("cpus"), memory_mib=spec.get("memory_mib"), image=str(record.image.get("name", "-")),
+        cpus=_int(spec.get("cpus")), memory_mib=_int(spec.get("memory_mib")), image=str(record.image.get("name", "-")),
         created_at=record.created_at, error=record.error, labels=_labels(spec), ports=published(record),
     )
 

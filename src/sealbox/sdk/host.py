@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import builtins
 import os
-import subprocess
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
@@ -21,6 +20,7 @@ from sealbox.sandbox.status import PsRow
 
 if TYPE_CHECKING:
     from sealbox.sandbox.gc import GcReport
+    from sealbox.sandbox.layout import StateLayout
     from sealbox.sandbox.ssh import SshTarget
     from sealbox.sandbox.state import StateDir
     from sealbox.sdk.options import CreateOptions
@@ -66,22 +66,23 @@ class LocalHost:
     """This machine's sandboxes, in one state directory (default: $SEALBOX_STATE_DIR or /var/lib/sealbox)."""
 
     def __init__(self, state_dir: str | os.PathLike[str] | None = None, *, command: str | None = None) -> None:
-        from sealbox.sandbox.state import state_root
+        from sealbox.sandbox.layout import state_root
 
         self.root = state_root(state_dir)
         self.command = command  # the CLI's command path, for its "needs root" message
+        self._layout: StateLayout | None = None
         self._state: StateDir | None = None
 
     def __repr__(self) -> str:
         return f"LocalHost({str(self.root)!r})"
 
     @property
-    def state(self) -> StateDir:
-        """The state directory, once its access check passed (sandbox verbs run as root)."""
-        if self._state is None:
+    def layout(self) -> StateLayout:
+        """The state directory's paths, once its access check passed (sandbox verbs run as root); enough for the
+        read-only verbs, which must start fast (no pydantic: sandbox/query.py)."""
+        if self._layout is None:
             from sealbox.errors import UsageError
-            from sealbox.sandbox.control import check_access
-            from sealbox.sandbox.state import StateDir
+            from sealbox.sandbox.layout import StateLayout, check_access
 
             try:
                 check_access(self.root, self.command or "sealbox.Sandbox")
@@ -89,6 +90,16 @@ class LocalHost:
                 if self.command:
                     raise
                 raise UsageError(e.message, hint="run the program as root, or use state_dir= of a directory you own (plan() only)") from None
+            self._layout = StateLayout(self.root)
+        return self._layout
+
+    @property
+    def state(self) -> StateDir:
+        """The state directory with its locks and the record's writer (after the same access check)."""
+        if self._state is None:
+            from sealbox.sandbox.state import StateDir
+
+            self.layout  # noqa: B018 - the access check
             self._state = StateDir(self.root)
         return self._state
 
@@ -119,20 +130,19 @@ class LocalHost:
 
     def info(self, name: str) -> SandboxInfo:
         from sealbox.errors import NotFound, SandboxError
-        from sealbox.sandbox import status
-        from sealbox.sandbox.control import load
+        from sealbox.sandbox import query, status
 
         try:
-            return status.row(load(self.state, name))
+            return status.row(query.load(self.layout, name))
         except NotFound:
             raise
         except SandboxError as e:
             return status.corrupt_row(name, e.message)
 
     def list(self, *, all_: bool = False, labels: Mapping[str, str] | None = None) -> list[SandboxInfo]:
-        from sealbox.sandbox import control
+        from sealbox.sandbox import query
 
-        return [r for r in control.ps(self.state, all_=all_) if _matches(r, labels)]
+        return [r for r in query.ps(self.layout, all_=all_) if _matches(r, labels)]
 
     def remove(self, name: str, *, force: bool = False) -> None:
         from sealbox.sandbox import control
@@ -147,14 +157,14 @@ class LocalHost:
         return control.stop(self.state, name, timeout)
 
     def inspect(self, name: str) -> dict[str, Any]:
-        from sealbox.sandbox import control
+        from sealbox.sandbox import query
 
-        return control.inspect(self.state, name)
+        return query.inspect(self.layout, name)
 
     def logs(self, name: str, *, follow: bool = False, max_seconds: float | None = None) -> Iterator[bytes]:
-        from sealbox.sandbox import control
+        from sealbox.sandbox import query
 
-        return control.follow_logs(self.state, name, follow=follow, max_seconds=max_seconds)
+        return query.follow_logs(self.layout, name, follow=follow, max_seconds=max_seconds)
 
     def gc(self, *, dry_run: bool = False) -> GcReport:
         from sealbox.sandbox import gc
@@ -196,6 +206,8 @@ class LocalHost:
     def spawn(self, name: str, remote: str, *, user: str | None, stdin: bool) -> tuple[Channel, Callable[[], None]]:
         """ssh running `remote` in the guest, its pipes ours; and a function to call once it ended (frees
         its session slot on the master connection)."""
+        import subprocess
+
         from sealbox.sandbox import ssh
         from sealbox.sdk.mux import MASTERS
 

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import builtins
 import contextlib
-import secrets
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from os import PathLike
 from pathlib import Path
@@ -34,6 +33,8 @@ StrPath = str | PathLike[str]
 
 
 def new_name(prefix: str = "sb") -> str:
+    import secrets  # here: `sealbox ps` imports this module and never names a sandbox
+
     return f"{prefix}-{secrets.token_hex(4)}"
 
 

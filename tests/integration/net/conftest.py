@@ -27,7 +27,8 @@ from typing import Any
 import pytest
 
 from sealbox.sandbox.host import dns, forward, nft
-from sealbox.sandbox.host.netns import NETNS_RUN_DIR, _setns, read_sysctl, remove_netns, write_sysctl
+from sealbox.sandbox.host.netns import NETNS_RUN_DIR, read_sysctl, remove_netns, write_sysctl
+from sealbox.sandbox.host.nsenter import enter_net
 from sealbox.sandbox.host.registry import Registry
 
 STAND_IN_UPLINK = ("uplink0", "203.0.113.10/24", "203.0.113.1")  # TEST-NET-3: the stand-in host's own address
@@ -100,7 +101,7 @@ def stand_in_host(prefix: str, real_uplink_guard: None, request: pytest.FixtureR
     real = os.open("/proc/thread-self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
     host = os.open(NETNS_RUN_DIR / name, os.O_RDONLY | os.O_CLOEXEC)
     try:
-        _setns(host)
+        enter_net(host)
         dev, addr, gw = STAND_IN_UPLINK
         _sh("ip", "link", "set", "lo", "up")
         _sh("ip", "link", "add", dev, "type", "veth", "peer", "name", "eth0", "netns", void)
@@ -111,7 +112,7 @@ def stand_in_host(prefix: str, real_uplink_guard: None, request: pytest.FixtureR
         write_sysctl("net.ipv4.ip_forward", "0")
         yield name
     finally:
-        _setns(real)
+        enter_net(real)
         os.close(real)
         os.close(host)
         remove_netns(name)

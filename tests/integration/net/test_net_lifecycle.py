@@ -19,8 +19,9 @@ from sbnet_standins import IFF_NO_PI, IFF_TAP, IFF_VNET_HDR, TUNSETIFF, scrub
 from sealbox.errors import SandboxError
 from sealbox.sandbox.host import dns, forward, leftovers, netnames, nft
 from sealbox.sandbox.host.netlink import list_links
-from sealbox.sandbox.host.netns import NetnsStep, _setns, connect_in_netns, list_netns, netns_path, read_sysctl
+from sealbox.sandbox.host.netns import NetnsStep, connect_in_netns, list_netns, netns_path, read_sysctl
 from sealbox.sandbox.host.network import lease_of, network_steps
+from sealbox.sandbox.host.nsenter import enter_net
 from sealbox.sandbox.host.registry import Registry
 from sealbox.sandbox.model import NetMode, SandboxSpec
 from sealbox.sandbox.state import StateDir
@@ -171,7 +172,7 @@ def _open_tap_as(netns: str, uid: int, gid: int) -> int:
         code = 0
         try:
             fd = os.open(netns_path(netns), os.O_RDONLY)
-            _setns(fd)
+            enter_net(fd)
             tun = os.open("/dev/net/tun", os.O_RDWR)
             os.setgroups([])
             os.setresgid(gid, gid, gid)

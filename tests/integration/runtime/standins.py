@@ -30,7 +30,8 @@ import pytest
 
 from sealbox.sandbox import lifecycle, planning
 from sealbox.sandbox.host.kvm import KvmStatus
-from sealbox.sandbox.host.netns import _setns, netns_path
+from sealbox.sandbox.host.netns import netns_path
+from sealbox.sandbox.host.nsenter import enter_net
 
 STANDIN_JAILER = Path(__file__).resolve().parents[1] / "firecracker" / "standin_jailer.py"
 TUNSETIFF = 0x400454CA
@@ -132,7 +133,7 @@ def attach_tap_as(netns: str, tap: str, uid: int) -> str:
     if pid == 0:
         code = 0
         try:
-            _setns(os.open(netns_path(netns), os.O_RDONLY))
+            enter_net(os.open(netns_path(netns), os.O_RDONLY))
             tun = os.open("/dev/net/tun", os.O_RDWR)
             os.setgroups([])
             os.setresgid(uid, uid, uid)

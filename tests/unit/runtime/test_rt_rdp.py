@@ -195,7 +195,7 @@ def test_what_the_guest_prints_is_bounded_in_size_and_time(target: SshTarget, mo
 
     monkeypatch.setattr(ssh, "exec_argv", lambda *a, **k: [sys.executable, "-c", script])
     monkeypatch.setattr(netns, "netns_path", lambda name: Path("/proc/self/ns/net"))
-    monkeypatch.setattr(netns, "_setns", lambda fd: None)
+    monkeypatch.setattr("sealbox.sandbox.host.nsenter.enter_net", lambda fd: None)
     t0 = time.monotonic()
     assert ssh.output_of_guest(target, ["cat", "x"], timeout, limit) == want
     assert time.monotonic() - t0 < timeout + 5

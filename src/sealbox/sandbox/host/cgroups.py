@@ -32,6 +32,7 @@ from typing import Any, Literal
 from sealbox.errors import SandboxError
 from sealbox.sandbox.host import systemd_scope
 from sealbox.sandbox.model import CgroupPlan
+from sealbox.sandbox.status import oom_kills as oom_kills  # re-exported: its home was here
 from sealbox.sandbox.steps import Step, StepRefused
 from sealbox.util import mounts
 
@@ -266,24 +267,6 @@ class CgroupStep(Step):
                         log.debug("cannot remove %s: %s", target, e)
         if problems:
             raise SandboxError(f"cannot remove cgroup: {'; '.join(problems)}", hint="retry with 'sealbox gc'")
-
-
-def oom_kills(dirs: list[Path]) -> int | None:
-    """Processes the kernel's OOM killer killed in these cgroups because of their memory limit: the
-    `oom_kill` count of memory.events (v2, includes descendants) or memory.oom_control (v1, kernel >=
-    4.13). None if no directory has one (gone, or no memory controller)."""
-    found: int | None = None
-    for d in dirs:
-        for name in ("memory.events", "memory.oom_control"):
-            try:
-                text = (d / name).read_text()
-            except OSError:
-                continue
-            for line in text.splitlines():
-                key, _, value = line.partition(" ")
-                if key == "oom_kill" and value.strip().isdigit():
-                    found = (found or 0) + int(value)
-    return found
 
 
 def pids_in(dirs: list[Path]) -> list[int]:

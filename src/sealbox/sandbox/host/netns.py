@@ -29,11 +29,11 @@ from typing import Any, TypeVar
 
 from sealbox.errors import SandboxError
 from sealbox.sandbox.host import rtnl
+from sealbox.sandbox.host.nsenter import CLONE_NEWNET, enter_net
 from sealbox.sandbox.steps import Step, StepRefused
 
 log = logging.getLogger("sealbox.netns")
 
-CLONE_NEWNET = 0x40000000
 MS_BIND, MS_REC, MS_SHARED = 0x1000, 0x4000, 1 << 20
 MNT_DETACH = 2
 LO_INDEX = 1  # loopback is the first device of every network namespace
@@ -51,10 +51,6 @@ def _libc_call(fn: str, *args: Any) -> None:
     if getattr(_libc, fn)(*args) != 0:
         err = ctypes.get_errno()
         raise OSError(err, f"{fn}: {os.strerror(err)}")
-
-
-def _setns(fd: int) -> None:
-    _libc_call("setns", fd, CLONE_NEWNET)
 
 
 def netns_path(netns: str) -> Path:
@@ -97,7 +93,7 @@ def run_in_netns(netns: str | None, fn: Callable[[], T], *, timeout: float = 30.
 
     def target() -> None:
         try:
-            _setns(fd)
+            enter_net(fd)
             box["value"] = fn()
         except BaseException as e:  # noqa: BLE001 - handed to the caller's thread
             box["error"] = e

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import ctypes
 import encodings.idna  # noqa: F401 - every address tuple goes through the idna codec: loaded while files are readable
 import os
 import select
@@ -33,20 +32,18 @@ import time
 from collections.abc import Sequence
 
 from sealbox.sandbox.host.helperlib import drop_privileges, serve_when_ready
+from sealbox.sandbox.host.nsenter import enter_net
 
 MAX_TCP, MAX_UDP = 256, 256
 CONNECT_S, UDP_IDLE_S = 5.0, 60.0
 CHUNK = 65536
-CLONE_NEWNET = 0x40000000
 
 
 def enter_netns(path: str) -> None:
     """Move this (still single-threaded) process into the network namespace at `path`."""
-    libc = ctypes.CDLL(None, use_errno=True)
     fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
     try:
-        if libc.setns(fd, CLONE_NEWNET) != 0:
-            raise OSError(ctypes.get_errno(), f"setns into {path} failed")
+        enter_net(fd)
     finally:
         os.close(fd)
 

@@ -10,7 +10,6 @@ start time identify it later; the cgroup is what reliably kills it and anything 
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import fcntl
 import os
 import signal
@@ -23,6 +22,7 @@ from typing import Any, Literal
 
 from sealbox.errors import SandboxError
 from sealbox.sandbox.host import cgroups, jail
+from sealbox.sandbox.host.nsenter import enter_net
 from sealbox.sandbox.model import VmPlan
 from sealbox.sandbox.state import SandboxRecord, pid_alive, process_start_time
 from sealbox.sandbox.steps import Step
@@ -35,7 +35,6 @@ from sealbox.util.unixpath import short_path
 
 TUNSETIFF = 0x400454CA
 IFF_TAP, IFF_NO_PI, IFF_VNET_HDR = 0x0002, 0x1000, 0x4000
-CLONE_NEWNET = 0x40000000
 NETNS_DIR = Path("/var/run/netns")
 QEMU_COMM = "qemu-system-x86"  # /proc/PID/comm is cut at 15 characters
 
@@ -191,15 +190,16 @@ def open_tap(netns: str, ifname: str) -> int:
     result: dict[str, Any] = {}
 
     def worker() -> None:
-        libc = ctypes.CDLL(None, use_errno=True)
         try:
             nsfd = os.open(NETNS_DIR / netns, os.O_RDONLY | os.O_CLOEXEC)
         except OSError as e:
             result["error"] = f"network namespace {netns!r} not found ({e.strerror})"
             return
         try:
-            if libc.setns(nsfd, CLONE_NEWNET) != 0:
-                result["error"] = f"setns into {netns!r} failed: {os.strerror(ctypes.get_errno())}"
+            try:
+                enter_net(nsfd)
+            except OSError as e:
+                result["error"] = f"setns into {netns!r} failed: {e.strerror}"
                 return
             fd = os.open("/dev/net/tun", os.O_RDWR | os.O_CLOEXEC)
             try:

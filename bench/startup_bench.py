@@ -1,0 +1,176 @@
+#!/usr/bin/env python3
+"""Bench: how long the `sealbox` command takes to start, against a bare `python -c pass` of the same interpreter.
+
+Every round runs each command once, in a new random order (seeded), so slow spells of a shared machine fall on all
+of them alike; the figures are per command the median of the absolute times and the median of the per-round ratios
+to the baseline measured in that round. Exit codes and output are checked: a command that fails fails the bench.
+
+The commands (the console script next to sys.executable, as a user runs it; `python -m sealbox` if there is none):
+  python -c pass          the baseline: the interpreter with its site (.pth files) and nothing else
+  sealbox --version       the CLI's own start-up
+  sealbox --help          the command list
+  sealbox ps              an empty state dir
+  sealbox ps --all        --records records (written by the real writer, SandboxRecord + StateDir.save)
+  sealbox inspect NAME    a stopped sandbox's record (no VMM to ask)
+  sealbox logs NAME       its console log
+  python -m sealbox --version   the same as the script, through runpy (how much the entry point itself costs)
+
+With --before SRC (the `src` directory of another sealbox, e.g. `git archive main src | tar -x -C DIR`), each sealbox
+command also runs from SRC in the same rounds ("before: ..."; started as the console script starts it, through
+PYTHONPATH), and the bench first checks that ps, inspect and logs print the same bytes from both.
+
+The state dir is a private temporary directory (removed at the end); nothing else is touched.
+
+Usage: .venv/bin/python bench/startup_bench.py [--rounds N] [--records N] [--seed N] [--json FILE] [--before SRC]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+SCRIPT = Path(sys.executable).parent / "sealbox"
+SEALBOX = [str(SCRIPT)] if SCRIPT.is_file() else [sys.executable, "-m", "sealbox"]
+BASELINE = "python -c pass"
+ENTRY = "import sys; from sealbox.cli.main import main; sys.exit(main())"  # what the console script runs
+SAME_OUTPUT = ("ps --all", "ps --all --json", "ps --label i=1", "inspect bench-0", "inspect bench-1", "logs bench-0")
+
+
+def commands(records: int) -> dict[str, list[str]]:
+    return {
+        BASELINE: [sys.executable, "-c", "pass"],
+        "sealbox --version": [*SEALBOX, "--version"],
+        "sealbox --help": [*SEALBOX, "--help"],
+        "sealbox ps": [*SEALBOX, "ps"],
+        f"sealbox ps --all ({records} records)": [*SEALBOX, "ps", "--all"],
+        "sealbox inspect NAME": [*SEALBOX, "inspect", "bench-0"],
+        "sealbox logs NAME": [*SEALBOX, "logs", "bench-0"],
+        "python -m sealbox --version": [sys.executable, "-m", "sealbox", "--version"],
+    }
+
+
+def write_records(state_root: Path, count: int) -> None:
+    """`count` sandboxes as `sealbox run` (+ `stop`) leave them (a dozen host steps each), one console log: bench-1 is
+    running (its "VMM" is this process), bench-2's VMM is gone (exited), the others are stopped."""
+    from sealbox.sandbox.state import SandboxRecord, StateDir, process_start_time
+    from sealbox.sandbox.steps import StepEntry
+
+    state = StateDir(state_root)
+    for i in range(count):
+        name = f"bench-{i}"
+        steps = [StepEntry(kind=kind, state="done", params={"name": f"sealbox-{name}", "path": f"/run/x/{name}/{kind}", "n": i},
+                           outputs={"pid": 1000 + i} if kind == "vmm" else {})
+                 for kind in ("registry", "netns", "veth", "nft", "forward", "cgroup", "consolefs", "instance-disk",
+                              "uid", "dns", "jail", "vmm")]
+        record = SandboxRecord(
+            name=name, status="running" if i in (1, 2) else "stopped", created_at=time.time() - 3600 * i - 600,
+            spec={"name": name, "cpus": 2, "memory_mib": 512, "net": "isolated", "labels": {"team": "bench", "i": str(i)}},
+            image={"name": "default", "kernel_version": "6.1.0-bench", "digest": "sha256:" + "ab" * 32},
+            network={"subnet": f"10.47.{i}.0/30", "host_ip": f"10.47.{i}.1", "guest_ip": f"10.47.{i}.2",
+                     "guest_mac": "02:00:00:00:00:02", "tap": "tap0", "netns": f"sealbox-{name}"},
+            vmm={"backend": "qemu", "accel": "tcg", **({"pid": os.getpid(), "start_time": process_start_time(os.getpid())} if i == 1 else
+                                                       {"pid": 999_999, "start_time": 1})},
+            guest={"user": "root", "known_hosts": f"{state_root}/sandboxes/{name}/known_hosts"},
+        )
+        record.steps.entries.extend(steps)
+        state.reserve(record)
+    console = state.sandbox_dir("bench-0") / "console" / "console.log"
+    console.parent.mkdir()
+    console.write_text("".join(f"[    {i / 10:.6f}] a line of kernel output, number {i}\n" for i in range(200)))
+
+
+def run_once(argv: list[str], env: dict[str, str]) -> float:
+    if argv[:2] == ["BEFORE", "--"]:  # a command of the --before tree
+        argv, env = argv[3:], {**env, "PYTHONPATH": argv[2]}
+    t0 = time.perf_counter()
+    p = subprocess.run(argv, env=env, capture_output=True, timeout=120)
+    dt = time.perf_counter() - t0
+    if p.returncode != 0 or (argv[-1] != "pass" and not p.stdout):
+        raise SystemExit(f"{' '.join(argv)}: exit {p.returncode}: {p.stderr.decode(errors='replace').strip()[-400:]}")
+    return dt
+
+
+def before_commands(cmds: dict[str, list[str]], src: Path) -> dict[str, list[str]]:
+    """The sealbox commands again, run from the `src` tree of another sealbox."""
+    out = {}
+    for label, argv in cmds.items():
+        if label.startswith("sealbox "):
+            args = argv[len(SEALBOX):]
+            out[f"before: {label}"] = ["BEFORE", "--", str(src), sys.executable, "-c", ENTRY, *args]
+    return out
+
+
+def same_output(src: Path, env: dict[str, str]) -> None:
+    """ps, inspect and logs print the same bytes (and exit codes) from this tree and from `src`."""
+    for args in SAME_OUTPUT:
+        now, before = (subprocess.run(argv, env=e, capture_output=True, timeout=120) for argv, e in (
+            ([*SEALBOX, *args.split()], env), ([sys.executable, "-c", ENTRY, *args.split()], {**env, "PYTHONPATH": str(src)})))
+        if (now.returncode, now.stdout, now.stderr) != (before.returncode, before.stdout, before.stderr):
+            raise SystemExit(f"sealbox {args}: the output differs from {src}'s:\n{before.stdout[:2000]!r}\n{now.stdout[:2000]!r}")
+    print(f"same output as {src}: " + ", ".join(f"sealbox {a}" for a in SAME_OUTPUT))
+
+
+def measure(cmds: dict[str, list[str]], rounds: int, seed: int, env: dict[str, str]) -> dict[str, Any]:
+    rng = random.Random(seed)
+    times: dict[str, list[float]] = {k: [] for k in cmds}
+    ratios: dict[str, list[float]] = {k: [] for k in cmds}
+    for argv in cmds.values():  # warm the page cache and the bytecode caches once, unmeasured
+        run_once(argv, env)
+    for _ in range(rounds):
+        order = list(cmds)
+        rng.shuffle(order)
+        this = {label: run_once(cmds[label], env) for label in order}
+        for label, dt in this.items():
+            times[label].append(dt)
+            ratios[label].append(dt / this[BASELINE])
+    return {label: {"median_ms": statistics.median(times[label]) * 1000, "min_ms": min(times[label]) * 1000,
+                    "median_ratio": statistics.median(ratios[label]),
+                    "median_added_ms": statistics.median(t - b for t, b in zip(times[label], times[BASELINE], strict=True)) * 1000}
+            for label in cmds}
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--rounds", type=int, default=40)
+    ap.add_argument("--records", type=int, default=20)
+    ap.add_argument("--seed", type=int, default=1)
+    ap.add_argument("--json", type=Path)
+    ap.add_argument("--before", type=Path, help="the src directory of another sealbox to compare with (same rounds)")
+    a = ap.parse_args()
+    root = Path(tempfile.mkdtemp(prefix="sealbox-startup-bench-"))
+    try:
+        empty, full = root / "empty", root / "full"
+        write_records(full, a.records)
+        cmds = commands(a.records)
+        env = {**os.environ, "SEALBOX_STATE_DIR": str(full)}
+        env.pop("SEALBOX_DEBUG", None)
+        cmds["sealbox ps"] = [*cmds["sealbox ps"], "--state-dir", str(empty)]
+        if a.before:
+            same_output(a.before.absolute(), env)
+            cmds.update(before_commands(cmds, a.before.absolute()))
+        load = os.getloadavg()[0]
+        figures = measure(cmds, a.rounds, a.seed, env)
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+    print(f"{a.rounds} interleaved rounds, load average {load:.2f} at the start, {os.cpu_count()} CPUs; "
+          f"sealbox = {' '.join(SEALBOX)}")
+    print(f"{'command':<42} {'median':>9} {'min':>8} {'ratio':>7} {'added':>9}")
+    for label, f in figures.items():
+        print(f"{label:<42} {f['median_ms']:7.1f}ms {f['min_ms']:6.1f}ms {f['median_ratio']:6.2f}x {f['median_added_ms']:7.1f}ms")
+    if a.json:
+        a.json.write_text(json.dumps({"rounds": a.rounds, "records": a.records, "load": load, "figures": figures}, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
