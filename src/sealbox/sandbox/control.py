@@ -15,7 +15,7 @@ from pathlib import Path
 
 from pydantic import ValidationError
 
-from sealbox.errors import NotFound, SandboxError, UsageError
+from sealbox.errors import NotFound, SandboxError
 from sealbox.sandbox import ssh, stepkinds
 from sealbox.sandbox import status as st
 from sealbox.sandbox.layout import check_access as check_access  # re-exported: its home was here
