@@ -141,6 +141,8 @@ class Pool:
         created with the members' own arguments, so their machine shape matches the snapshot's."""
         with self._snap_lock:
             if self._snap_path is None:
+                if self._cancel.is_set():  # closed while this boot waited for another's template
+                    raise SandboxError(f"pool {self.name} is closed")
                 take = getattr(self.host, "snapshot", None)
                 if take is None:
                     raise UsageError("Pool(snapshot=True) needs a host that takes snapshots")

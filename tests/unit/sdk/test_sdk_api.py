@@ -197,6 +197,20 @@ def test_a_snapshot_pool_whose_template_cannot_be_snapshotted_reports_it() -> No
     assert not host.boxes  # every template was removed
 
 
+def test_closing_a_snapshot_pool_while_its_template_boots_starts_no_second_template() -> None:
+    host = FakeHost(boot_s=300)
+    calls: list[str] = []
+    real = host.create
+    host.create = lambda opts, **kw: (calls.append(opts.name), real(opts, **kw))[1]  # type: ignore[method-assign]
+    pool = Pool("img", size=2, name="p9", host=host, parallel=2, snapshot=True)  # type: ignore[arg-type]
+    deadline = time.monotonic() + 10
+    while not calls and time.monotonic() < deadline:
+        time.sleep(0.01)
+    time.sleep(0.2)  # the second boot waits for the first's template
+    pool.close()
+    assert calls == ["p9-template"] and not host.boxes and not host.snapshots
+
+
 def test_pool_never_hands_out_a_member_that_does_not_answer() -> None:
     host = FakeHost(mute=1)
     with Pool("img", size=1, name="p6", host=host) as pool:  # type: ignore[arg-type]
