@@ -13,6 +13,7 @@ import shutil
 import stat
 import subprocess
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 
 from sealbox.sandbox.host import cgroups, jail, kvm, users
@@ -184,7 +185,7 @@ def run_checks(state_dir: Path, *, refresh_kvm: bool = False) -> list[Check]:
     checks += _safe("cgroups", check_cgroups)
     checks += _safe("tun", check_tun)
     for tool in TOOLS:
-        checks += _safe(f"tool:{tool}", lambda t=tool: check_tool(t))  # type: ignore[misc]
+        checks += _safe(f"tool:{tool}", partial(check_tool, tool))
     checks += _safe("tools", command_tool_checks)
     checks += _safe("userns", check_userns)
     checks += _safe("vmm-user", check_vmm_user)

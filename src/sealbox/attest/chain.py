@@ -48,7 +48,7 @@ def load_chain(pems: tuple[bytes, ...] | list[bytes], what: str = "the PCK chain
                  cert.not_valid_before_utc, cert.not_valid_after_utc, cert.signature, cert.extensions, cert.serial_number)
         # ValueError for bad DER, DuplicateExtension / UnsupportedGeneralNameType (plain Exception
         # subclasses) for bad extensions: any of them means this certificate is unusable.
-        except Exception as e:  # noqa: BLE001
+        except Exception as e:  # noqa: BLE001 - whatever decoding raises, this certificate is unusable
             why = " ".join(str(e).split())[:120] or type(e).__name__
             return certs, f"certificate {i} of {what} is not valid X.509: {why}"
         certs.append(cert)

@@ -12,6 +12,7 @@ import ctypes
 import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -129,7 +130,7 @@ def _build(loaded: LoadedSpec, opts: BuildOptions) -> BuildResult:
             with held_by_tools(work.lock_fd):
                 try:
                     for step in steps.STEPS:
-                        pipe.step(step.name, lambda s=step: s.run(ctx), skip=not step.wanted(ctx))  # type: ignore[misc]
+                        pipe.step(step.name, partial(step.run, ctx), skip=not step.wanted(ctx))
                 except SealboxError as e:
                     failed = txn.keep_failed_log(pipe.log, str(e))
                     hint = f"{e.hint}; full log: {failed}" if e.hint else f"full log: {failed}"

@@ -188,7 +188,7 @@ def check_against_lock(lock: Lock, installed: dict[str, Installed], extras: dict
         for name in sorted(set(want) | set(got)):
             w, g = want.get(name), got.get(name)
             if w is None:
-                problems.append(f"{kind} {name} {g.version} is not in the lock")  # type: ignore[union-attr]
+                problems.append(f"{kind} {name} {got[name].version} is not in the lock")  # in one of the two: got
             elif g is None:
                 problems.append(f"locked {kind} {name} {w.version} was not installed")
             elif w.version != g.version:

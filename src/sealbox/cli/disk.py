@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import click
 
@@ -37,11 +37,11 @@ def _show(r: dict[str, Any]) -> None:
 @click.option("--size", required=True, help="Virtual size, e.g. 2048G, 10GiB, 512M (binary units).")
 @click.option("--format", "fmt", type=click.Choice(["qcow2", "raw"]), default="qcow2", show_default=True)
 @click.option("--json", "json_mode", is_flag=True)
-def create(file: Path, size: str, fmt: str, json_mode: bool) -> None:
+def create(file: Path, size: str, fmt: Literal["qcow2", "raw"], json_mode: bool) -> None:
     """Create a sparse, blank data disk FILE (never overwrites an existing file)."""
     from sealbox.sandbox import datadisk
 
-    r = datadisk.create(file, datadisk.parse_size(size), fmt)  # type: ignore[arg-type]
+    r = datadisk.create(file, datadisk.parse_size(size), fmt)  # fmt: click.Choice above
     emit_json(r) if json_mode else _show(r)
 
 

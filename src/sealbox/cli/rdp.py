@@ -7,7 +7,7 @@ from pathlib import Path
 
 import click
 
-from sealbox.cli.sandbox import _host, state_opt
+from sealbox.cli.sandbox import local_host, state_opt
 
 
 @click.command()
@@ -22,7 +22,7 @@ def rdp(name: str, port: int | None, user: str | None, as_json: bool, state_dir:
     connect: address, user, password and the certificate fingerprint to expect. Ctrl-C closes it."""
     from sealbox.sandbox.rdp import Closed, Tunnel
 
-    with Tunnel(_host(state_dir).state, name, port=port, user=user) as tunnel:
+    with Tunnel(local_host(state_dir).state, name, port=port, user=user) as tunnel:
         info = tunnel.info
         if as_json:
             click.echo(json.dumps(info.as_dict(), sort_keys=True))

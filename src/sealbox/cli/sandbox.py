@@ -19,7 +19,7 @@ state_opt = click.option("--state-dir", type=click.Path(file_okay=False, path_ty
                          help="State directory (default: $SEALBOX_STATE_DIR or /var/lib/sealbox).")
 
 
-def _host(state_dir: Path | None) -> LocalHost:
+def local_host(state_dir: Path | None) -> LocalHost:
     """This machine's sandboxes in the chosen state dir, its access checked first (one line if not root)."""
     from sealbox.sdk.host import LocalHost
 
@@ -28,11 +28,11 @@ def _host(state_dir: Path | None) -> LocalHost:
     return host
 
 
-def _sandbox(name: str, state_dir: Path | None) -> Sandbox:
+def sandbox_handle(name: str, state_dir: Path | None) -> Sandbox:
     """A handle without a look-up of its own: each verb reads the record once and says if there is none."""
     from sealbox.sdk.sandbox import Sandbox
 
-    return Sandbox(name, _host(state_dir))
+    return Sandbox(name, local_host(state_dir))
 
 
 def _labels(items: tuple[str, ...]) -> dict[str, str]:
@@ -87,7 +87,7 @@ def run(image_dir: Path, state_dir: Path | None, dry_run: bool, as_json: bool, *
     """Start a sandbox from IMAGE_DIR and return once its guest is ready."""
     from sealbox.sdk.sandbox import Sandbox
 
-    host = _host(state_dir)  # first: without root nothing else can be answered
+    host = local_host(state_dir)  # first: without root nothing else can be answered
     renamed = {"network": flags.pop("net"), "timeout_s": flags.pop("timeout"), "labels": _labels(flags.pop("labels"))}
     kw = {**flags, **renamed, "from_snapshot": str(flags["from_snapshot"]) if flags["from_snapshot"] else None}
     kw = {k: v for k, v in kw.items() if not (k in ("cpus", "rootfs") and v is None)}  # not given: the default or the snapshot's
@@ -150,7 +150,7 @@ def ps(all_: bool, labels: tuple[str, ...], as_json: bool, state_dir: Path | Non
     from sealbox.sandbox import status
     from sealbox.sdk.sandbox import Sandbox
 
-    rows = Sandbox.list(host=_host(state_dir), all=all_, labels=_labels(labels))
+    rows = Sandbox.list(host=local_host(state_dir), all=all_, labels=_labels(labels))
     if as_json:
         _dump([r.model_dump() for r in rows])
     else:
@@ -162,7 +162,7 @@ def ps(all_: bool, labels: tuple[str, ...], as_json: bool, state_dir: Path | Non
 @state_opt
 def inspect(name: str, state_dir: Path | None) -> None:
     """Show a sandbox's record, host steps, pids and the VMM's own view (JSON)."""
-    _dump(_sandbox(name, state_dir).inspect())
+    _dump(sandbox_handle(name, state_dir).inspect())
 
 
 @click.command()
@@ -179,7 +179,7 @@ def logs(name: str, follow: bool, raw: bool, state_dir: Path | None) -> None:
     out = sys.stdout.buffer
     esc = None if raw or not sys.stdout.isatty() else TerminalEscaper(colour=colour_allowed(sys.stdout))
     try:
-        for chunk in _sandbox(name, state_dir).logs_stream(follow=follow):
+        for chunk in sandbox_handle(name, state_dir).logs_stream(follow=follow):
             out.write(esc.feed(chunk) if esc else chunk)
             out.flush()
     except KeyboardInterrupt:
@@ -196,7 +196,7 @@ def logs(name: str, follow: bool, raw: bool, state_dir: Path | None) -> None:
 @state_opt
 def stop(name: str, timeout: float, state_dir: Path | None) -> None:
     """Shut a sandbox's guest down (graceful, then killed after --timeout)."""
-    how = _sandbox(name, state_dir).stop(timeout)
+    how = sandbox_handle(name, state_dir).stop(timeout)
     click.echo(f"{name} stopped ({how})")
 
 
@@ -209,7 +209,7 @@ def rm(names: tuple[str, ...], force: bool, snapshots: bool, state_dir: Path | N
     """Remove sandboxes: undo every host step of their records and delete their state."""
     from sealbox.sdk.sandbox import Sandbox
 
-    host = _host(state_dir)
+    host = local_host(state_dir)
     for name in names:
         sb = Sandbox(name, host)
         if not snapshots or host.state.exists(name):  # --snapshots: also once the sandbox is gone
@@ -225,7 +225,7 @@ def rm(names: tuple[str, ...], force: bool, snapshots: bool, state_dir: Path | N
 @state_opt
 def gc(dry_run: bool, as_json: bool, state_dir: Path | None) -> None:
     """Remove dead or half-created sandboxes and sealbox host objects no sandbox owns."""
-    report = _host(state_dir).gc(dry_run=dry_run)
+    report = local_host(state_dir).gc(dry_run=dry_run)
     if as_json:
         _dump(report.model_dump())
     else:

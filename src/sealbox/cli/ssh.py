@@ -7,7 +7,7 @@ from pathlib import Path
 
 import click
 
-from sealbox.cli.sandbox import _sandbox, state_opt
+from sealbox.cli.sandbox import sandbox_handle, state_opt
 
 
 @click.command("exec", context_settings={"ignore_unknown_options": True})
@@ -29,7 +29,7 @@ def exec_(name: str, user: str | None, tty: bool, env: tuple[str, ...], workdir:
         if not eq:
             raise click.UsageError(f"--env {item!r} is not KEY=VALUE")
         environ[key] = value
-    _sandbox(name, state_dir).commands.exec(list(command), env=environ, cwd=workdir, user=user, tty=tty)  # does not return
+    sandbox_handle(name, state_dir).commands.exec(list(command), env=environ, cwd=workdir, user=user, tty=tty)  # does not return
 
 
 # ssh(1) options that take an argument (from its synopsis): their value is never the start of the command
@@ -79,7 +79,7 @@ def ssh(name: str, user: str | None, state_dir: Path | None, ssh_args: tuple[str
 
     Usage: sealbox ssh [-u USER] NAME [SSH-OPTIONS] [COMMAND...]  (e.g. -L 8080:localhost:80, or uname -a)"""
     own_user, own_state, extra = split_own_options(list(ssh_args))
-    _sandbox(name, own_state or state_dir).ssh(user=own_user or user, extra=extra)
+    sandbox_handle(name, own_state or state_dir).ssh(user=own_user or user, extra=extra)
 
 
 @click.command("ssh-config")
@@ -88,4 +88,4 @@ def ssh(name: str, user: str | None, state_dir: Path | None, ssh_args: tuple[str
 @state_opt
 def ssh_config(name: str, alias: str | None, state_dir: Path | None) -> None:
     """Print an ssh_config stanza so ssh, scp, rsync and -L forwards work unchanged."""
-    click.echo(_sandbox(name, state_dir).ssh_config(alias), nl=False)
+    click.echo(sandbox_handle(name, state_dir).ssh_config(alias), nl=False)

@@ -19,6 +19,7 @@ import tempfile
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import BinaryIO
 
 from sealbox.errors import BuildError
 from sealbox.util.run import run
@@ -107,7 +108,7 @@ def _time(raw: bytes, lo: int, extra: int) -> tuple[int, int]:
     return secs + ((ext & 3) << 32), ext >> 2
 
 
-def _pread(f, offset: int, size: int) -> bytes:  # type: ignore[no-untyped-def]
+def _pread(f: BinaryIO, offset: int, size: int) -> bytes:
     f.seek(offset)
     data = f.read(size)
     if len(data) != size:

@@ -105,9 +105,13 @@ def iso_time(epoch: int) -> str:
 
 
 class _Sink(Protocol):
-    def write(self, data: bytes, /) -> int: ...  # noqa: D102
+    def write(self, data: bytes, /) -> int:
+        """Write all of `data`; the number of bytes written."""
+        ...
 
-    def flush(self) -> None: ...  # noqa: D102
+    def flush(self) -> None:
+        """Push what was written to the underlying file."""
+        ...
 
 
 class _Hashing:
@@ -116,7 +120,8 @@ class _Hashing:
     def __init__(self, inner: _Sink) -> None:
         self.inner, self.sha, self.size = inner, hashlib.sha256(), 0
 
-    def write(self, data: bytes) -> int:  # noqa: D102
+    def write(self, data: bytes) -> int:
+        """Hash, count and pass on `data`."""
         self.sha.update(data)
         self.size += len(data)
         return self.inner.write(data)

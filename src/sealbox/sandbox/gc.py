@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 from typing import Literal
 
@@ -155,13 +156,13 @@ def _find(state: StateDir, keep: set[str], report: GcReport, name: str | None = 
         if not item.ours:
             report.foreign.append(item.describe())
         elif item.sandbox is not None:
-            found.append((item.kind, item.sandbox, item.describe(), lambda item=item: leftovers.remove(item)))  # type: ignore[misc]
+            found.append((item.kind, item.sandbox, item.describe(), partial(leftovers.remove, item)))
     try:
         for jail in fc.find(state, keep):
             if not jail.ours:
                 report.foreign.append(jail.describe())
             else:
-                found.append(("firecracker-jail", jail.jail_id, jail.describe(), lambda jail=jail: fc.remove(jail)))  # type: ignore[misc]
+                found.append(("firecracker-jail", jail.jail_id, jail.describe(), partial(fc.remove, jail)))
     except Exception as e:  # noqa: BLE001 - e.g. an unreadable chroot base: report, keep going
         report.problems.append(f"listing Firecracker jails failed: {' '.join(str(e).split())}")
     found = [f for f in found if name is None or f[1] == name]

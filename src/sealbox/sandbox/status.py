@@ -87,6 +87,9 @@ def exit_reason(record: Record) -> str | None:
     return "oom-killed: the cgroup memory limit was reached" if kills else None
 
 
+_AS_WRITTEN: dict[str, Status] = {"stopped": "stopped", "failed": "failed", "removing": "removing"}  # need no probe
+
+
 def derive(record: Record, alive: Alive = pid_alive) -> Status:
     """The real status; pure given `alive` (tests pass a fake)."""
     s = record.status
@@ -99,9 +102,7 @@ def derive(record: Record, alive: Alive = pid_alive) -> Status:
         if record.holder_pid is not None and not alive(record.holder_pid, record.holder_start):
             return "orphaned"  # the process it was created for (a pool's owner) died: nobody will remove it
         return "running"
-    if s in ("stopped", "failed", "removing"):
-        return s  # type: ignore[return-value]
-    return "failed"  # unknown status written by someone else: treat as broken
+    return _AS_WRITTEN.get(s, "failed")  # an unknown status written by someone else: treat as broken
 
 
 @dataclass

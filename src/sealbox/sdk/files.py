@@ -19,7 +19,7 @@ from typing import IO, TYPE_CHECKING, Literal, NamedTuple
 
 from sealbox.errors import NotFound, SandboxError
 from sealbox.sdk import shell
-from sealbox.sdk.process import Execution, Input, chunks
+from sealbox.sdk.process import ByteSink, Execution, Input, chunks
 
 if TYPE_CHECKING:
     from sealbox.sdk.host import Host
@@ -76,13 +76,13 @@ class Files:
         self._host, self._name = host, name
 
     def _run(self, script: shell.Script, line: str, *, user: str | None, stdin: Input | None = None,
-             sink: IO[bytes] | _Sink | None = None, max_output: int = 1 << 20) -> _Op:
+             sink: ByteSink | None = None, max_output: int = 1 << 20) -> _Op:
         """How one script ended; ssh failing is an error."""
         if user is not None:
             shell.check_user(user)
         channel, on_end = self._host.spawn(self._name, line, user=user, stdin=stdin is not None)
         ctl = shell.ControlFilter(script.nonce)
-        ex = Execution(channel, ctl, stdin=stdin, max_output=max_output, stdout_sink=sink, on_end=on_end)  # type: ignore[arg-type]
+        ex = Execution(channel, ctl, stdin=stdin, max_output=max_output, stdout_sink=sink, on_end=on_end)
         code = ex.wait(OP_TIMEOUT)
         if code is None:
             ex.channel.kill()
@@ -138,7 +138,7 @@ class Files:
         """Stream the file into the binary file object `dest` as it arrives; returns the bytes written."""
         return self._read(path, dest, user)
 
-    def _read(self, path: str, sink: IO[bytes] | _Sink, user: str | None) -> int:
+    def _read(self, path: str, sink: ByteSink, user: str | None) -> int:
         p = shell.path_arg(path)
         s = shell.Script().require(f"[ -e {p} ] || [ -L {p} ]", "notfound").require(f"[ ! -d {p} ]", "isdir")
         op = self._run(s, s.done(f"exec cat -- {p}"), user=user, sink=sink)

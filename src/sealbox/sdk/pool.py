@@ -28,7 +28,7 @@ from typing import Any
 
 from sealbox.errors import SandboxError, SandboxTimeout, UsageError
 from sealbox.sdk.host import Host
-from sealbox.sdk.sandbox import Sandbox, StrPath, _host, new_name
+from sealbox.sdk.sandbox import Sandbox, StrPath, new_name, resolve_host
 from sealbox.util.names import check_sandbox_name
 
 log = logging.getLogger("sealbox.pool")
@@ -66,7 +66,7 @@ class Pool:
         if snapshot and "from_snapshot" in create_kwargs:
             raise UsageError("a Pool with snapshot=True makes its own snapshot: drop from_snapshot=")
         self.image, self.size, self.parallel = image, size, parallel
-        self.host = _host(host, state_dir)
+        self.host = resolve_host(host, state_dir)
         self.labels = {**(labels or {}), POOL_LABEL: self.name}
         self._kw = create_kwargs
         self._snapshot = snapshot

@@ -40,6 +40,12 @@ class Channel(Protocol):
     def kill(self) -> None: ...
 
 
+class ByteSink(Protocol):
+    """Where streamed stdout goes: a binary file, or anything else with its write()."""
+
+    def write(self, data: bytes, /) -> int: ...
+
+
 def chunks(data: Input) -> Iterable[bytes]:
     """`data` as chunks of at most CHUNK bytes, read lazily (a large file is never held whole)."""
     if isinstance(data, str):
@@ -56,7 +62,7 @@ def chunks(data: Input) -> Iterable[bytes]:
 class Capture:
     """What one pipe delivered: the first `limit` bytes kept, the rest counted; text to a callback as it comes."""
 
-    def __init__(self, limit: int, callback: TextCallback | None, sink: IO[bytes] | None = None) -> None:
+    def __init__(self, limit: int, callback: TextCallback | None, sink: ByteSink | None = None) -> None:
         self.limit, self.callback, self.sink = limit, callback, sink
         self.buf = bytearray()
         self.total = 0
@@ -87,7 +93,7 @@ class Execution:
 
     def __init__(self, channel: Channel, control: ControlFilter | None, *, stdin: Input | None = None,
                  on_stdout: TextCallback | None = None, on_stderr: TextCallback | None = None,
-                 max_output: int = DEFAULT_MAX_OUTPUT, stdout_sink: IO[bytes] | None = None,
+                 max_output: int = DEFAULT_MAX_OUTPUT, stdout_sink: ByteSink | None = None,
                  on_end: Callable[[], None] | None = None) -> None:
         self.channel, self.control = channel, control
         self.out = Capture(max_output, on_stdout, stdout_sink)

@@ -38,7 +38,8 @@ def new_name(prefix: str = "sb") -> str:
     return f"{prefix}-{secrets.token_hex(4)}"
 
 
-def _host(host: Host | None, state_dir: StrPath | None) -> Host:
+def resolve_host(host: Host | None, state_dir: StrPath | None) -> Host:
+    """The host an SDK call acts on: `host`, else this machine's sandboxes in `state_dir` (not both)."""
     if host is not None and state_dir is not None:
         raise UsageError("give host= or state_dir=, not both")
     return host if host is not None else LocalHost(state_dir)
@@ -131,27 +132,27 @@ class Sandbox:
         Raises SandboxError (and its subclasses) or UsageError; on any failure or Ctrl-C nothing remains."""
         opts = options(image, name=name, cpus=cpus, memory_mib=memory_mib, network=network, allow_egress=allow_egress,
                        publish=publish, disks=disks, timeout_s=timeout_s, labels=labels, dns=dns, **advanced)
-        h = _host(host, state_dir)
+        h = resolve_host(host, state_dir)
         summary = h.create(opts, warn=on_warning, progress=on_progress, holder=holder, cancel=cancel)
         return cls(opts.name, h, created=summary)
 
     @classmethod
     def plan(cls, image: StrPath, *, state_dir: StrPath | None = None, host: Host | None = None, **kw: Any) -> dict[str, Any]:
         """What create() with these arguments would do (every host step, the VMM command line); nothing is created."""
-        return _host(host, state_dir).plan(options(image, **kw))
+        return resolve_host(host, state_dir).plan(options(image, **kw))
 
     @classmethod
     def connect(cls, name: str, *, state_dir: StrPath | None = None, host: Host | None = None) -> Self:
         """A handle on an existing sandbox (NotFound if there is none by that name)."""
-        h = _host(host, state_dir)
+        h = resolve_host(host, state_dir)
         h.info(name)  # NotFound, or a row (a corrupt record can still be removed)
         return cls(name, h)
 
     @classmethod
-    def list(cls, *, labels: Mapping[str, str] | None = None, all: bool = False, state_dir: StrPath | None = None,  # noqa: A002
+    def list(cls, *, labels: Mapping[str, str] | None = None, all: bool = False, state_dir: StrPath | None = None,  # noqa: A002 - public SDK keyword (like ps --all)
              host: Host | None = None) -> builtins.list[SandboxInfo]:
         """Sandboxes with all of `labels` (running and creating ones; all=True: also stopped, exited, failed)."""
-        return _host(host, state_dir).list(all_=all, labels=labels)
+        return resolve_host(host, state_dir).list(all_=all, labels=labels)
 
     # ---- the sandbox --------------------------------------------------------------------------
     @property

@@ -11,7 +11,7 @@ selected profiles in the order given on the command line. Later wins.
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -39,7 +39,7 @@ def merge_rule(model: type[BaseModel], key: str) -> Merge:
     field = model.model_fields[key]
     extra = field.json_schema_extra if isinstance(field.json_schema_extra, dict) else {}
     if "merge" in extra:
-        return extra["merge"]  # type: ignore[return-value]
+        return cast(Merge, extra["merge"])  # JSON-typed in pydantic; only setting() writes it, from a Merge
     origin = getattr(field.annotation, "__origin__", None)
     if origin is list:
         return "append"

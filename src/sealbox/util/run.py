@@ -183,6 +183,7 @@ def run(
     return subprocess.CompletedProcess(args, proc.returncode, out, err)
 
 
-def output(argv: Sequence[str | os.PathLike[str]], **kw: object) -> str:
+def output(argv: Sequence[str | os.PathLike[str]], *, env: Mapping[str, str] | None = None, cwd: Path | None = None,
+           timeout: float | None = DEFAULT_TIMEOUT, what: str | None = None) -> str:
     """stdout of a successful run, decoded and stripped."""
-    return run(argv, **kw).stdout.decode().strip()  # type: ignore[arg-type]
+    return run(argv, env=env, cwd=cwd, timeout=timeout, what=what).stdout.decode().strip()

@@ -30,7 +30,7 @@ import socket
 import struct
 import sys
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from sealbox.sandbox.host.helperlib import drop_privileges, serve_when_ready
 
@@ -128,10 +128,10 @@ class Forwarder:
         finally:
             self.tcp_slots.release()
 
-    def _spawn(self, slots: threading.BoundedSemaphore, target: object, *args: object) -> bool:
+    def _spawn(self, slots: threading.BoundedSemaphore, target: Callable[..., None], *args: object) -> bool:
         if not slots.acquire(blocking=False):
             return False  # saturated: drop, the guest's resolver retries
-        threading.Thread(target=target, args=args, daemon=True).start()  # type: ignore[arg-type]
+        threading.Thread(target=target, args=args, daemon=True).start()
         return True
 
     def serve(self) -> None:

@@ -89,14 +89,15 @@ def run_in_netns(netns: str | None, fn: Callable[[], T], *, timeout: float = 30.
         fd = os.open(netns_path(netns), os.O_RDONLY | os.O_CLOEXEC)
     except FileNotFoundError:
         raise SandboxError(f"network namespace {netns!r} does not exist", hint="is the sandbox running? see 'sealbox ps'") from None
-    box: dict[str, Any] = {}
+    value: list[T] = []
+    error: list[BaseException] = []
 
     def target() -> None:
         try:
             enter_net(fd)
-            box["value"] = fn()
+            value.append(fn())
         except BaseException as e:  # noqa: BLE001 - handed to the caller's thread
-            box["error"] = e
+            error.append(e)
 
     try:
         worker = threading.Thread(target=target, name=f"netns:{netns}", daemon=True)
@@ -106,9 +107,9 @@ def run_in_netns(netns: str | None, fn: Callable[[], T], *, timeout: float = 30.
         os.close(fd)
     if worker.is_alive():
         raise SandboxError(f"operation in network namespace {netns!r} did not finish within {timeout:g}s")
-    if "error" in box:
-        raise box["error"]
-    return box["value"]  # type: ignore[no-any-return]
+    if error:
+        raise error[0]
+    return value[0]
 
 
 def socket_in_netns(netns: str, family: int = socket.AF_INET, type: int = socket.SOCK_STREAM) -> socket.socket:
