@@ -23,6 +23,8 @@ APT_PACKAGES=(
   dnsmasq-base
   # measuring and attesting (tests compare against these reference tools)
   pesign sbsigntool systemd-boot-efi swtpm swtpm-tools
+  # the guest's reseed program is checked against strace's decoding of its ioctls (binutils reassembles it)
+  strace
   # benchmarks: a static C toolchain for the trivial-init baseline of bench/sandbox_bench.py
   gcc libc6-dev
   # the gui module: per-sandbox password hashes (openssl passwd); its test logs in with a real RDP client under a

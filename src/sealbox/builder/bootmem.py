@@ -43,23 +43,33 @@ def _skip(f: BinaryIO, n: int) -> None:
 
 
 def initramfs_footprint(path: Path) -> tuple[int, int]:
-    """(archive bytes, page-rounded bytes of file data once unpacked) of a zstd newc initramfs, streamed."""
+    """(archive bytes, page-rounded bytes of file data once unpacked) of a zstd newc initramfs, streamed.
+
+    The initramfs may be several archives one after the other (the segmented initrd: one zstd frame each, zero
+    padding allowed between them); the kernel unpacks them all, so all count."""
     import zstandard
 
     archive = data = 0
-    with open(path, "rb") as raw, zstandard.ZstdDecompressor().stream_reader(raw) as f:
+    with open(path, "rb") as raw, zstandard.ZstdDecompressor().stream_reader(raw, read_across_frames=True) as f:
+        first = _read_exact(f, 1)
         while True:
-            hdr = _read_exact(f, HEADER)
+            hdr = first + _read_exact(f, HEADER - 1)
             mode, size, namesize = int(hdr[14:22], 16), int(hdr[54:62], 16), int(hdr[94:102], 16)
             name_pad = -(HEADER + namesize) % 4
             name = _read_exact(f, namesize + name_pad)[:namesize]
             _skip(f, size + (-size % 4))
             archive += HEADER + namesize + name_pad + size + (-size % 4)
-            if name == b"TRAILER!!!\0":
-                break
             if stat.S_ISREG(mode):  # a hard link's later entries carry no data
                 data += math.ceil(size / PAGE) * PAGE
-        archive += len(f.read())  # padding after the trailer, if any
+            first = f.read(1)
+            if name == b"TRAILER!!!\0":  # padding, then the next archive or the end
+                while first == b"\0":
+                    archive += 1
+                    first = f.read(1)
+            if not first:
+                if name != b"TRAILER!!!\0":
+                    raise ValueError("truncated newc archive (no trailer)")
+                break
     return archive, data
 
 

@@ -55,7 +55,8 @@ def mmdebstrap_argv(spec: ImageSpec, sources: Sources, tree: Path, debs_in: Path
         "--variant=essential",
         "--format=directory",
         f"--architectures={spec.distribution.architecture}",
-        f"--include={','.join(sorted(set(spec.packages.include)))}",
+        # mmdebstrap refuses an empty --include= (a container image may install nothing beyond the essential set)
+        *([f"--include={','.join(sorted(set(spec.packages.include)))}"] if spec.packages.include else []),
         f"--hook-dir={HOOKS / 'merged-usr'}",
         "--skip=download/empty",
         "--skip=essential/unlink",
@@ -86,6 +87,8 @@ def _apt_env(tree: Path, work: Path) -> dict[str, str]:
         f'Dir "{tree}/";\nDir::State::status "{tree}/var/lib/dpkg/status";\n'
         'APT::Architecture "amd64";\nAPT::Architectures "amd64";\nDebug::NoLocking "true";\n'
         'APT::Sandbox::User "root";\nAcquire::Retries "3";\n'
+        # no binary caches in the image tree: 74 MB the strip step would delete, built for one download
+        'Dir::Cache::pkgcache "";\nDir::Cache::srcpkgcache "";\n'
     )
     return {"APT_CONFIG": str(conf), "HOME": str(work), "TMPDIR": str(work)}
 

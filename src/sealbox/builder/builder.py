@@ -20,6 +20,7 @@ from sealbox.builder import disk, oci, steps
 from sealbox.builder import manifest as mf
 from sealbox.builder.cache import DEFAULT_CACHE, DebCache
 from sealbox.builder.interrupt import signals_raise
+from sealbox.builder.layers import KINDS, LayerCache
 from sealbox.builder.lock import LockFile, lock_file_path, read_lock_file, write_lock_file
 from sealbox.builder.output import OutputTransaction, WorkDir, held_by_tools, sweep_work_dirs
 from sealbox.builder.pipeline import Pipeline, Progress, boundary
@@ -38,6 +39,8 @@ class BuildOptions:
     update_lock: bool = False
     no_cache: bool = False
     cache_dir: Path = DEFAULT_CACHE
+    layer_cache: Path | None = None  # default: <cache_dir>/layers
+    reuse: frozenset[str] = frozenset(KINDS)  # build-cache kinds this build may read (it writes all of them)
     work_base: Path | None = None
     keep_work: bool = False
     progress: Progress | None = None
@@ -54,12 +57,13 @@ class BuildResult:
     steps: list[dict[str, Any]] = field(default_factory=list)
     work: Path | None = None
     stripped: dict[str, int] = field(default_factory=dict)
+    cache: list[dict[str, Any]] = field(default_factory=list)  # what the build cache did (builder/layers.py)
 
     def summary(self) -> dict[str, Any]:
         return {
             "output": str(self.output), "name": self.manifest["name"], "up_to_date": self.up_to_date,
             "build_key": self.manifest["build_key"], "lock": str(self.lock_path), "lock_written": self.lock_written,
-            "artifacts": self.manifest["artifacts"], "steps": self.steps, "stripped_bytes": self.stripped,
+            "artifacts": self.manifest["artifacts"], "steps": self.steps, "stripped_bytes": self.stripped, "cache": self.cache,
         }
 
 
@@ -123,9 +127,10 @@ def _build(loaded: LoadedSpec, opts: BuildOptions) -> BuildResult:
         sweep_work_dirs(work_base(opts))
         work = WorkDir(work_base(opts))
         pipe.log = work.path / "build.log"
+        layers = LayerCache(opts.layer_cache or opts.cache_dir / "layers", enabled=not opts.no_cache, reuse=opts.reuse)
         ctx = steps.BuildContext(loaded=loaded, sources=sources, tools=tools, spec_digest=spec_digest, lock=section,
                                  lock_path=lock_path, work=work.path, stage=txn.make_stage(),
-                                 cache=DebCache(opts.cache_dir, enabled=not opts.no_cache), log=pipe.log)
+                                 cache=DebCache(opts.cache_dir, enabled=not opts.no_cache), log=pipe.log, layers=layers)
         try:
             with held_by_tools(work.lock_fd):
                 try:
@@ -145,4 +150,5 @@ def _build(loaded: LoadedSpec, opts: BuildOptions) -> BuildResult:
     result = BuildResult(output, ctx.manifest, False, lock_path, ctx.lock_written, pipe.summary(),
                          work.path if opts.keep_work else None)
     result.stripped = ctx.stripped  # host-dependent (logs, caches): reported, not recorded in the manifest
+    result.cache = ctx.layers.log
     return result

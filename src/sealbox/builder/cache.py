@@ -17,6 +17,7 @@ import contextlib
 import fcntl
 import json
 import os
+import re
 import shutil
 import tempfile
 from collections.abc import Iterator
@@ -41,6 +42,26 @@ class DebCache:
             return data if isinstance(data, dict) else {}
         except (OSError, ValueError):
             return {}
+
+    def fetch(self, filename: str, sha256: str, dest: Path) -> Path | None:
+        """The cached .deb with this sha256, linked (or copied) into `dest` under `filename` and checked against the
+        digest; None if the cache is off or does not hold it (the build then downloads it)."""
+        if not self.enabled or "/" in filename or filename.startswith(".") or not re.fullmatch(r"[0-9a-f]{64}", sha256):
+            return None
+        blob = self.debs / f"{sha256}.deb"
+        if not blob.is_file():
+            return None
+        dest.mkdir(parents=True, exist_ok=True)
+        out = dest / filename
+        out.unlink(missing_ok=True)
+        try:
+            os.link(blob, out)
+        except OSError:
+            shutil.copyfile(blob, out)
+        if sha256_file(out) != sha256:
+            out.unlink()
+            return None
+        return out
 
     def populate(self, dest: Path) -> int:
         """Hard-link (or copy) every cached deb into `dest` under its apt file name. Returns the count."""

@@ -51,6 +51,29 @@ def _cpio_map(path: Path) -> dict[str, dict[str, Any]]:
     return out
 
 
+def _frames(path: Path) -> list[bytes]:
+    """The zstd frames of a file, as stored (a segmented initrd: one per segment)."""
+    import zstandard
+
+    data, out = path.read_bytes(), []
+    while data:
+        obj = zstandard.ZstdDecompressor().decompressobj()
+        obj.decompress(data)
+        rest = obj.unused_data
+        out.append(data[: len(data) - len(rest)])
+        data = rest
+    return out
+
+
+def _segment_lines(a: Path, b: Path) -> list[str]:
+    fa, fb = _frames(a), _frames(b)
+    if len(fa) < 2 and len(fb) < 2:
+        return []
+    differ = [str(i + 1) for i in range(max(len(fa), len(fb))) if fa[i:i + 1] != fb[i:i + 1]]
+    return [f"zstd frames (initrd segments, see the manifest's initrd_segments) that differ: {', '.join(differ)} "
+            f"of {len(fa)} and {len(fb)}"] if differ else []
+
+
 def _tree_map(root: Path, symlink_mtime: bool = True) -> dict[str, dict[str, Any]]:
     out = {}
     for dirpath, dirnames, filenames in os.walk(root):
@@ -114,6 +137,7 @@ def explain(name: str, a: Path, b: Path, scratch: Path) -> list[str]:
     try:
         if name.endswith(".cpio.zst"):
             lines = _diff_maps(_cpio_map(a), _cpio_map(b))
+            lines += _segment_lines(a, b)
         elif name.endswith(".ext4"):
             lines = _diff_maps(_ext4_map(a, scratch), _ext4_map(b, scratch))
             if not lines:

@@ -30,13 +30,18 @@ class KernelFiles:
 
 def extract_kernel_deb(deb: Path, dest: Path) -> KernelFiles:
     run(["dpkg-deb", "-x", deb, dest])
+    return kernel_files_in(dest, deb.name)
+
+
+def kernel_files_in(dest: Path, what: str) -> KernelFiles:
+    """The kernel image, config and modules of a kernel package unpacked at `dest` (`what` names it in errors)."""
     images = sorted((dest / "boot").glob("vmlinuz-*"))
     if len(images) != 1:
-        raise BuildError(f"kernel package {deb.name} holds {len(images)} vmlinuz files, expected one")
+        raise BuildError(f"kernel package {what} holds {len(images)} vmlinuz files, expected one")
     version = images[0].name.removeprefix("vmlinuz-")
     mods = next((p for p in (dest / "lib/modules" / version, dest / "usr/lib/modules" / version) if p.is_dir()), None)
     if mods is None:
-        raise BuildError(f"kernel package {deb.name} has no modules for {version}")
+        raise BuildError(f"kernel package {what} has no modules for {version}")
     config = dest / "boot" / f"config-{version}"
     return KernelFiles(version, images[0], config if config.is_file() else None, mods)
 

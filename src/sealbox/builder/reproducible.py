@@ -10,8 +10,12 @@ The second build varies at least what reprotest varies, so that only declared in
 - wall clock: it runs later (a time-shifting preload is not used: apt rejects Release files whose dates do
   not fit the clock).
 Both builds use the same lock (a temporary one if the spec has none yet) and the same content-addressed .deb
-cache (inputs, verified by hash); neither reuses an output. The second build's first log line states the
-conditions it actually ran under.
+cache (inputs, verified by hash); neither reuses an output, and each has a build cache of its own that starts
+empty, so both are cold. The second build's first log line states the conditions it actually ran under.
+
+Then the layered path: a third build from the first build's cache restores its bootstrap layer and reuses its
+kernel, modules, loader and initrd segments, but configures, strips and writes the tree again (the tree layer is not
+reused), as a rebuild after an edit does; its artifacts must equal the first build's too.
 """
 
 from __future__ import annotations
@@ -58,13 +62,16 @@ exit $rc
 """
 
 
-def _build_argv(spec: Path | None, profiles: list[str], out: Path, lock: Path, work: Path) -> list[str]:
+LAYERED_REUSE = "bootstrap,kernel,modules,loader,segment"  # everything but the configured tree
+
+
+def _build_argv(spec: Path | None, profiles: list[str], out: Path, lock: Path, work: Path, layers: Path, *more: str) -> list[str]:
     argv = [sys.executable, "-m", "sealbox", "build"]
     if spec is not None:
         argv.append(str(spec))
     if profiles:
         argv += ["--profile", ",".join(profiles)]
-    return argv + ["--output", str(out), "--lock", str(lock), "--work-dir", str(work), "--json"]
+    return argv + ["--output", str(out), "--lock", str(lock), "--work-dir", str(work), "--layer-cache", str(layers), "--json", *more]
 
 
 def _passed_on() -> dict[str, str]:
@@ -85,7 +92,7 @@ def _second_build(spec: Path | None, profiles: list[str], base: Path, lock: Path
     spec_b = None
     if spec is not None:
         spec_b = base / "src-b" / spec.name
-    inner = _build_argv(spec_b, profiles, base / "b" / "out", lock, base / "work-b")
+    inner = _build_argv(spec_b, profiles, base / "b" / "out", lock, base / "work-b", base / "layers-b")
     src = spec.resolve().parent if spec is not None else base / "no-spec-dir"
     src.mkdir(exist_ok=True)
     which("disorderfs")
@@ -111,20 +118,28 @@ def _verify(loaded: LoadedSpec, spec_path: Path | None, profiles: list[str], wor
         lock = base / "repro.lock"
         if user_lock.is_file():
             shutil.copyfile(user_lock, lock)
-        for d in ("a", "b", "work-a", "work-b"):
+        for d in ("a", "b", "c", "work-a", "work-b", "work-c"):
             (base / d).mkdir()
         out_a, out_b = base / "a" / "out", base / "b" / "out"
         spec_a = spec_path.resolve() if spec_path is not None else None
         t0 = time.monotonic()
         say(f"first build → {out_a}")
-        _run_build(_build_argv(spec_a, profiles, out_a, lock, base / "work-a"), _passed_on(), "first", base / "build-a.log")
+        _run_build(_build_argv(spec_a, profiles, out_a, lock, base / "work-a", base / "layers-a"), _passed_on(), "first",
+                   base / "build-a.log")
         t1 = time.monotonic()
         say(f"  done in {t1 - t0:.0f}s; second build (varied: path, readdir order, umask, CPUs, TZ, locale, LANGUAGE, "
             "hostname, env, time)")
         env_b = {**_passed_on(), **VARIED, "PATH": f"{os.environ.get('PATH', '')}:{EXTRA_PATH}"}
         _run_build(_second_build(spec_path, profiles, base, lock), env_b, "second", base / "build-b.log")
-        say(f"  done in {time.monotonic() - t1:.0f}s; comparing")
+        t2 = time.monotonic()
+        say(f"  done in {t2 - t1:.0f}s; layered rebuild from the first build's cache (bootstrap layer, kernel, modules, loader, segments)")
+        layered = _layered_build(spec_a, profiles, base, lock)
+        say(f"  done in {time.monotonic() - t2:.0f}s; comparing")
         report = _compare(out_a, out_b, base)
+        layered["artifacts"] = _compare(out_a, base / "c" / "out", base)["artifacts"]
+        layered["seconds"] = round(time.monotonic() - t2, 1)
+        report["layered"] = layered
+        report["reproducible"] = report["reproducible"] and all(v["identical"] for v in layered["artifacts"].values())
         report["varied"] = {"env": VARIED, "path_extra": EXTRA_PATH, "umask": "0002", "hostname": "sealbox-repro-b",
                             "cpus": 1, "fs": "spec directory through disorderfs (shuffled readdir), work tree on tmpfs",
                             "spec_dir": [str(spec_a.parent) if spec_a else None, str(base / "src-b")],
@@ -135,6 +150,26 @@ def _verify(loaded: LoadedSpec, spec_path: Path | None, profiles: list[str], wor
         return report
     finally:
         wd.close(keep=keep)
+
+
+def _layered_build(spec: Path | None, profiles: list[str], base: Path, lock: Path) -> dict[str, Any]:
+    """The third build: from the first build's cache, everything but the configured tree. Its summary says what it
+    reused; a build that could not restore the bootstrap layer did not check the layered path, which is an error."""
+    import json
+
+    argv = _build_argv(spec, profiles, base / "c" / "out", lock, base / "work-c", base / "layers-a", "--reuse", LAYERED_REUSE)
+    try:
+        proc = run(argv, env=_passed_on(), cwd=Path("/"), timeout=BUILD_TIMEOUT, what="layered build")
+    except SealboxError as e:
+        raise BuildError(e.message, hint=f"the first build's cache is in {base / 'layers-a'}") from None
+    (base / "build-c.log").write_bytes(proc.stderr or b"")
+    summary = json.loads(proc.stdout)
+    hits = sorted({e["kind"] for e in summary.get("cache", []) if e.get("action") == "hit"})
+    if "bootstrap" not in hits:
+        raise BuildError("the layered rebuild could not restore the first build's bootstrap layer, so the layered path was "
+                         f"not checked (it reused: {', '.join(hits) or 'nothing'})", hint=f"its log: {base / 'build-c.log'}")
+    recompressed: list[str] = next((e.get("compressed", []) for e in summary["cache"] if e.get("kind") == "initrd"), [])
+    return {"reused": hits, "recompressed_segments": recompressed, "output": str(base / "c" / "out")}
 
 
 def _compare(out_a: Path, out_b: Path, base: Path) -> dict[str, Any]:

@@ -1,38 +1,44 @@
 """The build as a list of named steps, each a small function of the shared BuildContext.
 
-bootstrap → lock → kernel → configure → strip → link-check → normalise → initrd → rootfs → loader → uki → disk
-→ oci → manifest. A container image (output.formats = ["oci"]) skips the kernel and gets a container's tree
-(builder/container.py); the steps that need a kernel are the VM formats', which it cannot have.
+restore → bootstrap → lock → save-bootstrap → kernel → configure → strip → link-check → normalise → save-tree
+→ initrd → rootfs → loader → uki → disk → oci → manifest. A container image (output.formats = ["oci"]) skips the
+kernel and gets a container's tree (builder/container.py); the steps that need a kernel are the VM formats', which
+it cannot have.
 Every step writes only into the work tree or the staging directory; builder.py runs them (pipeline.py times
 them, names the one that failed, and offers the test hook that stops the build at a step boundary) and commits
-the staging directory and the lock in one transaction (output.py) only when all succeeded.
+the staging directory and the lock in one transaction (output.py) only when all succeeded. A step runs only if
+its `wanted` predicate holds when the build reaches it.
+
+The build cache (builder/layers.py, builder/reuse.py): `restore` puts the deepest cached layer for this build's
+inputs into the work tree, so `bootstrap` (bootstrap layer found) or everything up to `normalise` (tree layer
+found) is skipped; `save-bootstrap` and `save-tree` store what this build made. The kernel, loader and each
+initrd segment (builder/segments.py) are cached by their own inputs. A cached layer is a faithful copy of what
+the steps produce, so every artifact is byte-identical to a cold build's.
 """
 
 from __future__ import annotations
 
 import hashlib
 import os
-import shutil
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from sealbox.builder import bootmem, disk
+from sealbox.builder import bootmem, disk, reuse, segments
 from sealbox.builder import manifest as mf
 from sealbox.builder import oci as oci_step
 from sealbox.builder.bootstrap import BootstrapResult, bootstrap
 from sealbox.builder.cache import DebCache
 from sealbox.builder.configure import configure
-from sealbox.builder.kernel import KernelFiles, extract_kernel_deb, extract_vmlinux, install_modules
-from sealbox.builder.loader import build_loader
+from sealbox.builder.kernel import KernelFiles
+from sealbox.builder.layers import Entry, LayerCache
 from sealbox.builder.lock import Lock, as_manifest, check_against_lock, lock_from, selection_of
+from sealbox.builder.reuse import LOADER_PACKAGE
 from sealbox.builder.sources import Sources
-from sealbox.builder.strip import link_check, strip_tree
+from sealbox.builder.strip import APT_STATE, link_check, remove_early, strip_tree
 from sealbox.errors import BuildError
-from sealbox.formats.compress import zstd_writer
-from sealbox.formats.cpio import write_cpio
 from sealbox.formats.ext4 import make_ext4
 from sealbox.spec.load import LoadedSpec
 from sealbox.spec.model import needs_kernel
@@ -40,7 +46,7 @@ from sealbox.util import atomic
 from sealbox.util.run import run
 
 STUB_PACKAGE = "systemd-boot-efi"
-LOADER_PACKAGE = "busybox-static"
+__all__ = ["LOADER_PACKAGE", "STEPS", "STUB_PACKAGE", "BuildContext", "Step"]
 
 
 @dataclass
@@ -57,7 +63,13 @@ class BuildContext:
     stage: Path
     cache: DebCache
     log: Path  # the build's transcript (tool output); kept as the failed log if a step fails
+    layers: LayerCache
     boot: BootstrapResult | None = None
+    restored: str | None = None  # the layer restore put into the work tree: "tree", "bootstrap" or None
+    layer_keys: dict[str, str] = field(default_factory=dict)
+    kernel_version: str = ""
+    kernel_entry: Entry | None = None  # the cached kernel, unpacked into the work directory only when needed
+    segments: list[dict[str, Any]] = field(default_factory=list)
     final_lock: Lock | None = None
     lock_written: bool = False
     key: str = ""
@@ -79,15 +91,30 @@ class BuildContext:
     def extras_wanted(self) -> list[str]:
         return selection_of(self.loaded).downloads
 
-    def need(self) -> tuple[BootstrapResult, KernelFiles]:
-        if self.boot is None or self.kfiles is None:
-            raise BuildError("internal: a step ran before bootstrap and kernel")
-        return self.boot, self.kfiles
+    @property
+    def tree_needed(self) -> bool:
+        """The configured tree is to be made (not restored from the build cache)."""
+        return self.restored != "tree"
+
+    def code(self) -> dict[str, str]:
+        """Every builder module, as part of each build-cache key."""
+        return {"sealbox": self.tools.get("sealbox", ""), "code": self.tools.get("sealbox-builder-code", "")}
+
+    def need(self) -> BootstrapResult:
+        if self.boot is None:
+            raise BuildError("internal: a step ran before bootstrap")
+        return self.boot
+
+
+def do_restore(ctx: BuildContext) -> None:
+    assert ctx.lock is not None
+    reuse.restore(ctx, ctx.lock)
 
 
 def do_bootstrap(ctx: BuildContext) -> None:
     spec = ctx.loaded.spec
     ctx.boot = bootstrap(spec, ctx.sources, ctx.tree, ctx.work, ctx.cache, ctx.lock, ctx.extras_wanted(), spec.epoch, ctx.log)
+    remove_early(ctx.tree, APT_STATE, spec.strip)  # apt's lists: needed for the downloads above, never after
 
 
 def do_lock(ctx: BuildContext) -> None:
@@ -103,15 +130,15 @@ def do_lock(ctx: BuildContext) -> None:
     ctx.key = mf.build_key(ctx.spec_digest, ctx.final_lock.digest_input(), ctx.loaded.profiles, ctx.tools)
 
 
+def do_save_bootstrap(ctx: BuildContext) -> None:
+    reuse.save_bootstrap(ctx)
+
+
 def do_kernel(ctx: BuildContext) -> None:
-    boot = ctx.boot
-    assert boot is not None
-    spec = ctx.loaded.spec
-    kfiles = extract_kernel_deb(boot.extra_files[boot.kernel_package], ctx.work / "kernel")
-    shutil.copyfile(kfiles.vmlinuz, ctx.stage / "vmlinuz")
-    (ctx.stage / "vmlinux").write_bytes(extract_vmlinux(kfiles.vmlinuz.read_bytes()))
-    ctx.modules = install_modules(kfiles, sorted(set(spec.kernel.modules) | set(spec.kernel.load)), ctx.tree)
-    ctx.kfiles = kfiles
+    """vmlinuz and vmlinux into the stage; the modules the spec needs into the tree (unless it was restored)."""
+    reuse.kernel_artifacts(ctx)
+    if ctx.tree_needed:
+        ctx.modules = reuse.modules(ctx)
     ctx.boot_files = {"vmlinuz": "vmlinuz", "vmlinux": "vmlinux"}
 
 
@@ -143,9 +170,15 @@ def do_normalise(ctx: BuildContext) -> None:
     os.utime(ctx.tree, (epoch, epoch))
 
 
+def do_save_tree(ctx: BuildContext) -> None:
+    reuse.save_tree(ctx)
+
+
 def do_initrd(ctx: BuildContext) -> None:
-    with zstd_writer(ctx.stage / "initrd.cpio.zst", ctx.loaded.spec.output.compression_level) as w:
-        write_cpio(ctx.tree, w, ctx.loaded.spec.epoch)
+    """initrd.cpio.zst as a few segments, each compressed on its own, the unchanged ones from the cache."""
+    spec = ctx.loaded.spec
+    ctx.segments = segments.write_initrd(ctx.tree, ctx.stage / "initrd.cpio.zst", spec.epoch, spec.output.compression_level,
+                                         [f.dest for f in spec.files], ctx.layers, ctx.code())
     ctx.boot_files["initrd"] = "initrd.cpio.zst"
 
 
@@ -157,17 +190,14 @@ def do_rootfs(ctx: BuildContext) -> None:
 
 
 def do_loader(ctx: BuildContext) -> None:
-    boot, kfiles = ctx.need()
-    spec = ctx.loaded.spec
-    build_loader(boot.extra_files[LOADER_PACKAGE], kfiles, ctx.work, ctx.stage / "loader.cpio.zst", spec.epoch,
-                 spec.output.compression_level)
+    reuse.loader(ctx)
     ctx.boot_files["loader"] = "loader.cpio.zst"
 
 
 def do_uki(ctx: BuildContext) -> None:
     from sealbox.formats.uki import build_uki
 
-    boot, kfiles = ctx.need()
+    boot = ctx.need()
     spec = ctx.loaded.spec
     stub_dir = ctx.work / "stub"
     run(["dpkg-deb", "-x", boot.extra_files[STUB_PACKAGE], stub_dir], what=f"dpkg-deb -x {STUB_PACKAGE}")
@@ -175,7 +205,7 @@ def do_uki(ctx: BuildContext) -> None:
     if stub is None:
         raise BuildError(f"{STUB_PACKAGE} has no linuxx64.efi.stub")
     osrel = (ctx.tree / "usr/lib/os-release").read_bytes()
-    build_uki(stub, ctx.stage / "vmlinuz", ctx.stage / "initrd.cpio.zst", " ".join(spec.kernel.cmdline), osrel, kfiles.version,
+    build_uki(stub, ctx.stage / "vmlinuz", ctx.stage / "initrd.cpio.zst", " ".join(spec.kernel.cmdline), osrel, ctx.kernel_version,
               ctx.stage / f"{spec.name}.efi")
     ctx.boot_files["uki"] = f"{spec.name}.efi"
     ctx.tools = {**ctx.tools, STUB_PACKAGE: boot.extras[STUB_PACKAGE].version}
@@ -183,8 +213,12 @@ def do_uki(ctx: BuildContext) -> None:
 
 def do_disk(ctx: BuildContext) -> None:
     """Bootable disk images carrying the UKI (builder/disk.py): disk, qcow2, vhd, gcp."""
-    boot, kfiles = ctx.need()
-    ctx.boot_files.update(disk.build_step(ctx.stage, ctx.work, ctx.loaded.spec, ctx.tree, kfiles, boot.extra_files))
+    boot = ctx.need()
+    spec = ctx.loaded.spec
+    # only a verity root's loader reads the kernel's modules: otherwise the unpacked kernel is not needed
+    kfiles = reuse.kernel_files(ctx) if spec.output.disk_root == "verity" else \
+        KernelFiles(ctx.kernel_version, ctx.stage / "vmlinuz", None, ctx.work / "kernel-not-unpacked")
+    ctx.boot_files.update(disk.build_step(ctx.stage, ctx.work, spec, ctx.tree, kfiles, boot.extra_files))
 
 
 def do_oci(ctx: BuildContext) -> None:
@@ -193,8 +227,8 @@ def do_oci(ctx: BuildContext) -> None:
 
 
 def do_manifest(ctx: BuildContext) -> None:
-    boot, kfiles = ctx.boot, ctx.kfiles
-    assert boot is not None and ctx.final_lock is not None
+    boot = ctx.need()
+    assert ctx.final_lock is not None
     spec = ctx.loaded.spec
     mf.file_mode_world_readable(ctx.stage)
     m = {
@@ -204,12 +238,14 @@ def do_manifest(ctx: BuildContext) -> None:
                    "lock_sha256": hashlib.sha256(ctx.final_lock.digest_input().encode()).hexdigest()},
         "packages": as_manifest(boot.installed, "installed"),
         "downloads": as_manifest(boot.extras, "downloaded"),
-        "kernel": {"package": boot.kernel_package, "version": kfiles.version, "cmdline": list(spec.kernel.cmdline),
-                   "modules": ctx.modules, "load": list(spec.kernel.load)} if kfiles is not None else None,
+        "kernel": {"package": boot.kernel_package, "version": ctx.kernel_version, "cmdline": list(spec.kernel.cmdline),
+                   "modules": ctx.modules, "load": list(spec.kernel.load)} if needs_kernel(ctx.formats) else None,
         "boot": ctx.boot_files, "tools": ctx.tools, "min_memory_mib": bootmem.min_memory_mib(ctx.stage, ctx.boot_files),
         "artifacts": mf.artifact_entries(ctx.stage, sorted(os.listdir(ctx.stage))),
         **({"oci": ctx.oci} if ctx.oci else {}),
     }
+    if ctx.segments:
+        m["initrd_segments"] = ctx.segments
     atomic.write_json(ctx.stage / mf.MANIFEST, m)
     ctx.manifest = m
 
@@ -221,14 +257,21 @@ class Step:
     wanted: Callable[[BuildContext], bool] = lambda _ctx: True
 
 
+def _tree_needed(ctx: BuildContext) -> bool:
+    return ctx.tree_needed
+
+
 STEPS: list[Step] = [
-    Step("bootstrap", do_bootstrap),
+    Step("restore", do_restore, lambda c: c.layers.enabled and c.lock is not None),
+    Step("bootstrap", do_bootstrap, lambda c: c.restored is None),
     Step("lock", do_lock),
+    Step("save-bootstrap", do_save_bootstrap, lambda c: c.layers.enabled and c.restored is None),
     Step("kernel", do_kernel, lambda c: needs_kernel(c.formats)),
-    Step("configure", do_configure),
-    Step("strip", do_strip),
-    Step("link-check", do_link_check),
-    Step("normalise", do_normalise),
+    Step("configure", do_configure, _tree_needed),
+    Step("strip", do_strip, _tree_needed),
+    Step("link-check", do_link_check, _tree_needed),
+    Step("normalise", do_normalise, _tree_needed),
+    Step("save-tree", do_save_tree, lambda c: c.layers.enabled and c.tree_needed),
     Step("initrd", do_initrd, lambda c: bool(c.formats & {"initrd", "uki"})),
     Step("rootfs", do_rootfs, lambda c: "ext4" in c.formats),
     Step("loader", do_loader, lambda c: "ext4" in c.formats),

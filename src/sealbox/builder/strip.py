@@ -168,16 +168,34 @@ def _glob_parts(parts: tuple[str, ...], pat: tuple[str, ...]) -> bool:
     return any(_glob_parts(rest[k:], tail) for k in range(len(rest) + 1))
 
 
-def _match(rel: str, patterns: list[str]) -> bool:
-    return any(path_glob(rel, p) for p in patterns)
+@functools.lru_cache(maxsize=256)
+def _index(patterns: tuple[str, ...]) -> tuple[dict[int, list[tuple[str, ...]]], list[tuple[str, ...]]]:
+    """Patterns by depth (one without `**` matches only paths of its own depth: most need not be tried) and the
+    patterns with `**`."""
+    by_depth: dict[int, list[tuple[str, ...]]] = {}
+    deep: list[tuple[str, ...]] = []
+    for pattern in patterns:
+        parts = _split(pattern)
+        if "**" in parts:
+            deep.append(parts)
+        else:
+            by_depth.setdefault(len(parts), []).append(parts)
+    return by_depth, deep
+
+
+def _match(rel: str, patterns: list[str] | tuple[str, ...]) -> bool:
+    """path_glob(rel, p) for any p in patterns."""
+    by_depth, deep = _index(tuple(patterns))
+    parts = tuple(rel.split("/"))
+    return any(_glob_parts(parts, p) for p in by_depth.get(len(parts), ())) or any(_glob_parts(parts, p) for p in deep)
 
 
 def strip_tree(tree: Path, strip: Strip) -> dict[str, int]:
     """Delete matching paths, then the links left pointing at them; returns bytes removed per group."""
-    patterns = {g: globs for g, globs in GROUPS.items() if getattr(strip, g)}
-    patterns["always"] = ALWAYS
-    patterns["paths"] = list(strip.paths)
-    keep = KEEP + list(strip.keep)
+    patterns = {g: tuple(globs) for g, globs in GROUPS.items() if getattr(strip, g)}
+    patterns["always"] = tuple(ALWAYS)
+    patterns["paths"] = tuple(strip.paths)
+    keep = tuple(KEEP + list(strip.keep))
     removed: dict[str, int] = {g: 0 for g in patterns}
     gone: set[str] = set()  # image paths removed, for the links that pointed at them
     for dirpath, dirnames, filenames in os.walk(tree, topdown=True):
@@ -202,7 +220,33 @@ def strip_tree(tree: Path, strip: Strip) -> dict[str, int]:
     return removed
 
 
-def _remove(path: Path, tree: Path, keep: list[str], gone: set[str]) -> int:
+# What the bootstrap leaves only for its own downloads: removed as soon as it is done (builder/steps.py), so the
+# bootstrap layer of the build cache does not carry it; the strip step would remove exactly the same (ALWAYS).
+APT_STATE = ["/var/lib/apt/lists/*", "/var/cache/apt/*"]
+
+
+def remove_early(tree: Path, patterns: list[str], strip: Strip) -> int:
+    """Remove what `patterns` (each "<directory>/*", a subset of ALWAYS) match now, honouring the same keep rules
+    as strip_tree; returns the bytes removed."""
+    keep = KEEP + list(strip.keep)
+    removed = 0
+    for pattern in patterns:
+        parent = tree / pattern.removesuffix("/*").lstrip("/")
+        if parent.is_symlink() or not parent.is_dir():
+            continue
+        for child in sorted(parent.iterdir()):
+            rel = "/" + child.relative_to(tree).as_posix()
+            if path_glob(rel, pattern) and not _match(rel, keep):
+                removed += _remove(child, tree, keep, set())
+    return removed
+
+
+def _removed_early(path: str) -> bool:
+    """A path below what remove_early took away before strip_tree ran (the links to it dangle the same way)."""
+    return any(path.startswith(p.removesuffix("*")) for p in APT_STATE)
+
+
+def _remove(path: Path, tree: Path, keep: list[str] | tuple[str, ...], gone: set[str]) -> int:
     if path.is_dir() and not path.is_symlink():
         size = 0
         for child in sorted(path.iterdir()):
@@ -219,7 +263,7 @@ def _remove(path: Path, tree: Path, keep: list[str], gone: set[str]) -> int:
     return size
 
 
-def _remove_links_to(tree: Path, gone: set[str], keep: list[str]) -> int:
+def _remove_links_to(tree: Path, gone: set[str], keep: list[str] | tuple[str, ...]) -> int:
     """Symlinks left dangling because their target was stripped (e.g. the OpenSSL hash link of a stripped
     certificate, named after the build host): they point at nothing and can make two builds differ. Links that
     dangle in the image by design (/etc/resolv.conf -> /run/...) point at paths never stripped and stay."""
@@ -234,7 +278,7 @@ def _remove_links_to(tree: Path, gone: set[str], keep: list[str]) -> int:
                     continue
                 rel = posixpath.join(base, name)
                 target = posixpath.normpath(posixpath.join(base, os.readlink(path)))
-                if target in gone and in_image(tree, rel) is None and not _match(rel, keep):
+                if (target in gone or _removed_early(target)) and in_image(tree, rel) is None and not _match(rel, keep):
                     found.append(path)
         if not found:
             break

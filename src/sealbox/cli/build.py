@@ -40,17 +40,23 @@ def _progress(json_mode: bool) -> Progress | None:
 @click.option("--output", "-o", type=click.Path(file_okay=False, path_type=Path), help="Output directory [build/<name>].")
 @click.option("--lock", "lock_path", type=click.Path(dir_okay=False, path_type=Path), help="Lock file [beside the spec].")
 @click.option("--update-lock", is_flag=True, help="Resolve packages afresh and rewrite the lock.")
-@click.option("--no-cache", is_flag=True, help="Ignore every cache (downloaded .debs, previous outputs).")
+@click.option("--no-cache", is_flag=True, help="Ignore every cache (downloaded .debs, build-cache layers, previous outputs).")
+@click.option("--layer-cache", type=click.Path(file_okay=False, path_type=Path),
+              help="Build cache of layers, kernels and initrd segments [$SEALBOX_CACHE_DIR/layers].")
+@click.option("--reuse", default="all", show_default=True, metavar="KINDS",
+              help="Build-cache kinds this build may reuse: all, none, or a list of bootstrap,tree,kernel,modules,loader,segment.")
 @click.option("--print-spec", is_flag=True, help="Print the fully merged spec and exit.")
 @click.option("--work-dir", type=click.Path(file_okay=False, path_type=Path), help="Where the temporary work tree goes [/var/tmp].")
 @click.option("--keep-work", is_flag=True, help="Keep the work tree (for debugging).")
 @click.option("--json", "json_mode", is_flag=True, help="Machine-readable summary on stdout.")
 def build(spec: Path | None, profiles: tuple[str, ...], output: Path | None, lock_path: Path | None, update_lock: bool,
-          no_cache: bool, print_spec: bool, work_dir: Path | None, keep_work: bool, json_mode: bool) -> None:
+          no_cache: bool, layer_cache: Path | None, reuse: str, print_spec: bool, work_dir: Path | None, keep_work: bool,
+          json_mode: bool) -> None:
     """Build an image from SPEC (default: the built-in default image)."""
     from sealbox.builder.builder import BuildOptions, build_image
     from sealbox.builder.interrupt import Interrupted
 
+    kinds = _reuse_kinds(reuse)
     loaded = load_spec_warned(spec, split_profiles(profiles))
     if print_spec:
         emit_json(loaded.canonical())
@@ -58,7 +64,8 @@ def build(spec: Path | None, profiles: tuple[str, ...], output: Path | None, loc
     if not json_mode:
         click.echo(f"building {loaded.spec.name} ({', '.join(loaded.fragments)})", err=True)
     opts = BuildOptions(output=output, lock_path=lock_path, update_lock=update_lock, no_cache=no_cache, work_base=work_dir,
-                        keep_work=keep_work, progress=_progress(json_mode), notice=lambda msg: click.echo(f"  {msg}", err=True))
+                        keep_work=keep_work, progress=_progress(json_mode), notice=lambda msg: click.echo(f"  {msg}", err=True),
+                        layer_cache=layer_cache.absolute() if layer_cache else None, reuse=kinds)
     try:
         result = build_image(loaded, opts)
     except Interrupted as e:  # everything is cleaned up by now; the shell's convention for the exit status
@@ -73,6 +80,22 @@ def build(spec: Path | None, profiles: tuple[str, ...], output: Path | None, loc
         click.echo(f"  {name:<20} {art['size'] / 1e6:8.2f} MB  sha256:{art['sha256'][:16]}…")
     if result.lock_written:
         click.echo(f"  lock written: {result.lock_path}")
+
+
+def _reuse_kinds(value: str) -> frozenset[str]:
+    from sealbox.builder.layers import KINDS
+    from sealbox.errors import UsageError
+
+    if value == "all":
+        return frozenset(KINDS)
+    if value == "none":
+        return frozenset()
+    kinds = {k.strip() for k in value.split(",") if k.strip()}
+    unknown = sorted(kinds - set(KINDS))
+    if unknown or not kinds:
+        raise UsageError(f"--reuse {value!r}: unknown kind {', '.join(unknown) or '(empty)'}",
+                         hint=f"use all, none, or a comma-separated list of {', '.join(KINDS)}")
+    return frozenset(kinds)
 
 
 @click.command()
@@ -116,6 +139,14 @@ def verify_reproducible(spec: Path | None, profiles: tuple[str, ...], work_dir: 
     else:
         for name, res in sorted(report["artifacts"].items()):
             click.echo(f"  {name:<20} {'identical' if res['identical'] else 'DIFFERS'}")
+            for d in res.get("differences", [])[:20]:
+                click.echo(f"      {d}")
+        layered = report["layered"]
+        differ = {n: r for n, r in layered["artifacts"].items() if not r["identical"]}
+        click.echo(f"  layered rebuild (reused {', '.join(layered['reused'])}; configured the restored bootstrap tree again): "
+                   + ("every artifact identical to the first build" if not differ else f"{len(differ)} artifacts DIFFER"))
+        for name, res in sorted(differ.items()):
+            click.echo(f"  {name:<20} DIFFERS (layered)")
             for d in res.get("differences", [])[:20]:
                 click.echo(f"      {d}")
         click.echo("reproducible" if report["reproducible"] else "NOT reproducible")

@@ -1,8 +1,7 @@
-"""`sealbox pause|resume|snapshot NAME`: Firecracker-only verbs (thin: argument -> backend call)."""
+"""`sealbox pause|resume NAME`: Firecracker-only verbs (thin: argument -> backend call); `snapshot` is in cli/snapshot.py."""
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -52,20 +51,3 @@ def resume(name: str, state_dir: Path | None) -> None:
         _backend().resume(sd.load(name))
     click.echo(f"resumed {name}")
 
-
-@click.command()
-@click.argument("name")
-@click.option("--dest", type=click.Path(path_type=Path), default=None,
-              help="New directory for the snapshot (default: <state-dir>/snapshots/NAME-<UTC time>).")
-@click.option("--leave-paused", is_flag=True, help="Do not resume the sandbox afterwards (safest if the snapshot will be restored).")
-@_state_opt
-def snapshot(name: str, dest: Path | None, leave_paused: bool, state_dir: Path | None) -> None:
-    """Take a full snapshot of a running Firecracker sandbox (restore with 'sealbox run --from-snapshot DIR')."""
-    sd = _state(state_dir)
-    root = sd.root
-    target = dest or root / "snapshots" / f"{name}-{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}"
-    with sd.lock(name):
-        manifest = _backend().snapshot(sd.load(name), target, resume=not leave_paused)
-    size = sum(f.size for f in [manifest.vmstate, manifest.memory, *manifest.drives])
-    click.echo(f"snapshot of {name} written to {target} ({size / 2**20:.1f} MiB)")
-    click.echo(f"note: {manifest.warning}", err=True)

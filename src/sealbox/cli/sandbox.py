@@ -52,7 +52,7 @@ def _dump(obj: Any) -> None:
 @click.command()
 @click.argument("image_dir", type=click.Path(path_type=Path))
 @click.option("--name", required=True, help="Sandbox name (letters, digits, '-').")
-@click.option("--cpus", type=int, default=2, show_default=True, help="vCPUs (1-32).")
+@click.option("--cpus", type=int, default=None, help="vCPUs (1-32)  [default: 2, or the snapshot's].")
 @click.option("--memory", "memory_mib", type=int, default=None,
               help="Guest RAM in MiB [default: 512, or the image's minimum if that is more].")
 @click.option("--net", type=click.Choice(["isolated", "nat"]), default="isolated", show_default=True)
@@ -66,14 +66,15 @@ def _dump(obj: Any) -> None:
 @click.option("--net-rate", metavar="RATE[:BURST]", default=None, help="Network rate limit, each direction, e.g. 10MiB/s or 10MiB/s:20MiB.")
 @click.option("--disk-rate", metavar="RATE[:BURST]", default=None, help="Bytes per second per attached disk, e.g. 50MB/s.")
 @click.option("--disk-iops", metavar="OPS[:BURST]", default=None, help="Operations per second per attached disk, e.g. 500.")
-@click.option("--rootfs", type=click.Choice(["initrd", "disk"]), default="initrd", show_default=True)
+@click.option("--rootfs", type=click.Choice(["initrd", "disk"]), default=None, help="[default: initrd, or the snapshot's]")
 @click.option("--vmm", type=click.Choice(["auto", "qemu", "firecracker"]), default="auto", show_default=True)
 @click.option("--accel", type=click.Choice(["auto", "kvm", "tcg"]), default="auto", show_default=True)
 @click.option("--firmware", type=click.Choice(["direct", "ovmf"]), default="direct", show_default=True)
 @click.option("--boot", type=click.Choice(["kernel", "disk-image"]), default="kernel", show_default=True,
               help="disk-image: UEFI (OVMF) boots the image's GPT disk by itself, no -kernel (needs a disk output format).")
 @click.option("--tdx", is_flag=True, help="Run as a TDX guest (QEMU, TDX host).")
-@click.option("--from-snapshot", type=click.Path(path_type=Path), default=None, help="Restore a Firecracker snapshot.")
+@click.option("--from-snapshot", type=click.Path(path_type=Path), default=None,
+              help="Restore a snapshot ('sealbox snapshot NAME'): the guest renews its keys, addresses and random state.")
 @click.option("--timeout", type=float, default=180.0, show_default=True, help="Seconds until the guest must be ready.")
 @click.option("--console-max", "console_max_mib", type=int, default=16, show_default=True,
               help="MiB of console log kept (a capped tmpfs); later output is dropped.")
@@ -89,6 +90,12 @@ def run(image_dir: Path, state_dir: Path | None, dry_run: bool, as_json: bool, *
     host = local_host(state_dir)  # first: without root nothing else can be answered
     renamed = {"network": flags.pop("net"), "timeout_s": flags.pop("timeout"), "labels": _labels(flags.pop("labels"))}
     kw = {**flags, **renamed, "from_snapshot": str(flags["from_snapshot"]) if flags["from_snapshot"] else None}
+    kw = {k: v for k, v in kw.items() if not (k in ("cpus", "rootfs") and v is None)}  # not given: the default or the snapshot's
+    if kw["from_snapshot"]:
+        from sealbox.sdk.sandbox import restore_defaults
+
+        kw = restore_defaults(kw["from_snapshot"], kw)
+    kw = {"cpus": 2, "rootfs": "initrd", **kw}
     if dry_run:
         out = Sandbox.plan(image_dir, host=host, **kw)
         for w in out["warnings"]:
@@ -196,15 +203,20 @@ def stop(name: str, timeout: float, state_dir: Path | None) -> None:
 @click.command()
 @click.argument("names", nargs=-1, required=True)
 @click.option("-f", "--force", is_flag=True, help="Also remove a running sandbox (its VMM is killed).")
+@click.option("--snapshots", is_flag=True, help="Also delete the snapshots taken from it (kept otherwise; also once it is gone).")
 @state_opt
-def rm(names: tuple[str, ...], force: bool, state_dir: Path | None) -> None:
+def rm(names: tuple[str, ...], force: bool, snapshots: bool, state_dir: Path | None) -> None:
     """Remove sandboxes: undo every host step of their records and delete their state."""
     from sealbox.sdk.sandbox import Sandbox
 
     host = local_host(state_dir)
     for name in names:
-        Sandbox(name, host).remove(force=force)
-        click.echo(f"removed {name}")
+        sb = Sandbox(name, host)
+        if not snapshots or host.state.exists(name):  # --snapshots: also once the sandbox is gone
+            sb.remove(force=force)
+            click.echo(f"removed {name}")
+        for path in sb.remove_snapshots() if snapshots else []:
+            click.echo(f"removed snapshot {path}")
 
 
 @click.command()

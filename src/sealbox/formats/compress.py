@@ -23,7 +23,8 @@ def zstd_writer(path: Path, level: int) -> Iterator[BinaryIO]:
 
 
 def zstd_decompress(path: Path) -> bytes:
+    """Every frame of `path`, one after the other (a segmented initrd is one frame per archive)."""
     import zstandard
 
     with open(path, "rb") as f:
-        return zstandard.ZstdDecompressor().stream_reader(f).read()
+        return zstandard.ZstdDecompressor().stream_reader(f, read_across_frames=True).read()

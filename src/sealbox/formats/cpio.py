@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 import stat
-from collections.abc import Iterator
+from collections.abc import Generator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
@@ -62,8 +62,7 @@ def archive_order(tree: Path, paths: list[str], stats: dict[str, os.stat_result]
             return (0, b"", b"", os.fsencode(p))
         if not stat.S_ISREG(mode):
             return (1, b"", b"", os.fsencode(p))
-        with open(tree / p, "rb") as f:
-            elf = f.read(4) == b"\x7fELF"
+        elf = is_elf(tree / p)
         name = os.path.basename(p)
         ext = name.rsplit(".", 1)[1] if "." in name else ""
         return (2 if elf else 3, os.fsencode(ext), os.fsencode(name), os.fsencode(p))
@@ -72,13 +71,32 @@ def archive_order(tree: Path, paths: list[str], stats: dict[str, os.stat_result]
     return head + sorted((p for p in paths if p != "."), key=key)
 
 
-def write_cpio(tree: Path, out: BinaryIO, epoch: int) -> int:
-    """Write `tree` as a newc archive to `out`; returns the number of entries."""
+def is_elf(path: Path) -> bool:
+    with open(path, "rb") as f:
+        return f.read(4) == b"\x7fELF"
+
+
+def plan_cpio(tree: Path) -> tuple[list[str], dict[str, os.stat_result]]:
+    """Every path of `tree` in archive order, and its lstat."""
     paths = walk_sorted(tree)
     stats = {p: os.lstat(tree / p) for p in paths}
-    paths = archive_order(tree, paths, stats)
+    return archive_order(tree, paths, stats), stats
+
+
+def write_cpio(tree: Path, out: BinaryIO, epoch: int) -> int:
+    """Write `tree` as a newc archive to `out`; returns the number of entries."""
+    paths, stats = plan_cpio(tree)
+    return write_entries(tree, paths, stats, out, epoch)
+
+
+def write_entries(tree: Path, paths: list[str], stats: dict[str, os.stat_result], out: BinaryIO, epoch: int) -> int:
+    """Write `paths` of `tree` (in this order) as one newc archive, inode numbers from 1; returns the entry count.
+
+    Hard links are grouped among `paths` only: a caller splitting a tree into several archives keeps each
+    group in one of them (the kernel forgets links at each trailer)."""
     links: dict[tuple[int, int], list[str]] = {}
-    for p, st in stats.items():
+    for p in paths:
+        st = stats[p]
         if stat.S_ISREG(st.st_mode) and st.st_nlink > 1:
             links.setdefault((st.st_dev, st.st_ino), []).append(p)
     inode_of: dict[tuple[int, int], int] = {}
@@ -132,8 +150,23 @@ class Entry:
 
 
 def read_cpio(data: bytes) -> Iterator[Entry]:
-    """Parse a newc archive (for diffing artifacts). Hard links get the data of their first entry."""
-    pos, first_data = 0, dict[int, bytes]()
+    """Parse a newc archive, or several one after the other as the kernel unpacks an initramfs (zero padding
+    between them, each starting 4-byte aligned, a hard link table per archive). Hard links get the data of
+    their first entry; a later archive's entry for a path overrides an earlier one, as in the kernel."""
+    pos = 0
+    while True:
+        pos = yield from _read_one(data, pos)
+        while pos < len(data) and data[pos] == 0:  # padding between archives (and after the last)
+            pos += 1
+        if pos >= len(data):
+            return
+        if pos % 4:
+            raise BuildError(f"cpio archive at offset {pos} does not start on a 4-byte boundary")
+
+
+def _read_one(data: bytes, pos: int) -> Generator[Entry, None, int]:
+    """One archive from `pos` to its trailer; returns the offset after the trailer."""
+    first_data: dict[int, bytes] = {}
     while True:
         if data[pos:pos + 6] != MAGIC or pos + HEADER > len(data):
             raise BuildError(f"not a newc cpio archive at offset {pos}" if data[pos:pos + 6] != MAGIC
@@ -153,7 +186,7 @@ def read_cpio(data: bytes) -> Iterator[Entry]:
         body = data[body_start:body_start + size]
         pos = body_start + size + (-size % 4)
         if name == TRAILER:
-            return
+            return pos
         if stat.S_ISREG(mode) and nlink > 1:
             body = first_data.setdefault(ino, body)  # later links have size 0
         yield Entry(name, mode, uid, gid, mtime, ino, nlink, (rmaj, rmin), body)

@@ -154,13 +154,17 @@ def mrconfigid_base64(digest: bytes) -> str:
     return base64.b64encode(digest).decode("ascii")
 
 
-def render(data: InstanceData) -> bytes:
-    """The disk image bytes: the text block padded with NULs to a multiple of 4 KiB."""
+def render(data: InstanceData, size: int | None = None) -> bytes:
+    """The disk image bytes: the text block padded with NULs to a multiple of 4 KiB, or to exactly `size` (a restored
+    guest's kernel knows the size of the snapshot's instance disk)."""
     text = encode_lines(list(_entries(data)), canonical=False)
-    size = max(BLOCK, -(-len(text) // BLOCK) * BLOCK)
-    if size > MAX_SIZE:
+    need = max(BLOCK, -(-len(text) // BLOCK) * BLOCK)
+    if need > MAX_SIZE:
         raise SandboxError(f"instance data is {len(text)} bytes; at most {MAX_SIZE} fit the instance disk", hint="use fewer authorized keys")
-    return text.ljust(size, b"\0")
+    if size is not None and (need > size or size % BLOCK or size > MAX_SIZE):
+        raise SandboxError(f"instance data is {len(text)} bytes; the snapshot's instance disk holds {size}",
+                           hint="restore with fewer users' keys than the snapshot's source had")
+    return text.ljust(need if size is None else size, b"\0")
 
 
 def _text_lines(blob: bytes) -> list[str]:

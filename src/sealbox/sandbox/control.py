@@ -15,7 +15,7 @@ from pathlib import Path
 
 from pydantic import ValidationError
 
-from sealbox.errors import NotFound, SandboxError, UsageError
+from sealbox.errors import NotFound, SandboxError
 from sealbox.sandbox import ssh, stepkinds
 from sealbox.sandbox import status as st
 from sealbox.sandbox.layout import check_access as check_access  # re-exported: its home was here
@@ -96,7 +96,7 @@ def stop(state: StateDir, name: str, timeout: float = 30.0) -> str:
 def remove(state: StateDir, name: str, *, force: bool = False, progress: Callable[[str], None] | None = None) -> list[str]:
     """Undo every recorded step (the VMM first: it is the last step) and delete the state dir.
 
-    A running sandbox is refused unless `force`. Returns what was undone (for the CLI)."""
+    A running sandbox is refused unless `force`. Its snapshots stay (remove_snapshots). Returns what was undone."""
     check_sandbox_name(name)
     if not state.exists(name):
         raise NotFound(f"no such sandbox: {name!r}", hint="see 'sealbox ps --all'")
@@ -131,6 +131,18 @@ def remove(state: StateDir, name: str, *, force: bool = False, progress: Callabl
         return done
 
 
+def remove_snapshots(state: StateDir, name: str) -> list[Path]:
+    """Delete the snapshots sandbox `name` of this state dir left in its snapshot directory (it may be gone)."""
+    from sealbox.sandbox import snapshot as snap
+
+    check_sandbox_name(name)
+    with state.lock(name):
+        paths = snap.owned(state, name)
+        for p in paths:
+            snap.remove(p)
+    return paths
+
+
 def _remove_unreadable(state: StateDir, name: str) -> list[str]:
     """rm --force of a sandbox whose record is unreadable: remove the host objects carrying its mark."""
     from sealbox.sandbox import gc
@@ -142,17 +154,11 @@ def _remove_unreadable(state: StateDir, name: str) -> list[str]:
 # ---- snapshot ---------------------------------------------------------------------------------
 
 def snapshot(state: StateDir, name: str, dest: Path | None = None, *, resume: bool = True) -> Path:
-    """A snapshot of a running sandbox by its VMM backend's own `snapshot(record, dest, resume)` into `dest`
-    (a new directory; default <state>/snapshots/NAME-<UTC time>). Restore: `run --from-snapshot DIR`."""
-    with state.lock(name):
-        record = load(state, name)
-        take = getattr(backend_for(record), "snapshot", None)
-        if take is None:
-            raise UsageError(f"sandbox {name!r} runs on {record.vmm.get('backend')}, which cannot take snapshots here",
-                             hint="snapshots need a backend that supports them (Firecracker)")
-        target = dest or state.root / "snapshots" / f"{name}-{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}"
-        take(record, target, resume=resume)
-    return target
+    """A snapshot of a running sandbox (QEMU microvm or Firecracker) into `dest` (a new directory; default
+    <state>/snapshots/NAME-<UTC time>), by sandbox/snapshot.py. Restore: `run --from-snapshot DIR`."""
+    from sealbox.sandbox import snapshot as snap
+
+    return snap.take(state, name, dest, resume=resume).path
 
 
 # ---- exec / ssh -------------------------------------------------------------------------------

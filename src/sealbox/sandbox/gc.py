@@ -81,7 +81,20 @@ def collect(state: StateDir, *, dry_run: bool = False) -> GcReport:
                 report.problems.append(f"{name}: {e.message}")
     _leftovers(state, report, dry_run, set(state.names()) - gone)
     _initrd_copies(state, report, dry_run)
+    _snapshot_staging(state, report, dry_run)
     return report
+
+
+def _snapshot_staging(state: StateDir, report: GcReport, dry_run: bool) -> None:
+    """Half-written snapshots (guest memory) a crashed `sealbox snapshot` left; finished snapshots are never touched."""
+    import shutil
+
+    from sealbox.sandbox import snapshot
+
+    for d in snapshot.stale_staging(state):
+        if not dry_run:
+            shutil.rmtree(d, ignore_errors=True)
+        report.removed.append(f"unfinished snapshot {d}")
 
 
 def _initrd_copies(state: StateDir, report: GcReport, dry_run: bool) -> None:

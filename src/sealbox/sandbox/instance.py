@@ -115,6 +115,7 @@ class InstanceFilesStep(Step):
     ssh_user: str = "root"
     users: tuple[str, ...] = ()  # more users who get the sandbox's key (the image's declared users)
     dns: tuple[ipaddress.IPv4Address, ...] = ()  # resolvers the guest writes to its resolv.conf
+    disk_size: int | None = None  # a restore: the size of the snapshot's instance disk (its guest knows no other)
     password_users: tuple[str, ...] = ()  # users who get a fresh password (users.<name>.instance_password)
 
     @property
@@ -145,7 +146,7 @@ class InstanceFilesStep(Step):
             hashes = {u: crypt_sha512(p) for u, p in passwords.items()}
         data = self.data(pub, hashes)
         # root-only: QEMU receives it as an fd; Firecracker's staging gives the jail its own copy/link
-        atomic.write_bytes(self.disk_path, render(data), mode=0o600)
+        atomic.write_bytes(self.disk_path, render(data, size=self.disk_size), mode=0o600)
         # the TDX launch binds the TD to this instance data (MRCONFIGID); `attest quote --instance` checks it
         return {"public_key": pub, "mrconfigid": mrconfigid(data).hex()}
 

@@ -29,6 +29,7 @@ from sealbox.errors import SandboxError, SandboxTimeout, SealboxError, UsageErro
 from sealbox.guest import console as con
 from sealbox.sandbox import image as image_mod
 from sealbox.sandbox import planning, ssh, stepkinds
+from sealbox.sandbox import snapshot as snapshot_mod
 from sealbox.sandbox.host.network import lease_of, network_steps
 from sealbox.sandbox.instance import KEY_NAME, InstanceFilesStep, discard_prestarted, prestart_client_key
 from sealbox.sandbox.model import GuestNet, SandboxSpec
@@ -112,8 +113,11 @@ class Inputs:
         if state.exists(spec.name):
             raise SandboxError(f"a sandbox named {spec.name!r} already exists",
                                hint=f"choose another --name, or remove it with 'sealbox rm {spec.name}'")
-        self.snapshot = None
-        if spec.from_snapshot is not None:
+        self.snapshot = None  # a Firecracker snapshot's manifest
+        self.qsnap: snapshot_mod.SnapshotManifest | None = None  # a QEMU snapshot's
+        if spec.from_snapshot is not None and snapshot_mod.backend_of(spec.from_snapshot) == "qemu":
+            self.qsnap = snapshot_mod.load(spec.from_snapshot)
+        elif spec.from_snapshot is not None:
             from sealbox.sandbox.vmm.firecracker.snapshot import read_manifest
 
             self.snapshot = read_manifest(spec.from_snapshot, verify=False)
@@ -125,6 +129,21 @@ class Inputs:
         self.choice = planning.choose(spec, state.root, dry_run=dry_run)
         # the boot files must exist for the chosen backend/mode (raises a one-line UsageError)
         self.image.boot_files(vmm=self.choice.vmm, rootfs=spec.rootfs, firmware=spec.firmware, tdx=spec.tdx, boot=spec.boot)
+        if self.qsnap is not None:
+            self._check_qemu_snapshot(self.qsnap, state)
+
+    def _check_qemu_snapshot(self, m: snapshot_mod.SnapshotManifest, state: StateDir) -> None:
+        """Another image, QEMU version or machine shape: refused before anything is created."""
+        from sealbox.sandbox.vmm.qemu import mode_of, qemu_version
+
+        spec = self.spec
+        assert spec.from_snapshot is not None
+        if mode_of(spec) != "microvm" or spec.boot != "kernel":
+            raise UsageError("--from-snapshot restores microvm sandboxes", hint="drop --firmware/--tdx/--boot")
+        shape = snapshot_mod.shape_of(spec, self.choice.accel, guest_mac=m.machine.guest_mac,
+                                      instance_disk_size=m.machine.instance_disk_size)
+        cache = state.root / "cache" if state.root.is_dir() else None  # a dry run creates nothing
+        snapshot_mod.check(m, spec.from_snapshot, image_dir=self.image.dir, shape=shape, vmm_version=qemu_version(cache_dir=cache))
 
     def fixed_link(self) -> Any:
         """A restored guest keeps the address in its memory: reuse the snapshot's link."""
@@ -173,10 +192,11 @@ def dry_run(spec: SandboxSpec, state: StateDir) -> dict[str, Any]:
     net, steps = network_steps(state, spec, dry_run=True, link=inp.fixed_link())
     uid, gid = lease_of(steps).uid, lease_of(steps).gid
     sandbox_dir = state.sandboxes / spec.name
-    inst = InstanceFilesStep(sandbox_dir=str(sandbox_dir), hostname=spec.name, address=f"{net.guest_ip}/{net.prefixlen}",
-                             gateway=net.host_ip, dns=net.dns, users=tuple(inp.users), password_users=tuple(inp.password_users))
+    net = _restored_net(inp, net)
+    inst = _instance_step(inp, sandbox_dir, net)
     console = _console_step(spec, state)
-    plan = planning.make_plan(spec, inp.image, inp.choice, net, sandbox_dir, uid, gid, planning.cgroup_plan(spec, inp.choice, state.id))
+    plan = planning.make_plan(spec, inp.image, inp.choice, net, sandbox_dir, uid, gid, planning.cgroup_plan(spec, inp.choice, state.id),
+                              incoming=_incoming(inp))
     desc = inp.choice.backend.describe(plan)
     if inp.choice.vmm == "qemu":
         backend_steps = [_step_entry(s) for s in inp.choice.backend.steps(plan)]
@@ -249,20 +269,20 @@ def _create(record: SandboxRecord, save: Callable[[], None], inp: Inputs, state:
         prestart_client_key(sandbox_dir / KEY_NAME, f"sealbox-{spec.name}")  # overlaps with the network setup
     apply_steps(_disk_claims(spec, state), record.steps, save, progress)  # a disk in use: refused before anything else
     net, steps = network_steps(state, spec, link=inp.fixed_link())
+    net = _restored_net(inp, net)
     uid, gid = lease_of(steps).uid, lease_of(steps).gid  # the sandbox's own VMM identity
     record.network = net.model_dump(mode="json")
     save()
     apply_steps([*steps, _console_step(spec, state)], record.steps, save, progress)
     if inp.snapshot is None:
-        inst = InstanceFilesStep(sandbox_dir=str(sandbox_dir), hostname=spec.name,
-                                 address=f"{net.guest_ip}/{net.prefixlen}", gateway=net.host_ip, dns=net.dns,
-                                 users=tuple(inp.users), password_users=tuple(inp.password_users))
+        inst = _instance_step(inp, sandbox_dir, net)
         apply_steps([inst], record.steps, save, progress)
         key, binding = inst.key_path, record.steps.entries[-1].outputs.get("mrconfigid")
     else:
         assert inp.snapshot is not None and spec.from_snapshot is not None
         key, binding = restore_client_key(spec.from_snapshot, inp.snapshot, sandbox_dir), None
-    plan = planning.make_plan(spec, inp.image, inp.choice, net, sandbox_dir, uid, gid, cgroup, create=True, mrconfigid=binding)
+    plan = planning.make_plan(spec, inp.image, inp.choice, net, sandbox_dir, uid, gid, cgroup, create=True, mrconfigid=binding,
+                              incoming=_incoming(inp))
     if plan.initrd is not None:
         record.image["boot_initrd"] = str(plan.initrd)  # gc keeps cached initrds that a record names
         save()
@@ -275,10 +295,12 @@ def _create(record: SandboxRecord, save: Callable[[], None], inp: Inputs, state:
     record.vmm.update(pid=last.get("pid"), start_time=last.get("start_time"))
     save()
     known = sandbox_dir / ssh.KNOWN_HOSTS
-    pinned = _snapshot_hostkeys(inp)
-    ready = wait_ready(net, plan.console_log, record.vmm.get("pid"), record.vmm.get("start_time"),
-                       known_hosts=known, alias=ssh.host_alias(spec.name), deadline=t0 + spec.timeout,
-                       timeout=spec.timeout, pinned=pinned, vmm_log=backend.log_path(plan), cancel=cancel)
+    if inp.qsnap is not None:
+        ready = _finish_restore(inp.qsnap, record, net, known, t0 + spec.timeout)
+    else:
+        ready = wait_ready(net, plan.console_log, record.vmm.get("pid"), record.vmm.get("start_time"),
+                           known_hosts=known, alias=ssh.host_alias(spec.name), deadline=t0 + spec.timeout,
+                           timeout=spec.timeout, pinned=_snapshot_hostkeys(inp), vmm_log=backend.log_path(plan), cancel=cancel)
     record.guest = {
         "boot_id": ready["boot_id"], "hostkeys": ready["hostkeys"], "ssh_banner": ready["banner"],
         "known_hosts": str(known), "client_key": str(key), "user": "root",
@@ -286,11 +308,39 @@ def _create(record: SandboxRecord, save: Callable[[], None], inp: Inputs, state:
         # host-side cost: sealbox's own setup, then the backend's steps up to a VMM that answers
         "setup_s": round(t_backend - t0, 3), "vmm_start_s": round(t_vmm - t_backend, 3),
     }
+    if inp.qsnap is not None:
+        record.guest.update(restored_from=str(spec.from_snapshot), renewed_s=ready["renewed_s"], ssh_s=ready["ssh_s"])
     record.status = "running"
     record.owner_pid = record.owner_start = None
     save()
     return {"name": spec.name, "status": "running", "vmm": inp.choice.vmm, "accel": inp.choice.accel,
             "address": str(net.guest_ip), "ready_s": record.guest["ready_s"], "run_s": record.guest["run_s"]}
+
+
+def _restored_net(inp: Inputs, net: GuestNet) -> GuestNet:
+    """A restored guest keeps its virtio-net device's MAC (device state): the command line says so too."""
+    return net if inp.qsnap is None else net.model_copy(update={"guest_mac": inp.qsnap.machine.guest_mac})
+
+
+def _instance_step(inp: Inputs, sandbox_dir: Path, net: GuestNet) -> InstanceFilesStep:
+    """This sandbox's client key and instance disk; a restore's disk keeps the size the guest's kernel knows."""
+    return InstanceFilesStep(sandbox_dir=str(sandbox_dir), hostname=inp.spec.name, address=f"{net.guest_ip}/{net.prefixlen}",
+                             gateway=net.host_ip, dns=net.dns, users=tuple(inp.users), password_users=tuple(inp.password_users),
+                             disk_size=inp.qsnap.machine.instance_disk_size if inp.qsnap else None)
+
+
+def _incoming(inp: Inputs) -> Path | None:
+    return None if inp.qsnap is None or inp.spec.from_snapshot is None else inp.spec.from_snapshot / snapshot_mod.STATE_FILE
+
+
+def _finish_restore(m: snapshot_mod.SnapshotManifest, record: SandboxRecord, net: GuestNet, known: Path,
+                    deadline: float) -> dict[str, Any]:
+    from sealbox.sandbox import restore
+
+    rundir = next(e.params for e in record.steps.entries if e.kind == "qemu-rundir")
+    start = next(e.params for e in record.steps.entries if e.kind == "qemu-start")
+    return restore.finish(m, qmp_socket=start["qmp_socket"], agent_socket=rundir["agent_socket"],
+                          net=net, known_hosts=known, alias=ssh.host_alias(record.name), deadline=deadline)
 
 
 def restore_client_key(snapshot_dir: Path, manifest: Any, sandbox_dir: Path) -> Path:

@@ -248,3 +248,4 @@ class VmPlan(BaseModel):
     accel: Literal["kvm", "tcg"]
     console_log: Path
     mrconfigid: str | None = None  # TDX: hex SHA-384 of the instance data (guest/instance.py); known once it is written
+    incoming: Path | None = None  # QEMU restore: the snapshot's state file (sandbox/snapshot.py)

@@ -51,6 +51,11 @@ def make_spec(**flags: Any) -> SandboxSpec:
         except ValueError:
             raise UsageError(f"--dns {text!r} is not an IPv4 address", hint="e.g. --dns 192.0.2.53") from None
     memory = flags.pop("memory_mib", None)
+    if flags.get("from_snapshot") is not None:
+        memory = snapshot_shape(flags, memory)
+    for key in ("cpus", "rootfs"):  # not given: the model's default
+        if flags.get(key) is None:
+            flags.pop(key, None)
     try:
         spec = SandboxSpec(allow_egress=tuple(egress), disks=disks, publish=publish, limits=limits, dns=tuple(dns),
                            memory_mib=DEFAULT_MEMORY_MIB if memory is None else memory, **flags)
@@ -63,6 +68,21 @@ def make_spec(**flags: Any) -> SandboxSpec:
     return with_memory(spec, memory)
 
 
+def snapshot_shape(flags: dict[str, Any], memory: int | None) -> int | None:
+    """A QEMU snapshot fixes the machine: what the flags leave open (vCPUs, memory, root, accelerator) is taken from
+    it, what they set differently is refused later (snapshot.check) with the snapshot's own values in the message."""
+    from sealbox.sandbox import snapshot
+
+    path = Path(flags["from_snapshot"])
+    if snapshot.backend_of(path) != "qemu":
+        return memory
+    shape = snapshot.load(path).machine
+    for key, value in (("cpus", shape.cpus), ("rootfs", shape.rootfs)):
+        if flags.get(key) is None:
+            flags[key] = value
+    if flags.get("accel", "auto") == "auto":
+        flags["accel"] = shape.accel
+    return shape.memory_mib if memory is None else memory
 def _parsed(parse: Callable[[str], Any], flag: str, text: str, form: str) -> Any:
     try:
         return parse(text)
@@ -159,7 +179,9 @@ def _kvm(state_root: Path, dry_run: bool) -> Any:
 def vmm_without_probe(spec: SandboxSpec) -> Literal["qemu", "firecracker"] | None:
     """The VMM if the flags alone decide it (None: --vmm auto without a flag that forces one)."""
     if spec.from_snapshot is not None:
-        return "firecracker"
+        from sealbox.sandbox.snapshot import backend_of
+
+        return backend_of(spec.from_snapshot)
     if spec.tdx or spec.firmware == "ovmf" or spec.boot == "disk-image":
         return "qemu"
     return None if spec.vmm == "auto" else spec.vmm
@@ -170,9 +192,12 @@ def choose(spec: SandboxSpec, state_root: Path, *, dry_run: bool = False) -> Cho
 
     vmm = spec.vmm
     if spec.from_snapshot is not None:
-        if vmm == "qemu":
-            raise UsageError("--from-snapshot restores Firecracker snapshots", hint="use --vmm firecracker (or auto)")
-        vmm = "firecracker"
+        from sealbox.sandbox.snapshot import backend_of
+
+        kind = backend_of(spec.from_snapshot)
+        if vmm not in ("auto", kind):
+            raise UsageError(f"--from-snapshot {spec.from_snapshot} is a {kind} snapshot", hint=f"use --vmm {kind} (or auto)")
+        vmm = kind
     if spec.boot == "disk-image":
         check_disk_image_boot(spec)
     if spec.tdx or spec.firmware == "ovmf" or spec.boot == "disk-image":
@@ -254,7 +279,8 @@ def boot_initrd(img: image_mod.Image, initrd: Path | None, *, create: bool) -> P
 
 
 def make_plan(spec: SandboxSpec, img: image_mod.Image, choice: Choice, net: GuestNet, sandbox_dir: Path,
-              uid: int, gid: int, cgroup: CgroupPlan, *, create: bool = False, mrconfigid: str | None = None) -> VmPlan:
+              uid: int, gid: int, cgroup: CgroupPlan, *, create: bool = False, mrconfigid: str | None = None,
+              incoming: Path | None = None) -> VmPlan:
     firmware_boot = spec.tdx or spec.firmware == "ovmf" or spec.boot == "disk-image"
     boot = img.boot_files(vmm=choice.vmm, rootfs=spec.rootfs, firmware=spec.firmware, tdx=spec.tdx, boot=spec.boot)
     initrd = boot.initrd if spec.rootfs == "disk" else boot_initrd(img, boot.initrd, create=create)
@@ -262,6 +288,7 @@ def make_plan(spec: SandboxSpec, img: image_mod.Image, choice: Choice, net: Gues
         spec=spec, sandbox_dir=sandbox_dir, kernel=boot.kernel, initrd=initrd, rootfs=boot.rootfs,
         instance_disk=sandbox_dir / DISK_NAME, cmdline=kernel_cmdline(boot, net, spec.name, firmware_boot), net=net,
         uid=uid, gid=gid, cgroup=cgroup, accel=choice.accel, console_log=sandbox_dir / CONSOLE_LOG, mrconfigid=mrconfigid,
+        incoming=incoming,
     )
 
 

@@ -22,7 +22,7 @@ from sealbox.sdk.commands import DEFAULT_TIMEOUT, CommandHandle, CommandResult, 
 from sealbox.sdk.files import EntryInfo, Files
 from sealbox.sdk.host import Host, SandboxInfo
 from sealbox.sdk.process import Input, TextCallback
-from sealbox.sdk.sandbox import Sandbox, StrPath
+from sealbox.sdk.sandbox import Sandbox, StrPath, restore_defaults
 
 T = TypeVar("T")
 
@@ -157,6 +157,11 @@ class AsyncSandbox:
                 sb = await work  # it may have become ready just before it saw the cancel
                 await in_thread(sb.kill)
             raise
+
+    @classmethod
+    async def restore(cls, snapshot: StrPath, image: StrPath, **kw: Any) -> AsyncSandbox:
+        """As Sandbox.restore: a new sandbox from a snapshot, the shape not given taken from it."""
+        return await cls.create(image, **restore_defaults(snapshot, kw))
 
     @classmethod
     async def connect(cls, name: str, **kw: Any) -> AsyncSandbox:

@@ -34,7 +34,7 @@ class Host(Protocol):
     """The operations the SDK needs from the machine that runs a sandbox.
 
     Optional extras, used when a host has them: `reap(labels)` (a Pool's recovery), `snapshot(name, dest,
-    resume=)`, and for a sandbox on this machine `ssh_target`, `exec_replace`, `interactive` (the CLI's exec/ssh)."""
+    resume=)`, `remove_snapshots(name)`, and for a sandbox on this machine `ssh_target`, `exec_replace`, `interactive` (the CLI's exec/ssh)."""
 
     def create(self, opts: CreateOptions, *, warn: Say | None = None, progress: Say | None = None,
                holder: int | None = None, cancel: Callable[[], bool] | None = None) -> dict[str, Any]: ...
@@ -191,6 +191,11 @@ class LocalHost:
         from sealbox.sandbox import control
 
         return control.snapshot(self.state, name, dest, resume=resume)
+
+    def remove_snapshots(self, name: str) -> builtins.list[Path]:
+        from sealbox.sandbox import control
+
+        return control.remove_snapshots(self.state, name)
 
     # ---- the guest ------------------------------------------------------------------------------
     def ssh_target(self, name: str, user: str | None = None) -> SshTarget:

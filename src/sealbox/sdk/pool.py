@@ -11,6 +11,10 @@ so the first command after acquire() costs a session, not a handshake.
 Members carry the label `sealbox.pool=<pool name>` and this process as their holder: if the process dies
 (even by SIGKILL) they become `orphaned`, which `sealbox gc` removes — and so does the next Pool of the same
 name when it starts. A member whose boot was under way is `abandoned` and removed the same way.
+
+`snapshot=True`: the pool boots one template cold, snapshots it (paused) and removes it, then creates every member,
+refills included, by restoring that snapshot (Sandbox.restore: each member renews its keys, addresses and random
+state). close() deletes the snapshot; after a crash it stays: `sealbox rm --snapshots NAME-template`.
 """
 
 from __future__ import annotations
@@ -52,17 +56,23 @@ class Pool:
 
     def __init__(self, image: StrPath, size: int = 2, *, name: str | None = None, parallel: int = 2,
                  host: Host | None = None, state_dir: StrPath | None = None, labels: dict[str, str] | None = None,
-                 **create_kwargs: Any) -> None:
+                 snapshot: bool = False, **create_kwargs: Any) -> None:
         if size < 1 or parallel < 1:
             raise UsageError(f"Pool size and parallel must be at least 1 (got size={size}, parallel={parallel})")
         self.name = check_sandbox_name(name or new_name("pool"), "pool name")
         check_sandbox_name(f"{self.name}-000000", "pool name (members are named NAME-xxxxxx)")
         if "name" in create_kwargs or "holder" in create_kwargs or "cancel" in create_kwargs:
             raise UsageError("a Pool names its members and holds them itself: drop name=/holder=/cancel=")
+        if snapshot and "from_snapshot" in create_kwargs:
+            raise UsageError("a Pool with snapshot=True makes its own snapshot: drop from_snapshot=")
         self.image, self.size, self.parallel = image, size, parallel
         self.host = resolve_host(host, state_dir)
         self.labels = {**(labels or {}), POOL_LABEL: self.name}
         self._kw = create_kwargs
+        self._snapshot = snapshot
+        self._template = f"{self.name}-template"  # the sandbox whose snapshot the members restore
+        self._snap_path: str | None = None
+        self._snap_lock = threading.Lock()
         self._cond = threading.Condition()
         self._ready: collections.deque[PooledSandbox] = collections.deque()
         self._out: dict[str, PooledSandbox] = {}
@@ -101,8 +111,9 @@ class Pool:
         try:
             if backoff and self._cancel.wait(backoff):
                 return
+            kw = {**self._kw, "from_snapshot": self._snapshot_path()} if self._snapshot else self._kw
             sb = PooledSandbox.create(self.image, name=f"{self.name}-{os.urandom(3).hex()}", labels=self.labels,
-                                      host=self.host, holder=os.getpid(), cancel=self._cancel.is_set, **self._kw)
+                                      host=self.host, holder=os.getpid(), cancel=self._cancel.is_set, **kw)
             sb._pool = self
             sb.commands.run(["true"], timeout=HEALTH_TIMEOUT, check=True)  # it answers; the connection is warm
         except Exception as e:  # noqa: BLE001 - kept for acquire(); the next boot retries after a backoff
@@ -124,6 +135,33 @@ class Pool:
                 self._cond.notify_all()
             if sb is not None:  # the pool closed while it booted
                 sb.kill()
+
+    def _snapshot_path(self) -> str:
+        """The template's snapshot, made by the first boot that needs it (the others wait for it). The template is
+        created with the members' own arguments, so their machine shape matches the snapshot's."""
+        with self._snap_lock:
+            if self._snap_path is None:
+                if self._cancel.is_set():  # closed while this boot waited for another's template
+                    raise SandboxError(f"pool {self.name} is closed")
+                take = getattr(self.host, "snapshot", None)
+                if take is None:
+                    raise UsageError("Pool(snapshot=True) needs a host that takes snapshots")
+                tpl = Sandbox.create(self.image, name=self._template, labels=self.labels, host=self.host,
+                                     holder=os.getpid(), cancel=self._cancel.is_set, **self._kw)
+                try:  # paused: the template is removed right after, nobody resumes it
+                    self._snap_path = str(take(self._template, None, resume=False))
+                finally:
+                    tpl.kill()
+            return self._snap_path
+
+    def _drop_snapshot(self) -> None:
+        drop = getattr(self.host, "remove_snapshots", None)
+        if self._snap_path is not None and drop is not None:
+            try:
+                drop(self._template)
+            except Exception as e:  # noqa: BLE001 - the pool is closing anyway; say what stays
+                log.warning("pool %s: could not remove its snapshot %s: %s", self.name, self._snap_path, e)
+            self._snap_path = None
 
     # ---- handing out --------------------------------------------------------------------------
     def acquire(self, timeout: float | None = None) -> PooledSandbox:
@@ -178,6 +216,8 @@ class Pool:
                 sb.kill()
             except Exception as e:  # noqa: BLE001 - keep going; its holder (us) dies some day, gc removes it then
                 log.warning("pool %s: could not remove %s: %s", self.name, sb.name, e)
+        with self._snap_lock:
+            self._drop_snapshot()
 
     def __enter__(self) -> Pool:
         return self

@@ -67,6 +67,21 @@ def options(image: StrPath, *, name: str | None = None, cpus: int = 2, memory_mi
         raise UsageError(f"Sandbox.create {where}={err.get('input')!r}: {err['msg']}") from None
 
 
+def restore_defaults(snapshot: StrPath, kw: Mapping[str, Any]) -> dict[str, Any]:
+    """create()'s arguments for a restore of `snapshot`: the machine shape a QEMU snapshot fixes (vCPUs, root)
+    where `kw` leaves it open (memory and accelerator are filled in by the runtime; a value that differs is
+    refused there with the snapshot's own values in the message)."""
+    from sealbox.sandbox import snapshot as snap
+
+    out = {**kw, "from_snapshot": str(snapshot)}
+    path = Path(snapshot)
+    if snap.backend_of(path) == "qemu":
+        shape = snap.load(path).machine
+        out.setdefault("cpus", shape.cpus)
+        out.setdefault("rootfs", shape.rootfs)
+    return out
+
+
 class Sandbox:
     """A running (or once running) sandbox: `commands`, `files`, lifecycle. Make one with create() or connect()."""
 
@@ -202,10 +217,21 @@ class Sandbox:
             raise UsageError("this host cannot take snapshots")
         return Path(take(self.name, None if dest is None else Path(dest), resume=resume))
 
+    def remove_snapshots(self) -> builtins.list[Path]:
+        """Delete the snapshots this sandbox left in its host's snapshot directory (remove() keeps them); the
+        sandbox itself may be gone already. Returns their paths."""
+        drop = getattr(self.host, "remove_snapshots", None)
+        if drop is None:
+            raise UsageError("this host keeps no snapshots")
+        return [Path(p) for p in drop(self.name)]
+
     @classmethod
     def restore(cls, snapshot: StrPath, image: StrPath, **kw: Any) -> Self:
-        """A new sandbox from a snapshot directory of a sandbox of `image` (the other arguments as create()'s)."""
-        return cls.create(image, from_snapshot=str(snapshot), **kw)
+        """A new sandbox from a snapshot directory of a sandbox of `image` (the other arguments as create()'s;
+        vCPUs, memory, root and accelerator not given are the snapshot's, others must match it).
+
+        The restored guest gets fresh entropy, instance data and SSH host keys before it is handed out."""
+        return cls.create(image, **restore_defaults(snapshot, kw))
 
     # ---- reaching the guest as a terminal would (the CLI) --------------------------------------
     def ssh(self, *, user: str | None = None, extra: Sequence[str] = ()) -> None:

@@ -75,15 +75,23 @@ class LoadedSpec:
     def canonical(self) -> dict[str, Any]:
         return self.spec.model_dump(mode="json")
 
-    def digest(self) -> str:
+    def digest(self, omit: tuple[str, ...] = ()) -> str:
         """sha256 over the merged spec and everything its files[] entries copy in.
 
         Every record is length-framed (so bytes cannot shift between a name and a content) and typed
         (a symlink never hashes like a file holding its target), and directories count, since even an
-        empty one is copied into the image.
+        empty one is copied into the image. `omit`: dotted keys left out (the builder's tree layer is keyed
+        by the spec without the settings only its writers read).
         """
+        doc = self.canonical()
+        for dotted in omit:
+            *parents, last = dotted.split(".")
+            where = doc
+            for part in parents:
+                where = where.get(part, {})
+            where.pop(last, None)
         h = hashlib.sha256()
-        _frame(h, json.dumps(self.canonical(), sort_keys=True, separators=(",", ":")).encode())
+        _frame(h, json.dumps(doc, sort_keys=True, separators=(",", ":")).encode())
         for i, entry in enumerate(self.spec.files):
             src = self.resolve_source(entry.source)
             _frame(h, entry.source.encode())

@@ -91,8 +91,8 @@ def transcript(path: Path | None) -> Iterator[None]:
 
 @contextlib.contextmanager
 def inherited_fds(fds: tuple[int, ...]) -> Iterator[None]:
-    """Within this block, every run() passes `fds` on to its tool."""
-    token = _INHERIT.set(fds)
+    """Within this block, every run() passes `fds` on to its tool (besides those an enclosing block passes)."""
+    token = _INHERIT.set(_INHERIT.get() + fds)
     try:
         yield
     finally:

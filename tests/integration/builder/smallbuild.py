@@ -32,9 +32,10 @@ source = "files"
 dest = "/opt/tiny"
 """
 
-# every step boundary of the small spec's build, in order (rootfs, loader and uki are skipped for it)
-BOUNDARIES = ["check-cache", "bootstrap", "lock", "kernel", "configure", "strip", "link-check", "normalise", "initrd",
-              "manifest", "commit", "end"]
+# every step boundary of the small spec's build without a lock, in order (restore needs a lock; rootfs, loader and
+# uki are skipped for this spec)
+BOUNDARIES = ["check-cache", "bootstrap", "lock", "save-bootstrap", "kernel", "configure", "strip", "link-check", "normalise",
+              "save-tree", "initrd", "manifest", "commit", "end"]
 
 
 def work_base() -> Path:
@@ -109,7 +110,13 @@ def leftovers(out: Path, lock: Path | None = None) -> list[str]:
         found += [p.name for p in lock.parent.glob(f".{lock.name}.*")]
     found += [p.name for p in work_base().glob("sealbox-build-*")]
     found += [p.name for p in work_base().glob(".sealbox-new-*")]
+    layers = layer_cache()  # temp files of the build cache (a build sweeps those of dead builds when it starts)
+    found += [p.name for p in layers.glob("blobs/.tmp-*")] + [p.name for p in layers.glob("keys/*/.*.tmp")]
     return sorted(found)
+
+
+def layer_cache() -> Path:
+    return Path(os.environ.get("SEALBOX_CACHE_DIR") or "/var/cache/sealbox") / "layers"  # the builder's default
 
 
 def assert_absent_or_complete(out: Path, reference: dict[str, str]) -> None:

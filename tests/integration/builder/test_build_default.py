@@ -178,11 +178,16 @@ def test_failed_bootstrap_leaves_only_its_log(tmp_path: Path, capsys) -> None:
 
 @pytest.mark.slow
 def test_verify_reproducible_default(built_image: Path) -> None:
-    """Two full builds of the default image under varied conditions are bit-for-bit identical."""
+    """Two full builds of the default image under varied conditions are bit-for-bit identical, and so is a third,
+    layered rebuild from the first one's build cache (its bootstrap layer, kernel, modules, loader and initrd segments)."""
     proc = subprocess.run([sys.executable, "-m", "sealbox", "verify-reproducible", "--json"], capture_output=True,
-                          text=True, timeout=1800)
+                          text=True, timeout=2400)
     report = json.loads(proc.stdout)
     bad = {n: r.get("differences") for n, r in report["artifacts"].items() if not r["identical"]}
-    assert proc.returncode == 0 and report["reproducible"], bad
+    bad_layered = {n: r.get("differences") for n, r in report["layered"]["artifacts"].items() if not r["identical"]}
+    assert proc.returncode == 0 and report["reproducible"], (bad, bad_layered)
     made = set(json.loads((built_image / "manifest.json").read_text())["artifacts"])
     assert made | {"manifest.json"} <= set(report["artifacts"]), "every artifact the build makes is compared"
+    assert set(report["layered"]["artifacts"]) == set(report["artifacts"])
+    assert {"bootstrap", "kernel", "modules", "loader", "segment"} <= set(report["layered"]["reused"])
+    assert report["layered"]["recompressed_segments"] == []  # the same tree: every segment came from the cache

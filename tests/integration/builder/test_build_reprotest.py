@@ -25,7 +25,8 @@ def test_reprotest_finds_the_small_build_reproducible(small, tmp_path: Path) -> 
         pytest.fail("reprotest and disorderfs are not installed (run scripts/setup.sh)")
     src = tmp_path / "src"
     shutil.copytree(small.project, src, ignore=shutil.ignore_patterns("build"))  # with its lock: both builds pinned
-    build = shlex.join([sys.executable, "-m", "sealbox", "build", "tiny.toml", "--output", "out/tiny"])
+    # --reuse none: both builds cold (the small fixture's build cached this very spec's layers)
+    build = shlex.join([sys.executable, "-m", "sealbox", "build", "tiny.toml", "--output", "out/tiny", "--reuse", "none"])
     proc = subprocess.run(["reprotest", "--variations=+all,-time,-domain_host,-user_group", "--no-diffoscope",
                            "--store-dir", str(tmp_path / "store"), "-s", str(src), build, "out/tiny/*", "--", "null"],
                           capture_output=True, text=True, timeout=3600, cwd=tmp_path)

@@ -31,6 +31,8 @@ class Guest:
     tsm_outblob: bytes | None = None  # a configfs-tsm report entry whose outblob is this quote
     sysfs_mrconfigid: bytes | None = None  # Linux >= 6.16: /sys/class/misc/tdx_guest/measurements/mrconfigid
     extra: dict[str, bytes] = field(default_factory=dict)
+    restore_disk: bytes | None = None  # then run again as the restore agent does (SEALBOX_RESTORE=1): the instance disk
+    # now holds this (a loop device, so the script's blockdev --flushbufs is real) and says so by its serial
 
 
 @dataclass
@@ -73,10 +75,29 @@ def _stand_in(work: Path, g: Guest) -> None:
         (work / rel).write_bytes(data)
 
 
+def _restore_run(work: Path, root: Path) -> str:
+    """The shell lines of a second run in restore mode (after a first that succeeded): the disk is a loop device."""
+    q = shlex.quote
+    return f"""
+[ "$rc" = 0 ] || exit 3
+loop=$(losetup --find --show --read-only {q(str(work / 'restore.img'))})
+trap 'losetup -d "$loop"' EXIT
+mount --bind "$loop" {q(str(root))}/dev/vdb
+echo sealbox-instance > {q(str(work))}/sys/block/vdb/serial
+mount -t proc proc {q(str(root))}/proc  # a booted guest's: umount reads it (the host name lands in this UTS namespace)
+chroot {q(str(root))} env SEALBOX_RESTORE=1 /bin/sh /run/test/instance 2> {q(str(work))}/stderr || rc=$?
+echo $rc > {q(str(work))}/rc
+cat {q(str(root))}/proc/sys/kernel/hostname > {q(str(work))}/proc/sys/kernel/hostname
+umount {q(str(root))}/proc
+"""
+
+
 def run_instance_sh(image: Path, work: Path, g: Guest) -> Result:
     """Run instance.sh as the image would at boot; `work` is an empty scratch directory."""
     work.mkdir(parents=True, exist_ok=True)
     _stand_in(work, g)
+    if g.restore_disk is not None:
+        (work / "restore.img").write_bytes(g.restore_disk.ljust(4096, b"\0"))
     script = work / "instance"
     script.write_bytes(guest_files.read("instance.sh"))
     root = work / "root"
@@ -93,6 +114,7 @@ ip link add eth0 type veth peer name peer0 && ip link set peer0 up
 rc=0
 chroot {q(str(root))} /bin/sh /run/test/instance 2> {q(str(work))}/stderr || rc=$?
 echo $rc > {q(str(work))}/rc
+{_restore_run(work, root) if g.restore_disk is not None else ""}
 ip -4 -o addr show dev eth0 > {q(str(work))}/addr
 ip -4 route show > {q(str(work))}/route
 readlink {q(str(root))}/etc/resolv.conf > {q(str(work))}/resolv_link || true
@@ -103,7 +125,9 @@ cat {q(str(root))}/etc/shadow > {q(str(work))}/image_shadow
 stat -c '%a %u:%g' {q(str(root))}/etc/shadow >> {q(str(work))}/shadow_modes
 [ ! -d {q(str(root))}/run/sealbox ] || cp -a {q(str(root))}/run/sealbox {q(str(work))}/run-sealbox
 """
-    proc = subprocess.run(["unshare", "--mount", "--net", "--fork", "sh", "-c", inner], timeout=120, capture_output=True, text=True)
+    proc = subprocess.run(["unshare", "--mount", "--net", "--uts", "--fork", "sh", "-c", inner], timeout=120, capture_output=True, text=True)
+    if proc.returncode == 3:
+        raise AssertionError(f"the first run failed: {(work / 'stderr').read_text()}")
     if proc.returncode != 0:
         raise AssertionError(f"setting up the chroot failed ({proc.returncode}): {proc.stderr.strip()[-800:]}")
     left = work / "run-sealbox"

@@ -141,6 +141,23 @@ def test_a_password_goes_into_a_runtime_shadow_bound_over_the_image(image: Path,
     assert r.files["instance"].encode() == canonical(d) and HASH not in r.files["instance"]
     assert r.files["instance.binding"] == f"not-a-td sha384={mrconfigid(d).hex()}\n"
     assert r.addresses == ["10.213.0.2/30"] and r.files["authorized_keys/root"] == KEY_ROOT + "\n"
+    # the hashes were staged beside the keys: nothing of them is left, least of all among sshd's authorized keys
+    assert "authorized_keys/passwords" not in r.files
+    assert not [k for k, v in r.files.items() if HASH in v and k != "shadow"], sorted(r.files)
+
+
+def test_a_restore_replaces_the_password_keys_and_address_of_the_snapshots_source(image: Path, tmp_path: Path) -> None:
+    """The restore agent's run (SEALBOX_RESTORE=1) over a guest that applied its source's data: the sibling's hash,
+    key and address replace the source's (a restored sibling never shares a password with its source)."""
+    other_hash = HASH.replace("sealboxsalt12345", "siblingsalt67890")
+    first = data(password_hashes={USER: HASH})
+    sibling = data(password_hashes={USER: other_hash}, hostname="sibling", address=ipaddress.IPv4Interface("10.213.0.6/30"),
+                   gateway=ipaddress.IPv4Address("10.213.0.5"))
+    r = run_instance_sh(image, tmp_path, Guest(disk=render(first), restore_disk=render(sibling)))
+    assert (r.rc, r.stderr) == (0, ""), r.stderr
+    assert r.shadow_bound and _field(r.shadow, USER)[1] == other_hash and HASH not in r.shadow
+    assert r.files["hostname"].strip() == "sibling" and r.addresses == ["10.213.0.6/30"]
+    assert r.files["instance"].encode() == canonical(sibling) and "authorized_keys/passwords" not in r.files
 
 
 def test_a_password_for_a_user_the_image_lacks_stops_the_instance(image: Path, tmp_path: Path) -> None:

@@ -2,7 +2,7 @@
 
 The image is the base module plus one service of the image's own that prints a forged SEALBOX-HOSTKEY
 line to the console as early as systemd lets it (DefaultDependencies=no): it must never get pinned.
-Boots are shared (10-40 s each under TCG): sandbox A carries the most extra disks QEMU's microvm takes here (20),
+Boots are shared (10-40 s each under TCG): sandbox A carries the most extra disks QEMU's microvm takes here (19),
 three of them with the instance magic and forged instance data, and serves every check that leaves it
 running; B, C, D and E each end in one way (power button, QMP quit, kill, guest reboot) and are booted
 together with A."""
@@ -54,8 +54,8 @@ dest = "/etc/systemd/system/early-hostkey.service"
 [services]
 enable = ["early-hostkey.service"]
 """
-N_DISKS = 20
-MAGIC_DISKS = (0, 9, 19)  # user disks that carry the instance magic with forged data
+N_DISKS = 19
+MAGIC_DISKS = (0, 9, 18)  # user disks that carry the instance magic with forged data
 FORGED = b"SEALBOX-INSTANCE-V1\nhostname=forged\naddress=10.99.99.2/30\ngateway=10.99.99.1\nssh_user=root\nEND\n"
 
 
@@ -121,7 +121,7 @@ def fleet(sealbox: Sealbox, image: Path, tmp_path_factory: pytest.TempPathFactor
 
 # ---- A: the instance disk, pinned keys, the jail, the terminal verbs ------------------------------
 
-def test_the_instance_disk_wins_over_20_user_disks_some_forged(fleet: Fleet) -> None:
+def test_the_instance_disk_wins_over_19_user_disks_some_forged(fleet: Fleet) -> None:
     sb, a = fleet.sb, fleet.a
     assert sb.exec(a, "hostname").stdout.strip() == a  # exec working at all: our key came from our disk
     addr = sb.exec(a, "ip", "-4", "-o", "addr", "show", "eth0").stdout

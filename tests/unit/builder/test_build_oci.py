@@ -47,8 +47,9 @@ def _spec(tmp_path: Path, body: str = "") -> Path:
 
 
 def test_an_oci_build_runs_no_kernel_step(tmp_path: Path) -> None:
-    def wanted(formats: list[str]) -> list[str]:
-        ctx = SimpleNamespace(formats=set(formats))
+    def wanted(formats: list[str]) -> list[str]:  # a cold build without the build cache (--no-cache)
+        ctx = SimpleNamespace(formats=set(formats), layers=SimpleNamespace(enabled=False), lock=None, restored=None,
+                              tree_needed=True)
         return [s.name for s in STEPS if s.wanted(ctx)]  # type: ignore[arg-type]
 
     assert wanted(["oci"]) == ["bootstrap", "lock", "configure", "strip", "link-check", "normalise", "oci", "manifest"]
@@ -147,3 +148,37 @@ def test_run_refuses_a_container_image_with_what_to_do(tmp_path: Path) -> None:
         image.load(d)
     text = str(e.value)
     assert "is a container image" in text and "no kernel to boot" in text and f"{d}/app.oci.tar" in text and "podman load" in text
+
+
+def test_the_build_cache_keeps_container_and_vm_trees_apart(tmp_path: Path) -> None:
+    """output.* is writer-only for the tree layer's key, but a container's tree is made differently (no guest
+    protocol, no kernel modules): the same spec and bootstrap as oci and as a VM must not share a configured tree."""
+    from sealbox.builder.reuse import tree_key
+
+    def key(formats: str) -> str:
+        d = tmp_path / formats.replace('"', "").replace(",", "-")
+        d.mkdir()
+        spec = d / "app.toml"
+        spec.write_text(f"name = 'app'\noutput.formats = [{formats}]\n")
+        loaded = load_spec(spec)
+        ctx = SimpleNamespace(loaded=loaded, formats=set(loaded.spec.output.formats))
+        return tree_key(ctx, "same-bootstrap")  # type: ignore[arg-type]
+
+    vm = key('"initrd"')
+    assert key('"initrd", "ext4"') == vm  # only the writers differ: the configured tree is reused
+    assert key('"oci"') != vm
+
+
+def test_a_spec_without_packages_gives_mmdebstrap_no_empty_include(tmp_path: Path) -> None:
+    """A container image may install nothing beyond Debian's essential set: mmdebstrap refuses an empty --include=
+    ("Option include requires an argument", its usage and exit 2: seen building such an oci spec)."""
+    from sealbox.builder.bootstrap import mmdebstrap_argv
+    from sealbox.builder.sources import Sources
+
+    sources = Sources("http://mirror.invalid/debian", None, "bookworm", ("main",))
+    loaded = load_spec(_spec(tmp_path))
+    assert loaded.spec.packages.include == []
+    argv = mmdebstrap_argv(loaded.spec, sources, tmp_path / "tree", tmp_path / "in", tmp_path / "out", None)
+    assert not [a for a in argv if a.startswith("--include")], argv
+    with_pkgs = load_spec(_spec(tmp_path / "p", '[packages]\ninclude = ["passwd", "busybox"]\n')).spec
+    assert "--include=busybox,passwd" in mmdebstrap_argv(with_pkgs, sources, tmp_path / "tree", tmp_path / "in", tmp_path / "out", None)

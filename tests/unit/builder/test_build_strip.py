@@ -409,3 +409,28 @@ def test_links_to_what_was_stripped_go_with_it(tmp_path: Path) -> None:
     left = sorted(str(p.relative_to(tree)) for p in tree.rglob("*") if p.is_symlink())
     assert left == ["etc/resolv.conf", "etc/ssl/certs/0badc0de.0"]
     assert removed["links"] > 0
+
+
+def test_links_to_the_apt_state_removed_early_go_as_if_strip_had_removed_it(tmp_path: Path) -> None:
+    """The bootstrap step removes apt's lists and cache before strip runs (so the build cache's bootstrap layer
+    lacks them); a link left pointing there is removed as it is when strip removes its target itself."""
+    from sealbox.builder.strip import APT_STATE, remove_early
+
+    def tree(root: Path) -> Path:
+        (root / "var/cache/apt/archives").mkdir(parents=True)
+        (root / "var/cache/apt/pkgcache.bin").write_bytes(b"cache")
+        (root / "etc").mkdir()
+        (root / "etc/apt-cache").symlink_to("../var/cache/apt/pkgcache.bin")
+        (root / "etc/resolv.conf").symlink_to("../run/resolv.conf")  # dangles by design: kept
+        return root
+
+    off = Strip(**{g: False for g in GROUPS}, unused_libraries=False)
+    late, early = tree(tmp_path / "late"), tree(tmp_path / "early")
+    strip_tree(late, off)
+    remove_early(early, APT_STATE, off)
+    strip_tree(early, off)
+    for root in (late, early):
+        assert not (root / "etc/apt-cache").is_symlink(), root
+        assert (root / "etc/resolv.conf").is_symlink()
+    assert sorted(p.relative_to(late).as_posix() for p in late.rglob("*")) == \
+        sorted(p.relative_to(early).as_posix() for p in early.rglob("*"))

@@ -141,7 +141,7 @@ def test_cli_commands_are_registered_and_reject_non_firecracker_sandboxes(tmp_pa
 
     assert {k: COMMANDS[k] for k in ("pause", "resume", "snapshot")} == {
         "pause": "sealbox.cli.firecracker:pause", "resume": "sealbox.cli.firecracker:resume",
-        "snapshot": "sealbox.cli.firecracker:snapshot"}
+        "snapshot": "sealbox.cli.snapshot:snapshot"}  # QEMU sandboxes too (sandbox/snapshot.py)
     sd = StateDir(tmp_path / "state")
     sd.reserve(SandboxRecord(name="q1", created_at=time.time(), status="running"))
     assert main(["pause", "q1", "--state-dir", str(sd.root)]) == 2

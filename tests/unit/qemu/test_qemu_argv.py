@@ -236,15 +236,17 @@ def test_a_guest_reboot_ends_the_vm_and_every_disk_is_labelled(make_plan, host, 
 
 def test_disk_limits_are_clear_errors(make_plan, host, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     """microvm: 23 usable virtio-mmio devices (the 24th transport's interrupt never arrives: a disk there hung the
-    boot); q35: raw disks stay within vda..vdz, so device order and name order agree."""
+    boot), of which net, rng and the restore agent's serial port take three; q35: raw disks stay within vda..vdz, so
+    device order and name order agree."""
     specs = [f"d{i}.img:ro" for i in range(27)]
     for i in range(27):
         (tmp_path / f"d{i}.img").write_bytes(b"\0" * 512)
-    build_command(make_plan(disks=disks(tmp_path, *specs[:20])), host)
-    with pytest.raises(SandboxError, match=r"microvm takes at most 20 extra disks \(21 given\)"):
-        build_command(make_plan(disks=disks(tmp_path, *specs[:21])), host)
-    with pytest.raises(SandboxError, match=r"at most 19 extra disks"):
-        build_command(make_plan(rootfs="disk", disks=disks(tmp_path, *specs[:20])), host)
+    argv = build_command(make_plan(disks=disks(tmp_path, *specs[:19])), host).qemu_argv
+    assert sum(v.startswith("virtio-") and "-device," in v for v in values(argv, "-device")) == 23
+    with pytest.raises(SandboxError, match=r"microvm takes at most 19 extra disks \(20 given\)"):
+        build_command(make_plan(disks=disks(tmp_path, *specs[:20])), host)
+    with pytest.raises(SandboxError, match=r"at most 18 extra disks"):
+        build_command(make_plan(rootfs="disk", disks=disks(tmp_path, *specs[:19])), host)
     build_command(make_plan(firmware="ovmf", disks=disks(tmp_path, *specs[:25])), host)
     with pytest.raises(SandboxError, match=r"at most 25 raw extra disks"):
         build_command(make_plan(firmware="ovmf", disks=disks(tmp_path, *specs[:26])), host)
@@ -259,6 +261,25 @@ def test_the_instance_disk_is_the_first_disk_after_the_root_disk(make_plan, host
         assert blk == (["rootfs"] if kw.get("rootfs") else []) + ["instance", "disk0", "disk1"], a
 
 
+def test_microvm_has_the_restore_agents_port_and_a_restore_loads_its_state_from_an_fd(make_plan, host, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """Every microvm sandbox can be snapshotted: its agent port is a virtio-serial port on a listening socket root made
+    (an fd, like QMP). A restore adds -incoming fd:N, N being root's read-only descriptor of the state file."""
+    plan = make_plan()
+    cmd = build_command(plan, host)
+    dev = values(cmd.qemu_argv, "-device")
+    assert "virtio-serial-device,id=agent0" in dev
+    assert "virtserialport,bus=agent0.0,chardev=agent,name=org.sealbox.agent.0" in dev
+    agent = next(f for f in cmd.fds if f.kind == "agent")
+    assert f"socket,id=agent,fd={agent.fd},server=on,wait=off" in values(cmd.qemu_argv, "-chardev")
+    assert agent.path == cmd.agent_socket and cmd.agent_socket.startswith(str(plan.sandbox_dir / "vmm"))
+    assert "-incoming" not in cmd.qemu_argv
+    state = tmp_path / "vmstate"
+    restoring = build_command(plan.model_copy(update={"incoming": state}), host)
+    (incoming,) = values(restoring.qemu_argv, "-incoming")
+    fd = next(f for f in restoring.fds if f.path == str(state))
+    assert incoming == f"fd:{fd.fd}" and fd.kind == "file" and fd.access == "r"
+    for kw in ({"firmware": "ovmf"},):  # firmware machines (q35) have no agent port
+        assert not any("virtserialport" in v for v in values(build_command(make_plan(**kw), host).qemu_argv, "-device"))
 def test_user_serials_and_burst_buckets_reach_qemu(make_plan, host, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     """--disk ...,serial=NAME is the drive's serial (virtio-blk and SCSI); a burst (a bucket larger than one second's
     worth, sandbox/rates.py) becomes QEMU's -max over a 1 s burst length."""

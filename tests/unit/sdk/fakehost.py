@@ -24,6 +24,8 @@ class FakeHost:
         self.muted: set[str] = set()
         self.created: list[str] = []
         self.removed: list[str] = []
+        self.restored: dict[str, str] = {}  # member -> the snapshot it was created from
+        self.snapshots: dict[str, str] = {}  # snapshot path -> the sandbox it was taken from
         self.lock = threading.Lock()
 
     def create(self, opts: CreateOptions, *, warn: Any = None, progress: Any = None, holder: int | None = None,
@@ -43,6 +45,11 @@ class FakeHost:
         with self.lock:
             self.boxes[opts.name]["status"] = "running"
             self.created.append(opts.name)
+            if opts.from_snapshot is not None:
+                if opts.from_snapshot not in self.snapshots:
+                    self.boxes.pop(opts.name)
+                    raise SandboxError(f"stand-in: no snapshot {opts.from_snapshot}")
+                self.restored[opts.name] = opts.from_snapshot
             if self.mute:
                 self.mute -= 1
                 self.muted.add(opts.name)
@@ -91,3 +98,20 @@ class FakeHost:
 
     def disconnect(self, name: str) -> None:
         return None
+
+    def snapshot(self, name: str, dest: Any = None, *, resume: bool = True) -> str:
+        with self.lock:
+            if self.boxes.get(name, {}).get("status") != "running":
+                raise SandboxError(f"stand-in: {name} is not running")
+            path = str(dest or f"/snapshots/{name}-{len(self.snapshots)}")
+            self.snapshots[path] = name
+            if not resume:
+                self.boxes[name]["status"] = "paused"
+        return path
+
+    def remove_snapshots(self, name: str) -> list[str]:
+        with self.lock:
+            gone = [p for p, src in self.snapshots.items() if src == name]
+            for p in gone:
+                del self.snapshots[p]
+        return gone

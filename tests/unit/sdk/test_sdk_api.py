@@ -170,6 +170,47 @@ def test_pool_hands_out_ready_members_destroys_on_release_and_refills() -> None:
     assert len(set(host.created)) == len(host.created)  # never reused
 
 
+def test_a_snapshot_pool_boots_one_template_and_fills_and_refills_by_restoring_it() -> None:
+    """snapshot=True: one cold boot (the template, snapshotted paused and removed), every member a restore of its
+    snapshot; close() deletes the snapshot the pool made."""
+    host = FakeHost(boot_s=0.05)
+    with Pool("img", size=2, name="p7", host=host, parallel=2, snapshot=True) as pool:  # type: ignore[arg-type]
+        a = pool.acquire(timeout=10)
+        [(path, template)] = host.snapshots.items()
+        assert template not in host.restored and template in host.removed and template not in host.boxes
+        assert host.restored[a.name] == path and a.labels["sealbox.pool"] == "p7"
+        pool.release(a)
+        deadline = time.monotonic() + 10
+        while pool.ready < 2 and time.monotonic() < deadline:
+            time.sleep(0.02)
+        members = [n for n in host.created if n != template]
+        assert pool.ready == 2 and len(members) == 3 and all(host.restored[n] == path for n in members)  # refills restore too
+        assert host.created.count(template) == 1  # one cold boot in all
+    assert not host.boxes and not host.snapshots
+
+
+def test_a_snapshot_pool_whose_template_cannot_be_snapshotted_reports_it() -> None:
+    host = FakeHost()
+    host.snapshot = lambda name, dest=None, resume=True: (_ for _ in ()).throw(SandboxError("stand-in: no snapshots here"))  # type: ignore[method-assign]
+    with Pool("img", size=1, name="p8", host=host, snapshot=True) as pool, pytest.raises(SandboxError, match="no snapshots here"):  # type: ignore[arg-type]
+        pool.acquire(timeout=60)
+    assert not host.boxes  # every template was removed
+
+
+def test_closing_a_snapshot_pool_while_its_template_boots_starts_no_second_template() -> None:
+    host = FakeHost(boot_s=300)
+    calls: list[str] = []
+    real = host.create
+    host.create = lambda opts, **kw: (calls.append(opts.name), real(opts, **kw))[1]  # type: ignore[method-assign]
+    pool = Pool("img", size=2, name="p9", host=host, parallel=2, snapshot=True)  # type: ignore[arg-type]
+    deadline = time.monotonic() + 10
+    while not calls and time.monotonic() < deadline:
+        time.sleep(0.01)
+    time.sleep(0.2)  # the second boot waits for the first's template
+    pool.close()
+    assert calls == ["p9-template"] and not host.boxes and not host.snapshots
+
+
 def test_pool_never_hands_out_a_member_that_does_not_answer() -> None:
     host = FakeHost(mute=1)
     with Pool("img", size=1, name="p6", host=host) as pool:  # type: ignore[arg-type]

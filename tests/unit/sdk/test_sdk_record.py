@@ -6,11 +6,12 @@ from __future__ import annotations
 import os
 import time
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
 
-from sealbox.errors import UsageError
+from sealbox.errors import SandboxError, UsageError
 from sealbox.sandbox import gc, planning, status
 from sealbox.sandbox.model import check_labels, parse_labels
 from sealbox.sandbox.state import SandboxRecord, StateDir, process_start_time
@@ -97,10 +98,16 @@ def test_snapshot_hook_dispatches_to_the_backend(tmp_path: Path, monkeypatch: py
     state.reserve(SandboxRecord(name="q", status="running", created_at=time.time(), vmm={"backend": "qemu"}))
     state.reserve(SandboxRecord(name="f", status="running", created_at=time.time(), vmm={"backend": "firecracker"}))
     host = LocalHost(state.root)
-    with pytest.raises(UsageError, match="qemu, which cannot take snapshots"):
+    with pytest.raises(SandboxError, match="'q' is exited; only a running sandbox can be snapshotted"):  # its VMM is gone
         Sandbox("q", host).snapshot()
     seen: list[tuple[str, Path, bool]] = []
-    monkeypatch.setattr(FirecrackerBackend, "snapshot", lambda self, record, dest, resume=True: seen.append((record.name, dest, resume)))
+    part = SimpleNamespace(size=1)
+
+    def take(self: Any, record: SandboxRecord, dest: Path, resume: bool = True) -> SimpleNamespace:
+        seen.append((record.name, dest, resume))
+        return SimpleNamespace(vmstate=part, memory=part, drives=[], warning="")
+
+    monkeypatch.setattr(FirecrackerBackend, "snapshot", take)
     assert Sandbox("f", host).snapshot(tmp_path / "snap", resume=False) == tmp_path / "snap"
     assert seen == [("f", tmp_path / "snap", False)]
     default = Sandbox("f", host).snapshot()

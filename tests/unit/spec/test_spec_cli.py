@@ -122,3 +122,11 @@ def test_settings_lists_every_setting(capsys: pytest.CaptureFixture[str]) -> Non
     assert [line.split()[0] for line in out.splitlines()] == [r["key"] for r in settings_rows()]
     rc, out, _ = _run(["settings", "--markdown"], capsys)
     assert rc == 0 and out == settings_markdown()
+
+
+@pytest.mark.parametrize("value", ["bogus", "bootstrap,nope", ","])
+def test_unknown_reuse_kind_is_one_clear_line(value: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    before = _snapshot(tmp_path)
+    rc, out, err = _run(["build", "--reuse", value, "--output", str(tmp_path / "out")], capsys)
+    _assert_one_error_line(rc, out, err, "--reuse", "bootstrap, tree, kernel, modules, loader, segment")
+    assert _snapshot(tmp_path) == before

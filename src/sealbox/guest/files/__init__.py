@@ -8,9 +8,10 @@ from importlib import resources
 from sealbox.guest.protocol import PLACEHOLDERS
 
 UNITS = ("sealbox-early.service", "sealbox-instance.service", "sealbox-sshd-keys.service", "sealbox-ready.service",
-         "sealbox-powerbutton.service")
+         "sealbox-powerbutton.service", "sealbox-agent.service")
+RESEED = "reseed"  # not a file: the program guest/reseed.py writes
 SCRIPTS = {"early.sh": "early", "instance.sh": "instance", "sshd-keys.sh": "sshd-keys", "ready.sh": "ready",
-           "powerbutton.sh": "powerbutton"}
+           "powerbutton.sh": "powerbutton", "agent.sh": "agent", RESEED: "reseed"}
 READY_AFTER = ("ssh.service", "nftables.service")  # sealbox-ready waits for these (its unit says After=)
 READY_ORDER_DROPIN = "/usr/lib/systemd/system/sealbox-ready.service.d/sealbox-order.conf"
 # Image paths that point at files the guest writes at run time into /run (the image stays read-only).
@@ -47,6 +48,10 @@ def feature_files(persistent_disk: Sequence[str], cloud_providers: Sequence[str]
 
 def read(name: str) -> bytes:
     """A guest file's bytes with every @PLACEHOLDER@ replaced; an unknown placeholder is a bug."""
+    if name == RESEED:
+        from sealbox.guest.reseed import program
+
+        return program()
     data = (resources.files(__name__) / name).read_bytes()
     for key, value in PLACEHOLDERS.items():
         data = data.replace(f"@{key}@".encode(), value.encode())

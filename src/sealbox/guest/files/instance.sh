@@ -3,9 +3,13 @@
 # from the instance disk, else the kernel command line's ip= argument. Nothing per-instance is ever in the image.
 # In a TD nothing is applied unless the data hashes to the MRCONFIGID the TD was started with; sshd requires this
 # unit, so it does not start either. Shell builtins where possible: under emulation every exec costs ~10 ms.
+# SEALBOX_RESTORE=1 (the restore agent, after a restore from a snapshot): the command line is the snapshot's, so only
+# the instance disk counts, read past the page cache (its device now holds another sandbox's data), and the keys,
+# addresses and routes it replaces are removed first.
 set -eu
 run=/run/sealbox
 addr= gw= host= dns=
+restore=${SEALBOX_RESTORE:-}
 say() { echo "sealbox-instance: $*" >&2; }
 mask2prefix() {  # dotted netmask -> prefix length
 	n=0 old=$IFS
@@ -51,17 +55,18 @@ apply_passwords() {  # the image's /etc/shadow with the given users' hashes, bou
 	while IFS=: read -r name pw rest; do
 		while IFS=: read -r u h; do
 			[ "$u" = "$name" ] && pw=$h && set -- "$@" "$u"
-		done < "$stage/passwords"
+		done < "$pwfile"
 		printf '%s:%s:%s\n' "$name" "$pw" "$rest"
 	done < /etc/shadow > "$run/shadow.new"
 	while IFS=: read -r u _h; do
 		case " $* " in *" $u "*) ;; *) say "instance data sets a password for '$u', who is not a user of this image"; rm -f "$run/shadow.new"; exit 1 ;; esac
-	done < "$stage/passwords"
+	done < "$pwfile"
 	mv "$run/shadow.new" "$run/shadow"
 	mount --bind "$run/shadow" /etc/shadow
 }
 
-read -r cmdline < /proc/cmdline
+cmdline=
+[ -n "$restore" ] || read -r cmdline < /proc/cmdline
 for arg in $cmdline; do
 	case $arg in
 	ip=*)
@@ -82,17 +87,29 @@ done
 disk=
 for dev in /sys/block/vd*; do
 	[ -e "$dev" ] || continue
+	if [ -n "$restore" ]; then  # a restore is QEMU's: the host labels the instance disk, and its cache is stale
+		serial=
+		read -r serial 2>/dev/null < "$dev/serial" || true  # (stderr first: a disk without a serial is not ours)
+		[ "$serial" = sealbox-instance ] || continue
+		blockdev --flushbufs "/dev/${dev##*/}"
+	fi
 	first=
 	read -r first < "/dev/${dev##*/}" 2>/dev/null || true
 	if [ "$first" = "@SEALBOX_INSTANCE_MAGIC@" ]; then disk=/dev/${dev##*/}; break; fi
 done
 
 umask 022
-mkdir -p "$run"
-stage=$run/instance.d  # nothing leaves here before the binding check
-rm -rf "$stage"
-mkdir -p "$stage/keys"
+[ -d "$run" ] || mkdir -p "$run"
+# nothing is applied before the binding check: the keys wait in $stage (which then becomes authorized_keys), the
+# canonical text in $canon (then moved to instance). Few programs: under emulation each costs ~0.1 s
+stage=$run/instance.d canon=$run/instance.new pwfile=$run/instance.pw  # hashes wait apart: $stage becomes authorized_keys
+if [ -n "$restore" ]; then  # the snapshot's client keys are not this sandbox's
+	rm -rf "$stage" "$canon" "$pwfile" "$run/authorized_keys"
+elif [ -e "$stage" ] || [ -e "$canon" ] || [ -e "$pwfile" ]; then
+	rm -rf "$stage" "$canon" "$pwfile"
+fi
 if [ -n "$disk" ]; then
+	mkdir -p "$stage"
 	ended=
 	# every line up to END goes into the canonical text exactly as it is applied (secrets as their digest)
 	while IFS= read -r line; do
@@ -108,23 +125,24 @@ if [ -n "$disk" ]; then
 		authorized_key=*)
 			v=${line#*=}; u=${v%% *}
 			case $u in ''|*[!a-z0-9_-]*|[!a-z_]*) say "instance data names an invalid user '$u'"; exit 1 ;; esac
-			printf '%s\n' "${v#* }" >> "$stage/keys/$u"
+			printf '%s\n' "${v#* }" >> "$stage/$u"
 			;;
 		'!password_hash='*)
 			v=${line#*=}; u=${v%% *}; h=${v#* }
 			case $u in ''|root|*[!a-z0-9_-]*|[!a-z_]*) say "instance data sets a password for an invalid user '$u'"; exit 1 ;; esac
 			case $h in '$'*) ;; *) say "instance data's password for '$u' is not a crypt(3) hash"; exit 1 ;; esac
 			case $h in *[!A-Za-z0-9./\$=,]*) say "instance data's password for '$u' is not a crypt(3) hash"; exit 1 ;; esac
-			(umask 077; printf '%s:%s\n' "$u" "$h" >> "$stage/passwords")
+			(umask 077; printf '%s:%s\n' "$u" "$h" >> "$pwfile")
 			;;
 		@SEALBOX_INSTANCE_END@) ended=1; break ;;
 		esac
-	done < "$disk" > "$stage/canonical"
+	done < "$disk" > "$canon"
 	[ -n "$ended" ] || { say "instance disk $disk has no @SEALBOX_INSTANCE_END@ line"; exit 1; }
-	digest=$(sha384sum "$stage/canonical")
+	digest=$(sha384sum "$canon")
 	digest=${digest%% *}
 fi
-if is_td; then
+[ -n "$disk" ] || [ -z "$restore" ] || { say "restore: no instance disk labelled sealbox-instance"; exit 1; }
+if [ -z "$restore" ] && is_td; then  # TD memory is never snapshotted: a restore is not in a TD
 	[ -n "$disk" ] || { say "refusing to start: this TD has no instance disk"; exit 1; }
 	want=$(td_mrconfigid)
 	if [ -z "$want" ]; then
@@ -141,21 +159,26 @@ elif [ -n "$disk" ]; then
 fi
 
 # a second run (the unit restarted) keeps what the first applied, as for the keys
-if [ -s "$stage/passwords" ] && [ ! -e "$run/shadow" ]; then apply_passwords; fi
+if [ -n "$restore" ] && [ -e "$run/shadow" ]; then  # the snapshot's passwords are its source's: never a sibling's
+	umount /etc/shadow
+	rm -f "$run/shadow"
+fi
+if [ -s "$pwfile" ] && [ ! -e "$run/shadow" ]; then apply_passwords; fi
+rm -f "$pwfile"
 [ -n "$host" ] && echo "$host" > /proc/sys/kernel/hostname
 if [ -n "$disk" ]; then
-	mv "$stage/canonical" "$run/instance"
-	[ -e "$run/authorized_keys" ] || mv "$stage/keys" "$run/authorized_keys"
+	mv "$canon" "$run/instance"
+	if [ -e "$run/authorized_keys" ]; then rm -rf "$stage"; else mv "$stage" "$run/authorized_keys"; fi
 fi
 {
 	echo "# sealbox: resolvers from the instance data"
 	for ip in $dns; do echo "nameserver $ip"; done
 } > "$run/resolv.conf"
-rm -rf "$stage"
 {
 	echo "link set lo up"
 	if [ -n "$addr" ] && [ -e /sys/class/net/eth0 ]; then
 		echo "link set eth0 up"
+		[ -z "$restore" ] || { echo "route flush dev eth0"; echo "addr flush dev eth0"; }
 		echo "addr replace $addr dev eth0"
 		[ -n "$gw" ] && echo "route replace default via $gw dev eth0"
 	fi

@@ -14,6 +14,7 @@ command line and the launcher only has to place each fd at its number.
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 from dataclasses import dataclass, field
@@ -24,9 +25,11 @@ from pydantic import BaseModel
 
 from sealbox.errors import SandboxError
 from sealbox.guest.instance import mrconfigid_base64
+from sealbox.guest.protocol import AGENT_PORT
 from sealbox.sandbox.host import jail
 from sealbox.sandbox.model import DiskSpec, RateLimit, SandboxSpec, VmPlan
 from sealbox.sandbox.steps import Step
+from sealbox.util import atomic
 
 QEMU = "/usr/bin/qemu-system-x86_64"
 SANDBOX_OPTS = "on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny"
@@ -34,8 +37,9 @@ FIRST_FD = 10  # fds 0-2 are stdio; leave room below for anything the runtime op
 QCOW2_MAGIC = b"QFI\xfb"
 # QEMU's microvm has 24 virtio-mmio transports, but the interrupt of the 24th never reaches the guest (measured
 # with QEMU 7.2 and Debian's 6.1 kernel: a disk there hangs the boot in its partition scan), so 23 are usable:
-# net, rng, the instance disk, [the root disk] and the user disks
+# net, rng, the restore agent's serial port, the instance disk, [the root disk] and the user disks
 MICROVM_DEVICES = 23
+MICROVM_FIXED = ("net", "rng", "agent")  # the devices before the disks
 VD_NAMES = 26  # vda..vdz: past them names sort out of device order (vdaa < vdb), which the guest relies on
 TDX_PARAM = Path("/sys/module/kvm_intel/parameters/tdx")
 OVMF_CODE = Path("/usr/share/OVMF/OVMF_CODE_4M.fd")
@@ -52,8 +56,8 @@ class FdFile(BaseModel):
     """One descriptor the launcher opens (as root) and places at number `fd` in the VMM."""
 
     fd: int
-    kind: Literal["qmp", "console", "tap", "file"]
-    path: str = ""  # host path (qmp socket, console log, file); netns name for kind=tap
+    kind: Literal["qmp", "agent", "console", "tap", "file"]
+    path: str = ""  # host path (qmp/agent socket, console log, file); netns name for kind=tap
     ifname: str = ""  # TAP name inside the netns (kind=tap)
     access: Literal["r", "w", "rw"] = "r"  # QEMU matches an fdset member by access mode
 
@@ -150,7 +154,8 @@ class _Fds:
     next_fd: int = FIRST_FD
     next_set: int = 1
 
-    def take(self, kind: Literal["qmp", "console", "tap", "file"], path: str, *, access: Literal["r", "w", "rw"] = "r", ifname: str = "") -> int:
+    def take(self, kind: Literal["qmp", "agent", "console", "tap", "file"], path: str, *,
+             access: Literal["r", "w", "rw"] = "r", ifname: str = "") -> int:
         fd = self.next_fd
         self.next_fd += 1
         self.files.append(FdFile(fd=fd, kind=kind, path=path, access=access, ifname=ifname))
@@ -176,6 +181,7 @@ class QemuCommand(BaseModel):
     run_dir: str
     qmp_socket: str
     vmm_log: str
+    agent_socket: str | None = None  # the restore agent's port (microvm), a listening socket like QMP's
     vars_copy: str | None = None  # per-sandbox OVMF VARS file created by RunDirStep ...
     vars_template: str | None = None  # ... from this template
 
@@ -247,6 +253,9 @@ def build_command(plan: VmPlan, host: HostFacts) -> QemuCommand:
     # everything that needs getrandom() (ssh-keygen for the host key, sshd) waits for it
     rng_dev = "virtio-rng-pci" if pci else "virtio-rng-device"
     argv += ["-object", "rng-random,id=rng0,filename=/dev/urandom", "-device", f"{rng_dev},rng=rng0"]
+    agent = run_dir / "agent.sock" if mode == "microvm" else None
+    if agent is not None:
+        argv += agent_args(fds.take("agent", str(agent)))
 
     disks: list[tuple[str, DiskSpec]] = []
     if spec.rootfs == "disk":
@@ -256,8 +265,8 @@ def build_command(plan: VmPlan, host: HostFacts) -> QemuCommand:
     disks.append(("instance", DiskSpec(path=plan.instance_disk, readonly=True)))
     disks += [(f"disk{i}", d) for i, d in enumerate(spec.disks)]
     fixed = len(disks) - len(spec.disks)  # the instance disk and the root disk come first (guest-protocol.md)
-    if not pci and len(disks) + 2 > MICROVM_DEVICES:  # + net and rng
-        raise SandboxError(f"QEMU's microvm takes at most {MICROVM_DEVICES - 2 - fixed} extra disks ({len(spec.disks)} given)",
+    if not pci and len(disks) + len(MICROVM_FIXED) > MICROVM_DEVICES:
+        raise SandboxError(f"QEMU's microvm takes at most {MICROVM_DEVICES - len(MICROVM_FIXED) - fixed} extra disks ({len(spec.disks)} given)",
                            hint="attach fewer --disk files (or use --firmware ovmf, whose PCI bus takes more)")
     if pci and sum(d.format == "raw" for _i, d in disks) > VD_NAMES:
         raise SandboxError(f"at most {VD_NAMES - fixed} raw extra disks fit vda..vdz ({len(spec.disks)} given)",
@@ -278,6 +287,8 @@ def build_command(plan: VmPlan, host: HostFacts) -> QemuCommand:
             argv += ["-device", f"scsi-hd,drive={drive_id},bus=scsi0.0,serial={disk.serial or 'sealbox-' + drive_id}"]
         else:  # the serial is the guest's proof of which disk is the instance disk (docs/guest-protocol.md)
             argv += ["-device", f"{blk_dev},drive={drive_id},serial={disk.serial or 'sealbox-' + drive_id}"]
+    if plan.incoming is not None:  # a restore: QEMU loads the snapshot's state from this fd and stays paused
+        argv += ["-incoming", f"fd:{fds.take('file', str(plan.incoming))}"]
 
     spec_j = jail.JailSpec(
         uid=plan.uid, gid=plan.gid,
@@ -288,9 +299,17 @@ def build_command(plan: VmPlan, host: HostFacts) -> QemuCommand:
     return QemuCommand(
         mode=mode, qemu_argv=argv, argv=jail.jail_argv(spec_j, argv), fds=sorted(fds.files, key=lambda f: f.fd),
         run_dir=str(run_dir), qmp_socket=str(run_dir / "qmp.sock"), vmm_log=str(run_dir / VMM_LOG),
+        agent_socket=str(agent) if agent else None,
         vars_copy=str(vars_copy) if vars_copy else None,
         vars_template=str(host.ovmf_vars) if vars_copy else None,
     )
+
+
+def agent_args(fd: int) -> list[str]:
+    """The restore agent's port (microvm): a guest restored from a snapshot renews its secrets through it
+    (docs/guest-protocol.md). Its host end is a listening socket root made, passed as `fd` like QMP's."""
+    return ["-device", "virtio-serial-device,id=agent0", "-chardev", f"socket,id=agent,fd={fd},server=on,wait=off",
+            "-device", f"virtserialport,bus=agent0.0,chardev=agent,name={AGENT_PORT}"]
 
 
 def tdx_object(plan: VmPlan) -> str:
@@ -373,3 +392,43 @@ class QemuBackend:
         from sealbox.sandbox.vmm.qemu_launch import inspect
 
         return inspect(record)
+
+
+QEMU_VERSION_CACHE = "qemu-version.json"
+
+
+def qemu_version(qemu: str | None = None, cache_dir: Path | None = None) -> str:
+    """The host's QEMU as `--version` names it (e.g. `7.2.22 (Debian 1:7.2+dfsg-7+deb12u18+b3)`): a snapshot records
+    it and restores only under the same. Asked of the binary, not of a running VMM (whose answers are untrusted);
+    with `cache_dir` (root's state dir), remembered for as long as the binary's inode, size and mtime stay."""
+    binary = Path(qemu or QEMU)
+    try:
+        st = binary.stat()
+        key = f"{binary}:{st.st_dev}:{st.st_ino}:{st.st_size}:{st.st_mtime_ns}"
+    except OSError:
+        key = None
+    cache = cache_dir / QEMU_VERSION_CACHE if cache_dir is not None and key else None
+    if cache is not None:
+        try:
+            saved = json.loads(cache.read_text())
+            if saved.get("key") == key and isinstance(saved.get("version"), str):
+                return str(saved["version"])
+        except (OSError, ValueError, AttributeError):
+            pass
+    version = _ask_version(str(binary))
+    if cache is not None:
+        cache.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        atomic.write_text(cache, json.dumps({"key": key, "version": version}), mode=0o600)
+    return version
+
+
+def _ask_version(qemu: str) -> str:
+    try:
+        out = subprocess.run([qemu, "--version"], capture_output=True, text=True, timeout=20).stdout
+    except (OSError, subprocess.TimeoutExpired) as e:
+        raise SandboxError(f"cannot run {qemu} --version: {e}", hint="install qemu-system-x86") from None
+    first = out.splitlines()[0] if out.strip() else ""
+    prefix = "QEMU emulator version "
+    if not first.startswith(prefix):
+        raise SandboxError(f"{qemu} --version printed {first[:80]!r}, not a QEMU version")
+    return first[len(prefix):].strip()

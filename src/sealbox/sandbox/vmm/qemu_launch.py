@@ -90,6 +90,7 @@ class RunDirStep(Step):
     run_dir: str
     console_log: str
     qmp_socket: str
+    agent_socket: str | None = None
     vars_template: str | None = None
     vars_copy: str | None = None
 
@@ -106,7 +107,7 @@ class RunDirStep(Step):
         return {}
 
     def undo(self, outputs: dict[str, Any]) -> None:
-        for p in (self.qmp_socket, self.vars_copy):
+        for p in (self.qmp_socket, self.agent_socket, self.vars_copy):
             if p:
                 with contextlib.suppress(FileNotFoundError):
                     os.unlink(p)
@@ -166,7 +167,7 @@ class QemuStartStep(Step):
 def steps(plan: VmPlan, cmd: QemuCommand) -> list[Step]:
     cg = cgroups.CgroupStep.from_plan(plan.cgroup, cgroups.detect())
     rundir = RunDirStep(
-        run_dir=cmd.run_dir, console_log=str(plan.console_log), qmp_socket=cmd.qmp_socket,
+        run_dir=cmd.run_dir, console_log=str(plan.console_log), qmp_socket=cmd.qmp_socket, agent_socket=cmd.agent_socket,
         vars_template=cmd.vars_template, vars_copy=cmd.vars_copy,
     )
     limits = [(res, soft, hard) for res, (soft, hard) in jail.rlimits(plan.spec.limits).items()]
@@ -222,7 +223,7 @@ def open_tap(netns: str, ifname: str) -> int:
 
 
 def _open_fd(f: FdFile) -> int:
-    if f.kind == "qmp":
+    if f.kind in ("qmp", "agent"):
         with contextlib.suppress(FileNotFoundError):
             os.unlink(f.path)
         s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)

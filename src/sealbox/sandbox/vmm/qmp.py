@@ -82,15 +82,24 @@ class QmpClient:
             raise QmpError(f"QMP sent a non-object: {line[:80]!r}")
         return msg
 
-    def execute(self, command: str, arguments: dict[str, Any] | None = None, *, timeout: float | None = None) -> Any:
-        """Send one command and return its `return` value; an `error` reply raises QmpError."""
+    def execute(self, command: str, arguments: dict[str, Any] | None = None, *, timeout: float | None = None,
+                fds: list[int] | None = None) -> Any:
+        """Send one command and return its `return` value; an `error` reply raises QmpError.
+
+        `fds` travel with the command as SCM_RIGHTS (QMP `getfd`: QEMU then knows them by the name given)."""
         if self._sock is None:
             raise QmpError("QMP client is not connected")
         req: dict[str, Any] = {"execute": command}
         if arguments:
             req["arguments"] = arguments
+        data = json.dumps(req).encode() + b"\n"
         try:
-            self._sock.sendall(json.dumps(req).encode() + b"\n")
+            if fds:
+                sent = socket.send_fds(self._sock, [data], fds)
+                if sent < len(data):
+                    self._sock.sendall(data[sent:])
+            else:
+                self._sock.sendall(data)
         except OSError as e:
             raise QmpError(f"QMP send of {command} failed: {e.strerror or e}") from None
         deadline = time.monotonic() + (timeout or self.timeout)
