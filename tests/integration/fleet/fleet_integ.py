@@ -130,6 +130,23 @@ def _join(f: Fleet, name: str, runtime: str, timeout: float = 120.0) -> None:
     raise AssertionError(f"host {name} did not join: {(f.tmp / f'join-{name}.log').read_text()[-2000:]}")
 
 
+SWEEP = ("from sealbox.sdk.host import LocalHost\nh = LocalHost()\nnames = [i.name for i in h.list(all_=True)]\n"
+         "for n in names:\n    h.remove(n, force=True)\nh.gc()\nprint(names)")
+
+
+def _sweep_real(f: Fleet) -> list[str]:
+    """With the real runtime: remove what a failed test left on each host (in its namespace, with its state);
+    the sandboxes found are returned (a leak)."""
+    found = []
+    for name, h in f.hosts.items():
+        env = f.env(SEALBOX_STATE_DIR=h["state"], SEALBOX_RUN_DIR=h["state"] + "-run", SEALBOX_SUBNET_POOL=h["pool"])
+        proc = subprocess.run([*in_ns(h["ns"]), sys.executable, "-c", SWEEP], capture_output=True, text=True, timeout=300, env=env)
+        out = proc.stdout.strip()
+        if proc.returncode != 0 or out not in ("", "[]"):
+            found.append(f"{name}: {out or proc.stderr.strip()[-300:]}")
+    return found
+
+
 def _teardown(f: Fleet, head: object | None) -> list[str]:
     """Leave (SIGTERM to each membership process), stop the head by pid; what was left in the namespaces."""
     for proc in f.joins.values():
@@ -181,8 +198,10 @@ def ray_fleet(hosts: tuple[tuple[str, str], ...] = (("host0", "a"), ("host1", "b
             _join(f, name, runtime)
         yield f
     finally:
+        swept = _sweep_real(f) if runtime == "local" else []
         left = _teardown(f, head)
         leaked = [ns for ns in f.namespaces() if netns_inode(ns) is not None]
         shutil.rmtree(tmp, ignore_errors=True)
         assert not left, f"processes left in the fleet's namespaces (now killed): {left}"
         assert not leaked, f"namespaces left: {leaked}"
+        assert not swept, f"sandboxes left on the hosts (now removed): {swept}"
