@@ -22,7 +22,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "deploy"))
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 from cloud_standins import METADATA, WIRESERVER, CloudLink, Reply, StandInServer  # noqa: E402
 
-from sealbox.formats.compress import zstd_decompress  # noqa: E402
+from initrd_unpack import unpack  # noqa: E402
 from sealbox.guest import files as guest_files  # noqa: E402
 
 pytestmark = [pytest.mark.integration, pytest.mark.skipif(os.geteuid() != 0, reason="needs root (namespaces, chroot)")]
@@ -37,10 +37,7 @@ def root(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
     image = deploy_image()
     out = tmp_path_factory.mktemp("initrd")
-    cpio = out / "initrd.cpio"
-    cpio.write_bytes(zstd_decompress(image / "initrd.cpio.zst"))
-    subprocess.run(["cpio", "-idm", "--quiet", "-F", str(cpio)], cwd=out, check=True, timeout=120)
-    cpio.unlink()
+    unpack(image / "initrd.cpio.zst", out)  # every segment, in order
     return out
 
 
