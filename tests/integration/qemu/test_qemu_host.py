@@ -24,7 +24,21 @@ pytestmark = pytest.mark.integration
 TUNGETIFF = 0x800454D2
 
 
+def _children() -> set[int]:
+    """This process's children, zombies included (from /proc: other tests' helpers may be alive)."""
+    out = set()
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue
+        if int(fields[1]) == os.getpid():
+            out.add(int(stat.parent.name))
+    return out
+
+
 def test_kvm_probe_gives_a_definite_answer_within_its_timeout(tmp_path: Path) -> None:
+    before = _children()
     t0 = time.monotonic()
     st = kvm.probe_kvm(timeout=2.0, cache_dir=tmp_path)
     took = time.monotonic() - t0
@@ -33,9 +47,8 @@ def test_kvm_probe_gives_a_definite_answer_within_its_timeout(tmp_path: Path) ->
     if not st.functional:
         assert "TCG will be used" in st.summary
     print("KVM", st.summary, f"({took:.2f}s)")
-    # the probe child is killed and reaped: no zombie children left behind
-    with pytest.raises(ChildProcessError):
-        os.waitpid(-1, os.WNOHANG)
+    # the probe child is killed and reaped: no new child, not even a zombie (a module fixture elsewhere may keep its own)
+    assert _children() <= before
     t1 = time.monotonic()
     again = kvm.probe_kvm(timeout=2.0, cache_dir=tmp_path)
     assert again.cached and again.functional == st.functional and time.monotonic() - t1 < 0.5
