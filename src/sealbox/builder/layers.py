@@ -27,7 +27,6 @@ sweep of temp files whose writer died). Readers take no lock: a blob evicted und
 from __future__ import annotations
 
 import contextlib
-import errno
 import fcntl
 import hashlib
 import json
@@ -42,6 +41,7 @@ from typing import Any
 
 from sealbox.errors import BuildError
 from sealbox.util import atomic
+from sealbox.util.flock import try_exclusive
 
 KINDS = ("bootstrap", "tree", "kernel", "modules", "loader", "segment")
 LIMITS = {"bootstrap": 3, "tree": 4, "kernel": 2, "modules": 4, "loader": 4, "segment": 64}
@@ -68,16 +68,6 @@ def _hash_fd(fd: int) -> tuple[str, int]:
 def _private(st: os.stat_result) -> bool:
     """Owned by us and writable by nobody else."""
     return st.st_uid == os.geteuid() and not st.st_mode & 0o022
-
-
-def _try_flock(fd: int) -> bool:
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        return True
-    except OSError as e:
-        if e.errno in (errno.EAGAIN, errno.EACCES):
-            return False
-        raise
 
 
 @dataclass
@@ -296,7 +286,7 @@ class LayerCache:
         except OSError:
             return
         try:
-            if _try_flock(fd):  # its writer is gone (SIGKILLed): nobody will rename it
+            if try_exclusive(fd):  # its writer is gone (SIGKILLed): nobody will rename it
                 path.unlink(missing_ok=True)
         finally:
             os.close(fd)

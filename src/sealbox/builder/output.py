@@ -28,22 +28,13 @@ from pathlib import Path
 from sealbox.builder.interrupt import deferred
 from sealbox.errors import BuildError
 from sealbox.util import atomic
+from sealbox.util.flock import try_exclusive
 
 LOCK_WAIT = 3600.0  # seconds a build waits for another build of the same output or lock to finish
 WORK_PREFIXES = ("sealbox-build-", "sealbox-repro-")
 NEW_PREFIX = ".sealbox-new-"  # a work dir before its lock is taken; swept only when clearly abandoned
 NEW_GRACE = 3600.0
 LOCK_FILE = ".lock"
-
-
-def _try_flock(fd: int) -> bool:
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        return True
-    except OSError as e:
-        if e.errno in (errno.EAGAIN, errno.EACCES):
-            return False
-        raise
 
 
 def remove_tree(path: Path) -> bool:
@@ -125,7 +116,7 @@ def sweep_work_dirs(base: Path) -> list[Path]:
         except OSError:
             continue  # not ours, or not yet/no longer a build directory
         try:
-            if _try_flock(fd) and remove_tree(path):
+            if try_exclusive(fd) and remove_tree(path):
                 removed.append(path)
         finally:
             os.close(fd)
@@ -167,12 +158,12 @@ class OutputTransaction:
     def _lock(self, d: Path) -> None:
         fd = os.open(d, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
         self.fds.append(fd)
-        if _try_flock(fd):
+        if try_exclusive(fd):
             return
         if self.notice:
             self.notice(f"waiting for another build using {d} to finish")
         deadline = time.monotonic() + LOCK_WAIT
-        while not _try_flock(fd):
+        while not try_exclusive(fd):
             if time.monotonic() > deadline:
                 raise BuildError(f"another build has held {d} for over {LOCK_WAIT:.0f}s", hint="is a build stuck? check with ps")
             time.sleep(0.2)
