@@ -44,7 +44,7 @@ GROUPS: dict[str, list[str]] = {
         "/usr/lib/systemd/systemd-networkd*", "/usr/bin/networkctl", "/usr/bin/systemd-analyze", "/usr/bin/systemd-repart",
         "/usr/bin/systemd-cryptenroll", "/usr/lib/systemd/systemd-cryptsetup", "/usr/lib/systemd/systemd-veritysetup",
         "/usr/lib/systemd/systemd-integritysetup", "/usr/lib/x86_64-linux-gnu/libmvec.so*",
-        "/usr/lib/x86_64-linux-gnu/libdb-5.3.so", "/usr/lib/x86_64-linux-gnu/security/pam_userdb.so",
+        "/usr/lib/x86_64-linux-gnu/security/pam_userdb.so",  # libdb goes with it, as unused, unless a package needs it
         # clients and tools a sandbox guest does not run (the host talks to it, not the other way round)
         "/usr/bin/ssh", "/usr/bin/scp", "/usr/bin/sftp", "/usr/bin/slogin", "/usr/bin/ssh-copy-id", "/usr/bin/ssh-argv0",
         "/etc/ssh/moduli", "/usr/bin/lsipc", "/usr/bin/lslogins", "/usr/bin/lsirq", "/usr/bin/irqtop", "/usr/bin/chmem",

@@ -434,3 +434,22 @@ def test_links_to_the_apt_state_removed_early_go_as_if_strip_had_removed_it(tmp_
         assert (root / "etc/resolv.conf").is_symlink()
     assert sorted(p.relative_to(late).as_posix() for p in late.rglob("*")) == \
         sorted(p.relative_to(early).as_posix() for p in early.rglob("*"))
+
+
+@pytest.mark.parametrize("plugin", [True, False])
+def test_a_library_a_package_plugin_needs_is_kept_by_the_default_strip(tmp_path: Path, plugin: bool) -> None:
+    """curl pulls in libsasl2-modules-db, whose plugin links libdb-5.3: the default strip removed libdb by name and
+    the link check then failed the README's own example spec. Unreferenced, libdb still goes (pruned as unused)."""
+    from build_testlib import elf_dynamic
+
+    root = tmp_path / "img"
+    lib = root / "usr/lib/x86_64-linux-gnu"
+    (lib / "sasl2").mkdir(parents=True)
+    (lib / "security").mkdir()
+    (lib / "libdb-5.3.so").write_bytes(elf_dynamic([]))
+    (lib / "security/pam_userdb.so").write_bytes(elf_dynamic(["libdb-5.3.so"]))  # the base strip removes it
+    if plugin:
+        (lib / "sasl2/libsasldb.so.2").write_bytes(elf_dynamic(["libdb-5.3.so"]))
+    strip_tree(root, Strip())
+    assert not (lib / "security/pam_userdb.so").exists()
+    assert (lib / "libdb-5.3.so").exists() == plugin
