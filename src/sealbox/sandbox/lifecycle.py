@@ -36,6 +36,7 @@ from sealbox.sandbox.model import GuestNet, SandboxSpec
 from sealbox.sandbox.state import SandboxRecord, StateDir, pid_alive, process_start_time
 from sealbox.sandbox.steps import Step, apply_steps, undo_steps
 from sealbox.util import atomic
+from sealbox.util.signals import handled
 
 log = logging.getLogger("sealbox.run")
 Say = Callable[[str], None]
@@ -62,12 +63,8 @@ def signals_as_errors() -> Iterator[None]:
             return
         raise Interrupted(f"interrupted by {signal.Signals(signum).name}; the sandbox was removed")
 
-    old = {s: signal.signal(s, handler) for s in (signal.SIGTERM, signal.SIGHUP)}
-    try:
+    with handled((signal.SIGTERM, signal.SIGHUP), handler):
         yield
-    finally:
-        for s, h in old.items():
-            signal.signal(s, h)
 
 
 @contextlib.contextmanager

@@ -28,6 +28,7 @@ from sealbox.errors import SandboxError, UsageError
 from sealbox.sandbox import ssh
 from sealbox.sandbox.instance import read_passwords
 from sealbox.sandbox.state import StateDir
+from sealbox.util.signals import handled
 
 GUEST_PORT = 3389  # the gui module's xrdp.ini: port=tcp://127.0.0.1:3389
 CERT_PATH = "/run/sealbox/xrdp/cert.pem"  # written at boot by the gui module's sealbox-xrdp-keys.service
@@ -164,12 +165,8 @@ def _signals_close() -> Iterator[None]:
     def handler(signum: int, _frame: Any) -> None:
         raise Closed(signal.Signals(signum).name)
 
-    old = {s: signal.signal(s, handler) for s in (signal.SIGTERM, signal.SIGHUP)}
-    try:
+    with handled((signal.SIGTERM, signal.SIGHUP), handler):
         yield
-    finally:
-        for s, h in old.items():
-            signal.signal(s, h)
 
 
 class Tunnel:
