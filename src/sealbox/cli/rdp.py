@@ -4,10 +4,14 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 
 from sealbox.cli.sandbox import local_host, state_opt
+
+if TYPE_CHECKING:
+    from sealbox.sandbox.rdp import RdpInfo
 
 
 @click.command()
@@ -23,19 +27,22 @@ def rdp(name: str, port: int | None, user: str | None, as_json: bool, state_dir:
     from sealbox.sandbox.rdp import Closed, Tunnel
 
     with Tunnel(local_host(state_dir).state, name, port=port, user=user) as tunnel:
-        info = tunnel.info
-        if as_json:
-            click.echo(json.dumps(info.as_dict(), sort_keys=True))
-        else:
-            click.echo(f"RDP to sandbox {name}: connect to {info.address} (an SSH tunnel to its desktop; Ctrl-C closes it)")
-            click.echo(f"  address      {info.address}")
-            click.echo(f"  user         {info.user}")
-            click.echo(f"  password     {info.password}")
-            click.echo(f"  certificate  SHA-256 {info.fingerprint}")
-            click.echo(f"  e.g.         {info.client_example()} /p:PASSWORD")
-        try:
+        try:  # from here Ctrl-C closes the tunnel, even one pressed while the facts are still being printed
+            _print_facts(tunnel.info, as_json)
             status = tunnel.wait()
         except (KeyboardInterrupt, Closed):
             click.echo(f"sealbox: RDP tunnel to {name} closed", err=True)
             return
     raise click.ClickException(f"the SSH tunnel to {name} ended (ssh exit {status}); is the sandbox still running?")
+
+
+def _print_facts(info: RdpInfo, as_json: bool) -> None:
+    if as_json:
+        click.echo(json.dumps(info.as_dict(), sort_keys=True))
+        return
+    click.echo(f"RDP to sandbox {info.name}: connect to {info.address} (an SSH tunnel to its desktop; Ctrl-C closes it)")
+    click.echo(f"  address      {info.address}")
+    click.echo(f"  user         {info.user}")
+    click.echo(f"  password     {info.password}")
+    click.echo(f"  certificate  SHA-256 {info.fingerprint}")
+    click.echo(f"  e.g.         {info.client_example()} /p:PASSWORD")

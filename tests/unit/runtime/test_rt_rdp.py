@@ -199,3 +199,45 @@ def test_what_the_guest_prints_is_bounded_in_size_and_time(target: SshTarget, mo
     t0 = time.monotonic()
     assert ssh.output_of_guest(target, ["cat", "x"], timeout, limit) == want
     assert time.monotonic() - t0 < timeout + 5
+
+
+class _OpenTunnel:
+    """STAND-IN for rdp.Tunnel once open: the facts it prints, and a wait() that must not be reached in this test."""
+
+    def __init__(self, *_a: Any, **_k: Any) -> None:
+        self.info = rdp.RdpInfo(name="d", port=3390, user="u", password="p", fingerprint="ab")
+        self.closed = False
+
+    def __enter__(self) -> _OpenTunnel:
+        return self
+
+    def __exit__(self, *_exc: Any) -> None:
+        self.closed = True
+
+    def wait(self) -> int:
+        raise AssertionError("Ctrl-C came before wait(): it must not be reached")
+
+
+@pytest.mark.parametrize("as_json", [True, False])
+def test_ctrl_c_right_after_the_facts_are_printed_closes_the_tunnel(monkeypatch: pytest.MonkeyPatch, tmp_path: Path,
+                                                                    capsys: pytest.CaptureFixture[str], as_json: bool) -> None:
+    """A user (or a test) presses Ctrl-C as soon as the facts appear: the interrupt can land before wait() is
+    reached. It still closes the tunnel cleanly (exit 0, 'closed'), not 'aborted' with 130."""
+    import click
+
+    from sealbox.cli import rdp as cli_rdp
+    from sealbox.cli.main import main
+
+    monkeypatch.setattr(rdp, "Tunnel", _OpenTunnel)
+    monkeypatch.setattr(cli_rdp, "local_host", lambda _s: type("H", (), {"state": None})())
+    echo = click.echo
+
+    def echo_then_ctrl_c(message: Any = None, *a: Any, **k: Any) -> None:
+        echo(message, *a, **k)
+        if not k.get("err"):
+            raise KeyboardInterrupt  # delivered just after the line left: before the next statement runs
+
+    monkeypatch.setattr(click, "echo", echo_then_ctrl_c)
+    rc = main(["rdp", "d", "--state-dir", str(tmp_path / "s")] + (["--json"] if as_json else []))
+    err = capsys.readouterr().err
+    assert rc == 0 and "RDP tunnel to d closed" in err and "aborted" not in err, err
