@@ -92,6 +92,8 @@ def main() -> int:
             select.select([planted_r], [], [], 5)
         return 0
     os.close(planted_r)
+    import traceback  # noqa: F401 - socketserver's handle_error imports it, and the jail has no stdlib to find it in
+
     os.chroot(root)
     os.chdir("/")
     os.setgroups([])
@@ -125,7 +127,8 @@ def main() -> int:
             self.send_response(status)
             self.send_header("Content-Length", str(len(data)))
             self.end_headers()
-            self.wfile.write(data)
+            if data:  # a client that read a bodiless reply may have closed: writing b"" then is EPIPE
+                self.wfile.write(data)
 
         def do_GET(self):
             self._reply(200, {"app_name": "Firecracker", "id": opts["id"], "state": "Running", "vmm_version": "1.16.1"})
@@ -133,10 +136,12 @@ def main() -> int:
         def do_PUT(self):
             body = json.loads(self.rfile.read(int(self.headers.get("Content-Length") or 0)) or b"{}")
             print(f"stand-in console: PUT {self.path} {json.dumps(body, sort_keys=True)}", flush=True)
-            self._reply(204)
-            if body.get("action_type") == "SendCtrlAltDel" and not behaviour.get("ignore_ctrl_alt_del"):
-                print("stand-in console: reboot: Restarting system", flush=True)
-                os._exit(0)
+            try:
+                self._reply(204)
+            finally:  # as Firecracker: the guest reboots whether or not the client stayed for the answer
+                if body.get("action_type") == "SendCtrlAltDel" and not behaviour.get("ignore_ctrl_alt_del"):
+                    print("stand-in console: reboot: Restarting system", flush=True)
+                    os._exit(0)
 
     class Server(UnixStreamServer):
         def get_request(self):
