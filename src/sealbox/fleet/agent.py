@@ -2,9 +2,16 @@
 sandboxes through the local manager (the SDK's LocalHost, or another Host given by `host_factory`).
 
 When it starts — first start or a restart after it died (Ray restarts it: max_restarts=-1) — it runs
-`doctor` (kept for `sealbox fleet status`), `gc` (removes what a killed agent left half-made), and
-re-adopts the host's intact sandboxes: a running fleet sandbox keeps its record, or gets one again with a
-reservation pinned to this node. A record of this node whose sandbox is gone is forgotten with its reservation.
+`doctor` (kept for `sealbox fleet status`), `gc` (removes what dead sandboxes left), undoes the creates a
+killed agent left unfinished, and re-adopts the host's intact sandboxes: a running fleet sandbox keeps its
+record, or gets one again with a reservation pinned to this node. A record of this node whose sandbox is gone
+is forgotten with its reservation.
+
+Unfinished creates: before it asks its host to create a sandbox, the agent notes the name in the state dir
+(`fleet/creating/NAME`), and drops the note once the record says `running` (or the create failed and was
+undone). A note found by a later agent is a create that died with its agent: its caller was told it failed
+(or is dead), so the sandbox is removed, not adopted, with its reservation and record; a removal that fails
+(the host's own create process is still busy with it) is retried by the sweeper.
 
 A sweeper thread then keeps the fleet's records honest: a create whose caller died before it finished is
 undone, a sandbox held by a caller that ended is removed, and a record whose host left the fleet is marked
@@ -19,15 +26,18 @@ from __future__ import annotations
 import contextlib
 import importlib
 import logging
+import os
 import threading
 import time
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 from sealbox.errors import NotFound, SandboxError, SealboxError
 from sealbox.fleet import cluster, records
 from sealbox.fleet.execs import Exec, ExecTable
 from sealbox.fleet.records import Record
+from sealbox.util.names import NAME_RE
 
 log = logging.getLogger("sealbox.fleet.agent")
 FLEET_LABEL = "sealbox.fleet"  # on every sandbox an agent created: what it may re-adopt
@@ -67,6 +77,7 @@ class HostAgent:
         self.jobs = cluster.Jobs()
         self.doctor = self._doctor()
         self.gc_report = self._gc()
+        self.undone = self._unfinished()
         self.adopted, self.forgotten = self._adopt()
         self._stop = threading.Event()
         if sweep:
@@ -89,6 +100,51 @@ class HostAgent:
             return dict(gc().model_dump())
         except SealboxError as e:
             return {"problems": [e.message]}
+
+    # ---- creates a killed agent left unfinished -------------------------------------------------
+    def _notes(self) -> Path:
+        from sealbox.sandbox.layout import state_root
+
+        return state_root(getattr(self.host, "root", None)) / "fleet" / "creating"
+
+    def _note(self, name: str, on: bool) -> None:
+        note = self._notes() / name
+        if on:
+            note.parent.mkdir(parents=True, exist_ok=True)
+            fd = os.open(note, os.O_WRONLY | os.O_CREAT, 0o600)
+            os.fsync(fd)
+            os.close(fd)
+        else:
+            note.unlink(missing_ok=True)
+
+    def _unfinished(self) -> list[str]:
+        """Undo the creates whose note is left (see the module's doc), except those running here now."""
+        try:
+            names = sorted(p.name for p in self._notes().iterdir() if NAME_RE.fullmatch(p.name))
+        except FileNotFoundError:
+            return []
+        done = []
+        for name in names:
+            with self.lock:
+                if name in self.creating:
+                    continue
+            rec = records.get(name)
+            if rec is not None and rec.state == "running" and rec.node == self.node_id:
+                self._note(name, False)  # it completed just before its agent died
+                continue
+            try:
+                self.host.remove(name, force=True)
+            except NotFound:
+                pass
+            except SealboxError as e:
+                log.warning("could not undo the unfinished create of %s (retried): %s", name, e)
+                continue
+            if rec is not None and rec.state in ("placing", "creating") and rec.node in (None, self.node_id):
+                cluster.remove_pg(rec.pg)
+                records.delete(name)
+            self._note(name, False)
+            done.append(name)
+        return done
 
     def _adopt(self) -> tuple[list[str], list[str]]:
         recs = records.all_records()
@@ -153,7 +209,7 @@ class HostAgent:
 
     def sweep(self) -> dict[str, list[str]]:
         """One round over the fleet's records (see the module's doc). Returns what it did."""
-        done: dict[str, list[str]] = {"undone": [], "released": [], "lost": []}
+        done: dict[str, list[str]] = {"undone": self._unfinished(), "released": [], "lost": []}
         self.execs.reap_idle()
         alive = cluster.alive_nodes()
         now = time.time()
@@ -193,19 +249,23 @@ class HostAgent:
         import os
 
         return {"node": self.node_id, "pid": os.getpid(), "host": repr(self.host), "started_at": self.started_at,
-                "doctor": self.doctor, "gc": self.gc_report, "adopted": self.adopted, "forgotten": self.forgotten}
+                "doctor": self.doctor, "gc": self.gc_report, "undone": self.undone, "adopted": self.adopted,
+                "forgotten": self.forgotten}
 
     def create(self, opts: dict[str, Any], *, caller: str, pg: str) -> dict[str, Any]:
         from sealbox.sdk.options import CreateOptions
 
         o = CreateOptions.model_validate({**opts, "labels": {**opts.get("labels", {}), FLEET_LABEL: "1"}})
         with self.lock:
+            if o.name in self.creating:
+                return _error(SandboxError(f"sandbox {o.name} is being created on this host already"))
             self.creating.add(o.name)
         t0 = time.monotonic()
         try:
             rec = records.get(o.name)
             if rec is None or rec.pg != pg:
                 return _error(SandboxError(f"sandbox {o.name}: its fleet record is gone (the caller gave up)"))
+            self._note(o.name, True)  # dropped in `finally`; left only if this process dies mid-create
             records.put(rec.model_copy(update={"state": "creating", "node": self.node_id, "host": self._host_name()}))
 
             def cancel() -> bool:
@@ -222,6 +282,7 @@ class HostAgent:
             records.put(rec.model_copy(update={"state": "running", "node": self.node_id, "host": self._host_name()}))
             return {**summary, "host": self._host_name(), "node": self.node_id, "local_s": round(local_s, 6)}
         finally:
+            self._note(o.name, False)  # created, or failed and undone by the host (or by _undo above)
             with self.lock:
                 self.creating.discard(o.name)
 

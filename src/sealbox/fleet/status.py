@@ -33,7 +33,8 @@ def fleet_status(fleet: Fleet) -> dict[str, Any]:
         if node in hellos:
             try:
                 hello = wire.hello(fleet.ray.get(hellos[node], timeout=30))
-                agent = {"state": "up", "pid": hello.pid, "doctor_failures": hello.doctor_failures(), "adopted": hello.adopted}
+                agent = {"state": "up", "pid": hello.pid, "doctor_failures": hello.doctor_failures(), "adopted": hello.adopted,
+                         "undone": hello.undone}
             except SealboxError as e:
                 agent = {"state": f"answering garbage ({e.message})"}
             except Exception as e:  # noqa: BLE001 - restarting or gone: said as such

@@ -136,6 +136,7 @@ class Hello(BaseModel):
     doctor: list[DoctorCheck] = Field(max_length=1000)
     adopted: list[str] = Field(max_length=MAX_ROWS)
     forgotten: list[str] = Field(default_factory=list, max_length=MAX_ROWS)
+    undone: list[str] = Field(default_factory=list, max_length=MAX_ROWS)  # unfinished creates it removed at its start
 
     def doctor_failures(self) -> list[str]:
         return [c.name for c in self.doctor if c.status == "fail"]
@@ -146,6 +147,6 @@ def hello(res: Any) -> Hello:
         h = Hello.model_validate(res, strict=True)
     except ValidationError as e:
         raise SandboxError(f"the host agent introduced itself with malformed data: {text(str(e.errors()[0]['loc']), 100)}") from None
-    if not all(NAME_RE.fullmatch(n) for n in (*h.adopted, *h.forgotten)):
+    if not all(NAME_RE.fullmatch(n) for n in (*h.adopted, *h.forgotten, *h.undone)):
         raise SandboxError("the host agent named a sandbox with a malformed name")
     return h

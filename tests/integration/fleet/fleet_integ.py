@@ -172,8 +172,35 @@ def _teardown(f: Fleet, head: object | None) -> list[str]:
     return [f"pid {pid}: {cmd}" for pid, cmd in left.items()]
 
 
-def ray_fleet(hosts: tuple[tuple[str, str], ...] = (("host0", "a"), ("host1", "b")), runtime: str = "standin") -> Iterator[Fleet]:
-    """Bring the fleet up; after the yield, take it down and fail on anything left behind."""
+def kill_host(f: Fleet, name: str) -> dict[int, str]:
+    """SIGKILL every process of simulated host `name` (all of its network namespace: the membership process,
+    its raylet and workers, its agent, its sandboxes' processes), by pid, as a power cut would; bounded. The
+    processes killed are returned."""
+    inode = netns_inode(f.hosts[name]["ns"])
+    assert inode is not None
+    killed: dict[int, str] = {}
+    deadline = time.monotonic() + 20
+    while (found := procs_in({inode})) and time.monotonic() < deadline:  # again: a dying parent may still fork
+        for pid in found:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        killed.update(found)
+        time.sleep(0.2)
+    assert not procs_in({inode}), f"host {name}'s processes did not all die"
+    with contextlib.suppress(subprocess.TimeoutExpired):
+        f.joins[name].wait(10)  # reap the membership process (our child)
+    return killed
+
+
+def rejoin(f: Fleet, name: str, runtime: str = "standin") -> None:
+    """Start simulated host `name` again (a new Ray node, same namespace, state dir and address range)."""
+    _join(f, name, runtime)
+
+
+def ray_fleet(hosts: tuple[tuple[str, str], ...] = (("host0", "a"), ("host1", "b")), runtime: str = "standin",
+              head_env: dict[str, str] | None = None) -> Iterator[Fleet]:
+    """Bring the fleet up; after the yield, take it down and fail on anything left behind. head_env: extra
+    environment of the head node (e.g. Ray's health check settings)."""
     from sealbox.fleet.rayenv import RayNode, start_argv
 
     pool = ipaddress.ip_network(os.environ.get("SEALBOX_SUBNET_POOL", "10.200.0.0/16"))
@@ -193,7 +220,7 @@ def ray_fleet(hosts: tuple[tuple[str, str], ...] = (("host0", "a"), ("host1", "b
             _link(f, name, i, net, zone)
             f.hosts[name]["pool"] = str(list(pool.subnets(new_prefix=20))[i])  # its sandboxes' addresses: its own
         head = RayNode.start(start_argv(node_ip=f.head_ip, temp_dir=tmp / "ray-head", head=True, port=PORT), tmp / "ray-head",
-                             prefix=in_ns(f.head_ns), env=f.env())
+                             prefix=in_ns(f.head_ns), env=f.env(**(head_env or {})))
         for name in f.hosts:
             _join(f, name, runtime)
         yield f

@@ -3,7 +3,11 @@ processes, for fleet tests where booting guests under TCG would be too slow.
 
 A "sandbox" is a `sleep` process in the simulated host's network namespace (where the host agent runs),
 recorded as SANDBOXES/<name>.json under the host's $SEALBOX_STATE_DIR; a command runs as `sh -c` in that same
-namespace, so what it prints (the namespace's addresses) shows which host it ran on. Everything the fleet
+namespace, in the sandbox's own directory SANDBOXES/<name>.d (so a file written through `sb.files` with a
+relative path lands there), so what it prints (the namespace's addresses) shows which host it ran on. `gc`
+removes the records of sandboxes whose process died, as `sealbox gc` removes exited sandboxes. The label
+`standin.create_s=SECONDS` makes a create take that long with its record and process already made, without
+watching `cancel` (a boot that cannot be interrupted: what undoes it is the fleet's own check). Everything the fleet
 layer does around it — Ray nodes, placement groups, KV records, the agent actor, routing, pumping the
 pipes — is real. Loaded by the agent as host factory `fleet_standin:StandinHost` (on the nodes' PYTHONPATH).
 """
@@ -14,6 +18,7 @@ import builtins
 import contextlib
 import json
 import os
+import shutil
 import signal
 import subprocess
 import time
@@ -22,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from sealbox.errors import NotFound
+from sealbox.sandbox.gc import GcReport
 from sealbox.sandbox.status import PsRow
 from sealbox.sdk.options import CreateOptions
 
@@ -57,7 +63,9 @@ class StandinHost:
                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         rec = {"name": opts.name, "pid": proc.pid, "cpus": opts.cpus, "memory_mib": opts.memory_mib, "labels": opts.labels,
                "created_at": time.time()}
+        (self.dir / f"{opts.name}.d").mkdir(exist_ok=True)
         (self.dir / f"{opts.name}.json").write_text(json.dumps(rec))
+        time.sleep(min(float(opts.labels.get("standin.create_s", "0")), 120.0))
         return {"name": opts.name, "pid": proc.pid}
 
     def plan(self, opts: CreateOptions) -> dict[str, Any]:
@@ -76,7 +84,14 @@ class StandinHost:
         pid = self._load(name)["pid"]
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGKILL)
+        shutil.rmtree(self.dir / f"{name}.d", ignore_errors=True)
         (self.dir / f"{name}.json").unlink()
+
+    def gc(self) -> GcReport:
+        gone = [r.name for r in self.list(all_=True) if r.status == "exited"]
+        for name in gone:
+            self.remove(name, force=True)
+        return GcReport(removed=[f"sandbox {n}: its process is gone" for n in gone])
 
     def stop(self, name: str, timeout: float) -> str:
         with contextlib.suppress(ProcessLookupError):
@@ -93,7 +108,8 @@ class StandinHost:
     def spawn(self, name: str, remote: str, *, user: str | None, stdin: bool) -> tuple[Any, Callable[[], None]]:
         self._load(name)
         proc = subprocess.Popen(["sh", "-c", remote], stdin=subprocess.PIPE if stdin else subprocess.DEVNULL,
-                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, env={**os.environ, "STANDIN_SANDBOX": name})
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, env={**os.environ, "STANDIN_SANDBOX": name},
+                                cwd=self.dir / f"{name}.d")
         return proc, lambda: None
 
     def disconnect(self, name: str) -> None:

@@ -1,0 +1,101 @@
+"""A whole simulated host killed with SIGKILL (every process of its network namespace, by pid: its membership
+process, raylet, workers, agent and its stand-in sandboxes, as a power cut would do), on a real Ray cluster
+(head + 2 simulated hosts, stand-in host runtime as in test_fleet_cluster.py):
+
+- its sandboxes are reported `lost` by the Fleet API and by `sealbox fleet status` (not silently missing);
+- the rest of the fleet keeps working: a new sandbox is placed on the surviving host at once;
+- when the host joins again (same state dir), its agent's start-up gc leaves nothing of the dead sandboxes on
+  it, the lost records stay listed (with the reason) until `rm` forgets them, and no reservation is left.
+
+The head's health checks run every second (Ray's default: 3 s) so that Ray declares the dead node within
+seconds; a live node is still declared dead only after 5 missed checks in a row."""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import fleet_integ
+import pytest
+from fleet_integ import HERE, Fleet, kill_host, netns_inode, procs_in, rejoin
+
+pytestmark = pytest.mark.integration
+HEALTH = {"RAY_health_check_period_ms": "1000", "RAY_health_check_failure_threshold": "5"}
+
+
+@pytest.fixture(scope="module")
+def crash_fleet() -> Iterator[Fleet]:
+    yield from fleet_integ.ray_fleet(head_env=HEALTH)
+
+
+def caller(f: Fleet, *args: str, timeout: float = 120) -> Any:
+    proc = f.in_head([sys.executable, str(HERE / "fleet_caller.py"), f.address, *args], timeout=timeout)
+    assert proc.returncode == 0, f"caller {args}: {proc.stderr[-3000:]}"
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def _until(what: str, probe: Any, timeout: float = 90) -> Any:
+    deadline = time.monotonic() + timeout
+    while True:
+        got = probe()
+        if got:
+            return got
+        assert time.monotonic() < deadline, f"not within {timeout}s: {what}"
+        time.sleep(1)
+
+
+def test_a_whole_host_killed(crash_fleet: Fleet) -> None:
+    f = crash_fleet
+    a, b, c = (f"{f.tag}-{x}" for x in ("a", "b", "c"))
+    assert f.step("create", a, "a") == "host0"
+    assert f.step("create", b, "b") == "host1"  # host1 keeps a free vCPU: Ray could place c there if it were up
+    dead = f.hosts["host1"]
+    standin = Path(dead["state"]) / "standin"
+    assert sorted(p.name for p in standin.glob("*.json")) == [f"{b}.json"]
+
+    killed = kill_host(f, "host1")
+    kinds = " ".join(killed.values())
+    assert "raylet" in kinds and "sleep 600" in kinds and "fleet_join.py" in kinds, killed
+    t0 = time.monotonic()
+
+    # the rest of the fleet works: a new sandbox goes to the surviving host, whether or not Ray noticed yet
+    assert caller(f, "create", c) == "host0"
+
+    def lost() -> Any:
+        rows = f.step("list")
+        return rows if [r[:2] for r in rows] == [[a, "running"], [b, "lost"], [c, "running"]] else None
+
+    rows = _until("the dead host's sandboxes listed as lost", lost)
+    print(f"lost after {time.monotonic() - t0:.1f}s")
+    assert "host1" in rows[1][2], rows
+    st = f.step("status")
+    assert st["lost"] == [b]
+    hosts = {h["host"]: h for h in st["hosts"]}
+    assert hosts["host1"]["alive"] is False and hosts["host0"]["alive"] is True
+    assert (hosts["host0"]["used_vcpus"], sorted(hosts["host0"]["sandboxes"])) == (2, sorted([a, c]))
+    cli = f.in_head([sys.executable, "-m", "sealbox", "fleet", "status", "--address", f.address], timeout=120)
+    assert cli.returncode == 0, cli.stderr[-2000:]
+    lines = cli.stdout.splitlines()
+    assert [ln.split()[:2] for ln in lines if ln.startswith("host1 ")] == [["host1", "left"]], cli.stdout
+    assert lines[-1] == f"lost (their host left the fleet): {b}", cli.stdout
+
+    # the host comes back (a new Ray node, the same state dir): its agent's gc removes what died with it
+    rejoin(f, "host1")
+    assert list(standin.glob("*")) == [], sorted(p.name for p in standin.glob("*"))
+    inode = netns_inode(dead["ns"])
+    assert inode is not None
+    assert {p: cmd for p, cmd in procs_in({inode}).items() if cmd.startswith("sleep ")} == {}
+    rows = f.step("list")  # still reported (the user learns they are gone), until rm forgets them
+    assert [r[:2] for r in rows] == [[a, "running"], [b, "lost"], [c, "running"]], rows
+    assert caller(f, "create", f"{f.tag}-d") in ("host0", "host1")  # room again: 3 vCPUs free in the fleet
+
+    for name in (a, b, c, f"{f.tag}-d"):
+        assert f.step("kill", name) is True
+    end = caller(f, "state")
+    assert end == {"records": {}, "pgs": []}, end
+    for h in f.hosts.values():
+        assert list((Path(h["state"]) / "standin").glob("*")) == []
