@@ -74,6 +74,7 @@ class Fleet:
     tmp: Path
     hosts: dict[str, dict[str, str]] = field(default_factory=dict)  # name -> {ns, ip, zone, state}
     joins: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
+    capacity: tuple[int, int] = (2, 1024)  # each host's vCPUs and MiB
 
     @property
     def address(self) -> str:
@@ -113,7 +114,7 @@ def _link(f: Fleet, name: str, i: int, net: ipaddress.IPv4Network, zone: str) ->
 def _join(f: Fleet, name: str, runtime: str, timeout: float = 120.0) -> None:
     h = f.hosts[name]
     argv = [*in_ns(h["ns"]), sys.executable, str(HERE / "fleet_join.py"), f.address, h["ip"],
-            str(f.tmp / f"ray-{name}"), name, h["zone"], runtime]
+            str(f.tmp / f"ray-{name}"), name, h["zone"], runtime, *map(str, f.capacity)]
     proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=open(f.tmp / f"join-{name}.log", "wb"),  # noqa: SIM115
                             env=f.env(SEALBOX_STATE_DIR=h["state"], SEALBOX_RUN_DIR=h["state"] + "-run", SEALBOX_SUBNET_POOL=h["pool"]))
     f.joins[name] = proc
@@ -198,9 +199,9 @@ def rejoin(f: Fleet, name: str, runtime: str = "standin") -> None:
 
 
 def ray_fleet(hosts: tuple[tuple[str, str], ...] = (("host0", "a"), ("host1", "b")), runtime: str = "standin",
-              head_env: dict[str, str] | None = None) -> Iterator[Fleet]:
+              head_env: dict[str, str] | None = None, capacity: tuple[int, int] = (2, 1024)) -> Iterator[Fleet]:
     """Bring the fleet up; after the yield, take it down and fail on anything left behind. head_env: extra
-    environment of the head node (e.g. Ray's health check settings)."""
+    environment of the head node (e.g. Ray's health check settings); capacity: each host's vCPUs and MiB."""
     from sealbox.fleet.rayenv import RayNode, start_argv
 
     pool = ipaddress.ip_network(os.environ.get("SEALBOX_SUBNET_POOL", "10.200.0.0/16"))
@@ -208,7 +209,7 @@ def ray_fleet(hosts: tuple[tuple[str, str], ...] = (("host0", "a"), ("host1", "b
     base = Path(os.environ.get("TMPDIR", "/var/tmp"))
     tmp = Path(tempfile.mkdtemp(prefix="rf", dir=base))  # short: Ray's unix socket paths live under it
     tag = "sbf" + secrets.token_hex(3)
-    f = Fleet(tag=tag, head_ns=f"{tag}-head", head_ip=str(net[1]), tmp=tmp)
+    f = Fleet(tag=tag, head_ns=f"{tag}-head", head_ip=str(net[1]), tmp=tmp, capacity=capacity)
     head = None
     try:
         ip("netns", "add", f.head_ns)

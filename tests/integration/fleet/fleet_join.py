@@ -11,6 +11,7 @@ from sealbox.fleet import join
 
 if __name__ == "__main__":
     address, node_ip, temp_dir, name, zone, runtime = sys.argv[1:7]  # runtime: standin, or local (this machine's LocalHost)
-    sys.exit(join.join(address, node_ip=node_ip, temp_dir=Path(temp_dir), cpus=2, memory_mib=1024, labels={"zone": zone},
+    cpus, memory_mib = (int(sys.argv[7]), int(sys.argv[8])) if len(sys.argv) > 8 else (2, 1024)  # its capacity
+    sys.exit(join.join(address, node_ip=node_ip, temp_dir=Path(temp_dir), cpus=cpus, memory_mib=memory_mib, labels={"zone": zone},
                        name=name, host_factory="fleet_standin:StandinHost" if runtime == "standin" else None, probe=False,
                        on_ready=lambda: print("joined", flush=True)))
