@@ -4,8 +4,10 @@ sandboxes through the local manager (the SDK's LocalHost, or another Host given 
 When it starts — first start or a restart after it died (Ray restarts it: max_restarts=-1) — it runs
 `doctor` (kept for `sealbox fleet status`), `gc` (removes what dead sandboxes left), undoes the creates a
 killed agent left unfinished, and re-adopts the host's intact sandboxes: a running fleet sandbox keeps its
-record, or gets one again with a reservation pinned to this node. A record of this node whose sandbox is gone
-is forgotten with its reservation.
+record, or gets one again with a reservation pinned to this node (its host rejoined: a new Ray node, the same
+host name). A running sandbox whose name now belongs to another host's sandbox (it was forgotten with `rm`
+while its host was away, and the name reused) is removed, not adopted: adopting it would take the other's
+record and reservation. A record of this node whose sandbox is gone is forgotten with its reservation.
 
 Unfinished creates: before it asks its host to create a sandbox, the agent notes the name in the state dir
 (`fleet/creating/NAME`), and drops the note once the record says `running` (or the create failed and was
@@ -157,6 +159,9 @@ class HostAgent:
             if rec is not None and rec.node == self.node_id and rec.state == "running" and cluster.pg_alive(rec.pg):
                 adopted.append(name)
                 continue
+            if rec is not None and rec.node != self.node_id and rec.host != self._host_name():
+                self._drop(name)  # forgotten while its host was away: the name is another sandbox's now
+                continue
             try:
                 self._reregister(name, info, rec)
                 adopted.append(name)
@@ -168,6 +173,14 @@ class HostAgent:
                 records.delete(name)
                 forgotten.append(name)
         return adopted, forgotten
+
+    def _drop(self, name: str) -> None:
+        """Remove a sandbox of this host that the fleet no longer knows as this host's (its record untouched)."""
+        try:
+            self.host.remove(name, force=True)
+            self.undone.append(name)
+        except SealboxError as e:
+            log.warning("could not remove %s, whose name is another sandbox's now: %s", name, e)
 
     def _reregister(self, name: str, info: Any, rec: Record | None) -> None:
         """A running sandbox of this host without a valid record (its host rejoined): reserve again, here."""

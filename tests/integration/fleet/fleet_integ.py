@@ -34,6 +34,17 @@ def missing() -> str | None:
     return None
 
 
+def last_json(stdout: str) -> Any:
+    """The last line of a driver's stdout that is JSON: Ray prints to a driver's stdout too, from a thread of
+    its own, even after the result (e.g. that a node was marked dead)."""
+    for line in reversed(stdout.strip().splitlines()):
+        try:
+            return json.loads(line)
+        except ValueError:
+            continue
+    raise AssertionError(f"no JSON result in: {stdout[-2000:]!r}")
+
+
 def ip(*args: str) -> None:
     subprocess.run(["ip", *args], check=True, capture_output=True, timeout=30)
 
@@ -94,7 +105,7 @@ class Fleet:
         """One fleet_driver.py step in the head's namespace; its JSON result."""
         proc = self.in_head([sys.executable, str(HERE / "fleet_driver.py"), self.address, *args], timeout=timeout)
         assert proc.returncode == 0, f"step {args}: {proc.stderr[-3000:]}"
-        return json.loads(proc.stdout.strip().splitlines()[-1])
+        return last_json(proc.stdout)
 
     def namespaces(self) -> list[str]:
         return [self.head_ns, *(h["ns"] for h in self.hosts.values())]

@@ -6,7 +6,6 @@ record, no placement group, no sandbox on any host (the agents' sweep: records.p
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import signal
 import subprocess
@@ -17,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from fleet_integ import HERE, Fleet, in_ns, netns_inode, procs_in
+from fleet_integ import HERE, Fleet, in_ns, last_json, netns_inode, procs_in
 
 pytestmark = pytest.mark.integration
 
@@ -25,7 +24,7 @@ pytestmark = pytest.mark.integration
 def caller(f: Fleet, *args: str, timeout: float = 120) -> Any:
     proc = f.in_head([sys.executable, str(HERE / "fleet_caller.py"), f.address, *args], timeout=timeout)
     assert proc.returncode == 0, f"caller {args}: {proc.stderr[-3000:]}"
-    return json.loads(proc.stdout.strip().splitlines()[-1])
+    return last_json(proc.stdout)
 
 
 @contextlib.contextmanager

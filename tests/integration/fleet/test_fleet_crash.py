@@ -12,7 +12,10 @@ seconds; a live node is still declared dead only after 5 missed checks in a row.
 
 from __future__ import annotations
 
-import json
+import contextlib
+import os
+import signal
+import subprocess
 import sys
 import time
 from collections.abc import Iterator
@@ -21,7 +24,7 @@ from typing import Any
 
 import fleet_integ
 import pytest
-from fleet_integ import HERE, Fleet, kill_host, netns_inode, procs_in, rejoin
+from fleet_integ import HERE, Fleet, kill_host, last_json, netns_inode, procs_in, rejoin
 
 pytestmark = pytest.mark.integration
 HEALTH = {"RAY_health_check_period_ms": "1000", "RAY_health_check_failure_threshold": "5"}
@@ -35,7 +38,7 @@ def crash_fleet() -> Iterator[Fleet]:
 def caller(f: Fleet, *args: str, timeout: float = 120) -> Any:
     proc = f.in_head([sys.executable, str(HERE / "fleet_caller.py"), f.address, *args], timeout=timeout)
     assert proc.returncode == 0, f"caller {args}: {proc.stderr[-3000:]}"
-    return json.loads(proc.stdout.strip().splitlines()[-1])
+    return last_json(proc.stdout)
 
 
 def _until(what: str, probe: Any, timeout: float = 90) -> Any:
@@ -80,7 +83,8 @@ def test_a_whole_host_killed(crash_fleet: Fleet) -> None:
     cli = f.in_head([sys.executable, "-m", "sealbox", "fleet", "status", "--address", f.address], timeout=120)
     assert cli.returncode == 0, cli.stderr[-2000:]
     lines = cli.stdout.splitlines()
-    assert [ln.split()[:2] for ln in lines if ln.startswith("host1 ")] == [["host1", "left"]], cli.stdout
+    host1 = [ln.split()[:2] for ln in lines if ln.startswith("host1 ")]  # (a Ray node per time it joined)
+    assert host1 and all(x == ["host1", "left"] for x in host1), cli.stdout
     assert lines[-1] == f"lost (their host left the fleet): {b}", cli.stdout
 
     # the host comes back (a new Ray node, the same state dir): its agent's gc removes what died with it
@@ -99,3 +103,46 @@ def test_a_whole_host_killed(crash_fleet: Fleet) -> None:
     assert end == {"records": {}, "pgs": []}, end
     for h in f.hosts.values():
         assert list((Path(h["state"]) / "standin").glob("*")) == []
+
+
+def test_a_host_whose_ray_died_comes_back(crash_fleet: Fleet) -> None:
+    """Only Ray's processes of a host die (SIGKILL: membership, raylet, workers, agent); its sandboxes live on.
+    While it is away they are lost; one of them is forgotten (`rm`) and its name reused by a new sandbox on
+    the other host. When the host joins again its agent re-adopts the one still known as its own, and removes
+    (instead of adopting) the one whose name now belongs to the new sandbox, which stays untouched."""
+    f = crash_fleet
+    a, b = f"{f.tag}-ra", f"{f.tag}-rb"
+    assert f.step("create", a, "b") == "host1"
+    assert f.step("create", b, "b") == "host1"
+    dead = f.hosts["host1"]
+    inode = netns_inode(dead["ns"])
+    assert inode is not None
+    sandboxes = {p for p, cmd in procs_in({inode}).items() if cmd.startswith("sleep ")}
+    ray_of_host = {p for p in procs_in({inode}) if p not in sandboxes}
+    for pid in ray_of_host:  # by pid, the host's Ray only (its sandboxes are not Ray's)
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+    with contextlib.suppress(subprocess.TimeoutExpired):
+        f.joins["host1"].wait(10)
+
+    def lost() -> Any:  # once Ray declared the node dead (before, a call to its agent fails: "did not answer")
+        st = f.step("status")
+        return st["lost"] == [a, b] and not any(h["alive"] for h in st["hosts"] if h["host"] == "host1")
+
+    _until("both lost, host1 left", lost)
+    assert f.step("kill", b) is True  # forgotten while its host is away: the name is free
+    assert f.step("create", b, "a") == "host0"  # a new sandbox of that name, elsewhere
+
+    rejoin(f, "host1")
+    rows = f.step("list")
+    assert [r[:2] for r in rows] == [[a, "running"], [b, "running"]], rows
+    assert f.step("where", a).split() == [f"{dead['ip']}/24"]  # re-adopted: reached on host1 again
+    assert f.step("where", b).split() == [f"{f.hosts['host0']['ip']}/24"]  # the new b, untouched
+    hello = next(h["agent"] for h in f.step("status")["hosts"] if h["host"] == "host1" and h["alive"])
+    assert (hello["adopted"], hello["undone"]) == ([a], [b]), hello
+    standin = Path(dead["state"]) / "standin"
+    assert sorted(p.name for p in standin.glob("*.json")) == [f"{a}.json"]
+    assert len([c for c in procs_in({inode}).values() if c.startswith("sleep ")]) == 1
+    for name in (a, b):
+        assert f.step("kill", name) is True
+    assert caller(f, "state") == {"records": {}, "pgs": []}
