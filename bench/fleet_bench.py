@@ -52,8 +52,8 @@ def timed(fn: Callable[[], Any]) -> tuple[float, Any]:
     return time.perf_counter() - t0, value
 
 
-def ms(x: float) -> str:
-    return f"{x * 1000:7.1f}"
+def ms(x: float, digits: int = 1) -> str:
+    return f"{x * 1000:7.{digits}f}"
 
 
 # ---- in the head's namespace: a Ray driver ----------------------------------------------------------------------
@@ -109,8 +109,8 @@ def pools(fleet: Any, local: Any, size: int) -> None:
     lo, lo_warm = pool_latency(local, size, "fbench-pl")
     print(f"Pool(size={size}) warm, acquire() of each ready member in ms:")
     print(f"  {'':<34} {'median':>7} {'max':>7}   warm-up")
-    print(f"  {'local stand-in host':<34} {ms(median(lo))} {ms(max(lo))}   {lo_warm:.1f} s")
-    print(f"  {'fleet':<34} {ms(median(fl))} {ms(max(fl))}   {fl_warm:.1f} s   (target <= 50 ms)")
+    print(f"  {'local stand-in host':<34} {ms(median(lo), 2)} {ms(max(lo), 2)}   {lo_warm:.1f} s")
+    print(f"  {'fleet':<34} {ms(median(fl), 2)} {ms(max(fl), 2)}   {fl_warm:.1f} s   (target <= 50 ms)")
     print(f"  fleet/local ratio (medians) {median(fl) / median(lo):.1f}")
 
 
