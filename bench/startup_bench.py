@@ -27,13 +27,14 @@ The commands (the console script next to sys.executable, as a user runs it; `pyt
   python -m sealbox --version   the same as the script, through runpy (how much the entry point itself costs)
 
 With --before SRC (the `src` directory of another sealbox, e.g. `git archive main src | tar -x -C DIR`), each sealbox
-command also runs from SRC in the same rounds ("before: ..."; started as the console script starts it, through
-PYTHONPATH), and the bench first checks that ps, inspect and logs print the same bytes from both.
+command also runs from SRC in the same rounds ("before: ..."; the same console script, with SRC first on PYTHONPATH),
+the bench first checks that ps, inspect and logs print the same bytes from both, and it prints for each command the
+median of the per-round ratios this tree / SRC.
 
 The state dir is a private temporary directory (removed at the end); nothing else is touched.
 
 Usage: .venv/bin/python bench/startup_bench.py [--rounds N] [--records N] [--seed N] [--json FILE] [--before SRC]
-                                               [--env-as-is]
+                                               [--only LABEL]... [--env-as-is]
 """
 
 from __future__ import annotations
@@ -56,7 +57,6 @@ SEALBOX = [str(SCRIPT)] if SCRIPT.is_file() else [sys.executable, "-m", "sealbox
 BASELINE = "python -c pass"
 CLICK = "python -c 'import click'"
 PS = "sealbox ps"
-ENTRY = "import sys; from sealbox.cli.main import main; sys.exit(main())"  # what the console script runs
 SAME_OUTPUT = ("ps --all", "ps --all --json", "ps --label i=1", "inspect bench-0", "inspect bench-1", "logs bench-0")
 
 
@@ -123,7 +123,7 @@ def before_commands(cmds: dict[str, list[str]], src: Path) -> dict[str, list[str
     for label, argv in cmds.items():
         if label.startswith("sealbox "):
             args = argv[len(SEALBOX):]
-            out[f"before: {label}"] = ["BEFORE", "--", str(src), sys.executable, "-c", ENTRY, *args]
+            out[f"before: {label}"] = ["BEFORE", "--", str(src), *SEALBOX, *args]
     return out
 
 
@@ -131,7 +131,7 @@ def same_output(src: Path, env: dict[str, str]) -> None:
     """ps, inspect and logs print the same bytes (and exit codes) from this tree and from `src`."""
     for args in SAME_OUTPUT:
         now, before = (subprocess.run(argv, env=e, capture_output=True, timeout=120) for argv, e in (
-            ([*SEALBOX, *args.split()], env), ([sys.executable, "-c", ENTRY, *args.split()], {**env, "PYTHONPATH": str(src)})))
+            ([*SEALBOX, *args.split()], env), ([*SEALBOX, *args.split()], {**env, "PYTHONPATH": str(src)})))
         if (now.returncode, now.stdout, now.stderr) != (before.returncode, before.stdout, before.stderr):
             raise SystemExit(f"sealbox {args}: the output differs from {src}'s:\n{before.stdout[:2000]!r}\n{now.stdout[:2000]!r}")
     print(f"same output as {src}: " + ", ".join(f"sealbox {a}" for a in SAME_OUTPUT))
@@ -140,22 +140,25 @@ def same_output(src: Path, env: dict[str, str]) -> None:
 def measure(cmds: dict[str, list[str]], rounds: int, seed: int, env: dict[str, str]) -> dict[str, Any]:
     rng = random.Random(seed)
     times: dict[str, list[float]] = {k: [] for k in cmds}
-    ratios: dict[str, list[float]] = {k: [] for k in cmds}
-    to_click: dict[str, list[float]] = {k: [] for k in cmds}
     for argv in cmds.values():  # warm the page cache and the bytecode caches once, unmeasured
         run_once(argv, env)
     for _ in range(rounds):
         order = list(cmds)
         rng.shuffle(order)
-        this = {label: run_once(cmds[label], env) for label in order}
-        for label, dt in this.items():
-            times[label].append(dt)
-            ratios[label].append(dt / this[BASELINE])
-            to_click[label].append(dt / this[CLICK])
-    return {label: {"median_ms": statistics.median(times[label]) * 1000, "min_ms": min(times[label]) * 1000,
-                    "median_ratio": statistics.median(ratios[label]), "median_ratio_click": statistics.median(to_click[label]),
-                    "median_added_ms": statistics.median(t - b for t, b in zip(times[label], times[BASELINE], strict=True)) * 1000}
-            for label in cmds}
+        for label in order:
+            times[label].append(run_once(cmds[label], env))
+
+    def per_round(label: str, base: str) -> float:  # the median of this round's ratios to a command of the same round
+        return statistics.median(t / b for t, b in zip(times[label], times[base], strict=True))
+
+    out = {label: {"median_ms": statistics.median(times[label]) * 1000, "min_ms": min(times[label]) * 1000,
+                   "median_ratio": per_round(label, BASELINE), "median_ratio_click": per_round(label, CLICK),
+                   "median_added_ms": statistics.median(t - b for t, b in zip(times[label], times[BASELINE], strict=True)) * 1000}
+           for label in cmds}
+    for label in cmds:  # with --before: this tree against the other one, round by round
+        if f"before: {label}" in cmds:
+            out[label]["median_ratio_before"] = per_round(label, f"before: {label}")
+    return out
 
 
 def main() -> int:
@@ -165,6 +168,8 @@ def main() -> int:
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--json", type=Path)
     ap.add_argument("--before", type=Path, help="the src directory of another sealbox to compare with (same rounds)")
+    ap.add_argument("--only", action="append", default=[], metavar="LABEL",
+                    help="measure only the sealbox commands whose label starts with LABEL (repeatable; the baselines always)")
     ap.add_argument("--env-as-is", action="store_true", help="no private bytecode cache: the caller's environment as it is")
     a = ap.parse_args()
     root = Path(tempfile.mkdtemp(prefix="sealbox-startup-bench-"))
@@ -180,6 +185,8 @@ def main() -> int:
             env["PYTHONPYCACHEPREFIX"] = str(root / "pycache")
         for label in (PS, "sealbox ps --json"):
             cmds[label] = [*cmds[label], "--state-dir", str(empty)]
+        if a.only:
+            cmds = {k: v for k, v in cmds.items() if k in (BASELINE, CLICK, PS) or k.startswith(tuple(a.only))}
         if a.before:
             same_output(a.before.absolute(), env)
             cmds.update(before_commands(cmds, a.before.absolute()))
@@ -195,6 +202,9 @@ def main() -> int:
     for label, f in figures.items():
         print(f"{label:<46} {f['median_ms']:7.1f}ms {f['min_ms']:6.1f}ms {f['median_ratio']:6.2f}x "
               f"{f['median_ratio_click']:6.2f}x {f['median_added_ms']:7.1f}ms")
+    if a.before:
+        print("this tree / the --before tree (median of the per-round ratios): " + ", ".join(
+            f"{label} {f['median_ratio_before']:.3f}x" for label, f in figures.items() if "median_ratio_before" in f))
     ps, base, click = figures[PS], figures[BASELINE], figures[CLICK]
     print(f"sealbox ps (empty state dir): median {ps['median_ms']:.1f} ms, best {ps['min_ms']:.1f} ms; "
           f"python -c pass median {base['median_ms']:.1f} ms, import click median {click['median_ms']:.1f} ms; "
