@@ -11,7 +11,7 @@ Bytecode caches: a user's installed sealbox has them (pip compiles on install), 
 too: PYTHONPYCACHEPREFIX points at a private temporary directory (filled by an unmeasured warm-up run of each
 command; the source tree is not written to) and PYTHONDONTWRITEBYTECODE is dropped. With PYTHONDONTWRITEBYTECODE set
 and no cache, sealbox's own modules (not click's or the standard library's, whose caches came with them) would be
-compiled from source on every run, ~20 ms more. --env-as-is measures with the caller's environment unchanged.
+compiled from source on every run (10-20 ms more here). --env-as-is measures with the caller's environment unchanged.
 
 The commands (the console script next to sys.executable, as a user runs it; `python -m sealbox` if there is none):
   python -c pass          the baseline: the interpreter with its site (.pth files) and nothing else
