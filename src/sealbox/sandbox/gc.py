@@ -197,6 +197,9 @@ def _orphans(report: GcReport, dry_run: bool) -> None:
     reg = Registry()
     for sid, path in reg.gone_states().items():
         gone, scratch = StateDir(Path(path)), GcReport()  # never ensure()d: only its id and paths are used
+        if gone.id != sid:  # a path through a symlink that has changed since: its marks cannot be matched
+            report.problems.append(f"orphans of {path}: the path no longer gives state id {sid}; left alone")
+            continue
         items = _find(gone, set(), scratch)
         report.problems += scratch.problems
         why = f"state dir {path} no longer exists"
