@@ -35,6 +35,7 @@ PS_STDLIB = {
     "pathlib", "fnmatch", "ntpath", "nt", "_winapi", "urllib", "urllib.parse", "ipaddress",  # paths (state dir)
     "dataclasses", "copy", "org", "org.python", "org.python.core",  # status rows and record views
     "locale", "_locale",  # click's gettext, at run time
+    "encodings.ascii",  # click's check of the output's encoding, if it is ascii (a C locale without coercion)
     "runpy", "importlib.util", "importlib._abc", "importlib.machinery",  # python -m
     "heapq", "_heapq", "difflib",  # click's parser tries a short option (-a) as a long one first
 }
