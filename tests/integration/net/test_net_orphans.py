@@ -7,11 +7,9 @@ from __future__ import annotations
 
 import random
 import shutil
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from sbnet_standins import scrub
 from test_net_ownership import ALL, _nat, _objects
 
 from sealbox.sandbox import gc
@@ -21,13 +19,6 @@ from sealbox.sandbox.steps import undo_steps
 
 pytestmark = pytest.mark.integration
 
-
-@pytest.fixture
-def used(prefix: str) -> Iterator[list[str]]:
-    names: list[str] = []
-    yield names
-    left = scrub(prefix, names)
-    assert not left, f"test left host objects behind: {left}"
 
 
 def test_gc_orphans_removes_what_a_deleted_state_dir_left_and_nothing_else(
