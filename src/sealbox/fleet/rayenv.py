@@ -42,6 +42,10 @@ SAFE_ENV = {
     "RAY_USAGE_STATS_PROMPT_ENABLED": "0",
     "RAY_DISABLE_DOCKER_CPU_WARNING": "1",
     "RAY_AUTH_MODE": os.environ.get("RAY_AUTH_MODE", "disabled"),
+    # `ray start` on SIGTERM first drains its node for up to 30 s (Ray 2.60); a host's node holds the detached
+    # agent, so it never drains: the node outlived RayNode.stop's grace, was SIGKILLed, and stayed "alive"
+    # until the head's health checks failed. No drain: the raylet says it leaves and Ray shows it dead at once.
+    "RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S": "0",
 }
 
 

@@ -146,3 +146,17 @@ def test_a_host_whose_ray_died_comes_back(crash_fleet: Fleet) -> None:
     for name in (a, b):
         assert f.step("kill", name) is True
     assert caller(f, "state") == {"records": {}, "pgs": []}
+
+
+def test_a_host_leaving_is_gone_at_once(crash_fleet: Fleet) -> None:
+    """A host that leaves (SIGTERM to its membership process) stops its Ray node gracefully: the node says it
+    goes, so Ray shows it dead as soon as the process ended, not after its health checks fail (a node that was
+    killed instead: `ray start` waits for a drain that a node holding the agent never finishes)."""
+    f = crash_fleet
+    f.joins["host0"].send_signal(signal.SIGTERM)
+    assert f.joins["host0"].wait(60) == 0
+    st = f.step("status")
+    assert [h["alive"] for h in st["hosts"] if h["host"] == "host0"] == [False], st["hosts"]
+    log = (f.tmp / "ray-host0" / "ray-start.log").read_text()
+    assert "did not finish draining" not in log, log[-2000:]
+    rejoin(f, "host0")
