@@ -21,6 +21,7 @@ sockets (its user-mode network), so it meets the input and output chains above.
 from __future__ import annotations
 
 import ipaddress
+import json
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -157,3 +158,14 @@ def ruleset(mode: Mode, bob: Bob) -> dict[str, Any]:
         rule("input" if o.direction == "in" else "output", *where, _l4(o.protos), port,
              _ct_state("new"), COUNTER, ACCEPT, comment=f"{o.what} {o.direction}")
     return {"nftables": [{"metainfo": {"json_schema_version": 1}}, *cmds]}
+
+
+LIB = "/usr/lib/sealbox/bob"
+
+
+def image_files(bob: Bob) -> dict[str, bytes]:
+    """What the guest's mode switch (modules/bob/bob_mode.py) reads: each mode's rule set and its config."""
+    out = {f"{LIB}/nft-{mode}.json": json.dumps(ruleset(mode, bob), sort_keys=True).encode() + b"\n" for mode in MODES}
+    out[f"{LIB}/config.json"] = json.dumps({"dwell_seconds": bob.dwell_seconds, "log_delay_seconds": bob.log_delay_seconds},
+                                           sort_keys=True).encode() + b"\n"
+    return out
