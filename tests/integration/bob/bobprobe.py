@@ -5,6 +5,9 @@ serve HOST:PROTO:PORT...   listen there; print "ready", then one line per arriva
                       so a reply leaves with the listening port as its source). Runs until stdin closes.
 probe [BIND_PORT@]HOST:PROTO:PORT...   try each at once (bounded by TIMEOUT); print "TARGET open|refused|closed"
                       (tcp: the handshake completed or a reset came back; udp: an echo came back, or an ICMP error). BIND_PORT: the local source port.
+echo HOST:PORT         a TCP echo server (one thread per connection); print "ready"; runs until stdin closes.
+hold HOST:PORT         connect, print "connected"; then for each stdin line X send it and print "echo X" if it came
+                      back within TIMEOUT, else "none".
 Stdlib only; every wait is bounded.
 """
 
@@ -87,5 +90,39 @@ def probe(targets: list[str]) -> None:
         print(target, out.get(target, "closed"))
 
 
+def echo(specs: list[str]) -> None:
+    host, port = specs[0].split(":")
+    srv = socket.create_server((host, int(port)), reuse_port=False)
+
+    def one(conn: socket.socket) -> None:
+        with conn, contextlib.suppress(OSError):
+            conn.settimeout(60)
+            while data := conn.recv(4096):
+                conn.sendall(data)
+
+    def accept() -> None:
+        while True:
+            conn, _ = srv.accept()
+            threading.Thread(target=one, args=(conn,), daemon=True).start()
+
+    threading.Thread(target=accept, daemon=True).start()
+    print("ready", flush=True)
+    sys.stdin.read()
+
+
+def hold(specs: list[str]) -> None:
+    host, port = specs[0].split(":")
+    s = socket.create_connection((host, int(port)), timeout=TIMEOUT)
+    print("connected", flush=True)
+    for line in sys.stdin:
+        word = line.strip().encode()
+        try:
+            s.sendall(word)
+            got = s.recv(4096)
+        except OSError:
+            got = b""
+        print(f"echo {got.decode()}" if got == word else "none", flush=True)
+
+
 if __name__ == "__main__":
-    {"serve": serve, "probe": probe}[sys.argv[1]](sys.argv[2:])
+    {"serve": serve, "probe": probe, "echo": echo, "hold": hold}[sys.argv[1]](sys.argv[2:])

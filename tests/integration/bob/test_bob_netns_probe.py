@@ -20,6 +20,7 @@ from pathlib import Path
 
 import pytest
 
+from bobguest import guest_root, load
 from sealbox.builder.bob_firewall import ruleset
 from sealbox.spec.bob import Bob
 
@@ -27,6 +28,7 @@ PROBE = str(Path(__file__).with_name("bobprobe.py"))
 GUEST, BUILDER, OTHER = "10.59.254.1", "10.59.254.2", "10.59.254.3"
 M, P, S = "maintenance", "production", "stopped"
 ALL, NONE = {M, P, S}, set()
+bm = load("bob_mode")
 BOB = Bob(enable=True, builder_bundle=[f"{BUILDER}:8645"], builder_state_diff=[f"{BUILDER}:8646"], workload="w.tar")
 
 # connections from outside into the guest: (proto, guest port) -> modes in which they get through
@@ -154,3 +156,65 @@ def test_the_input_only_port_does_not_even_say_that_nothing_listens(netns: tuple
     assert _probe(peer, [target])[target] == "refused"  # the probe does see the kernel's answer without the rule set
     _load(guest, mode)
     assert _probe(peer, [target])[target] == "closed"
+
+
+class Holder:
+    """A connection from the peer to the guest's echo server, kept open across mode switches."""
+
+    def __init__(self, peer: str, target: str) -> None:
+        self.proc = subprocess.Popen(["ip", "netns", "exec", peer, sys.executable, "-I", PROBE, "hold", target],
+                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        assert self.proc.stdout is not None and self.proc.stdout.readline().strip() == "connected"
+
+    def echoes(self, word: str) -> bool:
+        assert self.proc.stdin is not None and self.proc.stdout is not None
+        self.proc.stdin.write(word + "\n")
+        self.proc.stdin.flush()
+        return self.proc.stdout.readline().strip() == f"echo {word}"
+
+    def close(self) -> None:
+        self.proc.communicate(timeout=30)
+
+
+def test_a_mode_switch_cuts_the_old_modes_connections(netns: tuple[str, str], tmp_path: Path) -> None:
+    """bob-mode (the guest script) with the real nft and conntrack in the guest namespace: a data-plane connection
+    made in maintenance is dead after the switch to production; the same switch without the flush leaves it alive."""
+    guest, peer = netns
+    root = guest_root(tmp_path, dwell=0, bob=BOB)
+    calls: list[str] = []
+
+    def in_guest(argv: list[str], flush: bool = True) -> int:
+        calls.append(argv[0])
+        if argv[0] == "conntrack" and not flush:
+            return 0
+        return subprocess.run(["ip", "netns", "exec", guest, *argv], capture_output=True, timeout=30).returncode
+
+    modes = bm.Modes(root, run=in_guest)
+    assert modes.boot() == "mode maintenance (boot)"
+    data_port = f"{GUEST}:{BOB.data_ssh_port}"
+    server = subprocess.Popen(["ip", "netns", "exec", guest, sys.executable, "-I", PROBE, "echo", data_port],
+                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        assert server.stdout is not None and server.stdout.readline().strip() == "ready"
+        # without the flush (the stand-in runner skips conntrack): the connection outlives maintenance
+        held = Holder(peer, data_port)
+        assert held.echoes("before")
+        modes.run = lambda argv: in_guest(argv, flush=False)
+        assert modes.toggle().startswith("mode production")
+        assert held.echoes("kept"), "the control case: established connections pass the production rules unless flushed"
+        held.close()
+        modes.run = in_guest
+        assert [modes.toggle().split()[1] for _ in range(2)] == ["stopped", "maintenance"]
+        # with the flush, as bob-mode does it: the same connection is cut
+        held = Holder(peer, data_port)
+        assert held.echoes("before")
+        calls.clear()
+        assert modes.toggle().startswith("mode production")
+        assert calls == ["nft", "conntrack", "conntrack"]
+        assert not held.echoes("after"), "a maintenance connection survived the switch to production"
+        held.close()
+    finally:
+        server.communicate(timeout=30)
+    listed = subprocess.run(["ip", "netns", "exec", guest, "nft", "list", "ruleset"], capture_output=True, text=True,
+                            timeout=30, check=True).stdout
+    assert "state-diff stream out" in listed and "data plane SSH" not in listed  # production's rules, and only them
