@@ -4,7 +4,6 @@ the same calls a Python program makes; imported inside each command so start-up 
 from __future__ import annotations
 
 import json
-import shlex
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -122,6 +121,8 @@ def _verbose() -> bool:
 
 
 def _print_plan(out: dict[str, Any]) -> None:
+    import shlex  # here: `sealbox ps` imports this module
+
     click.echo(f"dry run: sandbox {out['name']} with {out['vmm']} ({out['accel']}), image {out['image']['name']} "
                f"(kernel {out['image']['kernel_version']}), guest {out['network']['guest_ip']}")
     click.echo("host steps:")
