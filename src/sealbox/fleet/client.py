@@ -261,6 +261,10 @@ class Fleet:
         rec = self._record(name)
         return rec.host or str(rec.node)
 
+    def hosts_of(self) -> dict[str, str]:
+        """Every fleet sandbox's host name (its sealbox.host label, else its node id), from one read of the records."""
+        return {n: rec.host or str(rec.node or "-") for n, rec in records.all_records().items()}
+
     def remove(self, name: str, *, force: bool = False) -> None:
         rec = self._record(name)
         if rec.state == "lost" or (rec.node and rec.node not in cluster.alive_nodes()):
