@@ -66,12 +66,14 @@ def join_(address: str, node_ip: str, cpus: int | None, memory_mib: int | None, 
 
 
 @fleet.command()
-@click.option("--address", default=None, metavar="HEAD_IP:PORT", help="The fleet [default: the Ray node on this machine].")
+@click.option("--address", default=None, metavar="HEAD_IP:PORT",
+              help="The fleet [default: sealbox --fleet's, else the Ray node on this machine].")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 def status(address: str | None, as_json: bool) -> None:
     """Every host of the fleet: capacity, what is reserved, its sandboxes, labels, its agent; and lost sandboxes."""
+    from sealbox.cli import fleetopt
     from sealbox.fleet.client import Fleet
     from sealbox.fleet.status import table
 
-    st = Fleet(address).status()
+    st = Fleet(address or fleetopt.address()).status()
     click.echo(json.dumps(st, indent=2, sort_keys=True) if as_json else table(st))
