@@ -69,7 +69,7 @@ def host_labels(state_dir: Path | None, name: str, extra: Mapping[str, str], *, 
         key = k if "." in k or "/" in k else LABEL_PREFIX + k
         if key == LABEL_PREFIX + "host":
             raise UsageError(f"host label {k}={v}: the host's name is not set by a label", hint="use --name NAME")
-        fact = labels.get(key)
+        fact = labels.get(key, "")
         if key.removeprefix(LABEL_PREFIX) in FACTS and v != fact and v != "false":
             raise UsageError(f"host label {k}={v}: {key} is what doctor found on this host ({fact or 'not probed'}), not a claim",
                              hint=f"leave {k} out, or lower it with {k}=false; 'sealbox doctor' says why it is false")
