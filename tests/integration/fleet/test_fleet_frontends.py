@@ -1,6 +1,7 @@
-"""The real `sealbox` CLI against a real Ray fleet (the head and the simulated hosts of conftest.py's fleet, plus a
-third host joined by `sealbox fleet join` itself): `sealbox --fleet ADDRESS run|ps|exec|logs|rm` act on the fleet's
-sandboxes, and a host that joins with the real doctor declares the kvm and tdx labels doctor found.
+"""The fleet's front ends against a real Ray fleet (the head and the simulated hosts of conftest.py's fleet, plus a
+third host joined by `sealbox fleet join` itself): the real `sealbox --fleet ADDRESS run|ps|exec|logs|rm`; a host
+that joins with the real doctor declares the kvm and tdx labels doctor found; Ray's sandbox backend interface
+(BaseSandboxBackend, Ray 2.60) called directly on sealbox's adapter. One module: they share one fleet.
 
 The sandboxes here are the STAND-IN host runtime's (fleet_standin.py: processes, no guests), placed on host0/host1
 with --host-label; host2 runs this machine's real runtime (its agent runs doctor and gc) and gets no sandbox. Each
@@ -20,7 +21,7 @@ from pathlib import Path
 
 import fleet_integ
 import pytest
-from fleet_integ import Fleet, in_ns
+from fleet_integ import HERE, Fleet, in_ns
 
 pytestmark = pytest.mark.integration
 IMAGE = "/nonexistent/standin-image"  # the stand-in host boots nothing
@@ -117,3 +118,27 @@ def test_doctor_labels_of_a_joining_host(fleet3: Fleet) -> None:
     res = cli(f, "run", IMAGE, "--name", f"{f.tag}-kvm", "--cpus", "1", "--memory", "256", "--accel", "kvm")
     assert res.returncode != 0 and "no host in the fleet with sealbox.kvm=true" in res.stderr, res.stderr
     assert len(res.stderr.strip().splitlines()) == 1, res.stderr
+
+
+def test_ray_sandbox_backend_adapter(fleet3: Fleet) -> None:
+    """Ray's BaseSandboxBackend calls, as Ray's SandboxRuntime makes them, on FleetSandboxBackend."""
+    f = fleet3
+    work = f.tmp / "backend-work"  # the STAND-IN runs commands on this machine: its "guest" paths are the test's
+    work.mkdir(exist_ok=True)
+    proc = f.in_head([sys.executable, str(HERE / "fleet_backend_driver.py"), f.address, str(work)], timeout=240)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert out["is_backend"]
+    assert out["host"] == "host0"  # placed by the fleet on a host with zone=a
+    assert (out["info"]["cpus"], out["info"]["memory_mib"], out["info"]["labels"]) == (1, 200, {"ray-sandbox-backend": "1"})
+    assert out["status"] == "RUNNING"
+    # the config's env, workdir and shell apply to every command; the call's env adds to them
+    assert out["exec_str"] == [4, f"hello x from {work}\n", "oops\n", True]
+    assert out["exec_argv"] == [0, "a b|$GREETING|"]
+    assert out["timeout"] == "command timed out after 1 seconds"
+    assert out["read"] == "one\ntwo\n" and (work / "f.txt").read_text() == "one\ntwo\n"
+    assert "no such file" in out["read_missing"]
+    assert "network='public'" in out["public"]
+    assert "no host in the fleet with" in out["nohost"] and "sealbox.zone=nowhere" in out["nohost"]
+    assert out["status_after"] == "TERMINATED" and "not found" in out["delete_again"] and out["unknown"]
+    assert out["left"] == []
