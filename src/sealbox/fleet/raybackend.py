@@ -44,7 +44,7 @@ from sealbox.sdk.sandbox import Sandbox, new_name
 if TYPE_CHECKING:
     from ray.experimental.sandbox.config import SandboxConfig
 
-    from sealbox.fleet.client import Fleet
+    from sealbox.sdk.host import Host
 
 LABEL = "ray-sandbox-backend"  # every sandbox this adapter made carries LABEL=1
 STATUS = {"creating": SandboxStatus.PENDING, "running": SandboxStatus.RUNNING, "failed": SandboxStatus.ERROR,
@@ -59,9 +59,9 @@ class _Made:
 
 
 class FleetSandboxBackend(BaseSandboxBackend):  # type: ignore[misc]  # Ray is untyped (Any) here
-    """BaseSandboxBackend (Ray 2.60.0) over a sealbox.Fleet (or any sealbox Host: a LocalHost works the same)."""
+    """BaseSandboxBackend (Ray 2.60.0) over a sealbox.Fleet (any SDK Host: this machine's LocalHost works the same)."""
 
-    def __init__(self, fleet: Fleet, image_manager: Any | None = None) -> None:
+    def __init__(self, fleet: Host, image_manager: Any | None = None) -> None:
         super().__init__(image_manager=image_manager)  # Ray's OCI image manager: unused, sealbox images are directories
         self.fleet = fleet
         self._made: dict[str, _Made] = {}

@@ -1,6 +1,6 @@
 """The fleet's front ends against a real Ray fleet (the head and the simulated hosts of conftest.py's fleet, plus a
-third host joined by `sealbox fleet join` itself): the real `sealbox --fleet ADDRESS run|ps|exec|logs|rm`; a host
-that joins with the real doctor declares the kvm and tdx labels doctor found; Ray's sandbox backend interface
+third host joined by `sealbox fleet join` itself): the real `sealbox --fleet ADDRESS run|ps|exec|logs|inspect|stop|rm`;
+a host that joins with the real doctor declares the kvm and tdx labels doctor found; Ray's sandbox backend interface
 (BaseSandboxBackend, Ray 2.60) called directly on sealbox's adapter. One module: they share one fleet.
 
 The sandboxes here are the STAND-IN host runtime's (fleet_standin.py: processes, no guests), placed on host0/host1
@@ -85,7 +85,12 @@ def test_run_ps_exec_rm(fleet3: Fleet) -> None:
         # the fleet from $SEALBOX_FLEET; argv words kept as they are
         res = cli(f, "exec", b, "--", "printf", "%s|", "two words", "$HOME", env={"SEALBOX_FLEET": f.address})
         assert (res.returncode, res.stdout, res.stderr) == (0, "two words|$HOME|", "")
+        res = cli(f, "exec", b, "--", "sh", "-c", "kill -TERM $$")  # a command killed by a signal: 128+N, as a shell says it
+        assert (res.returncode, res.stderr) == (143, "")
         assert ok(cli(f, "logs", b)) == "stand-in console\n"
+        insp = json.loads(ok(cli(f, "inspect", b)))
+        assert (insp["fleet"]["host"], insp["fleet"]["state"], insp["name"]) == ("host0", "running", b)
+        assert ok(cli(f, "stop", b)) == f"{b} stopped (killed)\n"
 
         # a sandbox that does not exist: one line, non-zero
         res = cli(f, "exec", f"{f.tag}-nope", "--", "true")
