@@ -4,7 +4,6 @@ the same calls a Python program makes; imported inside each command so start-up 
 from __future__ import annotations
 
 import json
-import shlex
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
@@ -179,6 +178,8 @@ def _verbose() -> bool:
 
 
 def _print_plan(out: dict[str, Any]) -> None:
+    import shlex  # here: `sealbox ps` imports this module
+
     click.echo(f"dry run: sandbox {out['name']} with {out['vmm']} ({out['accel']}), image {out['image']['name']} "
                f"(kernel {out['image']['kernel_version']}), guest {out['network']['guest_ip']}")
     click.echo("host steps:")
@@ -285,11 +286,13 @@ def rm(names: tuple[str, ...], force: bool, snapshots: bool, state_dir: Path | N
 
 @click.command()
 @click.option("--dry-run", is_flag=True, help="Only say what would be removed.")
+@click.option("--orphans", is_flag=True,
+              help="Also remove what state dirs that no longer exist left on this host (their sandboxes included).")
 @click.option("--json", "as_json", is_flag=True)
 @state_opt
-def gc(dry_run: bool, as_json: bool, state_dir: Path | None) -> None:
+def gc(dry_run: bool, orphans: bool, as_json: bool, state_dir: Path | None) -> None:
     """Remove dead or half-created sandboxes and sealbox host objects no sandbox owns."""
-    report = local_host(state_dir).gc(dry_run=dry_run)
+    report = local_host(state_dir).gc(dry_run=dry_run, orphans=orphans)
     if as_json:
         _dump(report.model_dump())
     else:
@@ -301,6 +304,8 @@ def gc(dry_run: bool, as_json: bool, state_dir: Path | None) -> None:
             click.echo(f"sealbox: skipped {line}", err=True)
         for line in report.foreign:
             click.echo(f"sealbox: not ours (another state dir?), left alone: {line}", err=True)
+        if report.foreign and not orphans:
+            click.echo("sealbox: objects of a state dir that was deleted go with 'sealbox gc --orphans'", err=True)
         for line in report.problems:
             click.echo(f"sealbox: gc problem: {line}", err=True)
     if report.problems:

@@ -13,6 +13,11 @@
    reported as foreign and left alone. Each removal holds that name's lock and re-checks that no
    record exists, so a concurrent `run` (which locks before it reserves) is never raced. Mounts
    under a sandbox dir (its console tmpfs) go with that dir (StateDir.delete).
+3. With `orphans` (`gc --orphans`): also the leftovers of state dirs that no longer exist. The host
+   registry notes each state dir's path when it first leases (host/registry.py), so a mark's state id
+   leads back to a path; if nothing is at that path, no `gc` will ever claim those objects. They are
+   found exactly as that state dir's own gc would find them, re-checked for the path before each
+   removal (the dir may come back), and the note is dropped once nothing of it is left.
 """
 
 from __future__ import annotations
@@ -66,8 +71,10 @@ class GcReport(BaseModel):
     problems: list[str] = []
 
 
-def collect(state: StateDir, *, dry_run: bool = False) -> GcReport:
+def collect(state: StateDir, *, dry_run: bool = False, orphans: bool = False) -> GcReport:
     report = GcReport()
+    if orphans:
+        _orphans(report, dry_run)  # first: what they leave is then no longer listed as foreign below
     gone: set[str] = set()  # records removed (or, in a dry run, that would be)
     for name in state.names():
         try:
@@ -182,6 +189,37 @@ def _leftovers(state: StateDir, report: GcReport, dry_run: bool, keep: set[str])
             report.removed.append(f"leftover {desc}")
         except Exception as e:  # noqa: BLE001 - keep going; the next gc retries
             report.problems.append(f"{desc}: {' '.join(str(e).split())}")
+
+
+def _orphans(report: GcReport, dry_run: bool) -> None:
+    from sealbox.sandbox.host.registry import Registry
+
+    reg = Registry()
+    for sid, path in reg.gone_states().items():
+        gone, scratch = StateDir(Path(path)), GcReport()  # never ensure()d: only its id and paths are used
+        if gone.id != sid:  # a path through a symlink that has changed since: its marks cannot be matched
+            report.problems.append(f"orphans of {path}: the path no longer gives state id {sid}; left alone")
+            continue
+        items = _find(gone, set(), scratch)
+        report.problems += scratch.problems
+        why = f"state dir {path} no longer exists"
+        failed = bool(scratch.problems)
+        for _kind, _name, desc, remove in items:
+            if dry_run:
+                report.removed.append(f"would remove orphan {desc} ({why})")
+                continue
+            if gone.root.exists():
+                report.skipped.append(f"orphans of {path}: the state dir exists again; its own 'sealbox gc' removes them")
+                failed = True
+                break
+            try:
+                remove()
+                report.removed.append(f"orphan {desc} ({why})")
+            except Exception as e:  # noqa: BLE001 - keep going; the next gc --orphans retries
+                report.problems.append(f"orphan {desc}: {' '.join(str(e).split())}")
+                failed = True
+        if not dry_run and not failed:
+            reg.forget_state(sid)
 
 
 def remove_by_name(state: StateDir, name: str) -> list[str]:

@@ -166,10 +166,11 @@ class LocalHost:
 
         return query.follow_logs(self.layout, name, follow=follow, max_seconds=max_seconds)
 
-    def gc(self, *, dry_run: bool = False) -> GcReport:
+    def gc(self, *, dry_run: bool = False, orphans: bool = False) -> GcReport:
+        """`orphans`: also what state dirs that no longer exist left on this host (sandbox/gc.py)."""
         from sealbox.sandbox import gc
 
-        return gc.collect(self.state, dry_run=dry_run)
+        return gc.collect(self.state, dry_run=dry_run, orphans=orphans)
 
     def reap(self, labels: Mapping[str, str]) -> builtins.list[str]:
         """Remove the sandboxes with these labels that nobody can use any more (holder or creator dead,

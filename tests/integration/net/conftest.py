@@ -143,3 +143,14 @@ def run_dir(tmp_path_factory: pytest.TempPathFactory, original_ip_forward: str) 
     leftover = forward.users(Registry(d).host_dir)
     assert not leftover, f"ip_forward users left behind: {leftover}"
     assert read_sysctl("net.ipv4.ip_forward") == original_ip_forward
+
+
+@pytest.fixture
+def used(prefix: str) -> Iterator[list[str]]:
+    """Sandbox names a test sets up; whatever carries them afterwards is scrubbed, and a leftover fails the test."""
+    from sbnet_standins import scrub
+
+    names: list[str] = []
+    yield names
+    left = scrub(prefix, names)
+    assert not left, f"test left host objects behind: {left}"

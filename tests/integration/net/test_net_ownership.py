@@ -9,11 +9,10 @@ from __future__ import annotations
 
 import ipaddress
 import random
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from sbnet_standins import scrub, sh
+from sbnet_standins import sh
 
 from sealbox.errors import SandboxError
 from sealbox.sandbox.host import forward, netnames, owner
@@ -29,13 +28,6 @@ from sealbox.sandbox.steps import StepLog, apply_steps, undo_steps
 pytestmark = pytest.mark.integration
 OTHER = "sealbox/fedcba9876543210/"  # a mark of some other state dir
 
-
-@pytest.fixture
-def used(prefix: str) -> Iterator[list[str]]:
-    names: list[str] = []
-    yield names
-    left = scrub(prefix, names)
-    assert not left, f"test left host objects behind: {left}"
 
 
 def _table(name: str) -> str:

@@ -453,3 +453,20 @@ def test_a_library_a_package_plugin_needs_is_kept_by_the_default_strip(tmp_path:
     strip_tree(root, Strip())
     assert not (lib / "security/pam_userdb.so").exists()
     assert (lib / "libdb-5.3.so").exists() == plugin
+
+
+@pytest.mark.parametrize("user", [True, False])
+def test_libmvec_is_kept_when_a_program_links_it(tmp_path: Path, user: bool) -> None:
+    """glibc's vector maths library is linked by programs built with vectorised maths; the default strip removed it by
+    name, so such a package failed the link check. Unreferenced, it still goes (pruned as unused)."""
+    from build_testlib import elf_dynamic
+
+    root = tmp_path / "img"
+    lib = root / "usr/lib/x86_64-linux-gnu"
+    lib.mkdir(parents=True)
+    (root / "usr/bin").mkdir()
+    (lib / "libmvec.so.1").write_bytes(elf_dynamic([]))
+    if user:
+        (root / "usr/bin/simd-maths").write_bytes(elf_dynamic(["libmvec.so.1"]))
+    strip_tree(root, Strip())
+    assert (lib / "libmvec.so.1").exists() == user

@@ -13,6 +13,9 @@ shared by every sealbox process and state dir, instead of from each state dir:
     <run>/uids/<uid>.json           uids are per machine, not per network namespace: one table
                                     for all hosts on this machine, so no two sandboxes anywhere
                                     on it share a uid
+    <run>/states/<state id>.json    the path of each state dir that ever held a lease: the only way
+                                    back from a mark's state id to its state dir, so `gc --orphans`
+                                    can tell objects whose state dir was deleted (nobody's, forever)
 
 Changes happen under flocks (the host's, then the uid table's: always in that order) and every
 file is written atomically, so concurrent `run`s from different state dirs see each other's
@@ -26,6 +29,7 @@ from __future__ import annotations
 
 import contextlib
 import ipaddress
+import json
 import os
 from collections.abc import Iterator
 from pathlib import Path
@@ -35,6 +39,7 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 
 from sealbox.errors import SandboxError
 from sealbox.sandbox.host import ipam, users
+from sealbox.sandbox.host import owner as marks
 from sealbox.sandbox.steps import Step, StepRefused
 from sealbox.util import atomic, flock
 from sealbox.util.names import check_sandbox_name
@@ -155,6 +160,7 @@ class Registry:
         return lease
 
     def _write(self, lease: Lease) -> None:
+        self._note_state(lease)  # before the lease: every object the lease leads to can be traced to a path
         atomic.write_json(self.uid_path(lease.uid), UidHold(uid=lease.uid, owner=lease.owner, host=self.host).model_dump(), mode=0o600)
         atomic.write_json(self.lease_path(lease.name), lease.model_dump(mode="json"), mode=0o600)
 
@@ -194,6 +200,36 @@ class Registry:
                     self.uid_path(u).unlink(missing_ok=True)
                     gone = True
         return gone
+
+    # state dirs -------------------------------------------------------------------------------
+    def state_path(self, sid: str) -> Path:
+        if not marks.is_state_id(sid):
+            raise ValueError(f"not a state id: {sid!r}")
+        return self.root / "states" / f"{sid}.json"
+
+    def _note_state(self, lease: Lease) -> None:
+        parsed = marks.parse(lease.owner)
+        if parsed is None or self.state_path(parsed[0]).exists():
+            return
+        (self.root / "states").mkdir(mode=0o700, parents=True, exist_ok=True)
+        atomic.write_json(self.state_path(parsed[0]), {"state_dir": lease.state_dir}, mode=0o600)
+
+    def gone_states(self) -> dict[str, str]:
+        """State id -> path of each recorded state dir that no longer exists (deleted with its sandboxes running
+        or crashed): their host objects carry a mark no living state dir will ever claim."""
+        gone: dict[str, str] = {}
+        for f in sorted((self.root / "states").glob("*.json")):
+            sid = f.stem
+            try:
+                path = json.loads(f.read_bytes()[:65536])["state_dir"]
+            except (OSError, ValueError, KeyError, TypeError):
+                continue  # not ours to interpret: never a reason to remove anything
+            if marks.is_state_id(sid) and isinstance(path, str) and os.path.isabs(path) and not os.path.lexists(path):
+                gone[sid] = path
+        return gone
+
+    def forget_state(self, sid: str) -> None:
+        self.state_path(sid).unlink(missing_ok=True)
 
     def release_uid(self, uid: int, owner: str) -> bool:
         """Drop a uid hold whose lease is gone (a crash between the two writes)."""
