@@ -71,9 +71,9 @@ def join_(address: str, node_ip: str, cpus: int | None, memory_mib: int | None, 
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 def status(address: str | None, as_json: bool) -> None:
     """Every host of the fleet: capacity, what is reserved, its sandboxes, labels, its agent; and lost sandboxes."""
-    from sealbox.cli import fleetopt
+    from sealbox.cli.sandbox import fleet_address
     from sealbox.fleet.client import Fleet
     from sealbox.fleet.status import table
 
-    st = Fleet(address or fleetopt.address()).status()
+    st = Fleet(address or fleet_address()).status()
     click.echo(json.dumps(st, indent=2, sort_keys=True) if as_json else table(st))

@@ -13,12 +13,12 @@ from typing import TYPE_CHECKING
 
 import click
 
+from sealbox.cli.sandbox import FLEET_META as META
 from sealbox.errors import UsageError
 
 if TYPE_CHECKING:
     from sealbox.fleet.client import Fleet
 
-META = "sealbox.fleet"  # click context meta key: the address, once checked
 ON_FLEET = ("run", "ps", "exec", "rm", "inspect", "logs", "stop")
 # sandbox verbs that need the sandbox's own host, and what to do instead
 NOT_ON_FLEET = {
@@ -55,12 +55,6 @@ def select(ctx: click.Context, address: str | None) -> None:
 
     check_address(address, given)
     ctx.meta[META] = address
-
-
-def address() -> str | None:
-    """The fleet the current command acts on, or None (this host)."""
-    ctx = click.get_current_context(silent=True)
-    return None if ctx is None else ctx.meta.get(META)
 
 
 def refuse(flag: str, why: str) -> None:

@@ -27,13 +27,22 @@ def local_host(state_dir: Path | None) -> LocalHost:
     return host
 
 
+FLEET_META = "sealbox.fleet"  # click context meta: the address of `sealbox --fleet`, once cli/fleetopt.py checked it
+
+
+def fleet_address() -> str | None:
+    """The fleet the current command acts on, or None (this host); read here so that a local verb imports nothing more."""
+    ctx = click.get_current_context(silent=True)
+    return None if ctx is None else ctx.meta.get(FLEET_META)
+
+
 def target_host(state_dir: Path | None) -> Host:
     """The fleet of `sealbox --fleet ADDRESS` (cli/fleetopt.py), else this machine's sandboxes in the state dir."""
-    from sealbox.cli import fleetopt
-
-    fleet = fleetopt.address()
+    fleet = fleet_address()
     if fleet is None:
         return local_host(state_dir)
+    from sealbox.cli import fleetopt
+
     if state_dir is not None:
         fleetopt.refuse("--state-dir", "each host of the fleet keeps its own state")
     return fleetopt.fleet(fleet)
@@ -130,20 +139,14 @@ def run(image_dir: Path, state_dir: Path | None, dry_run: bool, as_json: bool, h
         click.echo(f"  sealbox exec {result['name']} -- CMD    |    sealbox ssh {result['name']}", err=True)
 
 
-def fleet_address() -> str | None:
-    from sealbox.cli import fleetopt
-
-    return fleetopt.address()
-
-
 def _run_host(state_dir: Path | None, host_labels: tuple[str, ...], flags: dict[str, Any]) -> Host:
     """`run`'s host: with --fleet the fleet, restricted to hosts with --host-label's labels."""
-    from sealbox.cli import fleetopt
-
-    if fleetopt.address() is None:
+    if fleet_address() is None:
         if host_labels:
             raise click.UsageError("--host-label places a sandbox on a fleet: it needs --fleet HEAD_IP:PORT")
         return local_host(state_dir)
+    from sealbox.cli import fleetopt
+
     if flags["from_snapshot"]:
         fleetopt.refuse("--from-snapshot", "a snapshot lives on the host that took it")
     if state_dir is not None:
@@ -151,7 +154,7 @@ def _run_host(state_dir: Path | None, host_labels: tuple[str, ...], flags: dict[
     from sealbox.fleet.join import parse_labels
 
     need = parse_labels(host_labels)  # before joining the fleet: bad input is said at once
-    fleet = fleetopt.fleet(fleetopt.address() or "")
+    fleet = fleetopt.fleet(fleet_address() or "")
     return fleet.requiring(**need) if need else fleet
 
 

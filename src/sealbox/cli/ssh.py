@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING
 
 import click
 
-from sealbox.cli.sandbox import sandbox_handle, state_opt
+from sealbox.cli.sandbox import fleet_address, sandbox_handle, state_opt
 
 if TYPE_CHECKING:
     from sealbox.sdk.sandbox import Sandbox
@@ -34,9 +34,9 @@ def exec_(name: str, user: str | None, tty: bool, env: tuple[str, ...], workdir:
         if not eq:
             raise click.UsageError(f"--env {item!r} is not KEY=VALUE")
         environ[key] = value
-    from sealbox.cli import fleetopt
+    if fleet_address() is not None:
+        from sealbox.cli import fleetopt
 
-    if fleetopt.address() is not None:
         if tty:
             fleetopt.refuse("-t/--tty", "a terminal needs an ssh session: run 'sealbox exec -t' on the sandbox's host")
         raise SystemExit(_exec_piped(sandbox_handle(name, state_dir), list(command), environ, workdir, user))
