@@ -45,7 +45,8 @@ def head(node_ip: str, port: int, temp_dir: Path | None) -> None:
 @node_ip_opt
 @click.option("--cpus", type=click.IntRange(1, 4096), default=None, help="vCPUs offered to sandboxes [default: all CPUs].")
 @click.option("--memory", "memory_mib", type=click.IntRange(64), default=None, help="MiB offered to sandboxes [default: 80% of RAM].")
-@click.option("--label", "labels", multiple=True, metavar="KEY=VALUE", help="A label callers can require (repeatable).")
+@click.option("--label", "labels", multiple=True, metavar="KEY=VALUE",
+              help="A label callers can require (repeatable). kvm and tdx are what doctor finds: they may be lowered (=false), not raised.")
 @click.option("--name", default=None, help="The host's name in the fleet [default: the hostname].")
 @click.option("--state-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="State directory of this host's sandboxes (default: $SEALBOX_STATE_DIR or /var/lib/sealbox).")

@@ -1,8 +1,8 @@
 """`sealbox --fleet HEAD_IP:PORT VERB ...` (or $SEALBOX_FLEET): the sandbox verbs on a fleet instead of this host.
 
-The verbs stay the same commands: each asks `target()` for its Host, which is a sealbox.Fleet when the option
-is set (the SDK's own Host for a fleet: the same calls a Python program makes) and this machine's LocalHost
-otherwise. Ray is imported only then. A sandbox verb the fleet cannot do is refused here, in one line, before
+The verbs stay the same commands: each asks cli/sandbox.target_host() for its Host, which is a sealbox.Fleet when
+the option is set (the SDK's own Host for a fleet: the same calls a Python program makes) and this machine's
+LocalHost otherwise. Ray is imported only then. A sandbox verb the fleet cannot do is refused here, in one line, before
 anything runs; the option given on the command line to a verb that has nothing to do with sandboxes is
 refused too, while $SEALBOX_FLEET is simply not used by such verbs (build, measure, ...).
 """
