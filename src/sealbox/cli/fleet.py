@@ -45,7 +45,8 @@ def head(node_ip: str, port: int, temp_dir: Path | None) -> None:
 @node_ip_opt
 @click.option("--cpus", type=click.IntRange(1, 4096), default=None, help="vCPUs offered to sandboxes [default: all CPUs].")
 @click.option("--memory", "memory_mib", type=click.IntRange(64), default=None, help="MiB offered to sandboxes [default: 80% of RAM].")
-@click.option("--label", "labels", multiple=True, metavar="KEY=VALUE", help="A label callers can require (repeatable).")
+@click.option("--label", "labels", multiple=True, metavar="KEY=VALUE",
+              help="A label callers can require (repeatable). kvm and tdx are what doctor finds: they may be lowered (=false), not raised.")
 @click.option("--name", default=None, help="The host's name in the fleet [default: the hostname].")
 @click.option("--state-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="State directory of this host's sandboxes (default: $SEALBOX_STATE_DIR or /var/lib/sealbox).")
@@ -66,12 +67,14 @@ def join_(address: str, node_ip: str, cpus: int | None, memory_mib: int | None, 
 
 
 @fleet.command()
-@click.option("--address", default=None, metavar="HEAD_IP:PORT", help="The fleet [default: the Ray node on this machine].")
+@click.option("--address", default=None, metavar="HEAD_IP:PORT",
+              help="The fleet [default: sealbox --fleet's, else the Ray node on this machine].")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 def status(address: str | None, as_json: bool) -> None:
     """Every host of the fleet: capacity, what is reserved, its sandboxes, labels, its agent; and lost sandboxes."""
+    from sealbox.cli.sandbox import fleet_address
     from sealbox.fleet.client import Fleet
     from sealbox.fleet.status import table
 
-    st = Fleet(address).status()
+    st = Fleet(address or fleet_address()).status()
     click.echo(json.dumps(st, indent=2, sort_keys=True) if as_json else table(st))

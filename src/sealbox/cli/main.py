@@ -114,8 +114,10 @@ class LazyGroup(click.Group):
 @click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="sealbox")
 @click.option("-v", "--verbose", count=True, help="More log output (-vv for debug).")
+@click.option("--fleet", metavar="HEAD_IP:PORT", envvar="SEALBOX_FLEET", default=None,
+              help="run, ps, exec, rm, inspect, logs, stop on this fleet's sandboxes (sealbox.Fleet) instead of this host's.")
 @click.pass_context
-def cli(ctx: click.Context, verbose: int) -> None:
+def cli(ctx: click.Context, verbose: int, fleet: str | None) -> None:
     """Build, measure, run and attest minimal reproducible Linux microVM images."""
     if ctx.invoked_subcommand in NO_LOGGING and not any(ctx.params.values()):
         return
@@ -123,6 +125,10 @@ def cli(ctx: click.Context, verbose: int) -> None:
 
     level = logging.WARNING - 10 * min(verbose, 2)
     logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    if fleet:
+        from sealbox.cli import fleetopt
+
+        fleetopt.select(ctx, fleet)
 
 
 def main(argv: list[str] | None = None) -> int:

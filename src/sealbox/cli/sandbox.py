@@ -6,12 +6,12 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import click
 
 if TYPE_CHECKING:
-    from sealbox.sdk.host import LocalHost
+    from sealbox.sdk.host import Host, LocalHost
     from sealbox.sdk.sandbox import Sandbox
 
 state_opt = click.option("--state-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
@@ -27,11 +27,32 @@ def local_host(state_dir: Path | None) -> LocalHost:
     return host
 
 
+FLEET_META = "sealbox.fleet"  # click context meta: the address of `sealbox --fleet`, once cli/fleetopt.py checked it
+
+
+def fleet_address() -> str | None:
+    """The fleet the current command acts on, or None (this host); read here so that a local verb imports nothing more."""
+    ctx = click.get_current_context(silent=True)
+    return None if ctx is None else ctx.meta.get(FLEET_META)
+
+
+def target_host(state_dir: Path | None) -> Host:
+    """The fleet of `sealbox --fleet ADDRESS` (cli/fleetopt.py), else this machine's sandboxes in the state dir."""
+    fleet = fleet_address()
+    if fleet is None:
+        return local_host(state_dir)
+    from sealbox.cli import fleetopt
+
+    if state_dir is not None:
+        fleetopt.refuse("--state-dir", "each host of the fleet keeps its own state")
+    return fleetopt.fleet(fleet)
+
+
 def sandbox_handle(name: str, state_dir: Path | None) -> Sandbox:
     """A handle without a look-up of its own: each verb reads the record once and says if there is none."""
     from sealbox.sdk.sandbox import Sandbox
 
-    return Sandbox(name, local_host(state_dir))
+    return Sandbox(name, target_host(state_dir))
 
 
 def _labels(items: tuple[str, ...]) -> dict[str, str]:
@@ -79,14 +100,16 @@ def _dump(obj: Any) -> None:
               help="MiB of console log kept (a capped tmpfs); later output is dropped.")
 @click.option("--label", "labels", multiple=True, metavar="KEY=VALUE",
               help="Keep this label with the sandbox (repeatable; ps shows and filters them).")
+@click.option("--host-label", "host_labels", multiple=True, metavar="KEY=VALUE",
+              help="With --fleet: place it only on a host with this label, e.g. zone=b or tdx=true (repeatable).")
 @click.option("--dry-run", is_flag=True, help="Print every host step and the VMM command/config; change nothing.")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 @state_opt
-def run(image_dir: Path, state_dir: Path | None, dry_run: bool, as_json: bool, **flags: Any) -> None:
+def run(image_dir: Path, state_dir: Path | None, dry_run: bool, as_json: bool, host_labels: tuple[str, ...], **flags: Any) -> None:
     """Start a sandbox from IMAGE_DIR and return once its guest is ready."""
     from sealbox.sdk.sandbox import Sandbox
 
-    host = local_host(state_dir)  # first: without root nothing else can be answered
+    host = _run_host(state_dir, host_labels, flags)  # first: without root nothing else can be answered
     renamed = {"network": flags.pop("net"), "timeout_s": flags.pop("timeout"), "labels": _labels(flags.pop("labels"))}
     kw = {**flags, **renamed, "from_snapshot": str(flags["from_snapshot"]) if flags["from_snapshot"] else None}
     kw = {k: v for k, v in kw.items() if not (k in ("cpus", "rootfs") and v is None)}  # not given: the default or the snapshot's
@@ -108,10 +131,47 @@ def run(image_dir: Path, state_dir: Path | None, dry_run: bool, as_json: bool, *
     result = Sandbox.create(image_dir, host=host, on_warning=_warn, on_progress=progress, **kw).created
     if as_json:
         _dump(result)
+    elif fleet_address() is not None:
+        _print_fleet_run(result)
     else:
         click.echo(f"{result['name']} is running ({result['vmm']}/{result['accel']}, {result['address']}); "
                    f"guest ready {result['ready_s']:.1f}s after VMM start, {result['run_s']:.1f}s in total")
         click.echo(f"  sealbox exec {result['name']} -- CMD    |    sealbox ssh {result['name']}", err=True)
+
+
+def _run_host(state_dir: Path | None, host_labels: tuple[str, ...], flags: dict[str, Any]) -> Host:
+    """`run`'s host: with --fleet the fleet, restricted to hosts with --host-label's labels."""
+    if fleet_address() is None:
+        if host_labels:
+            raise click.UsageError("--host-label places a sandbox on a fleet: it needs --fleet HEAD_IP:PORT")
+        return local_host(state_dir)
+    from sealbox.cli import fleetopt
+
+    if flags["from_snapshot"]:
+        fleetopt.refuse("--from-snapshot", "a snapshot lives on the host that took it")
+    if state_dir is not None:
+        fleetopt.refuse("--state-dir", "each host of the fleet keeps its own state")
+    from sealbox.fleet.join import parse_labels
+
+    need = parse_labels(host_labels)  # before joining the fleet: bad input is said at once
+    fleet = fleetopt.fleet(fleet_address() or "")
+    return fleet.requiring(**need) if need else fleet
+
+
+def _print_fleet_run(result: dict[str, Any]) -> None:
+    """The local line, with the host the fleet placed it on (every value shown is the agent's: cleaned)."""
+    from sealbox.fleet.wire import text
+
+    def get(key: str) -> str:
+        return text(str(result.get(key, "-")), 100)
+
+    def secs(key: str) -> str:
+        v = result.get(key)
+        return f"{v:.1f}s" if isinstance(v, int | float) and not isinstance(v, bool) else "-"
+
+    click.echo(f"{get('name')} is running on {get('host')} ({get('vmm')}/{get('accel')}, {get('address')}); "
+               f"placed in {secs('placed_s')}, {secs('fleet_s')} in total")
+    click.echo(f"  sealbox --fleet {fleet_address()} exec {get('name')} -- CMD", err=True)
 
 
 def _verbose() -> bool:
@@ -151,11 +211,14 @@ def ps(all_: bool, labels: tuple[str, ...], as_json: bool, state_dir: Path | Non
     from sealbox.sandbox import status
     from sealbox.sdk.sandbox import Sandbox
 
-    rows = Sandbox.list(host=local_host(state_dir), all=all_, labels=_labels(labels))
+    host = target_host(state_dir)
+    rows = Sandbox.list(host=host, all=all_, labels=_labels(labels))
+    hosts_of = getattr(host, "hosts_of", None)  # a fleet's: each sandbox's host
+    where = hosts_of() if hosts_of is not None else None
     if as_json:
-        _dump([r.model_dump() for r in rows])
+        _dump([r.model_dump() if where is None else {**r.model_dump(), "host": where.get(r.name)} for r in rows])
     else:
-        click.echo(status.table(rows))
+        click.echo(status.table(rows, hosts=where))
 
 
 @click.command()
@@ -210,10 +273,14 @@ def rm(names: tuple[str, ...], force: bool, snapshots: bool, state_dir: Path | N
     """Remove sandboxes: undo every host step of their records and delete their state."""
     from sealbox.sdk.sandbox import Sandbox
 
-    host = local_host(state_dir)
+    if snapshots and fleet_address() is not None:
+        from sealbox.cli import fleetopt
+
+        fleetopt.refuse("--snapshots", "snapshots live on the host that took them")
+    host = target_host(state_dir)
     for name in names:
         sb = Sandbox(name, host)
-        if not snapshots or host.state.exists(name):  # --snapshots: also once the sandbox is gone
+        if not snapshots or cast("LocalHost", host).state.exists(name):  # --snapshots (local only): also once it is gone
             sb.remove(force=force)
             click.echo(f"removed {name}")
         for path in sb.remove_snapshots() if snapshots else []:

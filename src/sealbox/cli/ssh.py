@@ -3,11 +3,16 @@ the command line is built by the same code as sb.commands.run's)."""
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 
-from sealbox.cli.sandbox import sandbox_handle, state_opt
+from sealbox.cli.sandbox import fleet_address, sandbox_handle, state_opt
+
+if TYPE_CHECKING:
+    from sealbox.sdk.sandbox import Sandbox
 
 
 @click.command("exec", context_settings={"ignore_unknown_options": True})
@@ -29,7 +34,36 @@ def exec_(name: str, user: str | None, tty: bool, env: tuple[str, ...], workdir:
         if not eq:
             raise click.UsageError(f"--env {item!r} is not KEY=VALUE")
         environ[key] = value
+    if fleet_address() is not None:
+        from sealbox.cli import fleetopt
+
+        if tty:
+            fleetopt.refuse("-t/--tty", "a terminal needs an ssh session: run 'sealbox exec -t' on the sandbox's host")
+        raise SystemExit(_exec_piped(sandbox_handle(name, state_dir), list(command), environ, workdir, user))
     sandbox_handle(name, state_dir).commands.exec(list(command), env=environ, cwd=workdir, user=user, tty=tty)  # does not return
+
+
+class _Stdout:
+    """The command's stdout bytes, written through to ours as they come."""
+
+    def write(self, data: bytes, /) -> int:
+        n = sys.stdout.buffer.write(data)
+        sys.stdout.buffer.flush()
+        return n
+
+
+def _stderr(text: str) -> None:
+    sys.stderr.write(text)
+    sys.stderr.flush()
+
+
+def _exec_piped(sb: Sandbox, argv: list[str], env: dict[str, str], cwd: str | None, user: str | None) -> int:
+    """exec where the process cannot be replaced by ssh (a fleet sandbox: its host's agent runs the command):
+    the same streams through sb.commands.run, stdin passed through, its exit status ours (128+N for signal N)."""
+    stdin = sys.stdin.buffer if sys.stdin is not None else None
+    res = sb.commands.run_background(argv, env=env, cwd=cwd, user=user, stdin=stdin, stdout_sink=_Stdout(),
+                                     on_stderr=_stderr, max_output=64 * 1024).wait()
+    return res.exit_code if res.exit_code >= 0 else 128 - res.exit_code
 
 
 # ssh(1) options that take an argument (from its synopsis): their value is never the start of the command

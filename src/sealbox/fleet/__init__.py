@@ -9,6 +9,7 @@
     wire.py     what agents and fleet members report, parsed as hostile input
     client.py   Fleet: the SDK's Host for the whole fleet (placement, lookup, routing)
     join.py     `sealbox fleet head|join`; status.py `sealbox fleet status`
+    raybackend.py  Ray's experimental BaseSandboxBackend over a Fleet (imports Ray when imported)
 
 Layering: fleet sits above sdk and below cli; nothing below it imports Ray, and Ray is imported only when a
 fleet is used (the optional extra `sealbox[fleet]`).

@@ -221,10 +221,13 @@ class Fleet:
         if rec.state in ("placing", "creating"):
             return PsRow(name=name, status="creating", cpus=rec.cpus, memory_mib=rec.memory_mib, labels=rec.labels,
                          created_at=rec.created_at)
+        from sealbox.fleet.agent import FLEET_LABEL
+
         res = self._call(name, "info", name)
         row = wire.row(res.get("row") if isinstance(res, dict) else None, rec.host or str(rec.node))
         if row.name != name:
             raise SandboxError(f"host {rec.host or rec.node} answered for {row.name} when asked for {name}")
+        row.labels.pop(FLEET_LABEL, None)  # the agent's own mark, not the caller's label (as list() shows it)
         return row
 
     def list(self, *, all_: bool = False, labels: Mapping[str, str] | None = None) -> builtins.list[PsRow]:
@@ -260,6 +263,10 @@ class Fleet:
         """The name of the host a sandbox lives on (its sealbox.host label, else its address)."""
         rec = self._record(name)
         return rec.host or str(rec.node)
+
+    def hosts_of(self) -> dict[str, str]:
+        """Every fleet sandbox's host name (its sealbox.host label, else its node id), from one read of the records."""
+        return {n: rec.host or str(rec.node or "-") for n, rec in records.all_records().items()}
 
     def remove(self, name: str, *, force: bool = False) -> None:
         rec = self._record(name)

@@ -1,7 +1,7 @@
 """A host joining (or heading) a fleet: `sealbox fleet join` / `sealbox fleet head`.
 
 join: `doctor` decides the labels the host can honestly declare (sealbox.kvm, sealbox.tdx; the user adds
-more), then a Ray worker node starts with the host's sandbox capacity as resources (sealbox_vcpus,
+more and may lower those, never raise them), then a Ray worker node starts with the host's sandbox capacity as resources (sealbox_vcpus,
 sealbox_memory_mib) and those labels, then this process, as a short-lived driver on that node, starts the
 host agent (agent.start) and lets go. The process stays in the foreground as the host's membership: SIGTERM
 or Ctrl-C stops the Ray node by its process id (the agent with it); the sandboxes stay on the host, and the
@@ -47,18 +47,33 @@ def default_capacity() -> tuple[int, int]:
     return os.cpu_count() or 1, int(mem_kib / 1024 * 0.8)
 
 
+FACTS = ("kvm", "tdx")  # labels doctor decides: sealbox.kvm (vCPUs ran in the functional probe), sealbox.tdx
+
+
 def host_labels(state_dir: Path | None, name: str, extra: Mapping[str, str], *, probe: bool = True) -> dict[str, str]:
-    """sealbox.host=NAME, sealbox.kvm/tdx as doctor finds them, and the user's own (prefixed sealbox.)."""
+    """sealbox.host=NAME, sealbox.kvm/tdx as doctor finds them, and the user's own (prefixed sealbox.).
+
+    A user's label may add to these and may lower a fact (kvm=false keeps KVM work off a host whose KVM
+    works), never raise one: callers select hosts by them (Fleet.selector), so a false claim would place
+    `--accel kvm` or `--tdx` sandboxes where they cannot run. Without the probe (tests) no fact is set, and
+    none can be claimed. The host's name is --name, not a label."""
     labels = {LABEL_PREFIX + "host": name}
     if probe:
         from sealbox import doctor
         from sealbox.sandbox.state import state_root
 
         checks = {c.name: c.status for c in doctor.run_checks(state_root(state_dir))}
-        labels[LABEL_PREFIX + "kvm"] = "true" if checks.get("kvm") == "ok" else "false"
-        labels[LABEL_PREFIX + "tdx"] = "true" if checks.get("tdx") == "ok" else "false"
+        for fact in FACTS:
+            labels[LABEL_PREFIX + fact] = "true" if checks.get(fact) == "ok" else "false"
     for k, v in parse_labels([f"{k}={v}" for k, v in extra.items()]).items():
-        labels[k if "." in k or "/" in k else LABEL_PREFIX + k] = v
+        key = k if "." in k or "/" in k else LABEL_PREFIX + k
+        if key == LABEL_PREFIX + "host":
+            raise UsageError(f"host label {k}={v}: the host's name is not set by a label", hint="use --name NAME")
+        fact = labels.get(key, "")
+        if key.removeprefix(LABEL_PREFIX) in FACTS and v != fact and v != "false":
+            raise UsageError(f"host label {k}={v}: {key} is what doctor found on this host ({fact or 'not probed'}), not a claim",
+                             hint=f"leave {k} out, or lower it with {k}=false; 'sealbox doctor' says why it is false")
+        labels[key] = v
     return labels
 
 

@@ -169,6 +169,36 @@ class RayNode:
             self.proc.wait(5)
 
 
+def check_address(address: str, what: str = "the fleet address") -> tuple[str, int]:
+    """HEAD_IP:PORT (an IPv6 head as [IP]:PORT) as (ip, port); a one-line UsageError naming `what` if not."""
+    import ipaddress
+
+    host, sep, port = address.rpartition(":")
+    bracketed = host.startswith("[") and host.endswith("]")
+    try:
+        ip = ipaddress.ip_address(host[1:-1] if bracketed else host)
+        if not sep or not (port.isascii() and port.isdigit()) or not 1 <= int(port) <= 65535 or bracketed != (ip.version == 6):
+            raise ValueError
+    except ValueError:
+        raise UsageError(f"{what} {address!r} is not HEAD_IP:PORT",
+                         hint="the head's address and GCS port, e.g. 10.0.0.1:6380") from None
+    return str(ip), int(port)
+
+
+def probe(address: str, timeout: float = 5.0) -> None:
+    """One TCP connection to the head's GCS port, bounded in time: a SandboxError in one line if nothing answers
+    there (ray.init would retry for minutes, printing warnings)."""
+    import socket
+
+    ip, port = check_address(address)
+    try:
+        socket.create_connection((ip, port), timeout=timeout).close()
+    except OSError as e:
+        why = "timed out" if isinstance(e, TimeoutError) else (e.strerror or type(e).__name__).lower()
+        raise SandboxError(f"cannot reach the fleet head at {address}: {why}",
+                           hint="is 'sealbox fleet head' running there, and is its port reachable from here?") from None
+
+
 def connect(address: str | None, *, namespace: str = NAMESPACE, node_ip: str | None = None) -> Any:
     """Join the Ray cluster at `address` as a driver (no-op if this process already is one); returns `ray`.
 
@@ -181,6 +211,8 @@ def connect(address: str | None, *, namespace: str = NAMESPACE, node_ip: str | N
     except ImportError:
         raise UsageError("fleet mode needs Ray", hint="install the extra: pip install 'sealbox[fleet]'") from None
     if not ray.is_initialized():
+        if address:
+            probe(address)
         try:
             extra = {"_node_ip_address": _check_ip(node_ip)} if node_ip else {}
             ray.init(address=address or "auto", namespace=namespace, include_dashboard=False, log_to_driver=False,

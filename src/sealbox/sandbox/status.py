@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, Self
@@ -175,13 +175,17 @@ def corrupt_row(name: str, error: str) -> PsRow:
     return PsRow(name=name, status="corrupt", error=error)
 
 
-def table(rows: list[PsRow], now: float | None = None) -> str:
+def table(rows: list[PsRow], now: float | None = None, hosts: Mapping[str, str] | None = None) -> str:
+    """`sealbox ps`; `hosts` (a fleet's: sandbox name -> host) adds a HOST column after the name."""
     head: tuple[str, ...] = ("NAME", "STATUS", "VMM", "ACCEL", "ADDRESS", "CPUS", "MEM", "IMAGE", "CREATED", "PORTS")
     body: list[tuple[str, ...]] = [
         (r.name, f"{r.status} ({r.reason.split(':')[0]})" if r.reason else r.status, r.vmm, r.accel, r.address, str(r.cpus or "-"),
          f"{r.memory_mib}M" if r.memory_mib else "-", r.image, r.created(now), ", ".join(r.ports))
         for r in rows
     ]
+    if hosts is not None:
+        head = (head[0], "HOST", *head[1:])
+        body = [(line[0], hosts.get(r.name, "-"), *line[1:]) for line, r in zip(body, rows, strict=True)]
     if any(r.labels for r in rows):  # the column only when someone uses labels
         head += ("LABELS",)
         body = [(*line, ",".join(f"{k}={v}" for k, v in sorted(r.labels.items())) or "-") for line, r in zip(body, rows, strict=True)]

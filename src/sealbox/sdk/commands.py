@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Literal, overload
 
 from sealbox.errors import SandboxError, SandboxTimeout
 from sealbox.sdk import shell
-from sealbox.sdk.process import DEFAULT_MAX_OUTPUT, Execution, Input, TextCallback
+from sealbox.sdk.process import DEFAULT_MAX_OUTPUT, ByteSink, Execution, Input, TextCallback
 
 if TYPE_CHECKING:
     from sealbox.sdk.host import Host
@@ -72,12 +72,12 @@ class CommandHandle:
 
     def __init__(self, host: Host, name: str, user: str | None, script: shell.Script, remote: str, *,
                  stdin: Input | None, on_stdout: TextCallback | None, on_stderr: TextCallback | None,
-                 timeout: float | None, max_output: int) -> None:
+                 timeout: float | None, max_output: int, stdout_sink: ByteSink | None = None) -> None:
         self._host, self._name, self._user, self._timeout = host, name, user, timeout
         self._t0 = time.monotonic()
         channel, on_end = host.spawn(name, remote, user=user, stdin=stdin is not None)
         self._exec = Execution(channel, shell.ControlFilter(script.nonce), stdin=stdin, on_stdout=on_stdout,
-                               on_stderr=on_stderr, max_output=max_output, on_end=on_end)
+                               on_stderr=on_stderr, max_output=max_output, stdout_sink=stdout_sink, on_end=on_end)
         self._killed = threading.Event()
         self._timed_out = False
         self._result: CommandResult | None = None
@@ -211,9 +211,10 @@ class Commands:
     def run_background(self, cmd: str | Sequence[str], *, timeout: float | None = None, env: Mapping[str, str] | None = None,
                        cwd: str | None = None, user: str | None = None, stdin: Input | None = None,
                        on_stdout: TextCallback | None = None, on_stderr: TextCallback | None = None,
-                       max_output: int = DEFAULT_MAX_OUTPUT) -> CommandHandle:
+                       max_output: int = DEFAULT_MAX_OUTPUT, stdout_sink: ByteSink | None = None) -> CommandHandle:
         """Start `cmd` and return its handle at once: wait() for its result, kill() to end it. The same
-        arguments as run(); `timeout` defaults to no limit here."""
+        arguments as run(); `timeout` defaults to no limit here. stdout_sink: stdout's bytes go there, as
+        they come, instead of into the result (e.g. a binary file)."""
         if timeout is not None and not timeout > 0:
             raise SandboxError(f"timeout must be positive seconds or None, not {timeout!r}")
         if user is not None:
@@ -221,7 +222,7 @@ class Commands:
         script = shell.Script().cd(cwd).env(env)
         remote = script.exec(cmd)
         return CommandHandle(self._host, self._name, user, script, remote, stdin=stdin, on_stdout=on_stdout,
-                             on_stderr=on_stderr, timeout=timeout, max_output=max_output)
+                             on_stderr=on_stderr, timeout=timeout, max_output=max_output, stdout_sink=stdout_sink)
 
     def exec(self, cmd: str | Sequence[str], *, env: Mapping[str, str] | None = None, cwd: str | None = None,
              user: str | None = None, tty: bool = False) -> None:

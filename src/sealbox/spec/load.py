@@ -289,8 +289,22 @@ class _Loader:
             except ValueError as e:  # a fifo, socket or device cannot be copied into an image
                 raise SpecError(f"{origin}: {prefix}files[{i}].source: {entry['source']!r}: {e}") from None
             entry["source"] = self.label(src)
+        self._resolve_workload(body, base, origin, prefix)
         out.append(Fragment(origin, body))
         return out, profiles
+
+    def _resolve_workload(self, body: dict[str, Any], base: Path, origin: str, prefix: str) -> None:
+        """bob.workload names a file beside the spec, like files[].source: resolved here, kept as a label."""
+        bob = body.get("bob")
+        if not isinstance(bob, dict) or not bob.get("workload"):
+            return
+        key = f"{prefix}bob.workload"
+        src = self.inside(base, bob["workload"], origin, key)
+        if not src.is_file():
+            what = "does not exist" if not src.exists() else "is not a regular file"
+            raise SpecError(f"{origin}: {key}: {bob['workload']!r} {what}",
+                            hint="build the workload from its own spec (output.formats = [\"oci\"]) and name its .tar here")
+        bob["workload"] = self.label(src)
 
 
 def load_spec(path: str | os.PathLike[str] | None, profiles: list[str] | tuple[str, ...] = ()) -> LoadedSpec:

@@ -11,6 +11,7 @@ from urllib.parse import urlsplit
 
 from pydantic import field_validator, model_validator
 
+from sealbox.spec.bob import Bob
 from sealbox.spec.fields import Section, setting
 
 PKG_RE = re.compile(r"^[a-z0-9][a-z0-9+.-]+(=[A-Za-z0-9.+~:-]+)?$")
@@ -301,6 +302,9 @@ class Oci(Section):
 
 # one identity of the persistent disk: a serial the host (or cloud) sets, or an Azure data disk LUN (0-63)
 PERSIST_ID_RE = re.compile(r"^(serial=[A-Za-z0-9][A-Za-z0-9._-]{0,19}|azure-lun=([0-9]|[1-5][0-9]|6[0-3]))$")
+# what the bob guest scripts run (modules/bob): packages a spec cannot drop while bob.enable
+BOB_TOOLS = {"python3": "the searcher's command shell is a Python script", "conntrack": "every mode switch flushes "
+             "connection tracking with conntrack", "nftables": "every mode loads its rule set with nft"}
 PERSIST_TOOLS = ("/usr/sbin/mke2fs", "/usr/sbin/e2fsck")  # what builder's strip.extra_tools would remove
 
 
@@ -339,6 +343,7 @@ class ImageBody(Section):
     oci: Oci = setting(Oci(), "Container image settings (used when output.formats is [\"oci\"]).")
     persistent: Persistent = setting(Persistent(), "A persistent data disk mounted at /persistent (module persistent).")
     cloud: Cloud = setting(Cloud(), "Self-provisioning on clouds (profiles azure, gcp).")
+    bob: Bob = setting(Bob(), "Searcher sandbox (module bob): ports per plane, builder endpoints, dwell time, workload.")
 
     @field_validator("name")
     @classmethod
@@ -424,6 +429,18 @@ class ImageSpec(ImageBody):
             raise ValueError('cloud.providers: the guest uses busybox\'s udhcpc and wget: add "busybox" to packages.include')
         return self
 
+    @model_validator(mode="after")
+    def _bob_is_complete(self) -> ImageSpec:
+        problem = self.bob.missing()
+        if problem:
+            raise ValueError(problem)
+        if self.bob.enable:
+            pkgs = {p.split("=")[0] for p in self.packages.include}
+            for pkg, why in BOB_TOOLS.items():
+                if pkg not in pkgs:
+                    raise ValueError(f'bob.enable: {why}: add "{pkg}" to packages.include (the module bob does)')
+        return self
+
 
 def needs_kernel(formats: Collection[str]) -> bool:
     """Whether a build with these output formats fetches a kernel: every build but a container image's."""
@@ -440,6 +457,7 @@ def vm_only_settings(spec: ImageBody) -> list[str]:
     out += [f"services.{n}" for n in ("enable", "mask") if getattr(spec.services, n)]
     out += ["persistent.enable"] if spec.persistent.enable else []
     out += ["cloud.providers"] if spec.cloud.providers else []
+    out += ["bob.enable"] if spec.bob.enable else []
     return out
 
 

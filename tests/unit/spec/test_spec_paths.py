@@ -15,7 +15,7 @@ from sealbox.spec import load as load_mod
 
 def test_missing_builtin_module_lists_the_builtin_ones(tmp_path: Path) -> None:
     spec = write(tmp_path, "s.toml", "include = ['base', 'nosuch']\n")
-    spec_error(spec, has=[f"{spec}:", "include[1]", "'nosuch'", "built-in modules: azure, base, default, devtools, gcp, gui, persistent, tdx"])
+    spec_error(spec, has=[f"{spec}:", "include[1]", "'nosuch'", "built-in modules: azure, base, bob, default, devtools, gcp, gui, persistent, tdx"])
 
 
 @pytest.mark.parametrize("name", ["nosuch.toml", "sub/nosuch.toml", "sub/nosuch"])
