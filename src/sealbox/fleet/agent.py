@@ -7,7 +7,8 @@ killed agent left unfinished, and re-adopts the host's intact sandboxes: a runni
 record, or gets one again with a reservation pinned to this node (its host rejoined: a new Ray node, the same
 host name). A running sandbox whose name now belongs to another host's sandbox (it was forgotten with `rm`
 while its host was away, and the name reused) is removed, not adopted: adopting it would take the other's
-record and reservation. A record of this node whose sandbox is gone is forgotten with its reservation.
+record and reservation; so is one removed with `rm` while its host was away (records.py: `removed`). A record
+of this node whose sandbox is gone is forgotten with its reservation.
 
 Unfinished creates: before it asks its host to create a sandbox, the agent notes the name in the state dir
 (`fleet/creating/NAME`), and drops the note once the record says `running` (or the create failed and was
@@ -149,7 +150,7 @@ class HostAgent:
         return done
 
     def _adopt(self) -> tuple[list[str], list[str]]:
-        recs = records.all_records()
+        recs = records.all_records(removed=True)
         local = {i.name: i for i in self.host.list(all_=True) if FLEET_LABEL in i.labels}
         adopted, forgotten = [], []
         for name, info in local.items():
@@ -158,6 +159,10 @@ class HostAgent:
             rec = recs.get(name)
             if rec is not None and rec.node == self.node_id and rec.state == "running" and cluster.pg_alive(rec.pg):
                 adopted.append(name)
+                continue
+            if rec is not None and rec.state == "removed" and rec.host == self._host_name():
+                if self._drop(name):  # removed (`rm`) while its host was away
+                    records.delete(name)
                 continue
             if rec is not None and rec.node != self.node_id and rec.host != self._host_name():
                 self._drop(name)  # forgotten while its host was away: the name is another sandbox's now
@@ -168,19 +173,23 @@ class HostAgent:
             except SealboxError as e:
                 log.warning("could not re-adopt %s: %s", name, e)
         for name, rec in recs.items():
-            if rec.node == self.node_id and name not in local and rec.state in ("creating", "running"):
+            if rec.state == "removed" and rec.host == self._host_name() and name not in local:
+                records.delete(name)  # removed while its host was away, and gone with it (or by gc)
+            elif rec.node == self.node_id and name not in local and rec.state in ("creating", "running"):
                 cluster.remove_pg(rec.pg)
                 records.delete(name)
                 forgotten.append(name)
         return adopted, forgotten
 
-    def _drop(self, name: str) -> None:
+    def _drop(self, name: str) -> bool:
         """Remove a sandbox of this host that the fleet no longer knows as this host's (its record untouched)."""
         try:
             self.host.remove(name, force=True)
-            self.undone.append(name)
         except SealboxError as e:
-            log.warning("could not remove %s, whose name is another sandbox's now: %s", name, e)
+            log.warning("could not remove %s, which the fleet forgot: %s", name, e)
+            return False
+        self.undone.append(name)
+        return True
 
     def _reregister(self, name: str, info: Any, rec: Record | None) -> None:
         """A running sandbox of this host without a valid record (its host rejoined): reserve again, here."""

@@ -272,7 +272,7 @@ class Fleet:
         rec = self._record(name)
         if rec.state == "lost" or (rec.node and rec.node not in cluster.alive_nodes()):
             cluster.remove_pg(rec.pg)
-            records.delete(name)  # its host is gone: there is nothing left to remove but the record
+            records.forget(rec)  # its host is gone: if it comes back, its agent removes the sandbox (records.py)
             return
         self._call(name, "remove", name, force)
 

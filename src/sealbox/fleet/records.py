@@ -8,6 +8,9 @@ left the fleet visible (as `lost`) instead of silently missing. Its life:
     creating  capacity reserved on a host (`node`, placement group `pg`); that host's agent is booting it
     running   the agent finished the create: from here the agent owns it, whatever became of the caller
     lost      its host left the fleet (node dead); the reservation was released; `rm` forgets it
+    removed   `rm` of a lost sandbox: hidden from every listing and lookup, kept so that its host, if it comes
+              back, removes the sandbox instead of re-adopting it; a new sandbox may take the name (a claim
+              replaces it), and the returning host then removes its own (agent.py)
 
 `caller` is the Ray job id of the process that asked for it (a caller that dies while the record is
 placing/creating leaves nothing: the agents sweep such records); `held` says the sandbox lives only as long
@@ -27,7 +30,7 @@ from sealbox.util.names import NAME_RE
 
 PREFIX = b"sandbox/"
 MAX_RECORD = 64 * 1024  # bytes: a record is a few hundred; anything bigger is not one of ours
-State = Literal["placing", "creating", "running", "lost"]
+State = Literal["placing", "creating", "running", "lost", "removed"]
 _ID = r"^[A-Za-z0-9_.:/=-]{0,256}$"  # Ray ids, host names, placement group names: no spaces, no control characters
 
 
@@ -58,30 +61,45 @@ def key(name: str) -> bytes:
 
 
 def claim(rec: Record) -> bool:
-    """Store a new record; False if one of that name exists (the name is taken in the fleet)."""
+    """Store a new record; False if one of that name exists (the name is taken in the fleet). A `removed`
+    record does not hold the name: it is replaced (of two claims racing for it, one wins)."""
     rec.created_at = rec.created_at or time.time()
-    existed = _kv()._internal_kv_put(key(rec.name), rec.model_dump_json().encode(), overwrite=False, namespace=NAMESPACE)
-    return not existed
+    for _ in range(2):
+        if not _kv()._internal_kv_put(key(rec.name), rec.model_dump_json().encode(), overwrite=False, namespace=NAMESPACE):
+            return True
+        old = get(rec.name, removed=True)
+        if old is None or old.state != "removed":
+            return False
+        delete(rec.name)
+    return False
+
+
+def forget(rec: Record) -> None:
+    """`rm` of a lost sandbox: its record becomes `removed` (see the module's doc)."""
+    put(rec.model_copy(update={"state": "removed", "pg": None}))
 
 
 def put(rec: Record) -> None:
     _kv()._internal_kv_put(key(rec.name), rec.model_dump_json().encode(), overwrite=True, namespace=NAMESPACE)
 
 
-def get(name: str) -> Record | None:
-    return parse(key(name), _kv()._internal_kv_get(key(name), namespace=NAMESPACE))
+def get(name: str, *, removed: bool = False) -> Record | None:
+    """The record of `name`; a `removed` one only if asked for."""
+    rec = parse(key(name), _kv()._internal_kv_get(key(name), namespace=NAMESPACE))
+    return rec if rec is None or removed or rec.state != "removed" else None
 
 
 def delete(name: str) -> None:
     _kv()._internal_kv_del(key(name), namespace=NAMESPACE)
 
 
-def all_records() -> dict[str, Record]:
+def all_records(*, removed: bool = False) -> dict[str, Record]:
+    """Every record by name; `removed` ones only if asked for."""
     kv = _kv()
     out: dict[str, Record] = {}
     for k in kv._internal_kv_list(PREFIX, namespace=NAMESPACE):
         rec = parse(k, kv._internal_kv_get(k, namespace=NAMESPACE))
-        if rec is not None:
+        if rec is not None and (removed or rec.state != "removed"):
             out[rec.name] = rec
     return out
 

@@ -32,7 +32,7 @@ HEALTH = {"RAY_health_check_period_ms": "1000", "RAY_health_check_failure_thresh
 
 @pytest.fixture(scope="module")
 def crash_fleet() -> Iterator[Fleet]:
-    yield from fleet_integ.ray_fleet(head_env=HEALTH)
+    yield from fleet_integ.ray_fleet(head_env=HEALTH, capacity=(3, 1536))
 
 
 def caller(f: Fleet, *args: str, timeout: float = 120) -> Any:
@@ -107,13 +107,14 @@ def test_a_whole_host_killed(crash_fleet: Fleet) -> None:
 
 def test_a_host_whose_ray_died_comes_back(crash_fleet: Fleet) -> None:
     """Only Ray's processes of a host die (SIGKILL: membership, raylet, workers, agent); its sandboxes live on.
-    While it is away they are lost; one of them is forgotten (`rm`) and its name reused by a new sandbox on
-    the other host. When the host joins again its agent re-adopts the one still known as its own, and removes
-    (instead of adopting) the one whose name now belongs to the new sandbox, which stays untouched."""
+    While it is away they are lost; two of them are removed (`rm`), and the name of one reused by a new sandbox
+    on the other host. When the host joins again its agent re-adopts the one still known as its own, and removes
+    (instead of adopting) the removed ones: the new sandbox of the reused name stays untouched."""
     f = crash_fleet
-    a, b = f"{f.tag}-ra", f"{f.tag}-rb"
+    a, b, c = f"{f.tag}-ra", f"{f.tag}-rb", f"{f.tag}-rc"
     assert f.step("create", a, "b") == "host1"
     assert f.step("create", b, "b") == "host1"
+    assert f.step("create", c, "b") == "host1"
     dead = f.hosts["host1"]
     inode = netns_inode(dead["ns"])
     assert inode is not None
@@ -127,11 +128,13 @@ def test_a_host_whose_ray_died_comes_back(crash_fleet: Fleet) -> None:
 
     def lost() -> Any:  # once Ray declared the node dead (before, a call to its agent fails: "did not answer")
         st = f.step("status")
-        return st["lost"] == [a, b] and not any(h["alive"] for h in st["hosts"] if h["host"] == "host1")
+        return st["lost"] == [a, b, c] and not any(h["alive"] for h in st["hosts"] if h["host"] == "host1")
 
-    _until("both lost, host1 left", lost)
-    assert f.step("kill", b) is True  # forgotten while its host is away: the name is free
+    _until("all three lost, host1 left", lost)
+    assert f.step("kill", b) is True  # removed while its host is away: the name is free
+    assert f.step("kill", c) is True
     assert f.step("create", b, "a") == "host0"  # a new sandbox of that name, elsewhere
+    assert [r[:2] for r in f.step("list")] == [[a, "lost"], [b, "running"]]
 
     rejoin(f, "host1")
     rows = f.step("list")
@@ -139,7 +142,7 @@ def test_a_host_whose_ray_died_comes_back(crash_fleet: Fleet) -> None:
     assert f.step("where", a).split() == [f"{dead['ip']}/24"]  # re-adopted: reached on host1 again
     assert f.step("where", b).split() == [f"{f.hosts['host0']['ip']}/24"]  # the new b, untouched
     hello = next(h["agent"] for h in f.step("status")["hosts"] if h["host"] == "host1" and h["alive"])
-    assert (hello["adopted"], hello["undone"]) == ([a], [b]), hello
+    assert (hello["adopted"], sorted(hello["undone"])) == ([a], [b, c]), hello
     standin = Path(dead["state"]) / "standin"
     assert sorted(p.name for p in standin.glob("*.json")) == [f"{a}.json"]
     assert len([c for c in procs_in({inode}).values() if c.startswith("sleep ")]) == 1
