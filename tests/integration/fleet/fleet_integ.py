@@ -45,6 +45,17 @@ def last_json(stdout: str) -> Any:
     raise AssertionError(f"no JSON result in: {stdout[-2000:]!r}")
 
 
+def until(what: str, probe: Any, timeout: float = 90, every: float = 1.0) -> Any:
+    """`probe()`'s first truthy answer; fails the test naming `what` after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        got = probe()
+        if got:
+            return got
+        assert time.monotonic() < deadline, f"not within {timeout}s: {what}"
+        time.sleep(every)
+
+
 def ip(*args: str) -> None:
     subprocess.run(["ip", *args], check=True, capture_output=True, timeout=30)
 

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from fleet_integ import HERE, Fleet, in_ns, last_json, netns_inode, procs_in
+from fleet_integ import HERE, Fleet, in_ns, last_json, netns_inode, procs_in, until
 
 pytestmark = pytest.mark.integration
 
@@ -51,15 +51,6 @@ def wait_line(proc: subprocess.Popen[str], prefix: str, timeout: float = 90) -> 
         assert line or proc.poll() is None, f"the caller ended before {prefix!r}"
     raise AssertionError(f"no {prefix!r} from the caller within {timeout}s")
 
-
-def until(what: str, probe: Any, timeout: float = 90) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        got = probe()
-        if got:
-            return got
-        assert time.monotonic() < deadline, f"not within {timeout}s: {what}"
-        time.sleep(0.5)
 
 
 def mine(f: Fleet, prefix: str) -> dict[str, Any]:

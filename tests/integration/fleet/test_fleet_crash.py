@@ -24,7 +24,7 @@ from typing import Any
 
 import fleet_integ
 import pytest
-from fleet_integ import HERE, Fleet, kill_host, last_json, netns_inode, procs_in, rejoin
+from fleet_integ import HERE, Fleet, kill_host, last_json, netns_inode, procs_in, rejoin, until
 
 pytestmark = pytest.mark.integration
 HEALTH = {"RAY_health_check_period_ms": "1000", "RAY_health_check_failure_threshold": "5"}
@@ -40,15 +40,6 @@ def caller(f: Fleet, *args: str, timeout: float = 120) -> Any:
     assert proc.returncode == 0, f"caller {args}: {proc.stderr[-3000:]}"
     return last_json(proc.stdout)
 
-
-def _until(what: str, probe: Any, timeout: float = 90) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        got = probe()
-        if got:
-            return got
-        assert time.monotonic() < deadline, f"not within {timeout}s: {what}"
-        time.sleep(1)
 
 
 def test_a_whole_host_killed(crash_fleet: Fleet) -> None:
@@ -72,7 +63,7 @@ def test_a_whole_host_killed(crash_fleet: Fleet) -> None:
         rows = f.step("list")
         return rows if [r[:2] for r in rows] == [[a, "running"], [b, "lost"], [c, "running"]] else None
 
-    rows = _until("the dead host's sandboxes listed as lost", lost)
+    rows = until("the dead host's sandboxes listed as lost", lost)
     print(f"lost after {time.monotonic() - t0:.1f}s")
     assert "host1" in rows[1][2], rows
     st = f.step("status")
@@ -130,7 +121,7 @@ def test_a_host_whose_ray_died_comes_back(crash_fleet: Fleet) -> None:
         st = f.step("status")
         return st["lost"] == [a, b, c] and not any(h["alive"] for h in st["hosts"] if h["host"] == "host1")
 
-    _until("all three lost, host1 left", lost)
+    until("all three lost, host1 left", lost)
     assert f.step("kill", b) is True  # removed while its host is away: the name is free
     assert f.step("kill", c) is True
     assert f.step("create", b, "a") == "host0"  # a new sandbox of that name, elsewhere

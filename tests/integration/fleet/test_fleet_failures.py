@@ -7,11 +7,10 @@ from __future__ import annotations
 
 import os
 import signal
-import time
 from typing import Any
 
 import pytest
-from fleet_integ import Fleet
+from fleet_integ import Fleet, until
 
 pytestmark = pytest.mark.integration
 
@@ -19,15 +18,6 @@ pytestmark = pytest.mark.integration
 def _host(status: dict[str, Any], name: str) -> dict[str, Any]:
     return next(h for h in status["hosts"] if h["host"] == name)
 
-
-def _until(what: str, probe: Any, timeout: float = 90) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        got = probe()
-        if got:
-            return got
-        assert time.monotonic() < deadline, f"not within {timeout}s: {what}"
-        time.sleep(1)
 
 
 def test_agent_restart_and_host_leaving(ray_fleet: Fleet) -> None:
@@ -45,7 +35,7 @@ def test_agent_restart_and_host_leaving(ray_fleet: Fleet) -> None:
         agent = _host(f.step("status"), "host0")["agent"]
         return agent if agent.get("pid") not in (None, old["pid"]) else None
 
-    new = _until("host0's agent restarted", restarted)
+    new = until("host0's agent restarted", restarted)
     assert new["state"] == "up" and new["adopted"] == [a], new
     assert f.step("where", a).split() == [f"{f.hosts['host0']['ip']}/24"]  # commands reach it through the new agent
 
@@ -56,13 +46,13 @@ def test_agent_restart_and_host_leaving(ray_fleet: Fleet) -> None:
         rows = f.step("list")
         return rows if rows[-1][:2] == [b, "lost"] else None
 
-    listed = _until("b listed as lost", lost)
+    listed = until("b listed as lost", lost)
     assert listed[0] == [a, "running", None] and "host1" in listed[1][2], listed
     def left() -> Any:  # Ray notices a node's end within seconds; `status` shows it as left, not missing
         st = f.step("status")
         return st if not next((h["alive"] for h in st["hosts"] if h["host"] == "host1"), True) else None
 
-    st = _until("host1 shown as left", left)
+    st = until("host1 shown as left", left)
     assert _host(st, "host0")["alive"] is True
     assert st["lost"] == [b] and _host(st, "host0")["used_vcpus"] == 1
 
