@@ -89,17 +89,26 @@ def desktop_login(sandbox_dir: Path, name: str, user: str | None) -> tuple[str, 
     return user, passwords[user]
 
 
+# In the guest: 3 while the certificate is missing, 4 while xrdp has no LISTEN socket on 127.0.0.1:3389
+# (/proc/net/tcp: address and port in hex, state 0A), else the certificate.
+_PROBE = (f"test -s {CERT_PATH} || exit 3; "
+          f"grep -q ' 0100007F:{GUEST_PORT:04X} 00000000:0000 0A ' /proc/net/tcp || exit 4; cat {CERT_PATH}")
+
+
 def guest_fingerprint(t: ssh.SshTarget, timeout: float = 30.0, wait: float = 60.0) -> str:
-    """The SHA-256 fingerprint of the guest's TLS certificate. The guest makes it after SEALBOX-READY (the image orders
-    every unit its spec enables after the ready marker), so a sandbox that just became ready may not have it yet:
-    ask again, once a second, for up to `wait` seconds."""
+    """The SHA-256 fingerprint of the guest's TLS certificate, once its RDP server listens. The guest makes the
+    certificate after SEALBOX-READY (the image orders every unit its spec enables after the ready marker) and xrdp
+    starts after that, so a sandbox that just became ready may have neither: ask again, once a second, for up to
+    `wait` seconds (facts printed before xrdp listens sent the first client into a reset connection)."""
     deadline = time.monotonic() + wait
     while True:
-        # `test -s` first: a missing file is "not yet", any other failure is reported at the deadline
-        status, pem = ssh.output_of_guest(t, ["sh", "-c", f"test -s {CERT_PATH} && cat {CERT_PATH}"], timeout, limit=MAX_CERT)
+        status, pem = ssh.output_of_guest(t, ["sh", "-c", _PROBE], timeout, limit=MAX_CERT)
         if status == 0:
             return fingerprint(pem)
         if time.monotonic() >= deadline:
+            if status == 4:
+                raise SandboxError(f"the desktop server of sandbox {t.name!r} does not listen on 127.0.0.1:{GUEST_PORT} "
+                                   f"within {wait:g} s", hint=f"see 'sealbox logs {t.name}' for xrdp")
             raise SandboxError(f"cannot read the RDP certificate {CERT_PATH} in sandbox {t.name!r} within {wait:g} s",
                                hint="is the image built with the gui module? see 'sealbox logs' for sealbox-xrdp-keys")
         time.sleep(1.0)

@@ -241,3 +241,36 @@ def test_ctrl_c_right_after_the_facts_are_printed_closes_the_tunnel(monkeypatch:
     rc = main(["rdp", "d", "--state-dir", str(tmp_path / "s")] + (["--json"] if as_json else []))
     err = capsys.readouterr().err
     assert rc == 0 and "RDP tunnel to d closed" in err and "aborted" not in err, err
+
+
+@needs_openssl
+def test_the_facts_wait_for_the_desktop_server_to_listen(target: SshTarget, monkeypatch: pytest.MonkeyPatch,
+                                                         tmp_path: Path) -> None:
+    """xrdp starts after its certificate exists: facts printed in between sent the first client into a reset
+    connection (CI: the tunnel's ssh found nothing on the guest's 3389). STAND-IN for the guest's answers: no
+    certificate, then a certificate with nothing listening, then both."""
+    from sealbox.sandbox import ssh
+
+    pem = self_signed(tmp_path)
+    answers = iter([(3, b""), (4, b""), (4, b""), (0, pem)])
+    scripts: list[str] = []
+
+    def guest(_t: SshTarget, argv: list[str], _timeout: float, limit: int) -> tuple[int, bytes]:
+        scripts.append(argv[-1])
+        return next(answers)
+
+    monkeypatch.setattr(ssh, "output_of_guest", guest)
+    monkeypatch.setattr(rdp.time, "sleep", lambda _s: None)
+    assert rdp.guest_fingerprint(target) == rdp.fingerprint(pem) and len(scripts) == 4
+    # the guest's check: the certificate, then a LISTEN socket on 127.0.0.1:3389 in /proc/net/tcp, then the certificate
+    script = scripts[-1]
+    assert "0100007F:0D3D 00000000:0000 0A" in script and "/proc/net/tcp" in script and rdp.CERT_PATH in script
+
+
+def test_a_desktop_server_that_never_listens_is_named(target: SshTarget, monkeypatch: pytest.MonkeyPatch) -> None:
+    from sealbox.sandbox import ssh
+
+    monkeypatch.setattr(ssh, "output_of_guest", lambda *_a, **_k: (4, b""))
+    monkeypatch.setattr(rdp.time, "sleep", lambda _s: None)
+    with pytest.raises(SandboxError, match=r"does not listen on 127\.0\.0\.1:3389"):
+        rdp.guest_fingerprint(target, wait=0)
