@@ -11,6 +11,8 @@ Rules:
   ruleset per mode: /usr/lib/sealbox/bob/nft-<mode>.json) and then flushes connection tracking (IPv4 and IPv6), so
   no connection admitted by the old mode survives (a mid-stream packet is "new" to conntrack and meets the new rules);
 - stopped -> maintenance is refused until `dwell_seconds` (config.json) have passed since production ended;
+- maintenance -> production is refused unless `bob-netguard verify` (bob_netguard.py) finds the container-side drop
+  rules of the input-only channel in the running container's network namespace: no container, no production;
 - toggle and status need /persistent mounted (the state lives there, root-only, so it survives a reboot); a state
   left in production or stopped resumes as stopped, its dwell counted from the resume when production's end is
   unknown;
@@ -159,6 +161,9 @@ class Modes:
             if wait:
                 raise Refused(f"toggle: maintenance is refused for {wait} more s (production must have ended "
                               f"{dwell} s before; it ended {max(0, int(now - (s.production_ended or now)))} s ago)")
+        if target == "production" and self.run([str(self.root / LIB / "bob-netguard"), "verify"]) != 0:
+            raise Refused("toggle: production is refused: the container-side drop rules of the input-only channel are "
+                          "not verified present in the container's network namespace (is the workload running?)")
         ended = now if s.mode == "production" else (None if target == "maintenance" else s.production_ended)
         if not self.apply(target):
             self._fall_back(s, now, f"toggle: switching to {target} failed")
