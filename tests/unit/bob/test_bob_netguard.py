@@ -108,11 +108,11 @@ class FakeGuest:
         assert json.loads(cfg.read_text())["input_only_udp_port"] == PORT
         (self.root / "run/sealbox-bob-work").mkdir(parents=True)
         (self.root / ng.PIDFILE).write_text(f"{pid}\n")
-        (self.root / "proc/1/ns").mkdir(parents=True)
-        (self.root / "proc/1/ns/net").write_text("guest")
+        (self.root / "proc/self/ns").mkdir(parents=True)
+        (self.root / "proc/self/ns/net").write_text("guest")
         (self.root / f"proc/{pid}/ns").mkdir(parents=True)
         if own_netns:
-            os.link(self.root / "proc/1/ns/net", self.root / f"proc/{pid}/ns/net")
+            os.link(self.root / "proc/self/ns/net", self.root / f"proc/{pid}/ns/net")
         else:
             (self.root / f"proc/{pid}/ns/net").write_text("container")
         self.listing: Any = GOOD

@@ -164,8 +164,11 @@ class Guard:
         except (KeyError, OSError):
             raise Failed(f"the container's process {pid} is gone (or no user {self.user})") from None
         try:
-            owner = os.stat(proc).st_uid  # /proc/PID belongs to the process's (effective) uid
-            mine = os.stat(self.root / "proc/1/ns/net")
+            try:
+                owner = os.stat(proc).st_uid  # /proc/PID belongs to the process's (effective) uid
+                mine = os.stat(self.root / "proc/self/ns/net")  # this service runs in the guest's namespace
+            except OSError:
+                raise Failed(f"the container's process {pid} cannot be checked") from None
             ns = os.fstat(fd)
             if owner != uid or (ns.st_dev, ns.st_ino) == (mine.st_dev, mine.st_ino):
                 raise Failed(f"process {pid} is not the searcher's container (uid {owner}, or the guest's own netns)")
