@@ -32,7 +32,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 LIB = "usr/lib/sealbox/bob"
-RAW = "persistent/.bob-work/container.log"
+RAW_DIR, RAW_NAME = "persistent/.bob-work", "container.log"
+RAW = f"{RAW_DIR}/{RAW_NAME}"
 OUT = "persistent/delayed_logs"
 STATE = "persistent/.bob/logs.json"
 MAX_LINE = 64 << 10  # bytes of one delayed line at most (the rest of a longer line is cut)
@@ -151,10 +152,16 @@ class Writer:
 
     def open_raw(self) -> bool:
         """(Re)open the raw log when it appeared or was replaced; False while there is none."""
-        try:
-            fd = os.open(self.root / RAW, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+        try:  # the directory is the searcher's: no symlink at either step may lead this root process elsewhere
+            dfd = os.open(self.root / RAW_DIR, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
         except OSError:
             return self.raw is not None
+        try:
+            fd = os.open(RAW_NAME, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, dir_fd=dfd)
+        except OSError:
+            return self.raw is not None
+        finally:
+            os.close(dfd)
         st = os.fstat(fd)
         ident = (st.st_dev, st.st_ino)
         if not stat.S_ISREG(st.st_mode) or (self.raw is not None and ident == self.raw_id and st.st_size >= self.raw.offset):

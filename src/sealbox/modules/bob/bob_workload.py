@@ -1,0 +1,139 @@
+#!/usr/bin/python3 -I
+"""The searcher's container (guest side): rootless podman from the OCI archive sealbox built, and the way in.
+
+Installed as /usr/lib/sealbox/bob/bob-workload.
+  bob-workload run     (sealbox-bob-workload.service, as `searcher`, once /persistent is mounted) load the image
+                       from the read-only archive in the image (never a registry: --pull=never), create the container
+                       `searcher` once (it keeps what the searcher installs in maintenance; a new image recreates it),
+                       then run it in the foreground (`podman start --attach`) as the service's main process
+  bob-workload enter   (the data plane sshd's ForceCommand, as `searcher`) `podman exec` into the running container:
+                       an interactive shell, or the command the client gave (SSH_ORIGINAL_COMMAND) run by the
+                       container's /bin/sh; nothing else of the guest is reachable from that session
+  bob-workload sshd    (sealbox-bob-data-sshd.service, as root) exec sshd with the data plane's config on
+                       data_ssh_port from config.json
+The container: its own network namespace from podman's rootless user-mode network (slirp4netns), with
+input_only_udp_port published for UDP only; its log through conmon into RAW_LOG (bob-logs delays it); its data
+at /persistent/searcher/data (/data inside); podman's storage under /persistent/searcher (HOME); capabilities
+that could change its network (NET_ADMIN, NET_RAW) or escape (SYS_ADMIN) dropped, no new privileges.
+bob-netguard (root, the unit's ExecStartPost) then puts the drop rules into that namespace.
+Stdlib only: the guest has no sealbox package. Every command is an argv list; nothing goes through a shell.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+LIB = "/usr/lib/sealbox/bob"
+ARCHIVE = "/usr/share/sealbox/bob/workload.tar"
+NAME = "searcher"
+HOME = "/persistent/searcher"
+DATA = "/persistent/searcher/data"
+RUNTIME = "/run/sealbox-bob-work"  # the unit's RuntimeDirectory (searcher, 0700); bob-netguard reads the pidfile
+PIDFILE = f"{RUNTIME}/container.pid"
+RAW_LOG = "/persistent/.bob-work/container.log"
+DATA_SSHD_CONFIG = f"{LIB}/sshd-data.conf"
+REF_RE = re.compile(r"^Loaded image(?:\(s\))?: ([a-z0-9][a-z0-9._/:-]{0,200})$")
+TIMEOUT = 600
+
+Runner = Callable[[list[str]], "subprocess.CompletedProcess[str]"]
+
+
+def _run(argv: list[str]) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(argv, stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=TIMEOUT, check=False)
+
+
+def config(key: str, path: str = f"{LIB}/config.json") -> int:
+    value = json.loads(Path(path).read_text())[key]
+    if type(value) is not int or not 1 <= value <= 65535:
+        raise SystemExit(f"bob-workload: {key} in {path} is not a port")
+    return value
+
+
+def env() -> dict[str, str]:
+    """podman's whole environment: nothing inherited (the session's or the unit's)."""
+    return {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "HOME": HOME, "XDG_RUNTIME_DIR": RUNTIME, "LANG": "C.UTF-8"}
+
+
+def create_args(image: str, port: int) -> list[str]:
+    return ["podman", "create", "--name", NAME, "--pull=never", "--pidfile", PIDFILE,
+            "--network", "slirp4netns", "--publish", f"{port}:{port}/udp",
+            "--log-driver", "k8s-file", "--log-opt", f"path={RAW_LOG}",
+            "--volume", f"{DATA}:/data", "--cgroups=disabled",
+            "--cap-drop", "NET_ADMIN,NET_RAW,SYS_ADMIN", "--security-opt", "no-new-privileges", image]
+
+
+class Workload:
+    def __init__(self, run: Runner = _run, port: int | None = None) -> None:
+        self.run = run
+        self.port = port
+
+    def podman(self, *args: str) -> subprocess.CompletedProcess[str]:
+        return self.run(["podman", *args])
+
+    def load(self) -> tuple[str, str]:
+        """Load the archive -> (its reference, its image id)."""
+        p = self.podman("load", "--input", ARCHIVE)
+        refs = [m.group(1) for line in p.stdout.splitlines() if (m := REF_RE.match(line.strip()))]
+        if p.returncode != 0 or len(refs) != 1:
+            raise SystemExit(f"bob-workload: podman load {ARCHIVE} failed ({p.returncode}): {p.stderr.strip()[-300:]}")
+        i = self.podman("image", "inspect", "--format", "{{.Id}}", refs[0])
+        if i.returncode != 0 or not re.fullmatch(r"[0-9a-f]{64}", i.stdout.strip()):
+            raise SystemExit(f"bob-workload: the loaded image {refs[0]} cannot be inspected")
+        return refs[0], i.stdout.strip()
+
+    def prepare(self) -> list[str]:
+        """Make sure the container exists from the archive's image; the argv that runs it."""
+        ref, image_id = self.load()
+        c = self.podman("container", "inspect", "--format", "{{.Image}}", NAME)
+        if c.returncode == 0 and c.stdout.strip() != image_id:
+            self.podman("rm", "--force", NAME)  # the image changed: the container is made again from the new one
+            c = self.podman("container", "inspect", "--format", "{{.Image}}", NAME)
+        if c.returncode != 0:
+            port = self.port if self.port is not None else config("input_only_udp_port")
+            made = self.run(create_args(ref, port))
+            if made.returncode != 0:
+                raise SystemExit(f"bob-workload: creating the container failed: {made.stderr.strip()[-300:]}")
+        return ["podman", "start", "--attach", NAME]
+
+
+def enter_args(original: str | None, tty: bool) -> list[str]:
+    """The data plane session: a shell in the container, or the client's command given to the container's shell."""
+    flags = ["--interactive", "--tty"] if tty else ["--interactive"]
+    if original is None or not original.strip():
+        return ["podman", "exec", *flags, NAME, "/bin/sh", "-l"]
+    return ["podman", "exec", *flags, NAME, "/bin/sh", "-c", original]
+
+
+def sshd_args(port: int) -> list[str]:
+    return ["/usr/sbin/sshd", "-D", "-e", "-f", DATA_SSHD_CONFIG, "-p", str(port)]
+
+
+def main(argv: list[str]) -> int:
+    if argv == ["run"]:
+        for d in (DATA, str(Path(RAW_LOG).parent)):
+            os.makedirs(d, mode=0o700, exist_ok=True)
+        os.chdir(HOME)
+        os.environ.clear()
+        os.environ.update(env())
+        start = Workload().prepare()
+        os.execvp(start[0], start)
+    if argv == ["enter"]:
+        original, tty = os.environ.get("SSH_ORIGINAL_COMMAND"), "SSH_TTY" in os.environ
+        args = enter_args(original, tty)
+        os.chdir("/")
+        os.execvpe(args[0], args, env())
+    if argv == ["sshd"]:
+        args = sshd_args(config("data_ssh_port"))
+        os.execv(args[0], args)
+    print("usage: bob-workload run|enter|sshd", file=sys.stderr)
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
