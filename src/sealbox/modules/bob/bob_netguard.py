@@ -8,8 +8,8 @@ network namespace, so nothing with that source port (TCP or UDP) leaves the cont
   bob-netguard verify   read the ruleset actually present there (`nft -j list ruleset`) and say whether the drop
                         rules are in it; exit 0 only if they are. bob-mode runs it before entering production.
 The container's namespace is found from the pid podman writes (--pidfile), a file the searcher's uid can write: the
-pid is accepted only if that process belongs to the searcher's uid and lives in a network namespace other than the
-guest's; the namespace is then held open as a file descriptor and nft runs in it through that descriptor, so a pid
+pid is accepted only if its network namespace belongs to a user namespace the searcher's uid created (rootless
+podman's) and is not the guest's own; the namespace is then held open as a file descriptor and nft runs in it through that descriptor, so a pid
 reused in between cannot redirect the check. The namespace belongs to the searcher's rootless user namespace, in
 which the container runs without CAP_NET_ADMIN (podman's default capabilities), so the container cannot change them.
 Stdlib only: the guest has no sealbox package.
@@ -17,9 +17,11 @@ Stdlib only: the guest has no sealbox package.
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import pwd
+import struct
 import subprocess
 import sys
 from collections.abc import Callable
@@ -135,9 +137,26 @@ class Failed(Exception):
     pass
 
 
+NS_GET_USERNS = 0xB701  # linux/nsfs.h: _IO(0xb7, 0x1), the user namespace owning a namespace (a new fd)
+NS_GET_OWNER_UID = 0xB704  # _IO(0xb7, 0x4), the uid that created a user namespace
+
+
+def netns_owner(fd: int) -> int:
+    """The uid whose user namespace owns the network namespace `fd`: the searcher's for a rootless container (its
+    processes themselves run as any uid of the searcher's subordinate range), 0 for the guest's own."""
+    userns = fcntl.ioctl(fd, NS_GET_USERNS)
+    try:
+        buf = bytearray(4)
+        fcntl.ioctl(userns, NS_GET_OWNER_UID, buf)
+        return int(struct.unpack("=I", buf)[0])
+    finally:
+        os.close(userns)
+
+
 class Guard:
-    def __init__(self, root: Path = Path("/"), run: Runner = _run, user: str = SEARCHER) -> None:
-        self.root, self.run, self.user = root, run, user
+    def __init__(self, root: Path = Path("/"), run: Runner = _run, user: str = SEARCHER,
+                 owner_of: Callable[[int], int] = netns_owner) -> None:
+        self.root, self.run, self.user, self.owner_of = root, run, user, owner_of
 
     def port(self) -> int:
         try:
@@ -165,13 +184,14 @@ class Guard:
             raise Failed(f"the container's process {pid} is gone (or no user {self.user})") from None
         try:
             try:
-                owner = os.stat(proc).st_uid  # /proc/PID belongs to the process's (effective) uid
+                owner = self.owner_of(fd)
                 mine = os.stat(self.root / "proc/self/ns/net")  # this service runs in the guest's namespace
             except OSError:
                 raise Failed(f"the container's process {pid} cannot be checked") from None
             ns = os.fstat(fd)
             if owner != uid or (ns.st_dev, ns.st_ino) == (mine.st_dev, mine.st_ino):
-                raise Failed(f"process {pid} is not the searcher's container (uid {owner}, or the guest's own netns)")
+                raise Failed(f"process {pid} is not the searcher's container (its network namespace belongs to uid "
+                             f"{owner}'s user namespace, or is the guest's own)")
         except BaseException:
             os.close(fd)
             raise
