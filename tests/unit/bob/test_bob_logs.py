@@ -190,3 +190,18 @@ def test_the_searchers_logs_command_reads_the_delayed_copy(g: Guest) -> None:
     w.step()
     bs.Shell(g.root, out=out, err=io.StringIO()).run(["-c", "logs 1"])
     assert out.getvalue() == b"secret order flow\n"
+
+
+def test_endless_output_is_bounded_and_nothing_is_skipped(g: Guest, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(bl, "MAX_RECORD", 100)
+    monkeypatch.setattr(bl, "MAX_SPAN", 400)
+    w = g.writer(delay=0)
+    g.emit(b"x" * 250)  # a record without end, longer than MAX_RECORD: cut where it is, and no byte skipped
+    w.step()
+    g.emit(b"y\n", *[rec("p" * 50, "P") for _ in range(20)], rec("after"))
+    w.step()
+    lines = g.delayed().split(b"\n")
+    assert b"".join(lines[:2]).startswith(b"x" * 250) and lines[1].endswith(b"y")  # all 250 x, then the y
+    pieces = [ln for ln in lines if ln.startswith(b"p")]
+    assert len(pieces) >= 2 and all(len(ln) < 20 * 50 for ln in pieces)  # ended at the span, not held to the end
+    assert lines[-2].endswith(b"after")

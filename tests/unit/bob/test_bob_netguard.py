@@ -174,3 +174,25 @@ def test_the_guests_own_namespace_or_another_users_process_is_refused(tmp_path: 
     with pytest.raises(ng.Failed, match="not the searcher's container"):
         ng.Guard(g.root, run=g.run, user=other, owner_of=owner_of).verify()
     assert g.calls == []
+
+
+def test_apply_waits_for_the_container_then_gives_up(tmp_path: Path) -> None:
+    g = FakeGuest(tmp_path)
+    pidfile = g.root / ng.PIDFILE
+    pidfile.unlink()
+    now = [0.0]
+
+    def sleep(s: float) -> None:
+        now[0] += s
+        if now[0] >= 3:
+            pidfile.write_text("4242\n")  # podman wrote it three seconds in
+
+    guard = ng.Guard(g.root, run=g.run, user=pwd.getpwuid(os.getuid()).pw_name, owner_of=owner_of,
+                     clock=lambda: now[0], sleep=sleep)
+    assert "loaded and verified" in guard.apply(wait=120) and now[0] == 3
+    pidfile.unlink()
+    now[0] = 0.0
+    guard.sleep = lambda s: now.__setitem__(0, now[0] + s)
+    with pytest.raises(ng.Failed, match="not running"):
+        guard.apply(wait=10)
+    assert now[0] == 10

@@ -38,6 +38,7 @@ OUT = "persistent/delayed_logs"
 STATE = "persistent/.bob/logs.json"
 MAX_LINE = 64 << 10  # bytes of one delayed line at most (the rest of a longer line is cut)
 MAX_RECORD = 1 << 20  # a raw record longer than this is cut too (conmon writes pieces of at most 8 KiB)
+MAX_SPAN = 4 << 20  # raw bytes one line may take (its pieces) before it is ended where it is
 MAX_PENDING = 64 << 20  # bytes held in memory; beyond that the raw log waits on disk
 READ_BLOCK = 1 << 16
 POLL_SECONDS = 1.0
@@ -76,18 +77,22 @@ class Raw:
             nl = self.buf.find(b"\n", pos)
             if nl == -1:
                 if len(self.buf) - pos > MAX_RECORD:  # a record without end: cut it where it is
-                    nl = len(self.buf)
+                    nl = nxt = len(self.buf)
                 else:
                     chunk = os.pread(self.fd, READ_BLOCK, self.offset + len(self.buf))
                     if not chunk:
                         break
                     self.buf += chunk
                     continue
+            else:
+                nxt = nl + 1
             piece, last = content(self.buf[pos:nl])
             if size < MAX_LINE:
                 parts.append(piece[:MAX_LINE - size])
                 size += len(parts[-1])
-            pos = nl + 1
+            pos = nxt
+            if pos > MAX_SPAN:  # pieces without an end: the line ends here (what follows is another line)
+                last = True
             if last:
                 line = b"".join(parts) + b"\n"
                 out.append((self.offset + pos, line))

@@ -4,7 +4,8 @@
 Installed as /usr/lib/sealbox/bob/bob-netguard. The guest's own rule sets (builder/bob_firewall.py) already drop
 every packet with the input-only port as its source; this is the second wall, inside the searcher's container's
 network namespace, so nothing with that source port (TCP or UDP) leaves the container itself either:
-  bob-netguard apply    load the rules into the container's netns (the workload unit's ExecStartPost, as root)
+  bob-netguard apply    load the rules into the container's netns (the workload unit's ExecStartPost, as root;
+                        waits up to APPLY_WAIT seconds for the container to come up)
   bob-netguard verify   read the ruleset actually present there (`nft -j list ruleset`) and say whether the drop
                         rules are in it; exit 0 only if they are. bob-mode runs it before entering production.
 The container's namespace is found from the pid podman writes (--pidfile), a file the searcher's uid can write: the
@@ -24,6 +25,7 @@ import pwd
 import struct
 import subprocess
 import sys
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -36,6 +38,7 @@ HOOKS = ("output", "forward")  # locally sent, and anything routed through the n
 PROTOS = frozenset({"tcp", "udp"})
 MAX_RULESET = 4 << 20  # bytes of `nft -j list ruleset` read at most
 TOOL_TIMEOUT = 30
+APPLY_WAIT = 120  # seconds `apply` waits for the container to be up
 PASSIVE = frozenset({"match", "counter", "log", "limit", "drop"})  # statements after which the chain's walk goes on
 
 
@@ -155,8 +158,10 @@ def netns_owner(fd: int) -> int:
 
 class Guard:
     def __init__(self, root: Path = Path("/"), run: Runner = _run, user: str = SEARCHER,
-                 owner_of: Callable[[int], int] = netns_owner) -> None:
+                 owner_of: Callable[[int], int] = netns_owner, clock: Callable[[], float] = time.monotonic,
+                 sleep: Callable[[float], None] = time.sleep) -> None:
         self.root, self.run, self.user, self.owner_of = root, run, user, owner_of
+        self.clock, self.sleep = clock, sleep
 
     def port(self) -> int:
         try:
@@ -200,8 +205,19 @@ class Guard:
     def _nft(self, fd: int, args: list[str], stdin: bytes | None = None) -> tuple[int, bytes]:
         return self.run(["nsenter", f"--net=/proc/self/fd/{fd}", "--", "nft", *args], stdin, (fd,))
 
-    def apply(self) -> str:
-        port, fd = self.port(), self.open_netns()
+    def wait_netns(self, seconds: float) -> int:
+        """open_netns, retried while the container is not up yet (the unit runs `apply` right after starting podman)."""
+        end = self.clock() + seconds
+        while True:
+            try:
+                return self.open_netns()
+            except Failed:
+                if self.clock() >= end:
+                    raise
+                self.sleep(0.5)
+
+    def apply(self, wait: float = 0) -> str:
+        port, fd = self.port(), self.wait_netns(wait)
         try:
             rc, _ = self._nft(fd, ["-j", "-f", "-"], json.dumps(ruleset(port)).encode())
             if rc != 0:
@@ -235,7 +251,7 @@ class Guard:
 
 def main(argv: list[str]) -> int:
     guard = Guard()
-    actions = {"apply": guard.apply, "verify": guard.verify}
+    actions = {"apply": lambda: guard.apply(wait=APPLY_WAIT), "verify": guard.verify}
     if len(argv) != 1 or argv[0] not in actions:
         print("usage: bob-netguard apply|verify", file=sys.stderr)
         return 2

@@ -115,9 +115,7 @@ def sshd_args(port: int) -> list[str]:
 
 
 def main(argv: list[str]) -> int:
-    if argv == ["run"]:
-        for d in (DATA, str(Path(RAW_LOG).parent)):
-            os.makedirs(d, mode=0o700, exist_ok=True)
+    if argv == ["run"]:  # the unit made HOME, DATA and RAW_LOG's directory (as root, before this)
         os.chdir(HOME)
         os.environ.clear()
         os.environ.update(env())
