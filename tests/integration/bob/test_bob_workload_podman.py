@@ -222,8 +222,6 @@ def test_rootless_workload_channel_rules_and_logs(searcher: Searcher, tmp_path: 
 
     start = bw.Workload(s, port=PORT).prepare()
     assert start == ["podman", "start", "--attach", "searcher"]
-    again = bw.Workload(s, port=PORT).prepare()  # a second start keeps the container
-    assert again == start
     run = subprocess.Popen(s.argv(start), stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
                            env=s.env(), cwd=s.home)
     try:
