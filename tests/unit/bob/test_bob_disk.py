@@ -3,8 +3,10 @@ protocol. The LUKS2 flows themselves run against the real cryptsetup in tests/in
 
 from __future__ import annotations
 
+import fcntl
 import io
 import json
+import os
 import struct
 from pathlib import Path
 
@@ -160,3 +162,38 @@ def test_serve_passes_a_refusal_on() -> None:
     out = io.StringIO()
     bd.serve(Refusing(), io.BytesIO(b"initialize\npw\n"), out)
     assert json.loads(out.getvalue()) == {"rc": 1, "out": "initialize: wrong passphrase: nothing was changed"}
+
+
+def test_a_second_initialize_at_the_same_time_is_refused(tmp_path: Path) -> None:
+    lock = tmp_path / bd.LOCK_FILE
+    lock.parent.mkdir(parents=True)
+    fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)  # the first one, still working
+        with pytest.raises(bd.Refused) as info:
+            bd.Disk(tmp_path, device=tmp_path / "no-such-disk").initialize(b"pw")
+        assert str(info.value) == "initialize: another initialize is running"
+    finally:
+        os.close(fd)
+
+
+def test_boot_without_a_disk_leaves_registration_open(tmp_path: Path) -> None:
+    msg = bd.Disk(tmp_path, sysfs=_sysfs(tmp_path / "sys", {"vda": b"sealbox-rootfs"})).boot(wait=0.3)
+    assert msg.startswith("boot: no data disk with serial 'persistent'") and msg.endswith("key registration stays open")
+    assert not (tmp_path / bd.KEY_FILE).exists()
+
+
+def test_the_units_name_the_socket_and_the_program_the_shell_and_the_image_use() -> None:
+    units = Path(bd.__file__).parent
+    socket_unit = (units / "sealbox-bob-disk.socket").read_text()
+    service = (units / "sealbox-bob-disk@.service").read_text()
+    boot = (units / "sealbox-bob-disk-boot.service").read_text()
+    shell = load("bob_shell")
+    assert f"ListenStream=/{shell.DISK_SOCKET}\n" in socket_unit and "Accept=yes\n" in socket_unit
+    assert "SocketMode=0660\n" in socket_unit and "SocketGroup=searcher\n" in socket_unit
+    assert "ExecStart=/usr/lib/sealbox/bob/bob-disk serve\n" in service and "StandardInput=socket\n" in service
+    assert "ExecStart=/usr/lib/sealbox/bob/bob-disk boot\n" in boot
+    settings = "\n".join(ln for ln in service.splitlines() if not ln.startswith("#"))
+    for bad in ("ProtectSystem", "PrivateTmp", "PrivateDevices", "PrivateMounts", "ProtectHome"):
+        assert bad not in settings  # a private mount namespace: /persistent would be mounted where nobody sees it
+    assert shell.DISK_TIMEOUT >= 900 and "RuntimeMaxSec=900\n" in service

@@ -37,6 +37,7 @@ import secrets
 import struct
 import subprocess
 import sys
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -448,11 +449,23 @@ class Disk:
             return None
         return ed25519_line(keys[0]) if len(keys) == 1 and isinstance(keys[0], str) else None
 
-    def boot(self) -> str:
+    def boot(self, wait: float = 5.0) -> str:
         """At boot, before key registration listens: the header's key becomes searcher's, so the searcher can log in
-        to run initialize. Unverified until then (the HMAC needs the passphrase); initialize installs it again."""
-        dev = self.device or find_disk(self.sysfs)
-        if Record.parse(_pread(dev, RECORD_AT, RECORD_SIZE)) is None:
+        to run initialize. Unverified until then (the HMAC needs the passphrase); initialize installs it again.
+        The disk may take `wait` seconds to appear (SCSI and NVMe scan asynchronously)."""
+        deadline = time.monotonic() + wait
+        while self.device is None and time.monotonic() < deadline:
+            try:
+                find_disk(self.sysfs)
+                break
+            except Refused:
+                time.sleep(0.25)
+        try:
+            dev = self.device or find_disk(self.sysfs)
+            record = Record.parse(_pread(dev, RECORD_AT, RECORD_SIZE))
+        except Refused as e:
+            return f"boot: {str(e).removeprefix('initialize: ')}: key registration stays open"
+        if record is None:
             return f"boot: {dev} is not a bob disk yet: key registration stays open"
         key = self.token_key(dev)
         if key is None:
