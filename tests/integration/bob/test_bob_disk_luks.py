@@ -16,11 +16,14 @@ from __future__ import annotations
 
 import hashlib
 import http.client
+import io
 import json
 import os
 import secrets
 import shutil
+import socket
 import subprocess
+import tempfile
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -34,6 +37,7 @@ pytestmark = [pytest.mark.integration,
                                  reason="needs root, cryptsetup and losetup")]
 
 bd = load("bob_disk")
+bs = load("bob_shell")
 kr = load("bob_keyreg")
 SIZE = 64 << 20
 PASS = b"correct horse battery staple"
@@ -300,3 +304,32 @@ def test_after_initialize_key_registration_refuses(box: Box, tmp_path: Path) -> 
         srv.shutdown()
         srv.server_close()
     assert status in (403, 409) and box.keyfile.read_text() == box.key
+
+
+def test_the_searchers_shell_initializes_through_the_socket(box: Box) -> None:
+    """bob-shell initialize -> the socket -> bob-disk serve -> the disk: the passphrase arrives without its line end."""
+    short = Path(tempfile.mkdtemp(prefix="bd"))  # a unix socket path must stay under 108 bytes
+    try:
+        (short / "run").symlink_to(box.root / "run")
+        srv = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        srv.bind(str(short / bs.DISK_SOCKET))
+        srv.listen(1)
+        srv.settimeout(60)
+
+        def once() -> None:
+            with srv:
+                conn, _ = srv.accept()
+                with conn, conn.makefile("rb") as rf, conn.makefile("w") as wf:
+                    bd.serve(box.disk(), rf, wf)  # type: ignore[arg-type]
+
+        t = threading.Thread(target=once, daemon=True)
+        t.start()
+        out, err = io.BytesIO(), io.StringIO()
+        rc = bs.Shell(short, out=out, err=err).run(["-c", "initialize"], io.BytesIO(PASS + b"\r\n"))
+        t.join(60)
+    finally:
+        shutil.rmtree(short)
+    assert (rc, err.getvalue()) == (0, "") and out.getvalue().startswith(b"initialize: a new encrypted /persistent")
+    assert box.mounted()
+    check = _sh("cryptsetup", "open", "--test-passphrase", "--key-file", "-", str(box.dev), input=PASS)
+    assert check.returncode == 0, check.stderr  # the LUKS passphrase is the line, not the line and its end
