@@ -197,3 +197,11 @@ def test_the_units_name_the_socket_and_the_program_the_shell_and_the_image_use()
     for bad in ("ProtectSystem", "PrivateTmp", "PrivateDevices", "PrivateMounts", "ProtectHome"):
         assert bad not in settings  # a private mount namespace: /persistent would be mounted where nobody sees it
     assert shell.DISK_TIMEOUT >= 900 and "RuntimeMaxSec=900\n" in service
+
+
+def test_serve_answers_an_os_error_in_one_line(tmp_path: Path) -> None:
+    """A device that cannot be read (here: none at all) is an answer, not a traceback."""
+    out = io.StringIO()
+    bd.serve(bd.Disk(tmp_path, device=tmp_path / "gone"), io.BytesIO(b"initialize\npw\n"), out)
+    answer = json.loads(out.getvalue())
+    assert answer["rc"] == 1 and answer["out"].startswith("initialize: failed: No such file or directory")

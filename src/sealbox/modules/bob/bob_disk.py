@@ -500,6 +500,8 @@ def serve(disk: Initializer, stdin: BinaryIO, stdout: TextIO) -> int:
                 rc, out = 0, disk.initialize(passphrase)
             except Refused as e:
                 rc, out = 1, str(e)
+            except OSError as e:  # the disk or /run refused an open or a write: say which, never a traceback
+                rc, out = 1, f"initialize: failed: {e.strerror or e} ({e.filename or 'the disk'})"
     stdout.write(json.dumps({"rc": rc, "out": out}) + "\n")
     stdout.flush()
     return 0
