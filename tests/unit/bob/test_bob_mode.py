@@ -114,13 +114,22 @@ def test_resume_after_a_reboot_in_production_comes_back_stopped_with_a_fresh_dwe
     g.now += 86400  # whenever the guest comes back, production's end is unknown: counted from the resume
     g.calls.clear()
     assert g.modes().resume() == "mode stopped"
-    assert g.calls == g.switch_calls("stopped")
+    assert g.calls[:3] == g.switch_calls("stopped") and g.calls[3][0] == "systemctl"
     with pytest.raises(bm.Refused, match="refused for 300 more s"):
         g.modes().toggle()
 
 
 def test_resume_keeps_maintenance(g: Guest) -> None:
     assert g.modes().resume() == "mode maintenance"
+
+
+def test_resume_starts_the_workload_after_the_rules(g: Guest) -> None:
+    assert g.modes().resume() == "mode maintenance"
+    start = ["systemctl", "start", "--no-block", "sealbox-bob-logs.service", "sealbox-bob-workload.service"]
+    assert g.calls == [*g.switch_calls("maintenance"), start]
+    g.calls.clear()
+    g.fail.add("systemctl")
+    assert g.modes().resume() == "mode maintenance (but starting the workload failed)"
 
 
 @pytest.mark.parametrize("text", ["not json", '{"mode": "debug", "since": 1}', '{"mode": "maintenance"}', "\xff"])

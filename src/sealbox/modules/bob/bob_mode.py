@@ -16,6 +16,7 @@ Rules:
 - toggle and status need /persistent mounted (the state lives there, root-only, so it survives a reboot); a state
   left in production or stopped resumes as stopped, its dwell counted from the resume when production's end is
   unknown;
+- `resume` (after initialize mounted /persistent) loads the recorded mode's rules, then starts the workload units;
 - if loading or flushing fails, the guest falls back to the stopped rule set (the fewest openings) and records
   stopped with production ended now: never a half-switched mode.
 The clock is the guest's wall clock, which the host controls (docs/modules.md, `bob`, limits).
@@ -41,6 +42,7 @@ PERSISTENT = "/persistent"
 STATE = "persistent/.bob/state.json"
 MAX_REQUEST = 64
 TOOL_TIMEOUT = 30
+WORKLOAD_UNITS = ("sealbox-bob-logs.service", "sealbox-bob-workload.service")
 
 Runner = Callable[[list[str]], int]
 
@@ -184,6 +186,10 @@ class Modes:
         if not self.apply(s.mode):
             self._fall_back(s, now, f"resume: loading {s.mode} failed")
         self.save(s)
+        # only now, with the mode's rules in: the searcher's container and its delayed-log writer (bob-workload,
+        # bob-logs), which need /persistent; --no-block: podman loading the image takes a while
+        if self.run(["systemctl", "start", "--no-block", *WORKLOAD_UNITS]) != 0:
+            return f"mode {s.mode} (but starting the workload failed)"
         return f"mode {s.mode}"
 
     def boot(self) -> str:
