@@ -76,6 +76,7 @@ class Searcher:
     guest_ns: str
     outside_ns: str
     files: list[str]
+    sub: int  # the first of its 65536 subordinate ids (the container's processes run as these)
 
     @property
     def home(self) -> Path:
@@ -109,7 +110,7 @@ class Searcher:
         out = []
         for p in Path("/proc").iterdir():
             with contextlib.suppress(OSError):
-                if p.name.isdigit() and p.stat().st_uid == self.uid:
+                if p.name.isdigit() and (p.stat().st_uid == self.uid or self.sub <= p.stat().st_uid < self.sub + 65536):
                     out.append(int(p.name))
         return out
 
@@ -149,7 +150,7 @@ def searcher() -> Iterator[Searcher]:
     os.mknod(base / "tun", 0o666 | stat.S_IFCHR, os.makedev(10, 200))
     (base / "tun").chmod(0o666)
     s = Searcher(uid, base, f"sbtbobw{tag}g", f"sbtbobw{tag}o",
-                 [*(str(etc / n) for n in ("passwd", "group", "subuid", "subgid")), str(base / "tun")])
+                 [*(str(etc / n) for n in ("passwd", "group", "subuid", "subgid")), str(base / "tun")], sub)
     for d in ("home", "run", "tmp", "persistent/.bob-work", "persistent/searcher/data"):
         (base / d).mkdir(parents=True)
         os.chown(base / d, uid, uid)
@@ -172,7 +173,7 @@ def searcher() -> Iterator[Searcher]:
         yield s
     finally:
         s(["podman", "rm", "--force", "--time", "0", "searcher"])
-        for _ in range(50):  # conmon, slirp4netns, rootlessport, podman's pause process: all of them the test's uid
+        for _ in range(50):  # conmon, slirp4netns, rootlessport, podman's pause process, the container: the test's ids
             if not s.processes():
                 break
             for pid in s.processes():
