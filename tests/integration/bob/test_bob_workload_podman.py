@@ -1,6 +1,7 @@
 """The searcher's workload for real: a small sealbox-built OCI archive run by Debian's podman ROOTLESS, as an
 unprivileged uid, the way bob-workload runs it, then bob-netguard's rules put into that container's own network
-namespace, UDP sent to the published input-only port, and bob-logs reading conmon's log.
+namespace, UDP sent to the published input-only port (each wall alone stops the answer: the container's rules, and
+the guest's production rule set), and bob-logs reading conmon's log.
 
 Nothing on the host changes: the test's uid ("searcher", a free uid with a subordinate range of its own) exists only
 in a mount namespace per podman command, where /etc/passwd, /etc/group, /etc/subuid and /etc/subgid are bind-mounted
@@ -13,6 +14,7 @@ removed, every process of the test's uid is killed by pid, and the namespaces an
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import pwd
 import secrets
@@ -32,11 +34,14 @@ import pytest
 
 from bobguest import guest_root, load
 from imagecache import spec_image
+from sealbox.builder.bob_firewall import ruleset
+from sealbox.spec.bob import Bob
 
 bw, ng, bl = load("bob_workload"), load("bob_netguard"), load("bob_logs")
 PROBE = str(Path(__file__).with_name("bobprobe.py"))
 GUEST, OUTSIDE = "10.63.253.1", "10.63.253.2"
 PORT = 27017
+BOB = Bob(enable=True, builder_bundle=[f"{OUTSIDE}:8645"], builder_state_diff=[f"{OUTSIDE}:8646"], workload="w.tar")
 SPEC = """\
 name = "bobwork"
 [packages]
@@ -246,6 +251,20 @@ def test_rootless_workload_channel_rules_and_logs(searcher: Searcher, tmp_path: 
         before = raw.read_bytes().count(b"length=5")
         assert _udp(s) == "closed"  # the echo is dropped inside the container's own namespace...
         _wait("the datagram in the log", lambda: raw.read_bytes().count(b"length=5") > before, 30)  # ...yet it arrived
+        # the other wall alone: the guest's production rule set in "guest", the container's rules taken out again
+        subprocess.run(["nsenter", f"--net=/run/netns/{s.guest_ns}", "--", "nft", "-j", "-f", "-"], check=True, timeout=30,
+                       input=json.dumps(ruleset("production", BOB)).encode(), capture_output=True)
+        fd = guard.open_netns()
+        try:
+            subprocess.run(["nsenter", f"--net=/proc/self/fd/{fd}", "--", "nft", "delete", "table", "inet", ng.TABLE],
+                           check=True, timeout=30, pass_fds=(fd,), capture_output=True)
+        finally:
+            os.close(fd)
+        with pytest.raises(ng.Failed, match="lacks"):
+            guard.verify()
+        before = raw.read_bytes().count(b"length=5")
+        assert _udp(s) == "closed"  # podman's forwarder sends the echo on from the guest's port 27017: dropped there
+        _wait("the datagram in the log", lambda: raw.read_bytes().count(b"length=5") > before, 30)
         # bob-logs turns conmon's records into delayed lines
         writer = bl.Writer(root, delay=0)
         writer.start()
