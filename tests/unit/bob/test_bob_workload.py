@@ -2,18 +2,43 @@
 
 from __future__ import annotations
 
+import hashlib
+import io
+import json
 import subprocess
+import tarfile
+from pathlib import Path
+from typing import Any
 
 import pytest
 
 from bobguest import load
 
 bw = load("bob_workload")
-ID = "a" * 64
+
+
+def oci_archive(path: Path, *, manifests: int = 1, tamper: bool = False) -> str:
+    """A minimal OCI layout archive (index.json, a manifest, a config) -> the config's sha256 (podman's image id)."""
+    config = b'{"architecture":"amd64","os":"linux"}'
+    config_hex = hashlib.sha256(config).hexdigest()
+    manifest = json.dumps({"schemaVersion": 2, "config": {"digest": f"sha256:{config_hex}", "size": len(config)},
+                           "layers": []}).encode()
+    manifest_hex = hashlib.sha256(manifest).hexdigest()
+    index = json.dumps({"schemaVersion": 2, "manifests": [{"digest": f"sha256:{manifest_hex}"}] * manifests}).encode()
+    with tarfile.open(path, "w") as tar:
+        for name, data in (("oci-layout", b'{"imageLayoutVersion":"1.0.0"}'), ("index.json", index),
+                           (f"blobs/sha256/{manifest_hex}", manifest + (b" " if tamper else b"")),
+                           (f"blobs/sha256/{config_hex}", config)):
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    return config_hex
 
 
 class FakePodman:
-    def __init__(self, container_image: str | None) -> None:
+    def __init__(self, image_id: str, container_image: str | None, loaded: bool = False) -> None:
+        self.image_id = image_id
+        self.loaded = loaded
         self.container_image = container_image  # the image id of an existing container `searcher`, or none
         self.calls: list[list[str]] = []
 
@@ -21,9 +46,11 @@ class FakePodman:
         self.calls.append(argv)
         args = argv[1:]
         if args[:1] == ["load"]:
-            return subprocess.CompletedProcess(argv, 0, "Getting image source signatures\nLoaded image: localhost/work:latest\n", "")
+            self.loaded = True
+            return subprocess.CompletedProcess(argv, 0, "Loaded image: localhost/work:latest\n", "")
         if args[:2] == ["image", "inspect"]:
-            return subprocess.CompletedProcess(argv, 0, ID + "\n", "")
+            ok = self.loaded and args[-1] == self.image_id
+            return subprocess.CompletedProcess(argv, 0 if ok else 125, self.image_id + "\n" if ok else "", "")
         if args[:2] == ["container", "inspect"]:
             if self.container_image is None:
                 return subprocess.CompletedProcess(argv, 125, "", "no such container")
@@ -36,12 +63,18 @@ class FakePodman:
         return [" ".join(c[1:3]) for c in self.calls]
 
 
-def test_first_start_loads_the_archive_and_creates_the_container() -> None:
-    pm = FakePodman(None)
+@pytest.fixture
+def image_id(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> str:
+    monkeypatch.setattr(bw, "ARCHIVE", str(tmp_path / "workload.tar"))
+    return oci_archive(tmp_path / "workload.tar")
+
+
+def test_first_start_loads_the_archive_and_creates_the_container(image_id: str) -> None:
+    pm = FakePodman(image_id, None)
     assert bw.Workload(pm, port=27017).prepare() == ["podman", "start", "--attach", "searcher"]
-    assert pm.calls[0] == ["podman", "load", "--input", "/usr/share/sealbox/bob/workload.tar"]
+    assert ["podman", "load", "--input", bw.ARCHIVE] in pm.calls
     create = pm.calls[-1]
-    assert create[:2] == ["podman", "create"] and create[-1] == "localhost/work:latest"
+    assert create[:2] == ["podman", "create"] and create[-1] == image_id  # the archive's image, by its id
     text = " ".join(create)
     for must in ("--pull=never", "--publish 27017:27017/udp", "--pidfile /run/sealbox-bob-work/container.pid",
                  "--log-driver k8s-file", "path=/persistent/.bob-work/container.log", "--network slirp4netns",
@@ -50,23 +83,32 @@ def test_first_start_loads_the_archive_and_creates_the_container() -> None:
     assert "--privileged" not in text and "tcp" not in text  # the channel is UDP only
 
 
-def test_a_later_start_keeps_the_container() -> None:
-    pm = FakePodman(ID)
+def test_a_later_start_keeps_the_image_and_the_container(image_id: str) -> None:
+    pm = FakePodman(image_id, image_id, loaded=True)
     bw.Workload(pm, port=27017).prepare()
-    assert pm.verbs() == ["load --input", "image inspect", "container inspect"]
+    assert pm.verbs() == ["image inspect", "container inspect"]  # nothing loaded again, nothing made again
 
 
-def test_a_new_image_recreates_the_container() -> None:
-    pm = FakePodman("b" * 64)
+def test_a_new_image_recreates_the_container(image_id: str) -> None:
+    pm = FakePodman(image_id, "b" * 64)
     bw.Workload(pm, port=27017).prepare()
-    assert [c[1] for c in pm.calls][3:] == ["rm", "container", "create"]
+    assert [c[1] for c in pm.calls][-3:] == ["rm", "container", "create"]
 
 
-def test_a_load_that_names_no_single_image_is_an_error() -> None:
-    def bad(argv: list[str]) -> subprocess.CompletedProcess[str]:
-        return subprocess.CompletedProcess(argv, 0, "Loaded image: a:1\nLoaded image: b:2\n", "")
-    with pytest.raises(SystemExit, match="podman load"):
-        bw.Workload(bad, port=1).prepare()
+def test_a_load_that_does_not_give_the_archives_image_is_an_error(image_id: str) -> None:
+    pm = FakePodman("c" * 64, None)  # podman ends up with another image than the archive names
+    with pytest.raises(SystemExit, match="did not give image"):
+        bw.Workload(pm, port=1).prepare()
+
+
+@pytest.mark.parametrize("kw, has", [({"manifests": 2}, "exactly one manifest"), ({"tamper": True}, "does not match")])
+def test_an_archive_not_naming_one_image_is_refused(tmp_path: Path, kw: dict[str, Any], has: str) -> None:
+    oci_archive(tmp_path / "w.tar", **kw)
+    with pytest.raises(SystemExit, match=has):
+        bw.archive_image_id(str(tmp_path / "w.tar"))
+    (tmp_path / "x.tar").write_bytes(b"not a tar")
+    with pytest.raises(SystemExit, match="cannot be read as an OCI archive"):
+        bw.archive_image_id(str(tmp_path / "x.tar"))
 
 
 @pytest.mark.parametrize("original, tty, want", [

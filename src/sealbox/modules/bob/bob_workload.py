@@ -3,7 +3,8 @@
 
 Installed as /usr/lib/sealbox/bob/bob-workload.
   bob-workload run     (sealbox-bob-workload.service, as `searcher`, once /persistent is mounted) load the image
-                       from the read-only archive in the image (never a registry: --pull=never), create the container
+                       from the read-only archive in the image unless podman already holds that image id (the
+                       archive's config digest; never a registry: --pull=never), create the container
                        `searcher` once (it keeps what the searcher installs in maintenance; a new image recreates it),
                        then run it in the foreground (`podman start --attach`) as the service's main process
   bob-workload enter   (the data plane sshd's ForceCommand, as `searcher`) `podman exec` into the running container:
@@ -21,11 +22,13 @@ Stdlib only: the guest has no sealbox package. Every command is an argv list; no
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
 import subprocess
 import sys
+import tarfile
 from collections.abc import Callable
 from pathlib import Path
 
@@ -38,7 +41,8 @@ RUNTIME = "/run/sealbox-bob-work"  # the unit's RuntimeDirectory (searcher, 0700
 PIDFILE = f"{RUNTIME}/container.pid"
 RAW_LOG = "/persistent/.bob-work/container.log"
 DATA_SSHD_CONFIG = f"{LIB}/sshd-data.conf"
-REF_RE = re.compile(r"^Loaded image(?:\(s\))?: ([a-z0-9][a-z0-9._/:-]{0,200})$")
+DIGEST_RE = re.compile(r"sha256:[0-9a-f]{64}")
+MAX_JSON = 1 << 16  # bytes of index.json or a manifest read at most
 TIMEOUT = 600
 
 Runner = Callable[[list[str]], "subprocess.CompletedProcess[str]"]
@@ -60,6 +64,43 @@ def env() -> dict[str, str]:
     return {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "HOME": HOME, "XDG_RUNTIME_DIR": RUNTIME, "LANG": "C.UTF-8"}
 
 
+def _member(tar: tarfile.TarFile, name: str) -> bytes:
+    try:
+        info = tar.getmember(name)
+    except KeyError:
+        raise SystemExit(f"bob-workload: {ARCHIVE} has no {name}: not an OCI archive") from None
+    f = tar.extractfile(info) if info.isfile() and info.size <= MAX_JSON else None
+    if f is None:
+        raise SystemExit(f"bob-workload: {ARCHIVE}: {name} is not a small regular file")
+    return f.read(MAX_JSON)
+
+
+def _digest(value: object, what: str) -> str:
+    if not isinstance(value, str) or not DIGEST_RE.fullmatch(value):
+        raise SystemExit(f"bob-workload: {ARCHIVE}: {what} is not a sha256 digest")
+    return value.split(":", 1)[1]
+
+
+def archive_image_id(path: str) -> str:
+    """The image id (its config's sha256) of the one image in an OCI layout archive, read from the archive alone:
+    index.json -> its one manifest (checked against its digest) -> the config's digest."""
+    try:
+        with tarfile.open(path, "r:") as tar:
+            index = json.loads(_member(tar, "index.json"))
+            manifests = index.get("manifests") if isinstance(index, dict) else None
+            if not isinstance(manifests, list) or len(manifests) != 1 or not isinstance(manifests[0], dict):
+                raise SystemExit(f"bob-workload: {path}: index.json must name exactly one manifest")
+            digest = _digest(manifests[0].get("digest"), "the manifest's digest")
+            blob = _member(tar, f"blobs/sha256/{digest}")
+            if hashlib.sha256(blob).hexdigest() != digest:
+                raise SystemExit(f"bob-workload: {path}: the manifest does not match its digest")
+            manifest = json.loads(blob)
+            config = manifest.get("config") if isinstance(manifest, dict) else None
+            return _digest(config.get("digest") if isinstance(config, dict) else None, "the config's digest")
+    except (OSError, tarfile.TarError, ValueError, RecursionError) as e:
+        raise SystemExit(f"bob-workload: {path} cannot be read as an OCI archive: {e}") from None
+
+
 def create_args(image: str, port: int) -> list[str]:
     return ["podman", "create", "--name", NAME, "--pull=never", "--pidfile", PIDFILE,
             "--network", "slirp4netns", "--publish", f"{port}:{port}/udp",
@@ -76,27 +117,31 @@ class Workload:
     def podman(self, *args: str) -> subprocess.CompletedProcess[str]:
         return self.run(["podman", *args])
 
-    def load(self) -> tuple[str, str]:
-        """Load the archive -> (its reference, its image id)."""
-        p = self.podman("load", "--input", ARCHIVE)
-        refs = [m.group(1) for line in p.stdout.splitlines() if (m := REF_RE.match(line.strip()))]
-        if p.returncode != 0 or len(refs) != 1:
-            raise SystemExit(f"bob-workload: podman load {ARCHIVE} failed ({p.returncode}): {p.stderr.strip()[-300:]}")
-        i = self.podman("image", "inspect", "--format", "{{.Id}}", refs[0])
-        if i.returncode != 0 or not re.fullmatch(r"[0-9a-f]{64}", i.stdout.strip()):
-            raise SystemExit(f"bob-workload: the loaded image {refs[0]} cannot be inspected")
-        return refs[0], i.stdout.strip()
+    def has_image(self, image_id: str) -> bool:
+        i = self.podman("image", "inspect", "--format", "{{.Id}}", image_id)
+        return i.returncode == 0 and i.stdout.strip() == image_id
+
+    def load(self) -> str:
+        """The archive's image in podman's storage (loaded only when it is not there yet) -> its id."""
+        image_id = archive_image_id(ARCHIVE)
+        if not self.has_image(image_id):
+            p = self.podman("load", "--input", ARCHIVE)
+            if p.returncode != 0:
+                raise SystemExit(f"bob-workload: podman load {ARCHIVE} failed ({p.returncode}): {p.stderr.strip()[-300:]}")
+            if not self.has_image(image_id):  # podman's image id is the config's digest
+                raise SystemExit(f"bob-workload: podman load {ARCHIVE} did not give image {image_id[:12]}")
+        return image_id
 
     def prepare(self) -> list[str]:
         """Make sure the container exists from the archive's image; the argv that runs it."""
-        ref, image_id = self.load()
+        image_id = self.load()
         c = self.podman("container", "inspect", "--format", "{{.Image}}", NAME)
         if c.returncode == 0 and c.stdout.strip() != image_id:
             self.podman("rm", "--force", NAME)  # the image changed: the container is made again from the new one
             c = self.podman("container", "inspect", "--format", "{{.Image}}", NAME)
         if c.returncode != 0:
             port = self.port if self.port is not None else config("input_only_udp_port")
-            made = self.run(create_args(ref, port))
+            made = self.run(create_args(image_id, port))
             if made.returncode != 0:
                 raise SystemExit(f"bob-workload: creating the container failed: {made.stderr.strip()[-300:]}")
         return ["podman", "start", "--attach", NAME]
