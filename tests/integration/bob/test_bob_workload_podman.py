@@ -227,7 +227,7 @@ def test_rootless_workload_channel_rules_and_logs(searcher: Searcher, tmp_path: 
         monkeypatch.setattr(bw, name, value)
 
     start = bw.Workload(s, port=PORT).prepare()
-    assert start == ["podman", "start", "--attach", "searcher"]
+    assert start == ["podman", "--cgroup-manager", "cgroupfs", "start", "--attach", "searcher"]
     calls: list[list[str]] = []
 
     def recording(argv: list[str]) -> subprocess.CompletedProcess[str]:
@@ -235,7 +235,7 @@ def test_rootless_workload_channel_rules_and_logs(searcher: Searcher, tmp_path: 
         return s(argv)
 
     assert bw.Workload(recording, port=PORT).prepare() == start  # a later start: podman holds the archive's image id
-    assert [c[1:3] for c in calls] == [["image", "inspect"], ["container", "inspect"]]  # nothing loaded or made again
+    assert [c[3:5] for c in calls] == [["image", "inspect"], ["container", "inspect"]]  # nothing loaded or made again
     run = subprocess.Popen(s.argv(start), stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
                            env=s.env(), cwd=s.home)
     try:

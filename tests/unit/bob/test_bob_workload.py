@@ -44,7 +44,8 @@ class FakePodman:
 
     def __call__(self, argv: list[str]) -> subprocess.CompletedProcess[str]:
         self.calls.append(argv)
-        args = argv[1:]
+        assert argv[:3] == ["podman", "--cgroup-manager", "cgroupfs"]
+        args = argv[3:]
         if args[:1] == ["load"]:
             self.loaded = True
             return subprocess.CompletedProcess(argv, 0, "Loaded image: localhost/work:latest\n", "")
@@ -60,7 +61,7 @@ class FakePodman:
         return subprocess.CompletedProcess(argv, 0, "", "")
 
     def verbs(self) -> list[str]:
-        return [" ".join(c[1:3]) for c in self.calls]
+        return [" ".join(c[3:5]) for c in self.calls]
 
 
 @pytest.fixture
@@ -71,10 +72,10 @@ def image_id(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> str:
 
 def test_first_start_loads_the_archive_and_creates_the_container(image_id: str) -> None:
     pm = FakePodman(image_id, None)
-    assert bw.Workload(pm, port=27017).prepare() == ["podman", "start", "--attach", "searcher"]
-    assert ["podman", "load", "--input", bw.ARCHIVE] in pm.calls
+    assert bw.Workload(pm, port=27017).prepare() == ["podman", "--cgroup-manager", "cgroupfs", "start", "--attach", "searcher"]
+    assert ["podman", "--cgroup-manager", "cgroupfs", "load", "--input", bw.ARCHIVE] in pm.calls
     create = pm.calls[-1]
-    assert create[:2] == ["podman", "create"] and create[-1] == image_id  # the archive's image, by its id
+    assert create[:4] == ["podman", "--cgroup-manager", "cgroupfs", "create"] and create[-1] == image_id  # the archive's image, by its id
     text = " ".join(create)
     for must in ("--pull=never", "--publish 27017:27017/udp", "--pidfile /run/sealbox-bob-work/container.pid",
                  "--log-driver k8s-file", "path=/persistent/.bob-work/container.log", "--network slirp4netns",
@@ -92,7 +93,7 @@ def test_a_later_start_keeps_the_image_and_the_container(image_id: str) -> None:
 def test_a_new_image_recreates_the_container(image_id: str) -> None:
     pm = FakePodman(image_id, "b" * 64)
     bw.Workload(pm, port=27017).prepare()
-    assert [c[1] for c in pm.calls][-3:] == ["rm", "container", "create"]
+    assert [c[3] for c in pm.calls][-3:] == ["rm", "container", "create"]
 
 
 def test_a_load_that_does_not_give_the_archives_image_is_an_error(image_id: str) -> None:
@@ -112,10 +113,10 @@ def test_an_archive_not_naming_one_image_is_refused(tmp_path: Path, kw: dict[str
 
 
 @pytest.mark.parametrize("original, tty, want", [
-    (None, True, ["podman", "exec", "--interactive", "--tty", "searcher", "/bin/sh", "-l"]),
-    ("  ", False, ["podman", "exec", "--interactive", "searcher", "/bin/sh", "-l"]),
+    (None, True, ["podman", "--cgroup-manager", "cgroupfs", "exec", "--interactive", "--tty", "searcher", "/bin/sh", "-l"]),
+    ("  ", False, ["podman", "--cgroup-manager", "cgroupfs", "exec", "--interactive", "searcher", "/bin/sh", "-l"]),
     ("apt-get install -y jq; --privileged", False,
-     ["podman", "exec", "--interactive", "searcher", "/bin/sh", "-c", "apt-get install -y jq; --privileged"]),
+     ["podman", "--cgroup-manager", "cgroupfs", "exec", "--interactive", "searcher", "/bin/sh", "-c", "apt-get install -y jq; --privileged"]),
 ])
 def test_the_data_plane_session_runs_inside_the_container(original: str | None, tty: bool, want: list[str]) -> None:
     assert bw.enter_args(original, tty) == want  # the client's words reach the container's shell, never podman's flags

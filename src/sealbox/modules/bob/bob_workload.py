@@ -41,6 +41,8 @@ RUNTIME = "/run/sealbox-bob-work"  # the unit's RuntimeDirectory (searcher, 0700
 PIDFILE = f"{RUNTIME}/container.pid"
 RAW_LOG = "/persistent/.bob-work/container.log"
 DATA_SSHD_CONFIG = f"{LIB}/sshd-data.conf"
+# a system service has no systemd user session to ask for cgroups (and the container runs with --cgroups=disabled)
+GLOBAL = ["--cgroup-manager", "cgroupfs"]
 DIGEST_RE = re.compile(r"sha256:[0-9a-f]{64}")
 MAX_JSON = 1 << 16  # bytes of index.json or a manifest read at most
 TIMEOUT = 600
@@ -102,7 +104,7 @@ def archive_image_id(path: str) -> str:
 
 
 def create_args(image: str, port: int) -> list[str]:
-    return ["podman", "create", "--name", NAME, "--pull=never", "--pidfile", PIDFILE,
+    return ["podman", *GLOBAL, "create", "--name", NAME, "--pull=never", "--pidfile", PIDFILE,
             "--network", "slirp4netns", "--publish", f"{port}:{port}/udp",
             "--log-driver", "k8s-file", "--log-opt", f"path={RAW_LOG}",
             "--volume", f"{DATA}:/data", "--cgroups=disabled",
@@ -115,7 +117,7 @@ class Workload:
         self.port = port
 
     def podman(self, *args: str) -> subprocess.CompletedProcess[str]:
-        return self.run(["podman", *args])
+        return self.run(["podman", *GLOBAL, *args])
 
     def has_image(self, image_id: str) -> bool:
         i = self.podman("image", "inspect", "--format", "{{.Id}}", image_id)
@@ -144,15 +146,15 @@ class Workload:
             made = self.run(create_args(image_id, port))
             if made.returncode != 0:
                 raise SystemExit(f"bob-workload: creating the container failed: {made.stderr.strip()[-300:]}")
-        return ["podman", "start", "--attach", NAME]
+        return ["podman", *GLOBAL, "start", "--attach", NAME]
 
 
 def enter_args(original: str | None, tty: bool) -> list[str]:
     """The data plane session: a shell in the container, or the client's command given to the container's shell."""
     flags = ["--interactive", "--tty"] if tty else ["--interactive"]
     if original is None or not original.strip():
-        return ["podman", "exec", *flags, NAME, "/bin/sh", "-l"]
-    return ["podman", "exec", *flags, NAME, "/bin/sh", "-c", original]
+        return ["podman", *GLOBAL, "exec", *flags, NAME, "/bin/sh", "-l"]
+    return ["podman", *GLOBAL, "exec", *flags, NAME, "/bin/sh", "-c", original]
 
 
 def sshd_args(port: int) -> list[str]:
