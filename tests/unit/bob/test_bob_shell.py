@@ -288,3 +288,15 @@ def test_the_container_is_entered_only_through_the_data_plane_port(root: Path, m
     else:
         assert shell.run(argv, io.BytesIO(b""), {"SSH_CONNECTION": conn}) == 2
         assert execs == []
+
+
+def test_a_missing_workload_program_is_one_line(root: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    def fail(path: str, args: list[str]) -> None:
+        raise FileNotFoundError(2, "No such file or directory")
+
+    monkeypatch.setattr(bs.os, "execv", fail)
+    err = io.StringIO()
+    shell = bs.Shell(root, out=io.BytesIO(), err=err)
+    rc = shell.run(["-c", "/usr/lib/sealbox/bob/bob-workload enter"], io.BytesIO(b""),
+                   {"SSH_CONNECTION": "192.0.2.9 40000 10.0.0.2 10022"})
+    assert rc == 1 and err.getvalue() == "the container cannot be entered: No such file or directory\n"

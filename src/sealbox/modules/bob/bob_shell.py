@@ -133,7 +133,11 @@ class Shell:
 
     def run(self, argv: list[str], stdin: BinaryIO | None = None, environ: dict[str, str] | None = None) -> int:
         if self.data_plane(argv, environ or {}):
-            os.execv(ENTER.split()[0], ENTER.split())
+            try:
+                os.execv(ENTER.split()[0], ENTER.split())
+            except OSError as e:
+                self.err.write(f"the container cannot be entered: {e.strerror}\n")
+                return 1
         try:
             words = parse(argv)
             if words != ["initialize"] and not mounted(self.root):
