@@ -156,3 +156,14 @@ def test_the_guests_own_namespace_is_not_taken_for_the_containers(guard: object)
     (g.root / ng.PIDFILE).write_text(f"{os.getpid()}\n")  # a process in the host's (here: the guest's) namespace
     with pytest.raises(ng.Failed, match="not the searcher's container"):
         g.verify()
+
+
+def test_a_dormant_table_is_not_taken_for_rules(nets: tuple[str, str], guard: object) -> None:
+    """A table switched off (`flags dormant`) keeps its rules in the listing but applies none of them."""
+    g: ng.Guard = guard  # type: ignore[name-defined]
+    g.apply()
+    subprocess.run(["ip", "netns", "exec", nets[0], "nft", "-f", "-"], input=f"table inet {ng.TABLE} {{ flags dormant; }}\n",
+                   text=True, check=True, capture_output=True, timeout=30)
+    assert _udp_echo_answered(nets) == (True, True)  # the rules are listed, yet the echo gets out
+    with pytest.raises(ng.Failed, match="output hook"):
+        g.verify()

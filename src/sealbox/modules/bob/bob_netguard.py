@@ -95,17 +95,22 @@ def _protos_of_drop(expr: Any, port: int) -> frozenset[str]:
 
 def verify(document: Any, port: int) -> list[str]:
     """What is missing from an `nft -j list ruleset` document: [] when, for each hook in HOOKS, a filter base chain of
-    the inet family drops TCP and UDP with source port `port` before any rule of that chain could end it otherwise."""
+    an inet table without flags (nft lists `dormant` as one) drops TCP and UDP with source port `port` before any rule
+    of that chain could end it otherwise."""
     items = document.get("nftables") if isinstance(document, dict) else None
     if not isinstance(items, list):
         return ["the ruleset could not be read (not an nftables JSON document)"]
     chains: dict[tuple[str, str], str] = {}  # (table, chain) of inet filter base chains -> hook
     rules: dict[tuple[str, str], list[Any]] = {}
+    active: set[str] = set()  # inet tables listed without flags: a dormant table applies none of its rules
     for item in items:
         if not isinstance(item, dict) or len(item) != 1:
             continue
         kind, body = next(iter(item.items()))
         if not isinstance(body, dict) or body.get("family") != "inet":
+            continue
+        if kind == "table" and isinstance(body.get("name"), str) and not body.get("flags"):
+            active.add(body["name"])
             continue
         key = (body.get("table"), body.get("chain") if kind == "rule" else body.get("name"))
         if not all(isinstance(k, str) for k in key):
@@ -116,6 +121,8 @@ def verify(document: Any, port: int) -> list[str]:
             rules.setdefault(key, []).append(body.get("expr"))  # type: ignore[arg-type]
     covered: dict[str, frozenset[str]] = {hook: frozenset() for hook in HOOKS}
     for key, hook in chains.items():
+        if key[0] not in active:
+            continue
         for expr in rules.get(key, []):
             covered[hook] |= _protos_of_drop(expr, port)
             if not isinstance(expr, list) or not all(isinstance(e, dict) and set(e) <= PASSIVE for e in expr):
