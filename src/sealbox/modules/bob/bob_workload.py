@@ -14,8 +14,9 @@ Installed as /usr/lib/sealbox/bob/bob-workload.
                        data_ssh_port from config.json
 The container: its own network namespace from podman's rootless user-mode network (slirp4netns), with
 input_only_udp_port published for UDP only; its log through conmon into RAW_LOG (bob-logs delays it); its data
-at /persistent/searcher/data (/data inside); podman's storage under /persistent/searcher (HOME); capabilities
-that could change its network (NET_ADMIN, NET_RAW) or escape (SYS_ADMIN) dropped, no new privileges.
+at /persistent/searcher/data (/data inside); podman's storage under /persistent/searcher (HOME); dropped: NET_ADMIN
+(it would change the drop rules), NET_RAW (a packet socket's frames pass by netfilter) and SYS_ADMIN; no new
+privileges.
 bob-netguard (root, the unit's ExecStartPost) then puts the drop rules into that namespace.
 Stdlib only: the guest has no sealbox package. Every command is an argv list; nothing goes through a shell.
 """
