@@ -248,6 +248,13 @@ def test_rootless_workload_channel_rules_and_logs(searcher: Searcher, tmp_path: 
         _wait("the container's pidfile", started, 60)
         raw = s.base / "persistent/.bob-work/container.log"
         _wait("the workload's first log line", lambda: raw.is_file() and b"workload started" in raw.read_bytes())
+        # the capabilities the container's shell gets (the kernel's word): none to change rules or send raw packets
+        status = s(["podman", "exec", "searcher", "cat", "/proc/self/status"])
+        assert status.returncode == 0, status.stderr
+        bounding = int(next(ln.split()[1] for ln in status.stdout.splitlines() if ln.startswith("CapBnd:")), 16)
+        for name, bit in (("NET_ADMIN", 12), ("NET_RAW", 13), ("SYS_ADMIN", 21)):
+            assert not bounding & (1 << bit), f"the container holds CAP_{name}"
+        assert bounding & (1 << 0)  # CAP_CHOWN: podman's defaults are there, the mask is read right
         monkeypatch.setattr(ng, "pwd", SimpleNamespace(getpwnam=lambda name: SimpleNamespace(pw_uid=s.uid)))
         guard = ng.Guard(root)
         with pytest.raises(ng.Failed, match="lacks"):
