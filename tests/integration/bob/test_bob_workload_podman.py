@@ -14,6 +14,7 @@ removed, every process of the test's uid is killed by pid, and the namespaces an
 from __future__ import annotations
 
 import contextlib
+import grp
 import json
 import os
 import pwd
@@ -120,13 +121,22 @@ class Searcher:
         return out
 
 
-def _free_uid() -> int:
-    taken = {p.pw_uid for p in pwd.getpwall()}
+# The test's ids: a block of 2 x 65536 (its uid, then its subordinate range) from 0x78000000 on: above sealbox's
+# sandbox uids (0x70000000 + 64Ki, sandbox/host/users.py), below systemd's foreign range and 2^31, clear of
+# DynamicUser's 61184-65519 and of useradd's subordinate ids. A block is taken only if no process and no passwd or
+# group entry uses any id in it, so the cleanup, which ends every process running as one of them, ends only ours.
+BLOCK_BASE, BLOCK = 0x78000000, 0x20000
+
+
+def _free_block() -> tuple[int, int]:
+    """(uid, first subordinate id) of a block nothing uses."""
+    used = {p.pw_uid for p in pwd.getpwall()} | {g.gr_gid for g in grp.getgrall()}
+    used |= {_owner(p) for p in Path("/proc").iterdir() if p.name.isdigit()}
     for _ in range(100):
-        uid = 61000 + secrets.randbelow(4000)
-        if uid not in taken and not any(True for p in Path("/proc").iterdir() if p.name.isdigit() and _owner(p) == uid):
-            return uid
-    raise AssertionError("no free uid")
+        uid = BLOCK_BASE + BLOCK * secrets.randbelow(256)
+        if not any(uid <= u < uid + BLOCK for u in used):
+            return uid, uid + 0x10000
+    raise AssertionError("no free block of ids")
 
 
 def _owner(p: Path) -> int:
@@ -144,8 +154,7 @@ def searcher() -> Iterator[Searcher]:
     # not under pytest's 0700 temp root: the test's uid must reach it; short: conmon's socket paths are bounded
     base = Path(tempfile.mkdtemp(prefix="sbbw-", dir=os.environ.get("TMPDIR") or "/var/tmp"))  # noqa: S108
     base.chmod(0o755)
-    uid, tag = _free_uid(), secrets.token_hex(3)
-    sub = 1_000_000_000 + secrets.randbelow(4000) * 65536
+    (uid, sub), tag = _free_block(), secrets.token_hex(3)
     etc = base / "etc"
     etc.mkdir()
     (etc / "passwd").write_text(Path("/etc/passwd").read_text() + f"searcher:x:{uid}:{uid}::{base / 'home'}:/bin/sh\n")
