@@ -10,9 +10,12 @@ writer (a thread) waits until the script opens it, then reads what the script wr
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import shutil
+import socket
+import tempfile
 import threading
 import time
 from collections.abc import Callable
@@ -63,3 +66,39 @@ def fake_tsm_class(base_cls: Any, make_quote: Callable[[bytes], bytes], *, provi
             shutil.rmtree(entry)
 
     return FakeTsm
+
+
+class AcceptSocket:
+    """Stand-in for systemd's `Accept=yes` socket in front of `bob-attest quote`: a unix socket whose every connection
+    is handed to `serve(rfile, wfile)` (the quote side's entry point) in a thread, as systemd starts one instance per
+    connection with the socket as stdin/stdout. Its path is short (AF_UNIX paths are limited to 107 bytes)."""
+
+    def __init__(self, serve: Callable[[Any, Any], None]) -> None:
+        self.dir = tempfile.mkdtemp(prefix="sock")
+        self.path = os.path.join(self.dir, "attest.sock")
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.sock.bind(self.path)
+        self.sock.listen(8)
+        self.sock.settimeout(0.1)
+        self.serve = serve
+        self.stopped = threading.Event()
+        self.thread = threading.Thread(target=self._loop, daemon=True)
+        self.thread.start()
+
+    def _loop(self) -> None:
+        while not self.stopped.is_set():
+            try:
+                conn, _ = self.sock.accept()
+            except TimeoutError:
+                continue
+            except OSError:
+                return
+            conn.settimeout(30)
+            with contextlib.suppress(OSError), conn, conn.makefile("rb") as r, conn.makefile("wb") as w:
+                self.serve(r, w)  # the client may hang up first (as a systemd instance would see EPIPE)
+
+    def stop(self) -> None:
+        self.stopped.set()
+        self.thread.join(10)
+        self.sock.close()
+        shutil.rmtree(self.dir, ignore_errors=True)

@@ -95,7 +95,7 @@ def parse_hostkeys(texts: list[str], what: Callable[[int, str], str], twice: Cal
     return keys
 
 
-def parse_nonce(text: str, what: str) -> bytes:
+def parse_nonce(text: object, what: str) -> bytes:
     if not isinstance(text, str) or not _HEX.fullmatch(text) or not MIN_NONCE <= len(text) // 2 <= MAX_NONCE:
         raise AttestInputError(f"{what}: {MIN_NONCE} to {MAX_NONCE} bytes as hex ({2 * MIN_NONCE} to {2 * MAX_NONCE} digits)")
     return bytes.fromhex(text)
@@ -168,7 +168,7 @@ def parse_answer(data: bytes, where: str) -> Answer:
         raise AttestError(f"no quote: {where} answered {shown(status, 40)!r}: {detail}")
     if doc.get("binding") != BINDING:
         raise AttestInputError(f"{where}: binding {shown(doc.get('binding'), 60)!r} is not {BINDING} (a newer guest?)")
-    nonce = parse_nonce(doc.get("nonce"), f"{where}: nonce")  # type: ignore[arg-type]  # checked inside
+    nonce = parse_nonce(doc.get("nonce"), f"{where}: nonce")
     texts = doc.get("host_keys")
     if not isinstance(texts, list) or not 1 <= len(texts) <= MAX_KEYS or not all(isinstance(t, str) for t in texts):
         raise AttestInputError(f"{where}: host_keys: 1 to {MAX_KEYS} keys, each a 'TYPE BASE64' string")

@@ -21,7 +21,7 @@ import pytest
 from quotegen import T0, Pki, build_quote
 
 from bobguest import load
-from faketsm import fake_tsm_class
+from faketsm import AcceptSocket, fake_tsm_class
 from sealbox.attest import verify
 from sealbox.cli.main import main
 
@@ -226,16 +226,18 @@ def guest_endpoint(pki: Pki, tmp_path: Path) -> Iterator[Any]:
         (root / "proc/cpuinfo").write_text(f"flags\t\t: fpu msr{' tdx_guest' if td else ''}\n")
         (root / ba.TSM_DIR).mkdir(parents=True)
         tsm = fake_tsm_class(ba.Tsm, lambda inblob: build_quote(pki, report_data=inblob))
-        srv = ba.server(root, ("127.0.0.1", 0), tsm)
+        side = AcceptSocket(lambda r, w: ba.serve_quote(root, r, w, tsm))
+        srv = ba.server(("127.0.0.1", 0), side.path)
         threading.Thread(target=srv.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
-        servers.append(srv)
+        servers.append((srv, side))
         key = " ".join((root / ba.KEY_DIR / "ssh_host_ed25519_key.pub").read_text().split()[:2])
         return f"http://127.0.0.1:{srv.server_address[1]}", key
 
     yield start
-    for srv in servers:
+    for srv, side in servers:
         srv.shutdown()
         srv.server_close()
+        side.stop()
 
 
 @pytest.mark.skipif(not shutil.which("ssh-keygen"), reason="needs OpenSSH's ssh-keygen")

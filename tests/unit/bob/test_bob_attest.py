@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 
 from bobguest import load
-from faketsm import fake_tsm_class
+from faketsm import AcceptSocket, fake_tsm_class
 
 ba = load("bob_attest")
 NONCE = bytes(range(32))
@@ -57,9 +57,12 @@ def guest(base: Path, *, td: bool = True, tsm: bool = True, keys: tuple[str, ...
 
 
 class Endpoint:
+    """Both parts as the image runs them: the HTTP side, and the quote side behind its (stand-in) activation socket."""
+
     def __init__(self, root: Path, tsm_cls: Any) -> None:
         self.root, self.tsm_cls = root, tsm_cls
-        self.srv = ba.server(root, ("127.0.0.1", 0), tsm_cls)
+        self.quote_side = AcceptSocket(lambda r, w: ba.serve_quote(root, r, w, tsm_cls))
+        self.srv = ba.server(("127.0.0.1", 0), self.quote_side.path)
         self.port = self.srv.server_address[1]
         self.thread = threading.Thread(target=self.srv.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
         self.thread.start()
@@ -79,6 +82,7 @@ class Endpoint:
         self.srv.shutdown()
         self.srv.server_close()
         self.thread.join(10)
+        self.quote_side.stop()
 
 
 @pytest.fixture
@@ -219,20 +223,54 @@ def test_other_methods(endpoint: Callable[..., Endpoint]) -> None:
 
 
 def test_main_refuses_a_bad_port(capsys: pytest.CaptureFixture[str]) -> None:
-    for argv in ([], ["0"], ["65536"], ["x"], ["80", "81"]):
+    argvs = ([], ["8745"], ["serve"], ["serve", "0"], ["serve", "65536"], ["serve", "x"], ["serve", "80", "81"], ["quote", "x"])
+    for argv in argvs:
         assert ba.main(argv) == 2
-    assert capsys.readouterr().err.count("usage: bob-attest PORT") == 5
+    assert capsys.readouterr().err.count("usage: bob-attest serve PORT | bob-attest quote") == len(argvs)
+
+
+def test_a_dead_or_garbled_quote_side_is_no_quote(tmp_path: Path) -> None:
+    for reply in (None, b"{\"code\": 200}\n", b"[" * 5000 + b"\n", b"x" * (200 * 1024), b"{\"code\": \"200\", \"status\": 1}\n"):
+        side = AcceptSocket(lambda r, w, reply=reply: (r.readline(), w.write(reply))) if reply else None
+        srv = ba.server(("127.0.0.1", 0), side.path if side else str(tmp_path / "none.sock"))
+        threading.Thread(target=srv.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
+        try:
+            conn = http.client.HTTPConnection("127.0.0.1", srv.server_address[1], timeout=20)
+            conn.request("GET", f"/?nonce={NONCE.hex()}")
+            resp = conn.getresponse()
+            doc = json.loads(resp.read())
+            conn.close()
+        finally:
+            srv.shutdown()
+            srv.server_close()
+            if side:
+                side.stop()
+        assert resp.status == 503 and doc["status"] == "quote-failed" and "quote" not in doc
+        assert doc["detail"].startswith("the quote service gave no answer")
+
+
+def test_the_quote_side_checks_its_line_itself(tmp_path: Path) -> None:
+    root = guest(tmp_path / "root")
+    for line in (b"", b"zz\n", b"ab" * 15 + b"\n", b"\xff" * 40 + b"\n"):
+        code, fields = ba.answer(root, line, fake_tsm_class(ba.Tsm, fake_quote))
+        assert code == 400 and fields["status"] == "bad-request", line
+
+
+UNITS = ("sealbox-bob-attest.service", "sealbox-bob-attest-quote.socket", "sealbox-bob-attest-quote@.service")
 
 
 @pytest.mark.skipif(not shutil.which("systemd-analyze"), reason="needs systemd-analyze")
-def test_the_unit_is_one_systemd_accepts(tmp_path: Path) -> None:
+def test_the_units_are_ones_systemd_accepts(tmp_path: Path) -> None:
     """systemd's own parser reads every directive; the one thing it may miss here is the program, not installed."""
     from sealbox.spec.load import modules_dir
 
-    text = (modules_dir() / "bob" / "sealbox-bob-attest.service").read_text()
-    assert "ExecStart=/usr/lib/sealbox/bob/bob-attest @PORT@\n" in text
-    unit = tmp_path / "sealbox-bob-attest.service"
-    unit.write_text(text.replace("@PORT@", "8745"))
-    out = subprocess.run(["systemd-analyze", "verify", str(unit)], capture_output=True, text=True, timeout=60)
+    texts = {name: (modules_dir() / "bob" / name).read_text() for name in UNITS}
+    assert "ExecStart=/usr/lib/sealbox/bob/bob-attest serve @PORT@\n" in texts[UNITS[0]]
+    assert f"ListenStream={ba.QUOTE_SOCKET}\n" in texts[UNITS[1]] and "Accept=yes\n" in texts[UNITS[1]]
+    assert "ExecStart=/usr/lib/sealbox/bob/bob-attest quote\n" in texts[UNITS[2]]
+    for name, text in texts.items():
+        (tmp_path / name).write_text(text.replace("@PORT@", "8745"))
+    out = subprocess.run(["systemd-analyze", "verify", *(str(tmp_path / n) for n in UNITS)], capture_output=True, text=True,
+                         timeout=60)  # fmt: skip
     complaints = [ln for ln in (out.stdout + out.stderr).splitlines() if ln.strip()]
-    assert all("/usr/lib/sealbox/bob/bob-attest is not executable" in ln for ln in complaints), complaints
+    assert complaints and all("/usr/lib/sealbox/bob/bob-attest is not executable" in ln for ln in complaints), complaints

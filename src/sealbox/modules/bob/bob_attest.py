@@ -1,9 +1,13 @@
 #!/usr/bin/python3 -I
 """bob's attested first contact (guest side): a TDX quote that binds the SSH host key(s) to a client's nonce.
 
-Installed as /usr/lib/sealbox/bob/bob-attest PORT (the attestation port, [bob] attestation_port; open in every
-mode). One request: `GET /?nonce=HEX`, the nonce 16..64 bytes the client chose (32..128 hex digits). The answer is
-JSON (schema "sealbox.bob.hostkey-quote/v1"):
+Installed as /usr/lib/sealbox/bob/bob-attest, in two parts so that the network-facing one holds no privilege:
+  bob-attest serve PORT   HTTP on the attestation port ([bob] attestation_port; open in every mode), as an
+                          unprivileged user: parses the request, relays the nonce to the quote side, passes its answer on
+  bob-attest quote        the quote side, root (socket-activated per connection on QUOTE_SOCKET, stdin/stdout): reads
+                          one line (the nonce in hex), reads the host keys, gets the quote, writes one JSON line
+One request: `GET /?nonce=HEX`, the nonce 16..64 bytes the client chose (32..128 hex digits). The answer is JSON
+(schema "sealbox.bob.hostkey-quote/v1"):
   200 {"status": "quote", "binding": "sealbox-bob-ssh-hostkeys-v1", "nonce": HEX, "host_keys": ["TYPE BASE64", ...],
        "quote": BASE64}   the quote's REPORTDATA (64 bytes) is binding(nonce, host key blobs), below
   501 {"status": "not-a-td", "detail": ...}      no TDX here: no quote, and no key either (nothing unattested)
@@ -17,7 +21,8 @@ where a blob is the key's SSH wire-format public key (the base64 field of its .p
 each request. Only public files are read. The quote comes from configfs-tsm (/sys/kernel/config/tsm/report; Linux
 >= 6.7): make an entry, check its provider is tdx_guest, write REPORTDATA to inblob, read outblob, and refuse the
 answer if the entry's generation changed meanwhile (someone else wrote to it). Needs uid 0 (the owner of that
-directory), no capability. Requests are bounded in size and time and served one at a time. Stdlib only.
+directory) and reading the host keys (root's 0700 directory), no capability. The socket offers nothing the network
+port does not. Requests are bounded in size and time and served one at a time. Stdlib only.
 """
 
 from __future__ import annotations
@@ -29,10 +34,12 @@ import json
 import os
 import re
 import secrets
+import socket
 import struct
 import sys
 from http.server import BaseHTTPRequestHandler, HTTPServer
 from pathlib import Path
+from typing import BinaryIO
 
 SCHEMA = "sealbox.bob.hostkey-quote/v1"
 BINDING = "sealbox-bob-ssh-hostkeys-v1"
@@ -45,6 +52,9 @@ MAX_BLOB = 4096  # an RSA-16384 public key is ~2 KiB
 MAX_QUOTE = 32 * 1024  # the kernel's TSM_REPORT_OUTBLOB_MAX
 MAX_SMALL = 4096
 REQUEST_TIMEOUT = 10
+QUOTE_TIMEOUT = 60  # a quote goes through the host's quote generation service
+QUOTE_SOCKET = "/run/sealbox-bob/attest.sock"
+MAX_ANSWER = 128 * 1024  # the quote side's JSON line: a base64 quote of MAX_QUOTE and the keys fit
 NONCE_RE = re.compile(r"nonce=([^&]*)")
 HEX_RE = re.compile(r"(?:[0-9A-Fa-f]{2})+")
 KEY_TYPES = ("ssh-ed25519", "ecdsa-sha2-nistp256", "ecdsa-sha2-nistp384", "ecdsa-sha2-nistp521", "ssh-rsa")
@@ -176,15 +186,69 @@ def parse_nonce(path: str) -> bytes:
     return bytes.fromhex(text)
 
 
+def answer(root: Path, line: bytes, tsm_cls: type[Tsm] = Tsm) -> tuple[int, dict[str, object]]:
+    """The quote side: (HTTP status, JSON fields) for one nonce line. Root's part: reads keys, makes the quote."""
+    try:
+        nonce = parse_nonce("/?nonce=" + line.decode("ascii").strip())
+    except (UnicodeDecodeError, ValueError) as e:
+        return 400, {"status": "bad-request", "detail": str(e) if isinstance(e, ValueError) else "not ASCII"}
+    if not is_td(root):
+        return 501, {"status": "not-a-td", "detail": "this guest is not a TDX TD (no tdx_guest CPU flag): there is no quote to give"}
+    tsm = root / TSM_DIR
+    if not tsm.is_dir():
+        return 503, {"status": "no-quote", "detail": f"this TD has no configfs-tsm report interface (/{TSM_DIR}): no quote"}
+    try:
+        keys = host_keys(root)
+    except ValueError as e:
+        return 503, {"status": "no-host-key", "detail": str(e)}
+    if not keys:
+        return 503, {"status": "no-host-key", "detail": f"no SSH host key in /{KEY_DIR} (yet)"}
+    try:
+        quote = tsm_cls(tsm).quote(binding(nonce, [b for _, b in keys]))
+    except NotTd as e:
+        return 501, {"status": "not-a-td", "detail": str(e)}
+    except QuoteFailed as e:
+        return 503, {"status": "quote-failed", "detail": str(e)}
+    return 200, {"status": "quote", "binding": BINDING, "nonce": nonce.hex(),
+                 "host_keys": [f"{kind} {base64.b64encode(blob).decode()}" for kind, blob in keys],
+                 "quote": base64.b64encode(quote).decode()}
+
+
+def serve_quote(root: Path, rfile: BinaryIO, wfile: BinaryIO, tsm_cls: type[Tsm] = Tsm) -> None:
+    """One connection of the quote side: one nonce line in, one JSON line {"code": N, ...} out."""
+    code, fields = answer(root, rfile.readline(MAX_NONCE * 2 + 2), tsm_cls)
+    wfile.write((json.dumps({"code": code, **fields}, sort_keys=True) + "\n").encode())
+    wfile.flush()
+
+
+def ask(sock_path: str, nonce: bytes) -> tuple[int, dict[str, object]]:
+    """The HTTP side's call to the quote side; a dead or odd quote side is a 503, never a quote."""
+    try:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+            s.settimeout(QUOTE_TIMEOUT)
+            s.connect(sock_path)
+            s.sendall(nonce.hex().encode() + b"\n")
+            with s.makefile("rb") as f:
+                line = f.readline(MAX_ANSWER + 1)
+        if len(line) > MAX_ANSWER:
+            raise ValueError("too long")
+        doc = json.loads(line)
+        code = doc.pop("code")
+        if not isinstance(code, int) or not isinstance(doc.get("status"), str):
+            raise ValueError("malformed")
+    except (OSError, ValueError, KeyError, AttributeError, RecursionError) as e:
+        return 503, {"status": "quote-failed", "detail": f"the quote service gave no answer ({type(e).__name__})"}
+    return code, doc
+
+
 class Handler(BaseHTTPRequestHandler):
-    root = Path("/")
-    tsm_cls: type[Tsm] = Tsm
+    quote_socket = QUOTE_SOCKET
     timeout = REQUEST_TIMEOUT
     server_version = "bob-attest"
     sys_version = ""
 
-    def _answer(self, code: int, status: str, **fields: object) -> None:
-        body = (json.dumps({"schema": SCHEMA, "status": status, **fields}, sort_keys=True) + "\n").encode()
+    def _answer(self, code: int, fields: dict[str, object]) -> None:
+        body = (json.dumps({"schema": SCHEMA, **fields}, sort_keys=True) + "\n").encode()
         self.send_response(code)
         self.send_header("Content-Type", "application/json")
         self.send_header("Content-Length", str(len(body)))
@@ -196,34 +260,15 @@ class Handler(BaseHTTPRequestHandler):
 
     def do_GET(self) -> None:  # noqa: N802 (http.server's naming)
         if self.path.partition("?")[0] != "/":
-            return self._answer(404, "bad-request", detail="GET /?nonce=HEX")
+            return self._answer(404, {"status": "bad-request", "detail": "GET /?nonce=HEX"})
         try:
             nonce = parse_nonce(self.path)
         except ValueError as e:
-            return self._answer(400, "bad-request", detail=str(e))
-        if not is_td(self.root):
-            return self._answer(501, "not-a-td", detail="this guest is not a TDX TD (no tdx_guest CPU flag): there is no quote to give")
-        tsm = self.root / TSM_DIR
-        if not tsm.is_dir():
-            return self._answer(503, "no-quote", detail=f"this TD has no configfs-tsm report interface (/{TSM_DIR}): no quote")
-        try:
-            keys = host_keys(self.root)
-        except ValueError as e:
-            return self._answer(503, "no-host-key", detail=str(e))
-        if not keys:
-            return self._answer(503, "no-host-key", detail=f"no SSH host key in /{KEY_DIR} (yet)")
-        try:
-            quote = self.tsm_cls(tsm).quote(binding(nonce, [b for _, b in keys]))
-        except NotTd as e:
-            return self._answer(501, "not-a-td", detail=str(e))
-        except QuoteFailed as e:
-            return self._answer(503, "quote-failed", detail=str(e))
-        lines = [f"{kind} {base64.b64encode(blob).decode()}" for kind, blob in keys]
-        return self._answer(200, "quote", binding=BINDING, nonce=nonce.hex(), host_keys=lines,
-                            quote=base64.b64encode(quote).decode())
+            return self._answer(400, {"status": "bad-request", "detail": str(e)})
+        return self._answer(*ask(self.quote_socket, nonce))
 
     def do_POST(self) -> None:  # noqa: N802
-        self._answer(405, "bad-request", detail="GET /?nonce=HEX")
+        self._answer(405, {"status": "bad-request", "detail": "GET /?nonce=HEX"})
 
     do_PUT = do_DELETE = do_PATCH = do_POST  # noqa: N815
 
@@ -231,16 +276,19 @@ class Handler(BaseHTTPRequestHandler):
         sys.stderr.write(f"bob-attest: {self.address_string()} {format % args}\n")
 
 
-def server(root: Path, address: tuple[str, int], tsm_cls: type[Tsm] = Tsm) -> HTTPServer:
-    handler = type("RootHandler", (Handler,), {"root": root, "tsm_cls": tsm_cls})
+def server(address: tuple[str, int], quote_socket: str = QUOTE_SOCKET) -> HTTPServer:
+    handler = type("SocketHandler", (Handler,), {"quote_socket": quote_socket})
     return HTTPServer(address, handler)
 
 
 def main(argv: list[str]) -> int:
-    if len(argv) != 1 or not argv[0].isdigit() or not 1 <= int(argv[0]) <= 65535:
-        print("usage: bob-attest PORT", file=sys.stderr)
+    if argv == ["quote"]:
+        serve_quote(Path("/"), sys.stdin.buffer, sys.stdout.buffer)
+        return 0
+    if len(argv) != 2 or argv[0] != "serve" or not argv[1].isdigit() or not 1 <= int(argv[1]) <= 65535:
+        print("usage: bob-attest serve PORT | bob-attest quote", file=sys.stderr)
         return 2
-    with server(Path("/"), ("0.0.0.0", int(argv[0]))) as srv:
+    with server(("0.0.0.0", int(argv[1]))) as srv:
         srv.serve_forever()
     return 0
 
