@@ -20,9 +20,9 @@ where a blob is the key's SSH wire-format public key (the base64 field of its .p
 /run/sealbox/ssh/ssh_host_*_key.pub, where sealbox's sshd keeps its host keys (made in RAM at every boot), read at
 each request. Only public files are read. The quote comes from configfs-tsm (/sys/kernel/config/tsm/report; Linux
 >= 6.7): make an entry, check its provider is tdx_guest, write REPORTDATA to inblob, read outblob, and refuse the
-answer if the entry's generation changed meanwhile (someone else wrote to it). Needs uid 0 (the owner of that
-directory) and reading the host keys (root's 0700 directory), no capability. The socket offers nothing the network
-port does not. Requests are bounded in size and time and served one at a time. Stdlib only.
+answer if the entry's generation changed meanwhile (someone else wrote to it). The quote side needs uid 0, as the
+owner of that directory and of the host keys' (0700), but no capability. Its socket offers nothing the network port
+does not. Requests are bounded in size and time and served one at a time. Stdlib only.
 """
 
 from __future__ import annotations
