@@ -26,6 +26,9 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from sealbox.spec.bob import Bob, parse_endpoint
+from sealbox.util.nftexpr import Expr
+from sealbox.util.nftexpr import match as _match
+from sealbox.util.nftexpr import meta as _meta
 
 TABLE = "bob"
 Mode = Literal["maintenance", "production", "stopped"]
@@ -37,7 +40,6 @@ DNS_PORT = 53
 HTTP_PORTS = (80, 443)
 ND_TYPES = ["nd-neighbor-solicit", "nd-neighbor-advert", "nd-router-solicit", "nd-router-advert"]
 
-Expr = dict[str, Any]
 
 
 @dataclass(frozen=True)
@@ -82,14 +84,6 @@ def openings(bob: Bob) -> list[Opening]:
         Opening("execution P2P", "out", ("tcp", "udp"), bob.el_p2p_port, MAINT),
     ]
     return out
-
-
-def _match(left: Expr, right: Any, op: str = "==") -> Expr:
-    return {"match": {"op": op, "left": left, "right": right}}
-
-
-def _meta(key: str) -> Expr:
-    return {"meta": {"key": key}}
 
 
 def _th(field: str) -> Expr:
