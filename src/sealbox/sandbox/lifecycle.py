@@ -314,7 +314,8 @@ def _create(record: SandboxRecord, save: Callable[[], None], inp: Inputs, state:
     record.owner_pid = record.owner_start = None
     save()
     return {"name": spec.name, "status": "running", "vmm": inp.choice.vmm, "accel": inp.choice.accel,
-            "address": str(net.guest_ip), "ready_s": record.guest["ready_s"], "run_s": record.guest["run_s"]}
+            "address": str(net.guest_ip), "ready_s": record.guest["ready_s"], "run_s": record.guest["run_s"],
+            **({"root_ssh": False} if record.guest.get("root_ssh") is False else {})}
 
 
 def _restored_net(inp: Inputs, net: GuestNet) -> GuestNet:

@@ -213,9 +213,10 @@ def test_any_other_command_is_refused(guest: Guest, command: list[str]) -> None:
 
 
 def test_no_interactive_shell_no_tty_no_subsystem(guest: Guest) -> None:
-    p = guest.ssh(opts=("-tt",))  # ask for a terminal and a login shell
-    assert p.returncode != 0
-    assert "this account runs commands only" in p.stderr, p.stderr
+    p = guest.ssh(opts=("-tt",))  # insist on a terminal: sshd refuses it (PermitTTY no) and ssh gives up
+    assert p.returncode == 255 and "PTY allocation request failed" in p.stderr, p.stderr
+    p = guest.ssh(opts=("-T",))  # a login shell without a terminal: bob-shell without -c refuses
+    assert p.returncode == 1 and "this account runs commands only" in p.stderr, p.stderr
     p = guest.ssh("sftp", opts=("-s",))
     assert p.returncode != 0 and "this account runs commands only" not in p.stdout
 
