@@ -10,7 +10,7 @@ APT_PACKAGES=(
   mmdebstrap dpkg-dev e2fsprogs zstd binutils ca-certificates cpio passwd
   # bootable disk images (ESP via mkfs.fat + mtools, qcow2 via qemu-img; sgdisk checks GPTs in tests)
   dosfstools mtools gdisk
-  # dm-verity hash trees for disk images with a verity root (veritysetup)
+  # dm-verity hash trees for disk images with a verity root (veritysetup); the bob disk tests (cryptsetup: LUKS2)
   cryptsetup-bin
   # reproducibility checks: verify-reproducible (disorderfs needs fuse3) and the test that runs reprotest itself
   reprotest disorderfs fuse3

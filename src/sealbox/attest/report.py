@@ -10,7 +10,7 @@ from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
 
-from sealbox.attest import AttestInputError
+from sealbox.attest import AttestInputError, hostkey
 from sealbox.attest.binary import read_input
 from sealbox.attest.binding import check_measurements, check_mrconfigid
 from sealbox.attest.collateral import CHECK_NAMES, COLLATERAL_CHECKS, MAX_COLLATERAL, CollateralResult, check_collateral, load_collateral
@@ -55,6 +55,7 @@ class QuoteOptions:
     instance: tuple[str, bytes] | None = None  # (where it came from, instance disk bytes): check MRCONFIGID
     expect: str | Path | None = None  # measurements.json: check MRTD and RTMRs
     root: RootAnchor | None = None  # tests: a synthetic root; None is the pinned Intel root
+    hostkeys: tuple[list[hostkey.HostKey], bytes] | None = None  # (the complete key set, nonce): check REPORTDATA binds them
 
 
 @dataclass
@@ -104,13 +105,16 @@ class QuoteReport:
 
 
 def quote_report(path: str | Path, options: QuoteOptions | None = None) -> QuoteReport:
+    return quote_report_bytes(read_input(path, "quote", MAX_QUOTE), str(path), options)
+
+
+def quote_report_bytes(raw: bytes, path: str, options: QuoteOptions | None = None) -> QuoteReport:
+    """`path` names where the quote came from (a file, or "... from URL")."""
     opts = options or QuoteOptions()
-    what = f"quote {path}"
-    raw = read_input(path, "quote", MAX_QUOTE)
-    q = parse_quote(raw, what)
+    q = parse_quote(raw, f"quote {path}")
     at = opts.at or datetime.now(UTC)
     ver = verify_quote(q, at, opts.root, allow_debug=opts.allow_debug)
-    rep = QuoteReport(str(path), q, ver, opts)
+    rep = QuoteReport(path, q, ver, opts)
     if opts.collateral is not None:
         text = read_input(opts.collateral, "collateral", MAX_COLLATERAL)
         try:
@@ -124,7 +128,33 @@ def quote_report(path: str | Path, options: QuoteOptions | None = None) -> Quote
     if opts.expect is not None:
         m = load_measurements(read_input(opts.expect, "measurements file", MAX_MEASUREMENTS), f"measurements file {opts.expect}")
         rep.extra.append(check_measurements(q, m))
+    if opts.hostkeys is not None:
+        rep.extra.append(hostkey.check_binding(q, *opts.hostkeys))
     return rep
+
+
+def hostkey_report(source: str, nonce: bytes | None, given: list[hostkey.HostKey],
+                   options: QuoteOptions | None = None) -> tuple[QuoteReport, list[hostkey.HostKey]]:  # fmt: skip
+    """A bob guest's answer (a saved file, or fetched from http://ADDRESS:PORT with a fresh nonce): its quote verified
+    as `quote_report` does, plus: the answer is for our nonce, REPORTDATA binds its host keys to that nonce, and each
+    `given` key is one of them. Returns the report and the bound keys (in binding order)."""
+    whose = "the nonce you gave"
+    if "://" in source:
+        if nonce is None:
+            nonce, whose = hostkey.fresh_nonce(), "the nonce sealbox chose for this request"
+        data = hostkey.fetch(source, nonce)
+    else:
+        if nonce is None:
+            raise AttestInputError(f"answer {source}: give --nonce HEX, the nonce you sent with the request "
+                                   "(an answer to a nonce you did not choose may be replayed)")
+        data = read_input(source, "answer", hostkey.MAX_ANSWER)
+    ans = hostkey.parse_answer(data, source)
+    rep = quote_report_bytes(ans.quote, f"from {source}", options)
+    rep.extra.append(hostkey.check_nonce(ans.nonce, nonce, whose))
+    rep.extra.append(hostkey.check_binding(rep.quote, ans.keys, nonce))
+    if given:
+        rep.extra.append(hostkey.check_given(ans.keys, given))
+    return rep, sorted(ans.keys, key=lambda k: k.blob)
 
 
 @dataclass

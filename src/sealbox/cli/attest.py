@@ -67,6 +67,16 @@ def _instance(name: str | None, data_file: str | None, state_dir: Path | None) -
     return f"the instance data of sandbox {name} ({disk})", read_input(disk, "instance data", MAX_SIZE)
 
 
+def _hostkeys(texts: tuple[str, ...], nonce_text: str | None) -> Any:
+    """(--ssh-hostkey keys, --nonce bytes); one-line errors naming the flag and its value."""
+    from sealbox.attest import hostkey
+
+    keys = hostkey.parse_hostkeys(list(texts), lambda _i, t: f"--ssh-hostkey '{t}'",
+                                  lambda k: f"--ssh-hostkey {k.fingerprint} is given twice")
+    nonce = None if nonce_text is None else hostkey.parse_nonce(nonce_text, f"--nonce '{hostkey.shown(nonce_text, 80)}'")
+    return keys, nonce
+
+
 @attest.command("quote")
 @click.argument("file")
 @_quote_options
@@ -75,20 +85,28 @@ def _instance(name: str | None, data_file: str | None, state_dir: Path | None) -
 @click.option("--state-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="State directory for --instance (default: $SEALBOX_STATE_DIR or /var/lib/sealbox).")
 @click.option("--expect", metavar="MEASUREMENTS_JSON", help="Check MRTD and RTMR0-3 against a sealbox prediction.")
+@click.option("--ssh-hostkey", "ssh_hostkeys", multiple=True, metavar="'TYPE BASE64'",
+              help="Check REPORTDATA binds exactly these SSH host keys (repeatable) to --nonce (a bob guest's binding).")
+@click.option("--nonce", "nonce_text", metavar="HEX", help="The nonce the quote was asked for (with --ssh-hostkey).")
 @click.option("--at", "at_text", metavar="TIME", help="Check validity at this time (ISO 8601 or @unix); default now.")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 def quote_cmd(file: str, collateral: str | None, allow_status: tuple[str, ...], signatures_only: bool, allow_debug: bool,
               instance_name: str | None, instance_data: str | None, state_dir: Path | None, expect: str | None,
-              at_text: str | None, as_json: bool) -> None:  # fmt: skip
+              ssh_hostkeys: tuple[str, ...], nonce_text: str | None, at_text: str | None, as_json: bool) -> None:  # fmt: skip
     """Parse a TDX quote (v4/v5) and check it: signatures, PCK chain, DEBUG; with --collateral also TCB status,
-    QE identity and revocation; with --instance/--instance-data its MRCONFIGID; with --expect MRTD and RTMRs.
+    QE identity and revocation; with --instance/--instance-data its MRCONFIGID; with --expect MRTD and RTMRs; with
+    --ssh-hostkey and --nonce that REPORTDATA binds those host keys to that nonce.
     Without collateral the verdict says what was NOT checked and exits 1 unless --signatures-only."""
     from dataclasses import replace
 
-    from sealbox.attest import render, report
+    from sealbox.attest import AttestInputError, render, report
 
+    if bool(ssh_hostkeys) != (nonce_text is not None):
+        raise AttestInputError("--ssh-hostkey needs --nonce HEX (the nonce the quote was asked for)" if ssh_hostkeys
+                               else "--nonce needs --ssh-hostkey KEY (the host keys the quote should bind)")
     opts = _options(at_text, collateral, allow_status, signatures_only, allow_debug)
-    opts = replace(opts, instance=_instance(instance_name, instance_data, state_dir), expect=expect)
+    opts = replace(opts, instance=_instance(instance_name, instance_data, state_dir), expect=expect,
+                   hostkeys=_hostkeys(ssh_hostkeys, nonce_text) if ssh_hostkeys else None)
     rep = report.quote_report(file, opts)
     _emit(render.quote_json(rep) if as_json else render.quote_text(rep))
     if rep.failures:
@@ -120,3 +138,40 @@ def eventlog_cmd(file: str, table: str | None, quote: str | None, expect: str | 
         raise AttestError(f"event log {file} did not verify: {'; '.join(rep.failures)}")
     if not rep.ok:
         raise AttestError(f"event log {file}: {rep.refusal()}")
+
+
+@attest.command("hostkey")
+@click.argument("source")
+@_quote_options
+@click.option("--ssh-hostkey", "ssh_hostkeys", multiple=True, metavar="'TYPE BASE64'",
+              help="Also check this key (e.g. the one your ssh client is offered) is one the quote binds (repeatable).")
+@click.option("--nonce", "nonce_text", metavar="HEX",
+              help="The nonce the answer must be for: required for a saved answer; for a URL, sealbox makes a fresh one.")
+@click.option("--expect", metavar="MEASUREMENTS_JSON", help="Check MRTD and RTMR0-3 against a sealbox prediction.")
+@click.option("--at", "at_text", metavar="TIME", help="Check validity at this time (ISO 8601 or @unix); default now.")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+def hostkey_cmd(source: str, collateral: str | None, allow_status: tuple[str, ...], signatures_only: bool,
+                allow_debug: bool, ssh_hostkeys: tuple[str, ...], nonce_text: str | None, expect: str | None,
+                at_text: str | None, as_json: bool) -> None:  # fmt: skip
+    """Attested first contact with a bob guest: SOURCE is its attestation endpoint (http://ADDRESS:PORT, asked with a
+    fresh nonce) or an answer saved from it. Verifies the answer's quote as `attest quote` does, then that it answers
+    the nonce and that its REPORTDATA binds the listed SSH host keys to it; prints those keys. A guest that is not a
+    TDX TD has no quote: that is an error (exit 1), never a pass."""
+    from dataclasses import replace
+
+    from sealbox.attest import render, report
+
+    given, nonce = _hostkeys(ssh_hostkeys, nonce_text)
+    opts = replace(_options(at_text, collateral, allow_status, signatures_only, allow_debug), expect=expect)
+    rep, keys = report.hostkey_report(source, nonce, given, opts)
+    if as_json:
+        doc = render.quote_json(rep)
+        doc["ssh_host_keys"] = [k.line for k in keys]
+        _emit(doc)
+    else:
+        lines = render.quote_text(rep)
+        _emit([*lines[:-1], *(f"  bound host key: {k.line} ({k.fingerprint})" for k in keys), lines[-1]])
+    if rep.failures:
+        raise AttestError(f"answer {source} did not verify: {'; '.join(rep.failures)}")
+    if not rep.ok:
+        raise AttestError(f"answer {source}: {rep.refusal()}")

@@ -398,6 +398,9 @@ def wait_ready(net: GuestNet, console_log: Path, pid: int | None, start: int | N
         if scan.fatal and not scan.ready and pinned is None:
             raise boot_failure(scan.fatal)
         if pid is not None and not pid_alive(pid, start):
+            scan = follower.poll()  # what it wrote just before it exited (a panic reboot ends QEMU at once)
+            if scan.fatal and not scan.ready and pinned is None:
+                raise boot_failure(scan.fatal)
             own = f"its log: {_tail(vmm_log, 5)}; " if vmm_log is not None else ""  # the log goes with the failed sandbox
             raise SandboxError(f"the VMM exited before the guest was ready; {own}console: {_tail(console_log)}")
         if cancel is not None and cancel():

@@ -105,7 +105,8 @@ class QeFields:
 def build_quote(pki: Pki, *, version: int = 4, body_type: int = 2, chain: list[bytes] | None = None,
                 break_binding: bool = False, qe_signer: ec.EllipticCurvePrivateKey | None = None,
                 mrtd: bytes = b"\x11" * 48, mrconfigid: bytes = bytes(48), td_attributes: bytes = TD_ATTRIBUTES,
-                tee_tcb_svn: bytes = bytes(16), qe: QeFields = QeFields(), rtmrs: tuple[bytes, ...] = (bytes(48),) * 4) -> bytes:  # fmt: skip
+                tee_tcb_svn: bytes = bytes(16), qe: QeFields = QeFields(), rtmrs: tuple[bytes, ...] = (bytes(48),) * 4,
+                report_data: bytes = bytes(64)) -> bytes:  # fmt: skip
     ak = ec.generate_private_key(ec.SECP256R1())
     ak_raw = ak.public_key().public_bytes(serialization.Encoding.X962, serialization.PublicFormat.UncompressedPoint)[1:]
     header = struct.pack("<HHIHH", version, 2, 0x81, 0, 0) + bytes.fromhex("939a7233f79c4ca9940a0db3957f0607") + bytes(20)
@@ -116,6 +117,7 @@ def build_quote(pki: Pki, *, version: int = 4, body_type: int = 2, chain: list[b
     body[136:184] = mrtd
     body[184:232] = mrconfigid
     body[328:520] = b"".join(rtmrs)
+    body[520:584] = report_data
     signed = header + (struct.pack("<HI", body_type, body_size) if version == 5 else b"") + bytes(body)
     auth = bytes(range(32))  # 32 bytes, as the Intel QE produces
     binding = hashlib.sha256(ak_raw + auth).digest()

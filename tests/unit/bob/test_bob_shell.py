@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import json
 import os
 import shutil
 import socket
@@ -89,10 +90,76 @@ def test_only_initialize_before_persistent_is_mounted(command: str, tmp_path: Pa
     assert rc == 1 and out == "" and err == f"{command.split()[0]}: refused until /persistent is mounted: run initialize first\n"
 
 
-def test_initialize_is_accepted_unmounted_and_says_it_is_not_there_yet(tmp_path: Path) -> None:
+def _disk_service(root: Path, answer: dict[str, Any], got: list[bytes]) -> threading.Thread:
+    """A stand-in for bob-disk serve behind its socket (one connection): records what arrives, answers `answer`."""
+    path = root / bs.DISK_SOCKET
+    path.parent.mkdir(parents=True, exist_ok=True)
+    srv = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    srv.bind(str(path))
+    srv.listen(1)
+    srv.settimeout(30)
+
+    def once() -> None:
+        with srv:
+            conn, _ = srv.accept()
+            with conn, conn.makefile("rb") as rf:
+                got.extend([rf.readline(), rf.readline()])
+                conn.sendall(json.dumps(answer).encode() + b"\n")
+
+    t = threading.Thread(target=once, daemon=True)
+    t.start()
+    return t
+
+
+def _initialize(root: Path, stdin: bytes) -> tuple[int, str, str]:
+    run = Run(root)
+    rc = run.shell.run(["-c", "initialize"], io.BytesIO(stdin))
+    return rc, run.out.getvalue().decode(), run.err.getvalue()
+
+
+@pytest.mark.parametrize("stdin, has", [
+    (b"", "no passphrase"),
+    (b"\n", "no passphrase"),
+    (b"\r\n", "no passphrase"),
+    (b"x" * 513 + b"\n", "longer than 512 bytes"),
+    (b"x" * 4096, "longer than 512 bytes"),
+    (b"pass\x00word\n", "control character"),
+    (b"pass\tword\n", "control character"),
+    (b"pass\x1b[2Jword\n", "control character"),
+])
+def test_initialize_refuses_an_empty_or_overlong_passphrase_before_asking_the_root_side(tmp_path: Path, stdin: bytes,
+                                                                                       has: str) -> None:
+    root = guest_root(tmp_path, mounted=False)  # no disk service listening: a refusal must come before the relay
+    rc, out, err = _initialize(root, stdin)
+    assert rc == 2 and out == "" and has in err and err.startswith("initialize: ") and err.count("\n") == 1
+
+
+@pytest.mark.parametrize("stdin, sent", [
+    (b"correct horse\n", b"correct horse\n"),
+    (b"correct horse", b"correct horse\n"),  # no final newline: the whole input is the passphrase
+    (b"x" * 512 + b"\r\n", b"x" * 512 + b"\n"),
+    ("p\u00e4ss".encode() + b"\nsecond line is not read\n", "p\u00e4ss".encode() + b"\n"),
+])
+def test_initialize_relays_one_passphrase_line_to_the_disk_service(tmp_path: Path, stdin: bytes, sent: bytes) -> None:
     root = guest_root(tmp_path, mounted=False)
-    rc, _, err = Run(root)("-c", "initialize")
-    assert rc == 1 and "not available in this image yet" in err and "mounted" not in err
+    got: list[bytes] = []
+    service = _disk_service(root, {"rc": 0, "out": "initialize: /persistent unlocked and mounted"}, got)
+    assert _initialize(root, stdin) == (0, "initialize: /persistent unlocked and mounted\n", "")
+    service.join(10)
+    assert got == [b"initialize\n", sent]
+
+
+def test_initialize_passes_the_disk_services_refusal_on(tmp_path: Path) -> None:
+    root = guest_root(tmp_path, mounted=False)
+    got: list[bytes] = []
+    _disk_service(root, {"rc": 1, "out": "initialize: wrong passphrase: nothing was changed"}, got).join(0)
+    rc, out, err = _initialize(root, b"nope\n")
+    assert (rc, out, err) == (1, "", "initialize: wrong passphrase: nothing was changed\n")
+
+
+def test_initialize_without_the_disk_service_is_a_clear_refusal(tmp_path: Path) -> None:
+    rc, out, err = _initialize(guest_root(tmp_path, mounted=False), b"pw\n")
+    assert rc == 1 and out == "" and err.startswith("initialize: the disk service is not answering")
 
 
 def _logs(root: Path, data: bytes) -> None:

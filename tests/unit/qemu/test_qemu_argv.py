@@ -89,7 +89,7 @@ def test_microvm_tcg_initrd(make_plan, host) -> None:  # type: ignore[no-untyped
     assert "virtio-rng-device,rng=rng0" in values(a, "-device")
     assert proc_fd_path(cmd, one(a, "-kernel")) == plan.kernel
     assert proc_fd_path(cmd, one(a, "-initrd")) == plan.initrd
-    assert one(a, "-append") == f"{plan.cmdline} tsc_early_khz={host.tsc_khz}"
+    assert one(a, "-append") == f"{plan.cmdline} tsc_early_khz={host.tsc_khz} reboot=t"
     # QMP: a listening socket fd in the run dir
     qmp = re.fullmatch(r"socket,id=qmp,fd=(\d+),server=on,wait=off", values(a, "-chardev")[0])
     assert qmp and fd_entry(cmd, int(qmp.group(1))).path == str(run_dir_of(plan) / "qmp.sock") == cmd.qmp_socket
@@ -109,6 +109,19 @@ def test_microvm_tcg_initrd(make_plan, host) -> None:  # type: ignore[no-untyped
     assert "virtio-blk-device,drive=instance,serial=sealbox-instance" in values(a, "-device")
     assert not any("pci" in v for v in values(a, "-device"))
     check_fd_table(cmd)
+
+
+def test_microvm_guest_reboots_by_triple_fault_so_no_reboot_ends_the_vm(make_plan, host) -> None:  # type: ignore[no-untyped-def]
+    """Measured here: with the kernel's default order (ACPI, keyboard, ..., BIOS) 3 of 14 microvm guests rebooted
+    through the firmware in software, so -no-reboot never saw a reset and the sandbox came back with new host keys.
+    A triple fault is a reset QEMU always sees. An image that chose its own reboot= keeps it."""
+    for accel in ("tcg", "kvm"):
+        args = one(build_command(make_plan(accel=accel), host).qemu_argv, "-append").split()
+        assert args[-1] == "reboot=t" and sum(a.startswith("reboot=") for a in args) == 1
+    plan = make_plan()
+    own = plan.model_copy(update={"cmdline": plan.cmdline + " reboot=a"})
+    args = one(build_command(own, host).qemu_argv, "-append").split()
+    assert [a for a in args if a.startswith("reboot=")] == ["reboot=a"]
 
 
 def test_microvm_rootfs_disk_and_extra_disks(make_plan, host, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]

@@ -164,6 +164,37 @@ def test_wait_ready_fails_at_once_on_a_panic_or_a_broken_initramfs(tmp_path: Pat
         assert "--memory" in msg
 
 
+def test_a_vmm_that_exits_right_after_its_fatal_line_still_gets_the_fatal_line_s_hint(tmp_path: Path,
+                                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    """The line can land between the console poll and the liveness check (a guest that reboots by triple fault
+    makes QEMU exit at once): the exit is then read as a boot failure with its hint, not a bare 'VMM exited'."""
+    import time
+
+    from test_rt_lifecycle import NET
+
+    from sealbox.errors import SandboxError
+    from sealbox.guest import console as con
+    from sealbox.sandbox import lifecycle, ssh
+
+    monkeypatch.setattr(ssh, "probe_ssh", lambda *a, **k: None)
+    log = tmp_path / "console.log"
+    log.write_bytes(b"[    0.5] Run /init as init process\n")
+    real_poll = con.ConsoleFollower.poll
+
+    def poll_then_the_vmm_writes(self):  # type: ignore[no-untyped-def]
+        scan = real_poll(self)
+        if b"Initramfs" not in log.read_bytes():
+            with open(log, "ab") as f:
+                f.write(INITRAMFS_FAIL)
+        return scan
+
+    monkeypatch.setattr(con.ConsoleFollower, "poll", poll_then_the_vmm_writes)
+    with pytest.raises(SandboxError) as e:  # pid 99999999: the VMM is gone
+        lifecycle.wait_ready(NET, log, 99999999, 1, known_hosts=tmp_path / "kh", alias="sealbox-t",
+                             deadline=time.monotonic() + 10, timeout=10)
+    assert "did not boot" in str(e.value) and "--memory" in str(e.value), str(e.value)
+
+
 # ---- memory: the image's recorded minimum ------------------------------------------------------------
 
 def test_default_memory_is_the_larger_of_512_and_the_image_minimum(make_image) -> None:  # type: ignore[no-untyped-def]

@@ -5,7 +5,7 @@ Installed as /usr/lib/sealbox/bob/bob-shell, the login shell of the `searcher` a
 `bob-shell -c COMMAND` (`ssh searcher@HOST toggle`); an interactive login, a subsystem (sftp) or any other
 command is refused. The command is split on whitespace, never given to a shell, and must be exactly one of:
   initialize        unlock or create the encrypted /persistent (the only command allowed before /persistent is
-                    mounted; not in this slice: refused with a message saying so)
+                    mounted): reads one passphrase line on stdin and relays it to the root side (bob-disk)
   toggle, status    relayed to the root side (bob-mode) over its socket: the searcher's uid cannot load rules
   logs N            the last N lines (1..10,000,000) of /persistent/delayed_logs
   tail-the-logs     its last 10 lines, then new ones as they arrive, until the connection closes
@@ -30,6 +30,9 @@ COMMANDS = "initialize, toggle, status, logs N (1..10000000), tail-the-logs"
 PERSISTENT = "/persistent"
 LOGS = "persistent/delayed_logs"
 MODE_SOCKET = "run/sealbox-bob/mode.sock"
+DISK_SOCKET = "run/sealbox-bob/disk.sock"
+MAX_PASSPHRASE = 512  # bytes; the same bound bob-disk applies
+DISK_TIMEOUT = 900  # argon2id and mkfs under TCG: minutes, not hours
 MAX_LINES = 10_000_000
 N_RE = re.compile(r"[1-9][0-9]{0,7}")
 MAX_COMMAND = 64
@@ -123,7 +126,7 @@ class Shell:
                 return self.tail()
             if words[0] == "initialize":
                 return self.initialize(stdin)
-            return self.relay(words[0])
+            return self.relay(words[0], MODE_SOCKET, words[0].encode() + b"\n")
         except Refused as e:
             self.err.write(f"{e}\n")
             return e.rc
@@ -175,23 +178,24 @@ class Shell:
                 f.close()
         return 0
 
-    def relay(self, word: str) -> int:
-        """Ask the root side (bob-mode serve behind its socket) and pass its answer on."""
+    def relay(self, word: str, path: str, request: bytes, timeout: float = 120) -> int:
+        """Ask the root side (bob-mode or bob-disk serve behind its socket) and pass its answer on."""
+        service = "disk" if path == DISK_SOCKET else "mode"
         try:
             with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
-                s.settimeout(120)
-                s.connect(str(self.root / MODE_SOCKET))
-                s.sendall(word.encode() + b"\n")
+                s.settimeout(timeout)
+                s.connect(str(self.root / path))
+                s.sendall(request)
                 data = b""
                 while len(data) <= MAX_ANSWER and (chunk := s.recv(4096)):
                     data += chunk
         except OSError as e:
-            raise Refused(f"{word}: the mode service is not answering ({e.strerror or e})") from None
+            raise Refused(f"{word}: the {service} service is not answering ({e.strerror or e})") from None
         try:
             answer = json.loads(data[:MAX_ANSWER])
             rc, text = int(answer["rc"]), str(answer["out"])
         except (ValueError, KeyError, TypeError):
-            raise Refused(f"{word}: the mode service gave no answer") from None
+            raise Refused(f"{word}: the {service} service gave no answer") from None
         if rc:
             raise Refused(text, rc)
         self.out.write(text.encode() + b"\n")
@@ -199,9 +203,23 @@ class Shell:
         return 0
 
     def initialize(self, stdin: BinaryIO | None) -> int:
-        # the encrypted disk (LUKS2, the passphrase on stdin, through the root side) is the next slice of the module
-        raise Refused("initialize: not available in this image yet: the encrypted /persistent is a later part of the bob module")
+        """One passphrase line from stdin, checked here (and again by the root side), relayed to bob-disk."""
+        passphrase = read_passphrase(stdin)
+        return self.relay("initialize", DISK_SOCKET, b"initialize\n" + passphrase + b"\n", DISK_TIMEOUT)
 
+
+def read_passphrase(stdin: BinaryIO | None) -> bytes:
+    """The first line of stdin without its line end; refused if empty, over MAX_PASSPHRASE bytes or with control bytes."""
+    raw = stdin.readline(MAX_PASSPHRASE + 3) if stdin is not None else b""
+    line = raw[:-1] if raw.endswith(b"\n") else raw
+    line = line[:-1] if line.endswith(b"\r") else line
+    if len(line) > MAX_PASSPHRASE:
+        raise Refused(f"initialize: the passphrase is longer than {MAX_PASSPHRASE} bytes", 2)
+    if not line:
+        raise Refused("initialize: no passphrase: send it as one line on stdin (ssh searcher@HOST initialize < FILE)", 2)
+    if any(b < 0x20 or b == 0x7F for b in line):
+        raise Refused("initialize: the passphrase holds a control character (tab, escape, NUL...): use printable text", 2)
+    return line
 
 def main() -> int:
     return Shell().run(sys.argv[1:], sys.stdin.buffer)
