@@ -11,8 +11,9 @@ what depends on the [bob] settings or must not be left to a spec:
 - each mode's rule set and config.json (builder/bob_firewall.py), and the workload archive, read-only.
 The SSH host key is the base image's: made at every boot in RAM (sealbox-sshd-keys), none in the image.
 
-Hook points for the parts of the module built elsewhere: the disk behind `initialize` and the searcher's container
-start from UNITS' targets (see `WORKLOAD_DIR`, `MODE_SOCKET`, `KEY_FILE` below and docs/modules.md, bob).
+Also enabled: the disk service behind `initialize` (bob_disk.py, its units in modules/bob) and attested first
+contact (bob_attest.py; its HTTP unit gets the attestation port here). The searcher's container is not wired yet: its
+units go into UNITS, its packages into modules/bob.toml; it reads the archive at WORKLOAD.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from __future__ import annotations
 from sealbox.builder import bob_firewall
 from sealbox.builder.intree import Tree
 from sealbox.spec.bob import Bob
-from sealbox.spec.load import LoadedSpec
+from sealbox.spec.load import LoadedSpec, modules_dir
 
 LIB = bob_firewall.LIB  # /usr/lib/sealbox/bob: the guest programs, rule sets and config.json
 WORKLOAD_DIR = "/usr/share/sealbox/bob"
@@ -34,7 +35,12 @@ FIREWALL_UNIT = "sealbox-bob-firewall.service"
 KEYREG_UNIT = "sealbox-bob-keyreg.service"
 MODE_SOCKET_UNIT = "sealbox-bob-mode.socket"
 MODE_SERVICE = "sealbox-bob-mode@.service"
-UNITS = (FIREWALL_UNIT, KEYREG_UNIT, MODE_SOCKET_UNIT)  # enabled; sealbox's own, so not ordered after the ready marker
+ATTEST_UNIT = "sealbox-bob-attest.service"  # its template is modules/bob's (@PORT@: attestation_port)
+# installed by modules/bob.toml's files[] (they depend on no setting), enabled here
+MODULE_UNITS = ("sealbox-bob-disk-boot.service", "sealbox-bob-disk.socket", "sealbox-bob-attest-quote.socket")
+# enabled; sealbox's own, so not ordered after the ready marker
+UNITS = (FIREWALL_UNIT, KEYREG_UNIT, MODE_SOCKET_UNIT, ATTEST_UNIT, *MODULE_UNITS)
+PERSISTENT = "/persistent"  # bob-disk mounts the unlocked disk here (the root is read-only)
 UNIT_DIR = "/usr/lib/systemd/system"
 
 
@@ -148,8 +154,9 @@ RuntimeMaxSec=180
 
 
 def units(bob: Bob) -> dict[str, bytes]:
+    attest = (modules_dir() / "bob" / ATTEST_UNIT).read_text().replace("@PORT@", str(bob.attestation_port))
     return {FIREWALL_UNIT: FIREWALL.encode(), KEYREG_UNIT: KEYREG.replace("@PORT@", str(bob.key_registration_port)).encode(),
-            MODE_SOCKET_UNIT: MODE_SOCKET_TEXT.encode(), MODE_SERVICE: MODE_SERVICE_TEXT.encode()}
+            MODE_SOCKET_UNIT: MODE_SOCKET_TEXT.encode(), MODE_SERVICE: MODE_SERVICE_TEXT.encode(), ATTEST_UNIT: attest.encode()}
 
 
 def install(t: Tree, loaded: LoadedSpec) -> list[str]:
@@ -160,6 +167,7 @@ def install(t: Tree, loaded: LoadedSpec) -> list[str]:
         t.write_bytes(f"{UNIT_DIR}/{name}", text, 0o644, what=f"bob: {name}")
     for path, data in bob_firewall.image_files(bob).items():
         t.write_bytes(path, data, 0o644, what=f"bob: {path}")
+    t.mkdir(PERSISTENT, 0o755, what="bob: the mount point of /persistent")
     t.mkdir(WORKLOAD_DIR, 0o755, what="bob.workload")
     t.copy_file(WORKLOAD, loaded.resolve_source(bob.workload), 0o444, what="bob.workload")
     return list(UNITS)

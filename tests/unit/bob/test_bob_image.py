@@ -78,7 +78,12 @@ def test_install_writes_units_rule_sets_and_the_workload_read_only(tmp_path: Pat
     tree.mkdir()
     with Tree(tree) as t:
         enabled = bob_image.install(t, loaded)
-    assert enabled == ["sealbox-bob-firewall.service", "sealbox-bob-keyreg.service", "sealbox-bob-mode.socket"]
+    assert enabled == ["sealbox-bob-firewall.service", "sealbox-bob-keyreg.service", "sealbox-bob-mode.socket",
+                       "sealbox-bob-attest.service", "sealbox-bob-disk-boot.service", "sealbox-bob-disk.socket",
+                       "sealbox-bob-attest-quote.socket"]
+    assert (tree / "persistent").is_dir()  # bob-disk's mount point: the root is read-only at run time
+    attest = (tree / "usr/lib/systemd/system/sealbox-bob-attest.service").read_text()
+    assert "ExecStart=/usr/lib/sealbox/bob/bob-attest serve 8745\n" in attest and "@PORT@" not in attest
     w = tree / "usr/share/sealbox/bob/workload.oci.tar"
     assert w.read_bytes() == b"\x00workload bytes" and stat.S_IMODE(w.stat().st_mode) == 0o444
     for path, data in image_files(loaded.spec.bob).items():
@@ -97,8 +102,13 @@ def test_install_writes_units_rule_sets_and_the_workload_read_only(tmp_path: Pat
 def test_the_module_gives_searcher_the_command_shell_and_turns_the_base_firewall_off(tmp_path: Path) -> None:
     spec = _loaded(tmp_path).spec
     assert spec.users["searcher"].shell == "/usr/lib/sealbox/bob/bob-shell"
-    assert {f.dest for f in spec.files} >= {"/usr/lib/sealbox/bob/bob-shell", "/usr/lib/sealbox/bob/bob-mode",
-                                            "/usr/lib/sealbox/bob/bob-keyreg"}
+    dests = {f.dest for f in spec.files}
+    assert {f"/usr/lib/sealbox/bob/bob-{n}" for n in ("shell", "mode", "keyreg", "disk", "attest")} <= dests
+    # every unit the builder enables is either written by it or installed by the module's files[]
+    module_units = {d.rsplit("/", 1)[1] for d in dests if d.startswith("/usr/lib/systemd/system/")}
+    assert set(bob_image.MODULE_UNITS) <= module_units
+    assert {"cryptsetup-bin", "e2fsprogs"} <= set(spec.packages.include)
+    assert {"/usr/sbin/mke2fs", "/usr/sbin/mkfs.ext4", "/usr/sbin/e2fsck"} <= set(spec.strip.keep)
     assert spec.hardening.lock_root and spec.hardening.ssh and not spec.hardening.firewall
     assert "netbase" in spec.packages.include  # nft resolves the rule sets' protocol names through /etc/protocols
 
