@@ -20,6 +20,7 @@ from __future__ import annotations
 
 from sealbox.builder import bob_firewall
 from sealbox.builder.intree import Tree
+from sealbox.errors import BuildError
 from sealbox.spec.bob import Bob
 from sealbox.spec.load import LoadedSpec, modules_dir
 
@@ -37,11 +38,14 @@ MODE_SOCKET_UNIT = "sealbox-bob-mode.socket"
 MODE_SERVICE = "sealbox-bob-mode@.service"
 ATTEST_UNIT = "sealbox-bob-attest.service"  # its template is modules/bob's (@PORT@: attestation_port)
 # installed by modules/bob.toml's files[] (they depend on no setting), enabled here
-MODULE_UNITS = ("sealbox-bob-disk-boot.service", "sealbox-bob-disk.socket", "sealbox-bob-attest-quote.socket")
+MODULE_UNITS = ("sealbox-bob-disk-boot.service", "sealbox-bob-disk.socket", "sealbox-bob-attest-quote.socket",
+                "sealbox-bob-data-sshd.service")  # not the workload's and log writer's: `bob-mode resume` starts them
 # enabled; sealbox's own, so not ordered after the ready marker
 UNITS = (FIREWALL_UNIT, KEYREG_UNIT, MODE_SOCKET_UNIT, ATTEST_UNIT, *MODULE_UNITS)
 PERSISTENT = "/persistent"  # bob-disk mounts the unlocked disk here (the root is read-only)
 UNIT_DIR = "/usr/lib/systemd/system"
+# rootless podman maps the container's uids into these (newuidmap); fixed, so every build writes the same bytes
+SUBIDS = f"{USER}:100000:65536\n".encode()
 
 
 def sshd_config(bob: Bob) -> bytes:
@@ -170,7 +174,21 @@ def install(t: Tree, loaded: LoadedSpec) -> list[str]:
     t.mkdir(PERSISTENT, 0o755, what="bob: the mount point of /persistent")
     t.mkdir(WORKLOAD_DIR, 0o755, what="bob.workload")
     t.copy_file(WORKLOAD, loaded.resolve_source(bob.workload), 0o444, what="bob.workload")
+    searcher_account(t)
     return list(UNITS)
+
+
+def searcher_account(t: Tree) -> None:
+    """searcher's subordinate ids, and a password field of "*" (no password can match, but not "!"-locked: the data
+    plane sshd runs with UsePAM no, and then refuses a locked account even with a valid key)."""
+    t.rewrite("/etc/subuid", SUBIDS, what="bob: /etc/subuid")
+    t.rewrite("/etc/subgid", SUBIDS, what="bob: /etc/subgid")
+    lines = t.read_bytes("/etc/shadow").decode().splitlines()
+    fields = [line.split(":") for line in lines]
+    if not any(f[0] == USER for f in fields):
+        raise BuildError(f"bob: no {USER} account in /etc/shadow", hint="modules/bob.toml makes it ([users.searcher])")
+    out = [":".join([f[0], "*", *f[2:]]) if f[0] == USER and len(f) > 2 else ":".join(f) for f in fields]
+    t.rewrite("/etc/shadow", ("\n".join(out) + "\n").encode(), what="bob: searcher's password field")
 
 
 def manifest_record(bob: Bob) -> dict[str, object]:

@@ -27,8 +27,9 @@ mount --bind "$1" /etc/passwd
 mount -t tmpfs -o mode=0755,size=1m sealbox-test-bob /run
 mkdir -m 0755 /run/sshd
 mount -t tmpfs -o mode=0755,size=1m sealbox-test-bob /etc/ssh
-cp "$2" /etc/ssh/ssh_host_ed25519_key
-chmod 600 /etc/ssh/ssh_host_ed25519_key
+mkdir -p -m 0700 /run/sealbox/ssh
+cp "$2" /run/sealbox/ssh/ssh_host_ed25519_key
+chmod 600 /run/sealbox/ssh/ssh_host_ed25519_key
 shift 2
 exec "$@"
 """

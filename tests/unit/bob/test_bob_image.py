@@ -75,12 +75,13 @@ def test_install_writes_units_rule_sets_and_the_workload_read_only(tmp_path: Pat
     (tmp_path / "spec").mkdir()
     loaded = _loaded(tmp_path / "spec", b"\x00workload bytes")
     tree = tmp_path / "tree"
-    tree.mkdir()
+    (tree / "etc").mkdir(parents=True)
+    (tree / "etc/shadow").write_text("searcher:!:1:0:99999:7:::\n")  # install gives searcher "*" (test_bob_image_workload.py)
     with Tree(tree) as t:
         enabled = bob_image.install(t, loaded)
     assert enabled == ["sealbox-bob-firewall.service", "sealbox-bob-keyreg.service", "sealbox-bob-mode.socket",
                        "sealbox-bob-attest.service", "sealbox-bob-disk-boot.service", "sealbox-bob-disk.socket",
-                       "sealbox-bob-attest-quote.socket"]
+                       "sealbox-bob-attest-quote.socket", "sealbox-bob-data-sshd.service"]
     assert (tree / "persistent").is_dir()  # bob-disk's mount point: the root is read-only at run time
     attest = (tree / "usr/lib/systemd/system/sealbox-bob-attest.service").read_text()
     assert "ExecStart=/usr/lib/sealbox/bob/bob-attest serve 8745\n" in attest and "@PORT@" not in attest
