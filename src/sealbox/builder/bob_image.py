@@ -32,6 +32,7 @@ KEY_FILE = f"{RUN_DIR}/authorized_keys"  # written once by bob-keyreg; the only 
 MODE_SOCKET = f"{RUN_DIR}/mode.sock"
 USER = "searcher"
 SSHD_CONF = "/etc/ssh/sshd_config.d/00-sealbox.conf"  # the base image's path: bob's file takes its place
+DEBIAN_SSHD_CONF = "/etc/ssh/sshd_config"
 FIREWALL_UNIT = "sealbox-bob-firewall.service"
 KEYREG_UNIT = "sealbox-bob-keyreg.service"
 MODE_SOCKET_UNIT = "sealbox-bob-mode.socket"
@@ -175,7 +176,19 @@ def install(t: Tree, loaded: LoadedSpec) -> list[str]:
     t.mkdir(WORKLOAD_DIR, 0o755, what="bob.workload")
     t.copy_file(WORKLOAD, loaded.resolve_source(bob.workload), 0o444, what="bob.workload")
     searcher_account(t)
+    no_accept_env(t)
     return list(UNITS)
+
+
+def no_accept_env(t: Tree) -> None:
+    """Debian's sshd_config accepts LANG and LC_* from the client (AcceptEnv adds up across files, so bob's file cannot
+    take it back): dropped, so the searcher's shell gets no variable from the client."""
+    if t.resolve(DEBIAN_SSHD_CONF) is None:
+        return
+    lines = t.read_bytes(DEBIAN_SSHD_CONF).decode().splitlines(keepends=True)
+    kept = [line for line in lines if not line.strip().lower().startswith("acceptenv")]
+    if kept != lines:
+        t.rewrite(DEBIAN_SSHD_CONF, "".join(kept).encode(), what="bob: no AcceptEnv in sshd_config")
 
 
 def searcher_account(t: Tree) -> None:

@@ -43,6 +43,9 @@ WANT = {
     "sealbox-bob-data-sshd.service": (f"{UNITS}/sealbox-bob-data-sshd.service", 0o644),
     "sealbox-bob-tun.conf": ("/usr/lib/tmpfiles.d/sealbox-bob-tun.conf", 0o644),
 }
+# Debian 12's /etc/ssh/sshd_config, its settings (comments left out)
+DEBIAN_SSHD = ("Include /etc/ssh/sshd_config.d/*.conf\nKbdInteractiveAuthentication no\nUsePAM yes\nX11Forwarding yes\n"
+               "PrintMotd no\nAcceptEnv LANG LC_*\nSubsystem\tsftp\t/usr/lib/openssh/sftp-server\n")
 SHADOW = "root:!*:1:0:99999:7:::\nsshd:!:1::::::\nsearcher:!:1:0:99999:7:::\n"
 
 
@@ -61,6 +64,8 @@ def built(tmp_path: Path) -> tuple[Path, list[str], LoadedSpec]:
     (tree / "etc/passwd").write_text("root:x:0:0::/root:/bin/sh\nsearcher:x:1000:1000::/home/searcher:/usr/lib/sealbox/bob/bob-shell\n")
     (tree / "etc/group").write_text("root:x:0:\nsearcher:x:1000:\n")
     (tree / "etc/shadow").write_text(SHADOW)
+    (tree / "etc/ssh").mkdir()
+    (tree / "etc/ssh/sshd_config").write_text(DEBIAN_SSHD)
     copy_files(tree, loaded)
     with Tree(tree) as t:
         enabled = bob_image.install(t, loaded)
@@ -134,6 +139,9 @@ def test_both_sshds_use_the_base_images_host_key_and_accept_no_environment(built
     control = _keywords(bob_image.sshd_config(loaded.spec.bob).decode())
     assert data["hostkey"] == control["hostkey"] == ["/run/sealbox/ssh/ssh_host_ed25519_key"]
     assert "acceptenv" not in data and "acceptenv" not in control
+    # failed before: Debian's sshd_config kept "AcceptEnv LANG LC_*" for the control plane (it adds up across files)
+    debian = (tree / "etc/ssh/sshd_config").read_text()
+    assert "acceptenv" not in _keywords(debian) and debian == DEBIAN_SSHD.replace("AcceptEnv LANG LC_*\n", "")
     unit = (tree / f"{UNITS}/sealbox-bob-data-sshd.service".lstrip("/")).read_text()
     assert "After=network.target sealbox-sshd-keys.service\n" in unit and "Requires=sealbox-sshd-keys.service\n" in unit
 
