@@ -215,7 +215,7 @@ def guest(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Guest]:
     assert sb("disk", "create", str(disk), "--size", "1G", timeout=60).returncode == 0
     t0 = time.monotonic()
     p = sb("run", str(image), "--name", name, "--rootfs", "disk", "--accel", "tcg", "--timeout", "420",
-           "--disk", f"{disk}:rw,serial=persistent", timeout=480)
+           "--disk", f"{disk}:rw,qcow2,serial=persistent", timeout=480)
     try:
         assert p.returncode == 0, p.stderr
         rec = sb.record(name)
