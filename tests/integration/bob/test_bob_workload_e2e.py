@@ -60,7 +60,15 @@ builder_bundle = ["192.0.2.10:8645"]
 builder_state_diff = ["192.0.2.10:8646"]
 workload = "workload.oci.tar"
 log_delay_seconds = {LOG_DELAY}
+
+# diagnostics only (this test's image): what podman and bob-netguard say goes to the serial console too, which the
+# facts keep (there is no root shell in a bob guest to read the journal)
+[[files]]
+source = "workload-console.conf"
+dest = "/etc/systemd/system/sealbox-bob-workload.service.d/console.conf"
+mode = 0o644
 """
+CONSOLE_DROPIN = "[Service]\nStandardOutput=journal+console\nStandardError=journal+console\n"
 TOOLS = ("qemu-system-x86_64", "bwrap", "setpriv", "nft", "ip", "ssh", "ssh-keygen")
 PASSPHRASE = "correct horse battery staple, bobwire e2e\n"
 CONTROL, DATA, UDP, REGISTER = 22, 10022, 27017, 8080
@@ -84,7 +92,7 @@ def _image() -> Path:
     tar, dest = work / "bobwire-work.oci.tar", src / "workload.oci.tar"
     if not dest.is_file() or dest.read_bytes() != tar.read_bytes():
         shutil.copyfile(tar, dest)
-    image = spec_image("bobwire-e2e", BOB_SPEC)
+    image = spec_image("bobwire-e2e", BOB_SPEC, files={"workload-console.conf": CONSOLE_DROPIN})
     FACTS["build_or_cache_s"] = round(time.monotonic() - t, 1)
     FACTS["image_bytes"] = sum(p.stat().st_size for p in image.iterdir() if p.is_file())
     return image
@@ -230,6 +238,9 @@ def guest(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Guest]:
         _sequence(g)
         yield g
     finally:
+        console = state / "sandboxes" / name / "console" / "console.log"
+        if console.is_file():
+            FACTS["console_tail"] = console.read_text(errors="replace")[-6000:].splitlines()
         out = tmp_path_factory.getbasetemp() / "bob-workload-e2e-facts.json"
         out.write_text(json.dumps(FACTS, indent=2, sort_keys=True) + "\n")
         print(f"\nbob workload e2e facts ({out}): {json.dumps(FACTS, sort_keys=True)}")
