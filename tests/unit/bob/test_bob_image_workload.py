@@ -168,3 +168,12 @@ def test_tun_is_made_usable_by_searcher_at_boot(built: tuple[Path, list[str], Lo
              if line and not line.startswith("#")]
     assert ["c!", "/dev/net/tun", "0666", "root", "root", "-", "10:200"] in lines
     assert ["z", "/dev/net/tun", "0666", "root", "root", "-"] in lines
+
+
+def test_the_workload_units_start_outlasts_bob_netguards_wait(built: tuple[Path, list[str], LoadedSpec]) -> None:
+    # failed before: no TimeoutStartSec, so systemd's default 90 s killed the start (ExecStartPost bob-netguard apply
+    # waits up to APPLY_WAIT = 120 s for the container) and restarted it, forever under TCG
+    tree, _, _ = built
+    unit = (tree / f"{UNITS}/sealbox-bob-workload.service".lstrip("/")).read_text()
+    values = [line.split("=", 1)[1] for line in unit.splitlines() if line.startswith("TimeoutStartSec=")]
+    assert len(values) == 1 and int(values[0]) > load("bob_netguard").APPLY_WAIT + 60, values
