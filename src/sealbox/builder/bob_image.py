@@ -12,8 +12,10 @@ what depends on the [bob] settings or must not be left to a spec:
 The SSH host key is the base image's: made at every boot in RAM (sealbox-sshd-keys), none in the image.
 
 Also enabled: the disk service behind `initialize` (bob_disk.py, its units in modules/bob) and attested first
-contact (bob_attest.py; its HTTP unit gets the attestation port here). The searcher's container is not wired yet: its
-units go into UNITS, its packages into modules/bob.toml; it reads the archive at WORKLOAD.
+contact (bob_attest.py; its HTTP unit gets the attestation port here). The searcher's container: its packages,
+programs and units come from modules/bob.toml; here the data plane sshd is enabled (the workload and log units are
+started by `bob-mode resume`), searcher gets subordinate ids and a password field sshd accepts with UsePAM no, and
+Debian's AcceptEnv goes; bob-workload reads the archive at WORKLOAD.
 """
 
 from __future__ import annotations
