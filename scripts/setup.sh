@@ -30,8 +30,9 @@ APT_PACKAGES=(
   # the gui module: per-sandbox password hashes (openssl passwd); its test logs in with a real RDP client under a
   # virtual X server and checks a screenshot (ImageMagick)
   openssl xvfb freerdp2-x11 imagemagick
-  # the bob module: its mode-switch test flushes connection tracking in a test namespace with the guest's own tool
-  conntrack
+  # the bob module: its mode-switch test flushes connection tracking in a test namespace with the guest's own tool;
+  # its workload test runs podman rootless as an unprivileged uid (newuidmap/newgidmap, slirp4netns), as the guest does
+  conntrack uidmap slirp4netns
   # Python
   python3 python3-venv python3-pip
 )

@@ -22,7 +22,6 @@ import http.client
 import json
 import re
 import secrets
-import struct
 from collections.abc import Callable
 from dataclasses import dataclass
 from urllib.parse import urlsplit
@@ -32,17 +31,21 @@ from sealbox.attest.quote import Quote
 from sealbox.attest.verify import Check
 from sealbox.errors import AttestError
 
-SCHEMA = "sealbox.bob.hostkey-quote/v1"
-BINDING = "sealbox-bob-ssh-hostkeys-v1"
-LABEL = BINDING.encode() + b"\x00"
-MIN_NONCE, MAX_NONCE = 16, 64
-MAX_KEYS = 8
-MAX_BLOB = 4096
-MAX_QUOTE = 32 * 1024  # the kernel's configfs-tsm outblob limit
-MAX_ANSWER = 128 * 1024  # a base64 quote of MAX_QUOTE and eight keys fit with room to spare
+# The guest's endpoint script is the one definition of the binding: the guest runs it, the host checks with it.
+from sealbox.modules.bob.bob_attest import (
+    BINDING,
+    MAX_ANSWER,
+    MAX_BLOB,
+    MAX_KEYS,
+    MAX_NONCE,
+    MAX_QUOTE,
+    MIN_NONCE,
+    SCHEMA,
+    binding,
+    key_blob,
+)
+
 FETCH_TIMEOUT = 20.0
-KEY_TYPES = ("ssh-ed25519", "ecdsa-sha2-nistp256", "ecdsa-sha2-nistp384", "ecdsa-sha2-nistp521", "ssh-rsa")
-_KEY_LINE = re.compile(r"([a-z0-9-]+) ([A-Za-z0-9+/]+={0,2})(?: [\x20-\x7e]*)?")
 _HEX = re.compile(r"(?:[0-9A-Fa-f]{2})+")
 
 
@@ -66,19 +69,9 @@ class HostKey:
 
 def parse_hostkey(text: str) -> HostKey:
     """A public key line "TYPE BASE64 [comment]"; ValueError with the reason (the caller names where it came from)."""
-    m = _KEY_LINE.fullmatch(text.strip()) if len(text) <= 3 * MAX_BLOB else None
-    if not m or m.group(1) not in KEY_TYPES:
-        raise ValueError(f"not a public key line of a known type ('TYPE BASE64 [comment]', TYPE one of {', '.join(KEY_TYPES)})")
-    try:
-        blob = base64.b64decode(m.group(2), validate=True)
-    except (binascii.Error, ValueError):
-        raise ValueError("the key is not valid base64") from None
-    kind = m.group(1).encode()
-    if len(blob) > MAX_BLOB or not blob.startswith(struct.pack(">I", len(kind)) + kind):
-        raise ValueError(f"the key's data does not start with its type {m.group(1)} (or is over {MAX_BLOB} bytes)")
-    if kind == b"ssh-ed25519" and len(blob) != 4 + len(kind) + 4 + 32:
-        raise ValueError("the key's data is not one ed25519 public key (type and 32 bytes)")
-    return HostKey(m.group(1), blob)
+    if len(text) > 3 * MAX_BLOB:
+        raise ValueError(f"not a public key line: over {3 * MAX_BLOB} characters")
+    return HostKey(*key_blob(text))
 
 
 def parse_hostkeys(texts: list[str], what: Callable[[int, str], str], twice: Callable[[HostKey], str]) -> list[HostKey]:
@@ -99,13 +92,6 @@ def parse_nonce(text: object, what: str) -> bytes:
     if not isinstance(text, str) or not _HEX.fullmatch(text) or not MIN_NONCE <= len(text) // 2 <= MAX_NONCE:
         raise AttestInputError(f"{what}: {MIN_NONCE} to {MAX_NONCE} bytes as hex ({2 * MIN_NONCE} to {2 * MAX_NONCE} digits)")
     return bytes.fromhex(text)
-
-
-def binding(nonce: bytes, blobs: list[bytes]) -> bytes:
-    msg = [LABEL, struct.pack(">I", len(nonce)), nonce, struct.pack(">I", len(blobs))]
-    for blob in sorted(blobs):
-        msg += [struct.pack(">I", len(blob)), blob]
-    return hashlib.sha512(b"".join(msg)).digest()
 
 
 def _keys_text(keys: list[HostKey]) -> str:

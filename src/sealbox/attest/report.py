@@ -18,6 +18,7 @@ from sealbox.attest.eventlog import CcelTable, EventLog, parse_ccel_table, parse
 from sealbox.attest.policy import PolicyResult, compare, load_measurements
 from sealbox.attest.quote import Quote, parse_quote
 from sealbox.attest.verify import Check, QuoteVerification, RootAnchor, verify_quote
+from sealbox.modules.bob import bob_attest
 
 MAX_QUOTE = 1024 * 1024
 MAX_EVENT_LOG = 64 * 1024 * 1024
@@ -147,7 +148,7 @@ def hostkey_report(source: str, nonce: bytes | None, given: list[hostkey.HostKey
         if nonce is None:
             raise AttestInputError(f"answer {source}: give --nonce HEX, the nonce you sent with the request "
                                    "(an answer to a nonce you did not choose may be replayed)")
-        data = read_input(source, "answer", hostkey.MAX_ANSWER)
+        data = read_input(source, "answer", bob_attest.MAX_ANSWER)
     ans = hostkey.parse_answer(data, source)
     rep = quote_report_bytes(ans.quote, f"from {source}", options)
     rep.extra.append(hostkey.check_nonce(ans.nonce, nonce, whose))

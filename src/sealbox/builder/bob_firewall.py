@@ -26,6 +26,9 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from sealbox.spec.bob import Bob, parse_endpoint
+from sealbox.util.nftexpr import Expr
+from sealbox.util.nftexpr import match as _match
+from sealbox.util.nftexpr import meta as _meta
 
 TABLE = "bob"
 Mode = Literal["maintenance", "production", "stopped"]
@@ -37,7 +40,6 @@ DNS_PORT = 53
 HTTP_PORTS = (80, 443)
 ND_TYPES = ["nd-neighbor-solicit", "nd-neighbor-advert", "nd-router-solicit", "nd-router-advert"]
 
-Expr = dict[str, Any]
 
 
 @dataclass(frozen=True)
@@ -82,14 +84,6 @@ def openings(bob: Bob) -> list[Opening]:
         Opening("execution P2P", "out", ("tcp", "udp"), bob.el_p2p_port, MAINT),
     ]
     return out
-
-
-def _match(left: Expr, right: Any, op: str = "==") -> Expr:
-    return {"match": {"op": op, "left": left, "right": right}}
-
-
-def _meta(key: str) -> Expr:
-    return {"meta": {"key": key}}
 
 
 def _th(field: str) -> Expr:
@@ -164,8 +158,9 @@ LIB = "/usr/lib/sealbox/bob"
 
 
 def image_files(bob: Bob) -> dict[str, bytes]:
-    """What the guest's mode switch (modules/bob/bob_mode.py) reads: each mode's rule set and its config."""
+    """What the guest scripts (modules/bob) read: each mode's rule set (bob-mode) and their settings."""
     out = {f"{LIB}/nft-{mode}.json": json.dumps(ruleset(mode, bob), sort_keys=True).encode() + b"\n" for mode in MODES}
-    out[f"{LIB}/config.json"] = json.dumps({"dwell_seconds": bob.dwell_seconds, "log_delay_seconds": bob.log_delay_seconds},
-                                           sort_keys=True).encode() + b"\n"
+    config = {"dwell_seconds": bob.dwell_seconds, "log_delay_seconds": bob.log_delay_seconds,
+              "input_only_udp_port": bob.input_only_udp_port, "data_ssh_port": bob.data_ssh_port}
+    out[f"{LIB}/config.json"] = json.dumps(config, sort_keys=True).encode() + b"\n"
     return out

@@ -25,7 +25,7 @@ from sealbox.spec.load import LoadedSpec, modules_dir
 
 LIB = bob_firewall.LIB  # /usr/lib/sealbox/bob: the guest programs, rule sets and config.json
 WORKLOAD_DIR = "/usr/share/sealbox/bob"
-WORKLOAD = f"{WORKLOAD_DIR}/workload.oci.tar"  # the searcher's container image, as the spec named it (read-only)
+WORKLOAD = f"{WORKLOAD_DIR}/workload.tar"  # bob_workload.ARCHIVE  # the searcher's container image, as the spec named it (read-only)
 RUN_DIR = "/run/sealbox-bob"
 KEY_FILE = f"{RUN_DIR}/authorized_keys"  # written once by bob-keyreg; the only key sshd accepts (for searcher)
 MODE_SOCKET = f"{RUN_DIR}/mode.sock"

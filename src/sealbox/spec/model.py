@@ -434,6 +434,10 @@ class ImageSpec(ImageBody):
         problem = self.bob.missing()
         if problem:
             raise ValueError(problem)
+        if self.bob.enable and self.persistent.enable:
+            raise ValueError("bob.enable with persistent.enable: the module persistent would make the data disk plain ext4 at "
+                             "boot, before bob's initialize encrypts it: remove \"persistent\" from include (bob makes its "
+                             "own encrypted /persistent)")
         if self.bob.enable:
             pkgs = {p.split("=")[0] for p in self.packages.include}
             for pkg, why in BOB_TOOLS.items():

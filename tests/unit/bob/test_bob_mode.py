@@ -29,11 +29,15 @@ class Guest:
         self.calls.append(argv)
         return 1 if argv[0] in self.fail else 0
 
+    def guard(self) -> str:
+        return str(self.root / "usr/lib/sealbox/bob/bob-netguard")
+
     def modes(self) -> Any:
         return bm.Modes(self.root, clock=lambda: self.now, run=self.run)
 
     def switch_calls(self, mode: str) -> list[list[str]]:
-        return [["nft", "-j", "-f", str(self.root / f"usr/lib/sealbox/bob/nft-{mode}.json")],
+        verify = [[self.guard(), "verify"]] if mode == "production" else []
+        return [*verify, ["nft", "-j", "-f", str(self.root / f"usr/lib/sealbox/bob/nft-{mode}.json")],
                 ["conntrack", "-F", "-f", "ipv4"], ["conntrack", "-F", "-f", "ipv6"]]
 
 
@@ -49,7 +53,7 @@ def test_the_cycle_loads_each_mode_then_flushes_conntrack(g: Guest) -> None:
         g.calls.clear()
         g.now += 10
         assert m.toggle().startswith(f"mode {want}")
-        assert g.calls == g.switch_calls(want)  # the new rules first, then the flush, in that order
+        assert g.calls == g.switch_calls(want)  # (production: the container's rules checked) the new rules, then the flush
     g.now += 300
     g.calls.clear()
     assert m.toggle().startswith("mode maintenance")
@@ -110,13 +114,22 @@ def test_resume_after_a_reboot_in_production_comes_back_stopped_with_a_fresh_dwe
     g.now += 86400  # whenever the guest comes back, production's end is unknown: counted from the resume
     g.calls.clear()
     assert g.modes().resume() == "mode stopped"
-    assert g.calls == g.switch_calls("stopped")
+    assert g.calls[:3] == g.switch_calls("stopped") and g.calls[3][0] == "systemctl"
     with pytest.raises(bm.Refused, match="refused for 300 more s"):
         g.modes().toggle()
 
 
 def test_resume_keeps_maintenance(g: Guest) -> None:
     assert g.modes().resume() == "mode maintenance"
+
+
+def test_resume_starts_the_workload_after_the_rules(g: Guest) -> None:
+    assert g.modes().resume() == "mode maintenance"
+    start = ["systemctl", "start", "--no-block", "sealbox-bob-logs.service", "sealbox-bob-workload.service"]
+    assert g.calls == [*g.switch_calls("maintenance"), start]
+    g.calls.clear()
+    g.fail.add("systemctl")
+    assert g.modes().resume() == "mode maintenance (but starting the workload failed)"
 
 
 @pytest.mark.parametrize("text", ["not json", '{"mode": "debug", "since": 1}', '{"mode": "maintenance"}', "\xff"])
@@ -140,6 +153,19 @@ def test_a_failed_switch_falls_back_to_stopped(g: Guest, tool: str) -> None:
     assert m.status().startswith("mode stopped")
     with pytest.raises(bm.Refused, match="refused for 300 more s"):
         m.toggle()
+
+
+def test_production_is_refused_unless_the_container_drop_rules_are_verified(g: Guest) -> None:
+    m = g.modes()
+    g.fail.add(g.guard())  # bob-netguard verify: the rules are missing (or no container runs)
+    with pytest.raises(bm.Refused, match="production is refused: the container-side drop rules"):
+        m.toggle()
+    assert g.calls == [[g.guard(), "verify"]]  # no rule set loaded, nothing flushed
+    assert m.status().startswith("mode maintenance")
+    g.fail.clear()
+    g.calls.clear()
+    assert m.toggle().startswith("mode production")
+    assert g.calls == g.switch_calls("production")
 
 
 def test_boot_loads_maintenance_without_persistent(tmp_path: Path) -> None:

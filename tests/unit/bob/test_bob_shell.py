@@ -250,7 +250,7 @@ def test_toggle_and_status_go_through_the_root_side(root: Path) -> None:
     assert Run(root)("-c", "status") == (0, "mode maintenance since 0 s\n", "")
     rc, out, _ = Run(root)("-c", "toggle")
     assert rc == 0 and out.startswith("mode production (was maintenance")
-    assert [c[0] for c in calls] == ["nft", "conntrack", "conntrack"]
+    assert [Path(c[0]).name for c in calls] == ["bob-netguard", "nft", "conntrack", "conntrack"]
     Run(root)("-c", "toggle")
     rc, out, err = Run(root)("-c", "toggle")  # back to maintenance before the dwell time: refused, the message relayed
     assert rc == 1 and out == "" and err.startswith("toggle: maintenance is refused for 300 more s")
@@ -261,3 +261,42 @@ def test_toggle_and_status_go_through_the_root_side(root: Path) -> None:
 def test_a_missing_mode_service_is_a_clear_refusal(root: Path) -> None:
     rc, out, err = Run(root)("-c", "status")
     assert rc == 1 and out == "" and err.startswith("status: the mode service is not answering")
+
+
+@pytest.mark.parametrize("conn, argv, entered", [
+    ("192.0.2.9 40000 10.0.0.2 10022", ["-c", "/usr/lib/sealbox/bob/bob-workload enter"], True),
+    ("192.0.2.9 40000 10.0.0.2 22", ["-c", "/usr/lib/sealbox/bob/bob-workload enter"], False),  # the control port
+    ("", ["-c", "/usr/lib/sealbox/bob/bob-workload enter"], False),
+    ("192.0.2.9 40000 10.0.0.2 10022 x", ["-c", "/usr/lib/sealbox/bob/bob-workload enter"], False),
+    ("192.0.2.9 40000 10.0.0.2 10022", ["-c", "/usr/lib/sealbox/bob/bob-workload enter; sh"], False),
+    ("192.0.2.9 40000 10.0.0.2 10022", ["-c", "/usr/lib/sealbox/bob/bob-workload run"], False),
+])
+def test_the_container_is_entered_only_through_the_data_plane_port(root: Path, monkeypatch: pytest.MonkeyPatch,
+                                                                   conn: str, argv: list[str], entered: bool) -> None:
+    execs: list[list[str]] = []
+
+    def fake_execv(path: str, args: list[str]) -> None:
+        execs.append(args)
+        raise SystemExit(0)
+
+    monkeypatch.setattr(bs.os, "execv", fake_execv)
+    shell = bs.Shell(root, out=io.BytesIO(), err=io.StringIO())
+    if entered:
+        with pytest.raises(SystemExit):
+            shell.run(argv, io.BytesIO(b""), {"SSH_CONNECTION": conn})
+        assert execs == [["/usr/lib/sealbox/bob/bob-workload", "enter"]]
+    else:
+        assert shell.run(argv, io.BytesIO(b""), {"SSH_CONNECTION": conn}) == 2
+        assert execs == []
+
+
+def test_a_missing_workload_program_is_one_line(root: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    def fail(path: str, args: list[str]) -> None:
+        raise FileNotFoundError(2, "No such file or directory")
+
+    monkeypatch.setattr(bs.os, "execv", fail)
+    err = io.StringIO()
+    shell = bs.Shell(root, out=io.BytesIO(), err=err)
+    rc = shell.run(["-c", "/usr/lib/sealbox/bob/bob-workload enter"], io.BytesIO(b""),
+                   {"SSH_CONNECTION": "192.0.2.9 40000 10.0.0.2 10022"})
+    assert rc == 1 and err.getvalue() == "the container cannot be entered: No such file or directory\n"

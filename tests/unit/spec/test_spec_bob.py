@@ -121,3 +121,11 @@ def test_parse_endpoint() -> None:
     assert str(parse_endpoint("[2001:db8::7]:1")[0]) == "2001:db8::7"
     with pytest.raises(ValueError, match="ADDRESS:PORT"):
         parse_endpoint("192.0.2.7:8645 ")
+
+
+@pytest.mark.parametrize("how", ['include = ["base", "bob", "persistent"]', 'include = ["base", "persistent", "bob"]'])
+def test_bob_with_the_plain_persistent_module_is_refused(tmp_path: Path, how: str) -> None:
+    """persistent formats a blank data disk as plain ext4 at boot, before bob's initialize could encrypt it."""
+    write(tmp_path, "work/searcher.oci.tar", "x")
+    text = GOOD.replace('include = ["base", "bob"]', how)
+    spec_error(write(tmp_path, "s.toml", text), has=["bob.enable", "persistent.enable", "plain ext4", "remove"])

@@ -11,9 +11,12 @@ Rules:
   ruleset per mode: /usr/lib/sealbox/bob/nft-<mode>.json) and then flushes connection tracking (IPv4 and IPv6), so
   no connection admitted by the old mode survives (a mid-stream packet is "new" to conntrack and meets the new rules);
 - stopped -> maintenance is refused until `dwell_seconds` (config.json) have passed since production ended;
+- maintenance -> production is refused unless `bob-netguard verify` (bob_netguard.py) finds the container-side drop
+  rules of the input-only channel in the running container's network namespace: no container, no production;
 - toggle and status need /persistent mounted (the state lives there, root-only, so it survives a reboot); a state
   left in production or stopped resumes as stopped, its dwell counted from the resume when production's end is
   unknown;
+- `resume` (after initialize mounted /persistent) loads the recorded mode's rules, then starts the workload units;
 - if loading or flushing fails, the guest falls back to the stopped rule set (the fewest openings) and records
   stopped with production ended now: never a half-switched mode.
 The clock is the guest's wall clock, which the host controls (docs/modules.md, `bob`, limits).
@@ -39,6 +42,7 @@ PERSISTENT = "/persistent"
 STATE = "persistent/.bob/state.json"
 MAX_REQUEST = 64
 TOOL_TIMEOUT = 30
+WORKLOAD_UNITS = ("sealbox-bob-logs.service", "sealbox-bob-workload.service")
 
 Runner = Callable[[list[str]], int]
 
@@ -159,6 +163,9 @@ class Modes:
             if wait:
                 raise Refused(f"toggle: maintenance is refused for {wait} more s (production must have ended "
                               f"{dwell} s before; it ended {max(0, int(now - (s.production_ended or now)))} s ago)")
+        if target == "production" and self.run([str(self.root / LIB / "bob-netguard"), "verify"]) != 0:
+            raise Refused("toggle: production is refused: the container-side drop rules of the input-only channel are "
+                          "not verified present in the container's network namespace (is the workload running?)")
         ended = now if s.mode == "production" else (None if target == "maintenance" else s.production_ended)
         if not self.apply(target):
             self._fall_back(s, now, f"toggle: switching to {target} failed")
@@ -179,6 +186,10 @@ class Modes:
         if not self.apply(s.mode):
             self._fall_back(s, now, f"resume: loading {s.mode} failed")
         self.save(s)
+        # only now, with the mode's rules in: the searcher's container and its delayed-log writer (bob-workload,
+        # bob-logs), which need /persistent; --no-block: podman loading the image takes a while
+        if self.run(["systemctl", "start", "--no-block", *WORKLOAD_UNITS]) != 0:
+            return f"mode {s.mode} (but starting the workload failed)"
         return f"mode {s.mode}"
 
     def boot(self) -> str:

@@ -9,8 +9,11 @@ command is refused. The command is split on whitespace, never given to a shell, 
   toggle, status    relayed to the root side (bob-mode) over its socket: the searcher's uid cannot load rules
   logs N            the last N lines (1..10,000,000) of /persistent/delayed_logs
   tail-the-logs     its last 10 lines, then new ones as they arrive, until the connection closes
-Every refusal is one line on stderr and a non-zero exit. Nothing here trusts the environment (python3 -I, and no
-variable is read). Stdlib only: the guest has no sealbox package.
+One more command line exists, for the data plane's sshd only: its ForceCommand (ENTER, `bob-workload enter`,
+into the container) is run only when sshd says the connection came in on data_ssh_port (config.json): SSH_CONNECTION
+is set by sshd itself, and neither sshd accepts variables from the client (no AcceptEnv, PermitUserEnvironment no),
+so on the control port (open in production) it is refused like any other command. That is the one variable read.
+Every refusal is one line on stderr and a non-zero exit. Stdlib only: the guest has no sealbox package.
 """
 
 from __future__ import annotations
@@ -30,6 +33,8 @@ COMMANDS = "initialize, toggle, status, logs N (1..10000000), tail-the-logs"
 PERSISTENT = "/persistent"
 LOGS = "persistent/delayed_logs"
 MODE_SOCKET = "run/sealbox-bob/mode.sock"
+ENTER = "/usr/lib/sealbox/bob/bob-workload enter"
+CONFIG = "usr/lib/sealbox/bob/config.json"
 DISK_SOCKET = "run/sealbox-bob/disk.sock"
 MAX_PASSPHRASE = 512  # bytes; the same bound bob-disk applies
 DISK_TIMEOUT = 900  # argon2id and mkfs under TCG: minutes, not hours
@@ -115,7 +120,24 @@ class Shell:
         self.out = out if out is not None else sys.stdout.buffer
         self.err = err if err is not None else sys.stderr
 
-    def run(self, argv: list[str], stdin: BinaryIO | None = None) -> int:
+    def data_plane(self, argv: list[str], environ: dict[str, str]) -> bool:
+        """Whether this is the data plane sshd's ForceCommand on a connection to data_ssh_port."""
+        if argv != ["-c", ENTER]:
+            return False
+        fields = environ.get("SSH_CONNECTION", "").split(" ")
+        try:
+            port = json.loads((self.root / CONFIG).read_text())["data_ssh_port"]
+        except (OSError, ValueError, KeyError, TypeError):
+            return False
+        return len(fields) == 4 and type(port) is int and fields[3] == str(port)
+
+    def run(self, argv: list[str], stdin: BinaryIO | None = None, environ: dict[str, str] | None = None) -> int:
+        if self.data_plane(argv, environ or {}):
+            try:
+                os.execv(ENTER.split()[0], ENTER.split())
+            except OSError as e:
+                self.err.write(f"the container cannot be entered: {e.strerror}\n")
+                return 1
         try:
             words = parse(argv)
             if words != ["initialize"] and not mounted(self.root):
@@ -222,7 +244,7 @@ def read_passphrase(stdin: BinaryIO | None) -> bytes:
     return line
 
 def main() -> int:
-    return Shell().run(sys.argv[1:], sys.stdin.buffer)
+    return Shell().run(sys.argv[1:], sys.stdin.buffer, dict(os.environ))
 
 
 if __name__ == "__main__":

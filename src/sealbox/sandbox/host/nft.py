@@ -39,6 +39,9 @@ from sealbox.sandbox.host.egress import BlockedNet, openings
 from sealbox.sandbox.host.netnames import NETNS_TABLE, TABLE_PREFIX
 from sealbox.sandbox.host.netns import run_in_netns
 from sealbox.sandbox.model import EgressRule, RateLimit
+from sealbox.util.nftexpr import Expr
+from sealbox.util.nftexpr import match as _match
+from sealbox.util.nftexpr import meta as _meta
 from sealbox.util.run import run
 
 FAMILY = "inet"
@@ -48,19 +51,10 @@ GSO_MAX_BYTES = 65536
 HELPER_UID = 65534  # the uid sealbox's helper processes drop to (nobody): host/dns.py, host/publish.py
 PRIO_FILTER, PRIO_MANGLE, PRIO_SRCNAT = 0, -150, 100
 
-Expr = dict[str, Any]
 Command = dict[str, Any]
 
 
 # --- expression helpers ------------------------------------------------------------------------
-def _match(left: Expr, right: Any, op: str = "==") -> Expr:
-    return {"match": {"op": op, "left": left, "right": right}}
-
-
-def _meta(key: str) -> Expr:
-    return {"meta": {"key": key}}
-
-
 def _ip(field: str) -> Expr:
     return {"payload": {"protocol": "ip", "field": field}}
 

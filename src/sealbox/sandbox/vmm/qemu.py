@@ -220,6 +220,44 @@ def build_command(plan: VmPlan, host: HostFacts) -> QemuCommand:
     argv += [*con_args, "-chardev", f"file,id=console,path={con_path}", "-serial", "chardev:console"]
 
     pci = mode != "microvm"
+    boot_args, vars_copy = _boot_args(plan, host, fds, mode, accel)
+    argv += boot_args
+    net_dev = "virtio-net-pci" if pci else "virtio-net-device"
+    # a disk-image boot loads no iPXE option ROM: the firmware boots the disk, not the network
+    rom = ",romfile=" if spec.boot == "disk-image" else ""
+    argv += ["-netdev", f"tap,id=net0,fd={tap_fd},vhost=off", "-device", f"{net_dev},netdev=net0,mac={plan.net.guest_mac}{rom}"]
+    # an entropy device: without it the guest kernel's RNG takes ~10 s to initialise under TCG and
+    # everything that needs getrandom() (ssh-keygen for the host key, sshd) waits for it
+    rng_dev = "virtio-rng-pci" if pci else "virtio-rng-device"
+    argv += ["-object", "rng-random,id=rng0,filename=/dev/urandom", "-device", f"{rng_dev},rng=rng0"]
+    agent = run_dir / "agent.sock" if mode == "microvm" else None
+    if agent is not None:
+        argv += agent_args(fds.take("agent", str(agent)))
+
+    argv += _disk_args(plan, fds, pci)
+    if plan.incoming is not None:  # a restore: QEMU loads the snapshot's state from this fd and stays paused
+        argv += ["-incoming", f"fd:{fds.take('file', str(plan.incoming))}"]
+
+    spec_j = jail.JailSpec(
+        uid=plan.uid, gid=plan.gid,
+        kvm_gid=host.kvm_gid if accel == "kvm" else None,
+        devices=("/dev/kvm",) if accel == "kvm" else (),
+        root_links=host.root_links,
+    )
+    return QemuCommand(
+        mode=mode, qemu_argv=argv, argv=jail.jail_argv(spec_j, argv), fds=sorted(fds.files, key=lambda f: f.fd),
+        run_dir=str(run_dir), qmp_socket=str(run_dir / "qmp.sock"), vmm_log=str(run_dir / VMM_LOG),
+        agent_socket=str(agent) if agent else None,
+        vars_copy=str(vars_copy) if vars_copy else None,
+        vars_template=str(host.ovmf_vars) if vars_copy else None,
+    )
+
+
+def _boot_args(plan: VmPlan, host: HostFacts, fds: _Fds, mode: Mode, accel: str) -> tuple[list[str], Path | None]:
+    """What the guest boots: microvm's kernel (+ initrd) and command line, OVMF's firmware and UKI or disk, TDVF.
+    Returns the arguments and, for OVMF, the run dir's copy of the variable store."""
+    spec = plan.spec
+    argv: list[str] = []
     vars_copy = None
     if mode == "microvm":
         argv += ["-kernel", f"/proc/self/fd/{fds.take('file', str(plan.kernel))}"]
@@ -235,7 +273,7 @@ def build_command(plan: VmPlan, host: HostFacts) -> QemuCommand:
         argv += ["-append", cmdline]
     elif mode == "ovmf":
         code_args, code = fds.fdset(host.ovmf_code, "r")
-        vars_copy = run_dir / "OVMF_VARS.fd"
+        vars_copy = run_dir_of(plan) / "OVMF_VARS.fd"
         vars_args, varsp = fds.fdset(vars_copy, "rw")
         argv += [*code_args, "-drive", f"if=pflash,format=raw,unit=0,readonly=on,file={code}"]
         argv += [*vars_args, "-drive", f"if=pflash,format=raw,unit=1,file={varsp}"]
@@ -249,18 +287,13 @@ def build_command(plan: VmPlan, host: HostFacts) -> QemuCommand:
         argv += ["-bios", f"/proc/self/fd/{fds.take('file', str(host.tdvf))}"]
         argv += ["-kernel", f"/proc/self/fd/{fds.take('file', str(uki_of(plan)))}"]
 
-    net_dev = "virtio-net-pci" if pci else "virtio-net-device"
-    # a disk-image boot loads no iPXE option ROM: the firmware boots the disk, not the network
-    rom = ",romfile=" if spec.boot == "disk-image" else ""
-    argv += ["-netdev", f"tap,id=net0,fd={tap_fd},vhost=off", "-device", f"{net_dev},netdev=net0,mac={plan.net.guest_mac}{rom}"]
-    # an entropy device: without it the guest kernel's RNG takes ~10 s to initialise under TCG and
-    # everything that needs getrandom() (ssh-keygen for the host key, sshd) waits for it
-    rng_dev = "virtio-rng-pci" if pci else "virtio-rng-device"
-    argv += ["-object", "rng-random,id=rng0,filename=/dev/urandom", "-device", f"{rng_dev},rng=rng0"]
-    agent = run_dir / "agent.sock" if mode == "microvm" else None
-    if agent is not None:
-        argv += agent_args(fds.take("agent", str(agent)))
+    return argv, vars_copy
 
+
+def _disk_args(plan: VmPlan, fds: _Fds, pci: bool) -> list[str]:
+    """The root disk (rootfs=disk), the instance disk, then the user's disks, in that order (guest-protocol.md)."""
+    spec = plan.spec
+    argv: list[str] = []
     disks: list[tuple[str, DiskSpec]] = []
     if spec.rootfs == "disk":
         if plan.rootfs is None:
@@ -291,22 +324,7 @@ def build_command(plan: VmPlan, host: HostFacts) -> QemuCommand:
             argv += ["-device", f"scsi-hd,drive={drive_id},bus=scsi0.0,serial={disk.serial or 'sealbox-' + drive_id}"]
         else:  # the serial is the guest's proof of which disk is the instance disk (docs/guest-protocol.md)
             argv += ["-device", f"{blk_dev},drive={drive_id},serial={disk.serial or 'sealbox-' + drive_id}"]
-    if plan.incoming is not None:  # a restore: QEMU loads the snapshot's state from this fd and stays paused
-        argv += ["-incoming", f"fd:{fds.take('file', str(plan.incoming))}"]
-
-    spec_j = jail.JailSpec(
-        uid=plan.uid, gid=plan.gid,
-        kvm_gid=host.kvm_gid if accel == "kvm" else None,
-        devices=("/dev/kvm",) if accel == "kvm" else (),
-        root_links=host.root_links,
-    )
-    return QemuCommand(
-        mode=mode, qemu_argv=argv, argv=jail.jail_argv(spec_j, argv), fds=sorted(fds.files, key=lambda f: f.fd),
-        run_dir=str(run_dir), qmp_socket=str(run_dir / "qmp.sock"), vmm_log=str(run_dir / VMM_LOG),
-        agent_socket=str(agent) if agent else None,
-        vars_copy=str(vars_copy) if vars_copy else None,
-        vars_template=str(host.ovmf_vars) if vars_copy else None,
-    )
+    return argv
 
 
 def agent_args(fd: int) -> list[str]:
