@@ -12,8 +12,11 @@ what depends on the [bob] settings or must not be left to a spec:
 The SSH host key is the base image's: made at every boot in RAM (sealbox-sshd-keys), none in the image.
 
 Also enabled: the disk service behind `initialize` (bob_disk.py, its units in modules/bob) and attested first
-contact (bob_attest.py; its HTTP unit gets the attestation port here). The searcher's container is not wired yet: its
-units go into UNITS, its packages into modules/bob.toml; it reads the archive at WORKLOAD.
+contact (bob_attest.py; its HTTP unit gets the attestation port here). The searcher's container (bob_workload.py,
+bob_logs.py, bob_netguard.py, the data-plane sshd) is not wired yet: its programs and static units go into
+modules/bob.toml's files[] and MODULE_UNITS (or, when a unit needs a setting, into units() like the attest unit),
+its packages into modules/bob.toml; it reads the archive at WORKLOAD. The data-plane sshd needs its own config file
+outside /etc/ssh/sshd_config.d, which the control plane's sshd includes.
 """
 
 from __future__ import annotations
