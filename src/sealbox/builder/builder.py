@@ -105,10 +105,6 @@ def build_image(loaded: LoadedSpec, opts: BuildOptions) -> BuildResult:
 
 def _build(loaded: LoadedSpec, opts: BuildOptions) -> BuildResult:
     spec = loaded.spec
-    if spec.bob.enable:  # refused before anything is written: a bob image without its accounts and units would mislead
-        raise BuildError("bob.enable: the bob module is not complete yet (its settings, mode rule sets and command shell "
-                         "exist; the image wiring, encrypted disk and workload do not): no image is built",
-                         hint="see docs/modules.md, bob")
     output = (opts.output or default_output(loaded)).absolute()
     lock_path = (opts.lock_path or default_lock_path(loaded, output)).absolute()
     pipe = Pipeline(progress=opts.progress)

@@ -195,6 +195,12 @@ def configure(tree: Path, loaded: LoadedSpec, kernel_load: list[str], epoch: int
     create_users(tree, spec, epoch)
     lock_accounts(tree, spec, epoch)
     copy_files(tree, loaded)
+    own: list[str] = []  # units of sealbox's own modules: not ordered after the ready marker like a spec's
+    if spec.bob.enable:
+        from sealbox.builder import bob_image
+
+        with Tree(tree) as t:
+            own = bob_image.install(t, loaded)
     features, feature_files = guest_files.feature_files(spec.persistent.disk if spec.persistent.enable else [], spec.cloud.providers)
     with Tree(tree) as t:
         for dest, (data, mode) in feature_files.items():
@@ -202,7 +208,7 @@ def configure(tree: Path, loaded: LoadedSpec, kernel_load: list[str], epoch: int
         if spec.persistent.enable:  # the mount point: / is read-only at run time
             t.mkdir(guest_files.PERSISTENT_MOUNT, 0o755)
 
-    enable = list(guest_files.UNITS) + features
+    enable = list(guest_files.UNITS) + features + own
     if spec.hardening.ssh:
         enable.append("ssh.service")
     if spec.hardening.firewall:
@@ -210,10 +216,10 @@ def configure(tree: Path, loaded: LoadedSpec, kernel_load: list[str], epoch: int
     if spec.hardening.console_getty:
         enable.append("console-getty.service")
     enable += [u for u in spec.services.enable if u not in enable]
-    order = guest_files.ready_order(enable)
+    order = guest_files.ready_order([u for u in enable if u not in own])
     if order:
         with Tree(tree) as t:
-            _refuse_pre_ready_units(t, enable)
+            _refuse_pre_ready_units(t, [u for u in enable if u not in own])
             t.write_bytes(guest_files.READY_ORDER_DROPIN, order, 0o644)
     mask = [u for u in spec.services.mask if u not in enable]
     if not spec.hardening.console_getty:

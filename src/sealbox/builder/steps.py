@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from sealbox.builder import bootmem, disk, reuse, segments
+from sealbox.builder import bob_image, bootmem, disk, reuse, segments
 from sealbox.builder import manifest as mf
 from sealbox.builder import oci as oci_step
 from sealbox.builder.bootstrap import BootstrapResult, bootstrap
@@ -243,6 +243,7 @@ def do_manifest(ctx: BuildContext) -> None:
         "boot": ctx.boot_files, "tools": ctx.tools, "min_memory_mib": bootmem.min_memory_mib(ctx.stage, ctx.boot_files),
         "artifacts": mf.artifact_entries(ctx.stage, sorted(os.listdir(ctx.stage))),
         **({"oci": ctx.oci} if ctx.oci else {}),
+        **({"access": bob_image.manifest_record(spec.bob)} if spec.bob.enable else {}),
     }
     if ctx.segments:
         m["initrd_segments"] = ctx.segments

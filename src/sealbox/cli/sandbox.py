@@ -136,7 +136,11 @@ def run(image_dir: Path, state_dir: Path | None, dry_run: bool, as_json: bool, h
     else:
         click.echo(f"{result['name']} is running ({result['vmm']}/{result['accel']}, {result['address']}); "
                    f"guest ready {result['ready_s']:.1f}s after VMM start, {result['run_s']:.1f}s in total")
-        click.echo(f"  sealbox exec {result['name']} -- CMD    |    sealbox ssh {result['name']}", err=True)
+        if result.get("root_ssh") is False:  # a bob image: its sshd admits only the searcher (docs/modules.md, bob)
+            click.echo(f"  no exec/ssh into a bob sandbox: the searcher registers a key, then ssh searcher@{result['address']} COMMAND",
+                       err=True)
+        else:
+            click.echo(f"  sealbox exec {result['name']} -- CMD    |    sealbox ssh {result['name']}", err=True)
 
 
 def _run_host(state_dir: Path | None, host_labels: tuple[str, ...], flags: dict[str, Any]) -> Host:

@@ -169,6 +169,9 @@ def ssh_target(state: StateDir, name: str, user: str | None = None) -> ssh.SshTa
     status = st.derive(record)
     if status != "running":
         raise SandboxError(f"sandbox {name!r} is {status}, not running", hint="see 'sealbox ps --all' and 'sealbox logs'")
+    if record.guest.get("root_ssh") is False:  # a bob image: its sshd admits no one sealbox holds a key for
+        why = str(record.guest.get("root_ssh_off") or "the image has no root SSH")[:300]
+        raise SandboxError(f"sandbox {name!r}: no exec/ssh: {why}", hint="stop, rm and logs still work")
     try:
         net = GuestNet.model_validate(record.network)
     except ValidationError:

@@ -37,8 +37,18 @@ class Artifact(BaseModel):
     size: int = Field(ge=0)
 
 
+class Access(BaseModel):
+    """manifest `access` (bob images; absent: root SSH on port 22): whether sealbox's root management path exists."""
+
+    model_config = ConfigDict(extra="ignore")
+    root_ssh: bool = True
+    ssh_port: int = Field(22, ge=1, le=65535)
+    why: str = Field("", max_length=300)
+
+
 class Manifest(BaseModel):
     model_config = ConfigDict(extra="allow")
+    access: Access = Access()
     schema_: str = Field(alias="schema")
     name: str
     kernel: KernelInfo

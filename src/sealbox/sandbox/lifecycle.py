@@ -297,7 +297,8 @@ def _create(record: SandboxRecord, save: Callable[[], None], inp: Inputs, state:
     else:
         ready = wait_ready(net, plan.console_log, record.vmm.get("pid"), record.vmm.get("start_time"),
                            known_hosts=known, alias=ssh.host_alias(spec.name), deadline=t0 + spec.timeout,
-                           timeout=spec.timeout, pinned=_snapshot_hostkeys(inp), vmm_log=backend.log_path(plan), cancel=cancel)
+                           timeout=spec.timeout, pinned=_snapshot_hostkeys(inp), vmm_log=backend.log_path(plan), cancel=cancel,
+                           port=inp.image.manifest.access.ssh_port)
     record.guest = {
         "boot_id": ready["boot_id"], "hostkeys": ready["hostkeys"], "ssh_banner": ready["banner"],
         "known_hosts": str(known), "client_key": str(key), "user": "root",
@@ -305,13 +306,16 @@ def _create(record: SandboxRecord, save: Callable[[], None], inp: Inputs, state:
         # host-side cost: sealbox's own setup, then the backend's steps up to a VMM that answers
         "setup_s": round(t_backend - t0, 3), "vmm_start_s": round(t_vmm - t_backend, 3),
     }
+    if not inp.image.manifest.access.root_ssh:  # a bob image: exec/ssh refuse it (control.ssh_target), stop uses ACPI
+        record.guest.update(root_ssh=False, root_ssh_off=inp.image.manifest.access.why or "the image has no root SSH")
     if inp.qsnap is not None:
         record.guest.update(restored_from=str(spec.from_snapshot), renewed_s=ready["renewed_s"], ssh_s=ready["ssh_s"])
     record.status = "running"
     record.owner_pid = record.owner_start = None
     save()
     return {"name": spec.name, "status": "running", "vmm": inp.choice.vmm, "accel": inp.choice.accel,
-            "address": str(net.guest_ip), "ready_s": record.guest["ready_s"], "run_s": record.guest["run_s"]}
+            "address": str(net.guest_ip), "ready_s": record.guest["ready_s"], "run_s": record.guest["run_s"],
+            **({"root_ssh": False} if record.guest.get("root_ssh") is False else {})}
 
 
 def _restored_net(inp: Inputs, net: GuestNet) -> GuestNet:
@@ -370,8 +374,9 @@ def _snapshot_hostkeys(inp: Inputs) -> list[con.HostKey] | None:
 
 def wait_ready(net: GuestNet, console_log: Path, pid: int | None, start: int | None, *, known_hosts: Path, alias: str,
                deadline: float, timeout: float, pinned: list[con.HostKey] | None = None,
-               vmm_log: Path | None = None, cancel: Callable[[], bool] | None = None) -> dict[str, Any]:
-    """Bounded wait for SEALBOX-READY (host keys before it are pinned) and then an SSH banner in the netns.
+               vmm_log: Path | None = None, cancel: Callable[[], bool] | None = None, port: int = 22) -> dict[str, Any]:
+    """Bounded wait for SEALBOX-READY (host keys before it are pinned) and then an SSH banner in the netns (on
+    `port`: the image's sshd, e.g. a bob image's control plane port; no login, so it needs no root access).
 
     `pinned` (snapshot restore): the guest booted long ago and prints nothing; pin these instead."""
     follower = con.ConsoleFollower(console_log)
@@ -387,7 +392,7 @@ def wait_ready(net: GuestNet, console_log: Path, pid: int | None, start: int | N
             if not wrote_keys:
                 ssh.write_known_hosts(known_hosts, alias, keys)
                 wrote_keys = True
-            banner = ssh.probe_ssh(net.netns, str(net.guest_ip), 22, timeout=max(0.2, min(2.0, deadline - time.monotonic())))
+            banner = ssh.probe_ssh(net.netns, str(net.guest_ip), port, timeout=max(0.2, min(2.0, deadline - time.monotonic())))
             if banner:
                 return {"boot_id": scan.boot_id, "hostkeys": [k.line() for k in keys], "banner": banner}
         if scan.fatal and not scan.ready and pinned is None:

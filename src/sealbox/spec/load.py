@@ -21,6 +21,7 @@ from pydantic import BaseModel, ValidationError
 from sealbox.errors import SpecError
 from sealbox.spec.merge import merge_into
 from sealbox.spec.model import FRAGMENT_KEYS, ImageBody, ImageSpec
+from sealbox.util.digest import sha256_file
 
 BUILTIN_PREFIX = "builtin:"
 MAX_INCLUDE_DEPTH = 16
@@ -103,6 +104,12 @@ class LoadedSpec:
             except (OSError, ValueError) as e:
                 what = f"{e.strerror}: {e.filename}" if isinstance(e, OSError) else str(e)
                 raise SpecError(f"files[{i}].source {entry.source!r}: cannot read: {what}") from None
+        if self.spec.bob.workload:  # its bytes go into the image: a changed archive is another image
+            try:
+                body = sha256_file(self.resolve_source(self.spec.bob.workload)).encode()
+            except OSError as e:
+                raise SpecError(f"bob.workload {self.spec.bob.workload!r}: cannot read: {e.strerror}") from None
+            _frame(h, b"bob.workload", self.spec.bob.workload.encode(), body)
         return h.hexdigest()
 
 

@@ -9,15 +9,11 @@ import json
 import os
 import shutil
 import subprocess
-from pathlib import Path
 from typing import Any
 
 import pytest
 
 from sealbox.builder.bob_firewall import MODES, image_files, openings, ruleset
-from sealbox.builder.builder import BuildOptions, build_image
-from sealbox.errors import BuildError
-from sealbox.spec import load_spec
 from sealbox.spec.bob import Bob
 
 BOB = Bob(enable=True, builder_bundle=["192.0.2.10:8645", "[2001:db8::10]:8645"], builder_state_diff=["192.0.2.11:8646"],
@@ -93,13 +89,3 @@ def test_image_files_are_what_the_guest_reads() -> None:
     assert json.loads(files["/usr/lib/sealbox/bob/config.json"]) == {"dwell_seconds": 300, "log_delay_seconds": 120,
                                                                      "input_only_udp_port": 27017, "data_ssh_port": 10022}
     assert image_files(BOB) == files  # bytes that do not change between builds
-
-
-def test_a_bob_image_is_refused_before_anything_is_written(tmp_path: Path) -> None:
-    (tmp_path / "w.tar").write_text("x")
-    (tmp_path / "s.toml").write_text('include = ["base", "bob"]\n[bob]\nbuilder_bundle = ["192.0.2.1:1"]\n'
-                                     'builder_state_diff = ["192.0.2.1:2"]\nworkload = "w.tar"\n')
-    out = tmp_path / "out"
-    with pytest.raises(BuildError, match="bob module is not complete yet") as info:
-        build_image(load_spec(tmp_path / "s.toml"), BuildOptions(output=out, cache_dir=tmp_path / "cache"))
-    assert "docs/modules.md" in str(info.value) and sorted(p.name for p in tmp_path.iterdir()) == ["s.toml", "w.tar"]
