@@ -141,6 +141,12 @@ def ruleset(mode: Mode, bob: Bob) -> dict[str, Any]:
         rule(ch, _match(_meta("l4proto"), "ipv6-icmp"), _match(_icmpv6_type(), {"set": ND_TYPES}),
              _match({"payload": {"protocol": "ip6", "field": "hoplimit"}}, 255), ACCEPT,
              comment="IPv6 neighbour discovery")
+    # the control plane is open in every mode, but a switch flushes its connection's conntrack entry with the rest,
+    # and the searcher's shell then speaks first (toggle's answer): let the guest's side of it out again. Never a
+    # SYN: the guest opens nothing from that port.
+    syn = {"&": [{"payload": {"protocol": "tcp", "field": "flags"}}, "syn"]}
+    rule("output", _l4(("tcp",)), _match(_th("sport"), bob.control_ssh_port), _match(syn, 0), COUNTER, ACCEPT,
+         comment="control plane SSH: its side of a connection a switch flushed")
     for o in openings(bob):
         if mode not in o.modes:
             continue

@@ -15,7 +15,8 @@ Also enabled: the disk service behind `initialize` (bob_disk.py, its units in mo
 contact (bob_attest.py; its HTTP unit gets the attestation port here). The searcher's container: its packages,
 programs and units come from modules/bob.toml; here the data plane sshd is enabled (the workload and log units are
 started by `bob-mode resume`), searcher gets subordinate ids and a password field sshd accepts with UsePAM no, and
-Debian's AcceptEnv goes; bob-workload reads the archive at WORKLOAD.
+Debian's AcceptEnv goes; bob-workload reads the archive at WORKLOAD. The data-plane sshd's own config is outside
+/etc/ssh/sshd_config.d (which the control plane's sshd includes): /usr/lib/sealbox/bob/sshd-data.conf.
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ from sealbox.spec.load import LoadedSpec, modules_dir
 
 LIB = bob_firewall.LIB  # /usr/lib/sealbox/bob: the guest programs, rule sets and config.json
 WORKLOAD_DIR = "/usr/share/sealbox/bob"
-WORKLOAD = f"{WORKLOAD_DIR}/workload.oci.tar"  # the searcher's container image, as the spec named it (read-only)
+WORKLOAD = f"{WORKLOAD_DIR}/workload.tar"  # bob_workload.ARCHIVE  # the searcher's container image, as the spec named it (read-only)
 RUN_DIR = "/run/sealbox-bob"
 KEY_FILE = f"{RUN_DIR}/authorized_keys"  # written once by bob-keyreg; the only key sshd accepts (for searcher)
 MODE_SOCKET = f"{RUN_DIR}/mode.sock"

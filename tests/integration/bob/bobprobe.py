@@ -5,9 +5,10 @@ serve HOST:PROTO:PORT...   listen there; print "ready", then one line per arriva
                       so a reply leaves with the listening port as its source). Runs until stdin closes.
 probe [BIND_PORT@]HOST:PROTO:PORT...   try each at once (bounded by TIMEOUT); print "TARGET open|refused|closed"
                       (tcp: the handshake completed or a reset came back; udp: an echo came back, or an ICMP error). BIND_PORT: the local source port.
-echo HOST:PORT         a TCP echo server (one thread per connection); print "ready"; runs until stdin closes.
-hold HOST:PORT         connect, print "connected"; then for each stdin line X send it and print "echo X" if it came
-                      back within TIMEOUT, else "none".
+echo HOST:PORT [DELAY] a TCP echo server (one thread per connection) that answers DELAY seconds after it read
+                      (default 0: at once); print "ready"; runs until stdin closes.
+hold HOST:PORT [WAIT]  connect, print "connected"; then for each stdin line X send it and print "echo X" if it came
+                      back within WAIT seconds (default TIMEOUT), else "none".
 Stdlib only; every wait is bounded.
 """
 
@@ -18,6 +19,7 @@ import select
 import socket
 import sys
 import threading
+import time
 
 TIMEOUT = 1.5
 
@@ -92,12 +94,14 @@ def probe(targets: list[str]) -> None:
 
 def echo(specs: list[str]) -> None:
     host, port = specs[0].split(":")
+    delay = float(specs[1]) if len(specs) > 1 else 0.0
     srv = socket.create_server((host, int(port)), reuse_port=False)
 
     def one(conn: socket.socket) -> None:
         with conn, contextlib.suppress(OSError):
             conn.settimeout(60)
             while data := conn.recv(4096):
+                time.sleep(delay)  # the guest then speaks first: nothing came in since
                 conn.sendall(data)
 
     def accept() -> None:
@@ -113,6 +117,7 @@ def echo(specs: list[str]) -> None:
 def hold(specs: list[str]) -> None:
     host, port = specs[0].split(":")
     s = socket.create_connection((host, int(port)), timeout=TIMEOUT)
+    s.settimeout(float(specs[1]) if len(specs) > 1 else TIMEOUT)
     print("connected", flush=True)
     for line in sys.stdin:
         word = line.strip().encode()

@@ -161,16 +161,24 @@ def test_the_input_only_port_does_not_even_say_that_nothing_listens(netns: tuple
 class Holder:
     """A connection from the peer to the guest's echo server, kept open across mode switches."""
 
-    def __init__(self, peer: str, target: str) -> None:
-        self.proc = subprocess.Popen(["ip", "netns", "exec", peer, sys.executable, "-I", PROBE, "hold", target],
+    def __init__(self, peer: str, target: str, wait: float | None = None) -> None:
+        extra = [str(wait)] if wait is not None else []
+        self.proc = subprocess.Popen(["ip", "netns", "exec", peer, sys.executable, "-I", PROBE, "hold", target, *extra],
                                      stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
         assert self.proc.stdout is not None and self.proc.stdout.readline().strip() == "connected"
 
-    def echoes(self, word: str) -> bool:
-        assert self.proc.stdin is not None and self.proc.stdout is not None
+    def send(self, word: str) -> None:
+        assert self.proc.stdin is not None
         self.proc.stdin.write(word + "\n")
         self.proc.stdin.flush()
+
+    def answered(self, word: str) -> bool:
+        assert self.proc.stdout is not None
         return self.proc.stdout.readline().strip() == f"echo {word}"
+
+    def echoes(self, word: str) -> bool:
+        self.send(word)
+        return self.answered(word)
 
     def close(self) -> None:
         self.proc.communicate(timeout=30)
@@ -220,3 +228,27 @@ def test_a_mode_switch_cuts_the_old_modes_connections(netns: tuple[str, str], tm
     listed = subprocess.run(["ip", "netns", "exec", guest, "nft", "list", "ruleset"], capture_output=True, text=True,
                             timeout=30, check=True).stdout
     assert "state-diff stream out" in listed and "data plane SSH" not in listed  # production's rules, and only them
+
+
+def test_the_control_plane_answers_across_a_switch_even_when_the_guest_speaks_first(netns: tuple[str, str],
+                                                                                   tmp_path: Path) -> None:
+    """The searcher's `toggle` runs over the control SSH connection, and the switch flushes conntrack: the answer
+    is then the first packet of that connection the guest's firewall sees, from the control port. It must get out
+    (seen in the booted guest: the answer to a toggle into production never came)."""
+    guest, peer = netns
+    modes = bm.Modes(guest_root(tmp_path, dwell=0, bob=BOB), run=lambda argv: 0 if Path(argv[0]).name == "bob-netguard" else
+                     subprocess.run(["ip", "netns", "exec", guest, *argv], capture_output=True, timeout=30).returncode)
+    assert modes.boot() == "mode maintenance (boot)"
+    control = f"{GUEST}:{BOB.control_ssh_port}"
+    server = subprocess.Popen(["ip", "netns", "exec", guest, sys.executable, "-I", PROBE, "echo", control, "4"],
+                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        assert server.stdout is not None and server.stdout.readline().strip() == "ready"
+        held = Holder(peer, control, wait=20)
+        for want in ("production", "stopped", "maintenance"):
+            held.send(want)  # the guest answers 4 s later, after this switch and its flush
+            assert modes.toggle().startswith(f"mode {want}")
+            assert held.answered(want), f"the control plane's answer was lost at the switch to {want}"
+        held.close()
+    finally:
+        server.communicate(timeout=30)

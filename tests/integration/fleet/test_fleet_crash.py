@@ -68,8 +68,10 @@ def test_a_whole_host_killed(crash_fleet: Fleet) -> None:
     assert "host1" in rows[1][2], rows
     st = f.step("status")
     assert st["lost"] == [b]
-    hosts = {h["host"]: h for h in st["hosts"]}
-    assert hosts["host1"]["alive"] is False and hosts["host0"]["alive"] is True
+    # a host that left and joined again (another test of this module may have done that) also has a dead entry
+    assert [h["alive"] for h in st["hosts"] if h["host"] == "host1"] == [False] * sum(h["host"] == "host1" for h in st["hosts"])
+    hosts = {h["host"]: h for h in st["hosts"] if h["alive"]}
+    assert "host1" not in hosts and "host0" in hosts, st["hosts"]
     assert (hosts["host0"]["used_vcpus"], sorted(hosts["host0"]["sandboxes"])) == (2, sorted([a, c]))
     cli = f.in_head([sys.executable, "-m", "sealbox", "fleet", "status", "--address", f.address], timeout=120)
     assert cli.returncode == 0, cli.stderr[-2000:]

@@ -85,7 +85,7 @@ def test_install_writes_units_rule_sets_and_the_workload_read_only(tmp_path: Pat
     assert (tree / "persistent").is_dir()  # bob-disk's mount point: the root is read-only at run time
     attest = (tree / "usr/lib/systemd/system/sealbox-bob-attest.service").read_text()
     assert "ExecStart=/usr/lib/sealbox/bob/bob-attest serve 8745\n" in attest and "@PORT@" not in attest
-    w = tree / "usr/share/sealbox/bob/workload.oci.tar"
+    w = tree / "usr/share/sealbox/bob/workload.tar"
     assert w.read_bytes() == b"\x00workload bytes" and stat.S_IMODE(w.stat().st_mode) == 0o444
     for path, data in image_files(loaded.spec.bob).items():
         assert (tree / path.lstrip("/")).read_bytes() == data
@@ -142,3 +142,9 @@ def test_exec_and_ssh_refuse_a_bob_sandbox_in_one_line(tmp_path: Path) -> None:
         assert str(info.value.message) == f"sandbox 'bob1': no exec/ssh: {why}" and "\n" not in str(info.value)
     # `stop` asks through the same path first: refused, so it goes straight to the VMM's power button
     assert control._guest_poweroff(state, state.load("bob1"), time.monotonic() + 5) is False
+
+
+def test_the_workload_goes_where_bob_workload_loads_it() -> None:
+    from bobguest import load
+
+    assert load("bob_workload").ARCHIVE == bob_image.WORKLOAD
