@@ -147,7 +147,7 @@ def test_both_sshds_use_the_base_images_host_key_and_accept_no_environment(built
 
 
 def test_the_workload_reads_the_archive_where_the_builder_puts_it() -> None:
-    # failed before: bob-workload read /usr/share/sealbox/bob/workload.tar, the builder wrote workload.oci.tar
+    # failed before the merge with main: bob-workload read workload.tar, the builder wrote workload.oci.tar
     assert bw.ARCHIVE == bob_image.WORKLOAD
 
 

@@ -34,7 +34,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 LIB = "/usr/lib/sealbox/bob"
-ARCHIVE = "/usr/share/sealbox/bob/workload.oci.tar"  # where builder/bob_image.py puts bob.workload
+ARCHIVE = "/usr/share/sealbox/bob/workload.tar"
 NAME = "searcher"
 HOME = "/persistent/searcher"
 DATA = "/persistent/searcher/data"
