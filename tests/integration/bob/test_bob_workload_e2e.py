@@ -195,9 +195,10 @@ def _sequence(g: Guest) -> None:
         _until(g, "data_plane_enter", entered, CONTAINER_WAIT, every=10)
         FACTS["container_s"] = round(time.monotonic() - t_init, 1)
         marker = f"bobwire-udp-{os.urandom(4).hex()}"
+        t_sent = time.monotonic()  # before the send: _udp_send then waits 3 s for an answer
         st["udp"] = _udp_send(g.netns, g.ip, (marker + "\n").encode())
-        t_sent = time.monotonic()
         st["logs_early"] = g.ssh("logs", "50")
+        st["logs_early"]["after_send_s"] = round(time.monotonic() - t_sent, 1)
 
         def logged() -> dict[str, Any]:
             r = g.ssh("logs", "50")
@@ -206,7 +207,6 @@ def _sequence(g: Guest) -> None:
         _until(g, "logs_delayed", logged, LOG_DELAY + 120, every=5)
         st["marker"] = marker
         st["logs_early"]["marker_seen"] = marker in st["logs_early"]["out"]
-        st["logs_early"]["after_send_s"] = round(st["logs_early"]["s"], 1)
         st["data_open_maintenance"] = _answers(g.netns, g.ip, DATA)
         st["toggle_production"] = g.ssh("toggle", timeout=180)
         st["status_production"] = g.ssh("status")
