@@ -8,12 +8,12 @@ builder endpoints are TEST-NET-1 stand-ins (192.0.2.0/24, never routed); all tra
 namespace. Oracles: a real OpenSSH client, raw sockets, the guest's own `logs N`. What each step saw and how long it
 took is written to bob-workload-e2e-facts.json under pytest's base temp directory.
 
-Measured on 2026-12-01 (2 cores shared with other helpers' boots): image 334 MB (rootfs.ext4 265 MB), build 82 s
-from a warm cache, ready 17 s; initialize answered after 301 s (argon2id 117 MiB) though the container had started
-at 56 s of guest time; the data plane entered the container at once; the datagram reached the container (silent) and
-its log line appeared in `logs` after 21 s, not at 1 s; `toggle` switched to production within ~20 s (a later
-`status` says so, and the data plane is then dropped) but its own answer never came within 180 s: that test fails,
-a finding for bob-mode/the rule swap (the control connection's reply after the production rules load).
+Measured on 2026-12-01 (2 cores shared with other helpers' boots): image 334 MB (rootfs.ext4 265 MB), build 48-82 s
+from a warm cache, ready 8-17 s; initialize 15 s on a quiet machine, 301 s under load (argon2id 117 MiB); the data
+plane entered the container 2-14 s later; the datagram reached the container (silent) and its log line appeared in
+`logs` ~23 s after the send, not at 1 s; with main's fix of the control plane's output after a flush, `toggle` into
+production answered in 2 s and the data plane was then dropped (before it, the answer never came). Whole module:
+~140 s on a quiet machine, ~11 min under load.
 """
 
 from __future__ import annotations
