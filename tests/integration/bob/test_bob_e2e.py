@@ -18,6 +18,7 @@ from pathlib import Path
 
 import pytest
 from bob_e2e_lib import Guest, answers, booted, check_table, cmd, connect_in_netns, http_post, port_table, wait_for
+from rt_integ import end_process
 
 pytestmark = [pytest.mark.integration, pytest.mark.boot]
 
@@ -101,8 +102,7 @@ def test_port_forwarding_is_refused(guest: Guest, tmp_path: Path) -> None:
         assert got == b"", got  # the key registration service would have answered "HTTP/1.0 405"
         wait_for(lambda: b"administratively prohibited" in log.read_bytes(), 20, "ssh to report the refused channel")
     finally:
-        proc.terminate()
-        proc.wait(20)
+        end_process(proc)
 
 
 def test_sealbox_exec_and_ssh_are_refused_up_front(guest: Guest) -> None:

@@ -131,6 +131,23 @@ def wait_for(pred, timeout: float, what: str, interval: float = 0.1):  # type: i
     raise AssertionError(f"timed out after {timeout:g}s waiting for {what}")
 
 
+def end_process(proc: subprocess.Popen[Any], grace: float = 10) -> None:
+    """A test's helper client (ssh -L, xfreerdp, Xvfb) ends with SIGTERM, then SIGKILL after `grace`.
+
+    A client that outlives SIGTERM is the client's business, not what the test asserts: CI saw an ssh -N -L take
+    more than 20 s to exit after the test's assertions had passed, and the teardown's TimeoutExpired failed the test.
+    """
+    if proc.poll() is not None:
+        return
+    proc.terminate()
+    try:
+        proc.wait(grace)
+    except subprocess.TimeoutExpired:
+        print(f"pid {proc.pid} ({proc.args!r:.80}) outlived SIGTERM by {grace:g}s: killed", file=sys.stderr)
+        proc.kill()
+        proc.wait(grace)
+
+
 def scrub(state_dir: Path, prefix: str) -> list[str]:
     """Last line of defence after the tests: remove anything with the run's name prefix, report it."""
     found = []

@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from rt_integ import Sealbox, leftovers, wait_for
+from rt_integ import Sealbox, end_process, leftovers, wait_for
 
 from gui_image import gui_image
 from sealbox.sandbox.host.netns import connect_in_netns
@@ -124,8 +124,7 @@ def xvfb(tmp_path: Path) -> Iterator[str]:
         yield display
     finally:
         os.close(r)
-        proc.terminate()
-        proc.wait(10)
+        end_process(proc)
 
 
 def xfreerdp(display: str, tmp_path: Path, port: int, password: str, fingerprint: str, log: str) -> subprocess.Popen[bytes]:
@@ -137,16 +136,6 @@ def xfreerdp(display: str, tmp_path: Path, port: int, password: str, fingerprint
     with open(tmp_path / log, "wb") as out:
         return subprocess.Popen(argv, env={**os.environ, "DISPLAY": display, "HOME": str(home)}, stdin=subprocess.DEVNULL,
                                 stdout=out, stderr=subprocess.STDOUT)
-
-
-def stop(proc: subprocess.Popen[bytes]) -> None:
-    if proc.poll() is None:
-        proc.terminate()
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(10)
 
 
 # ---- screenshots: ImageMagick's `import` grabs the X screen; the analysis and the PNG are checked against it -------
@@ -219,7 +208,7 @@ def test_xfreerdp_pins_the_certificate_logs_in_and_shows_the_desktop(sealbox: Se
     try:
         p.wait(60)
     finally:
-        stop(p)
+        end_process(p)
     log = (tmp_path / "xfreerdp-wrong-cert.log").read_text(errors="replace")
     assert p.returncode != 0 and "ERRCONNECT_TLS_CONNECT_FAILED" in log, log[-2000:]
     assert "login successful" not in xrdp_journal(sealbox, desk)
@@ -231,7 +220,7 @@ def test_xfreerdp_pins_the_certificate_logs_in_and_shows_the_desktop(sealbox: Se
         login_box = grab(xvfb)
         save(tmp_path / "login-refused.png", login_box)
     finally:
-        stop(p)
+        end_process(p)
     assert "login successful" not in xrdp_journal(sealbox, desk)
     assert "xfce4-session" not in desktop_processes(sealbox, desk)
 
@@ -252,7 +241,7 @@ def test_xfreerdp_pins_the_certificate_logs_in_and_shows_the_desktop(sealbox: Se
         TIMES["login_to_settled_screen_s"] = round(time.monotonic() - t0, 1)
         assert p.poll() is None, (tmp_path / "xfreerdp.log").read_text(errors="replace")[-2000:]
     finally:
-        stop(p)
+        end_process(p)
     n = save(tmp_path / "desktop.png", shot)
     top = colours(shot[2]).most_common(1)[0][1] / (len(shot[2]) // 3)
     assert shot[:2] == SIZE and n >= 500 and top < 0.97, (n, top)  # not blank: a picture, not one colour

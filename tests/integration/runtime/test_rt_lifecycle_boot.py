@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from rt_integ import Sealbox, cgroup_dirs, leftovers, manifest
+from rt_integ import Sealbox, cgroup_dirs, end_process, leftovers, manifest
 
 from sealbox.sandbox.host import cgroups
 from sealbox.sandbox.model import SandboxSpec
@@ -139,8 +139,7 @@ def test_ssh_config_scp_and_port_forward(pair: Pair, tmp_path: Path) -> None:
                 time.sleep(0.5)
         assert got.startswith(b"SSH-2.0"), got
     finally:
-        fwd.terminate()
-        fwd.wait(timeout=10)
+        end_process(fwd)
 
 
 # ---- isolation ------------------------------------------------------------------------------------
