@@ -212,13 +212,14 @@ def _udp(netns: str, ip: str, port: int) -> str:
             return "silent"
 
 
-def spec_bob() -> Any:
-    return load_spec(CACHE / "specs" / "bob-e2e" / "spec.toml").spec.bob
+def spec_bob(key: str = "bob-e2e") -> Any:
+    """The [bob] section of a cached test image's spec (tests/imagecache.py keeps it under specs/KEY)."""
+    return load_spec(CACHE / "specs" / key / "spec.toml").spec.bob
 
 
-def port_table(g: Guest) -> dict[str, dict[int, str]]:
+def port_table(g: Guest, bob: Any = None) -> dict[str, dict[int, str]]:
     """Which guest ports answer from the sandbox's namespace (the host side), TCP and UDP, probed at once."""
-    inbound = [o for o in openings(spec_bob()) if o.direction == "in"]
+    inbound = [o for o in openings(bob or spec_bob()) if o.direction == "in"]
     all_tcp = sorted({o.port for o in inbound if "tcp" in o.protos} | set(EXTRA_TCP))
     all_udp = sorted({o.port for o in inbound if "udp" in o.protos} | set(EXTRA_UDP))
     with concurrent.futures.ThreadPoolExecutor(16) as pool:
@@ -228,10 +229,10 @@ def port_table(g: Guest) -> dict[str, dict[int, str]]:
 
 
 
-def check_table(table: dict[str, dict[int, str]] | None, mode: str) -> None:
+def check_table(table: dict[str, dict[int, str]] | None, mode: str, bob: Any = None) -> None:
     """A probed table against builder/bob_firewall.py's openings for `mode` (what docs/modules.md shows)."""
     assert table is not None
-    bob = spec_bob()
+    bob = bob or spec_bob()
     inbound = [o for o in openings(bob) if o.direction == "in"]
     want_tcp = {o.port for o in inbound if "tcp" in o.protos and mode in o.modes}
     tcp, udp = table["tcp"], table["udp"]

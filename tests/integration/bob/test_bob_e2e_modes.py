@@ -1,9 +1,11 @@
-"""bob's encrypted disk and modes on a booted guest (QEMU/TCG, --rootfs disk, a blank raw data disk labelled
-persistent): `initialize` makes the encrypted /persistent (once), `status` then answers, and `toggle` into production
-is refused while the image has no searcher's container (bob-netguard cannot verify its drop rules); the port table
-is probed from the host before and after `initialize` and asserted against builder/bob_firewall.py's openings.
-Slow: under TCG argon2id, scrypt and mkfs take minutes (~5 min here). Production, stopped and the dwell time on a
-booted guest need the container: not driven yet.
+"""bob's encrypted disk on a booted guest (QEMU/TCG, --rootfs disk, a blank raw data disk labelled persistent):
+`initialize` refuses an empty passphrase, makes the encrypted /persistent once and refuses a second time, the key
+registration is closed after it, `status` then answers, and `toggle` into production is refused while the
+searcher's container is not running (this image's workload prints one line and exits, so bob-netguard cannot verify
+its drop rules); the port table is probed from the host before and after `initialize` and asserted against
+builder/bob_firewall.py's openings. Slow: under TCG argon2id, scrypt and mkfs take minutes (~5 min here).
+The modes with a running container, both directions of the port table, the dwell time and later boots of the same
+disk: test_bob_workload_e2e.py.
 """
 
 from __future__ import annotations
@@ -29,7 +31,7 @@ def _sequence(g: Guest) -> None:
         st["register_after_initialize"] = http_post(g.netns, g.ip, 8080, (g.other_key.parent / "other.pub").read_bytes())
         st["status_maintenance"] = cmd(g, "status")
         st["logs_after"] = cmd(g, "logs", "5")
-        # no searcher's container in this image yet (its wiring is not done): production must be refused
+        # the workload has exited (it prints one line): production must be refused
         st["toggle_production"] = cmd(g, "toggle")
         st["status_end"] = cmd(g, "status")
         st["table_maintenance"] = port_table(g)
