@@ -41,6 +41,7 @@ class EgressRule(BaseModel):
 
 
 DISK_SERIAL_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,19}$")  # virtio-blk IDs hold 20 bytes
+QCOW2_MAGIC = b"QFI\xfb"  # the first bytes of every qcow2 image (QEMU's qcow2 format spec)
 HOST_SERIAL_PREFIX = "sealbox-"  # serials only the host sets (sealbox-instance, sealbox-disk0...)
 _DISK_WORDS = {"ro": ("mode", "ro"), "rw": ("mode", "rw"), "raw": ("format", "raw"), "qcow2": ("format", "qcow2")}
 
@@ -66,6 +67,7 @@ class DiskSpec(BaseModel):
     readonly: bool = False
     # declared, never probed: a guest can write any header into its own disk
     format: Literal["raw", "qcow2"] = "raw"
+    format_declared: bool = False  # False: raw by default (a qcow2 file attached so is refused, planning.check_disks)
     # the guest's stable name for the disk (QEMU: the drive's serial); None: the host's own label sealbox-diskN
     serial: str | None = None
 
@@ -92,7 +94,12 @@ class DiskSpec(BaseModel):
         if not path:
             raise ValueError("no file name")
         return cls(path=Path(path), readonly=opts.get("mode") == "ro", format=opts.get("format", "raw"),
-                   serial=opts.get("serial"))
+                   format_declared="format" in opts, serial=opts.get("serial"))
+
+    def flag(self, *extra: str) -> str:
+        """This disk as a --disk value, with `extra` options added (for hints)."""
+        opts = ["ro" if self.readonly else "rw", *([f"serial={self.serial}"] if self.serial else []), *extra]
+        return f"{self.path}:{','.join(opts)}"
 
 
 class PortMap(BaseModel):

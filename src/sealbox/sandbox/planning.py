@@ -22,7 +22,7 @@ from sealbox.sandbox.host import cgroups
 from sealbox.sandbox.instance import DISK_NAME
 from sealbox.sandbox.layout import CONSOLE_DIR as CONSOLE_DIR  # re-exported (lifecycle, tests)
 from sealbox.sandbox.layout import CONSOLE_LOG as CONSOLE_LOG
-from sealbox.sandbox.model import CgroupPlan, DiskSpec, EgressRule, GuestNet, Limits, NetMode, PortMap, SandboxSpec, VmPlan
+from sealbox.sandbox.model import QCOW2_MAGIC, CgroupPlan, DiskSpec, EgressRule, GuestNet, Limits, NetMode, PortMap, SandboxSpec, VmPlan
 from sealbox.sandbox.vmm.base import VmmBackend
 from sealbox.util.names import check_sandbox_name
 
@@ -156,6 +156,24 @@ def check_disks(spec: SandboxSpec, image_dir: Path) -> None:
         if not d.readonly and image_dir.resolve() in real.parents:
             raise UsageError(f"--disk {p}:rw is inside the image directory {image_dir}",
                              hint="keep writable data outside the image (copy the file elsewhere)")
+        if not d.format_declared and _head(p, len(QCOW2_MAGIC)) == QCOW2_MAGIC:
+            raise UsageError(f"--disk {p} is a qcow2 image, and a disk without a format is attached raw (the guest "
+                             "would see the qcow2 container, not the disk in it)",
+                             hint=f"declare it: --disk {d.flag('qcow2')} (or {d.flag('raw')} for its bytes as they are)")
+
+
+def _head(path: Path, n: int) -> bytes:
+    """The first `n` bytes of a disk (b"" if unreadable: opening it for the VMM then says why)."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError:
+        return b""
+    try:
+        return os.pread(fd, n, 0)
+    except OSError:
+        return b""
+    finally:
+        os.close(fd)
 
 
 @dataclass

@@ -7,8 +7,8 @@ from typing import Any
 
 import pytest
 
-from sealbox.sandbox.model import CgroupPlan, GuestNet, SandboxSpec, VmPlan
-from sealbox.sandbox.vmm.qemu import QCOW2_MAGIC, HostFacts
+from sealbox.sandbox.model import QCOW2_MAGIC, CgroupPlan, GuestNet, SandboxSpec, VmPlan
+from sealbox.sandbox.vmm.qemu import HostFacts
 
 PlanFactory = Callable[..., VmPlan]
 

@@ -226,7 +226,7 @@ def test_memory_limit_covers_guest_and_tcg_cache(make_plan) -> None:  # type: ig
 def test_disk_format_is_the_declared_one_never_probed(make_plan, host, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     """A guest can write the qcow2 magic (and a backing-file name) into its raw rw disk: the next run must
     still attach it as raw. qcow2 only when the user says so."""
-    from sealbox.sandbox.vmm.qemu import QCOW2_MAGIC
+    from sealbox.sandbox.model import QCOW2_MAGIC
 
     (tmp_path / "guest-wrote.img").write_bytes(QCOW2_MAGIC + b"\0" * 4092)
     plan = make_plan(disks=disks(tmp_path, "guest-wrote.img:rw", "raw.img:ro:qcow2", "data.qcow2:qcow2"))

@@ -14,8 +14,8 @@ import pytest
 from sealbox.errors import UsageError
 from sealbox.formats.vhd import footer
 from sealbox.sandbox import image, planning
-from sealbox.sandbox.model import CgroupPlan, GuestNet, SandboxSpec, VmPlan
-from sealbox.sandbox.vmm.qemu import QCOW2_MAGIC, HostFacts, build_command
+from sealbox.sandbox.model import QCOW2_MAGIC, CgroupPlan, GuestNet, SandboxSpec, VmPlan
+from sealbox.sandbox.vmm.qemu import HostFacts, build_command
 
 DISKS = {"disk.raw": bytes(1 << 20), "disk.qcow2": QCOW2_MAGIC + bytes(1020), "disk.vhd": bytes(1 << 20) + footer(1 << 20, 0, "00")}
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ipaddress
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -52,6 +53,20 @@ def test_check_disks(image_dir: Path, tmp_path: Path) -> None:
     with pytest.raises(UsageError, match="inside the image directory"):
         planning.check_disks(spec(image_dir, disks=[str(image_dir / "rootfs.ext4") + ":rw"]), image_dir)
     planning.check_disks(spec(image_dir, disks=[str(image_dir / "rootfs.ext4") + ":ro", str(tmp_path / "d.img")]), image_dir)
+
+
+def test_a_qcow2_disk_attached_without_a_format_is_refused(image_dir: Path, tmp_path: Path) -> None:
+    # `sealbox disk create` makes qcow2 by default and --disk attaches raw unless told: the guest would get the
+    # qcow2 container's few KiB as its disk. The format stays declared, never probed; the check only refuses.
+    d = tmp_path / "d.qcow2"
+    subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", str(d), "64M"], check=True, timeout=60)
+    with pytest.raises(UsageError) as e:
+        planning.check_disks(spec(image_dir, disks=[f"{d}:rw,serial=data"]), image_dir)
+    assert "qcow2" in str(e.value) and "\n" not in str(e.value) and e.value.hint and f"{d}:rw,serial=data,qcow2" in e.value.hint
+    planning.check_disks(spec(image_dir, disks=[f"{d}:rw,qcow2"]), image_dir)
+    planning.check_disks(spec(image_dir, disks=[f"{d}:rw,raw"]), image_dir)  # declared raw: its bytes as they are
+    (tmp_path / "short.img").write_bytes(b"QF")  # shorter than the magic: a raw disk like any other
+    planning.check_disks(spec(image_dir, disks=[str(tmp_path / "short.img")]), image_dir)
 
 
 @pytest.fixture

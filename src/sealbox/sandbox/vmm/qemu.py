@@ -34,7 +34,6 @@ from sealbox.util import atomic
 QEMU = "/usr/bin/qemu-system-x86_64"
 SANDBOX_OPTS = "on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny"
 FIRST_FD = 10  # fds 0-2 are stdio; leave room below for anything the runtime opens early
-QCOW2_MAGIC = b"QFI\xfb"
 # QEMU's microvm has 24 virtio-mmio transports, but the interrupt of the 24th never reaches the guest (measured
 # with QEMU 7.2 and Debian's 6.1 kernel: a disk there hangs the boot in its partition scan), so 23 are usable:
 # net, rng, the restore agent's serial port, the instance disk, [the root disk] and the user disks
