@@ -156,7 +156,7 @@ def check_disks(spec: SandboxSpec, image_dir: Path) -> None:
         if not d.readonly and image_dir.resolve() in real.parents:
             raise UsageError(f"--disk {p}:rw is inside the image directory {image_dir}",
                              hint="keep writable data outside the image (copy the file elsewhere)")
-        if not d.format_declared and _head(p, len(QCOW2_MAGIC)) == QCOW2_MAGIC:
+        if d.format == "raw" and not d.format_declared and _head(p, len(QCOW2_MAGIC)) == QCOW2_MAGIC:
             raise UsageError(f"--disk {p} is a qcow2 image, and a disk without a format is attached raw (the guest "
                              "would see the qcow2 container, not the disk in it)",
                              hint=f"declare it: --disk {d.flag('qcow2')} (or {d.flag('raw')} for its bytes as they are)")

@@ -65,6 +65,9 @@ def test_a_qcow2_disk_attached_without_a_format_is_refused(image_dir: Path, tmp_
     assert "qcow2" in str(e.value) and "\n" not in str(e.value) and e.value.hint and f"{d}:rw,serial=data,qcow2" in e.value.hint
     planning.check_disks(spec(image_dir, disks=[f"{d}:rw,qcow2"]), image_dir)
     planning.check_disks(spec(image_dir, disks=[f"{d}:rw,raw"]), image_dir)  # declared raw: its bytes as they are
+    # a record written before the flag existed (a snapshot's) says qcow2 without saying it was declared
+    s = spec(image_dir, disks=[f"{d}:rw,qcow2"])
+    planning.check_disks(s.model_copy(update={"disks": (s.disks[0].model_copy(update={"format_declared": False}),)}), image_dir)
     (tmp_path / "short.img").write_bytes(b"QF")  # shorter than the magic: a raw disk like any other
     planning.check_disks(spec(image_dir, disks=[str(tmp_path / "short.img")]), image_dir)
 
