@@ -167,6 +167,7 @@ def image_files(bob: Bob) -> dict[str, bytes]:
     """What the guest scripts (modules/bob) read: each mode's rule set (bob-mode) and their settings."""
     out = {f"{LIB}/nft-{mode}.json": json.dumps(ruleset(mode, bob), sort_keys=True).encode() + b"\n" for mode in MODES}
     config = {"dwell_seconds": bob.dwell_seconds, "log_delay_seconds": bob.log_delay_seconds,
-              "input_only_udp_port": bob.input_only_udp_port, "data_ssh_port": bob.data_ssh_port}
+              "input_only_udp_port": bob.input_only_udp_port, "data_ssh_port": bob.data_ssh_port,
+              "node_command": bob.node_command}
     out[f"{LIB}/config.json"] = json.dumps(config, sort_keys=True).encode() + b"\n"
     return out

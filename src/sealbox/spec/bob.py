@@ -18,6 +18,7 @@ from sealbox.spec.fields import Section, setting
 ENDPOINT_RE = re.compile(r"^(?:\[(?P<v6>[0-9A-Fa-f:.]+)\]|(?P<v4>[0-9.]+)):(?P<port>[0-9]{1,5})$")
 MAX_ENDPOINTS = 16
 MAX_DELAY = 7 * 86400  # a week: beyond that a delay is a typo, not a policy
+MAX_ARGS = 64
 
 Address = ipaddress.IPv4Address | ipaddress.IPv6Address
 
@@ -68,6 +69,24 @@ class Bob(Section):
                                      ge=0, le=MAX_DELAY)
     workload: str = setting("", "The searcher's container: an OCI archive (.tar, output.formats = [\"oci\"] of another "
                             "spec), relative to the spec file that names it; required when enable.")
+
+    node_command: list[str] = setting([], "The operator's node service (no Ethereum client is packaged in Debian: ship it "
+                                      "with [[files]]): its argv, an absolute program path first. Run as user bob-node "
+                                      "in /persistent/node once /persistent is mounted, in every mode; its IPC socket "
+                                      "goes in /run/sealbox-bob-node, which the container sees read-only at /node. "
+                                      "Empty: no node service.", merge="override")
+
+    @field_validator("node_command")
+    @classmethod
+    def _node_command(cls, v: list[str]) -> list[str]:
+        if len(v) > MAX_ARGS:
+            raise ValueError(f"{len(v)} arguments: at most {MAX_ARGS}")
+        for i, arg in enumerate(v):
+            if any(c in arg for c in "\x00\n") or len(arg) > 4096:
+                raise ValueError(f"argument {i} holds a NUL or a newline, or is longer than 4096 characters")
+        if v and not PurePosixPath(v[0]).is_absolute():
+            raise ValueError(f"{v[0]!r} must be the program's absolute path in the image (e.g. \"/usr/local/bin/node\")")
+        return v
 
     @field_validator("builder_bundle", "builder_state_diff")
     @classmethod

@@ -35,12 +35,12 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).parents[1] / "runtime"))
 
-from bob_e2e_lib import check_table, port_table, spec_bob  # noqa: E402
+from bob_e2e_lib import answers, check_table, http_post, need, port_table, spec_bob  # noqa: E402
 from bob_outbound import FROM_INPUT, INPUT_ONLY, Listeners, differences, probe_all  # noqa: E402
 from rt_integ import Sealbox, leftovers, scrub, wait_for  # noqa: E402
 
 from imagecache import CACHE, spec_image  # noqa: E402
-from sealbox.sandbox.host.netns import connect_in_netns, run_in_netns, socket_in_netns  # noqa: E402
+from sealbox.sandbox.host.netns import run_in_netns, socket_in_netns  # noqa: E402
 from sealbox.sandbox.ssh import host_alias  # noqa: E402
 
 pytestmark = [pytest.mark.integration, pytest.mark.boot, pytest.mark.slow]
@@ -83,6 +83,13 @@ builder_state_diff = ["192.0.2.10:8646"]
 workload = "workload.oci.tar"
 log_delay_seconds = {LOG_DELAY}
 dwell_seconds = {DWELL}
+node_command = ["/usr/bin/python3", "-I", "/usr/local/lib/bob-test/node-standin.py"]
+
+# a stand-in for the operator's node service (no Ethereum client is packaged in Debian)
+[[files]]
+source = "node-standin.py"
+dest = "/usr/local/lib/bob-test/node-standin.py"
+mode = 0o644
 
 # diagnostics only (this test's image): what podman and bob-netguard say goes to the serial console too, which the
 # facts keep (there is no root shell in a bob guest to read the journal)
@@ -92,19 +99,35 @@ dest = "/etc/systemd/system/sealbox-bob-workload.service.d/console.conf"
 mode = 0o644
 """
 CONSOLE_DROPIN = "[Service]\nStandardOutput=journal+console\nStandardError=journal+console\n"
-TOOLS = ("qemu-system-x86_64", "bwrap", "setpriv", "nft", "ip", "ssh", "ssh-keygen")
+# the node stand-in: counts its starts in its home on /persistent, answers each connection to its IPC socket
+NODE_STANDIN = """\
+import os, socket
+home, ipc = os.environ["HOME"], os.environ["NODE_IPC_DIR"]
+try:
+    with open("starts") as f:
+        n = int(f.read()) + 1
+except FileNotFoundError:
+    n = 1
+with open("starts.tmp", "w") as f:
+    f.write(str(n))
+os.replace("starts.tmp", "starts")
+path = os.path.join(ipc, "rpc.sock")
+if os.path.lexists(path):
+    os.unlink(path)
+s = socket.socket(socket.AF_UNIX)
+s.bind(path)
+os.chmod(path, 0o666)
+s.listen(8)
+while True:
+    c, _ = s.accept()
+    with c:
+        c.sendall(f"stand-in node uid={os.getuid()} starts={n} cwd={os.getcwd()} home={home}\\n".encode())
+"""
+NODE_ASK = ("socat", "-u", "UNIX-CONNECT:/node/rpc.sock", "STDOUT")
 PASSPHRASE = "correct horse battery staple, bobwire e2e\n"
 CONTROL, DATA, UDP, REGISTER = 22, 10022, 27017, 8080
 CONTAINER_WAIT = 900  # podman load + first start under TCG (measured, recorded as container_s)
 FACTS: dict[str, Any] = {}
-
-
-def _need() -> None:
-    if os.geteuid() != 0:
-        pytest.skip("the bob workload end-to-end test needs root")
-    for tool in TOOLS:
-        if shutil.which(tool) is None:
-            pytest.skip(f"the bob workload end-to-end test needs {tool}")
 
 
 def _image() -> Path:
@@ -115,7 +138,7 @@ def _image() -> Path:
     tar, dest = work / "bobwire-work.oci.tar", src / "workload.oci.tar"
     if not dest.is_file() or dest.read_bytes() != tar.read_bytes():
         shutil.copyfile(tar, dest)
-    image = spec_image("bobwire-e2e", BOB_SPEC, files={"workload-console.conf": CONSOLE_DROPIN})
+    image = spec_image("bobwire-e2e", BOB_SPEC, files={"workload-console.conf": CONSOLE_DROPIN, "node-standin.py": NODE_STANDIN})
     FACTS["build_or_cache_s"] = round(time.monotonic() - t, 1)
     FACTS["image_bytes"] = sum(p.stat().st_size for p in image.iterdir() if p.is_file())
     return image
@@ -147,27 +170,6 @@ class Guest:
             return {"rc": None, "out": "", "err": f"timed out after {timeout} s", "s": round(time.monotonic() - t, 1)}
         return {"rc": p.returncode, "out": p.stdout.strip()[-2000:], "err": p.stderr.strip()[-2000:], "s": round(time.monotonic() - t, 1),
                 "found": {f: f in p.stdout for f in find}, "lines": [x for x in p.stdout.splitlines() if lines_with in x][-50:]}
-
-
-def _register(netns: str, ip: str, pub: bytes) -> int:
-    import http.client
-
-    sock = connect_in_netns(netns, ip, REGISTER, 10)
-    conn = http.client.HTTPConnection(ip, REGISTER, timeout=20)
-    conn.sock = sock
-    try:
-        conn.request("POST", "/", body=pub, headers={"Content-Type": "text/plain"})
-        return conn.getresponse().status
-    finally:
-        conn.close()
-
-
-def _answers(netns: str, ip: str, port: int) -> bool:
-    try:
-        connect_in_netns(netns, ip, port, 3).close()
-        return True
-    except OSError:
-        return False
 
 
 def _udp_send(netns: str, ip: str, payload: bytes) -> str:
@@ -205,7 +207,7 @@ def _first_boot(g: Guest, out: Listeners) -> None:
     """register, initialize, the container, UDP in, the delayed log, the three modes: recorded, never raising."""
     st = g.steps
     try:
-        st["register_again"] = _register(g.netns, g.ip, (g.key.parent / "other.pub").read_bytes())
+        st["register_again"] = http_post(g.netns, g.ip, REGISTER, (g.key.parent / "other.pub").read_bytes())[0]
         st["initialize"] = g.ssh("initialize", stdin=PASSPHRASE, timeout=900)
         st["status_maintenance"] = g.ssh("status")
 
@@ -216,6 +218,7 @@ def _first_boot(g: Guest, out: Listeners) -> None:
         t_init = time.monotonic()
         _until(g, "data_plane_enter", entered, CONTAINER_WAIT, every=10)
         FACTS["container_s"] = round(time.monotonic() - t_init, 1)
+        _until(g, "node", lambda: _node(g), 120, every=5)
         marker = f"bobwire-udp-{os.urandom(4).hex()}"
         t_sent = time.monotonic()  # before the send: _udp_send then waits 3 s for an answer
         st["udp"] = _udp_send(g.netns, g.ip, (marker + "\n").encode())
@@ -230,10 +233,10 @@ def _first_boot(g: Guest, out: Listeners) -> None:
         st["marker"] = marker
         st["logs_early"]["marker_seen"] = marker in st["logs_early"]["out"]
         _tables(g, out, "maintenance")
-        st["data_open_maintenance"] = _answers(g.netns, g.ip, DATA)
+        st["data_open_maintenance"] = answers(g.netns, g.ip, DATA)
         st["toggle_production"] = g.ssh("toggle", timeout=180)
         st["status_production"] = g.ssh("status")
-        st["data_open_production"] = _answers(g.netns, g.ip, DATA)
+        st["data_open_production"] = answers(g.netns, g.ip, DATA)
         st["data_ssh_production"] = g.ssh("true", port=DATA, timeout=40)
         st["udp_production"] = _udp_send(g.netns, g.ip, (marker + "-production\n").encode())
         _tables(g, out, "production")
@@ -256,6 +259,12 @@ def _first_boot(g: Guest, out: Listeners) -> None:
         st["error"] = f"{type(e).__name__}: {e}"
 
 
+def _node(g: Guest) -> dict[str, Any]:
+    """The node stand-in's answer, asked from inside the container through /node (the data plane)."""
+    r = g.ssh(*NODE_ASK, port=DATA, timeout=60)
+    return {**r, "ok": r["rc"] == 0 and r["out"].startswith("stand-in node")}
+
+
 def _tables(g: Guest, out: Listeners, mode: str) -> None:
     g.steps[f"in_{mode}"] = port_table(g, spec_bob("bobwire-e2e"))
     g.steps[f"out_{mode}"] = probe_all(g.netns, g.ip, out)
@@ -270,6 +279,7 @@ def _second_boot(g: Guest, marker: str) -> None:
         st["initialize"] = g.ssh("initialize", stdin=PASSPHRASE, timeout=900)
         st["status"] = g.ssh("status")
         st["logs"] = g.ssh("logs", "100000", find=(marker,))
+        _until(g, "node", lambda: _node(g), CONTAINER_WAIT, every=10)
     except Exception as e:  # noqa: BLE001
         st["error"] = f"{type(e).__name__}: {e}"
 
@@ -327,7 +337,7 @@ class Boots:
 
 @pytest.fixture(scope="module")
 def boots(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Guest]]:
-    _need()
+    need()
     image = _image()
     state = tmp_path_factory.mktemp("bobwire-state")
     sb = Sealbox(state_dir=state, image=image, prefix="bw" + os.urandom(2).hex())
@@ -340,8 +350,8 @@ def boots(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Guest]
     guests: dict[str, Guest] = {}
     try:
         g = guests["first"] = b.boot(1, f"{disk}:rw,qcow2,serial=persistent")
-        wait_for(lambda: _answers(g.netns, g.ip, REGISTER), 120, "the key registration port to answer")
-        g.steps["register"] = _register(g.netns, g.ip, (keys / "searcher.pub").read_bytes())
+        wait_for(lambda: answers(g.netns, g.ip, REGISTER), 120, "the key registration port to answer")
+        g.steps["register"] = http_post(g.netns, g.ip, REGISTER, (keys / "searcher.pub").read_bytes())[0]
         out = Listeners(g.netns, g.host_ip)
         out.start()
         try:
@@ -376,6 +386,14 @@ def test_the_key_registers_once_initialize_and_the_data_plane_enters_the_contain
     assert st["status_maintenance"]["out"].startswith("mode maintenance"), st["status_maintenance"]
     enter = st.get("data_plane_enter", {})
     assert enter.get("ok"), enter  # `cat /etc/os-release` ran inside the container (podman exec through ForceCommand)
+
+
+def test_the_node_slot_runs_the_operators_node_and_the_container_reaches_its_socket(boots: dict[str, Guest]) -> None:
+    first, second = boots["first"].steps.get("node", {}), boots["second"].steps.get("node", {})
+    assert first.get("ok"), first
+    # its own account, its home on /persistent, nothing of searcher's or root's
+    assert first["out"] == "stand-in node uid=1001 starts=1 cwd=/persistent/node home=/persistent/node", first
+    assert second.get("out", "").startswith("stand-in node uid=1001 starts=2 "), second  # its state outlived the boot
 
 
 def test_udp_reaches_the_container_nothing_answers_and_the_log_line_waits_the_delay(boots: dict[str, Guest]) -> None:

@@ -42,6 +42,8 @@ WANT = {
     "sealbox-bob-logs.service": (f"{UNITS}/sealbox-bob-logs.service", 0o644),
     "sealbox-bob-data-sshd.service": (f"{UNITS}/sealbox-bob-data-sshd.service", 0o644),
     "sealbox-bob-tun.conf": ("/usr/lib/tmpfiles.d/sealbox-bob-tun.conf", 0o644),
+    "bob_node.py": (f"{LIB}/bob-node", 0o755),
+    "sealbox-bob-node.service": (f"{UNITS}/sealbox-bob-node.service", 0o644),
 }
 # Debian 12's /etc/ssh/sshd_config, its settings (comments left out)
 DEBIAN_SSHD = ("Include /etc/ssh/sshd_config.d/*.conf\nKbdInteractiveAuthentication no\nUsePAM yes\nX11Forwarding yes\n"
@@ -88,7 +90,8 @@ def test_only_the_data_plane_sshd_is_enabled_of_the_workload_units(built: tuple[
     assert "sealbox-bob-workload.service" not in enabled and "sealbox-bob-logs.service" not in enabled
     # the two `bob-mode resume` starts are exactly the ones installed, and every enabled unit is in the tree
     mode = load("bob_mode")
-    assert set(mode.WORKLOAD_UNITS) == {"sealbox-bob-workload.service", "sealbox-bob-logs.service"}
+    assert set(mode.WORKLOAD_UNITS) == {"sealbox-bob-workload.service", "sealbox-bob-logs.service", "sealbox-bob-node.service"}
+    assert "sealbox-bob-node.service" not in enabled  # the node's data is on /persistent: it starts with the workload
     for unit in [*enabled, *mode.WORKLOAD_UNITS]:
         assert (tree / UNITS.lstrip("/") / unit).is_file(), unit
 
@@ -103,6 +106,16 @@ def test_searcher_gets_subordinate_ids_and_an_unlocked_keyonly_password_field(bu
     fields = {f[0]: f for f in shadow}
     assert fields["searcher"] == ["searcher", "*", "1", "0", "99999", "7", "", "", ""]
     assert fields["root"][1] == "!*" and fields["sshd"][1] == "!"  # nobody else's field is touched
+
+
+def test_the_node_service_has_an_account_of_its_own(built: tuple[Path, list[str], LoadedSpec]) -> None:
+    tree, _, loaded = built
+    users = loaded.spec.users
+    assert (users["searcher"].uid, users["bob-node"].uid, users["bob-node"].shell) == (1000, 1001, "/usr/sbin/nologin")
+    unit = (tree / UNITS.lstrip("/") / "sealbox-bob-node.service").read_text()
+    for line in ("User=bob-node", "ConditionPathIsMountPoint=/persistent", "RuntimeDirectoryPreserve=yes",
+                 "ExecStart=/usr/lib/sealbox/bob/bob-node", "NoNewPrivileges=yes"):
+        assert line in unit.splitlines(), line
 
 
 def test_install_refuses_a_tree_without_the_searcher_account(tmp_path: Path) -> None:

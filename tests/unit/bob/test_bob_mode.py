@@ -125,7 +125,7 @@ def test_resume_keeps_maintenance(g: Guest) -> None:
 
 def test_resume_starts_the_workload_after_the_rules(g: Guest) -> None:
     assert g.modes().resume() == "mode maintenance"
-    start = ["systemctl", "start", "--no-block", "sealbox-bob-logs.service", "sealbox-bob-workload.service"]
+    start = ["systemctl", "start", "--no-block", "sealbox-bob-node.service", "sealbox-bob-logs.service", "sealbox-bob-workload.service"]
     assert g.calls == [*g.switch_calls("maintenance"), start]
     g.calls.clear()
     g.fail.add("systemctl")

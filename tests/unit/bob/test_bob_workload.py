@@ -79,7 +79,8 @@ def test_first_start_loads_the_archive_and_creates_the_container(image_id: str) 
     text = " ".join(create)
     for must in ("--pull=never", "--publish 27017:27017/udp", "--pidfile /run/sealbox-bob-work/container.pid",
                  "--log-driver k8s-file", "path=/persistent/.bob-work/container.log", "--network slirp4netns",
-                 "--cap-drop NET_ADMIN,NET_RAW,SYS_ADMIN", "/persistent/searcher/data:/data"):
+                 "--cap-drop NET_ADMIN,NET_RAW,SYS_ADMIN", "/persistent/searcher/data:/data",
+                 "--volume /run/sealbox-bob-node:/node:ro"):  # the node service's IPC directory, read-only
         assert must in text, must
     assert "--privileged" not in text and "tcp" not in text  # the channel is UDP only
 

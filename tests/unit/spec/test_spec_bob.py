@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -51,6 +52,15 @@ def test_settings_are_taken_as_written(tmp_path: Path) -> None:
     assert spec.bob.builder_bundle == ["198.51.100.1:1", "198.51.100.2:65535"]  # a later list replaces, never appends
 
 
+def test_the_node_command_reaches_the_guests_config(tmp_path: Path) -> None:
+    from sealbox.builder.bob_firewall import image_files
+
+    spec = load(good(tmp_path, "node_command = ['/usr/local/bin/node', '--ipc', '/run/sealbox-bob-node/rpc.sock']\n")).spec
+    config = json.loads(image_files(spec.bob)["/usr/lib/sealbox/bob/config.json"])
+    assert config["node_command"] == ["/usr/local/bin/node", "--ipc", "/run/sealbox-bob-node/rpc.sock"]
+    assert json.loads(image_files(load(good(tmp_path)).spec.bob)["/usr/lib/sealbox/bob/config.json"])["node_command"] == []
+
+
 def test_every_bob_setting_is_documented_once() -> None:
     rows = {r["key"]: r for r in settings_rows() if r["key"].startswith("bob.")}
     assert set(rows) == {f"bob.{k}" for k in Bob.model_fields}
@@ -82,6 +92,9 @@ def test_every_bob_setting_is_documented_once() -> None:
     ("workload = 'work/missing.tar'\n", ["bob.workload", "'work/missing.tar' does not exist", "output.formats"]),
     ("workload = 'work'\n", ["bob.workload", ".tar"]),
     ("ssh_port = 22\n", ["unknown key 'bob.ssh_port'", "allowed here:", "control_ssh_port"]),
+    ("node_command = ['geth', '--datadir', '.']\n", ["bob.node_command", "'geth' must be the program's absolute path"]),
+    ("node_command = ['/usr/local/bin/geth', \"a\\nb\"]\n", ["bob.node_command", "argument 1", "newline"]),
+    ("node_command = '/usr/local/bin/geth'\n", ["bob.node_command", "list"]),
 ])
 def test_bad_values_name_the_key_and_the_fix(tmp_path: Path, extra: str, has: list[str]) -> None:
     spec_error(good(tmp_path, extra), has=[str(tmp_path / "s.toml"), *has])

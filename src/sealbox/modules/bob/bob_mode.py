@@ -42,7 +42,7 @@ PERSISTENT = "/persistent"
 STATE = "persistent/.bob/state.json"
 MAX_REQUEST = 64
 TOOL_TIMEOUT = 30
-WORKLOAD_UNITS = ("sealbox-bob-logs.service", "sealbox-bob-workload.service")
+WORKLOAD_UNITS = ("sealbox-bob-node.service", "sealbox-bob-logs.service", "sealbox-bob-workload.service")
 
 Runner = Callable[[list[str]], int]
 

@@ -14,9 +14,9 @@ Installed as /usr/lib/sealbox/bob/bob-workload.
                        data_ssh_port from config.json
 The container: its own network namespace from podman's rootless user-mode network (slirp4netns), with
 input_only_udp_port published for UDP only; its log through conmon into RAW_LOG (bob-logs delays it); its data
-at /persistent/searcher/data (/data inside); podman's storage under /persistent/searcher (HOME); dropped: NET_ADMIN
-(it would change the drop rules), NET_RAW (a packet socket's frames pass by netfilter) and SYS_ADMIN; no new
-privileges.
+at /persistent/searcher/data (/data inside), the node service's IPC directory read-only at /node; podman's storage
+under /persistent/searcher (HOME); dropped: NET_ADMIN (it would change the drop rules), NET_RAW (a packet socket's
+frames pass by netfilter) and SYS_ADMIN; no new privileges.
 bob-netguard (root, the unit's ExecStartPost) then puts the drop rules into that namespace.
 Stdlib only: the guest has no sealbox package. Every command is an argv list; nothing goes through a shell.
 """
@@ -42,6 +42,7 @@ RUNTIME = "/run/sealbox-bob-work"  # the unit's RuntimeDirectory (searcher, 0700
 PIDFILE = f"{RUNTIME}/container.pid"
 RAW_LOG = "/persistent/.bob-work/container.log"
 DATA_SSHD_CONFIG = f"{LIB}/sshd-data.conf"
+NODE_IPC = "/run/sealbox-bob-node"  # the node service's IPC directory (bob_node.IPC_DIR), read-only at /node
 # a system service has no systemd user session to ask for cgroups (and the container runs with --cgroups=disabled)
 GLOBAL = ["--cgroup-manager", "cgroupfs"]
 DIGEST_RE = re.compile(r"sha256:[0-9a-f]{64}")
@@ -108,7 +109,7 @@ def create_args(image: str, port: int) -> list[str]:
     return ["podman", *GLOBAL, "create", "--name", NAME, "--pull=never", "--pidfile", PIDFILE,
             "--network", "slirp4netns", "--publish", f"{port}:{port}/udp",
             "--log-driver", "k8s-file", "--log-opt", f"path={RAW_LOG}",
-            "--volume", f"{DATA}:/data", "--cgroups=disabled",
+            "--volume", f"{DATA}:/data", "--volume", f"{NODE_IPC}:/node:ro", "--cgroups=disabled",
             "--cap-drop", "NET_ADMIN,NET_RAW,SYS_ADMIN", "--security-opt", "no-new-privileges", image]
 
 
