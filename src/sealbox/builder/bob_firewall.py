@@ -13,7 +13,9 @@ Both directions default to drop. What opens, in order:
   both:   invalid dropped; established/related accepted; IPv6 neighbour discovery (hop limit 255, so
           link-local only, which IPv6 needs to reach anything);
   then:   new connections per OPENINGS for the mode (all/maintenance/production), by port, and for the
-          builder's endpoints by address and port.
+          builder's endpoints by address and port. Consensus P2P and NTP out, open in every mode, are the node's
+          and the system's: never from the searcher's uid or its subordinate ids, or in production the container
+          could send anywhere on those ports.
 The forward chain drops everything: a rootless container's traffic leaves through the guest's own
 sockets (its user-mode network), so it meets the input and output chains above.
 """
@@ -35,6 +37,10 @@ Mode = Literal["maintenance", "production", "stopped"]
 MODES: tuple[Mode, ...] = ("maintenance", "production", "stopped")
 Direction = Literal["in", "out"]
 Proto = Literal["tcp", "udp"]
+# the searcher's uid (modules/bob.toml fixes it) and its subordinate ids (bob_image writes /etc/subuid): the
+# container's traffic leaves through sockets of these (rootless podman's slirp4netns runs as searcher)
+SEARCHER_UID = 1000
+SEARCHER_SUBUIDS = (100000, 165535)  # first and last, inclusive: 65536 ids
 NTP_PORT = 123
 DNS_PORT = 53
 HTTP_PORTS = (80, 443)
@@ -52,6 +58,7 @@ class Opening:
     port: int
     modes: tuple[Mode, ...]
     address: ipaddress.IPv4Address | ipaddress.IPv6Address | None = None  # out only: the one remote host
+    searcher: bool = True  # out only: False: the node's and the system's, never from the searcher's uids
 
 
 ALL: tuple[Mode, ...] = MODES
@@ -66,8 +73,8 @@ def openings(bob: Bob) -> list[Opening]:
         Opening("attestation", "in", ("tcp",), bob.attestation_port, ALL),
         Opening("input-only channel", "in", ("udp",), bob.input_only_udp_port, ALL),
         Opening("consensus P2P", "in", ("tcp", "udp"), bob.cl_p2p_port, ALL),
-        Opening("consensus P2P", "out", ("tcp", "udp"), bob.cl_p2p_port, ALL),
-        Opening("NTP", "out", ("udp",), NTP_PORT, ALL),
+        Opening("consensus P2P", "out", ("tcp", "udp"), bob.cl_p2p_port, ALL, searcher=False),
+        Opening("NTP", "out", ("udp",), NTP_PORT, ALL, searcher=False),
     ]
     for text in bob.builder_bundle:
         addr, port = parse_endpoint(text)
@@ -154,6 +161,8 @@ def ruleset(mode: Mode, bob: Bob) -> dict[str, Any]:
         if o.address is not None:
             where.append(_match({"payload": {"protocol": "ip" if o.address.version == 4 else "ip6", "field": "daddr"}},
                                 str(o.address)))
+        if o.direction == "out" and not o.searcher:
+            where.append(_match(_meta("skuid"), {"set": [SEARCHER_UID, {"range": list(SEARCHER_SUBUIDS)}]}, "!="))
         port = _match(_th("dport"), o.port)
         rule("input" if o.direction == "in" else "output", *where, _l4(o.protos), port,
              _ct_state("new"), COUNTER, ACCEPT, comment=f"{o.what} {o.direction}")

@@ -49,7 +49,7 @@ UNITS = (FIREWALL_UNIT, KEYREG_UNIT, MODE_SOCKET_UNIT, ATTEST_UNIT, *MODULE_UNIT
 PERSISTENT = "/persistent"  # bob-disk mounts the unlocked disk here (the root is read-only)
 UNIT_DIR = "/usr/lib/systemd/system"
 # rootless podman maps the container's uids into these (newuidmap); fixed, so every build writes the same bytes
-SUBIDS = f"{USER}:100000:65536\n".encode()
+SUBIDS = f"{USER}:{bob_firewall.SEARCHER_SUBUIDS[0]}:{bob_firewall.SEARCHER_SUBUIDS[1] - bob_firewall.SEARCHER_SUBUIDS[0] + 1}\n".encode()
 
 
 def sshd_config(bob: Bob) -> bytes:

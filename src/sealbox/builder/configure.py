@@ -95,7 +95,9 @@ def _passwd_ids(tree: Path, file: str) -> dict[str, int]:
 
 
 def create_users(tree: Path, spec: ImageSpec, epoch: int) -> None:
-    for name in sorted(spec.users):  # sorted: uids are assigned in a stable order
+    # fixed uids first, then the others in name order (a stable order): useradd gives the next uid after the highest,
+    # so a user without one made first could take a uid another user fixes
+    for name in sorted(spec.users, key=lambda n: (spec.users[n].uid is None, n)):
         user = spec.users[name]
         groups, existing = _passwd_ids(tree, "group"), _passwd_ids(tree, "passwd")
         if name in existing:

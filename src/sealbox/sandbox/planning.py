@@ -159,7 +159,9 @@ def check_disks(spec: SandboxSpec, image_dir: Path) -> None:
         if d.format == "raw" and not d.format_declared and _head(p, len(QCOW2_MAGIC)) == QCOW2_MAGIC:
             raise UsageError(f"--disk {p} is a qcow2 image, and a disk without a format is attached raw (the guest "
                              "would see the qcow2 container, not the disk in it)",
-                             hint=f"declare it: --disk {d.flag('qcow2')} (or {d.flag('raw')} for its bytes as they are)")
+                             hint=f"declare it: --disk {d.flag('qcow2')} if `sealbox disk create` (or qemu-img) made it; "
+                                  f"--disk {d.flag('raw')} if it is a raw disk whose guest wrote those bytes (declared "
+                                  "qcow2, QEMU would read a header the guest wrote)")
 
 
 def _head(path: Path, n: int) -> bytes:

@@ -96,7 +96,8 @@ class Packages(Section):
 
 
 class User(Section):
-    uid: int | None = setting(None, "Fixed uid (default: next free from 1000, in name order).", ge=1000, le=59999)
+    uid: int | None = setting(None, "Fixed uid (default: the next after the highest from 1000, in name order, once "
+                              "every fixed uid is taken).", ge=1000, le=59999)
     groups: list[str] = setting([], "Supplementary groups (must exist in the image).")
     shell: str = setting("/bin/bash", "Login shell.")
     authorized_keys: list[str] = setting(

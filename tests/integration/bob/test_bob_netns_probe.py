@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 
 from bobguest import guest_root, load
-from sealbox.builder.bob_firewall import ruleset
+from sealbox.builder.bob_firewall import SEARCHER_SUBUIDS, SEARCHER_UID, ruleset
 from sealbox.spec.bob import Bob
 
 PROBE = str(Path(__file__).with_name("bobprobe.py"))
@@ -57,6 +57,11 @@ OUTBOUND: dict[tuple[str, str, int], set[str]] = {
 }
 # sent from the input-only port itself, to ports open in every mode: never leaves
 FROM_QUIET = [("udp", OTHER, 123), ("tcp", BUILDER, 8645)]
+# the same connections opened by the searcher's processes (its uid: rootless podman's slirp4netns sends the
+# container's traffic from the guest's own sockets as searcher; or one of its subordinate ids): consensus P2P and NTP
+# are the node's and the system's, never the searcher's, or production would let the container send anywhere
+SEARCHER_NOT = {("udp", OTHER, 123), ("tcp", OTHER, 9000), ("udp", OTHER, 9000)}
+OUTBOUND_SEARCHER = {key: (NONE if key in SEARCHER_NOT else modes) for key, modes in OUTBOUND.items()}
 
 pytestmark = [pytest.mark.integration,
               pytest.mark.skipif(os.geteuid() != 0 or not shutil.which("nft") or not shutil.which("ip"), reason="needs root, nft and ip")]
@@ -101,7 +106,13 @@ class Server:
         return {(p, int(port), int(src)) for p, port, src in (line.split() for line in out.splitlines())}
 
 
-def _probe(ns: str, targets: list[str]) -> dict[str, str]:
+def _probe(ns: str, targets: list[str], uid: int | None = None) -> dict[str, str]:
+    if uid is not None:  # as another uid: the system's python3 (the venv's may live under /root), the script on stdin
+        argv = ["ip", "netns", "exec", ns, "setpriv", f"--reuid={uid}", f"--regid={uid}", "--clear-groups",
+                "/usr/bin/python3", "-I", "-", "probe", *targets]
+        with open(PROBE, encoding="utf-8") as f:
+            out = subprocess.run(argv, input=f.read(), capture_output=True, text=True, check=True, timeout=60).stdout
+        return dict(line.rsplit(" ", 1) for line in out.splitlines())  # type: ignore[misc]
     out = subprocess.run(["ip", "netns", "exec", ns, sys.executable, "-I", PROBE, "probe", *targets],
                          capture_output=True, text=True, check=True, timeout=60).stdout
     return dict(line.rsplit(" ", 1) for line in out.splitlines())  # type: ignore[misc]
@@ -127,6 +138,21 @@ def test_inbound_ports_per_mode(netns: tuple[str, str], mode: str) -> None:
     # an answer came back for every open port but the input-only one: its echo never leaves the guest
     answered = {(proto, port) for proto, port in INBOUND if seen[f"{GUEST}:{proto}:{port}"] == "open"}
     assert answered == want - {("udp", 27017)}
+
+
+@pytest.mark.parametrize("uid", [SEARCHER_UID, SEARCHER_SUBUIDS[0], SEARCHER_SUBUIDS[-1]])
+@pytest.mark.parametrize("mode", [M, P, S])
+def test_the_searchers_processes_get_only_the_searchers_openings(netns: tuple[str, str], mode: str, uid: int) -> None:
+    guest, peer = netns
+    _load(guest, mode)
+    server = Server(peer, sorted({f"{host}:{proto}:{port}" for proto, host, port in OUTBOUND}))
+    try:
+        seen = _probe(guest, [f"{host}:{proto}:{port}" for proto, host, port in OUTBOUND], uid=uid)
+    finally:
+        server.arrivals()
+    got = {key for key in OUTBOUND if seen[f"{key[1]}:{key[0]}:{key[2]}"] == "open"}
+    want = {key for key, modes in OUTBOUND_SEARCHER.items() if mode in modes}
+    assert got == want, f"{mode}, uid {uid}: reached {sorted(got)}, the table says {sorted(want)}"
 
 
 @pytest.mark.parametrize("mode", [M, P, S])

@@ -230,9 +230,11 @@ def test_rootless_workload_channel_rules_and_logs(searcher: Searcher, tmp_path: 
     (root / "run").symlink_to(s.runtime.parent / "runlink")
     (s.runtime.parent / "runlink").mkdir()
     (s.runtime.parent / "runlink/sealbox-bob-work").symlink_to(s.runtime)
+    node_ipc = s.base / "node-ipc"  # the node service's directory, as the workload unit makes it (0755, root's)
+    node_ipc.mkdir(mode=0o755)
     for name, value in (("ARCHIVE", str(archive)), ("PIDFILE", str(s.runtime / "container.pid")),
                         ("RAW_LOG", str(s.base / "persistent/.bob-work/container.log")),
-                        ("DATA", str(s.base / "persistent/searcher/data"))):
+                        ("DATA", str(s.base / "persistent/searcher/data")), ("NODE_IPC", str(node_ipc))):
         monkeypatch.setattr(bw, name, value)
 
     start = bw.Workload(s, port=PORT).prepare()

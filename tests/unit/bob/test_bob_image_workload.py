@@ -112,6 +112,10 @@ def test_the_node_service_has_an_account_of_its_own(built: tuple[Path, list[str]
     tree, _, loaded = built
     users = loaded.spec.users
     assert (users["searcher"].uid, users["bob-node"].uid, users["bob-node"].shell) == (1000, 1001, "/usr/sbin/nologin")
+    # the rule sets keep consensus P2P and NTP from the searcher's uids: the uid they name is the account's
+    from sealbox.builder.bob_firewall import SEARCHER_UID
+
+    assert users["searcher"].uid == SEARCHER_UID
     unit = (tree / UNITS.lstrip("/") / "sealbox-bob-node.service").read_text()
     for line in ("User=bob-node", "ConditionPathIsMountPoint=/persistent", "RuntimeDirectoryPreserve=yes",
                  "ExecStart=/usr/lib/sealbox/bob/bob-node", "NoNewPrivileges=yes"):

@@ -155,6 +155,28 @@ def test_a_failed_switch_falls_back_to_stopped(g: Guest, tool: str) -> None:
         m.toggle()
 
 
+@pytest.mark.parametrize("start", ["maintenance", "production", "stopped"])
+def test_a_mode_that_cannot_be_recorded_is_not_entered(g: Guest, start: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    # /persistent full (the searcher's /data and the node share it): were the rules loaded first and the record then
+    # failed, a guest in production would be recorded as maintenance and come back in maintenance at the next boot,
+    # skipping the dwell time
+    m = g.modes()
+    for _ in range(["maintenance", "production", "stopped"].index(start)):
+        m.toggle()
+    g.now += 1000  # past any dwell
+    g.calls.clear()
+
+    def full(state: Any) -> None:
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(m, "save", full)
+    with pytest.raises(bm.Refused, match="cannot record the mode .*No space left on device.*nothing changed"):
+        m.toggle()
+    assert not [c for c in g.calls if c[0] in ("nft", "conntrack")]  # no rule set loaded, nothing flushed
+    monkeypatch.undo()
+    assert m.status().startswith(f"mode {start}")
+
+
 def test_production_is_refused_unless_the_container_drop_rules_are_verified(g: Guest) -> None:
     m = g.modes()
     g.fail.add(g.guard())  # bob-netguard verify: the rules are missing (or no container runs)

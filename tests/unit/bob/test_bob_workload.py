@@ -36,8 +36,10 @@ def oci_archive(path: Path, *, manifests: int = 1, tamper: bool = False) -> str:
 
 
 class FakePodman:
-    def __init__(self, image_id: str, container_image: str | None, loaded: bool = False) -> None:
+    def __init__(self, image_id: str, container_image: str | None, loaded: bool = False, label: str | None = None) -> None:
         self.image_id = image_id
+        # the creation label of the existing container: by default the one this code's arguments give
+        self.label = bw.creation_label(bw.create_args(container_image, 27017)) if label is None and container_image else label
         self.loaded = loaded
         self.container_image = container_image  # the image id of an existing container `searcher`, or none
         self.calls: list[list[str]] = []
@@ -55,7 +57,7 @@ class FakePodman:
         if args[:2] == ["container", "inspect"]:
             if self.container_image is None:
                 return subprocess.CompletedProcess(argv, 125, "", "no such container")
-            return subprocess.CompletedProcess(argv, 0, self.container_image + "\n", "")
+            return subprocess.CompletedProcess(argv, 0, f"{self.container_image} {self.label or '<no value>'}\n", "")
         if args[:1] == ["rm"]:
             self.container_image = None
         return subprocess.CompletedProcess(argv, 0, "", "")
@@ -95,6 +97,23 @@ def test_a_new_image_recreates_the_container(image_id: str) -> None:
     pm = FakePodman(image_id, "b" * 64)
     bw.Workload(pm, port=27017).prepare()
     assert [c[3] for c in pm.calls][-3:] == ["rm", "container", "create"]
+
+
+@pytest.mark.parametrize("label", ["", "0" * 16])
+def test_a_container_made_with_other_arguments_is_made_again(image_id: str, label: str) -> None:
+    # e.g. one made by an image from before the node's /node mount, with the same workload archive: the image id
+    # matches, the arguments do not (no label at all, or another one)
+    pm = FakePodman(image_id, image_id, loaded=True, label=label)
+    bw.Workload(pm, port=27017).prepare()
+    assert [c[3] for c in pm.calls][-3:] == ["rm", "container", "create"]
+    create = pm.calls[-1]
+    assert create[create.index("--label") + 1] == f"{bw.CREATE_LABEL}={bw.creation_label(bw.create_args(image_id, 27017))}"
+
+
+def test_the_creation_label_follows_every_argument() -> None:
+    base = bw.creation_label(bw.create_args("a" * 64, 27017))
+    assert base == bw.creation_label(bw.create_args("a" * 64, 27017)) and len(base) == 16
+    assert base != bw.creation_label(bw.create_args("a" * 64, 27018))
 
 
 def test_a_load_that_does_not_give_the_archives_image_is_an_error(image_id: str) -> None:

@@ -85,7 +85,8 @@ def test_image_files_are_what_the_guest_reads() -> None:
                              ("config.json", "nft-maintenance.json", "nft-production.json", "nft-stopped.json")]
     assert json.loads(files["/usr/lib/sealbox/bob/nft-production.json"]) == ruleset("production", BOB)
     # what the guest scripts read: bob-mode the dwell, bob-logs the delay, bob-netguard the input-only port,
-    # bob-data-sshd its port
+    # bob-data-sshd its port, bob-node the node's argv
     assert json.loads(files["/usr/lib/sealbox/bob/config.json"]) == {"dwell_seconds": 300, "log_delay_seconds": 120,
-                                                                     "input_only_udp_port": 27017, "data_ssh_port": 10022}
+                                                                     "input_only_udp_port": 27017, "data_ssh_port": 10022,
+                                                                     "node_command": []}
     assert image_files(BOB) == files  # bytes that do not change between builds

@@ -25,6 +25,7 @@ Stdlib only: the guest has no sealbox package.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import subprocess
@@ -167,14 +168,22 @@ class Modes:
             raise Refused("toggle: production is refused: the container-side drop rules of the input-only channel are "
                           "not verified present in the container's network namespace (is the workload running?)")
         ended = now if s.mode == "production" else (None if target == "maintenance" else s.production_ended)
+        # recorded first, loaded after: a record that fails leaves everything as it was, while rules loaded first
+        # and a record that then failed (a full /persistent) would bring production back as maintenance at the
+        # next boot, skipping the dwell time
+        try:
+            self.save(State(target, now, ended))
+        except OSError as e:
+            raise Refused(f"toggle: cannot record the mode on /persistent ({e.strerror or e}); nothing changed") from None
         if not self.apply(target):
             self._fall_back(s, now, f"toggle: switching to {target} failed")
-        self.save(State(target, now, ended))
         return f"mode {target} (was {s.mode}; connections of the old mode flushed)"
 
     def _fall_back(self, s: State, now: float, why: str) -> NoReturn:
         self.apply("stopped")  # best effort: the fewest openings
-        self.save(State("stopped", now, now))
+        # if this record fails, the one kept names the target (or the mode resumed): never maintenance before the dwell
+        with contextlib.suppress(OSError):
+            self.save(State("stopped", now, now))
         raise Refused(f"{why}: the guest fell back to stopped (maintenance again after the dwell time)")
 
     def resume(self) -> str:

@@ -42,6 +42,7 @@ RUNTIME = "/run/sealbox-bob-work"  # the unit's RuntimeDirectory (searcher, 0700
 PIDFILE = f"{RUNTIME}/container.pid"
 RAW_LOG = "/persistent/.bob-work/container.log"
 DATA_SSHD_CONFIG = f"{LIB}/sshd-data.conf"
+CREATE_LABEL = "org.sealbox.bob.create"
 NODE_IPC = "/run/sealbox-bob-node"  # the node service's IPC directory (bob_node.IPC_DIR), read-only at /node
 # a system service has no systemd user session to ask for cgroups (and the container runs with --cgroups=disabled)
 GLOBAL = ["--cgroup-manager", "cgroupfs"]
@@ -113,6 +114,17 @@ def create_args(image: str, port: int) -> list[str]:
             "--cap-drop", "NET_ADMIN,NET_RAW,SYS_ADMIN", "--security-opt", "no-new-privileges", image]
 
 
+def creation_label(argv: list[str]) -> str:
+    """A digest of the arguments a container was made with: an existing container whose label differs (an image
+    from before a mount or a port changed, with the same workload archive) is made again."""
+    return hashlib.sha256(json.dumps(argv).encode()).hexdigest()[:16]
+
+
+def labelled(argv: list[str]) -> list[str]:
+    """`argv` (create_args) with its creation label added before the image."""
+    return [*argv[:-1], "--label", f"{CREATE_LABEL}={creation_label(argv)}", argv[-1]]
+
+
 class Workload:
     def __init__(self, run: Runner = _run, port: int | None = None) -> None:
         self.run = run
@@ -139,13 +151,15 @@ class Workload:
     def prepare(self) -> list[str]:
         """Make sure the container exists from the archive's image; the argv that runs it."""
         image_id = self.load()
-        c = self.podman("container", "inspect", "--format", "{{.Image}}", NAME)
-        if c.returncode == 0 and c.stdout.strip() != image_id:
-            self.podman("rm", "--force", NAME)  # the image changed: the container is made again from the new one
-            c = self.podman("container", "inspect", "--format", "{{.Image}}", NAME)
+        port = self.port if self.port is not None else config("input_only_udp_port")
+        argv = create_args(image_id, port)
+        fmt = "{{.Image}} {{index .Config.Labels \"" + CREATE_LABEL + "\"}}"
+        c = self.podman("container", "inspect", "--format", fmt, NAME)
+        if c.returncode == 0 and c.stdout.split() != [image_id, creation_label(argv)]:
+            self.podman("rm", "--force", NAME)  # another image or other arguments: made again as this image says
+            c = self.podman("container", "inspect", "--format", fmt, NAME)
         if c.returncode != 0:
-            port = self.port if self.port is not None else config("input_only_udp_port")
-            made = self.run(create_args(image_id, port))
+            made = self.run(labelled(argv))
             if made.returncode != 0:
                 raise SystemExit(f"bob-workload: creating the container failed: {made.stderr.strip()[-300:]}")
         return ["podman", *GLOBAL, "start", "--attach", NAME]
