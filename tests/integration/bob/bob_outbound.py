@@ -155,22 +155,23 @@ def _send(netns: str, guest_ip: str, commands: list[bytes]) -> None:
             time.sleep(0.05)
 
 
-def probe_round(netns: str, guest_ip: str, listeners: Listeners, tag: str, wait: float = 20.0) -> dict[str, str]:
-    """Every probe once, tagged `tag`; after `wait` s (each gives up after 6 s in the container), what arrived."""
+def _round(netns: str, guest_ip: str, listeners: Listeners, keys: list[Key], sport: int | None, tag: str,
+           wait: float) -> dict[str, str]:
     listeners.take()
-    _send(netns, guest_ip, [command(k, None, tag) for k in OUTBOUND])
-    time.sleep(wait)
+    _send(netns, guest_ip, [command(k, sport, tag) for k in keys])
+    time.sleep(wait)  # each probe gives up after 6 s in the container; TCG is slow to start them all
     got = listeners.take()
-    return {label(k): ("arrived" if k in got else "silent") for k in OUTBOUND}
+    return {label(k): ("arrived" if k in got else "silent") for k in keys}
+
+
+def probe_round(netns: str, guest_ip: str, listeners: Listeners, tag: str, wait: float = 20.0) -> dict[str, str]:
+    """Every probe once, tagged `tag`: what arrived."""
+    return _round(netns, guest_ip, listeners, list(OUTBOUND), None, tag, wait)
 
 
 def from_input_round(netns: str, guest_ip: str, listeners: Listeners, tag: str, wait: float = 15.0) -> dict[str, str]:
     """The FROM_INPUT probes from the input-only port, alone, tagged `tag`: what arrived."""
-    listeners.take()
-    _send(netns, guest_ip, [command(k, INPUT_ONLY, tag) for k in FROM_INPUT])
-    time.sleep(wait)
-    got = listeners.take()
-    return {label(k): ("arrived" if k in got else "silent") for k in FROM_INPUT}
+    return _round(netns, guest_ip, listeners, FROM_INPUT, INPUT_ONLY, tag, wait)
 
 
 def expected_log_lines(tags: dict[str, str]) -> list[str]:
