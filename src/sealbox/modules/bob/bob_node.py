@@ -33,8 +33,7 @@ def command(config: str = f"{LIB}/config.json") -> list[str]:
 
 
 def main(argv: list[str], execve=os.execve) -> int:  # type: ignore[no-untyped-def]
-    config = argv[1] if len(argv) > 1 else f"{LIB}/config.json"
-    args = command(config)
+    args = command(*argv[1:2])  # a config path for tests; the image's config.json by default
     if not args:
         print("bob-node: no [bob] node_command in this image: the node slot is empty", file=sys.stderr)
         return 0
